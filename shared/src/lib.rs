@@ -1,0 +1,30 @@
+//! The SOS wire protocol (v1), its crypto, and the types that the agent and the collector share.
+//!
+//! # Layout
+//!
+//! - [`alert`]: [`AlertId`], the random 128-bit identity an SOS keeps across every retry.
+//! - [`protocol`]: the datagram layout (cleartext header + Fernet token), the message kinds as a
+//!   serde enum, and the named constants (sizes, limits) in one place.
+//! - [`crypto`]: [`Key`] (a Fernet key and its key id), sealing a [`Message`] into a datagram and
+//!   opening one with the replay checks (token age limit and future clock skew).
+//!
+//! `docs/PROTOCOL.md` at the repository root is the normative description of what this crate
+//! implements; the test vectors in `docs/test-vectors/` are checked by this crate's tests.
+
+pub mod alert;
+pub mod crypto;
+pub mod protocol;
+
+pub use alert::AlertId;
+pub use crypto::{Key, KeyError, OpenError, Opened, SealError, TimeWindow};
+pub use protocol::{DecodeError, KeyId, Message};
+
+/// Seconds since the Unix epoch, as the wire protocol counts time.
+///
+/// A clock set before 1970 reads as 0, which the replay checks then reject as too old.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,436 @@
+//! Wire protocol v1: the datagram layout, the message kinds, and the constants both sides obey.
+//!
+//! A datagram is a 12-byte cleartext header followed by a Fernet token in its usual url-safe
+//! base64 text form:
+//!
+//! ```text
+//! offset  size  field
+//!      0     3  magic "SOS" (0x53 0x4F 0x53)
+//!      3     1  protocol version, 0x01
+//!      4     8  key id: which key sealed the token
+//!     12     n  Fernet token (ASCII), whose plaintext is one JSON object: a [`Message`]
+//! ```
+//!
+//! `docs/PROTOCOL.md` is the full specification.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::AlertId;
+
+/// The first three bytes of every SOS datagram.
+pub const MAGIC: [u8; 3] = *b"SOS";
+/// The protocol version this crate speaks.
+pub const VERSION: u8 = 1;
+/// Length of the key id in the header.
+pub const KEY_ID_LEN: usize = 8;
+/// Length of the cleartext header: magic, version, key id.
+pub const HEADER_LEN: usize = MAGIC.len() + 1 + KEY_ID_LEN;
+/// The largest datagram either side sends or accepts. Below the IPv6 minimum MTU (1280) less
+/// the IPv6 and UDP headers, so an SOS is never fragmented.
+pub const MAX_DATAGRAM: usize = 1200;
+/// The smallest Fernet token there is (an empty plaintext): 73 bytes encoded as 100 characters.
+pub const MIN_TOKEN_LEN: usize = 100;
+/// The largest JSON plaintext that still fits in [`MAX_DATAGRAM`] once sealed.
+pub const MAX_PLAINTEXT: usize = 831;
+/// Default token age limit, seconds: a token older than this is rejected as a possible replay.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 120;
+/// Default limit on how far in the future a token's timestamp may be, seconds.
+pub const DEFAULT_MAX_FUTURE_SKEW_SECS: u64 = 60;
+/// The UDP port the collector listens on by default.
+pub const DEFAULT_PORT: u16 = 5000;
+
+/// The length of the datagram that a plaintext of `plaintext_len` bytes seals into.
+pub const fn sealed_len(plaintext_len: usize) -> usize {
+    // Fernet: version (1) + timestamp (8) + IV (16) + PKCS#7-padded ciphertext + HMAC (32),
+    // then base64 with padding.
+    let ciphertext = (plaintext_len / 16 + 1) * 16;
+    let raw = 1 + 8 + 16 + ciphertext + 32;
+    HEADER_LEN + raw.div_ceil(3) * 4
+}
+
+/// Which key sealed a datagram: 8 bytes sent in clear so the receiver finds the key without
+/// trying them all. For a site key it is derived from the key (see [`crate::Key`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId(pub [u8; KEY_ID_LEN]);
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+/// Why a datagram could not even be split into header and token. Such datagrams are counted and
+/// dropped without a reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Shorter than a header and the smallest possible token.
+    #[error("datagram of {0} bytes is too short")]
+    TooShort(usize),
+    /// Longer than [`MAX_DATAGRAM`].
+    #[error("datagram of {0} bytes is longer than {MAX_DATAGRAM}")]
+    TooLong(usize),
+    /// Does not start with "SOS".
+    #[error("datagram does not start with the SOS magic")]
+    BadMagic,
+    /// A protocol version this side does not speak.
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u8),
+    /// The token part is not printable ASCII.
+    #[error("token is not ASCII")]
+    TokenNotAscii,
+}
+
+/// Split a datagram into its key id and its Fernet token, checking sizes, magic and version.
+///
+/// # Errors
+/// A [`DecodeError`] naming the first thing that is wrong; nothing here panics on any input.
+pub fn split_datagram(datagram: &[u8]) -> Result<(KeyId, &str), DecodeError> {
+    if datagram.len() > MAX_DATAGRAM {
+        return Err(DecodeError::TooLong(datagram.len()));
+    }
+    if datagram.len() < HEADER_LEN + MIN_TOKEN_LEN {
+        return Err(DecodeError::TooShort(datagram.len()));
+    }
+    if datagram[..3] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    if datagram[3] != VERSION {
+        return Err(DecodeError::UnsupportedVersion(datagram[3]));
+    }
+    let mut key_id = [0u8; KEY_ID_LEN];
+    key_id.copy_from_slice(&datagram[4..HEADER_LEN]);
+    let token = std::str::from_utf8(&datagram[HEADER_LEN..])
+        .ok()
+        .filter(|t| t.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or(DecodeError::TokenNotAscii)?;
+    Ok((KeyId(key_id), token))
+}
+
+/// The header bytes for a datagram sealed with `key_id`.
+pub fn header(key_id: KeyId) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..3].copy_from_slice(&MAGIC);
+    h[3] = VERSION;
+    h[4..].copy_from_slice(&key_id.0);
+    h
+}
+
+/// Every message of protocol v1: the JSON object inside the Fernet token, tagged by `kind`.
+///
+/// Receivers ignore fields they do not know (so senders may add a `pad` field to grow a request),
+/// and optional text fields default to empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Message {
+    /// Agent → collector: somebody pressed the button.
+    Sos(Sos),
+    /// Collector → agent: the SOS is durably stored (or was already).
+    SosAck(SosAck),
+    /// Agent → collector: the sender withdraws an alert (false alarm).
+    Cancel(Cancel),
+    /// Collector → agent: the cancellation is recorded.
+    CancelAck(CancelAck),
+    /// Agent → collector: the agent is alive; also asks for news about its alerts.
+    Heartbeat(Heartbeat),
+    /// Collector → agent: answer to a heartbeat, with any news for the agent.
+    HeartbeatAck(HeartbeatAck),
+    /// Collector → agent: a responder acknowledged the agent's alert.
+    ResponderNotice(ResponderNotice),
+    /// Collector → responder agents: an alert to show on a responder's desktop.
+    AlertBroadcast(AlertBroadcast),
+}
+
+impl Message {
+    /// The `kind` tag, for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Sos(_) => "sos",
+            Message::SosAck(_) => "sos_ack",
+            Message::Cancel(_) => "cancel",
+            Message::CancelAck(_) => "cancel_ack",
+            Message::Heartbeat(_) => "heartbeat",
+            Message::HeartbeatAck(_) => "heartbeat_ack",
+            Message::ResponderNotice(_) => "responder_notice",
+            Message::AlertBroadcast(_) => "alert_broadcast",
+        }
+    }
+}
+
+/// Somebody pressed the button.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sos {
+    /// Fixed when the button was pressed; the same on every retry.
+    pub alert_id: AlertId,
+    /// A drill: delivered and marked TEST everywhere, never presented as a real emergency.
+    #[serde(default)]
+    pub test: bool,
+    /// When the button was pressed, seconds since the Unix epoch, by the agent's clock.
+    pub triggered_at: u64,
+    /// 0 for the first transmission, then counts up on each retry.
+    #[serde(default)]
+    pub attempt: u32,
+    /// The login name of the person at the workstation.
+    #[serde(default)]
+    pub user: String,
+    /// The workstation's host name.
+    #[serde(default)]
+    pub host: String,
+    /// The workstation's address on the route to the collector.
+    #[serde(default)]
+    pub ip: String,
+    /// Where the workstation is, as the administrator configured it.
+    #[serde(default)]
+    pub location: String,
+    /// Free text from the sender, if any.
+    #[serde(default)]
+    pub message: String,
+    /// The sending software and its version, e.g. `sos-agent/0.1.0`.
+    #[serde(default)]
+    pub agent: String,
+}
+
+impl Sos {
+    /// Shorten the free-text fields, least important first (message, location, user, host,
+    /// agent), until the JSON fits in [`MAX_PLAINTEXT`], so that an SOS is never refused for
+    /// being too long. Cuts fall on character boundaries and are marked with "…".
+    pub fn fit_to_datagram(&mut self) {
+        loop {
+            let len = serde_json::to_vec(&Message::Sos(self.clone()))
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
+            if len <= MAX_PLAINTEXT {
+                return;
+            }
+            let excess = len - MAX_PLAINTEXT;
+            let field = [
+                &mut self.message,
+                &mut self.location,
+                &mut self.user,
+                &mut self.host,
+                &mut self.agent,
+            ]
+            .into_iter()
+            .find(|f| !f.is_empty());
+            match field {
+                Some(f) => shorten(f, excess),
+                None => return,
+            }
+        }
+    }
+}
+
+/// Cut at least `excess` bytes (as JSON may escape them, counted generously) off the end of `s`.
+fn shorten(s: &mut String, excess: usize) {
+    let ellipsis = "…";
+    let keep = s.len().saturating_sub(excess + ellipsis.len());
+    let mut cut = keep;
+    while cut > 0 && !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+    if !s.is_empty() {
+        s.push_str(ellipsis);
+    }
+}
+
+/// What the collector did with an SOS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    /// Stored now; responders are being notified.
+    Stored,
+    /// Already stored by an earlier transmission; nobody is notified again.
+    Duplicate,
+}
+
+/// The SOS is durably stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SosAck {
+    /// The alert this acknowledges.
+    pub alert_id: AlertId,
+    /// Whether this transmission was the first to arrive.
+    pub status: AckStatus,
+    /// The collector's clock, seconds since the Unix epoch.
+    pub server_time: u64,
+}
+
+/// The sender withdraws an alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    /// The alert to withdraw.
+    pub alert_id: AlertId,
+    /// Why, in the sender's words; may be empty.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// The cancellation is recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelAck {
+    /// The alert that is now cancelled.
+    pub alert_id: AlertId,
+    /// The collector's clock, seconds since the Unix epoch.
+    pub server_time: u64,
+}
+
+/// The agent is alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The login name of the person at the workstation.
+    #[serde(default)]
+    pub user: String,
+    /// The workstation's host name.
+    #[serde(default)]
+    pub host: String,
+    /// The workstation's address on the route to the collector.
+    #[serde(default)]
+    pub ip: String,
+    /// Filler that makes room for the news a [`HeartbeatAck`] may carry (replies are never
+    /// larger than their request).
+    #[serde(default)]
+    pub pad: String,
+}
+
+/// Answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// The collector's clock, seconds since the Unix epoch.
+    pub server_time: u64,
+    /// News about this agent's alerts; dropped first when the reply would outgrow the request.
+    #[serde(default)]
+    pub notices: Vec<ResponderNotice>,
+}
+
+/// A responder acknowledged an alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponderNotice {
+    /// The alert the responder acknowledged.
+    pub alert_id: AlertId,
+    /// Who is coming.
+    pub responder: String,
+    /// What they said, may be empty.
+    #[serde(default)]
+    pub note: String,
+    /// When they acknowledged, seconds since the Unix epoch.
+    pub at: u64,
+}
+
+/// An alert for a responder's desktop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertBroadcast {
+    /// The alert.
+    pub alert_id: AlertId,
+    /// A drill.
+    #[serde(default)]
+    pub test: bool,
+    /// When the button was pressed, seconds since the Unix epoch.
+    pub triggered_at: u64,
+    /// Who pressed it.
+    #[serde(default)]
+    pub user: String,
+    /// On which workstation.
+    #[serde(default)]
+    pub host: String,
+    /// The workstation's address.
+    #[serde(default)]
+    pub ip: String,
+    /// Where it is.
+    #[serde(default)]
+    pub location: String,
+    /// The sender's text.
+    #[serde(default)]
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sos() -> Sos {
+        Sos {
+            alert_id: AlertId::from_u128(7),
+            test: false,
+            triggered_at: 1_700_000_000,
+            attempt: 0,
+            user: "alice".into(),
+            host: "desk-12".into(),
+            ip: "10.0.0.12".into(),
+            location: "Reception".into(),
+            message: String::new(),
+            agent: "sos-agent/0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn max_plaintext_is_the_largest_that_fits() {
+        assert!(sealed_len(MAX_PLAINTEXT) <= MAX_DATAGRAM);
+        assert!(sealed_len(MAX_PLAINTEXT + 1) > MAX_DATAGRAM);
+        assert_eq!(sealed_len(0), HEADER_LEN + MIN_TOKEN_LEN);
+    }
+
+    #[test]
+    fn long_fields_are_cut_to_fit() {
+        let mut s = sos();
+        s.message = "é".repeat(2000);
+        s.location = "L".repeat(900);
+        s.fit_to_datagram();
+        let len = serde_json::to_vec(&Message::Sos(s.clone())).unwrap().len();
+        assert!(len <= MAX_PLAINTEXT, "{len}");
+        assert_eq!(s.user, "alice");
+        assert_eq!(s.host, "desk-12");
+    }
+
+    #[test]
+    fn short_sos_is_untouched() {
+        let mut s = sos();
+        s.message = "help".into();
+        let before = s.clone();
+        s.fit_to_datagram();
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn unknown_fields_and_missing_optionals_are_accepted() {
+        let json = r#"{"kind":"sos","alert_id":"00000000000000000000000000000007",
+                       "triggered_at":5,"pad":"xxxx","future_field":[1,2]}"#;
+        let m: Message = serde_json::from_str(json).unwrap();
+        match m {
+            Message::Sos(s) => {
+                assert_eq!(s.alert_id, AlertId::from_u128(7));
+                assert!(s.user.is_empty() && !s.test && s.attempt == 0);
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn split_checks_magic_version_and_size() {
+        let mut d = header(KeyId([1; 8])).to_vec();
+        d.extend(std::iter::repeat_n(b'A', MIN_TOKEN_LEN));
+        assert_eq!(split_datagram(&d).unwrap().0, KeyId([1; 8]));
+        let mut bad = d.clone();
+        bad[0] = b'X';
+        assert_eq!(split_datagram(&bad), Err(DecodeError::BadMagic));
+        let mut bad = d.clone();
+        bad[3] = 2;
+        assert_eq!(split_datagram(&bad), Err(DecodeError::UnsupportedVersion(2)));
+        assert!(matches!(split_datagram(&d[..50]), Err(DecodeError::TooShort(50))));
+        let mut long = d.clone();
+        long.resize(MAX_DATAGRAM + 1, b'A');
+        assert!(matches!(split_datagram(&long), Err(DecodeError::TooLong(_))));
+        let mut bad = d;
+        bad[HEADER_LEN] = 0xff;
+        assert_eq!(split_datagram(&bad), Err(DecodeError::TokenNotAscii));
+    }
+}
