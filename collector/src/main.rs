@@ -1,1 +1,183 @@
-fn main() {}
+//! `sos-collector`: parse arguments, set up logging, run. The work is in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sos_collector::channel::when_utc;
+use sos_collector::store::Db;
+use sos_collector::Config;
+
+/// The SOS collector: receives, stores and acknowledges SOS alerts, and notifies responders.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a new key (url-safe base64 of 32 bytes) for `key` / `key_file`.
+    Keygen,
+    /// Run the service. With no config it listens on 127.0.0.1:5000 and keeps its data and a
+    /// generated key in ./sos-data.
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file; exit non-zero with a clear message if it is wrong.
+    CheckConfig {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// List recent alerts and each channel's delivery state, from the store.
+    Alerts {
+        /// The configuration file (TOML), to find the data dir.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// How many alerts, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sos-collector: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(config: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(match config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    })
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Keygen => {
+            println!("{}", sos_shared::Key::generate());
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let c = Config::load(&config)?;
+            println!(
+                "{}: OK — listen {}, data_dir {}, channels: {}",
+                config.display(),
+                c.listen,
+                c.data_dir.display(),
+                c.channel_names().join(", ")
+            );
+            Ok(())
+        }
+        Command::Alerts { config, limit } => alerts(&load(config.as_deref())?, limit),
+        Command::Run { config } => serve(load(config.as_deref())?),
+    }
+}
+
+fn serve(mut config: Config) -> anyhow::Result<()> {
+    sos_collector::install_crypto_provider();
+    if let Some(path) = config.ensure_key()? {
+        let abs = std::fs::canonicalize(&path).unwrap_or(path);
+        eprintln!(
+            "No key configured: using {} (created if new, mode 0600).\n\
+             Point an agent at this collector with an agent config like:\n\n    \
+             collectors = [\"{}\"]\n    key_file = \"{}\"\n\n\
+             then: sos-agent send --test --config agent.toml\n",
+            abs.display(),
+            config.listen,
+            abs.display()
+        );
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sos-collector")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let socket = tokio::net::UdpSocket::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on UDP {}", config.listen))?;
+        sos_collector::run(socket, config, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn alerts(config: &Config, limit: usize) -> anyhow::Result<()> {
+    let path = config.database_path();
+    if !path.exists() {
+        anyhow::bail!("no store at {} (has the collector run with this data_dir?)", path.display());
+    }
+    let db = Db::open_read_only(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let rows = db.recent_alerts(limit)?;
+    if rows.is_empty() {
+        println!("No alerts in {}.", path.display());
+    }
+    for (a, deliveries) in rows {
+        println!(
+            "{}  {}{}  {}@{} ({})  {}",
+            when_utc(a.received_at_ms / 1000),
+            a.alert_id,
+            if a.test { "  TEST" } else { "" },
+            a.user,
+            a.host,
+            a.ip,
+            if a.location.is_empty() { "-" } else { &a.location },
+        );
+        if !a.message.is_empty() {
+            println!("    message: {}", a.message);
+        }
+        for d in deliveries {
+            let detail = match (d.state.as_str(), d.delivered_at_ms, &d.last_error) {
+                ("delivered", Some(t), _) => format!("at {}", when_utc(t / 1000)),
+                (_, _, Some(e)) => format!("last error: {e}"),
+                _ => String::new(),
+            };
+            println!(
+                "    {:<6} {:<9} attempts={} {}",
+                d.channel, d.state, d.attempts, detail
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! How an alert reads, in every channel.
+
+use crate::store::AlertRecord;
+
+/// `2026-11-23 06:03:20 UTC` for a time in seconds since the Unix epoch.
+pub fn when_utc(unix_secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replacen('T', " ", 1)
+        .replace('Z', " UTC")
+}
+
+/// Text or a dash, so that an empty field reads as absent rather than as a layout glitch.
+pub(crate) fn or_dash(s: &str) -> &str {
+    if s.trim().is_empty() {
+        "—"
+    } else {
+        s
+    }
+}
+
+/// One line a responder can act on: `SOS: alice at Reception (desk-12, 10.0.0.12)`.
+pub fn describe(a: &AlertRecord) -> String {
+    let prefix = if a.test { "TEST SOS (drill, no action needed)" } else { "SOS" };
+    let place = if a.location.trim().is_empty() { a.host.as_str() } else { a.location.as_str() };
+    format!(
+        "{prefix}: {} at {} ({}, {})",
+        or_dash(&a.user),
+        or_dash(place),
+        or_dash(&a.host),
+        or_dash(&a.ip)
+    )
+}
+
+/// Every field, one per line, for plain-text channels.
+pub(crate) fn details(a: &AlertRecord) -> String {
+    let mut s = String::new();
+    if a.test {
+        s.push_str("THIS IS A TEST ALERT (drill). No action needed.\n\n");
+    }
+    s.push_str(&format!("Who:       {}\n", or_dash(&a.user)));
+    s.push_str(&format!("Location:  {}\n", or_dash(&a.location)));
+    s.push_str(&format!("Host:      {}\n", or_dash(&a.host)));
+    s.push_str(&format!("IP:        {}\n", or_dash(&a.ip)));
+    s.push_str(&format!("When:      {}\n", when_utc(a.triggered_at)));
+    s.push_str(&format!("Message:   {}\n", or_dash(&a.message)));
+    s.push_str(&format!("Alert id:  {}\n", a.alert_id));
+    s
+}

@@ -1,0 +1,95 @@
+//! Notification channels: where an alert goes once stored.
+//!
+//! Each channel delivers a batch of one or more alerts as one message (several only during a
+//! storm, see [`crate::outbox`]) and says whether a failure is worth retrying.
+
+mod email;
+mod format;
+mod slack;
+
+use std::time::Duration;
+
+pub use email::Email;
+pub use format::{describe, when_utc};
+pub use slack::{Slack, MAX_ALERTS_PER_MESSAGE};
+
+use crate::store::AlertRecord;
+
+/// Why a delivery did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Worth retrying: the service is down, busy, rate-limiting or unreachable.
+    #[error("{reason}")]
+    Transient {
+        /// What happened.
+        reason: String,
+        /// The earliest the service asked us to come back (`Retry-After`).
+        retry_after: Option<Duration>,
+    },
+    /// Retrying cannot help (wrong webhook, mailbox refused): recorded as failed.
+    #[error("{reason}")]
+    Permanent {
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl DeliveryError {
+    pub(crate) fn transient(reason: impl Into<String>) -> Self {
+        DeliveryError::Transient {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// A configured channel.
+#[derive(Debug)]
+pub enum Channel {
+    /// The collector's own log, always on.
+    Log,
+    /// A Slack incoming webhook.
+    Slack(Slack),
+    /// SMTP email.
+    Email(Email),
+}
+
+impl Channel {
+    /// The name used in the store and in `sos-collector alerts`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Channel::Log => "log",
+            Channel::Slack(_) => "slack",
+            Channel::Email(_) => "email",
+        }
+    }
+
+    /// Deliver `alerts` as one message.
+    ///
+    /// # Errors
+    /// A [`DeliveryError`] saying whether to retry.
+    pub async fn deliver(&self, alerts: &[AlertRecord]) -> Result<(), DeliveryError> {
+        match self {
+            Channel::Log => {
+                for a in alerts {
+                    tracing::warn!(
+                        target: "sos::alert",
+                        alert_id = %a.alert_id,
+                        test = a.test,
+                        user = %a.user,
+                        host = %a.host,
+                        ip = %a.ip,
+                        location = %a.location,
+                        message = %a.message,
+                        triggered_at = %when_utc(a.triggered_at),
+                        "{}",
+                        describe(a)
+                    );
+                }
+                Ok(())
+            }
+            Channel::Slack(s) => s.deliver(alerts).await,
+            Channel::Email(e) => e.deliver(alerts).await,
+        }
+    }
+}

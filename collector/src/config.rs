@@ -1,0 +1,618 @@
+//! Collector configuration: the TOML file of PRODUCT.md, its defaults, and its validation.
+//!
+//! Every key has a default, so `sos-collector run` works with no file at all. Errors name the
+//! file, the key and what is wrong, and never repeat a secret's value.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sos_shared::{Key, TimeWindow};
+
+/// The file name of the key that `run` generates when none is configured.
+pub const GENERATED_KEY_FILE: &str = "collector.key";
+
+/// A configuration problem, located as precisely as we can.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {message}", .file.as_deref().map(|f| f.display().to_string()).unwrap_or_else(|| "configuration".into()), .key.as_deref().map(|k| format!(": key `{k}`")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The file (and line, when known) where the problem is; `None` for built-in defaults.
+    pub file: Option<PathBuf>,
+    /// The key that is wrong, dotted (`notify.email.smtp_port`).
+    pub key: Option<String>,
+    /// What is wrong and, where it helps, how to fix it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn at(file: Option<&Path>, key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.map(Path::to_path_buf),
+            key: Some(key.to_owned()),
+            message: message.into(),
+        }
+    }
+}
+
+/// The file as written. Unknown keys are errors: a typo must not silently disable a channel.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    key: Option<String>,
+    key_file: Option<PathBuf>,
+    key_env: Option<String>,
+    token_ttl_secs: Option<u64>,
+    max_future_skew_secs: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
+    outbox: RawOutbox,
+    notify: RawNotify,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawOutbox {
+    first_retry_secs: Option<u64>,
+    max_retry_secs: Option<u64>,
+    give_up_after_secs: Option<u64>,
+    attempt_timeout_secs: Option<u64>,
+    coalesce_window_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawNotify {
+    slack: Option<RawSlack>,
+    email: Option<RawEmail>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlack {
+    webhook_url: Option<String>,
+    webhook_url_file: Option<PathBuf>,
+    webhook_url_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmail {
+    smtp_host: String,
+    smtp_port: Option<u16>,
+    #[serde(default)]
+    tls: Tls,
+    username: Option<String>,
+    password: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    from: String,
+    to: Vec<String>,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tls {
+    /// Plain connection upgraded with STARTTLS, which the server must offer (port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No encryption: only for a relay on the same host or a trusted network (port 25).
+    None,
+}
+
+/// A validated configuration with every secret resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Where the store (and a generated key) live.
+    pub data_dir: PathBuf,
+    /// The site key agents seal with. `None` until [`Config::ensure_key`] generates one.
+    pub key: Option<Key>,
+    /// Token age limit and future clock skew that incoming datagrams must respect.
+    pub window: TimeWindow,
+    /// How long shutdown waits for notification attempts in flight.
+    pub shutdown_grace: Duration,
+    /// Retry schedule and batching of the outbox.
+    pub outbox: OutboxSettings,
+    /// Slack, if configured.
+    pub slack: Option<SlackSettings>,
+    /// Email, if configured.
+    pub email: Option<EmailSettings>,
+}
+
+/// Retry schedule and batching of notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxSettings {
+    /// Delay before the first retry; doubles on each further retry.
+    pub first_retry: Duration,
+    /// The longest delay between two retries.
+    pub max_retry: Duration,
+    /// After this long since the alert arrived, a channel that still fails is recorded as failed.
+    pub give_up_after: Duration,
+    /// The longest one delivery attempt may take.
+    pub attempt_timeout: Duration,
+    /// After a message goes out on a channel, alerts arriving within this window are grouped
+    /// into the next message (storm coalescing). The first alert is never delayed.
+    pub coalesce_window: Duration,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        OutboxSettings {
+            first_retry: Duration::from_secs(1),
+            max_retry: Duration::from_secs(60),
+            give_up_after: Duration::from_secs(3600),
+            attempt_timeout: Duration::from_secs(15),
+            coalesce_window: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// A Slack incoming webhook.
+#[derive(Clone)]
+pub struct SlackSettings {
+    /// The webhook URL. A secret: whoever has it can post to the channel.
+    pub webhook_url: reqwest::Url,
+}
+
+impl std::fmt::Debug for SlackSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlackSettings")
+            .field("webhook_host", &self.webhook_url.host_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An SMTP server and the message envelope.
+#[derive(Clone)]
+pub struct EmailSettings {
+    /// The SMTP server's host name.
+    pub smtp_host: String,
+    /// Its port.
+    pub smtp_port: u16,
+    /// How the connection is secured.
+    pub tls: Tls,
+    /// User name and password, if the server wants them.
+    pub credentials: Option<(String, String)>,
+    /// The sender address.
+    pub from: lettre::message::Mailbox,
+    /// The responders' addresses.
+    pub to: Vec<lettre::message::Mailbox>,
+}
+
+impl std::fmt::Debug for EmailSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailSettings")
+            .field("smtp_host", &self.smtp_host)
+            .field("smtp_port", &self.smtp_port)
+            .field("tls", &self.tls)
+            .field("username", &self.credentials.as_ref().map(|c| &c.0))
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .finish()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], sos_shared::protocol::DEFAULT_PORT)),
+            data_dir: PathBuf::from("./sos-data"),
+            key: None,
+            window: TimeWindow::default(),
+            shutdown_grace: Duration::from_secs(10),
+            outbox: OutboxSettings::default(),
+            slack: None,
+            email: None,
+        }
+    }
+}
+
+impl Config {
+    /// Read and validate a configuration file.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, the line and the key that are wrong.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_path_buf()),
+            key: None,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(&text, Some(path))
+    }
+
+    /// Validate configuration text; `file` is only used to name it in errors and to resolve
+    /// relative paths against its directory.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key that is wrong.
+    pub fn parse(text: &str, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
+        let base = file.and_then(Path::parent).unwrap_or(Path::new("."));
+        let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let mut cfg = Config::default();
+
+        if let Some(listen) = raw.listen {
+            cfg.listen = listen.parse().map_err(|_| {
+                ConfigError::at(
+                    file,
+                    "listen",
+                    format!("{listen:?} is not an IP address and port, e.g. \"0.0.0.0:5000\""),
+                )
+            })?;
+        }
+        if let Some(d) = raw.data_dir {
+            cfg.data_dir = rel(d);
+        }
+        cfg.key = secret(file, "key", raw.key, raw.key_file.map(&rel), raw.key_env)?
+            .map(|(k, text)| Key::from_base64(&text).map_err(|e| ConfigError::at(file, &k, e.to_string())))
+            .transpose()?;
+        if let Some(v) = raw.token_ttl_secs {
+            cfg.window.ttl_secs = positive(file, "token_ttl_secs", v)?;
+        }
+        if let Some(v) = raw.max_future_skew_secs {
+            cfg.window.max_future_skew_secs = v;
+        }
+        if let Some(v) = raw.shutdown_grace_secs {
+            cfg.shutdown_grace = Duration::from_secs(v);
+        }
+        let o = raw.outbox;
+        let ob = &mut cfg.outbox;
+        if let Some(v) = o.first_retry_secs {
+            ob.first_retry = Duration::from_secs(positive(file, "outbox.first_retry_secs", v)?);
+        }
+        if let Some(v) = o.max_retry_secs {
+            ob.max_retry = Duration::from_secs(positive(file, "outbox.max_retry_secs", v)?);
+        }
+        if let Some(v) = o.give_up_after_secs {
+            ob.give_up_after = Duration::from_secs(positive(file, "outbox.give_up_after_secs", v)?);
+        }
+        if let Some(v) = o.attempt_timeout_secs {
+            ob.attempt_timeout = Duration::from_secs(positive(file, "outbox.attempt_timeout_secs", v)?);
+        }
+        if let Some(v) = o.coalesce_window_ms {
+            ob.coalesce_window = Duration::from_millis(v);
+        }
+
+        if let Some(s) = raw.notify.slack {
+            let (key, url) = secret(
+                file,
+                "notify.slack.webhook_url",
+                s.webhook_url,
+                s.webhook_url_file.map(&rel),
+                s.webhook_url_env,
+            )?
+            .ok_or_else(|| {
+                ConfigError::at(
+                    file,
+                    "notify.slack.webhook_url",
+                    "[notify.slack] needs webhook_url, webhook_url_file or webhook_url_env",
+                )
+            })?;
+            let url = reqwest::Url::parse(url.trim())
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .ok_or_else(|| ConfigError::at(file, &key, "not an http(s) URL (the value is not shown: it is a secret)"))?;
+            cfg.slack = Some(SlackSettings { webhook_url: url });
+        }
+
+        if let Some(e) = raw.notify.email {
+            if e.smtp_host.trim().is_empty() {
+                return Err(ConfigError::at(file, "notify.email.smtp_host", "must not be empty"));
+            }
+            let password = secret(
+                file,
+                "notify.email.password",
+                e.password,
+                e.password_file.map(&rel),
+                e.password_env,
+            )?;
+            let credentials = match (e.username, password) {
+                (Some(u), Some((_, p))) => Some((u, p.trim_end_matches(['\r', '\n']).to_owned())),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(ConfigError::at(
+                        file,
+                        "notify.email.username",
+                        "a username needs a password (password, password_env or password_file)",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::at(file, "notify.email.username", "a password needs a username"))
+                }
+            };
+            let from = e.from.parse().map_err(|err| {
+                ConfigError::at(file, "notify.email.from", format!("{:?} is not an email address: {err}", e.from))
+            })?;
+            if e.to.is_empty() {
+                return Err(ConfigError::at(file, "notify.email.to", "needs at least one address"));
+            }
+            let to = e
+                .to
+                .iter()
+                .map(|a| {
+                    a.parse().map_err(|err| {
+                        ConfigError::at(file, "notify.email.to", format!("{a:?} is not an email address: {err}"))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let smtp_port = e.smtp_port.unwrap_or(match e.tls {
+                Tls::Starttls => 587,
+                Tls::Tls => 465,
+                Tls::None => 25,
+            });
+            cfg.email = Some(EmailSettings {
+                smtp_host: e.smtp_host,
+                smtp_port,
+                tls: e.tls,
+                credentials,
+                from,
+                to,
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// The names of the channels every alert is delivered to, in order. The log is always on.
+    pub fn channel_names(&self) -> Vec<&'static str> {
+        let mut names = vec!["log"];
+        if self.slack.is_some() {
+            names.push("slack");
+        }
+        if self.email.is_some() {
+            names.push("email");
+        }
+        names
+    }
+
+    /// Where the store lives.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("sos.db")
+    }
+
+    /// Make sure there is a key: when none is configured, use `data_dir/collector.key`,
+    /// generating it (mode 0600) if it does not exist yet. Returns the path when the key came
+    /// from there, so that the caller can tell the operator how to point agents at it.
+    ///
+    /// # Errors
+    /// If the data dir or the key file cannot be created or read, or the key file is readable
+    /// by others.
+    pub fn ensure_key(&mut self) -> Result<Option<PathBuf>, ConfigError> {
+        if self.key.is_some() {
+            return Ok(None);
+        }
+        let path = self.data_dir.join(GENERATED_KEY_FILE);
+        let err = |m: String| ConfigError {
+            file: Some(path.clone()),
+            key: None,
+            message: m,
+        };
+        std::fs::create_dir_all(&self.data_dir)
+            .map_err(|e| err(format!("cannot create the data dir {}: {e}", self.data_dir.display())))?;
+        if !path.exists() {
+            write_secret_file(&path, &format!("{}\n", Key::generate()))
+                .map_err(|e| err(format!("cannot write a new key: {e}")))?;
+        }
+        let text = read_secret_file(&path).map_err(err)?;
+        self.key = Some(Key::from_base64(&text).map_err(|e| err(e.to_string()))?);
+        Ok(Some(path))
+    }
+}
+
+fn positive(file: Option<&Path>, key: &str, v: u64) -> Result<u64, ConfigError> {
+    if v == 0 {
+        Err(ConfigError::at(file, key, "must be greater than 0"))
+    } else {
+        Ok(v)
+    }
+}
+
+/// Resolve a secret given inline, in a file, or in an environment variable: exactly one of the
+/// three. Returns the key it came from and its value.
+fn secret(
+    file: Option<&Path>,
+    key: &str,
+    inline: Option<String>,
+    from_file: Option<PathBuf>,
+    from_env: Option<String>,
+) -> Result<Option<(String, String)>, ConfigError> {
+    let given = [inline.is_some(), from_file.is_some(), from_env.is_some()];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(ConfigError::at(
+            file,
+            key,
+            format!("give only one of `{key}`, `{key}_file` and `{key}_env`"),
+        ));
+    }
+    if let Some(v) = inline {
+        return Ok(Some((key.to_owned(), v)));
+    }
+    if let Some(p) = from_file {
+        let k = format!("{key}_file");
+        let v = read_secret_file(&p).map_err(|m| ConfigError::at(file, &k, m))?;
+        return Ok(Some((k, v)));
+    }
+    if let Some(var) = from_env {
+        let k = format!("{key}_env");
+        let v = std::env::var(&var).map_err(|_| {
+            ConfigError::at(file, &k, format!("the environment variable {var} is not set"))
+        })?;
+        return Ok(Some((k, v)));
+    }
+    Ok(None)
+}
+
+/// Read a file holding a secret, refusing one that other users can read.
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{} is readable by other users (mode {:o}); fix it with: chmod 600 {}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            ));
+        }
+    }
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Create a file readable only by its owner (mode 0600 on Unix) holding `contents`.
+///
+/// # Errors
+/// If the file exists already or cannot be written.
+pub fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+/// Turn a TOML error into a located message without echoing the offending line, which may
+/// hold a secret.
+fn toml_error(text: &str, file: Option<&Path>, e: &toml::de::Error) -> ConfigError {
+    let mut location = file.map(Path::to_path_buf);
+    let mut key = None;
+    if let Some(span) = e.span() {
+        let before = &text[..span.start.min(text.len())];
+        let line_no = before.matches('\n').count() + 1;
+        if let Some(f) = &location {
+            location = Some(PathBuf::from(format!("{}:{line_no}", f.display())));
+        }
+        let line = text.lines().nth(line_no - 1).unwrap_or("");
+        let table = before
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('[') && l.ends_with(']'))
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+        if let Some((name, _)) = line.split_once('=') {
+            let name = name.trim().trim_matches('"');
+            key = Some(match table {
+                Some(t) if !t.is_empty() => format!("{t}.{name}"),
+                _ => name.to_owned(),
+            });
+        }
+    }
+    ConfigError {
+        file: location,
+        key,
+        message: e.message().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let c = Config::parse("", None).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.channel_names(), vec!["log"]);
+        assert!(c.key.is_none());
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let key = Key::generate();
+        let text = format!(
+            r#"listen = "0.0.0.0:5001"
+data_dir = "/var/lib/sos"
+key = "{key}"
+token_ttl_secs = 300
+[notify.slack]
+webhook_url = "https://hooks.slack.com/services/T/B/X"
+[notify.email]
+smtp_host = "smtp.example.com"
+tls = "tls"
+from = "sos@example.com"
+to = ["security@example.com", "Duty Manager <duty@example.com>"]
+"#
+        );
+        let c = Config::parse(&text, None).unwrap();
+        assert_eq!(c.window.ttl_secs, 300);
+        assert_eq!(c.channel_names(), vec!["log", "slack", "email"]);
+        let e = c.email.unwrap();
+        assert_eq!(e.smtp_port, 465);
+        assert_eq!(e.to.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let f = Path::new("/etc/sos/collector.toml");
+        let e = Config::parse("listen = \"127.0.0.1:5000\"\n[notify.email]\nsmtp_port = \"x\"\n", Some(f)).unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("/etc/sos/collector.toml:3: key `notify.email.smtp_port`"), "{s}");
+
+        let e = Config::parse("lisen = \"x\"", Some(f)).unwrap_err().to_string();
+        assert!(e.contains("lisen") && e.contains(":1"), "{e}");
+
+        let e = Config::parse("listen = \"nowhere\"", Some(f)).unwrap_err().to_string();
+        assert!(e.contains("key `listen`") && e.contains("nowhere"), "{e}");
+
+        let e = Config::parse("[notify.email]\nsmtp_host=\"h\"\nfrom=\"a@b.c\"\nto=[]\ntls=\"ssl\"", Some(f))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("notify.email.tls") && e.contains("ssl"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_not_echoed() {
+        let e = Config::parse("key = \"s3cr3t-but-not-a-key\"", None).unwrap_err().to_string();
+        assert!(!e.contains("s3cr3t"), "{e}");
+        let e = Config::parse("[notify.slack]\nwebhook_url = \"s3cr3t\"", None).unwrap_err().to_string();
+        assert!(!e.contains("s3cr3t") && e.contains("webhook_url"), "{e}");
+        let e = Config::parse("[notify.email]\nsmtp_host=\"h\"\nfrom=\"a@b.c\"\nto=[\"x@y.z\"]\nusername=\"u\"\npassword = s3cr3t\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cr3t"), "{e}");
+    }
+
+    #[test]
+    fn one_source_per_secret_and_env_must_exist() {
+        let e = Config::parse("key = \"a\"\nkey_env = \"B\"", None).unwrap_err().to_string();
+        assert!(e.contains("only one"), "{e}");
+        let e = Config::parse("key_env = \"SOS_TEST_SURELY_UNSET_VAR\"", None).unwrap_err().to_string();
+        assert!(e.contains("key `key_env`") && e.contains("SOS_TEST_SURELY_UNSET_VAR"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn generated_key_is_private_and_stable_and_others_readable_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config { data_dir: dir.path().join("data"), ..Config::default() };
+        let path = c.ensure_key().unwrap().unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let id = c.key.as_ref().unwrap().id();
+        let mut again = Config { data_dir: dir.path().join("data"), ..Config::default() };
+        again.ensure_key().unwrap();
+        assert_eq!(again.key.unwrap().id(), id);
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut third = Config { data_dir: dir.path().join("data"), ..Config::default() };
+        let e = third.ensure_key().unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+    }
+}

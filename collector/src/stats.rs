@@ -1,0 +1,80 @@
+//! Counters of what the collector received and did, for logs and tests.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Live counters, shared by the receive loop and its tasks.
+        #[derive(Debug, Default)]
+        pub struct Stats { $($(#[$doc])* pub $name: AtomicU64,)* }
+
+        /// A copy of the counters at one moment.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct StatsSnapshot { $($(#[$doc])* pub $name: u64,)* }
+
+        impl Stats {
+            /// Read every counter.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $($name: self.$name.load(Relaxed),)* }
+            }
+        }
+
+        impl fmt::Display for StatsSnapshot {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut first = true;
+                $(
+                    if !first { f.write_str(" ")?; }
+                    first = false;
+                    write!(f, concat!(stringify!($name), "={}"), self.$name)?;
+                )*
+                let _ = first;
+                Ok(())
+            }
+        }
+    };
+}
+
+counters! {
+    /// Datagrams read from the socket.
+    received,
+    /// Dropped: not an SOS v1 datagram (size, magic, version, encoding), or an authentic token
+    /// whose content is not a v1 message.
+    malformed,
+    /// Dropped: unknown key id or a token that fails authentication.
+    unauthenticated,
+    /// Dropped: authentic but older than the token age limit (replay or slow clock).
+    expired,
+    /// Dropped: authentic but dated beyond the future skew limit (fast clock).
+    from_future,
+    /// Dropped: a message kind the collector does not accept (e.g. an ACK sent to it).
+    unexpected,
+    /// Dropped: a message kind this version does not handle yet (CANCEL).
+    unsupported,
+    /// SOS stored for the first time.
+    sos_stored,
+    /// SOS retransmissions recognised as already stored.
+    sos_duplicate,
+    /// Heartbeats answered.
+    heartbeats,
+    /// Replies sent.
+    replies_sent,
+    /// Replies not sent because they would have been larger than their request.
+    replies_suppressed,
+    /// SOS not acknowledged because the store failed.
+    store_errors,
+}
+
+impl Stats {
+    /// Add one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+}
+
+impl StatsSnapshot {
+    /// Every datagram dropped without a reply.
+    pub fn dropped(&self) -> u64 {
+        self.malformed + self.unauthenticated + self.expired + self.from_future + self.unexpected + self.unsupported
+    }
+}

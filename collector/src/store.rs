@@ -1,0 +1,619 @@
+//! The durable store: alerts and their outbox, in one SQLite file (WAL, synchronous=FULL).
+//!
+//! [`Db`] holds every SQL statement and is used directly by the CLI. [`Store`] is the handle
+//! the service uses: one named writer thread owns a [`Db`] and takes commands over a channel.
+//! Alerts that queue up while a commit is running are committed together in the next
+//! transaction (group commit), so a storm costs one fsync per batch, not per datagram.
+//! An alert and one outbox job per channel are committed in the same transaction: once the
+//! caller is told [`Stored::New`], every channel will be notified even if the process dies.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use sos_shared::protocol::Sos;
+use sos_shared::AlertId;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// The most alerts committed in one transaction.
+const MAX_GROUP: usize = 512;
+
+/// Something the store could not do. The service does not acknowledge what it could not store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed (disk full, read-only, corrupt…).
+    #[error("store: {0}")]
+    Sqlite(String),
+    /// The writer thread is gone (the service is shutting down).
+    #[error("store: the writer has stopped")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e.to_string())
+    }
+}
+
+/// An alert as received, ready to store.
+#[derive(Debug, Clone)]
+pub struct NewAlert {
+    /// What the agent sent.
+    pub sos: Sos,
+    /// When it arrived, ms since the Unix epoch.
+    pub received_at_ms: i64,
+    /// The datagram's source address.
+    pub source: SocketAddr,
+    /// The key that sealed it.
+    pub key_id: String,
+}
+
+/// The outcome of storing an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// First time seen: stored with its outbox jobs.
+    New,
+    /// Already stored earlier: nothing changed.
+    Duplicate,
+}
+
+/// A stored alert, as channels format it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRecord {
+    /// Its id.
+    pub alert_id: AlertId,
+    /// A drill.
+    pub test: bool,
+    /// When the button was pressed (agent clock), seconds since the Unix epoch.
+    pub triggered_at: i64,
+    /// When the collector stored it, ms since the Unix epoch.
+    pub received_at_ms: i64,
+    /// Who, where, what — as the agent reported them.
+    pub user: String,
+    /// The workstation's host name.
+    pub host: String,
+    /// The workstation's route address.
+    pub ip: String,
+    /// The configured location.
+    pub location: String,
+    /// The sender's text.
+    pub message: String,
+    /// The datagram's source address as the collector saw it.
+    pub source: String,
+}
+
+/// One pending delivery of one alert to one channel.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Row id.
+    pub id: i64,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the job was created, ms since the Unix epoch (the give-up clock starts here).
+    pub created_at_ms: i64,
+    /// The alert to deliver.
+    pub alert: AlertRecord,
+}
+
+/// What happened to a job after an attempt.
+#[derive(Debug, Clone)]
+pub enum JobOutcome {
+    /// The channel accepted it.
+    Delivered,
+    /// Try again at `next_attempt_at_ms`.
+    Retry {
+        /// When, ms since the Unix epoch.
+        next_attempt_at_ms: i64,
+        /// What went wrong this time.
+        error: String,
+    },
+    /// Never try again; the alert is recorded as not delivered on this channel.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+/// The state of one channel for one alert, as `sos-collector alerts` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The channel name.
+    pub channel: String,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// When it was delivered, ms since the Unix epoch.
+    pub delivered_at_ms: Option<i64>,
+}
+
+/// The store, used synchronously.
+#[derive(Debug)]
+pub struct Db {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id       TEXT PRIMARY KEY,
+    received_at_ms INTEGER NOT NULL,
+    triggered_at   INTEGER NOT NULL,
+    test           INTEGER NOT NULL,
+    user           TEXT NOT NULL,
+    host           TEXT NOT NULL,
+    ip             TEXT NOT NULL,
+    location       TEXT NOT NULL,
+    message        TEXT NOT NULL,
+    agent          TEXT NOT NULL,
+    source         TEXT NOT NULL,
+    key_id         TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id                 INTEGER PRIMARY KEY,
+    alert_id           TEXT NOT NULL REFERENCES alerts(alert_id),
+    channel            TEXT NOT NULL,
+    state              TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    created_at_ms      INTEGER NOT NULL,
+    next_attempt_at_ms INTEGER NOT NULL,
+    delivered_at_ms    INTEGER,
+    last_error         TEXT,
+    UNIQUE (alert_id, channel)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (channel, state, next_attempt_at_ms);
+CREATE INDEX IF NOT EXISTS alerts_recent ON alerts (received_at_ms);
+PRAGMA user_version = 1;
+";
+
+impl Db {
+    /// Open (creating if needed) the store at `path`.
+    ///
+    /// # Errors
+    /// If the file cannot be opened or its schema is from a newer version.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Sqlite(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > 1 {
+            return Err(StoreError::Sqlite(format!(
+                "{} has schema version {version}, newer than this collector understands (1)",
+                path.display()
+            )));
+        }
+        conn.execute_batch(SCHEMA)?;
+        Ok(Db { conn })
+    }
+
+    /// Open an existing store for reading only (the CLI).
+    ///
+    /// # Errors
+    /// If there is no store at `path`.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Db { conn })
+    }
+
+    /// Store alerts and their outbox jobs in one transaction. All or nothing.
+    ///
+    /// # Errors
+    /// If the transaction fails; then nothing was stored.
+    pub fn insert_alerts(
+        &mut self,
+        alerts: &[NewAlert],
+        channels: &[&str],
+    ) -> Result<Vec<Stored>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut out = Vec::with_capacity(alerts.len());
+        {
+            let mut insert_alert = tx.prepare_cached(
+                "INSERT INTO alerts (alert_id, received_at_ms, triggered_at, test, user, host, ip,
+                                     location, message, agent, source, key_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT (alert_id) DO NOTHING",
+            )?;
+            let mut insert_job = tx.prepare_cached(
+                "INSERT INTO outbox (alert_id, channel, state, created_at_ms, next_attempt_at_ms)
+                 VALUES (?1, ?2, 'pending', ?3, ?3)",
+            )?;
+            for a in alerts {
+                let s = &a.sos;
+                let id = s.alert_id.to_string();
+                let n = insert_alert.execute(params![
+                    id,
+                    a.received_at_ms,
+                    s.triggered_at as i64,
+                    s.test,
+                    s.user,
+                    s.host,
+                    s.ip,
+                    s.location,
+                    s.message,
+                    s.agent,
+                    a.source.to_string(),
+                    a.key_id,
+                ])?;
+                if n == 1 {
+                    for ch in channels {
+                        insert_job.execute(params![id, ch, a.received_at_ms])?;
+                    }
+                    out.push(Stored::New);
+                } else {
+                    out.push(Stored::Duplicate);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Pending jobs of `channel` due at `now_ms`, oldest first.
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub fn due_jobs(&self, channel: &str, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT o.id, o.attempts, o.created_at_ms, a.alert_id, a.test, a.triggered_at,
+                    a.received_at_ms, a.user, a.host, a.ip, a.location, a.message, a.source
+             FROM outbox o JOIN alerts a ON a.alert_id = o.alert_id
+             WHERE o.channel = ?1 AND o.state = 'pending' AND o.next_attempt_at_ms <= ?2
+             ORDER BY o.next_attempt_at_ms, o.id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![channel, now_ms, limit as i64], |r| {
+            let id: String = r.get(3)?;
+            Ok(Job {
+                id: r.get(0)?,
+                attempts: r.get(1)?,
+                created_at_ms: r.get(2)?,
+                alert: AlertRecord {
+                    alert_id: id.parse().map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+                    })?,
+                    test: r.get(4)?,
+                    triggered_at: r.get(5)?,
+                    received_at_ms: r.get(6)?,
+                    user: r.get(7)?,
+                    host: r.get(8)?,
+                    ip: r.get(9)?,
+                    location: r.get(10)?,
+                    message: r.get(11)?,
+                    source: r.get(12)?,
+                },
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// When the next pending job of `channel` is due, ms since the Unix epoch.
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub fn next_due(&self, channel: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT MIN(next_attempt_at_ms) FROM outbox WHERE channel = ?1 AND state = 'pending'",
+                params![channel],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// Record the outcome of attempts, all in one transaction.
+    ///
+    /// # Errors
+    /// If the transaction fails; then nothing was recorded and the jobs will be tried again.
+    pub fn finish(&mut self, outcomes: &[(i64, JobOutcome)], now_ms: i64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for (id, outcome) in outcomes {
+            match outcome {
+                JobOutcome::Delivered => tx.execute(
+                    "UPDATE outbox SET state = 'delivered', attempts = attempts + 1,
+                            delivered_at_ms = ?2, last_error = NULL WHERE id = ?1",
+                    params![id, now_ms],
+                )?,
+                JobOutcome::Retry { next_attempt_at_ms, error } => tx.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at_ms = ?2,
+                            last_error = ?3 WHERE id = ?1",
+                    params![id, next_attempt_at_ms, error],
+                )?,
+                JobOutcome::Failed { error } => tx.execute(
+                    "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?2
+                     WHERE id = ?1",
+                    params![id, error],
+                )?,
+            };
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The most recent alerts with the delivery state of each channel, newest first.
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub fn recent_alerts(&self, limit: usize) -> Result<Vec<(AlertRecord, Vec<Delivery>)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT alert_id, test, triggered_at, received_at_ms, user, host, ip, location, message, source
+             FROM alerts ORDER BY received_at_ms DESC, alert_id LIMIT ?1",
+        )?;
+        let alerts = stmt
+            .query_map(params![limit as i64], |r| {
+                let id: String = r.get(0)?;
+                Ok(AlertRecord {
+                    alert_id: id.parse().map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+                    })?,
+                    test: r.get(1)?,
+                    triggered_at: r.get(2)?,
+                    received_at_ms: r.get(3)?,
+                    user: r.get(4)?,
+                    host: r.get(5)?,
+                    ip: r.get(6)?,
+                    location: r.get(7)?,
+                    message: r.get(8)?,
+                    source: r.get(9)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut jobs = self.conn.prepare(
+            "SELECT channel, state, attempts, last_error, delivered_at_ms FROM outbox
+             WHERE alert_id = ?1 ORDER BY id",
+        )?;
+        let mut out = Vec::with_capacity(alerts.len());
+        for a in alerts {
+            let d = jobs
+                .query_map(params![a.alert_id.to_string()], |r| {
+                    Ok(Delivery {
+                        channel: r.get(0)?,
+                        state: r.get(1)?,
+                        attempts: r.get(2)?,
+                        last_error: r.get(3)?,
+                        delivered_at_ms: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push((a, d));
+        }
+        Ok(out)
+    }
+
+    /// Pending jobs per channel, to warn about channels no longer configured.
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub fn pending_by_channel(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT channel, COUNT(*) FROM outbox WHERE state = 'pending' GROUP BY channel ORDER BY channel",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Command {
+    Insert(Box<NewAlert>, Reply<Stored>),
+    DueJobs(&'static str, i64, usize, Reply<Vec<Job>>),
+    NextDue(&'static str, Reply<Option<i64>>),
+    Finish(Vec<(i64, JobOutcome)>, i64, Reply<()>),
+}
+
+/// The service's handle to the store's writer thread. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    tx: mpsc::UnboundedSender<Command>,
+    /// Wakes each channel's outbox worker when new jobs are committed, in `channels` order.
+    wakers: Arc<Vec<(&'static str, Arc<Notify>)>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Insert(..) => "Insert",
+            Command::DueJobs(..) => "DueJobs",
+            Command::NextDue(..) => "NextDue",
+            Command::Finish(..) => "Finish",
+        })
+    }
+}
+
+impl Store {
+    /// Start the writer thread on `db`. Every new alert gets one job per channel in `channels`.
+    /// The thread ends when the last handle is dropped; `join` it with the returned handle.
+    ///
+    /// # Errors
+    /// If the thread cannot be spawned.
+    pub fn start(
+        mut db: Db,
+        channels: &[&'static str],
+    ) -> std::io::Result<(Store, std::thread::JoinHandle<()>)> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
+        let wakers: Arc<Vec<_>> = Arc::new(channels.iter().map(|c| (*c, Arc::new(Notify::new()))).collect());
+        let thread_wakers = wakers.clone();
+        let names: Vec<&'static str> = channels.to_vec();
+        let handle = std::thread::Builder::new()
+            .name("sos-store".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut inserts = Vec::new();
+                    let mut others = Vec::new();
+                    let mut next = Some(first);
+                    while let Some(cmd) = next.take() {
+                        match cmd {
+                            Command::Insert(a, r) => inserts.push((a, r)),
+                            other => others.push(other),
+                        }
+                        if inserts.len() < MAX_GROUP {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    if !inserts.is_empty() {
+                        let batch: Vec<NewAlert> = inserts.iter().map(|(a, _)| (**a).clone()).collect();
+                        match db.insert_alerts(&batch, &names) {
+                            Ok(results) => {
+                                if results.contains(&Stored::New) {
+                                    for (_, n) in thread_wakers.iter() {
+                                        n.notify_one();
+                                    }
+                                }
+                                for ((_, reply), res) in inserts.into_iter().zip(results) {
+                                    let _ = reply.send(Ok(res));
+                                }
+                            }
+                            Err(e) => {
+                                for (_, reply) in inserts {
+                                    let _ = reply.send(Err(e.clone()));
+                                }
+                            }
+                        }
+                    }
+                    for cmd in others {
+                        match cmd {
+                            Command::DueJobs(ch, now, limit, r) => {
+                                let _ = r.send(db.due_jobs(ch, now, limit));
+                            }
+                            Command::NextDue(ch, r) => {
+                                let _ = r.send(db.next_due(ch));
+                            }
+                            Command::Finish(outcomes, now, r) => {
+                                let _ = r.send(db.finish(&outcomes, now));
+                            }
+                            Command::Insert(..) => unreachable!("inserts are batched above"),
+                        }
+                    }
+                }
+            })?;
+        Ok((Store { tx, wakers }, handle))
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Store an alert durably with its outbox jobs; resolves once committed.
+    ///
+    /// # Errors
+    /// If the commit failed: the alert is not stored and must not be acknowledged.
+    pub async fn insert(&self, alert: NewAlert) -> Result<Stored, StoreError> {
+        self.call(|r| Command::Insert(Box::new(alert), r)).await
+    }
+
+    /// See [`Db::due_jobs`].
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub async fn due_jobs(&self, channel: &'static str, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.call(|r| Command::DueJobs(channel, now_ms, limit, r)).await
+    }
+
+    /// See [`Db::next_due`].
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub async fn next_due(&self, channel: &'static str) -> Result<Option<i64>, StoreError> {
+        self.call(|r| Command::NextDue(channel, r)).await
+    }
+
+    /// See [`Db::finish`].
+    ///
+    /// # Errors
+    /// If the transaction fails.
+    pub async fn finish(&self, outcomes: Vec<(i64, JobOutcome)>, now_ms: i64) -> Result<(), StoreError> {
+        self.call(|r| Command::Finish(outcomes, now_ms, r)).await
+    }
+
+    /// The notifier that wakes `channel`'s worker when new jobs are committed.
+    pub fn waker(&self, channel: &str) -> Arc<Notify> {
+        self.wakers
+            .iter()
+            .find(|(c, _)| *c == channel)
+            .map(|(_, n)| n.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(id: u128) -> NewAlert {
+        NewAlert {
+            sos: Sos {
+                alert_id: AlertId::from_u128(id),
+                test: false,
+                triggered_at: 1,
+                attempt: 0,
+                user: "alice".into(),
+                host: "desk".into(),
+                ip: "10.0.0.1".into(),
+                location: "Reception".into(),
+                message: String::new(),
+                agent: String::new(),
+            },
+            received_at_ms: 1000,
+            source: "127.0.0.1:9".parse().unwrap(),
+            key_id: "00".into(),
+        }
+    }
+
+    #[test]
+    fn a_duplicate_is_stored_once_with_one_job_per_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("sos.db")).unwrap();
+        let r = db.insert_alerts(&[alert(1), alert(1), alert(2)], &["log", "slack"]).unwrap();
+        assert_eq!(r, vec![Stored::New, Stored::Duplicate, Stored::New]);
+        assert_eq!(db.insert_alerts(&[alert(1)], &["log", "slack"]).unwrap(), vec![Stored::Duplicate]);
+        assert_eq!(db.due_jobs("slack", 1000, 10).unwrap().len(), 2);
+        assert_eq!(db.due_jobs("slack", 999, 10).unwrap().len(), 0);
+        assert_eq!(db.pending_by_channel().unwrap(), vec![("log".into(), 2), ("slack".into(), 2)]);
+    }
+
+    #[test]
+    fn outcomes_are_recorded_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        {
+            let mut db = Db::open(&path).unwrap();
+            db.insert_alerts(&[alert(1), alert(2), alert(3)], &["slack"]).unwrap();
+            let jobs = db.due_jobs("slack", 1000, 10).unwrap();
+            db.finish(
+                &[
+                    (jobs[0].id, JobOutcome::Delivered),
+                    (jobs[1].id, JobOutcome::Retry { next_attempt_at_ms: 5000, error: "429".into() }),
+                    (jobs[2].id, JobOutcome::Failed { error: "404 no_service".into() }),
+                ],
+                1234,
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.next_due("slack").unwrap(), Some(5000));
+        let all = db.recent_alerts(10).unwrap();
+        let states: Vec<_> = all.iter().map(|(_, d)| d[0].state.as_str()).collect();
+        assert_eq!(states.len(), 3);
+        assert!(states.contains(&"delivered") && states.contains(&"pending") && states.contains(&"failed"));
+    }
+}
