@@ -5,6 +5,8 @@
 //! - [`alert`]: [`AlertId`], the random 128-bit identity an SOS keeps across every retry.
 //! - [`protocol`]: the datagram layout (cleartext header + Fernet token), the message kinds as a
 //!   serde enum, and the named constants (sizes, limits) in one place.
+//! - [`config`]: what both configuration files share: located errors, secrets from files or
+//!   environment variables, key files readable only by their owner.
 //! - [`crypto`]: [`Key`] (a Fernet key and its key id), sealing a [`Message`] into a datagram and
 //!   opening one with the replay checks (token age limit and future clock skew).
 //!
@@ -12,6 +14,7 @@
 //! implements; the test vectors in `docs/test-vectors/` are checked by this crate's tests.
 
 pub mod alert;
+pub mod config;
 pub mod crypto;
 pub mod protocol;
 

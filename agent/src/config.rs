@@ -1,0 +1,181 @@
+//! Agent configuration (TOML).
+//!
+//! ```toml
+//! collectors = ["127.0.0.1:5000"]  # one or more; all are tried
+//! key = "…"                        # or key_file / key_env
+//! location = "Building A, floor 2, reception"
+//! hotkey = "ctrl+alt+s"            # used by the tray agent (not built yet)
+//! silent = false                   # used by the tray agent (not built yet)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sos_shared::config::{secret, toml_error, ConfigError};
+use sos_shared::protocol::DEFAULT_PORT;
+use sos_shared::Key;
+
+/// The file as written. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    collectors: Vec<String>,
+    key: Option<String>,
+    key_file: Option<PathBuf>,
+    key_env: Option<String>,
+    location: String,
+    hotkey: Option<String>,
+    silent: bool,
+    send_timeout_secs: Option<u64>,
+}
+
+/// A validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Collector addresses as `host:port` (port 5000 if omitted), in order of preference.
+    pub collectors: Vec<String>,
+    /// The key SOS are sealed with.
+    pub key: Key,
+    /// Where this workstation is, as the administrator wrote it.
+    pub location: String,
+    /// The global hotkey of the tray agent.
+    pub hotkey: String,
+    /// No toasts, only a discreet tray change (tray agent).
+    pub silent: bool,
+    /// How long `send` keeps trying before it reports failure, seconds.
+    pub send_timeout_secs: u64,
+}
+
+impl AgentConfig {
+    /// Read and validate a configuration file.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, the line and the key that are wrong.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_path_buf()),
+            key: None,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(&text, Some(path))
+    }
+
+    /// Validate configuration text; `file` names it in errors and anchors relative paths.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key that is wrong.
+    pub fn parse(text: &str, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
+        let base = file.and_then(Path::parent).unwrap_or(Path::new("."));
+        let key_file = raw.key_file.map(|p| if p.is_absolute() { p } else { base.join(p) });
+        let (key_name, key_text) = secret(file, "key", raw.key, key_file, raw.key_env)?.ok_or_else(|| {
+            ConfigError::at(file, "key", "no key: set key, key_file or key_env (the collector prints one at first start)")
+        })?;
+        let key = Key::from_base64(&key_text).map_err(|e| ConfigError::at(file, &key_name, e.to_string()))?;
+        if raw.collectors.is_empty() {
+            return Err(ConfigError::at(file, "collectors", "needs at least one collector, e.g. [\"sos.example.com:5000\"]"));
+        }
+        let mut collectors = Vec::new();
+        for c in raw.collectors {
+            collectors.push(normalize_collector(&c).ok_or_else(|| {
+                ConfigError::at(file, "collectors", format!("{c:?} is not a host, host:port or [ipv6]:port"))
+            })?);
+        }
+        let send_timeout_secs = match raw.send_timeout_secs {
+            Some(0) => return Err(ConfigError::at(file, "send_timeout_secs", "must be greater than 0")),
+            Some(v) => v,
+            None => 30,
+        };
+        Ok(AgentConfig {
+            collectors,
+            key,
+            location: raw.location,
+            hotkey: raw.hotkey.unwrap_or_else(|| "ctrl+alt+s".into()),
+            silent: raw.silent,
+            send_timeout_secs,
+        })
+    }
+
+    /// Where the agent looks for its configuration when none is given, most specific first:
+    /// the user's file, then the system-wide one.
+    ///
+    /// ## Platform-specific
+    /// - **Linux/BSD:** `$XDG_CONFIG_HOME/sos/agent.toml` (or `~/.config/sos/agent.toml`), then
+    ///   `/etc/sos/agent.toml`.
+    /// - **macOS:** `~/Library/Application Support/sos/agent.toml`, then `/etc/sos/agent.toml`.
+    /// - **Windows:** `%APPDATA%\sos\agent.toml`, then `%ProgramData%\sos\agent.toml`.
+    pub fn default_paths() -> Vec<PathBuf> {
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let mut paths = Vec::new();
+        if cfg!(windows) {
+            paths.extend(env("APPDATA").map(|d| d.join("sos").join("agent.toml")));
+            paths.extend(env("ProgramData").map(|d| d.join("sos").join("agent.toml")));
+        } else {
+            if cfg!(target_os = "macos") {
+                paths.extend(env("HOME").map(|h| h.join("Library/Application Support/sos/agent.toml")));
+            } else if let Some(x) = env("XDG_CONFIG_HOME") {
+                paths.push(x.join("sos/agent.toml"));
+            } else {
+                paths.extend(env("HOME").map(|h| h.join(".config/sos/agent.toml")));
+            }
+            paths.push(PathBuf::from("/etc/sos/agent.toml"));
+        }
+        paths
+    }
+}
+
+/// `host`, `host:port`, `ip:port` or `[ipv6]:port` → `host:port` with the default port.
+fn normalize_collector(c: &str) -> Option<String> {
+    let c = c.trim();
+    if c.is_empty() || c.contains(char::is_whitespace) {
+        return None;
+    }
+    if c.parse::<std::net::SocketAddr>().is_ok() {
+        return Some(c.to_owned());
+    }
+    if let Ok(ip) = c.parse::<std::net::IpAddr>() {
+        return Some(std::net::SocketAddr::new(ip, DEFAULT_PORT).to_string());
+    }
+    match c.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.contains(':') => {
+            port.parse::<u16>().ok().filter(|p| *p != 0)?;
+            Some(c.to_owned())
+        }
+        Some(_) => None,
+        None => Some(format!("{c}:{DEFAULT_PORT}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let k = Key::generate();
+        let c = AgentConfig::parse(
+            &format!("collectors = [\"127.0.0.1:5000\", \"sos.example.com\", \"[::1]:7\"]\nkey = \"{k}\"\nlocation = \"Reception\"\nhotkey = \"ctrl+alt+s\"\nsilent = false\n"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.collectors, vec!["127.0.0.1:5000", "sos.example.com:5000", "[::1]:7"]);
+        assert_eq!(c.location, "Reception");
+        assert_eq!(c.send_timeout_secs, 30);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let k = Key::generate();
+        let f = Path::new("agent.toml");
+        let e = AgentConfig::parse(&format!("key = \"{k}\""), Some(f)).unwrap_err().to_string();
+        assert!(e.contains("key `collectors`"), "{e}");
+        let e = AgentConfig::parse(&format!("key = \"{k}\"\ncollectors = [\"a b\"]"), Some(f)).unwrap_err().to_string();
+        assert!(e.contains("collectors") && e.contains("a b"), "{e}");
+        let e = AgentConfig::parse("collectors = [\"h\"]", Some(f)).unwrap_err().to_string();
+        assert!(e.contains("key `key`"), "{e}");
+        let e = AgentConfig::parse("collectors = [\"h\"]\nkey = \"short\"", Some(f)).unwrap_err().to_string();
+        assert!(e.contains("key `key`") && !e.contains("short"), "{e}");
+        let e = AgentConfig::parse("colectors = []", Some(f)).unwrap_err().to_string();
+        assert!(e.contains("colectors"), "{e}");
+    }
+}

@@ -1,0 +1,281 @@
+//! Delivering one SOS: retransmit until a collector acknowledges it or the deadline passes.
+//!
+//! - Every transmission is sealed anew (fresh timestamp, `attempt` counting up) but keeps the
+//!   alert id fixed when the button was pressed, so the collector recognises retries.
+//! - The first transmission goes to the first collector; from the second on, every collector
+//!   gets each round, so a dead primary costs one short wait, not its whole timeout.
+//! - Waits between rounds grow exponentially with ±20 % jitter, capped, so that a floor of
+//!   agents retrying after an outage does not retry in lock-step.
+//! - Only an authentic SOS-ACK for this alert id counts; anything else is ignored.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use sos_shared::protocol::{split_datagram, AckStatus, Sos, MAX_DATAGRAM};
+use sos_shared::{unix_now, AlertId, Key, Message, TimeWindow};
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::config::AgentConfig;
+use crate::identity::{route_ip, Identity};
+
+/// The SOS a press of the button produces, before the per-collector route address is filled in.
+pub fn new_sos(identity: &Identity, location: &str, message: &str, test: bool) -> Sos {
+    let mut sos = Sos {
+        alert_id: AlertId::random(),
+        test,
+        triggered_at: unix_now(),
+        attempt: 0,
+        user: identity.user.clone(),
+        host: identity.host.clone(),
+        ip: String::new(),
+        location: location.to_owned(),
+        message: message.to_owned(),
+        agent: concat!("sos-agent/", env!("CARGO_PKG_VERSION")).to_owned(),
+    };
+    sos.fit_to_datagram();
+    sos
+}
+
+/// How long to wait for an acknowledgement after each round of transmissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrySchedule {
+    /// The wait after the first round.
+    pub first: Duration,
+    /// The longest wait.
+    pub max: Duration,
+}
+
+impl Default for RetrySchedule {
+    fn default() -> Self {
+        RetrySchedule {
+            first: Duration::from_millis(300),
+            max: Duration::from_secs(3),
+        }
+    }
+}
+
+impl RetrySchedule {
+    /// The wait after round `round` (0-based): `first × 2^round`, capped at `max`, ±20 % jitter.
+    pub fn wait(&self, round: u32, rng: &mut fastrand::Rng) -> Duration {
+        let base = self.first.saturating_mul(1u32 << round.min(20)).min(self.max);
+        base.mul_f64(0.8 + rng.f64() * 0.4)
+    }
+}
+
+/// A collector acknowledged the SOS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// The alert.
+    pub alert_id: AlertId,
+    /// Which collector answered first.
+    pub collector: SocketAddr,
+    /// Whether this or an earlier transmission was the first the collector stored.
+    pub status: AckStatus,
+    /// Datagrams sent, across all collectors.
+    pub transmissions: u32,
+    /// From the first transmission to the acknowledgement.
+    pub elapsed: Duration,
+}
+
+/// The SOS was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No collector acknowledged before the deadline.
+    #[error("not acknowledged within {} s after {transmissions} transmissions{}", .waited.as_secs(), .problem.as_deref().map(|p| format!(" (last problem: {p})")).unwrap_or_default())]
+    NotAcknowledged {
+        /// Datagrams sent.
+        transmissions: u32,
+        /// How long we tried.
+        waited: Duration,
+        /// The last thing that went wrong locally (name resolution, no route), if any.
+        problem: Option<String>,
+    },
+    /// The SOS could not be sealed (cannot happen for an SOS built by [`new_sos`]).
+    #[error("cannot seal the SOS: {0}")]
+    Seal(#[from] sos_shared::SealError),
+    /// No local socket could be opened.
+    #[error("cannot open a UDP socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Sends SOS to the configured collectors.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    key: Key,
+    collectors: Vec<String>,
+    schedule: RetrySchedule,
+}
+
+impl Sender {
+    /// A sender for the collectors and key of `config`.
+    pub fn new(config: &AgentConfig) -> Self {
+        Sender {
+            key: config.key.clone(),
+            collectors: config.collectors.clone(),
+            schedule: RetrySchedule::default(),
+        }
+    }
+
+    /// A sender with explicit collectors (`host:port`), key and schedule.
+    pub fn with(key: Key, collectors: Vec<String>, schedule: RetrySchedule) -> Self {
+        Sender { key, collectors, schedule }
+    }
+
+    /// Transmit `sos` until a collector acknowledges it or `deadline` has passed.
+    ///
+    /// # Errors
+    /// [`SendError::NotAcknowledged`] when the deadline passes first; the caller must tell the
+    /// sender plainly and keep the alert for later.
+    pub async fn send(&self, mut sos: Sos, deadline: Duration) -> Result<Delivered, SendError> {
+        let started = Instant::now();
+        let give_up = started + deadline;
+        let mut rng = fastrand::Rng::new();
+        let mut v4: Option<UdpSocket> = None;
+        let mut v6: Option<UdpSocket> = None;
+        let mut resolved: HashMap<String, SocketAddr> = HashMap::new();
+        let mut route: HashMap<SocketAddr, String> = HashMap::new();
+        let mut problem: Option<String> = None;
+        let mut transmissions = 0u32;
+        let mut buf4 = vec![0u8; MAX_DATAGRAM + 1];
+        let mut buf6 = vec![0u8; MAX_DATAGRAM + 1];
+
+        for round in 0u32.. {
+            let targets: &[String] = if round == 0 { &self.collectors[..1.min(self.collectors.len())] } else { &self.collectors };
+            for name in targets {
+                if !resolved.contains_key(name) {
+                    match tokio::net::lookup_host(name.as_str()).await.map(|mut a| a.next()) {
+                        Ok(Some(addr)) => {
+                            resolved.insert(name.clone(), addr);
+                        }
+                        Ok(None) | Err(_) => {
+                            let p = format!("cannot resolve {name}");
+                            debug!("{p}");
+                            problem = Some(p);
+                            continue;
+                        }
+                    }
+                }
+                let addr = resolved[name];
+                let socket = match addr {
+                    SocketAddr::V4(_) => &mut v4,
+                    SocketAddr::V6(_) => &mut v6,
+                };
+                if socket.is_none() {
+                    let any: std::net::IpAddr = if addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+                    *socket = Some(UdpSocket::bind((any, 0)).await?);
+                }
+                sos.ip = route
+                    .entry(addr)
+                    .or_insert_with(|| route_ip(addr).map(|ip| ip.to_string()).unwrap_or_default())
+                    .clone();
+                sos.attempt = transmissions;
+                let datagram = self.key.seal(&Message::Sos(sos.clone()), unix_now())?;
+                let Some(sock) = socket.as_ref() else { continue };
+                match sock.send_to(&datagram, addr).await {
+                    Ok(_) => {
+                        transmissions += 1;
+                        debug!(%addr, attempt = sos.attempt, "SOS sent");
+                    }
+                    Err(e) => {
+                        let p = format!("cannot send to {addr}: {e}");
+                        debug!("{p}");
+                        problem = Some(p);
+                    }
+                }
+            }
+
+            let now = Instant::now();
+            if now >= give_up {
+                break;
+            }
+            let round_end = (now + self.schedule.wait(round, &mut rng)).min(give_up);
+            loop {
+                let recv4 = async {
+                    match &v4 {
+                        Some(s) => s.recv_from(&mut buf4).await.map(|(n, a)| (n, a, 4)),
+                        None => std::future::pending().await,
+                    }
+                };
+                let recv6 = async {
+                    match &v6 {
+                        Some(s) => s.recv_from(&mut buf6).await.map(|(n, a)| (n, a, 6)),
+                        None => std::future::pending().await,
+                    }
+                };
+                let got = tokio::select! {
+                    r = recv4 => r,
+                    r = recv6 => r,
+                    _ = tokio::time::sleep_until(round_end) => break,
+                };
+                let Ok((n, from, family)) = got else { continue };
+                let data = if family == 4 { &buf4[..n] } else { &buf6[..n] };
+                if let Some((status, server_time)) = self.ack_for(data, sos.alert_id) {
+                    let elapsed = started.elapsed();
+                    let skew = server_time as i64 - unix_now() as i64;
+                    if skew.abs() > 30 {
+                        warn!(clock_difference_secs = skew, "this workstation's clock differs from the collector's; fix its time sync");
+                    }
+                    info!(%from, ?status, transmissions, elapsed_ms = elapsed.as_millis() as u64, "SOS acknowledged");
+                    return Ok(Delivered {
+                        alert_id: sos.alert_id,
+                        collector: from,
+                        status,
+                        transmissions,
+                        elapsed,
+                    });
+                }
+            }
+            if Instant::now() >= give_up {
+                break;
+            }
+        }
+        Err(SendError::NotAcknowledged {
+            transmissions,
+            waited: started.elapsed(),
+            problem,
+        })
+    }
+
+    /// The status and collector clock of `datagram` if it is an authentic SOS-ACK for `alert_id`.
+    fn ack_for(&self, datagram: &[u8], alert_id: AlertId) -> Option<(AckStatus, u64)> {
+        let (key_id, token) = split_datagram(datagram).ok()?;
+        if key_id != self.key.id() {
+            return None;
+        }
+        // The reply's age is not checked: an acknowledgement for our own fresh alert id can
+        // only come from a collector that stored it, and our clock may be the wrong one.
+        let window = TimeWindow { ttl_secs: u64::MAX, max_future_skew_secs: u64::MAX };
+        match self.key.open(token, unix_now(), window).ok()?.message {
+            Message::SosAck(ack) if ack.alert_id == alert_id => Some((ack.status, ack.server_time)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_grow_within_jitter_and_are_capped() {
+        let s = RetrySchedule::default();
+        let mut rng = fastrand::Rng::with_seed(9);
+        for (round, base) in [(0, 0.3), (1, 0.6), (2, 1.2), (3, 2.4), (4, 3.0), (30, 3.0)] {
+            for _ in 0..50 {
+                let w = s.wait(round, &mut rng).as_secs_f64();
+                assert!(w >= base * 0.8 - 1e-9 && w <= base * 1.2 + 1e-9, "round {round}: {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_sos_fits_and_carries_identity() {
+        let id = Identity { user: "alice".into(), host: "desk".into() };
+        let s = new_sos(&id, "Reception", &"x".repeat(5000), true);
+        assert!(s.test && s.user == "alice" && s.location == "Reception");
+        assert!(serde_json::to_vec(&Message::Sos(s)).unwrap().len() <= sos_shared::protocol::MAX_PLAINTEXT);
+    }
+}
