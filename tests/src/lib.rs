@@ -1,1 +1,48 @@
+//! Harness for the end-to-end tests: the real `sos-collector` and `sos-agent` release binaries,
+//! a real HTTP server that answers like Slack's incoming webhooks, a real SMTP server (the
+//! `mailin` library's protocol engine on a real TCP socket), and a raw protocol peer.
+//!
+//! # Layout
+//! - [`bin`]: where the binaries under test are.
+//! - [`slack`]: [`SlackStandIn`], scripted answers (200 `ok`, 4xx, 429 + `Retry-After`, 5xx, hang).
+//! - [`smtp`]: [`SmtpServer`], scripted answers to the end of DATA (250, 451, 550…).
+//! - [`process`]: [`CollectorProcess`] and [`agent_send`].
+//! - [`peer`]: [`Peer`], a raw UDP protocol peer for hand-made datagrams.
+//!
+//! Waiting is always on an event with a deadline (a condition variable, a socket read
+//! timeout, or a state re-checked until the deadline), never a fixed sleep.
 
+pub mod bin;
+pub mod peer;
+pub mod process;
+pub mod slack;
+pub mod smtp;
+
+pub use peer::Peer;
+pub use process::{agent_send, CollectorProcess};
+pub use slack::{Answer, SlackStandIn};
+pub use smtp::SmtpServer;
+
+use std::time::{Duration, Instant};
+
+/// Re-check `cond` until it holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A free UDP port on 127.0.0.1.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("cannot bind a UDP socket on 127.0.0.1")
+}

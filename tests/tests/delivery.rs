@@ -1,0 +1,331 @@
+//! End-to-end: the real binaries, a Slack stand-in, a real SMTP server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sos_e2e::process::alert_id_of;
+use sos_e2e::{agent_send, eventually, free_udp_port, Answer, CollectorProcess, Peer, SlackStandIn, SmtpServer};
+use sos_shared::protocol::{AckStatus, Sos};
+use sos_shared::{unix_now, AlertId, Key, Message};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A site: a key, a collector config and an agent config in a temporary directory.
+struct Site {
+    dir: tempfile::TempDir,
+    key_text: String,
+    addr: SocketAddr,
+}
+
+impl Site {
+    fn new() -> Self {
+        let key_text = Key::generate();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+        Site { dir: tempfile::tempdir().unwrap(), key_text, addr }
+    }
+
+    fn key(&self) -> Key {
+        Key::from_base64(&self.key_text).unwrap()
+    }
+
+    fn collector_config(&self, slack: Option<&SlackStandIn>, smtp: Option<&SmtpServer>) -> String {
+        let mut c = format!(
+            "listen = \"{}\"\ndata_dir = \"{}\"\nkey = \"{}\"\nshutdown_grace_secs = 2\n\
+             [outbox]\nfirst_retry_secs = 1\nmax_retry_secs = 2\nattempt_timeout_secs = 5\ncoalesce_window_ms = 200\n",
+            self.addr,
+            self.dir.path().join("data").display(),
+            self.key_text
+        );
+        if let Some(s) = slack {
+            c.push_str(&format!("[notify.slack]\nwebhook_url = \"{}\"\n", s.url));
+        }
+        if let Some(m) = smtp {
+            c.push_str(&format!(
+                "[notify.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\ntls = \"none\"\n\
+                 from = \"sos@example.com\"\nto = [\"security@example.com\"]\n",
+                m.port
+            ));
+        }
+        c
+    }
+
+    fn start(&self, slack: Option<&SlackStandIn>, smtp: Option<&SmtpServer>) -> CollectorProcess {
+        CollectorProcess::start(self.dir.path(), self.addr, &self.collector_config(slack, smtp))
+    }
+
+    fn agent_config(&self) -> PathBuf {
+        let p = self.dir.path().join("agent.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "collectors = [\"{}\"]\nkey = \"{}\"\nlocation = \"Building A, floor 2, reception\"\n",
+                self.addr, self.key_text
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(
+            self.dir.path().join("data/sos.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap()
+    }
+
+    /// (state, last_error) of `alert_id` on `channel`.
+    fn delivery(&self, alert_id: &str, channel: &str) -> Option<(String, Option<String>)> {
+        self.db()
+            .query_row(
+                "SELECT state, last_error FROM outbox WHERE alert_id = ?1 AND channel = ?2",
+                [alert_id, channel],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok()
+    }
+}
+
+fn sos(id: AlertId, user: &str) -> Message {
+    Message::Sos(Sos {
+        alert_id: id,
+        test: false,
+        triggered_at: unix_now(),
+        attempt: 0,
+        user: user.into(),
+        host: "raw-peer".into(),
+        ip: "127.0.0.1".into(),
+        location: "Lab".into(),
+        message: String::new(),
+        agent: "e2e".into(),
+    })
+}
+
+fn me() -> (String, String) {
+    (whoami::fallible::username().unwrap_or_default(), whoami::fallible::hostname().unwrap_or_default())
+}
+
+#[test]
+fn an_sos_reaches_slack_and_email_with_who_where_and_alert_id() {
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let smtp = SmtpServer::start(vec![]);
+    let collector = site.start(Some(&slack), Some(&smtp));
+
+    let out = agent_send(&site.agent_config(), &["--message", "visitor is aggressive"]);
+    assert!(out.status.success(), "sos-agent send failed: {}", String::from_utf8_lossy(&out.stderr));
+    let id = alert_id_of(&out);
+    let (user, host) = me();
+
+    let post = slack.wait_for_text(WAIT, &id);
+    let text = post.text();
+    for needle in [&user, &host, "127.0.0.1", "Building A, floor 2, reception", "visitor is aggressive"] {
+        assert!(text.contains(needle), "Slack post lacks {needle:?}: {text}");
+    }
+    assert!(post.body["text"].as_str().unwrap().starts_with("🚨 SOS"), "{text}");
+
+    let mail = smtp.wait_for_text(WAIT, &id);
+    for needle in [&user, &host, "127.0.0.1", "Building A, floor 2, reception", "visitor is aggressive"] {
+        assert!(mail.contains(needle), "email lacks {needle:?}: {mail}");
+    }
+    let subject = mail.lines().find(|l| l.starts_with("Subject:")).unwrap_or_default();
+    assert!(subject.contains("SOS") && subject.contains("reception"), "{subject}");
+
+    assert!(eventually(WAIT, || site.delivery(&id, "email").is_some_and(|d| d.0 == "delivered")
+        && site.delivery(&id, "slack").is_some_and(|d| d.0 == "delivered")));
+    let listing = String::from_utf8_lossy(&collector.alerts_cli().stdout).into_owned();
+    assert!(listing.contains(&id) && listing.contains("slack  delivered") && listing.contains("email  delivered"), "{listing}");
+    let (status, log) = collector.terminate();
+    assert!(status.success(), "collector exit: {status:?}\n{log}");
+}
+
+#[test]
+fn a_test_alert_is_marked_test_everywhere() {
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let smtp = SmtpServer::start(vec![]);
+    let _collector = site.start(Some(&slack), Some(&smtp));
+    let out = agent_send(&site.agent_config(), &["--test"]);
+    assert!(out.status.success());
+    let id = alert_id_of(&out);
+    assert!(slack.wait_for_text(WAIT, &id).text().contains("TEST"));
+    let mail = smtp.wait_for_text(WAIT, &id);
+    assert!(mail.contains("Subject: TEST SOS"), "{mail}");
+}
+
+#[test]
+fn retries_and_duplicated_datagrams_notify_once_per_channel() {
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let smtp = SmtpServer::start(vec![]);
+    let _collector = site.start(Some(&slack), Some(&smtp));
+    let peer = Peer::new(site.addr, site.key());
+    let id = AlertId::random();
+
+    // The first transmission, retransmissions (sealed anew, same alert id) and an exact
+    // duplicate of a datagram.
+    let first = peer.send(&sos(id, "dup-tester"));
+    let ack = peer.open(&peer.recv_raw(WAIT).expect("ack")).unwrap();
+    assert!(matches!(ack, Message::SosAck(ref a) if a.alert_id == id && a.status == AckStatus::Stored), "{ack:?}");
+    for _ in 0..4 {
+        peer.send(&sos(id, "dup-tester"));
+        let ack = peer.open(&peer.recv_raw(WAIT).expect("ack")).unwrap();
+        assert!(matches!(ack, Message::SosAck(ref a) if a.status == AckStatus::Duplicate), "{ack:?}");
+    }
+    peer.send_raw(&first);
+    assert!(peer.recv_raw(WAIT).is_some());
+
+    // A later, distinct alert is a barrier: notifications go out in order, so once it has
+    // arrived, any second notification of the first alert would have arrived before it.
+    let barrier = AlertId::random();
+    peer.send(&sos(barrier, "barrier"));
+    slack.wait_for_text(WAIT, &barrier.to_string());
+    smtp.wait_for_text(WAIT, &barrier.to_string());
+    let id = id.to_string();
+    let slack_count = slack.received().iter().filter(|r| r.text().contains(&id)).count();
+    let mail_count = smtp.accepted().iter().filter(|m| sos_e2e::smtp::unfold(m).contains(&id)).count();
+    assert_eq!((slack_count, mail_count), (1, 1));
+}
+
+#[test]
+fn slack_429_with_retry_after_is_honoured_and_delivered_once() {
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![Answer::RateLimited(2)]);
+    let _collector = site.start(Some(&slack), None);
+    let out = agent_send(&site.agent_config(), &[]);
+    assert!(out.status.success());
+    let id = alert_id_of(&out);
+    let all = slack.wait_for(WAIT, "a delivered post", |r| r.iter().any(|x| x.status == 200));
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_eq!(all[0].status, 429);
+    assert!(all[0].text().contains(&id) && all[1].text().contains(&id));
+    let gap = all[1].at - all[0].at;
+    assert!(gap >= Duration::from_secs(2), "retried after {gap:?}, before Retry-After");
+    assert!(eventually(WAIT, || site.delivery(&id, "slack").is_some_and(|d| d.0 == "delivered")));
+}
+
+#[test]
+fn slack_5xx_is_retried_until_delivered() {
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![Answer::Status(500, "internal_error"), Answer::Status(503, "")]);
+    let _collector = site.start(Some(&slack), None);
+    let out = agent_send(&site.agent_config(), &[]);
+    let id = alert_id_of(&out);
+    let all = slack.wait_for(WAIT, "a delivered post", |r| r.iter().any(|x| x.status == 200));
+    assert_eq!(all.iter().map(|r| r.status).collect::<Vec<_>>(), vec![500, 503, 200]);
+    assert!(all.iter().all(|r| r.text().contains(&id)));
+}
+
+#[test]
+fn smtp_451_then_success_sends_one_email() {
+    let site = Site::new();
+    let smtp = SmtpServer::start(vec![451]);
+    let _collector = site.start(None, Some(&smtp));
+    let out = agent_send(&site.agent_config(), &[]);
+    let id = alert_id_of(&out);
+    smtp.wait_for_text(WAIT, &id);
+    assert_eq!(smtp.attempts(), vec![451, 250]);
+    assert_eq!(smtp.accepted().len(), 1);
+    assert!(eventually(WAIT, || site.delivery(&id, "email").is_some_and(|d| d.0 == "delivered")));
+}
+
+#[test]
+fn slack_404_is_recorded_as_failed_while_email_is_still_sent() {
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![Answer::Status(404, "no_service")]);
+    let smtp = SmtpServer::start(vec![]);
+    let collector = site.start(Some(&slack), Some(&smtp));
+    let out = agent_send(&site.agent_config(), &[]);
+    let id = alert_id_of(&out);
+    smtp.wait_for_text(WAIT, &id);
+    assert!(eventually(WAIT, || site.delivery(&id, "slack").is_some_and(|d| d.0 == "failed")));
+    let (_, err) = site.delivery(&id, "slack").unwrap();
+    assert!(err.unwrap_or_default().contains("no_service"));
+    assert_eq!(slack.received().len(), 1, "a permanent failure must not be retried");
+    let listing = String::from_utf8_lossy(&collector.alerts_cli().stdout).into_owned();
+    assert!(listing.contains("slack  failed") && listing.contains("no_service"), "{listing}");
+    collector.wait_log(WAIT, "NOT DELIVERED");
+}
+
+#[test]
+fn smtp_550_is_recorded_as_failed_while_slack_delivers() {
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let smtp = SmtpServer::start(vec![550]);
+    let collector = site.start(Some(&slack), Some(&smtp));
+    let id = alert_id_of(&agent_send(&site.agent_config(), &[]));
+    slack.wait_for_text(WAIT, &id);
+    assert!(
+        eventually(WAIT, || site.delivery(&id, "email").is_some_and(|d| d.0 == "failed")),
+        "email not recorded as failed: {:?}\n{}",
+        site.delivery(&id, "email"),
+        collector.log()
+    );
+    assert_eq!(smtp.attempts(), vec![550]);
+}
+
+#[test]
+fn collector_killed_after_ack_before_slack_answered_delivers_after_restart() {
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![Answer::Hang]);
+    let collector = site.start(Some(&slack), None);
+    let out = agent_send(&site.agent_config(), &[]);
+    assert!(out.status.success());
+    let id = alert_id_of(&out);
+    // The collector is now waiting for Slack's answer to this alert.
+    slack.wait_for(WAIT, "the first post", |r| r.iter().any(|x| x.text().contains(&id)));
+    collector.kill();
+    let restarted = site.start(Some(&slack), None);
+    let delivered = slack.wait_for_text(WAIT, &id);
+    assert_eq!(delivered.status, 200);
+    assert!(eventually(WAIT, || site.delivery(&id, "slack").is_some_and(|d| d.0 == "delivered")));
+    restarted.wait_log(WAIT, "resuming notifications pending");
+}
+
+#[test]
+fn storm_is_coalesced_without_losing_an_alert() {
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let _collector = site.start(Some(&slack), None);
+    let peer = Peer::new(site.addr, site.key());
+    let ids: Vec<AlertId> = (0..30).map(|_| AlertId::random()).collect();
+    for id in &ids {
+        peer.send(&sos(*id, "storm"));
+    }
+    let all = slack.wait_for(WAIT, "every alert of the storm", |r| {
+        ids.iter().all(|id| r.iter().any(|x| x.status == 200 && x.text().contains(&id.to_string())))
+    });
+    assert!(all.len() < ids.len(), "{} posts for {} alerts: no coalescing", all.len(), ids.len());
+    for id in &ids {
+        let n = all.iter().filter(|x| x.text().contains(&id.to_string())).count();
+        assert_eq!(n, 1, "alert {id} posted {n} times");
+    }
+}
+
+#[test]
+fn agent_send_fails_plainly_when_no_collector_answers() {
+    let site = Site::new(); // nothing listens on site.addr
+    let out = agent_send(&site.agent_config(), &["--timeout", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SOS NOT DELIVERED") && err.contains("another way"), "{err}");
+}
+
+#[test]
+fn agent_fails_over_to_the_second_collector() {
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let _collector = site.start(Some(&slack), None);
+    let dead = free_udp_port();
+    let cfg = site.dir.path().join("two.toml");
+    std::fs::write(
+        &cfg,
+        format!("collectors = [\"127.0.0.1:{dead}\", \"{}\"]\nkey = \"{}\"\n", site.addr, site.key_text),
+    )
+    .unwrap();
+    let out = agent_send(&cfg, &["--timeout", "10"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&site.addr.to_string()));
+    slack.wait_for_text(WAIT, &alert_id_of(&out));
+}

@@ -1,0 +1,92 @@
+//! End-to-end: what the collector does with input it must not trust.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sos_e2e::{free_udp_port, CollectorProcess, Peer};
+use sos_shared::protocol::{header, Heartbeat, KeyId, MAX_DATAGRAM};
+use sos_shared::{unix_now, Key, Message};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn heartbeat(pad: usize) -> Message {
+    Message::Heartbeat(Heartbeat {
+        user: "probe".into(),
+        host: "probe".into(),
+        ip: String::new(),
+        pad: "p".repeat(pad),
+    })
+}
+
+#[test]
+fn bad_datagrams_get_no_reply_are_counted_and_do_not_hurt() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_text = Key::generate();
+    let key = Key::from_base64(&key_text).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let collector = CollectorProcess::start(
+        dir.path(),
+        addr,
+        &format!("listen = \"{addr}\"\ndata_dir = \"{}\"\nkey = \"{key_text}\"\n", dir.path().join("d").display()),
+    );
+    let peer = Peer::new(addr, key.clone());
+    let stranger = Peer::new(addr, Key::from_base64(&Key::generate()).unwrap());
+
+    let good = key.seal(&heartbeat(64), unix_now()).unwrap();
+    let mut tampered = good.clone();
+    let mid = tampered.len() / 2;
+    tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
+    let truncated = good[..good.len() - 10].to_vec();
+    let mut oversized = good.clone();
+    oversized.resize(MAX_DATAGRAM + 1, b'A');
+    let garbage: Vec<u8> = (0..300u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let mut wrong_version = good.clone();
+    wrong_version[3] = 9;
+    let mut unknown_key = header(KeyId([9; 8])).to_vec();
+    unknown_key.extend_from_slice(&good[12..]);
+    let stale = key.seal(&heartbeat(64), unix_now() - 3600).unwrap();
+    let future = key.seal(&heartbeat(64), unix_now() + 3600).unwrap();
+
+    for d in [&tampered, &truncated, &oversized, &garbage, &wrong_version, &unknown_key, &stale, &future, &vec![], &b"SOS".to_vec()] {
+        peer.send_raw(d);
+    }
+    stranger.send(&heartbeat(64));
+    // A minimal authentic heartbeat (every field is optional): its answer would be larger than
+    // it, so it gets none.
+    let mut tiny = header(key.id()).to_vec();
+    let fernet = fernet::Fernet::new(&key_text).unwrap();
+    tiny.extend_from_slice(fernet.encrypt_at_time(br#"{"kind":"heartbeat"}"#, unix_now()).as_bytes());
+    peer.send_raw(&tiny);
+
+    // The collector handles datagrams in order: the first reply must be the one to this
+    // valid heartbeat, proving none of the above was answered and the collector still serves.
+    let probe = peer.send(&heartbeat(64));
+    let reply = peer.recv_raw(WAIT).expect("the valid heartbeat is answered");
+    assert!(matches!(peer.open(&reply), Some(Message::HeartbeatAck(_))), "first reply was not the heartbeat ack");
+    assert!(reply.len() <= probe.len(), "reply {} > request {}", reply.len(), probe.len());
+    assert!(stranger.recv_raw(Duration::from_millis(1)).is_none());
+
+    let (status, log) = collector.terminate();
+    assert!(status.success(), "{status:?}");
+    let summary = log.lines().find(|l| l.contains("collector stopped")).expect("summary line");
+    for expected in ["received=13", "malformed=5", "unauthenticated=4", "expired=1", "from_future=1", "replies_suppressed=1", "replies_sent=1", "heartbeats=2"] {
+        assert!(summary.contains(expected), "{expected} not in {summary}");
+    }
+    assert!(log.contains("clock_difference_secs=-3600") || log.contains("clock_difference_secs=-36"), "clock difference not logged:\n{log}");
+    assert!(!log.contains(key_text.trim_end_matches('=')), "the key appears in the log");
+}
+
+#[test]
+fn invalid_config_exits_non_zero_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("collector.toml");
+    std::fs::write(&cfg, "listen = \"127.0.0.1:5000\"\n[notify.email]\nsmtp_host = \"h\"\nfrom = \"a@b.c\"\nto = []\n").unwrap();
+    let out = std::process::Command::new(sos_e2e::bin::bin("sos-collector"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("collector.toml") && err.contains("notify.email.to"), "{err}");
+}
