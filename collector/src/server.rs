@@ -239,7 +239,8 @@ impl Receiver {
         };
         let request_len = datagram.len();
         match opened.message {
-            Message::Sos(sos) => {
+            Message::Sos(mut sos) => {
+                sos.sanitize();
                 let alert = NewAlert {
                     sos,
                     received_at_ms: now_ms(),

@@ -228,6 +228,25 @@ impl Sos {
             }
         }
     }
+
+    /// Make every field safe to show: control characters (which could forge log lines, email
+    /// headers or chat formatting) become spaces, except line breaks in `message`, which stay
+    /// (normalised to `\n`). Receivers apply this to every SOS before using it.
+    pub fn sanitize(&mut self) {
+        for field in [&mut self.user, &mut self.host, &mut self.ip, &mut self.location, &mut self.agent] {
+            if field.chars().any(char::is_control) {
+                *field = field.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+            }
+        }
+        if self.message.chars().any(|c| c.is_control() && c != '\n') {
+            self.message = self
+                .message
+                .replace("\r\n", "\n")
+                .chars()
+                .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+                .collect();
+        }
+    }
 }
 
 /// Cut at least `excess` bytes (as JSON may escape them, counted generously) off the end of `s`.
@@ -370,6 +389,22 @@ mod tests {
             message: String::new(),
             agent: "sos-agent/0.1.0".into(),
         }
+    }
+
+    #[test]
+    fn sanitize_removes_control_characters_but_keeps_message_lines() {
+        let mut s = sos();
+        s.user = "eve\nINFO forged".into();
+        s.location = "Lab\u{1b}[31m\r".into();
+        s.message = "line one\r\nline two\u{7}".into();
+        s.sanitize();
+        assert_eq!(s.user, "eve INFO forged");
+        assert_eq!(s.location, "Lab [31m ");
+        assert_eq!(s.message, "line one\nline two ");
+        let clean = sos();
+        let mut same = clean.clone();
+        same.sanitize();
+        assert_eq!(same, clean);
     }
 
     #[test]

@@ -329,3 +329,27 @@ fn agent_fails_over_to_the_second_collector() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&site.addr.to_string()));
     slack.wait_for_text(WAIT, &alert_id_of(&out));
 }
+
+#[test]
+fn hostile_fields_cannot_forge_log_lines_or_email_headers() {
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let smtp = SmtpServer::start(vec![]);
+    let collector = site.start(Some(&slack), Some(&smtp));
+    let peer = Peer::new(site.addr, site.key());
+    let id = AlertId::random();
+    let Message::Sos(mut s) = sos(id, "eve\r\nBcc: attacker@evil.example") else { unreachable!() };
+    s.location = "Lab\n2001-01-01T00:00:00Z  INFO forged: all clear".into();
+    s.message = "first line\nsecond line".into();
+    peer.send(&Message::Sos(s));
+    assert!(peer.recv_raw(WAIT).is_some(), "no ack");
+
+    let mail = smtp.wait_for_text(WAIT, &id.to_string());
+    let headers = mail.split("\r\n\r\n").next().unwrap_or_default();
+    assert!(!headers.lines().any(|l| l.starts_with("Bcc:")), "header injected:\n{headers}");
+    assert!(mail.contains("second line"), "{mail}");
+    let log = collector.wait_log(WAIT, &format!("notified channel=\"log\" alert_id={id}"));
+    assert!(!log.lines().any(|l| l.starts_with("2001-01-01")), "log line forged:\n{log}");
+    let post = slack.wait_for_text(WAIT, &id.to_string());
+    assert!(!post.body["text"].as_str().unwrap_or_default().contains('\n'), "{}", post.text());
+}
