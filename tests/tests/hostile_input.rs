@@ -90,3 +90,45 @@ fn invalid_config_exits_non_zero_naming_file_and_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("collector.toml") && err.contains("notify.email.to"), "{err}");
 }
+
+/// A third-party agent following docs/PROTOCOL.md to the letter: a minimal SOS (required fields
+/// only) padded to 112 bytes of plaintext is stored and acknowledged; the same SOS unpadded is
+/// stored but its acknowledgement would be larger than it, so none is sent.
+#[test]
+fn a_minimal_sos_as_the_protocol_document_describes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_text = Key::generate();
+    let key = Key::from_base64(&key_text).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let collector = CollectorProcess::start(
+        dir.path(),
+        addr,
+        &format!("listen = \"{addr}\"\ndata_dir = \"{}\"\nkey = \"{key_text}\"\n", dir.path().join("d").display()),
+    );
+    let peer = Peer::new(addr, key.clone());
+    let fernet = fernet::Fernet::new(&key_text).unwrap();
+    let datagram = |plaintext: &str| {
+        let mut d = header(key.id()).to_vec();
+        d.extend_from_slice(fernet.encrypt_at_time(plaintext.as_bytes(), unix_now()).as_bytes());
+        d
+    };
+
+    let id = sos_shared::AlertId::random();
+    let minimal = format!(r#"{{"kind":"sos","alert_id":"{id}","triggered_at":{}}}"#, unix_now());
+    assert!(minimal.len() < 112);
+    peer.send_raw(&datagram(&minimal));
+    let padded = format!(r#"{{"kind":"sos","alert_id":"{id}","triggered_at":{},"pad":"{}"}}"#, unix_now(), "x".repeat(40));
+    assert!(padded.len() >= 112);
+    peer.send_raw(&datagram(&padded));
+    let reply = peer.recv_raw(WAIT).expect("the padded SOS is acknowledged");
+    match peer.open(&reply) {
+        // `stored` or `duplicate`, whichever of the two the store committed first.
+        Some(Message::SosAck(ack)) => assert_eq!(ack.alert_id, id),
+        other => panic!("expected sos_ack, got {other:?}"),
+    }
+    let (_, log) = collector.terminate();
+    let summary = log.lines().find(|l| l.contains("collector stopped")).expect("summary line");
+    for expected in ["sos_stored=1", "sos_duplicate=1", "replies_suppressed=1", "replies_sent=1"] {
+        assert!(summary.contains(expected), "{expected} not in {summary}");
+    }
+}
