@@ -101,7 +101,7 @@ impl Collector {
                 channel: "email",
                 message: err.to_string(),
             })?;
-            channels.push(Channel::Email(email));
+            channels.push(Channel::Email(Box::new(email)));
         }
         let (store, writer) = Store::start(db, &names)?;
 

@@ -50,8 +50,8 @@ pub enum Channel {
     Log,
     /// A Slack incoming webhook.
     Slack(Slack),
-    /// SMTP email.
-    Email(Email),
+    /// SMTP email (boxed: the transport is large and there is one per collector).
+    Email(Box<Email>),
 }
 
 impl Channel {

@@ -68,9 +68,8 @@ impl Slack {
             return Ok(());
         }
         let reason = format!("slack {host}: HTTP {} {}", status.as_u16(), text.trim());
-        if status.as_u16() == 429 {
-            Err(DeliveryError::Transient { reason, retry_after })
-        } else if status.is_server_error() || status.as_u16() == 408 {
+        // 429: rate limited (honour Retry-After); 408 and 5xx: Slack's side, try again.
+        if status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error() {
             Err(DeliveryError::Transient { reason, retry_after })
         } else {
             Err(DeliveryError::Permanent { reason })
