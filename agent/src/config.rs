@@ -6,6 +6,8 @@
 //! location = "Building A, floor 2, reception"
 //! hotkey = "ctrl+alt+s"            # used by the tray agent (not built yet)
 //! silent = false                   # used by the tray agent (not built yet)
+//! send_timeout_secs = 30
+//! spool_dir = "…"                  # default: the platform data dir, then `sos/spool`
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -27,6 +29,7 @@ struct RawConfig {
     hotkey: Option<String>,
     silent: bool,
     send_timeout_secs: Option<u64>,
+    spool_dir: Option<PathBuf>,
 }
 
 /// A validated agent configuration.
@@ -44,6 +47,8 @@ pub struct AgentConfig {
     pub silent: bool,
     /// How long `send` keeps trying before it reports failure, seconds.
     pub send_timeout_secs: u64,
+    /// Where alerts wait on disk until a collector acknowledges them.
+    pub spool_dir: PathBuf,
 }
 
 impl AgentConfig {
@@ -93,34 +98,17 @@ impl AgentConfig {
             hotkey: raw.hotkey.unwrap_or_else(|| "ctrl+alt+s".into()),
             silent: raw.silent,
             send_timeout_secs,
+            spool_dir: raw
+                .spool_dir
+                .map(|p| if p.is_absolute() { p } else { base.join(p) })
+                .unwrap_or_else(|| crate::paths::data_dir().join("spool")),
         })
     }
 
     /// Where the agent looks for its configuration when none is given, most specific first:
-    /// the user's file, then the system-wide one.
-    ///
-    /// ## Platform-specific
-    /// - **Linux/BSD:** `$XDG_CONFIG_HOME/sos/agent.toml` (or `~/.config/sos/agent.toml`), then
-    ///   `/etc/sos/agent.toml`.
-    /// - **macOS:** `~/Library/Application Support/sos/agent.toml`, then `/etc/sos/agent.toml`.
-    /// - **Windows:** `%APPDATA%\sos\agent.toml`, then `%ProgramData%\sos\agent.toml`.
+    /// see [`crate::paths::config_files`].
     pub fn default_paths() -> Vec<PathBuf> {
-        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-        let mut paths = Vec::new();
-        if cfg!(windows) {
-            paths.extend(env("APPDATA").map(|d| d.join("sos").join("agent.toml")));
-            paths.extend(env("ProgramData").map(|d| d.join("sos").join("agent.toml")));
-        } else {
-            if cfg!(target_os = "macos") {
-                paths.extend(env("HOME").map(|h| h.join("Library/Application Support/sos/agent.toml")));
-            } else if let Some(x) = env("XDG_CONFIG_HOME") {
-                paths.push(x.join("sos/agent.toml"));
-            } else {
-                paths.extend(env("HOME").map(|h| h.join(".config/sos/agent.toml")));
-            }
-            paths.push(PathBuf::from("/etc/sos/agent.toml"));
-        }
-        paths
+        crate::paths::config_files()
     }
 }
 

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sos_agent::identity::Identity;
 use sos_agent::send::new_sos;
+use sos_agent::spool::Spool;
 use sos_agent::{AgentConfig, Sender};
 
 /// The SOS agent: the panic button on this workstation.
@@ -85,6 +86,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let sos = new_sos(&Identity::current(), &config.location, &message, test);
             let alert_id = sos.alert_id;
             println!("alert {alert_id}{}", if test { " (TEST)" } else { "" });
+            // On disk before the first transmission: if this process dies or gives up, the
+            // tray agent resends it until a collector acknowledges it.
+            let spool = match Spool::open(&config.spool_dir).and_then(|s| s.put(&sos).map(|()| s)) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("warning: the alert is not spooled ({e}); sending anyway");
+                    None
+                }
+            };
             let timeout = Duration::from_secs(timeout.unwrap_or(config.send_timeout_secs).max(1));
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -92,6 +102,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .context("cannot start the async runtime")?;
             match rt.block_on(Sender::new(&config).send(sos, timeout)) {
                 Ok(d) => {
+                    if let Some(Err(e)) = spool.as_ref().map(|s| s.remove(alert_id)) {
+                        eprintln!("warning: acknowledged, but cannot remove it from the spool: {e}");
+                    }
                     println!(
                         "acknowledged by {} ({:?}) after {} transmission(s) in {} ms",
                         d.collector,
@@ -103,6 +116,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => {
                     eprintln!("SOS NOT DELIVERED: {e}. Call for help another way.");
+                    if let Some(s) = &spool {
+                        eprintln!("The alert stays in {}; the tray agent resends it when it runs.", s.dir().display());
+                    }
                     Ok(ExitCode::from(1))
                 }
             }

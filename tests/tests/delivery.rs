@@ -59,12 +59,29 @@ impl Site {
         std::fs::write(
             &p,
             format!(
-                "collectors = [\"{}\"]\nkey = \"{}\"\nlocation = \"Building A, floor 2, reception\"\n",
-                self.addr, self.key_text
+                "collectors = [\"{}\"]\nkey = \"{}\"\nlocation = \"Building A, floor 2, reception\"\nspool_dir = \"{}\"\n",
+                self.addr,
+                self.key_text,
+                self.spool_dir().display()
             ),
         )
         .unwrap();
         p
+    }
+
+    fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// The alert ids waiting in the agent's spool.
+    fn spooled(&self) -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(self.spool_dir())
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".json").map(str::to_owned)).collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
     }
 
     fn db(&self) -> rusqlite::Connection {
@@ -310,6 +327,18 @@ fn agent_send_fails_plainly_when_no_collector_answers() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SOS NOT DELIVERED") && err.contains("another way"), "{err}");
+    // Not lost: it waits in the spool for the tray agent to resend it.
+    assert_eq!(site.spooled(), vec![alert_id_of(&out)]);
+}
+
+#[test]
+fn an_acknowledged_alert_leaves_the_spool() {
+    let site = Site::new();
+    let _collector = site.start(None, None);
+    let out = agent_send(&site.agent_config(), &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(site.spool_dir().is_dir(), "the spool was not used");
+    assert_eq!(site.spooled(), Vec::<String>::new());
 }
 
 #[test]
@@ -321,7 +350,12 @@ fn agent_fails_over_to_the_second_collector() {
     let cfg = site.dir.path().join("two.toml");
     std::fs::write(
         &cfg,
-        format!("collectors = [\"127.0.0.1:{dead}\", \"{}\"]\nkey = \"{}\"\n", site.addr, site.key_text),
+        format!(
+            "collectors = [\"127.0.0.1:{dead}\", \"{}\"]\nkey = \"{}\"\nspool_dir = \"{}\"\n",
+            site.addr,
+            site.key_text,
+            site.spool_dir().display()
+        ),
     )
     .unwrap();
     let out = agent_send(&cfg, &["--timeout", "10"]);
