@@ -4,10 +4,14 @@
 //! collectors = ["127.0.0.1:5000"]  # one or more; all are tried
 //! key = "…"                        # or key_file / key_env
 //! location = "Building A, floor 2, reception"
-//! hotkey = "ctrl+alt+s"            # used by the tray agent (not built yet)
-//! silent = false                   # used by the tray agent (not built yet)
+//! hotkey = "ctrl+alt+s"            # tray agent
+//! silent = false                   # tray agent: no toasts, only the icon changes
 //! send_timeout_secs = 30
 //! spool_dir = "…"                  # default: the platform data dir, then `sos/spool`
+//! heartbeat_secs = 60              # tray agent: how often it checks a collector answers
+//! warn_after_secs = 10             # tray agent: warn the sender when not acknowledged by then
+//! fallback = "Call security 555-0100"  # shown when an alert is not delivered
+//! show_quit = true                 # tray agent: offer Quit in the menu
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -30,6 +34,10 @@ struct RawConfig {
     silent: bool,
     send_timeout_secs: Option<u64>,
     spool_dir: Option<PathBuf>,
+    heartbeat_secs: Option<u64>,
+    warn_after_secs: Option<u64>,
+    fallback: Option<String>,
+    show_quit: Option<bool>,
 }
 
 /// A validated agent configuration.
@@ -42,13 +50,21 @@ pub struct AgentConfig {
     /// Where this workstation is, as the administrator wrote it.
     pub location: String,
     /// The global hotkey of the tray agent.
-    pub hotkey: String,
+    pub hotkey: crate::hotkey::HotkeySpec,
     /// No toasts, only a discreet tray change (tray agent).
     pub silent: bool,
     /// How long `send` keeps trying before it reports failure, seconds.
     pub send_timeout_secs: u64,
     /// Where alerts wait on disk until a collector acknowledges them.
     pub spool_dir: PathBuf,
+    /// How often the tray agent tells the collectors it is alive, seconds.
+    pub heartbeat_secs: u64,
+    /// After this long without an acknowledgement the tray agent warns the sender, seconds.
+    pub warn_after_secs: u64,
+    /// What the sender should do when the alert is not delivered, e.g. "Call security 555-0100".
+    pub fallback: String,
+    /// Whether the tray menu offers Quit (managed sites hide it).
+    pub show_quit: bool,
 }
 
 impl AgentConfig {
@@ -86,22 +102,37 @@ impl AgentConfig {
                 ConfigError::at(file, "collectors", format!("{c:?} is not a host, host:port or [ipv6]:port"))
             })?);
         }
-        let send_timeout_secs = match raw.send_timeout_secs {
-            Some(0) => return Err(ConfigError::at(file, "send_timeout_secs", "must be greater than 0")),
-            Some(v) => v,
-            None => 30,
+        let positive = |key: &str, v: Option<u64>, default: u64| match v {
+            Some(0) => Err(ConfigError::at(file, key, "must be greater than 0")),
+            Some(v) => Ok(v),
+            None => Ok(default),
         };
+        let send_timeout_secs = positive("send_timeout_secs", raw.send_timeout_secs, 30)?;
+        let heartbeat_secs = positive("heartbeat_secs", raw.heartbeat_secs, 60)?;
+        let warn_after_secs = positive("warn_after_secs", raw.warn_after_secs, 10)?;
         Ok(AgentConfig {
             collectors,
             key,
             location: raw.location,
-            hotkey: raw.hotkey.unwrap_or_else(|| "ctrl+alt+s".into()),
+            hotkey: raw
+                .hotkey
+                .as_deref()
+                .unwrap_or("ctrl+alt+s")
+                .parse()
+                .map_err(|e: crate::hotkey::HotkeyParseError| ConfigError::at(file, "hotkey", e.to_string()))?,
             silent: raw.silent,
             send_timeout_secs,
             spool_dir: raw
                 .spool_dir
                 .map(|p| if p.is_absolute() { p } else { base.join(p) })
                 .unwrap_or_else(|| crate::paths::data_dir().join("spool")),
+            heartbeat_secs,
+            warn_after_secs,
+            fallback: raw
+                .fallback
+                .filter(|f| !f.trim().is_empty())
+                .unwrap_or_else(|| "Call for help another way.".into()),
+            show_quit: raw.show_quit.unwrap_or(true),
         })
     }
 

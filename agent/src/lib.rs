@@ -7,16 +7,27 @@
 //! - [`paths`]: where the agent keeps its files on each platform.
 //! - [`spool`]: alerts on disk from the press until a collector acknowledges them.
 //! - [`send`]: the delivery of one SOS: seal, send to the collectors with retries (backoff and
-//!   jitter, failing over across collectors) until one acknowledges or the deadline passes.
+//!   jitter, failing over across collectors) until one acknowledges or the deadline passes;
+//!   heartbeats.
+//! - [`run`]: the tray agent (`sos-agent run`): the UI loop on the main thread, fed by
+//!   [`tray`] (icon and menu), [`hotkey`] / [`platform`] (the global hotkey), [`ipc`]
+//!   (`sos-agent trigger`) and [`delivery`] (spool, sending, heartbeats on a tokio runtime);
+//!   [`toast`] tells the person what happened.
 //!
-//! The tray icon, global hotkey, `sos-agent trigger` and heartbeats are not built yet;
 //! `sos-agent send` is the headless front end of [`send`] and [`spool`].
 
 pub mod config;
+pub mod delivery;
+pub mod hotkey;
 pub mod identity;
+pub mod ipc;
 pub mod paths;
+pub mod platform;
+pub mod run;
 pub mod send;
 pub mod spool;
+pub mod toast;
+pub mod tray;
 
 pub use config::AgentConfig;
 pub use send::{Delivered, SendError, Sender};

@@ -21,6 +21,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The tray agent (the default): Ctrl+Alt+S or a click on the icon sends an SOS.
+    Run {
+        /// The configuration file (TOML); by default the user's, then the system-wide one.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Ask the running tray agent to send its SOS (for desktop shortcuts, scripts, USB buttons,
+    /// and Wayland, where global hotkeys do not work). With no agent running, sends directly
+    /// as `send` does.
+    Trigger {
+        /// The configuration file, used only when no agent runs and the SOS is sent directly.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A message for the responders.
+        #[arg(long, short, default_value = "")]
+        message: String,
+        /// A drill: delivered and marked TEST everywhere.
+        #[arg(long)]
+        test: bool,
+    },
     /// Send one SOS now, without the tray: exit 0 once a collector acknowledges it, non-zero
     /// if none does in time. Prints the alert id.
     Send {
@@ -41,27 +61,39 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let Some(command) = cli.command else {
-        eprintln!(
-            "sos-agent: the tray agent (`sos-agent run`, `sos-agent trigger`) is not built yet.\n\
-             Use `sos-agent send` to send an SOS from a script or a shortcut; see `sos-agent --help`."
-        );
-        return ExitCode::from(2);
-    };
+    let is_run = matches!(cli.command, None | Some(Command::Run { .. }));
+    init_logging(is_run);
+    let command = cli.command.unwrap_or(Command::Run { config: None });
     match run(command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("sos-agent: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Logs go to stderr; the tray agent also appends them to `agent.log` in the platform log
+/// directory (and logs at `info`), since nobody watches its stderr.
+fn init_logging(is_run: bool) {
+    use tracing_subscriber::fmt::writer::MakeWriterExt as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if is_run { "info" } else { "warn" }));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let file = is_run
+        .then(|| {
+            let dir = sos_agent::paths::log_dir();
+            std::fs::create_dir_all(&dir).ok()?;
+            std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agent.log")).ok()
+        })
+        .flatten();
+    match file {
+        Some(f) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(std::io::stderr.and(std::sync::Mutex::new(f)))
+            .init(),
+        None => tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init(),
     }
 }
 
@@ -81,7 +113,36 @@ fn load(config: Option<PathBuf>) -> anyhow::Result<AgentConfig> {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Send { config, message, test, timeout } => {
+        Command::Run { config } => {
+            sos_agent::run::run(load(config)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Trigger { config, message, test } => {
+            #[cfg(unix)]
+            {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let path = sos_agent::ipc::socket_path();
+                let req = sos_agent::ipc::Request::Trigger { test, message: message.clone() };
+                match rt.block_on(sos_agent::ipc::request(&path, &req, Duration::from_secs(10))) {
+                    Ok(sos_agent::ipc::Response::Accepted(id)) => {
+                        println!("alert {id}{}", if test { " (TEST)" } else { "" });
+                        println!("handed to the running agent, which is sending it (its icon and a toast confirm delivery)");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Ok(other) => eprintln!("the running agent answered {other:?}; sending directly"),
+                    Err(e) => eprintln!("{e}; sending directly"),
+                }
+            }
+            send(config, message, test, None)
+        }
+        Command::Send { config, message, test, timeout } => send(config, message, test, timeout),
+    }
+}
+
+/// `sos-agent send`: one SOS, spooled, sent until acknowledged or `timeout`.
+fn send(config: Option<PathBuf>, message: String, test: bool, timeout: Option<u64>) -> anyhow::Result<ExitCode> {
+    {
+        {
             let config = load(config)?;
             let sos = new_sos(&Identity::current(), &config.location, &message, test);
             let alert_id = sos.alert_id;

@@ -43,3 +43,22 @@ pub fn data_dir() -> PathBuf {
     };
     base.unwrap_or_else(std::env::temp_dir).join("sos")
 }
+
+/// Where the tray agent writes its log file, `agent.log`.
+///
+/// ## Platform-specific
+/// - **Linux/BSD:** `$XDG_STATE_HOME/sos` (`~/.local/state/sos`).
+/// - **macOS:** `~/Library/Logs/sos`.
+/// - **Windows:** `%LOCALAPPDATA%\sos\logs`.
+pub fn log_dir() -> PathBuf {
+    if cfg!(windows) {
+        data_dir().join("logs")
+    } else if cfg!(target_os = "macos") {
+        env("HOME").map(|h| h.join("Library/Logs/sos")).unwrap_or_else(|| data_dir().join("logs"))
+    } else {
+        env("XDG_STATE_HOME")
+            .or_else(|| env("HOME").map(|h| h.join(".local/state")))
+            .map(|d| d.join("sos"))
+            .unwrap_or_else(|| data_dir().join("logs"))
+    }
+}

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use sos_shared::protocol::{split_datagram, AckStatus, Sos, MAX_DATAGRAM};
+use sos_shared::protocol::{split_datagram, AckStatus, Heartbeat, Sos, MAX_DATAGRAM};
 use sos_shared::{unix_now, AlertId, Key, Message, TimeWindow};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
@@ -20,6 +20,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::AgentConfig;
 use crate::identity::{route_ip, Identity};
+
+/// Bytes of `pad` in a heartbeat: room for one responder notice in the answer.
+pub const HEARTBEAT_PAD: usize = 128;
 
 /// The SOS a press of the button produces, before the per-collector route address is filled in.
 pub fn new_sos(identity: &Identity, location: &str, message: &str, test: bool) -> Sos {
@@ -239,16 +242,68 @@ impl Sender {
         })
     }
 
-    /// The status and collector clock of `datagram` if it is an authentic SOS-ACK for `alert_id`.
-    fn ack_for(&self, datagram: &[u8], alert_id: AlertId) -> Option<(AckStatus, u64)> {
+    /// Send one heartbeat to every collector and wait up to `timeout` for the first authentic
+    /// HEARTBEAT-ACK. Returns the collector that answered and its clock, or `None` if none did.
+    ///
+    /// # Errors
+    /// Only if no local socket can be opened or the heartbeat cannot be sealed.
+    pub async fn heartbeat(&self, identity: &Identity, timeout: Duration) -> Result<Option<(SocketAddr, u64)>, SendError> {
+        let v4 = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+        let v6 = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).await.ok();
+        for name in &self.collectors {
+            let Ok(Some(addr)) = tokio::net::lookup_host(name.as_str()).await.map(|mut a| a.next()) else { continue };
+            let socket = if addr.is_ipv4() { Some(&v4) } else { v6.as_ref() };
+            let Some(socket) = socket else { continue };
+            let hb = Message::Heartbeat(Heartbeat {
+                user: identity.user.clone(),
+                host: identity.host.clone(),
+                ip: route_ip(addr).map(|ip| ip.to_string()).unwrap_or_default(),
+                // Room for news in the answer (a reply is never larger than its request).
+                pad: "0".repeat(HEARTBEAT_PAD),
+            });
+            let datagram = self.key.seal(&hb, unix_now())?;
+            if let Err(e) = socket.send_to(&datagram, addr).await {
+                debug!(%addr, error = %e, "heartbeat not sent");
+            }
+        }
+        let wait = async {
+            let mut buf4 = vec![0u8; MAX_DATAGRAM + 1];
+            let mut buf6 = vec![0u8; MAX_DATAGRAM + 1];
+            loop {
+                let recv6 = async {
+                    match &v6 {
+                        Some(s) => s.recv_from(&mut buf6).await.map(|(n, a)| (buf6[..n].to_vec(), a)),
+                        None => std::future::pending().await,
+                    }
+                };
+                let got = tokio::select! {
+                    r = v4.recv_from(&mut buf4) => r.map(|(n, a)| (buf4[..n].to_vec(), a)),
+                    r = recv6 => r,
+                };
+                let Ok((data, from)) = got else { continue };
+                if let Some(Message::HeartbeatAck(ack)) = self.open_reply(&data) {
+                    return (from, ack.server_time);
+                }
+            }
+        };
+        Ok(tokio::time::timeout(timeout, wait).await.ok())
+    }
+
+    /// An authentic message sealed with our key, whatever its age (see [`Self::ack_for`]).
+    fn open_reply(&self, datagram: &[u8]) -> Option<Message> {
         let (key_id, token) = split_datagram(datagram).ok()?;
         if key_id != self.key.id() {
             return None;
         }
+        let window = TimeWindow { ttl_secs: u64::MAX, max_future_skew_secs: u64::MAX };
+        Some(self.key.open(token, unix_now(), window).ok()?.message)
+    }
+
+    /// The status and collector clock of `datagram` if it is an authentic SOS-ACK for `alert_id`.
+    fn ack_for(&self, datagram: &[u8], alert_id: AlertId) -> Option<(AckStatus, u64)> {
         // The reply's age is not checked: an acknowledgement for our own fresh alert id can
         // only come from a collector that stored it, and our clock may be the wrong one.
-        let window = TimeWindow { ttl_secs: u64::MAX, max_future_skew_secs: u64::MAX };
-        match self.key.open(token, unix_now(), window).ok()?.message {
+        match self.open_reply(datagram)? {
             Message::SosAck(ack) if ack.alert_id == alert_id => Some((ack.status, ack.server_time)),
             _ => None,
         }

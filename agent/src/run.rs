@@ -1,0 +1,317 @@
+//! `sos-agent run`: the tray agent.
+//!
+//! The UI loop (winit) owns the main thread. Everything else talks to it by sending a
+//! [`UiEvent`] through winit's event-loop proxy: the tray and menu callbacks, the hotkey thread,
+//! the IPC server and the delivery service, which run on a tokio runtime off the UI thread.
+//! Nothing polls: the loop sleeps until an event arrives.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sos_shared::AlertId;
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+use winit::application::ApplicationHandler;
+use winit::event::{StartCause, WindowEvent};
+use winit::event_loop::{ActiveEventLoop, EventLoop, EventLoopProxy};
+use winit::window::WindowId;
+
+use crate::config::AgentConfig;
+use crate::delivery::{Delivery, Report};
+use crate::hotkey::HotkeySpec;
+use crate::ipc::{self, Request, Response, Status};
+use crate::spool::Spool;
+use crate::toast::{self, Importance};
+use crate::tray::{ids, Tray, TrayState};
+
+/// Presses closer together than this are one alert (a held key, a double click).
+const DEBOUNCE: Duration = Duration::from_secs(2);
+
+/// Everything the UI loop reacts to.
+#[derive(Debug)]
+pub enum UiEvent {
+    /// Fire an SOS (hotkey, tray click, menu, IPC). `reply` gets the alert id.
+    Trigger {
+        /// What fired it, for the log.
+        source: &'static str,
+        /// A drill.
+        test: bool,
+        /// Text for the responders.
+        message: String,
+        /// Where to send the alert id (IPC), if anyone waits for it.
+        reply: Option<oneshot::Sender<Option<AlertId>>>,
+    },
+    /// A menu item was chosen.
+    Menu(String),
+    /// The delivery service reports.
+    Report(Report),
+    /// Someone asks for the state (IPC).
+    Status(oneshot::Sender<Status>),
+}
+
+/// Run the tray agent until Quit. Returns an error only if it cannot start at all.
+///
+/// # Errors
+/// If another agent already runs in this session, or the runtime, spool or event loop cannot
+/// be created.
+pub fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sos-agent-net")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+
+    #[cfg(unix)]
+    let listener = {
+        let path = ipc::socket_path();
+        match runtime.block_on(ipc::Listener::bind(&path)).with_context(|| format!("cannot listen on {}", path.display()))? {
+            Some(l) => l,
+            None => anyhow::bail!("an SOS agent is already running in this session (it answers on {})", path.display()),
+        }
+    };
+
+    let spool = Spool::open(&config.spool_dir).with_context(|| format!("cannot open the spool {}", config.spool_dir.display()))?;
+    let event_loop = EventLoop::<UiEvent>::with_user_event().build().context("cannot start the desktop event loop")?;
+    let proxy = event_loop.create_proxy();
+
+    let report_proxy = Mutex::new(proxy.clone());
+    let delivery = Delivery::start(
+        runtime.handle(),
+        &config,
+        spool,
+        Arc::new(move |r| {
+            send(&report_proxy, UiEvent::Report(r));
+        }),
+    );
+
+    #[cfg(unix)]
+    {
+        let ipc_proxy = Arc::new(Mutex::new(proxy.clone()));
+        runtime.spawn(listener.serve(move |req| {
+            let proxy = ipc_proxy.clone();
+            async move { answer(&proxy, req).await }
+        }));
+    }
+
+    let mut app = App {
+        config,
+        delivery,
+        proxy,
+        tray: None,
+        in_flight: BTreeMap::new(),
+        last_delivered: None,
+        online: None,
+        hotkey_problem: None,
+        last_press: None,
+    };
+    info!("SOS agent running");
+    event_loop.run_app(&mut app).context("the desktop event loop failed")?;
+    drop(runtime);
+    Ok(())
+}
+
+/// Answer one IPC request by asking the UI loop.
+#[cfg(unix)]
+async fn answer(proxy: &Mutex<EventLoopProxy<UiEvent>>, req: Request) -> Response {
+    let gone = || Response::Error("the agent is shutting down".into());
+    match req {
+        Request::Trigger { test, message } => {
+            let (tx, rx) = oneshot::channel();
+            let sent = send(proxy, UiEvent::Trigger { source: "ipc", test, message, reply: Some(tx) });
+            match (sent, rx.await) {
+                (true, Ok(Some(id))) => Response::Accepted(id),
+                (true, Ok(None)) => Response::Error("ignored: an SOS was sent less than 2 s ago".into()),
+                _ => gone(),
+            }
+        }
+        Request::Status => {
+            let (tx, rx) = oneshot::channel();
+            let sent = send(proxy, UiEvent::Status(tx));
+            match (sent, rx.await) {
+                (true, Ok(s)) => Response::Status(s),
+                _ => gone(),
+            }
+        }
+    }
+}
+
+/// Hand `event` to the UI loop; `false` if it has ended.
+fn send(proxy: &Mutex<EventLoopProxy<UiEvent>>, event: UiEvent) -> bool {
+    proxy.lock().map(|p| p.send_event(event).is_ok()).unwrap_or(false)
+}
+
+/// The UI loop's state.
+struct App {
+    config: AgentConfig,
+    delivery: Delivery,
+    proxy: EventLoopProxy<UiEvent>,
+    tray: Option<Tray>,
+    /// Alerts not yet acknowledged, and whether the sender was warned.
+    in_flight: BTreeMap<AlertId, bool>,
+    /// The last acknowledgement: when (Unix seconds) and whether it was a test.
+    last_delivered: Option<(u64, bool)>,
+    /// `Some(Some(collector))` once a heartbeat is answered, `Some(None)` when none answers.
+    online: Option<Option<String>>,
+    /// Why the hotkey is not active, if it is not.
+    hotkey_problem: Option<String>,
+    /// The last press of the hotkey or the icon, for debouncing.
+    last_press: Option<Instant>,
+}
+
+impl App {
+    /// The state to show and its description.
+    fn state(&self) -> (TrayState, String) {
+        let hotkey = HotkeySpec::to_string(&self.config.hotkey);
+        if self.in_flight.values().any(|warned| *warned) {
+            return (TrayState::Attention, format!("SOS NOT delivered yet — still trying. {}", self.config.fallback));
+        }
+        if !self.in_flight.is_empty() {
+            return (TrayState::Sending, "sending SOS…".into());
+        }
+        if let Some(None) = &self.online {
+            return (TrayState::Offline, format!("offline: no collector answers. {}", self.config.fallback));
+        }
+        if let Some(p) = &self.hotkey_problem {
+            return (TrayState::Attention, format!("hotkey unavailable: {p}. Click this icon to send an SOS."));
+        }
+        if let Some((at, test)) = self.last_delivered {
+            let what = if test { "test alert" } else { "SOS" };
+            return (TrayState::Delivered, format!("{what} delivered at {}", local_time(at)));
+        }
+        match &self.online {
+            Some(Some(c)) => (TrayState::Ready, format!("ready — {hotkey} or click to send an SOS (collector {c})")),
+            _ => (TrayState::Ready, format!("ready — {hotkey} or click to send an SOS")),
+        }
+    }
+
+    fn refresh(&mut self) {
+        let (state, detail) = self.state();
+        if let Some(t) = &mut self.tray {
+            t.show(state, &detail);
+        }
+    }
+
+    fn toast(&self, summary: String, body: String, importance: Importance) {
+        if !self.config.silent {
+            toast::show(summary, body, importance);
+        }
+    }
+
+    fn trigger(&mut self, source: &'static str, test: bool, message: &str, debounce: bool) -> Option<AlertId> {
+        let now = Instant::now();
+        if debounce && self.last_press.is_some_and(|t| now.duration_since(t) < DEBOUNCE) {
+            info!(source, "press ignored: an SOS was sent less than 2 s ago");
+            return None;
+        }
+        self.last_press = Some(now);
+        let (id, spooled) = self.delivery.trigger(test, message);
+        info!(alert_id = %id, source, test, "SOS fired");
+        if spooled.is_err() {
+            self.toast("SOS: cannot save the alert".into(), "It is being sent, but would be lost if this computer restarts now.".into(), Importance::Critical);
+        }
+        Some(id)
+    }
+}
+
+impl ApplicationHandler<UiEvent> for App {
+    fn new_events(&mut self, _: &ActiveEventLoop, cause: StartCause) {
+        if cause != StartCause::Init {
+            return;
+        }
+        // Created once the loop runs (macOS requires it on the main thread at this point).
+        match Tray::new(self.config.show_quit) {
+            Ok(t) => self.tray = Some(t),
+            Err(e) => error!(error = %e, "the tray icon cannot be shown; the hotkey and `sos-agent trigger` still work"),
+        }
+        let p = Mutex::new(self.proxy.clone());
+        tray_icon::TrayIconEvent::set_event_handler(Some(move |e: tray_icon::TrayIconEvent| {
+            if let tray_icon::TrayIconEvent::Click { button: tray_icon::MouseButton::Left, button_state: tray_icon::MouseButtonState::Up, .. } = e {
+                send(&p, UiEvent::Trigger { source: "tray click", test: false, message: String::new(), reply: None });
+            }
+        }));
+        let p = Mutex::new(self.proxy.clone());
+        tray_icon::menu::MenuEvent::set_event_handler(Some(move |e: tray_icon::menu::MenuEvent| {
+            send(&p, UiEvent::Menu(e.id.0.clone()));
+        }));
+        let p = Mutex::new(self.proxy.clone());
+        let spec = self.config.hotkey;
+        match crate::platform::register_hotkey(spec, move || {
+            send(&p, UiEvent::Trigger { source: "hotkey", test: false, message: String::new(), reply: None });
+        }) {
+            Ok(()) => info!(hotkey = %spec, "hotkey registered"),
+            Err(e) => {
+                warn!(error = %e, "the hotkey is not available");
+                self.hotkey_problem = Some(e.to_string());
+            }
+        }
+        self.refresh();
+    }
+
+    fn resumed(&mut self, _: &ActiveEventLoop) {}
+
+    fn window_event(&mut self, _: &ActiveEventLoop, _: WindowId, _: WindowEvent) {}
+
+    fn user_event(&mut self, event_loop: &ActiveEventLoop, event: UiEvent) {
+        match event {
+            UiEvent::Trigger { source, test, message, reply } => {
+                // Presses are debounced; explicit requests (IPC, menu) are not.
+                let id = self.trigger(source, test, &message, source == "hotkey" || source == "tray click");
+                if let Some(r) = reply {
+                    let _ = r.send(id);
+                }
+            }
+            UiEvent::Menu(id) => match id.as_str() {
+                ids::SEND => {
+                    self.trigger("menu", false, "", false);
+                }
+                ids::TEST => {
+                    self.trigger("menu", true, "", false);
+                }
+                ids::QUIT => {
+                    info!("quit from the tray menu");
+                    event_loop.exit();
+                }
+                _ => {}
+            },
+            UiEvent::Report(r) => self.report(r),
+            UiEvent::Status(reply) => {
+                let (state, detail) = self.state();
+                let _ = reply.send(Status { state: state.word().into(), detail });
+            }
+        }
+        self.refresh();
+    }
+}
+
+impl App {
+    fn report(&mut self, r: Report) {
+        match r {
+            Report::Sending { alert_id, .. } => {
+                self.in_flight.insert(alert_id, false);
+            }
+            Report::Delivered { alert_id, test, at, collector } => {
+                self.in_flight.remove(&alert_id);
+                self.last_delivered = Some((at, test));
+                self.online = Some(Some(collector));
+                let what = if test { "TEST alert delivered" } else { "SOS delivered" };
+                self.toast(format!("{what} — {}", local_time(at)), "Help has been called.".into(), Importance::Normal);
+            }
+            Report::NotDeliveredYet { alert_id, test } => {
+                self.in_flight.insert(alert_id, true);
+                let what = if test { "TEST alert" } else { "SOS" };
+                self.toast(format!("{what} NOT delivered yet — still trying."), self.config.fallback.clone(), Importance::Critical);
+            }
+            Report::Connectivity(c) => self.online = Some(c),
+        }
+    }
+}
+
+/// `HH:MM:SS` in the workstation's time zone.
+fn local_time(unix: u64) -> String {
+    chrono::DateTime::from_timestamp(unix as i64, 0)
+        .map(|t| t.with_timezone(&chrono::Local).format("%H:%M:%S").to_string())
+        .unwrap_or_default()
+}

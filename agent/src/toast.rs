@@ -1,0 +1,52 @@
+//! Desktop toasts, shown off the UI thread and never waited on: a hung or missing notification
+//! daemon must never stall an SOS or the tray.
+//!
+//! ## Platform-specific
+//! - **Linux/BSD:** `org.freedesktop.Notifications` on the session bus (notify-rust).
+//! - **Windows:** a toast under the agent's AppUserModelID (set by the installer's shortcut).
+//! - **macOS:** Notification Center, under the app bundle's identifier.
+
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+/// How long a toast may take to reach the notification daemon before we stop waiting for it.
+const SHOW_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How important a toast is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Importance {
+    /// Informational (delivered).
+    Normal,
+    /// Needs the person's attention (not delivered): stays until dismissed where supported.
+    Critical,
+}
+
+/// Show a toast; returns at once.
+pub fn show(summary: String, body: String, importance: Importance) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("sos-toast".into()).spawn(move || {
+        let mut n = notify_rust::Notification::new();
+        n.appname("SOS").summary(&summary).body(&body);
+        #[cfg(all(unix, not(target_os = "macos")))]
+        n.urgency(match importance {
+            Importance::Normal => notify_rust::Urgency::Normal,
+            Importance::Critical => notify_rust::Urgency::Critical,
+        });
+        #[cfg(not(all(unix, not(target_os = "macos"))))]
+        let _ = importance;
+        let _ = tx.send(n.show().map(|_| ()).map_err(|e| e.to_string()));
+    });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot show a toast");
+        return;
+    }
+    // Watch the outcome from another thread so that nobody waits on the daemon.
+    let _ = std::thread::Builder::new().name("sos-toast-watch".into()).spawn(move || {
+        match rx.recv_timeout(SHOW_TIMEOUT) {
+            Ok(Ok(())) => debug!("toast shown"),
+            Ok(Err(e)) => warn!(error = %e, "the toast could not be shown (is a notification daemon running?)"),
+            Err(_) => warn!("the notification daemon did not answer within {SHOW_TIMEOUT:?}"),
+        }
+    });
+}
