@@ -26,7 +26,8 @@ use crate::spool::Spool;
 use crate::toast::{self, Importance};
 use crate::tray::{ids, Tray, TrayState};
 
-/// Presses closer together than this are one alert (a held key, a double click).
+/// Presses of the same kind closer together than this are one alert (a held key, a double
+/// click).
 const DEBOUNCE: Duration = Duration::from_secs(2);
 
 /// Everything the UI loop reacts to.
@@ -105,7 +106,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         last_delivered: None,
         online: None,
         hotkey_problem: None,
-        last_press: None,
+        last_press: BTreeMap::new(),
     };
     info!("SOS agent running");
     event_loop.run_app(&mut app).context("the desktop event loop failed")?;
@@ -157,8 +158,8 @@ struct App {
     online: Option<Option<String>>,
     /// Why the hotkey is not active, if it is not.
     hotkey_problem: Option<String>,
-    /// The last press of the hotkey or the icon, for debouncing.
-    last_press: Option<Instant>,
+    /// The last press of the hotkey and of the icon, for debouncing each.
+    last_press: BTreeMap<&'static str, Instant>,
 }
 
 impl App {
@@ -202,11 +203,13 @@ impl App {
 
     fn trigger(&mut self, source: &'static str, test: bool, message: &str, debounce: bool) -> Option<AlertId> {
         let now = Instant::now();
-        if debounce && self.last_press.is_some_and(|t| now.duration_since(t) < DEBOUNCE) {
-            info!(source, "press ignored: an SOS was sent less than 2 s ago");
-            return None;
+        if debounce {
+            if self.last_press.get(source).is_some_and(|t| now.duration_since(*t) < DEBOUNCE) {
+                info!(source, "press ignored: the same press less than 2 s ago (key repeat, double click)");
+                return None;
+            }
+            self.last_press.insert(source, now);
         }
-        self.last_press = Some(now);
         let (id, spooled) = self.delivery.trigger(test, message);
         info!(alert_id = %id, source, test, "SOS fired");
         if spooled.is_err() {

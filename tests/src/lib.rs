@@ -13,6 +13,7 @@
 //! timeout, or a state re-checked until the deadline), never a fixed sleep.
 
 pub mod bin;
+pub mod desktop;
 pub mod peer;
 pub mod process;
 pub mod slack;

@@ -1,0 +1,206 @@
+//! End-to-end on a real desktop session (Xvfb, a D-Bus session bus, dunst): the tray agent
+//! `sos-agent run` against a real collector and the Slack stand-in. Every SOS is fired the way a
+//! person fires it: the hotkey pressed through the X server (xdotool), the tray item activated
+//! through its StatusNotifierItem D-Bus interface (what a panel does on click), and
+//! `sos-agent trigger`. Toasts are observed on the session bus.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sos_e2e::desktop::{self, Desktop};
+use sos_e2e::process::alert_id_of;
+use sos_e2e::{eventually, free_udp_port, CollectorProcess, SlackStandIn};
+use sos_shared::Key;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Site {
+    dir: tempfile::TempDir,
+    key: String,
+    addr: SocketAddr,
+}
+
+impl Site {
+    fn new() -> Self {
+        let addr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+        Site { dir: tempfile::tempdir().unwrap(), key: Key::generate(), addr }
+    }
+
+    fn start_collector(&self, slack: &SlackStandIn) -> CollectorProcess {
+        CollectorProcess::start(
+            self.dir.path(),
+            self.addr,
+            &format!(
+                "listen = \"{}\"\ndata_dir = \"{}\"\nkey = \"{}\"\nshutdown_grace_secs = 1\n\
+                 [outbox]\ncoalesce_window_ms = 100\n[notify.slack]\nwebhook_url = \"{}\"\n",
+                self.addr,
+                self.dir.path().join("data").display(),
+                self.key,
+                slack.url
+            ),
+        )
+    }
+
+    fn agent_config(&self) -> PathBuf {
+        let p = self.dir.path().join("agent.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "collectors = [\"{}\"]\nkey = \"{}\"\nlocation = \"Front desk\"\nspool_dir = \"{}\"\n\
+                 heartbeat_secs = 1\nwarn_after_secs = 2\nfallback = \"Call security 555-0100\"\n",
+                self.addr,
+                self.key,
+                self.spool().display()
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+}
+
+fn spooled(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".json").map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+fn me() -> (String, String) {
+    (whoami::fallible::username().unwrap_or_default(), whoami::fallible::hostname().unwrap_or_default())
+}
+
+#[test]
+fn hotkey_tray_click_and_trigger_each_send_an_sos_confirmed_by_a_toast() {
+    if !desktop::available() {
+        return;
+    }
+    let desk = Desktop::start();
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let collector = site.start_collector(&slack);
+    let agent = desk.start_agent(&site.agent_config(), &site.state());
+    agent.wait_log(WAIT, "hotkey registered");
+    let item = desk.tray_item_of(agent.pid(), WAIT);
+    assert!(eventually(WAIT, || desk.tray_tooltip(&item).contains("ready")), "{}", desk.tray_tooltip(&item));
+
+    // 1. Ctrl+Alt+S, pressed on the X server.
+    desk.key("ctrl+alt+s");
+    let (user, host) = me();
+    let first = slack.wait_for(WAIT, "the hotkey's SOS", |r| r.iter().any(|x| x.status == 200));
+    let text = first[0].text();
+    assert!(text.contains(&user) && text.contains(&host) && text.contains("Front desk"), "{text}");
+    desk.wait_toasts("SOS delivered", 1, WAIT);
+
+    // 2. A click on the tray icon: the panel calls Activate on the StatusNotifierItem.
+    desk.click_tray(&item);
+    agent.wait_log(WAIT, "source=\"tray click\" test=false");
+    assert!(
+        eventually(WAIT, || slack.received().iter().filter(|x| x.status == 200).count() >= 2),
+        "the click's SOS did not reach Slack\n--- agent:\n{}\n--- collector:\n{}",
+        agent.log(),
+        collector.log()
+    );
+    desk.wait_toasts("SOS delivered", 2, WAIT);
+
+    // 3. `sos-agent trigger`, as a desktop shortcut or a USB button would run it.
+    let out = desk.trigger(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("running agent"), "trigger did not reach the agent");
+    let id = alert_id_of(&out);
+    slack.wait_for_text(WAIT, &id);
+    desk.wait_toasts("SOS delivered", 3, WAIT);
+
+    // Three distinct alerts, each posted once; the tray says delivered; nothing left spooled.
+    assert_eq!(slack.received().len(), 3, "{:#?}", slack.received());
+    assert!(eventually(WAIT, || desk.tray_tooltip(&item).contains("delivered at")), "{}", desk.tray_tooltip(&item));
+    assert!(eventually(WAIT, || spooled(&site.spool()).is_empty()));
+    assert!(std::fs::read_to_string(site.state().join("sos/agent.log")).unwrap_or_default().contains("SOS fired"), "no log file");
+}
+
+#[test]
+fn a_collector_outage_shows_offline_warns_and_delivers_once_when_it_is_back() {
+    if !desktop::available() {
+        return;
+    }
+    let desk = Desktop::start();
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let collector = site.start_collector(&slack);
+    let agent = desk.start_agent(&site.agent_config(), &site.state());
+    let item = desk.tray_item_of(agent.pid(), WAIT);
+    assert!(eventually(WAIT, || desk.tray_tooltip(&item).contains("ready")));
+
+    let (status, _) = collector.terminate();
+    assert!(status.success());
+    assert!(eventually(WAIT, || desk.tray_tooltip(&item).contains("offline")), "{}", desk.tray_tooltip(&item));
+
+    agent.wait_log(WAIT, "hotkey registered");
+    desk.key("ctrl+alt+s");
+    desk.wait_toasts("NOT delivered yet", 1, WAIT);
+    assert!(desk.toast_count("555-0100") >= 1, "the fallback is not in the warning");
+    let ids = spooled(&site.spool());
+    assert_eq!(ids.len(), 1, "the undelivered alert is not in the spool");
+    assert!(desk.tray_tooltip(&item).contains("NOT delivered"), "{}", desk.tray_tooltip(&item));
+
+    let _back = site.start_collector(&slack);
+    desk.wait_toasts("SOS delivered", 1, WAIT);
+    slack.wait_for_text(WAIT, &ids[0]);
+    assert!(eventually(WAIT, || spooled(&site.spool()).is_empty()));
+    assert_eq!(slack.received().iter().filter(|r| r.text().contains(&ids[0])).count(), 1);
+}
+
+#[test]
+fn an_alert_undelivered_when_the_agent_is_killed_is_sent_after_restart_once() {
+    if !desktop::available() {
+        return;
+    }
+    let desk = Desktop::start();
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let config = site.agent_config();
+    let agent = desk.start_agent(&config, &site.state());
+    agent.wait_log(WAIT, "SOS agent running");
+    // No collector yet: the alert cannot be delivered.
+    let out = desk.trigger(&["--message", "before the crash"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = alert_id_of(&out);
+    assert_eq!(spooled(&site.spool()), vec![id.clone()]);
+    agent.kill();
+
+    let _collector = site.start_collector(&slack);
+    let restarted = desk.start_agent(&config, &site.state());
+    restarted.wait_log(WAIT, "resending an alert left unacknowledged");
+    let post = slack.wait_for_text(WAIT, &id);
+    assert!(post.text().contains("before the crash"));
+    desk.wait_toasts("SOS delivered", 1, WAIT);
+    assert!(eventually(WAIT, || spooled(&site.spool()).is_empty()));
+    assert_eq!(slack.received().iter().filter(|r| r.text().contains(&id)).count(), 1);
+}
+
+#[test]
+fn a_second_agent_in_the_same_session_refuses_to_start() {
+    if !desktop::available() {
+        return;
+    }
+    let desk = Desktop::start();
+    let site = Site::new();
+    let config = site.agent_config();
+    let first = desk.start_agent(&config, &site.state());
+    first.wait_log(WAIT, "SOS agent running");
+    let out = desk
+        .command(sos_e2e::bin::bin("sos-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"), "{}", String::from_utf8_lossy(&out.stderr));
+}
