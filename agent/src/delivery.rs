@@ -46,6 +46,13 @@ pub enum Report {
     },
     /// A heartbeat was answered (`Some(collector)`) or not (`None`).
     Connectivity(Option<String>),
+    /// A cancellation was confirmed by a collector (`true`) or not within a minute (`false`).
+    Cancelled {
+        /// The alert.
+        alert_id: AlertId,
+        /// Whether a collector confirmed it.
+        confirmed: bool,
+    },
 }
 
 /// The handle the UI, the hotkey and the IPC server use to fire alerts.
@@ -54,6 +61,9 @@ pub struct Delivery {
     spool: Spool,
     location: String,
     queue: mpsc::UnboundedSender<Sos>,
+    sender: Sender,
+    runtime: tokio::runtime::Handle,
+    report: Arc<dyn Fn(Report) + Send + Sync>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -96,8 +106,25 @@ impl Delivery {
             });
         }
         let every = Duration::from_secs(config.heartbeat_secs);
-        runtime.spawn(heartbeats(sender, every, report));
-        Delivery { spool, location: config.location.clone(), queue }
+        runtime.spawn(heartbeats(sender.clone(), every, report.clone()));
+        Delivery { spool, location: config.location.clone(), queue, sender, runtime: runtime.clone(), report }
+    }
+
+    /// Withdraw an acknowledged alert (a false alarm); the outcome is reported as
+    /// [`Report::Cancelled`].
+    pub fn cancel(&self, alert_id: AlertId) {
+        let sender = self.sender.clone();
+        let report = self.report.clone();
+        self.runtime.spawn(async move {
+            let confirmed = match sender.cancel(alert_id, "cancelled by the sender from the tray", Duration::from_secs(60)).await {
+                Ok(_) => true,
+                Err(e) => {
+                    warn!(%alert_id, error = %e, "the cancellation was not confirmed");
+                    false
+                }
+            };
+            report(Report::Cancelled { alert_id, confirmed });
+        });
     }
 
     /// Fire an SOS now. When this returns `Ok`, the alert is on disk and being sent.

@@ -8,6 +8,8 @@
 //! ← {"accepted":"0123456789abcdef0123456789abcdef"}
 //! → {"cmd":"status"}
 //! ← {"status":{"state":"ready","detail":"…"}}
+//! → {"cmd":"cancel"}
+//! ← {"cancelling":"0123456789abcdef0123456789abcdef"}
 //! ```
 //!
 //! The socket also makes the agent single-instance per user session: `run` binds it, and a
@@ -41,6 +43,8 @@ pub enum Request {
     },
     /// What state the agent is in.
     Status,
+    /// Withdraw the last acknowledged alert (a false alarm).
+    Cancel,
 }
 
 /// The running agent's state, as its tray icon shows it.
@@ -60,6 +64,8 @@ pub enum Response {
     Accepted(AlertId),
     /// The agent's state.
     Status(Status),
+    /// The cancellation of this alert is being sent; a toast confirms the outcome.
+    Cancelling(AlertId),
     /// The request was not understood.
     Error(String),
 }
@@ -220,6 +226,7 @@ mod tests {
             match req {
                 Request::Trigger { .. } => Response::Accepted(AlertId::from_u128(7)),
                 Request::Status => Response::Status(Status { state: "ready".into(), detail: String::new() }),
+                Request::Cancel => Response::Error("nothing to cancel".into()),
             }
         }));
         assert!(Listener::bind(&path).await.unwrap().is_none(), "a second agent must not bind");

@@ -43,6 +43,9 @@ enum Command {
     },
     /// Send one SOS now, without the tray: exit 0 once a collector acknowledges it, non-zero
     /// if none does in time. Prints the alert id.
+    /// Withdraw the last acknowledged alert through the running tray agent (a false alarm).
+    /// Responders are told it was cancelled, and asked to check in person.
+    Cancel,
     Send {
         /// The configuration file (TOML); by default the user's, then the system-wide one.
         #[arg(long, short)]
@@ -136,6 +139,25 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             send(config, message, test, None)
         }
         Command::Send { config, message, test, timeout } => send(config, message, test, timeout),
+        Command::Cancel => {
+            #[cfg(unix)]
+            {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let path = sos_agent::ipc::socket_path();
+                match rt.block_on(sos_agent::ipc::request(&path, &sos_agent::ipc::Request::Cancel, Duration::from_secs(10)))? {
+                    sos_agent::ipc::Response::Cancelling(id) => {
+                        println!("cancelling alert {id}; a toast confirms when a collector has recorded it");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    other => {
+                        eprintln!("not cancelled: {other:?}");
+                        Ok(ExitCode::from(1))
+                    }
+                }
+            }
+            #[cfg(not(unix))]
+            anyhow::bail!("`sos-agent cancel` needs the running agent's local socket, not available on this platform yet; use the tray menu")
+        }
     }
 }
 

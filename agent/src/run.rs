@@ -50,6 +50,9 @@ pub enum UiEvent {
     Report(Report),
     /// Someone asks for the state (IPC).
     Status(oneshot::Sender<Status>),
+    /// Withdraw the last acknowledged alert (IPC); `reply` gets its id, or `None` if there is
+    /// none.
+    Cancel(oneshot::Sender<Option<AlertId>>),
 }
 
 /// Run the tray agent until Quit. Returns an error only if it cannot start at all.
@@ -104,6 +107,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         tray: None,
         in_flight: BTreeMap::new(),
         last_delivered: None,
+        cancellable: None,
         online: None,
         hotkey_problem: None,
         last_press: BTreeMap::new(),
@@ -125,6 +129,15 @@ async fn answer(proxy: &Mutex<EventLoopProxy<UiEvent>>, req: Request) -> Respons
             match (sent, rx.await) {
                 (true, Ok(Some(id))) => Response::Accepted(id),
                 (true, Ok(None)) => Response::Error("ignored: an SOS was sent less than 2 s ago".into()),
+                _ => gone(),
+            }
+        }
+        Request::Cancel => {
+            let (tx, rx) = oneshot::channel();
+            let sent = send(proxy, UiEvent::Cancel(tx));
+            match (sent, rx.await) {
+                (true, Ok(Some(id))) => Response::Cancelling(id),
+                (true, Ok(None)) => Response::Error("there is no acknowledged alert to cancel".into()),
                 _ => gone(),
             }
         }
@@ -154,6 +167,8 @@ struct App {
     in_flight: BTreeMap<AlertId, bool>,
     /// The last acknowledgement: when (Unix seconds) and whether it was a test.
     last_delivered: Option<(u64, bool)>,
+    /// The last acknowledged alert, which Cancel withdraws; cleared once cancelled.
+    cancellable: Option<AlertId>,
     /// `Some(Some(collector))` once a heartbeat is answered, `Some(None)` when none answers.
     online: Option<Option<String>>,
     /// Why the hotkey is not active, if it is not.
@@ -190,8 +205,9 @@ impl App {
 
     fn refresh(&mut self) {
         let (state, detail) = self.state();
+        let can_cancel = self.cancellable.is_some();
         if let Some(t) = &mut self.tray {
-            t.show(state, &detail);
+            t.show(state, &detail, can_cancel);
         }
     }
 
@@ -273,6 +289,9 @@ impl ApplicationHandler<UiEvent> for App {
                 ids::TEST => {
                     self.trigger("menu", true, "", false);
                 }
+                ids::CANCEL => {
+                    self.cancel();
+                }
                 ids::QUIT => {
                     info!("quit from the tray menu");
                     event_loop.exit();
@@ -280,6 +299,9 @@ impl ApplicationHandler<UiEvent> for App {
                 _ => {}
             },
             UiEvent::Report(r) => self.report(r),
+            UiEvent::Cancel(reply) => {
+                let _ = reply.send(self.cancel());
+            }
             UiEvent::Status(reply) => {
                 let (state, detail) = self.state();
                 let _ = reply.send(Status { state: state.word().into(), detail });
@@ -290,6 +312,14 @@ impl ApplicationHandler<UiEvent> for App {
 }
 
 impl App {
+    /// Withdraw the last acknowledged alert, if any.
+    fn cancel(&mut self) -> Option<AlertId> {
+        let id = self.cancellable.take()?;
+        info!(alert_id = %id, "cancelling the last alert (false alarm)");
+        self.delivery.cancel(id);
+        Some(id)
+    }
+
     fn report(&mut self, r: Report) {
         match r {
             Report::Sending { alert_id, .. } => {
@@ -298,6 +328,7 @@ impl App {
             Report::Delivered { alert_id, test, at, collector } => {
                 self.in_flight.remove(&alert_id);
                 self.last_delivered = Some((at, test));
+                self.cancellable = Some(alert_id);
                 self.online = Some(Some(collector));
                 let what = if test { "TEST alert delivered" } else { "SOS delivered" };
                 self.toast(format!("{what} — {}", local_time(at)), "Help has been called.".into(), Importance::Normal);
@@ -308,6 +339,17 @@ impl App {
                 self.toast(format!("{what} NOT delivered yet — still trying."), self.config.fallback.clone(), Importance::Critical);
             }
             Report::Connectivity(c) => self.online = Some(c),
+            Report::Cancelled { alert_id, confirmed: true } => {
+                info!(%alert_id, "cancellation confirmed");
+                self.toast("Alert cancelled".into(), "Responders were told it was a false alarm.".into(), Importance::Normal);
+            }
+            Report::Cancelled { alert_id, confirmed: false } => {
+                self.toast(
+                    "Cancel NOT confirmed".into(),
+                    format!("Responders may still be coming for alert {alert_id}: tell them yourself. {}", self.config.fallback),
+                    Importance::Critical,
+                );
+            }
         }
     }
 }

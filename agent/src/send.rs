@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use sos_shared::protocol::{split_datagram, AckStatus, Heartbeat, Sos, MAX_DATAGRAM};
+use sos_shared::protocol::{split_datagram, AckStatus, Cancel, Heartbeat, Sos, MAX_DATAGRAM};
 use sos_shared::{unix_now, AlertId, Key, Message, TimeWindow};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
@@ -287,6 +287,61 @@ impl Sender {
             }
         };
         Ok(tokio::time::timeout(timeout, wait).await.ok())
+    }
+
+    /// Withdraw `alert_id` (a false alarm): send CANCEL to every collector each round, with
+    /// the same backoff as an SOS, until one answers CANCEL-ACK or `deadline` passes. Returns
+    /// the collector that confirmed it.
+    ///
+    /// # Errors
+    /// [`SendError::NotAcknowledged`] if no collector confirmed in time (the alert stands:
+    /// responders must be told another way).
+    pub async fn cancel(&self, alert_id: AlertId, reason: &str, deadline: Duration) -> Result<SocketAddr, SendError> {
+        let started = Instant::now();
+        let give_up = started + deadline;
+        let mut rng = fastrand::Rng::new();
+        let v4 = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+        let v6 = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).await.ok();
+        let message = Message::Cancel(Cancel { alert_id, reason: reason.to_owned() });
+        let mut transmissions = 0u32;
+        let mut buf4 = vec![0u8; MAX_DATAGRAM + 1];
+        let mut buf6 = vec![0u8; MAX_DATAGRAM + 1];
+        for round in 0u32.. {
+            for name in &self.collectors {
+                let Ok(Some(addr)) = tokio::net::lookup_host(name.as_str()).await.map(|mut a| a.next()) else { continue };
+                let socket = if addr.is_ipv4() { Some(&v4) } else { v6.as_ref() };
+                let Some(socket) = socket else { continue };
+                let datagram = self.key.seal(&message, unix_now())?;
+                if socket.send_to(&datagram, addr).await.is_ok() {
+                    transmissions += 1;
+                }
+            }
+            let round_end = (Instant::now() + self.schedule.wait(round, &mut rng)).min(give_up);
+            loop {
+                let recv6 = async {
+                    match &v6 {
+                        Some(s) => s.recv_from(&mut buf6).await.map(|(n, a)| (buf6[..n].to_vec(), a)),
+                        None => std::future::pending().await,
+                    }
+                };
+                let got = tokio::select! {
+                    r = v4.recv_from(&mut buf4) => r.map(|(n, a)| (buf4[..n].to_vec(), a)),
+                    r = recv6 => r,
+                    _ = tokio::time::sleep_until(round_end) => break,
+                };
+                let Ok((data, from)) = got else { continue };
+                if let Some(Message::CancelAck(ack)) = self.open_reply(&data) {
+                    if ack.alert_id == alert_id {
+                        info!(%from, %alert_id, "cancellation confirmed");
+                        return Ok(from);
+                    }
+                }
+            }
+            if Instant::now() >= give_up {
+                break;
+            }
+        }
+        Err(SendError::NotAcknowledged { transmissions, waited: started.elapsed(), problem: None })
     }
 
     /// An authentic message sealed with our key, whatever its age (see [`Self::ack_for`]).

@@ -83,6 +83,8 @@ pub mod ids {
     pub const SEND: &str = "send";
     /// Send a test alert.
     pub const TEST: &str = "test";
+    /// Cancel the last alert (false alarm).
+    pub const CANCEL: &str = "cancel";
     /// The status line (disabled).
     pub const STATUS: &str = "status";
     /// Quit.
@@ -93,6 +95,7 @@ pub mod ids {
 pub struct Tray {
     icon: TrayIcon,
     status: MenuItem,
+    cancel: MenuItem,
     state: Option<TrayState>,
 }
 
@@ -111,10 +114,12 @@ impl Tray {
         let menu = Menu::new();
         let send = MenuItem::with_id(MenuId::new(ids::SEND), "Send SOS", true, None);
         let test = MenuItem::with_id(MenuId::new(ids::TEST), "Send test alert", true, None);
+        let cancel = MenuItem::with_id(MenuId::new(ids::CANCEL), "Cancel last alert (false alarm)", false, None);
         let status = MenuItem::with_id(MenuId::new(ids::STATUS), "Starting…", false, None);
         let append = |item: &dyn tray_icon::menu::IsMenuItem| menu.append(item).map_err(|e| tray_icon::Error::OsError(std::io::Error::other(e.to_string())));
         append(&send)?;
         append(&test)?;
+        append(&cancel)?;
         append(&PredefinedMenuItem::separator())?;
         append(&status)?;
         if show_quit {
@@ -129,11 +134,13 @@ impl Tray {
             .with_menu(Box::new(menu))
             .with_menu_on_left_click(false)
             .build()?;
-        Ok(Tray { icon, status, state: None })
+        Ok(Tray { icon, status, cancel, state: None })
     }
 
-    /// Show `state`, with `detail` in the tooltip and the menu's status line.
-    pub fn show(&mut self, state: TrayState, detail: &str) {
+    /// Show `state`, with `detail` in the tooltip and the menu's status line; offer Cancel
+    /// when there is an acknowledged alert to withdraw.
+    pub fn show(&mut self, state: TrayState, detail: &str, can_cancel: bool) {
+        self.cancel.set_enabled(can_cancel);
         if self.state != Some(state) {
             let _ = self.icon.set_icon(Some(icon(state)));
             self.state = Some(state);

@@ -43,6 +43,12 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// List the agents that have sent heartbeats and when each was last seen, from the store.
+    Agents {
+        /// The configuration file (TOML), to find the data dir.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,6 +95,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Alerts { config, limit } => alerts(&load(config.as_deref())?, limit),
+        Command::Agents { config } => agents(&load(config.as_deref())?),
         Command::Run { config } => serve(load(config.as_deref())?),
     }
 }
@@ -144,12 +151,39 @@ async fn shutdown_signal() {
     }
 }
 
-fn alerts(config: &Config, limit: usize) -> anyhow::Result<()> {
+fn open_store(config: &Config) -> anyhow::Result<(Db, PathBuf)> {
     let path = config.database_path();
     if !path.exists() {
         anyhow::bail!("no store at {} (has the collector run with this data_dir?)", path.display());
     }
     let db = Db::open_read_only(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok((db, path))
+}
+
+fn agents(config: &Config) -> anyhow::Result<()> {
+    let (db, path) = open_store(config)?;
+    let agents = db.agents()?;
+    if agents.is_empty() {
+        println!("No heartbeats recorded in {}.", path.display());
+    }
+    let now = sos_collector::store::now_ms();
+    for a in agents {
+        println!(
+            "{}  {}@{} ({}, from {})  last seen {} ({} s ago)",
+            a.key_id,
+            a.user,
+            a.host,
+            a.ip,
+            a.source,
+            when_utc(a.last_seen_ms / 1000),
+            (now - a.last_seen_ms).max(0) / 1000
+        );
+    }
+    Ok(())
+}
+
+fn alerts(config: &Config, limit: usize) -> anyhow::Result<()> {
+    let (db, path) = open_store(config)?;
     let rows = db.recent_alerts(limit)?;
     if rows.is_empty() {
         println!("No alerts in {}.", path.display());
@@ -167,6 +201,10 @@ fn alerts(config: &Config, limit: usize) -> anyhow::Result<()> {
         );
         if !a.message.is_empty() {
             println!("    message: {}", a.message);
+        }
+        if let Some(c) = &a.cancellation {
+            println!("    CANCELLED by the sender at {}{}", when_utc(c.at_ms / 1000),
+                     if c.reason.is_empty() { String::new() } else { format!(": {}", c.reason) });
         }
         for d in deliveries {
             let detail = match (d.state.as_str(), d.delivered_at_ms, &d.last_error) {

@@ -4,8 +4,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use sos_shared::protocol::{split_datagram, AckStatus, HeartbeatAck, SosAck, MAX_DATAGRAM};
-use sos_shared::{unix_now, Key, Message, OpenError};
+use sos_shared::protocol::{split_datagram, AckStatus, CancelAck, HeartbeatAck, SosAck, MAX_DATAGRAM};
+use sos_shared::{unix_now, AlertId, Key, Message, OpenError};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,7 +15,7 @@ use crate::channel::{Channel, Email, Slack};
 use crate::config::Config;
 use crate::outbox;
 use crate::stats::{Stats, StatsSnapshot};
-use crate::store::{now_ms, Db, NewAlert, Store, StoreError, Stored};
+use crate::store::{now_ms, AgentSeen, Cancelled, Db, NewAlert, Store, StoreError, Stored};
 
 /// Why the collector could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -258,8 +258,17 @@ impl Receiver {
                 let span = info_span!("sos", alert_id = %alert.sos.alert_id, %from);
                 self.in_flight.spawn(store_and_ack(store, alert, ctx).instrument(span));
             }
-            Message::Heartbeat(_) => {
+            Message::Heartbeat(hb) => {
                 Stats::bump(&self.stats.heartbeats);
+                let clean = |t: String| t.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>();
+                self.store.seen(AgentSeen {
+                    host: clean(hb.host),
+                    user: clean(hb.user),
+                    ip: clean(hb.ip),
+                    source: from.to_string(),
+                    key_id: key_id.to_string(),
+                    last_seen_ms: now_ms(),
+                });
                 let ctx = Reply {
                     socket: self.socket.clone(),
                     key: self.key.clone(),
@@ -274,9 +283,17 @@ impl Receiver {
                 self.in_flight.spawn(async move { ctx.send(&ack).await });
             }
             Message::Cancel(c) => {
-                Stats::bump(&self.stats.unsupported);
-                warn!(%from, alert_id = %c.alert_id,
-                      "received CANCEL, but this collector version does not handle cancellation yet; not acknowledged");
+                let ctx = Reply {
+                    socket: self.socket.clone(),
+                    key: self.key.clone(),
+                    stats: self.stats.clone(),
+                    to: from,
+                    request_len,
+                };
+                let store = self.store.clone();
+                let reason: String = c.reason.chars().map(|ch| if ch.is_control() { ' ' } else { ch }).collect();
+                let span = info_span!("cancel", alert_id = %c.alert_id, %from);
+                self.in_flight.spawn(cancel_and_ack(store, c.alert_id, reason, key_id.to_string(), ctx).instrument(span));
             }
             other => {
                 Stats::bump(&self.stats.unexpected);
@@ -347,6 +364,27 @@ async fn store_and_ack(store: Store, alert: NewAlert, reply: Reply) {
         Err(e) => {
             Stats::bump(&reply.stats.store_errors);
             error!(error = %e, "CANNOT STORE AN SOS: not acknowledged, the agent will retry or fail over");
+        }
+    }
+}
+
+async fn cancel_and_ack(store: Store, alert_id: AlertId, reason: String, key_id: String, reply: Reply) {
+    match store.cancel(alert_id, reason.clone(), key_id, now_ms()).await {
+        Ok(outcome @ (Cancelled::New | Cancelled::Already)) => {
+            if outcome == Cancelled::New {
+                Stats::bump(&reply.stats.cancelled);
+                warn!(%reason, "SOS CANCELLED by the sender; telling responders");
+            }
+            let ack = Message::CancelAck(CancelAck { alert_id, server_time: unix_now() });
+            reply.send(&ack).await;
+        }
+        Ok(Cancelled::Unknown) => {
+            Stats::bump(&reply.stats.cancel_unknown);
+            warn!("CANCEL for an alert this collector does not have; not acknowledged");
+        }
+        Err(e) => {
+            Stats::bump(&reply.stats.store_errors);
+            error!(error = %e, "cannot record a cancellation; not acknowledged, the agent will retry");
         }
     }
 }

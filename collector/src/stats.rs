@@ -49,8 +49,10 @@ counters! {
     from_future,
     /// Dropped: a message kind the collector does not accept (e.g. an ACK sent to it).
     unexpected,
-    /// Dropped: a message kind this version does not handle yet (CANCEL).
-    unsupported,
+    /// Cancellations recorded (first time for their alert).
+    cancelled,
+    /// Cancellations of an alert this collector does not have (no reply).
+    cancel_unknown,
     /// SOS stored for the first time.
     sos_stored,
     /// SOS retransmissions recognised as already stored.
@@ -75,6 +77,6 @@ impl Stats {
 impl StatsSnapshot {
     /// Every datagram dropped without a reply.
     pub fn dropped(&self) -> u64 {
-        self.malformed + self.unauthenticated + self.expired + self.from_future + self.unexpected + self.unsupported
+        self.malformed + self.unauthenticated + self.expired + self.from_future + self.unexpected + self.cancel_unknown
     }
 }

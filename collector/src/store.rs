@@ -81,6 +81,46 @@ pub struct AlertRecord {
     pub message: String,
     /// The datagram's source address as the collector saw it.
     pub source: String,
+    /// Set when the sender cancelled the alert. In an outbox job it means the job is the
+    /// cancellation notice, not the alert.
+    pub cancellation: Option<Cancellation>,
+}
+
+/// The sender withdrew an alert (a false alarm).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancellation {
+    /// When the collector recorded it, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// The sender's reason; may be empty.
+    pub reason: String,
+}
+
+/// What became of a cancellation request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// Recorded now; every channel will be told.
+    New,
+    /// Already recorded earlier; nobody is told again.
+    Already,
+    /// No such alert here (never received, or sealed with another key).
+    Unknown,
+}
+
+/// An agent as its last heartbeat described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSeen {
+    /// Host name.
+    pub host: String,
+    /// Login name.
+    pub user: String,
+    /// Route address the agent reported.
+    pub ip: String,
+    /// The datagram's source address.
+    pub source: String,
+    /// The key that sealed it.
+    pub key_id: String,
+    /// When, ms since the Unix epoch.
+    pub last_seen_ms: i64,
 }
 
 /// One pending delivery of one alert to one channel.
@@ -136,36 +176,73 @@ pub struct Db {
     conn: Connection,
 }
 
+/// The schema of version 2 (`PRAGMA user_version`). Version 1 (no cancellation, no agents) is
+/// migrated on open by [`MIGRATE_1_TO_2`].
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS alerts (
-    alert_id       TEXT PRIMARY KEY,
-    received_at_ms INTEGER NOT NULL,
-    triggered_at   INTEGER NOT NULL,
-    test           INTEGER NOT NULL,
-    user           TEXT NOT NULL,
-    host           TEXT NOT NULL,
-    ip             TEXT NOT NULL,
-    location       TEXT NOT NULL,
-    message        TEXT NOT NULL,
-    agent          TEXT NOT NULL,
-    source         TEXT NOT NULL,
-    key_id         TEXT NOT NULL
+    alert_id        TEXT PRIMARY KEY,
+    received_at_ms  INTEGER NOT NULL,
+    triggered_at    INTEGER NOT NULL,
+    test            INTEGER NOT NULL,
+    user            TEXT NOT NULL,
+    host            TEXT NOT NULL,
+    ip              TEXT NOT NULL,
+    location        TEXT NOT NULL,
+    message         TEXT NOT NULL,
+    agent           TEXT NOT NULL,
+    source          TEXT NOT NULL,
+    key_id          TEXT NOT NULL,
+    cancelled_at_ms INTEGER,
+    cancel_reason   TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     id                 INTEGER PRIMARY KEY,
     alert_id           TEXT NOT NULL REFERENCES alerts(alert_id),
     channel            TEXT NOT NULL,
+    kind               TEXT NOT NULL DEFAULT 'alert' CHECK (kind IN ('alert', 'cancel')),
     state              TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
     attempts           INTEGER NOT NULL DEFAULT 0,
     created_at_ms      INTEGER NOT NULL,
     next_attempt_at_ms INTEGER NOT NULL,
     delivered_at_ms    INTEGER,
     last_error         TEXT,
-    UNIQUE (alert_id, channel)
+    UNIQUE (alert_id, channel, kind)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (channel, state, next_attempt_at_ms);
 CREATE INDEX IF NOT EXISTS alerts_recent ON alerts (received_at_ms);
-PRAGMA user_version = 1;
+CREATE TABLE IF NOT EXISTS agents (
+    host         TEXT NOT NULL,
+    user         TEXT NOT NULL,
+    ip           TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    key_id       TEXT NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (host, user)
+) WITHOUT ROWID;
+PRAGMA user_version = 2;
+";
+
+/// From schema 1: cancellation columns, the outbox's `kind`, the agents table.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE alerts ADD COLUMN cancelled_at_ms INTEGER;
+ALTER TABLE alerts ADD COLUMN cancel_reason TEXT;
+CREATE TABLE outbox_v2 (
+    id                 INTEGER PRIMARY KEY,
+    alert_id           TEXT NOT NULL REFERENCES alerts(alert_id),
+    channel            TEXT NOT NULL,
+    kind               TEXT NOT NULL DEFAULT 'alert' CHECK (kind IN ('alert', 'cancel')),
+    state              TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    created_at_ms      INTEGER NOT NULL,
+    next_attempt_at_ms INTEGER NOT NULL,
+    delivered_at_ms    INTEGER,
+    last_error         TEXT,
+    UNIQUE (alert_id, channel, kind)
+);
+INSERT INTO outbox_v2 (id, alert_id, channel, kind, state, attempts, created_at_ms, next_attempt_at_ms, delivered_at_ms, last_error)
+    SELECT id, alert_id, channel, 'alert', state, attempts, created_at_ms, next_attempt_at_ms, delivered_at_ms, last_error FROM outbox;
+DROP TABLE outbox;
+ALTER TABLE outbox_v2 RENAME TO outbox;
 ";
 
 impl Db {
@@ -184,13 +261,17 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > 1 {
+        if version > 2 {
             return Err(StoreError::Sqlite(format!(
-                "{} has schema version {version}, newer than this collector understands (1)",
+                "{} has schema version {version}, newer than this collector understands (2)",
                 path.display()
             )));
         }
-        conn.execute_batch(SCHEMA)?;
+        if version == 1 {
+            conn.execute_batch(&format!("BEGIN; {MIGRATE_1_TO_2} {SCHEMA} COMMIT;"))?;
+        } else {
+            conn.execute_batch(SCHEMA)?;
+        }
         Ok(Db { conn })
     }
 
@@ -264,9 +345,14 @@ impl Db {
     pub fn due_jobs(&self, channel: &str, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT o.id, o.attempts, o.created_at_ms, a.alert_id, a.test, a.triggered_at,
-                    a.received_at_ms, a.user, a.host, a.ip, a.location, a.message, a.source
+                    a.received_at_ms, a.user, a.host, a.ip, a.location, a.message, a.source,
+                    o.kind, a.cancelled_at_ms, a.cancel_reason
              FROM outbox o JOIN alerts a ON a.alert_id = o.alert_id
              WHERE o.channel = ?1 AND o.state = 'pending' AND o.next_attempt_at_ms <= ?2
+               -- a cancellation never overtakes its alert on a channel
+               AND NOT (o.kind = 'cancel' AND EXISTS (
+                   SELECT 1 FROM outbox p WHERE p.alert_id = o.alert_id AND p.channel = o.channel
+                                          AND p.kind = 'alert' AND p.state = 'pending'))
              ORDER BY o.next_attempt_at_ms, o.id LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![channel, now_ms, limit as i64], |r| {
@@ -288,6 +374,14 @@ impl Db {
                     location: r.get(10)?,
                     message: r.get(11)?,
                     source: r.get(12)?,
+                    cancellation: if r.get::<_, String>(13)? == "cancel" {
+                        Some(Cancellation {
+                            at_ms: r.get::<_, Option<i64>>(14)?.unwrap_or_default(),
+                            reason: r.get::<_, Option<String>>(15)?.unwrap_or_default(),
+                        })
+                    } else {
+                        None
+                    },
                 },
             })
         })?;
@@ -345,7 +439,8 @@ impl Db {
     /// If the query fails.
     pub fn recent_alerts(&self, limit: usize) -> Result<Vec<(AlertRecord, Vec<Delivery>)>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT alert_id, test, triggered_at, received_at_ms, user, host, ip, location, message, source
+            "SELECT alert_id, test, triggered_at, received_at_ms, user, host, ip, location, message, source,
+                    cancelled_at_ms, cancel_reason
              FROM alerts ORDER BY received_at_ms DESC, alert_id LIMIT ?1",
         )?;
         let alerts = stmt
@@ -364,11 +459,16 @@ impl Db {
                     location: r.get(7)?,
                     message: r.get(8)?,
                     source: r.get(9)?,
+                    cancellation: match (r.get::<_, Option<i64>>(10)?, r.get::<_, Option<String>>(11)?) {
+                        (Some(at_ms), reason) => Some(Cancellation { at_ms, reason: reason.unwrap_or_default() }),
+                        (None, _) => None,
+                    },
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
         let mut jobs = self.conn.prepare(
-            "SELECT channel, state, attempts, last_error, delivered_at_ms FROM outbox
+            "SELECT channel || CASE kind WHEN 'cancel' THEN ' (cancel)' ELSE '' END,
+                    state, attempts, last_error, delivered_at_ms FROM outbox
              WHERE alert_id = ?1 ORDER BY id",
         )?;
         let mut out = Vec::with_capacity(alerts.len());
@@ -387,6 +487,90 @@ impl Db {
             out.push((a, d));
         }
         Ok(out)
+    }
+
+    /// Record that the sender cancelled `alert_id` and queue one cancellation notice per
+    /// channel, in one transaction. Only the key that sealed the alert may cancel it.
+    ///
+    /// # Errors
+    /// If the transaction fails; then nothing was recorded.
+    pub fn cancel(
+        &mut self,
+        alert_id: AlertId,
+        reason: &str,
+        key_id: &str,
+        channels: &[&str],
+        now_ms: i64,
+    ) -> Result<Cancelled, StoreError> {
+        let tx = self.conn.transaction()?;
+        let id = alert_id.to_string();
+        let row: Option<(String, Option<i64>)> = tx
+            .query_row("SELECT key_id, cancelled_at_ms FROM alerts WHERE alert_id = ?1", params![id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let outcome = match row {
+            None => Cancelled::Unknown,
+            Some((k, _)) if k != key_id => Cancelled::Unknown,
+            Some((_, Some(_))) => Cancelled::Already,
+            Some((_, None)) => {
+                tx.execute(
+                    "UPDATE alerts SET cancelled_at_ms = ?2, cancel_reason = ?3 WHERE alert_id = ?1",
+                    params![id, now_ms, reason],
+                )?;
+                for ch in channels {
+                    tx.execute(
+                        "INSERT INTO outbox (alert_id, channel, kind, state, created_at_ms, next_attempt_at_ms)
+                         VALUES (?1, ?2, 'cancel', 'pending', ?3, ?3) ON CONFLICT DO NOTHING",
+                        params![id, ch, now_ms],
+                    )?;
+                }
+                Cancelled::New
+            }
+        };
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    /// Record heartbeats: one row per (host, user), the latest wins. One transaction.
+    ///
+    /// # Errors
+    /// If the transaction fails.
+    pub fn record_agents(&mut self, seen: &[AgentSeen]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO agents (host, user, ip, source, key_id, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (host, user) DO UPDATE SET ip = excluded.ip, source = excluded.source,
+                     key_id = excluded.key_id, last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)",
+            )?;
+            for a in seen {
+                upsert.execute(params![a.host, a.user, a.ip, a.source, a.key_id, a.last_seen_ms])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every agent that has sent a heartbeat, least recently seen first.
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub fn agents(&self) -> Result<Vec<AgentSeen>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT host, user, ip, source, key_id, last_seen_ms FROM agents ORDER BY last_seen_ms, host, user",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AgentSeen {
+                host: r.get(0)?,
+                user: r.get(1)?,
+                ip: r.get(2)?,
+                source: r.get(3)?,
+                key_id: r.get(4)?,
+                last_seen_ms: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Pending jobs per channel, to warn about channels no longer configured.
@@ -409,6 +593,9 @@ enum Command {
     DueJobs(&'static str, i64, usize, Reply<Vec<Job>>),
     NextDue(&'static str, Reply<Option<i64>>),
     Finish(Vec<(i64, JobOutcome)>, i64, Reply<()>),
+    Cancel(AlertId, String, String, i64, Reply<Cancelled>),
+    /// Fire and forget: batched into one transaction per round.
+    Seen(AgentSeen),
 }
 
 /// The service's handle to the store's writer thread. Cheap to clone.
@@ -426,6 +613,8 @@ impl std::fmt::Debug for Command {
             Command::DueJobs(..) => "DueJobs",
             Command::NextDue(..) => "NextDue",
             Command::Finish(..) => "Finish",
+            Command::Cancel(..) => "Cancel",
+            Command::Seen(..) => "Seen",
         })
     }
 }
@@ -449,11 +638,13 @@ impl Store {
             .spawn(move || {
                 while let Some(first) = rx.blocking_recv() {
                     let mut inserts = Vec::new();
+                    let mut seen = Vec::new();
                     let mut others = Vec::new();
                     let mut next = Some(first);
                     while let Some(cmd) = next.take() {
                         match cmd {
                             Command::Insert(a, r) => inserts.push((a, r)),
+                            Command::Seen(a) => seen.push(a),
                             other => others.push(other),
                         }
                         if inserts.len() < MAX_GROUP {
@@ -480,8 +671,23 @@ impl Store {
                             }
                         }
                     }
+                    if !seen.is_empty() {
+                        if let Err(e) = db.record_agents(&seen) {
+                            tracing::warn!(error = %e, agents = seen.len(), "cannot record heartbeats");
+                        }
+                    }
                     for cmd in others {
                         match cmd {
+                            Command::Cancel(id, reason, key_id, now, r) => {
+                                let res = db.cancel(id, &reason, &key_id, &names, now);
+                                if matches!(res, Ok(Cancelled::New)) {
+                                    for (_, n) in thread_wakers.iter() {
+                                        n.notify_one();
+                                    }
+                                }
+                                let _ = r.send(res);
+                            }
+                            Command::Seen(_) => unreachable!("heartbeats are batched above"),
                             Command::DueJobs(ch, now, limit, r) => {
                                 let _ = r.send(db.due_jobs(ch, now, limit));
                             }
@@ -537,6 +743,19 @@ impl Store {
         self.call(|r| Command::Finish(outcomes, now_ms, r)).await
     }
 
+    /// See [`Db::cancel`].
+    ///
+    /// # Errors
+    /// If the transaction fails.
+    pub async fn cancel(&self, alert_id: AlertId, reason: String, key_id: String, now_ms: i64) -> Result<Cancelled, StoreError> {
+        self.call(|r| Command::Cancel(alert_id, reason, key_id, now_ms, r)).await
+    }
+
+    /// Record a heartbeat (not waited for; batched).
+    pub fn seen(&self, agent: AgentSeen) {
+        let _ = self.tx.send(Command::Seen(agent));
+    }
+
     /// The notifier that wakes `channel`'s worker when new jobs are committed.
     pub fn waker(&self, channel: &str) -> Arc<Notify> {
         self.wakers
@@ -589,6 +808,71 @@ mod tests {
         assert_eq!(db.due_jobs("slack", 1000, 10).unwrap().len(), 2);
         assert_eq!(db.due_jobs("slack", 999, 10).unwrap().len(), 0);
         assert_eq!(db.pending_by_channel().unwrap(), vec![("log".into(), 2), ("slack".into(), 2)]);
+    }
+
+    #[test]
+    fn a_cancellation_is_recorded_once_only_by_the_sealing_key_and_follows_its_alert() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("sos.db")).unwrap();
+        db.insert_alerts(&[alert(1)], &["slack"]).unwrap();
+        let id = AlertId::from_u128(1);
+        assert_eq!(db.cancel(AlertId::from_u128(9), "", "00", &["slack"], 2000).unwrap(), Cancelled::Unknown);
+        assert_eq!(db.cancel(id, "", "ff", &["slack"], 2000).unwrap(), Cancelled::Unknown, "another key");
+        assert_eq!(db.cancel(id, "oops", "00", &["slack"], 2000).unwrap(), Cancelled::New);
+        assert_eq!(db.cancel(id, "oops", "00", &["slack"], 2001).unwrap(), Cancelled::Already);
+        // The alert itself goes first; its cancellation waits until the alert is no longer pending.
+        let due = db.due_jobs("slack", 5000, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert!(due[0].alert.cancellation.is_none());
+        db.finish(&[(due[0].id, JobOutcome::Delivered)], 3000).unwrap();
+        let due = db.due_jobs("slack", 5000, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].alert.cancellation.as_ref().map(|c| c.reason.as_str()), Some("oops"));
+    }
+
+    #[test]
+    fn heartbeats_keep_the_latest_sighting_per_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("sos.db")).unwrap();
+        let seen = |user: &str, at| AgentSeen {
+            host: "desk".into(),
+            user: user.into(),
+            ip: "10.0.0.1".into(),
+            source: "10.0.0.1:4000".into(),
+            key_id: "00".into(),
+            last_seen_ms: at,
+        };
+        db.record_agents(&[seen("alice", 10), seen("bob", 20), seen("alice", 30), seen("alice", 25)]).unwrap();
+        let agents = db.agents().unwrap();
+        assert_eq!(agents.iter().map(|a| (a.user.as_str(), a.last_seen_ms)).collect::<Vec<_>>(), vec![("bob", 20), ("alice", 30)]);
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated_without_losing_pending_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE alerts (alert_id TEXT PRIMARY KEY, received_at_ms INTEGER NOT NULL,
+                    triggered_at INTEGER NOT NULL, test INTEGER NOT NULL, user TEXT NOT NULL, host TEXT NOT NULL,
+                    ip TEXT NOT NULL, location TEXT NOT NULL, message TEXT NOT NULL, agent TEXT NOT NULL,
+                    source TEXT NOT NULL, key_id TEXT NOT NULL) WITHOUT ROWID;
+                 CREATE TABLE outbox (id INTEGER PRIMARY KEY, alert_id TEXT NOT NULL REFERENCES alerts(alert_id),
+                    channel TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                    created_at_ms INTEGER NOT NULL, next_attempt_at_ms INTEGER NOT NULL, delivered_at_ms INTEGER,
+                    last_error TEXT, UNIQUE (alert_id, channel));
+                 INSERT INTO alerts VALUES ('00000000000000000000000000000001', 1000, 1, 0, 'alice', 'desk', '10.0.0.1',
+                    'Reception', '', '', '127.0.0.1:9', '00');
+                 INSERT INTO outbox (alert_id, channel, state, created_at_ms, next_attempt_at_ms)
+                    VALUES ('00000000000000000000000000000001', 'slack', 'pending', 1000, 1000);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let mut db = Db::open(&path).unwrap();
+        assert_eq!(db.due_jobs("slack", 1000, 10).unwrap().len(), 1);
+        assert_eq!(db.cancel(AlertId::from_u128(1), "", "00", &["slack"], 2000).unwrap(), Cancelled::New);
     }
 
     #[test]

@@ -387,3 +387,73 @@ fn hostile_fields_cannot_forge_log_lines_or_email_headers() {
     let post = slack.wait_for_text(WAIT, &id.to_string());
     assert!(!post.body["text"].as_str().unwrap_or_default().contains('\n'), "{}", post.text());
 }
+
+#[test]
+fn a_cancelled_alert_is_announced_once_on_every_channel_after_the_alert() {
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let smtp = SmtpServer::start(vec![]);
+    let collector = site.start(Some(&slack), Some(&smtp));
+    let peer = Peer::new(site.addr, site.key());
+    let id = AlertId::random();
+    peer.send(&sos(id, "carol"));
+    assert!(matches!(peer.open(&peer.recv_raw(WAIT).expect("sos ack")), Some(Message::SosAck(_))));
+
+    let cancel = Message::Cancel(sos_shared::protocol::Cancel { alert_id: id, reason: "pressed by accident".into() });
+    for _ in 0..2 {
+        peer.send(&cancel);
+        match peer.open(&peer.recv_raw(WAIT).expect("cancel ack")) {
+            Some(Message::CancelAck(a)) => assert_eq!(a.alert_id, id),
+            other => panic!("expected cancel_ack, got {other:?}"),
+        }
+    }
+    // Unknown alert: no answer at all.
+    peer.send(&Message::Cancel(sos_shared::protocol::Cancel { alert_id: AlertId::random(), reason: String::new() }));
+
+    let id_text = id.to_string();
+    let posts = slack.wait_for(WAIT, "the alert and its cancellation", |r| r.iter().filter(|x| x.text().contains(&id_text)).count() >= 2);
+    let mine: Vec<_> = posts.iter().filter(|x| x.text().contains(&id_text)).collect();
+    assert!(!mine[0].text().contains("CANCELLED"), "the alert must come first");
+    let cancel_post = mine[1].body["text"].as_str().unwrap_or_default().to_owned();
+    assert!(cancel_post.contains("CANCELLED") && mine[1].text().contains("pressed by accident") && mine[1].text().contains("in person"), "{cancel_post}");
+    let mail = smtp.wait_for_text(WAIT, "CANCELLED");
+    assert!(mail.contains(&id_text) && mail.contains("Subject: CANCELLED by sender"), "{mail}");
+
+    // A barrier: a later alert arrives after any second cancellation notice would have.
+    let barrier = AlertId::random();
+    peer.send(&sos(barrier, "barrier"));
+    slack.wait_for_text(WAIT, &barrier.to_string());
+    smtp.wait_for_text(WAIT, &barrier.to_string());
+    assert_eq!(slack.received().iter().filter(|x| x.text().contains(&id_text)).count(), 2);
+    assert_eq!(smtp.accepted().iter().filter(|m| sos_e2e::smtp::unfold(m).contains(&id_text)).count(), 2);
+    assert!(peer.recv_raw(Duration::from_millis(200)).is_some_and(|d| matches!(peer.open(&d), Some(Message::SosAck(_)))), "only the barrier's ack remains");
+
+    let listing = String::from_utf8_lossy(&collector.alerts_cli().stdout).into_owned();
+    assert!(listing.contains("CANCELLED by the sender") && listing.contains("slack (cancel)"), "{listing}");
+    let (_, log) = collector.terminate();
+    let summary = log.lines().find(|l| l.contains("collector stopped")).unwrap_or_default().to_owned();
+    assert!(summary.contains("cancelled=1") && summary.contains("cancel_unknown=1"), "{summary}");
+}
+
+#[test]
+fn heartbeats_are_answered_and_the_agent_is_listed_as_seen() {
+    let site = Site::new();
+    let collector = site.start(None, None);
+    let peer = Peer::new(site.addr, site.key());
+    let hb = Message::Heartbeat(sos_shared::protocol::Heartbeat {
+        user: "dave".into(),
+        host: "desk-7".into(),
+        ip: "10.1.2.3".into(),
+        pad: "0".repeat(128),
+    });
+    peer.send(&hb);
+    assert!(matches!(peer.open(&peer.recv_raw(WAIT).expect("heartbeat ack")), Some(Message::HeartbeatAck(_))));
+    assert!(eventually(WAIT, || {
+        let out = std::process::Command::new(sos_e2e::bin::bin("sos-collector"))
+            .args(["agents", "--config"])
+            .arg(&collector.config)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("dave@desk-7 (10.1.2.3")
+    }));
+}

@@ -123,6 +123,16 @@ fn hotkey_tray_click_and_trigger_each_send_an_sos_confirmed_by_a_toast() {
     assert!(eventually(WAIT, || desk.tray_tooltip(&item).contains("delivered at")), "{}", desk.tray_tooltip(&item));
     assert!(eventually(WAIT, || spooled(&site.spool()).is_empty()));
     assert!(std::fs::read_to_string(site.state().join("sos/agent.log")).unwrap_or_default().contains("SOS fired"), "no log file");
+
+    // 4. A false alarm: the last alert is withdrawn; responders are told, and a toast confirms.
+    let out = desk.command(sos_e2e::bin::bin("sos-agent")).arg("cancel").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&id), "cancel did not pick the last alert");
+    desk.wait_toasts("Alert cancelled", 1, WAIT);
+    let cancelled = slack.wait_for(WAIT, "the cancellation", |r| r.iter().any(|x| x.text().contains("CANCELLED")));
+    assert!(cancelled.iter().any(|x| x.text().contains("CANCELLED") && x.text().contains(&id)));
+    let again = desk.command(sos_e2e::bin::bin("sos-agent")).arg("cancel").output().unwrap();
+    assert_eq!(again.status.code(), Some(1), "a second cancel has nothing left to cancel");
 }
 
 #[test]

@@ -117,6 +117,7 @@ mod tests {
             location: "Ward 3".into(),
             message: "aggressive visitor".into(),
             source: String::new(),
+            cancellation: None,
         };
         let (s, b) = compose(std::slice::from_ref(&a));
         assert_eq!(s, "SOS: bob at Ward 3 (pc-7, 10.1.1.7)");

@@ -20,9 +20,15 @@ pub(crate) fn or_dash(s: &str) -> &str {
     }
 }
 
-/// One line a responder can act on: `SOS: alice at Reception (desk-12, 10.0.0.12)`.
+/// One line a responder can act on: `SOS: alice at Reception (desk-12, 10.0.0.12)`; for a
+/// cancellation notice, `CANCELLED by sender — SOS: alice at …`.
 pub fn describe(a: &AlertRecord) -> String {
-    let prefix = if a.test { "TEST SOS (drill, no action needed)" } else { "SOS" };
+    let prefix = match (a.cancellation.is_some(), a.test) {
+        (true, true) => "CANCELLED by sender — TEST SOS",
+        (true, false) => "CANCELLED by sender — SOS",
+        (false, true) => "TEST SOS (drill, no action needed)",
+        (false, false) => "SOS",
+    };
     let place = if a.location.trim().is_empty() { a.host.as_str() } else { a.location.as_str() };
     format!(
         "{prefix}: {} at {} ({}, {})",
@@ -36,6 +42,13 @@ pub fn describe(a: &AlertRecord) -> String {
 /// Every field, one per line, for plain-text channels.
 pub(crate) fn details(a: &AlertRecord) -> String {
     let mut s = String::new();
+    if let Some(c) = &a.cancellation {
+        s.push_str(&format!(
+            "CANCELLED BY THE SENDER (false alarm) at {}.\nReason: {}\nResponders: check in person that they are safe; a cancellation can be forced.\n\n",
+            when_utc(c.at_ms / 1000),
+            or_dash(&c.reason)
+        ));
+    }
     if a.test {
         s.push_str("THIS IS A TEST ALERT (drill). No action needed.\n\n");
     }

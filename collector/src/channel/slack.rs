@@ -93,8 +93,9 @@ fn esc(s: &str) -> String {
 
 /// The Block Kit message, with `text` as the notification and accessibility fallback.
 pub(crate) fn payload(alerts: &[AlertRecord]) -> Value {
+    let icon = |a: &AlertRecord| if a.cancellation.is_some() { "✅" } else { "🚨" };
     let text = if let [a] = alerts {
-        format!("🚨 {} — alert {}", esc(&describe(a)), a.alert_id)
+        format!("{} {} — alert {}", icon(a), esc(&describe(a)), a.alert_id)
     } else {
         let tests = alerts.iter().filter(|a| a.test).count();
         let mut t = format!("🚨 {} SOS alerts", alerts.len());
@@ -112,7 +113,14 @@ pub(crate) fn payload(alerts: &[AlertRecord]) -> Value {
             "text": format!("🚨 {} SOS alerts", alerts.len())}}));
     }
     for a in alerts {
-        let title = if a.test {
+        let title = if let Some(c) = &a.cancellation {
+            format!(
+                "✅ *CANCELLED by the sender* (false alarm): SOS from {} at {}. Reason: {}. *Check in person that they are safe*: a cancellation can be forced.",
+                esc(or_dash(&a.user)),
+                esc(or_dash(&a.location)),
+                esc(or_dash(&c.reason))
+            )
+        } else if a.test {
             format!("🧪 *TEST alert (drill): no action needed* — {}", esc(or_dash(&a.user)))
         } else {
             format!("🚨 *SOS from {}* at *{}*", esc(or_dash(&a.user)), esc(or_dash(&a.location)))
@@ -157,6 +165,7 @@ mod tests {
             location: "Reception <!channel>".into(),
             message: "help <@U123>".into(),
             source: String::new(),
+            cancellation: None,
         }
     }
 
@@ -167,6 +176,16 @@ mod tests {
             assert!(p.contains(needle), "{needle} missing in {p}");
         }
         assert!(!p.contains("<!channel>") && !p.contains("<@U123>"), "{p}");
+    }
+
+    #[test]
+    fn a_cancellation_says_so_and_asks_to_check_in_person() {
+        let mut c = a(false);
+        c.cancellation = Some(crate::store::Cancellation { at_ms: 0, reason: "pressed by accident".into() });
+        let p = payload(&[c]);
+        let text = p["text"].as_str().unwrap();
+        assert!(text.starts_with("✅ CANCELLED by sender"), "{text}");
+        assert!(p.to_string().contains("pressed by accident") && p.to_string().contains("in person"), "{p}");
     }
 
     #[test]
