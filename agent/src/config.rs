@@ -12,6 +12,7 @@
 //! warn_after_secs = 10             # tray agent: warn the sender when not acknowledged by then
 //! fallback = "Call security 555-0100"  # shown when an alert is not delivered
 //! show_quit = true                 # tray agent: offer Quit in the menu
+//! cancel_window_ms = 0             # tray agent: delay after a press during which a click cancels
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ struct RawConfig {
     warn_after_secs: Option<u64>,
     fallback: Option<String>,
     show_quit: Option<bool>,
+    cancel_window_ms: Option<u64>,
 }
 
 /// A validated agent configuration.
@@ -65,6 +67,9 @@ pub struct AgentConfig {
     pub fallback: String,
     /// Whether the tray menu offers Quit (managed sites hide it).
     pub show_quit: bool,
+    /// A grace period after a hotkey press or icon click before the SOS goes out, during
+    /// which a click cancels it (against accidental presses). 0: send at once.
+    pub cancel_window_ms: u64,
 }
 
 impl AgentConfig {
@@ -133,6 +138,12 @@ impl AgentConfig {
                 .filter(|f| !f.trim().is_empty())
                 .unwrap_or_else(|| "Call for help another way.".into()),
             show_quit: raw.show_quit.unwrap_or(true),
+            cancel_window_ms: match raw.cancel_window_ms {
+                Some(v) if v > 60_000 => {
+                    return Err(ConfigError::at(file, "cancel_window_ms", format!("{v} ms delays every SOS by over a minute; use at most 60000")))
+                }
+                v => v.unwrap_or(0),
+            },
         })
     }
 

@@ -53,6 +53,19 @@ pub enum UiEvent {
     /// Withdraw the last acknowledged alert (IPC); `reply` gets its id, or `None` if there is
     /// none.
     Cancel(oneshot::Sender<Option<AlertId>>),
+    /// The cancel window of press number `n` is over: send it.
+    WindowOver(u64),
+    /// The person clicked the toast of press number `n` during its cancel window.
+    AbortPress(u64),
+}
+
+/// A press waiting out its cancel window.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// Its number, so that a late timer or click cannot touch a newer press.
+    n: u64,
+    /// When it goes out.
+    due: Instant,
 }
 
 /// Run the tray agent until Quit. Returns an error only if it cannot start at all.
@@ -111,6 +124,9 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         online: None,
         hotkey_problem: None,
         last_press: BTreeMap::new(),
+        pending: None,
+        presses: 0,
+        runtime: runtime.handle().clone(),
     };
     info!("SOS agent running");
     event_loop.run_app(&mut app).context("the desktop event loop failed")?;
@@ -175,12 +191,22 @@ struct App {
     hotkey_problem: Option<String>,
     /// The last press of the hotkey and of the icon, for debouncing each.
     last_press: BTreeMap<&'static str, Instant>,
+    /// A press in its cancel window, if any.
+    pending: Option<Pending>,
+    /// Presses so far, to number them.
+    presses: u64,
+    /// For the cancel window's timer.
+    runtime: tokio::runtime::Handle,
 }
 
 impl App {
     /// The state to show and its description.
     fn state(&self) -> (TrayState, String) {
         let hotkey = HotkeySpec::to_string(&self.config.hotkey);
+        if let Some(p) = self.pending {
+            let left = p.due.saturating_duration_since(Instant::now()).as_secs_f32().ceil();
+            return (TrayState::Sending, format!("SOS in {left} s — click the icon to cancel"));
+        }
         if self.in_flight.values().any(|warned| *warned) {
             return (TrayState::Attention, format!("SOS NOT delivered yet — still trying. {}", self.config.fallback));
         }
@@ -205,7 +231,7 @@ impl App {
 
     fn refresh(&mut self) {
         let (state, detail) = self.state();
-        let can_cancel = self.cancellable.is_some();
+        let can_cancel = self.cancellable.is_some() || self.pending.is_some();
         if let Some(t) = &mut self.tray {
             t.show(state, &detail, can_cancel);
         }
@@ -276,10 +302,27 @@ impl ApplicationHandler<UiEvent> for App {
     fn user_event(&mut self, event_loop: &ActiveEventLoop, event: UiEvent) {
         match event {
             UiEvent::Trigger { source, test, message, reply } => {
-                // Presses are debounced; explicit requests (IPC, menu) are not.
-                let id = self.trigger(source, test, &message, source == "hotkey" || source == "tray click");
-                if let Some(r) = reply {
-                    let _ = r.send(id);
+                // Presses are debounced and may wait out a cancel window; explicit requests
+                // (IPC, menu) are neither.
+                let press = source == "hotkey" || source == "tray click";
+                if press && self.config.cancel_window_ms > 0 {
+                    self.press_with_window(source);
+                } else {
+                    let id = self.trigger(source, test, &message, press);
+                    if let Some(r) = reply {
+                        let _ = r.send(id);
+                    }
+                }
+            }
+            UiEvent::WindowOver(n) => {
+                if self.pending.is_some_and(|p| p.n == n) {
+                    self.pending = None;
+                    self.trigger("hotkey or click, after the cancel window", false, "", false);
+                }
+            }
+            UiEvent::AbortPress(n) => {
+                if self.pending.is_some_and(|p| p.n == n) {
+                    self.abort_pending("toast click");
                 }
             }
             UiEvent::Menu(id) => match id.as_str() {
@@ -290,7 +333,11 @@ impl ApplicationHandler<UiEvent> for App {
                     self.trigger("menu", true, "", false);
                 }
                 ids::CANCEL => {
-                    self.cancel();
+                    if self.pending.is_some() {
+                        self.abort_pending("menu");
+                    } else {
+                        self.cancel();
+                    }
                 }
                 ids::QUIT => {
                     info!("quit from the tray menu");
@@ -312,6 +359,44 @@ impl ApplicationHandler<UiEvent> for App {
 }
 
 impl App {
+    /// A press with a cancel window: a click during the window cancels it; otherwise it goes
+    /// out when the window is over.
+    fn press_with_window(&mut self, source: &'static str) {
+        if self.pending.is_some() {
+            if source == "tray click" {
+                self.abort_pending("icon click");
+            }
+            return;
+        }
+        self.presses += 1;
+        let n = self.presses;
+        let window = Duration::from_millis(self.config.cancel_window_ms);
+        self.pending = Some(Pending { n, due: Instant::now() + window });
+        info!(source, window_ms = window.as_millis() as u64, "SOS pressed; sending when the cancel window is over");
+        let proxy = Mutex::new(self.proxy.clone());
+        self.runtime.spawn(async move {
+            tokio::time::sleep(window).await;
+            send(&proxy, UiEvent::WindowOver(n));
+        });
+        if !self.config.silent {
+            let proxy = Mutex::new(self.proxy.clone());
+            toast::show_clickable(
+                format!("Sending SOS in {} s", window.as_secs_f32().ceil()),
+                "Click here or on the SOS icon to cancel.".into(),
+                move || {
+                    send(&proxy, UiEvent::AbortPress(n));
+                },
+            );
+        }
+    }
+
+    fn abort_pending(&mut self, how: &str) {
+        if self.pending.take().is_some() {
+            info!(how, "SOS cancelled during its cancel window; nothing was sent");
+            self.toast("SOS cancelled".into(), "Nothing was sent.".into(), Importance::Normal);
+        }
+    }
+
     /// Withdraw the last acknowledged alert, if any.
     fn cancel(&mut self) -> Option<AlertId> {
         let id = self.cancellable.take()?;

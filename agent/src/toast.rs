@@ -50,3 +50,38 @@ pub fn show(summary: String, body: String, importance: Importance) {
         }
     });
 }
+
+/// Show a toast that calls `on_click` if the person clicks it (its default action), where the
+/// desktop supports actions; returns at once.
+///
+/// ## Platform-specific
+/// - **Linux/BSD:** the `default` action of the freedesktop notification.
+/// - **Windows, macOS:** shown without the action; the tray icon is the way to cancel.
+pub fn show_clickable(summary: String, body: String, on_click: impl FnOnce() + Send + 'static) {
+    let spawned = std::thread::Builder::new().name("sos-toast-action".into()).spawn(move || {
+        let mut n = notify_rust::Notification::new();
+        n.appname("SOS").summary(&summary).body(&body);
+        #[cfg(all(unix, not(target_os = "macos")))]
+        {
+            n.action("default", "Cancel the SOS").urgency(notify_rust::Urgency::Critical);
+            match n.show() {
+                Ok(handle) => handle.wait_for_action(|action| {
+                    if action == "default" {
+                        on_click();
+                    }
+                }),
+                Err(e) => warn!(error = %e, "the toast could not be shown"),
+            }
+        }
+        #[cfg(not(all(unix, not(target_os = "macos"))))]
+        {
+            let _ = on_click;
+            if let Err(e) = n.show() {
+                warn!(error = %e, "the toast could not be shown");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot show a toast");
+    }
+}

@@ -214,3 +214,38 @@ fn a_second_agent_in_the_same_session_refuses_to_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already running"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_click_during_the_cancel_window_stops_the_sos_and_waiting_it_out_sends_it() {
+    if !desktop::available() {
+        return;
+    }
+    let desk = Desktop::start();
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let _collector = site.start_collector(&slack);
+    let config = site.agent_config();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("cancel_window_ms = 1500\n");
+    std::fs::write(&config, text).unwrap();
+    let agent = desk.start_agent(&config, &site.state());
+    agent.wait_log(WAIT, "hotkey registered");
+    let item = desk.tray_item_of(agent.pid(), WAIT);
+
+    // An accidental press, cancelled by a click on the icon within the window.
+    desk.key("ctrl+alt+s");
+    desk.wait_toasts("Sending SOS in 2 s", 1, WAIT);
+    desk.click_tray(&item);
+    desk.wait_toasts("SOS cancelled", 1, WAIT);
+    agent.wait_log(WAIT, "cancelled during its cancel window");
+
+    // A press left alone goes out when the window is over.
+    desk.key("ctrl+alt+s");
+    desk.wait_toasts("Sending SOS in 2 s", 2, WAIT);
+    desk.wait_toasts("SOS delivered", 1, WAIT);
+    // The explicit trigger is a barrier: nothing of the cancelled press can arrive after it.
+    let out = desk.trigger(&[]);
+    slack.wait_for_text(WAIT, &alert_id_of(&out));
+    assert_eq!(slack.received().len(), 2, "the cancelled press must not have been sent: {:#?}", slack.received());
+    assert_eq!(agent.log().matches("SOS fired").count(), 2);
+}
