@@ -24,7 +24,8 @@ use crate::hotkey::HotkeySpec;
 use crate::ipc::{self, Request, Response, Status};
 use crate::spool::Spool;
 use crate::toast::{self, Importance};
-use crate::tray::{ids, Tray, TrayState};
+use crate::platform::Tray;
+use crate::tray::{ids, TrayEvent, TrayState, TrayView};
 
 /// Presses of the same kind closer together than this are one alert (a held key, a double
 /// click).
@@ -44,8 +45,8 @@ pub enum UiEvent {
         /// Where to send the alert id (IPC), if anyone waits for it.
         reply: Option<oneshot::Sender<Option<AlertId>>>,
     },
-    /// A menu item was chosen.
-    Menu(String),
+    /// A menu item was chosen (its id in [`crate::tray::ids`]).
+    Menu(&'static str),
     /// The delivery service reports.
     Report(Report),
     /// Someone asks for the state (IPC).
@@ -127,6 +128,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         pending: None,
         presses: 0,
         runtime: runtime.handle().clone(),
+        shown: None,
     };
     info!("SOS agent running");
     event_loop.run_app(&mut app).context("the desktop event loop failed")?;
@@ -195,8 +197,10 @@ struct App {
     pending: Option<Pending>,
     /// Presses so far, to number them.
     presses: u64,
-    /// For the cancel window's timer.
+    /// For the cancel window's timer and the tray.
     runtime: tokio::runtime::Handle,
+    /// What the tray shows, to update it only on change.
+    shown: Option<TrayView>,
 }
 
 impl App {
@@ -229,12 +233,26 @@ impl App {
         }
     }
 
-    fn refresh(&mut self) {
+    /// What the tray should show now.
+    fn view(&self) -> TrayView {
         let (state, detail) = self.state();
-        let can_cancel = self.cancellable.is_some() || self.pending.is_some();
-        if let Some(t) = &mut self.tray {
-            t.show(state, &detail, can_cancel);
+        TrayView {
+            state,
+            detail,
+            can_cancel: self.cancellable.is_some() || self.pending.is_some(),
+            show_quit: self.config.show_quit,
         }
+    }
+
+    fn refresh(&mut self) {
+        let view = self.view();
+        if self.shown.as_ref() == Some(&view) {
+            return;
+        }
+        if let Some(t) = &mut self.tray {
+            t.show(view.clone());
+        }
+        self.shown = Some(view);
     }
 
     fn toast(&self, summary: String, body: String, importance: Importance) {
@@ -267,20 +285,18 @@ impl ApplicationHandler<UiEvent> for App {
             return;
         }
         // Created once the loop runs (macOS requires it on the main thread at this point).
-        match Tray::new(self.config.show_quit) {
+        let p = Mutex::new(self.proxy.clone());
+        let view = self.view();
+        match Tray::new(view, &self.runtime, move |e| {
+            let event = match e {
+                TrayEvent::Click => UiEvent::Trigger { source: "tray click", test: false, message: String::new(), reply: None },
+                TrayEvent::Menu(id) => UiEvent::Menu(id),
+            };
+            send(&p, event);
+        }) {
             Ok(t) => self.tray = Some(t),
             Err(e) => error!(error = %e, "the tray icon cannot be shown; the hotkey and `sos-agent trigger` still work"),
         }
-        let p = Mutex::new(self.proxy.clone());
-        tray_icon::TrayIconEvent::set_event_handler(Some(move |e: tray_icon::TrayIconEvent| {
-            if let tray_icon::TrayIconEvent::Click { button: tray_icon::MouseButton::Left, button_state: tray_icon::MouseButtonState::Up, .. } = e {
-                send(&p, UiEvent::Trigger { source: "tray click", test: false, message: String::new(), reply: None });
-            }
-        }));
-        let p = Mutex::new(self.proxy.clone());
-        tray_icon::menu::MenuEvent::set_event_handler(Some(move |e: tray_icon::menu::MenuEvent| {
-            send(&p, UiEvent::Menu(e.id.0.clone()));
-        }));
         let p = Mutex::new(self.proxy.clone());
         let spec = self.config.hotkey;
         match crate::platform::register_hotkey(spec, move || {
@@ -325,7 +341,7 @@ impl ApplicationHandler<UiEvent> for App {
                     self.abort_pending("toast click");
                 }
             }
-            UiEvent::Menu(id) => match id.as_str() {
+            UiEvent::Menu(id) => match id {
                 ids::SEND => {
                     self.trigger("menu", false, "", false);
                 }

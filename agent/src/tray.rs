@@ -1,13 +1,11 @@
-//! The tray icon: one icon per state, a tooltip that says which, and the menu.
+//! The tray icon's content, the same on every platform: one icon per state, a tooltip that says
+//! which, and the menu. The platform shows it ([`crate::platform::Tray`]).
 //!
 //! ## Platform-specific
-//! - **Linux/BSD:** a StatusNotifierItem on the session bus (tray-icon's `ksni` backend, no
-//!   GTK); panels that show SNI items (KDE, GNOME with the AppIndicator extension, XFCE,
-//!   waybar…) display it, and a click arrives as the item's `Activate` method.
-//! - **Windows, macOS:** the native notification-area / status-bar item.
-
-use tray_icon::menu::{Menu, MenuId, MenuItem, PredefinedMenuItem};
-use tray_icon::{Icon, TrayIcon, TrayIconBuilder};
+//! - **Linux/BSD:** a StatusNotifierItem on the session bus (ksni, on the agent's tokio
+//!   runtime; no GTK); panels that show SNI items (KDE, GNOME with the AppIndicator extension,
+//!   XFCE, waybar…) display it, and a click arrives as the item's `Activate` method.
+//! - **Windows, macOS:** the native notification-area / status-bar item (tray-icon).
 
 /// What the icon shows, in order of how much it needs the person's attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +46,12 @@ impl TrayState {
     }
 }
 
-/// A 32×32 icon: a filled disc in the state's colour with a white mark — a dot (ready), a ring
-/// (sending), a bar (delivered), nothing (offline), an exclamation mark (attention).
-pub fn icon(state: TrayState) -> Icon {
+/// Side of the square icon, pixels.
+pub const ICON_SIZE: u32 = 32;
+
+/// A 32×32 RGBA icon: a filled disc in the state's colour with a white mark — a dot (ready), a
+/// ring (sending), a bar (delivered), nothing (offline), an exclamation mark (attention).
+pub fn icon_rgba(state: TrayState) -> Vec<u8> {
     const N: i32 = 32;
     let [r, g, b] = state.colour();
     let mut rgba = vec![0u8; (N * N * 4) as usize];
@@ -74,10 +75,10 @@ pub fn icon(state: TrayState) -> Icon {
             rgba[i..i + 4].copy_from_slice(&px);
         }
     }
-    Icon::from_rgba(rgba, N as u32, N as u32).expect("32×32 RGBA is a valid icon")
+    rgba
 }
 
-/// Menu item ids.
+/// Menu items, in order, by id.
 pub mod ids {
     /// Send SOS.
     pub const SEND: &str = "send";
@@ -91,61 +92,40 @@ pub mod ids {
     pub const QUIT: &str = "quit";
 }
 
-/// The tray icon and the menu items it updates.
-pub struct Tray {
-    icon: TrayIcon,
-    status: MenuItem,
-    cancel: MenuItem,
-    state: Option<TrayState>,
+/// What the person did with the tray.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrayEvent {
+    /// A (left) click on the icon.
+    Click,
+    /// A menu item, by its id in [`ids`].
+    Menu(&'static str),
 }
 
-impl std::fmt::Debug for Tray {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tray").field("state", &self.state).finish_non_exhaustive()
-    }
+/// What the tray shows; the platform renders it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrayView {
+    /// The icon.
+    pub state: TrayState,
+    /// Tooltip and status line.
+    pub detail: String,
+    /// Whether "Cancel last alert" is enabled.
+    pub can_cancel: bool,
+    /// Whether the menu offers Quit.
+    pub show_quit: bool,
 }
 
-impl Tray {
-    /// Create the icon and its menu.
-    ///
-    /// # Errors
-    /// If the platform refuses the icon (no session bus on Linux, for instance).
-    pub fn new(show_quit: bool) -> Result<Self, tray_icon::Error> {
-        let menu = Menu::new();
-        let send = MenuItem::with_id(MenuId::new(ids::SEND), "Send SOS", true, None);
-        let test = MenuItem::with_id(MenuId::new(ids::TEST), "Send test alert", true, None);
-        let cancel = MenuItem::with_id(MenuId::new(ids::CANCEL), "Cancel last alert (false alarm)", false, None);
-        let status = MenuItem::with_id(MenuId::new(ids::STATUS), "Starting…", false, None);
-        let append = |item: &dyn tray_icon::menu::IsMenuItem| menu.append(item).map_err(|e| tray_icon::Error::OsError(std::io::Error::other(e.to_string())));
-        append(&send)?;
-        append(&test)?;
-        append(&cancel)?;
-        append(&PredefinedMenuItem::separator())?;
-        append(&status)?;
-        if show_quit {
-            append(&PredefinedMenuItem::separator())?;
-            append(&MenuItem::with_id(MenuId::new(ids::QUIT), "Quit SOS", true, None))?;
-        }
-        let icon = TrayIconBuilder::new()
-            .with_id("sos-agent")
-            .with_title("SOS")
-            .with_tooltip("SOS: starting")
-            .with_icon(icon(TrayState::Offline))
-            .with_menu(Box::new(menu))
-            .with_menu_on_left_click(false)
-            .build()?;
-        Ok(Tray { icon, status, cancel, state: None })
+/// One menu entry: id, label, enabled. `None` is a separator.
+pub fn menu(view: &TrayView) -> Vec<Option<(&'static str, String, bool)>> {
+    let mut m = vec![
+        Some((ids::SEND, "Send SOS".to_owned(), true)),
+        Some((ids::TEST, "Send test alert".to_owned(), true)),
+        Some((ids::CANCEL, "Cancel last alert (false alarm)".to_owned(), view.can_cancel)),
+        None,
+        Some((ids::STATUS, view.detail.clone(), false)),
+    ];
+    if view.show_quit {
+        m.push(None);
+        m.push(Some((ids::QUIT, "Quit SOS".to_owned(), true)));
     }
-
-    /// Show `state`, with `detail` in the tooltip and the menu's status line; offer Cancel
-    /// when there is an acknowledged alert to withdraw.
-    pub fn show(&mut self, state: TrayState, detail: &str, can_cancel: bool) {
-        self.cancel.set_enabled(can_cancel);
-        if self.state != Some(state) {
-            let _ = self.icon.set_icon(Some(icon(state)));
-            self.state = Some(state);
-        }
-        let _ = self.icon.set_tooltip(Some(format!("SOS: {detail}")));
-        self.status.set_text(detail);
-    }
+    m
 }

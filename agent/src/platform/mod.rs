@@ -1,6 +1,9 @@
-//! Platform code, chosen in one place.
+//! Platform code, chosen in one place: the global hotkey and the tray icon.
 //!
 //! ## Platform-specific
+//! - **Linux/BSD:** the tray is a StatusNotifierItem served by ksni on the agent's tokio
+//!   runtime (no GTK, no extra threads, nothing that wakes while idle).
+//! - **Windows, macOS:** the tray is tray-icon's native item.
 //! - **Linux/BSD (X11):** the global hotkey is a passive key grab on the root window through
 //!   x11rb, served by a thread that blocks on the X connection: no polling, no wake-ups while
 //!   idle, and a grab refused because another application holds the combination is reported.
@@ -18,3 +21,13 @@ pub use x11::register_hotkey;
 mod global;
 #[cfg(any(windows, target_os = "macos"))]
 pub use global::register_hotkey;
+
+#[cfg(all(unix, not(target_os = "macos")))]
+mod tray_sni;
+#[cfg(all(unix, not(target_os = "macos")))]
+pub use tray_sni::Tray;
+
+#[cfg(any(windows, target_os = "macos"))]
+mod tray_native;
+#[cfg(any(windows, target_os = "macos"))]
+pub use tray_native::Tray;
