@@ -190,9 +190,10 @@ async fn heartbeats(sender: Sender, every: Duration, report: Arc<dyn Fn(Report) 
                 Some(c) => info!(collector = %c, "a collector answers"),
                 None => warn!("no collector answers heartbeats"),
             }
-            report(Report::Connectivity(answer.clone()));
-            last = Some(answer);
         }
+        // Every time: the tray's status line shows the last contact.
+        report(Report::Connectivity(answer.clone()));
+        last = Some(answer);
         tokio::time::sleep(every).await;
     }
 }

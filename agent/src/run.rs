@@ -123,6 +123,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         last_delivered: None,
         cancellable: None,
         online: None,
+        last_contact: None,
         hotkey_problem: None,
         last_press: BTreeMap::new(),
         pending: None,
@@ -189,6 +190,8 @@ struct App {
     cancellable: Option<AlertId>,
     /// `Some(Some(collector))` once a heartbeat is answered, `Some(None)` when none answers.
     online: Option<Option<String>>,
+    /// When a collector last answered (Unix seconds).
+    last_contact: Option<u64>,
     /// Why the hotkey is not active, if it is not.
     hotkey_problem: Option<String>,
     /// The last press of the hotkey and of the icon, for debouncing each.
@@ -227,8 +230,11 @@ impl App {
             let what = if test { "test alert" } else { "SOS" };
             return (TrayState::Delivered, format!("{what} delivered at {}", local_time(at)));
         }
-        match &self.online {
-            Some(Some(c)) => (TrayState::Ready, format!("ready — {hotkey} or click to send an SOS (collector {c})")),
+        match (&self.online, self.last_contact) {
+            (Some(Some(c)), Some(at)) => (
+                TrayState::Ready,
+                format!("ready — {hotkey} or click to send an SOS (collector {c}, last contact {})", local_time(at)),
+            ),
             _ => (TrayState::Ready, format!("ready — {hotkey} or click to send an SOS")),
         }
     }
@@ -431,6 +437,7 @@ impl App {
                 self.last_delivered = Some((at, test));
                 self.cancellable = Some(alert_id);
                 self.online = Some(Some(collector));
+                self.last_contact = Some(at);
                 let what = if test { "TEST alert delivered" } else { "SOS delivered" };
                 self.toast(format!("{what} — {}", local_time(at)), "Help has been called.".into(), Importance::Normal);
             }
@@ -439,7 +446,12 @@ impl App {
                 let what = if test { "TEST alert" } else { "SOS" };
                 self.toast(format!("{what} NOT delivered yet — still trying."), self.config.fallback.clone(), Importance::Critical);
             }
-            Report::Connectivity(c) => self.online = Some(c),
+            Report::Connectivity(c) => {
+                if c.is_some() {
+                    self.last_contact = Some(sos_shared::unix_now());
+                }
+                self.online = Some(c);
+            }
             Report::Cancelled { alert_id, confirmed: true } => {
                 info!(%alert_id, "cancellation confirmed");
                 self.toast("Alert cancelled".into(), "Responders were told it was a false alarm.".into(), Importance::Normal);

@@ -173,15 +173,6 @@ impl Desktop {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// How many toasts so far contain `needle` (in their summary or body).
-    pub fn toast_count(&self, needle: &str) -> usize {
-        self.toasts_text().split("member=Notify").filter(|t| t.contains(needle)).count()
-    }
-
-    fn toasts_text(&self) -> String {
-        self.toasts.text.lock().unwrap().clone()
-    }
-
     /// Wait until `n` toasts contain `needle`.
     ///
     /// # Panics
@@ -251,8 +242,17 @@ pub struct AgentProcess {
 impl Desktop {
     /// Start `sos-agent run --config <config>` in this session; `state_dir` holds its log file.
     pub fn start_agent(&self, config: &Path, state_dir: &Path) -> AgentProcess {
+        self.start_agent_in(config, state_dir, &self.runtime_dir)
+    }
+
+    /// As [`Self::start_agent`], with its own `XDG_RUNTIME_DIR` (mode 0700 is set): a second
+    /// user session on the same display.
+    pub fn start_agent_in(&self, config: &Path, state_dir: &Path, runtime_dir: &Path) -> AgentProcess {
+        std::fs::create_dir_all(runtime_dir).unwrap();
+        set_mode_700(runtime_dir);
         let mut child = self
             .command(crate::bin::bin("sos-agent"))
+            .env("XDG_RUNTIME_DIR", runtime_dir)
             .args(["run", "--config"])
             .arg(config)
             .env("XDG_STATE_HOME", state_dir)
@@ -277,7 +277,17 @@ impl Desktop {
 
     /// `sos-agent trigger <args>` in this session.
     pub fn trigger(&self, args: &[&str]) -> Output {
-        self.command(crate::bin::bin("sos-agent")).arg("trigger").args(args).output().expect("run sos-agent trigger")
+        self.trigger_in(&self.runtime_dir, args)
+    }
+
+    /// `sos-agent trigger <args>` with `XDG_RUNTIME_DIR` = `runtime_dir`.
+    pub fn trigger_in(&self, runtime_dir: &Path, args: &[&str]) -> Output {
+        self.command(crate::bin::bin("sos-agent"))
+            .env("XDG_RUNTIME_DIR", runtime_dir)
+            .arg("trigger")
+            .args(args)
+            .output()
+            .expect("run sos-agent trigger")
     }
 }
 
