@@ -136,14 +136,11 @@ impl Sender {
         let started = Instant::now();
         let give_up = started + deadline;
         let mut rng = fastrand::Rng::new();
-        let mut v4: Option<UdpSocket> = None;
-        let mut v6: Option<UdpSocket> = None;
+        let mut sockets = Sockets::default();
         let mut resolved: HashMap<String, SocketAddr> = HashMap::new();
         let mut route: HashMap<SocketAddr, String> = HashMap::new();
         let mut problem: Option<String> = None;
         let mut transmissions = 0u32;
-        let mut buf4 = vec![0u8; MAX_DATAGRAM + 1];
-        let mut buf6 = vec![0u8; MAX_DATAGRAM + 1];
 
         for round in 0u32.. {
             let targets: &[String] = if round == 0 { &self.collectors[..1.min(self.collectors.len())] } else { &self.collectors };
@@ -162,22 +159,13 @@ impl Sender {
                     }
                 }
                 let addr = resolved[name];
-                let socket = match addr {
-                    SocketAddr::V4(_) => &mut v4,
-                    SocketAddr::V6(_) => &mut v6,
-                };
-                if socket.is_none() {
-                    let any: std::net::IpAddr = if addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
-                    *socket = Some(UdpSocket::bind((any, 0)).await?);
-                }
                 sos.ip = route
                     .entry(addr)
                     .or_insert_with(|| route_ip(addr).map(|ip| ip.to_string()).unwrap_or_default())
                     .clone();
                 sos.attempt = transmissions;
                 let datagram = self.key.seal(&Message::Sos(sos.clone()), unix_now())?;
-                let Some(sock) = socket.as_ref() else { continue };
-                match sock.send_to(&datagram, addr).await {
+                match sockets.send_to(&datagram, addr).await {
                     Ok(_) => {
                         transmissions += 1;
                         debug!(%addr, attempt = sos.attempt, "SOS sent");
@@ -195,27 +183,8 @@ impl Sender {
                 break;
             }
             let round_end = (now + self.schedule.wait(round, &mut rng)).min(give_up);
-            loop {
-                let recv4 = async {
-                    match &v4 {
-                        Some(s) => s.recv_from(&mut buf4).await.map(|(n, a)| (n, a, 4)),
-                        None => std::future::pending().await,
-                    }
-                };
-                let recv6 = async {
-                    match &v6 {
-                        Some(s) => s.recv_from(&mut buf6).await.map(|(n, a)| (n, a, 6)),
-                        None => std::future::pending().await,
-                    }
-                };
-                let got = tokio::select! {
-                    r = recv4 => r,
-                    r = recv6 => r,
-                    _ = tokio::time::sleep_until(round_end) => break,
-                };
-                let Ok((n, from, family)) = got else { continue };
-                let data = if family == 4 { &buf4[..n] } else { &buf6[..n] };
-                if let Some((status, server_time)) = self.ack_for(data, sos.alert_id) {
+            while let Some((data, from)) = sockets.recv_until(round_end).await {
+                if let Some((status, server_time)) = self.ack_for(&data, sos.alert_id) {
                     let elapsed = started.elapsed();
                     let skew = server_time as i64 - unix_now() as i64;
                     if skew.abs() > 30 {
@@ -248,12 +217,9 @@ impl Sender {
     /// # Errors
     /// Only if no local socket can be opened or the heartbeat cannot be sealed.
     pub async fn heartbeat(&self, identity: &Identity, timeout: Duration) -> Result<Option<(SocketAddr, u64)>, SendError> {
-        let v4 = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
-        let v6 = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).await.ok();
+        let mut sockets = Sockets::default();
         for name in &self.collectors {
             let Ok(Some(addr)) = tokio::net::lookup_host(name.as_str()).await.map(|mut a| a.next()) else { continue };
-            let socket = if addr.is_ipv4() { Some(&v4) } else { v6.as_ref() };
-            let Some(socket) = socket else { continue };
             let hb = Message::Heartbeat(Heartbeat {
                 user: identity.user.clone(),
                 host: identity.host.clone(),
@@ -262,31 +228,17 @@ impl Sender {
                 pad: "0".repeat(HEARTBEAT_PAD),
             });
             let datagram = self.key.seal(&hb, unix_now())?;
-            if let Err(e) = socket.send_to(&datagram, addr).await {
+            if let Err(e) = sockets.send_to(&datagram, addr).await {
                 debug!(%addr, error = %e, "heartbeat not sent");
             }
         }
-        let wait = async {
-            let mut buf4 = vec![0u8; MAX_DATAGRAM + 1];
-            let mut buf6 = vec![0u8; MAX_DATAGRAM + 1];
-            loop {
-                let recv6 = async {
-                    match &v6 {
-                        Some(s) => s.recv_from(&mut buf6).await.map(|(n, a)| (buf6[..n].to_vec(), a)),
-                        None => std::future::pending().await,
-                    }
-                };
-                let got = tokio::select! {
-                    r = v4.recv_from(&mut buf4) => r.map(|(n, a)| (buf4[..n].to_vec(), a)),
-                    r = recv6 => r,
-                };
-                let Ok((data, from)) = got else { continue };
-                if let Some(Message::HeartbeatAck(ack)) = self.open_reply(&data) {
-                    return (from, ack.server_time);
-                }
+        let end = Instant::now() + timeout;
+        while let Some((data, from)) = sockets.recv_until(end).await {
+            if let Some(Message::HeartbeatAck(ack)) = self.open_reply(&data) {
+                return Ok(Some((from, ack.server_time)));
             }
-        };
-        Ok(tokio::time::timeout(timeout, wait).await.ok())
+        }
+        Ok(None)
     }
 
     /// Withdraw `alert_id` (a false alarm): send CANCEL to every collector each round, with
@@ -300,36 +252,19 @@ impl Sender {
         let started = Instant::now();
         let give_up = started + deadline;
         let mut rng = fastrand::Rng::new();
-        let v4 = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
-        let v6 = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).await.ok();
+        let mut sockets = Sockets::default();
         let message = Message::Cancel(Cancel { alert_id, reason: reason.to_owned() });
         let mut transmissions = 0u32;
-        let mut buf4 = vec![0u8; MAX_DATAGRAM + 1];
-        let mut buf6 = vec![0u8; MAX_DATAGRAM + 1];
         for round in 0u32.. {
             for name in &self.collectors {
                 let Ok(Some(addr)) = tokio::net::lookup_host(name.as_str()).await.map(|mut a| a.next()) else { continue };
-                let socket = if addr.is_ipv4() { Some(&v4) } else { v6.as_ref() };
-                let Some(socket) = socket else { continue };
                 let datagram = self.key.seal(&message, unix_now())?;
-                if socket.send_to(&datagram, addr).await.is_ok() {
+                if sockets.send_to(&datagram, addr).await.is_ok() {
                     transmissions += 1;
                 }
             }
             let round_end = (Instant::now() + self.schedule.wait(round, &mut rng)).min(give_up);
-            loop {
-                let recv6 = async {
-                    match &v6 {
-                        Some(s) => s.recv_from(&mut buf6).await.map(|(n, a)| (buf6[..n].to_vec(), a)),
-                        None => std::future::pending().await,
-                    }
-                };
-                let got = tokio::select! {
-                    r = v4.recv_from(&mut buf4) => r.map(|(n, a)| (buf4[..n].to_vec(), a)),
-                    r = recv6 => r,
-                    _ = tokio::time::sleep_until(round_end) => break,
-                };
-                let Ok((data, from)) = got else { continue };
+            while let Some((data, from)) = sockets.recv_until(round_end).await {
                 if let Some(Message::CancelAck(ack)) = self.open_reply(&data) {
                     if ack.alert_id == alert_id {
                         info!(%from, %alert_id, "cancellation confirmed");
@@ -361,6 +296,49 @@ impl Sender {
         match self.open_reply(datagram)? {
             Message::SosAck(ack) if ack.alert_id == alert_id => Some((ack.status, ack.server_time)),
             _ => None,
+        }
+    }
+}
+
+/// The agent's UDP sockets, one per address family, each bound on first use, so that replies
+/// come back to the socket the request left from.
+#[derive(Debug, Default)]
+struct Sockets {
+    v4: Option<UdpSocket>,
+    v6: Option<UdpSocket>,
+}
+
+impl Sockets {
+    /// Send `datagram` to `addr` from the socket of its family.
+    async fn send_to(&mut self, datagram: &[u8], addr: SocketAddr) -> std::io::Result<()> {
+        let slot = if addr.is_ipv4() { &mut self.v4 } else { &mut self.v6 };
+        if slot.is_none() {
+            let any: std::net::IpAddr = if addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+            *slot = Some(UdpSocket::bind((any, 0)).await?);
+        }
+        let Some(socket) = slot.as_ref() else { return Ok(()) };
+        socket.send_to(datagram, addr).await.map(|_| ())
+    }
+
+    /// The next datagram on either socket, or `None` once `until` has passed. Receive errors
+    /// (an ICMP port-unreachable reported on the socket, say) are skipped.
+    async fn recv_until(&self, until: Instant) -> Option<(Vec<u8>, SocketAddr)> {
+        async fn recv(socket: Option<&UdpSocket>) -> std::io::Result<(Vec<u8>, SocketAddr)> {
+            let Some(socket) = socket else { return std::future::pending().await };
+            let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+            let (n, from) = socket.recv_from(&mut buf).await?;
+            buf.truncate(n);
+            Ok((buf, from))
+        }
+        loop {
+            let got = tokio::select! {
+                r = recv(self.v4.as_ref()) => r,
+                r = recv(self.v6.as_ref()) => r,
+                _ = tokio::time::sleep_until(until) => return None,
+            };
+            if let Ok(x) = got {
+                return Some(x);
+            }
         }
     }
 }
