@@ -10,6 +10,8 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sos_shared::protocol::{split_datagram, AckStatus, Cancel, Heartbeat, Sos, MAX_DATAGRAM};
@@ -110,6 +112,9 @@ pub struct Sender {
     key: Key,
     collectors: Vec<String>,
     schedule: RetrySchedule,
+    /// Seconds to add to this workstation's clock when sealing, learnt from a collector's
+    /// time hint (shared by clones, so heartbeats and SOS benefit from each other's hints).
+    clock_offset: Arc<AtomicI64>,
 }
 
 impl Sender {
@@ -119,12 +124,32 @@ impl Sender {
             key: config.key.clone(),
             collectors: config.collectors.clone(),
             schedule: RetrySchedule::default(),
+            clock_offset: Arc::default(),
         }
     }
 
     /// A sender with explicit collectors (`host:port`), key and schedule.
     pub fn with(key: Key, collectors: Vec<String>, schedule: RetrySchedule) -> Self {
-        Sender { key, collectors, schedule }
+        Sender { key, collectors, schedule, clock_offset: Arc::default() }
+    }
+
+    /// The time to seal with: this workstation's clock, corrected by the last time hint.
+    fn now(&self) -> u64 {
+        unix_now().saturating_add_signed(self.clock_offset.load(Ordering::Relaxed))
+    }
+
+    /// If `datagram` is an authentic time hint about one of `sealed` (timestamps we sealed
+    /// during this exchange), correct our clock by it and return `true`.
+    fn take_hint(&self, datagram: &[u8], sealed: &[u64]) -> bool {
+        let Some(Message::TimeHint(h)) = self.open_reply(datagram) else { return false };
+        if !sealed.contains(&h.token_time) {
+            return false;
+        }
+        let offset = h.server_time as i64 - unix_now() as i64;
+        self.clock_offset.store(offset, Ordering::Relaxed);
+        warn!(clock_difference_secs = offset,
+              "this workstation's clock is wrong: the collector refused our timestamp; resealing with the collector's time (fix the time sync)");
+        true
     }
 
     /// Transmit `sos` until a collector acknowledges it or `deadline` has passed.
@@ -137,6 +162,7 @@ impl Sender {
         let give_up = started + deadline;
         let mut rng = fastrand::Rng::new();
         let mut sockets = Sockets::default();
+        let mut sealed: Vec<u64> = Vec::new();
         let mut resolved: HashMap<String, SocketAddr> = HashMap::new();
         let mut route: HashMap<SocketAddr, String> = HashMap::new();
         let mut problem: Option<String> = None;
@@ -164,7 +190,9 @@ impl Sender {
                     .or_insert_with(|| route_ip(addr).map(|ip| ip.to_string()).unwrap_or_default())
                     .clone();
                 sos.attempt = transmissions;
-                let datagram = self.key.seal(&Message::Sos(sos.clone()), unix_now())?;
+                let now = self.now();
+                let datagram = self.key.seal(&Message::Sos(sos.clone()), now)?;
+                sealed.push(now);
                 match sockets.send_to(&datagram, addr).await {
                     Ok(_) => {
                         transmissions += 1;
@@ -184,9 +212,12 @@ impl Sender {
             }
             let round_end = (now + self.schedule.wait(round, &mut rng)).min(give_up);
             while let Some((data, from)) = sockets.recv_until(round_end).await {
+                if self.take_hint(&data, &sealed) {
+                    break; // reseal and send again now
+                }
                 if let Some((status, server_time)) = self.ack_for(&data, sos.alert_id) {
                     let elapsed = started.elapsed();
-                    let skew = server_time as i64 - unix_now() as i64;
+                    let skew = server_time as i64 - self.now() as i64;
                     if skew.abs() > 30 {
                         warn!(clock_difference_secs = skew, "this workstation's clock differs from the collector's; fix its time sync");
                     }
@@ -218,6 +249,7 @@ impl Sender {
     /// Only if no local socket can be opened or the heartbeat cannot be sealed.
     pub async fn heartbeat(&self, identity: &Identity, timeout: Duration) -> Result<Option<(SocketAddr, u64)>, SendError> {
         let mut sockets = Sockets::default();
+        let mut sealed = Vec::new();
         for name in &self.collectors {
             let Ok(Some(addr)) = tokio::net::lookup_host(name.as_str()).await.map(|mut a| a.next()) else { continue };
             let hb = Message::Heartbeat(Heartbeat {
@@ -227,13 +259,19 @@ impl Sender {
                 // Room for news in the answer (a reply is never larger than its request).
                 pad: "0".repeat(HEARTBEAT_PAD),
             });
-            let datagram = self.key.seal(&hb, unix_now())?;
+            let now = self.now();
+            let datagram = self.key.seal(&hb, now)?;
+            sealed.push(now);
             if let Err(e) = sockets.send_to(&datagram, addr).await {
                 debug!(%addr, error = %e, "heartbeat not sent");
             }
         }
         let end = Instant::now() + timeout;
         while let Some((data, from)) = sockets.recv_until(end).await {
+            // A hint corrects the clock for the next heartbeat and every SOS.
+            if self.take_hint(&data, &sealed) {
+                continue;
+            }
             if let Some(Message::HeartbeatAck(ack)) = self.open_reply(&data) {
                 return Ok(Some((from, ack.server_time)));
             }
@@ -254,17 +292,23 @@ impl Sender {
         let mut rng = fastrand::Rng::new();
         let mut sockets = Sockets::default();
         let message = Message::Cancel(Cancel { alert_id, reason: reason.to_owned() });
+        let mut sealed = Vec::new();
         let mut transmissions = 0u32;
         for round in 0u32.. {
             for name in &self.collectors {
                 let Ok(Some(addr)) = tokio::net::lookup_host(name.as_str()).await.map(|mut a| a.next()) else { continue };
-                let datagram = self.key.seal(&message, unix_now())?;
+                let now = self.now();
+                let datagram = self.key.seal(&message, now)?;
+                sealed.push(now);
                 if sockets.send_to(&datagram, addr).await.is_ok() {
                     transmissions += 1;
                 }
             }
             let round_end = (Instant::now() + self.schedule.wait(round, &mut rng)).min(give_up);
             while let Some((data, from)) = sockets.recv_until(round_end).await {
+                if self.take_hint(&data, &sealed) {
+                    break;
+                }
                 if let Some(Message::CancelAck(ack)) = self.open_reply(&data) {
                     if ack.alert_id == alert_id {
                         info!(%from, %alert_id, "cancellation confirmed");

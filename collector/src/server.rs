@@ -4,7 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use sos_shared::protocol::{split_datagram, AckStatus, CancelAck, HeartbeatAck, SosAck, MAX_DATAGRAM};
+use sos_shared::protocol::{split_datagram, AckStatus, CancelAck, HeartbeatAck, SosAck, TimeHint, MAX_DATAGRAM};
 use sos_shared::{unix_now, AlertId, Key, Message, OpenError};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
@@ -222,6 +222,7 @@ impl Receiver {
                 Stats::bump(&self.stats.expired);
                 warn!(%from, %key_id, clock_difference_secs = -(age_secs as i64), ttl_secs = self.config.window.ttl_secs,
                       "rejected an authentic token {age_secs} s old: a replay, or the sender's clock is behind");
+                self.time_hint(datagram.len(), from, unix_now().saturating_sub(age_secs));
                 return;
             }
             Err(OpenError::FromFuture { ahead_secs }) => {
@@ -229,6 +230,7 @@ impl Receiver {
                 warn!(%from, %key_id, clock_difference_secs = ahead_secs as i64,
                       max_future_skew_secs = self.config.window.max_future_skew_secs,
                       "rejected an authentic token dated {ahead_secs} s ahead: the sender's clock is fast");
+                self.time_hint(datagram.len(), from, unix_now().saturating_add(ahead_secs));
                 return;
             }
             Err(OpenError::BadPayload(e)) => {
@@ -300,6 +302,16 @@ impl Receiver {
                 debug!(%from, kind = other.kind(), "dropped a message kind the collector does not accept");
             }
         }
+    }
+
+    /// Tell the sender of an authentic token refused for its timestamp what time it is here,
+    /// so that an agent with a wrong clock can reseal and still get its SOS through. The token
+    /// itself stays refused: replay protection is unchanged.
+    fn time_hint(&self, request_len: usize, to: SocketAddr, token_time: u64) {
+        Stats::bump(&self.stats.time_hints);
+        let ctx = Reply { socket: self.socket.clone(), key: self.key.clone(), stats: self.stats.clone(), to, request_len };
+        let hint = Message::TimeHint(TimeHint { server_time: unix_now(), token_time });
+        self.in_flight.spawn(async move { ctx.send(&hint).await });
     }
 }
 

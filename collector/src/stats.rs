@@ -59,6 +59,8 @@ counters! {
     sos_duplicate,
     /// Heartbeats answered.
     heartbeats,
+    /// Time hints sent in answer to authentic tokens refused for their timestamp.
+    time_hints,
     /// Replies sent.
     replies_sent,
     /// Replies not sent because they would have been larger than their request.

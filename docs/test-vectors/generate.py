@@ -41,6 +41,7 @@ messages = [
                          "triggered_at": 1699999998, "user": "alice", "host": "desk-12",
                          "ip": "10.0.0.12", "location": "Building A, floor 2, reception",
                          "message": "aggressive visitor"}),
+    ("time_hint", {"kind": "time_hint", "server_time": 1700000000, "token_time": 1699999400}),
 ]
 
 f = Fernet(KEY)

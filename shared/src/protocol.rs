@@ -149,6 +149,9 @@ pub enum Message {
     ResponderNotice(ResponderNotice),
     /// Collector → responder agents: an alert to show on a responder's desktop.
     AlertBroadcast(AlertBroadcast),
+    /// Collector → agent: an authentic request was refused for its timestamp; the collector's
+    /// clock, so that the agent can reseal with a corrected time.
+    TimeHint(TimeHint),
 }
 
 impl Message {
@@ -163,6 +166,7 @@ impl Message {
             Message::HeartbeatAck(_) => "heartbeat_ack",
             Message::ResponderNotice(_) => "responder_notice",
             Message::AlertBroadcast(_) => "alert_broadcast",
+            Message::TimeHint(_) => "time_hint",
         }
     }
 }
@@ -370,6 +374,16 @@ pub struct AlertBroadcast {
     /// The sender's text.
     #[serde(default)]
     pub message: String,
+}
+
+/// The collector refused an authentic token for its timestamp (too old or too far ahead).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeHint {
+    /// The collector's clock, seconds since the Unix epoch.
+    pub server_time: u64,
+    /// The timestamp of the refused token: the agent accepts the hint only for a token it
+    /// sealed itself recently, so an old hint replayed to it changes nothing.
+    pub token_time: u64,
 }
 
 #[cfg(test)]

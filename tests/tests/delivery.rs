@@ -457,3 +457,45 @@ fn heartbeats_are_answered_and_the_agent_is_listed_as_seen() {
         String::from_utf8_lossy(&out.stdout).contains("dave@desk-7 (10.1.2.3")
     }));
 }
+
+/// `faketime` shifts one process's clock (libfaketime); the test needs it.
+fn faketime_available() -> bool {
+    let found = std::process::Command::new("faketime").arg("--version").output().is_ok();
+    assert!(found || std::env::var_os("CI").is_none(), "CI is set but faketime is not installed (.ci/run installs it)");
+    if !found {
+        eprintln!("skipping: faketime not installed (set CI=true to make this a failure)");
+    }
+    found
+}
+
+#[test]
+fn an_agent_whose_clock_is_ten_minutes_off_still_gets_its_sos_through_once() {
+    if !faketime_available() {
+        return;
+    }
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let collector = site.start(Some(&slack), None);
+    let config = site.agent_config();
+    for shift in ["+10m", "-10m"] {
+        let out = std::process::Command::new("faketime")
+            .args(["-f", shift])
+            .arg(sos_e2e::bin::bin("sos-agent"))
+            .args(["send", "--config"])
+            .arg(&config)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "clock {shift}: {err}");
+        assert!(err.contains("clock is wrong"), "clock {shift}: the agent did not say its clock is wrong: {err}");
+        let id = alert_id_of(&out);
+        slack.wait_for_text(WAIT, &id);
+    }
+    let (_, log) = collector.terminate();
+    let summary = log.lines().find(|l| l.contains("collector stopped")).unwrap_or_default().to_owned();
+    for expected in ["expired=1", "from_future=1", "time_hints=2", "sos_stored=2"] {
+        assert!(summary.contains(expected), "{expected} not in {summary}");
+    }
+    assert_eq!(slack.received().len(), 2);
+}

@@ -58,18 +58,34 @@ fn bad_datagrams_get_no_reply_are_counted_and_do_not_hurt() {
     tiny.extend_from_slice(fernet.encrypt_at_time(br#"{"kind":"heartbeat"}"#, unix_now()).as_bytes());
     peer.send_raw(&tiny);
 
-    // The collector handles datagrams in order: the first reply must be the one to this
-    // valid heartbeat, proving none of the above was answered and the collector still serves.
+    // The stale and the future token are authentic, so each gets a time hint (the collector's
+    // clock, no larger than the request; the tokens themselves stay refused); the heartbeat
+    // gets its answer, proving the collector still serves. Nothing else is answered: the
+    // counters below show exactly these three replies were sent.
     let probe = peer.send(&heartbeat(64));
-    let reply = peer.recv_raw(WAIT).expect("the valid heartbeat is answered");
-    assert!(matches!(peer.open(&reply), Some(Message::HeartbeatAck(_))), "first reply was not the heartbeat ack");
+    let mut hints = Vec::new();
+    let mut reply = None;
+    for _ in 0..3 {
+        let r = peer.recv_raw(WAIT).expect("three replies: two time hints and the heartbeat's answer");
+        match peer.open(&r) {
+            Some(Message::TimeHint(h)) => {
+                assert!(r.len() <= stale.len(), "hint larger than its request");
+                hints.push(h.token_time as i64 - h.server_time as i64);
+            }
+            Some(Message::HeartbeatAck(_)) => reply = Some(r),
+            other => panic!("unexpected reply {other:?}: something bad was answered"),
+        }
+    }
+    let reply = reply.expect("the heartbeat is answered");
+    hints.sort();
+    assert!(hints.len() == 2 && (-3610..=-3590).contains(&hints[0]) && (3590..=3610).contains(&hints[1]), "{hints:?}");
     assert!(reply.len() <= probe.len(), "reply {} > request {}", reply.len(), probe.len());
     assert!(stranger.recv_raw(Duration::from_millis(1)).is_none());
 
     let (status, log) = collector.terminate();
     assert!(status.success(), "{status:?}");
     let summary = log.lines().find(|l| l.contains("collector stopped")).expect("summary line");
-    for expected in ["received=13", "malformed=5", "unauthenticated=4", "expired=1", "from_future=1", "replies_suppressed=1", "replies_sent=1", "heartbeats=2"] {
+    for expected in ["received=13", "malformed=5", "unauthenticated=4", "expired=1", "from_future=1", "replies_suppressed=1", "replies_sent=3", "time_hints=2", "heartbeats=2"] {
         assert!(summary.contains(expected), "{expected} not in {summary}");
     }
     assert!(log.contains("clock_difference_secs=-3600") || log.contains("clock_difference_secs=-36"), "clock difference not logged:\n{log}");
