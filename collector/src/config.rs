@@ -69,6 +69,7 @@ struct RawEmail {
     password_file: Option<PathBuf>,
     from: String,
     to: Vec<String>,
+    ca_file: Option<PathBuf>,
 }
 
 /// How the SMTP connection is secured.
@@ -163,6 +164,9 @@ pub struct EmailSettings {
     pub from: lettre::message::Mailbox,
     /// The responders' addresses.
     pub to: Vec<lettre::message::Mailbox>,
+    /// Extra certificate authorities (PEM) trusted for this server, beside the system's: for a
+    /// relay with a certificate from a private CA.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for EmailSettings {
@@ -174,6 +178,7 @@ impl std::fmt::Debug for EmailSettings {
             .field("username", &self.credentials.as_ref().map(|c| &c.0))
             .field("from", &self.from)
             .field("to", &self.to)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
             .finish()
     }
 }
@@ -327,6 +332,26 @@ impl Config {
                 Tls::Tls => 465,
                 Tls::None => 25,
             });
+            let ca_pem = match &e.ca_file {
+                None => None,
+                Some(_) if e.tls == Tls::None => {
+                    return Err(ConfigError::at(file, "notify.email.ca_file", "needs tls = \"starttls\" or \"tls\""))
+                }
+                Some(path) => {
+                    let path = rel(path.clone());
+                    let pem = std::fs::read(&path).map_err(|err| {
+                        ConfigError::at(file, "notify.email.ca_file", format!("cannot read {}: {err}", path.display()))
+                    })?;
+                    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                        return Err(ConfigError::at(
+                            file,
+                            "notify.email.ca_file",
+                            format!("{} holds no PEM certificate", path.display()),
+                        ));
+                    }
+                    Some(pem)
+                }
+            };
             cfg.email = Some(EmailSettings {
                 smtp_host: e.smtp_host,
                 smtp_port,
@@ -334,6 +359,7 @@ impl Config {
                 credentials,
                 from,
                 to,
+                ca_pem,
             });
         }
         Ok(cfg)
@@ -447,6 +473,26 @@ to = ["security@example.com", "Duty Manager <duty@example.com>"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("notify.email.tls") && e.contains("ssl"), "{e}");
+    }
+
+    #[test]
+    fn ca_file_is_read_checked_and_named_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("collector.toml");
+        let email = |extra: &str| {
+            format!("[notify.email]\nsmtp_host=\"mail\"\nfrom=\"a@b.c\"\nto=[\"d@e.f\"]\n{extra}")
+        };
+        let e = Config::parse(&email("ca_file = \"missing.pem\"\n"), Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("notify.email.ca_file") && e.contains("missing.pem"), "{e}");
+        std::fs::write(dir.path().join("junk.pem"), "not a certificate").unwrap();
+        let e = Config::parse(&email("ca_file = \"junk.pem\"\n"), Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("notify.email.ca_file") && e.contains("no PEM certificate"), "{e}");
+        let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        std::fs::write(dir.path().join("ca.pem"), pem).unwrap();
+        let e = Config::parse(&email("tls = \"none\"\nca_file = \"ca.pem\"\n"), Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("notify.email.ca_file") && e.contains("tls"), "{e}");
+        let c = Config::parse(&email("ca_file = \"ca.pem\"\n"), Some(&f)).unwrap();
+        assert_eq!(c.email.unwrap().ca_pem.unwrap(), pem.as_bytes());
     }
 
     #[test]

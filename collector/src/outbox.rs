@@ -145,15 +145,25 @@ pub async fn run_worker(
                 (job.id, outcome)
             })
             .collect();
-        // Record the outcome even during shutdown: a delivered job must not be sent again.
-        let mut tries = 0;
+        // Record the outcome before anything else, for as long as the store fails (a full or
+        // read-only disk): a delivered job forgotten here would be sent again. Only shutdown
+        // stops the attempts early (after a few more tries); the job then stays pending and is
+        // sent again after the restart: the documented duplicate window.
+        let mut tries: u32 = 0;
         while let Err(e) = store.finish(outcomes.clone(), done_at).await {
             tries += 1;
-            error!(channel = name, error = %e, "cannot record delivery outcome; retrying");
-            if tries >= 30 || matches!(e, crate::store::StoreError::Closed) {
+            if matches!(e, crate::store::StoreError::Closed) || (shutdown.is_cancelled() && tries >= 10) {
+                error!(channel = name, error = %e, "cannot record delivery outcome; the alert may be sent again after a restart");
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            if tries == 1 || tries.is_power_of_two() {
+                error!(channel = name, error = %e, tries, "cannot record delivery outcome; retrying until the store accepts it");
+            }
+            let pause = Duration::from_millis(200u64.saturating_mul(u64::from(tries.min(25))));
+            tokio::time::sleep(pause).await;
+        }
+        if tries > 0 {
+            info!(channel = name, tries, "delivery outcome recorded after store errors");
         }
         tokio::select! {
             _ = tokio::time::sleep_until(started + settings.coalesce_window) => {}

@@ -619,6 +619,35 @@ impl std::fmt::Debug for Command {
     }
 }
 
+/// Whether writes to the store succeed, so that a failing disk is announced once, loudly, and
+/// its recovery too (each refused SOS is logged by the server as well).
+#[derive(Debug, Default)]
+struct Health {
+    failing_since: Option<std::time::Instant>,
+    failures: u64,
+}
+
+impl Health {
+    fn observe(&mut self, error: Option<&StoreError>) {
+        match (error, self.failing_since) {
+            (Some(e), None) => {
+                self.failing_since = Some(std::time::Instant::now());
+                self.failures = 1;
+                tracing::error!(error = %e,
+                    "STORE FAILING: cannot write to the data dir (full, read-only or gone?); \
+                     no SOS is acknowledged until it works again, agents keep retrying");
+            }
+            (Some(_), Some(_)) => self.failures += 1,
+            (None, Some(since)) => {
+                tracing::warn!(failed_writes = self.failures, after_secs = since.elapsed().as_secs(),
+                    "store recovered: writes succeed again");
+                self.failing_since = None;
+            }
+            (None, None) => {}
+        }
+    }
+}
+
 impl Store {
     /// Start the writer thread on `db`. Every new alert gets one job per channel in `channels`.
     /// The thread ends when the last handle is dropped; `join` it with the returned handle.
@@ -636,6 +665,7 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("sos-store".into())
             .spawn(move || {
+                let mut health = Health::default();
                 while let Some(first) = rx.blocking_recv() {
                     let mut inserts = Vec::new();
                     let mut seen = Vec::new();
@@ -653,7 +683,9 @@ impl Store {
                     }
                     if !inserts.is_empty() {
                         let batch: Vec<NewAlert> = inserts.iter().map(|(a, _)| (**a).clone()).collect();
-                        match db.insert_alerts(&batch, &names) {
+                        let res = db.insert_alerts(&batch, &names);
+                        health.observe(res.as_ref().err());
+                        match res {
                             Ok(results) => {
                                 if results.contains(&Stored::New) {
                                     for (_, n) in thread_wakers.iter() {
@@ -680,6 +712,7 @@ impl Store {
                         match cmd {
                             Command::Cancel(id, reason, key_id, now, r) => {
                                 let res = db.cancel(id, &reason, &key_id, &names, now);
+                                health.observe(res.as_ref().err());
                                 if matches!(res, Ok(Cancelled::New)) {
                                     for (_, n) in thread_wakers.iter() {
                                         n.notify_one();
@@ -695,7 +728,9 @@ impl Store {
                                 let _ = r.send(db.next_due(ch));
                             }
                             Command::Finish(outcomes, now, r) => {
-                                let _ = r.send(db.finish(&outcomes, now));
+                                let res = db.finish(&outcomes, now);
+                                health.observe(res.as_ref().err());
+                                let _ = r.send(res);
                             }
                             Command::Insert(..) => unreachable!("inserts are batched above"),
                         }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls as LettreTls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::format::{describe, details};
@@ -25,12 +26,26 @@ impl Email {
     /// If the host name is not usable for TLS.
     pub fn new(settings: EmailSettings, timeout: Duration) -> Result<Self, lettre::transport::smtp::Error> {
         let host = settings.smtp_host.as_str();
-        let builder = match settings.tls {
-            Tls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)?,
-            Tls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host)?,
-            Tls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
+        let tls = |wrap: fn(TlsParameters) -> LettreTls| -> Result<Option<LettreTls>, lettre::transport::smtp::Error> {
+            let mut params = TlsParameters::builder(host.to_owned());
+            if let Some(pem) = &settings.ca_pem {
+                for cert in pem_certificates(pem) {
+                    params = params.add_root_certificate(Certificate::from_pem(&cert)?);
+                }
+            }
+            Ok(Some(wrap(params.build_rustls()?)))
         };
-        let mut builder = builder.port(settings.smtp_port).timeout(Some(timeout));
+        let tls = match settings.tls {
+            Tls::Starttls => tls(LettreTls::Required)?,
+            Tls::Tls => tls(LettreTls::Wrapper)?,
+            Tls::None => None,
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+            .port(settings.smtp_port)
+            .timeout(Some(timeout));
+        if let Some(tls) = tls {
+            builder = builder.tls(tls);
+        }
         if let Some((user, pass)) = &settings.credentials {
             builder = builder.credentials(Credentials::new(user.clone(), pass.clone()));
         }
@@ -61,6 +76,16 @@ impl Email {
             Err(e) => Err(DeliveryError::transient(format!("email {server}: {}", flatten(&e)))),
         }
     }
+}
+
+/// Each `-----BEGIN CERTIFICATE-----` block of a PEM file, as its own PEM text.
+fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let text = String::from_utf8_lossy(pem);
+    text.split_inclusive(END)
+        .filter_map(|part| part.find("-----BEGIN CERTIFICATE-----").map(|i| part.as_bytes()[i..].to_vec()))
+        .filter(|c| c.ends_with(END.as_bytes()))
+        .collect()
 }
 
 fn flatten(e: &(dyn std::error::Error + 'static)) -> String {
