@@ -8,6 +8,8 @@
 //! - [`smtp`]: [`SmtpServer`], scripted answers to the end of DATA (250, 451, 550…).
 //! - [`process`]: [`CollectorProcess`] and [`agent_send`].
 //! - [`peer`]: [`Peer`], a raw UDP protocol peer for hand-made datagrams.
+//! - [`relay`]: [`Relay`], a UDP relay that loses, duplicates, delays and blacks out datagrams.
+//! - [`site`]: [`site::Site`], a key and configs in a temporary directory.
 //!
 //! Waiting is always on an event with a deadline (a condition variable, a socket read
 //! timeout, or a state re-checked until the deadline), never a fixed sleep.
@@ -16,11 +18,14 @@ pub mod bin;
 pub mod desktop;
 pub mod peer;
 pub mod process;
+pub mod relay;
+pub mod site;
 pub mod slack;
 pub mod smtp;
 
 pub use peer::Peer;
 pub use process::{agent_send, CollectorProcess};
+pub use relay::{Faults, Relay};
 pub use slack::{Answer, SlackStandIn};
 pub use smtp::SmtpServer;
 

@@ -74,6 +74,28 @@ impl CollectorProcess {
         }
     }
 
+    /// Wait until the log holds `n` lines containing every one of `needles`; returns the log.
+    ///
+    /// # Panics
+    /// On timeout, with the log.
+    pub fn wait_log_lines(&self, timeout: Duration, needles: &[&str], n: usize) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut t = self.log.text.lock().unwrap();
+        loop {
+            if t.lines().filter(|l| needles.iter().all(|x| l.contains(x))).count() >= n {
+                return t.clone();
+            }
+            let now = Instant::now();
+            assert!(now < deadline, "collector: timed out waiting for {n} lines with {needles:?} in its log:\n{t}");
+            t = self.log.changed.wait_timeout(t, deadline - now).unwrap().0;
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The log so far.
     pub fn log(&self) -> String {
         self.log.text.lock().unwrap().clone()

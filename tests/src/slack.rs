@@ -59,7 +59,12 @@ pub struct SlackStandIn {
 impl SlackStandIn {
     /// Start on a free port of 127.0.0.1, answering `script` in order, then 200 `ok`.
     pub fn start(script: Vec<Answer>) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        Self::start_on(0, script)
+    }
+
+    /// Start on `port` of 127.0.0.1 (0: a free one), answering `script` in order, then 200 `ok`.
+    pub fn start_on(port: u16, script: Vec<Answer>) -> Self {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let url = format!("http://{}/services/T000/B000/XXXX", listener.local_addr().unwrap());
         let state = Arc::new(State::default());

@@ -1,108 +1,14 @@
 //! End-to-end: the real binaries, a Slack stand-in, a real SMTP server.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use sos_e2e::process::alert_id_of;
-use sos_e2e::{agent_send, eventually, free_udp_port, Answer, CollectorProcess, Peer, SlackStandIn, SmtpServer};
+use sos_e2e::site::Site;
+use sos_e2e::{agent_send, eventually, free_udp_port, Answer, Peer, SlackStandIn, SmtpServer};
 use sos_shared::protocol::{AckStatus, Sos};
-use sos_shared::{unix_now, AlertId, Key, Message};
+use sos_shared::{unix_now, AlertId, Message};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A site: a key, a collector config and an agent config in a temporary directory.
-struct Site {
-    dir: tempfile::TempDir,
-    key_text: String,
-    addr: SocketAddr,
-}
-
-impl Site {
-    fn new() -> Self {
-        let key_text = Key::generate();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
-        Site { dir: tempfile::tempdir().unwrap(), key_text, addr }
-    }
-
-    fn key(&self) -> Key {
-        Key::from_base64(&self.key_text).unwrap()
-    }
-
-    fn collector_config(&self, slack: Option<&SlackStandIn>, smtp: Option<&SmtpServer>) -> String {
-        let mut c = format!(
-            "listen = \"{}\"\ndata_dir = \"{}\"\nkey = \"{}\"\nshutdown_grace_secs = 2\n\
-             [outbox]\nfirst_retry_secs = 1\nmax_retry_secs = 2\nattempt_timeout_secs = 5\ncoalesce_window_ms = 200\n",
-            self.addr,
-            self.dir.path().join("data").display(),
-            self.key_text
-        );
-        if let Some(s) = slack {
-            c.push_str(&format!("[notify.slack]\nwebhook_url = \"{}\"\n", s.url));
-        }
-        if let Some(m) = smtp {
-            c.push_str(&format!(
-                "[notify.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\ntls = \"none\"\n\
-                 from = \"sos@example.com\"\nto = [\"security@example.com\"]\n",
-                m.port
-            ));
-        }
-        c
-    }
-
-    fn start(&self, slack: Option<&SlackStandIn>, smtp: Option<&SmtpServer>) -> CollectorProcess {
-        CollectorProcess::start(self.dir.path(), self.addr, &self.collector_config(slack, smtp))
-    }
-
-    fn agent_config(&self) -> PathBuf {
-        let p = self.dir.path().join("agent.toml");
-        std::fs::write(
-            &p,
-            format!(
-                "collectors = [\"{}\"]\nkey = \"{}\"\nlocation = \"Building A, floor 2, reception\"\nspool_dir = \"{}\"\n",
-                self.addr,
-                self.key_text,
-                self.spool_dir().display()
-            ),
-        )
-        .unwrap();
-        p
-    }
-
-    fn spool_dir(&self) -> PathBuf {
-        self.dir.path().join("spool")
-    }
-
-    /// The alert ids waiting in the agent's spool.
-    fn spooled(&self) -> Vec<String> {
-        let mut ids: Vec<String> = std::fs::read_dir(self.spool_dir())
-            .map(|d| {
-                d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".json").map(str::to_owned)).collect()
-            })
-            .unwrap_or_default();
-        ids.sort();
-        ids
-    }
-
-    fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open_with_flags(
-            self.dir.path().join("data/sos.db"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap()
-    }
-
-    /// (state, last_error) of `alert_id` on `channel`.
-    fn delivery(&self, alert_id: &str, channel: &str) -> Option<(String, Option<String>)> {
-        self.db()
-            .query_row(
-                "SELECT state, last_error FROM outbox WHERE alert_id = ?1 AND channel = ?2",
-                [alert_id, channel],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .ok()
-    }
-}
 
 fn sos(id: AlertId, user: &str) -> Message {
     Message::Sos(Sos {

@@ -1,0 +1,151 @@
+//! The tray agent's delivery service on paused tokio time: the spool, the not-delivered warning
+//! on schedule, the resend after a restart, and no resend after an acknowledgement. A real UDP
+//! socket plays the collector.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sos_agent::config::AgentConfig;
+use sos_agent::delivery::{Delivery, Report};
+use sos_agent::spool::Spool;
+use sos_shared::protocol::{split_datagram, AckStatus, SosAck};
+use sos_shared::{unix_now, AlertId, Key, Message, TimeWindow};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::time::Instant;
+
+/// A collector that acknowledges SOS only while `answering`; it reports every SOS it sees.
+struct Collector {
+    addr: String,
+    answering: Arc<AtomicBool>,
+    seen: UnboundedReceiver<AlertId>,
+}
+
+async fn collector(key: Key, answering: bool) -> Collector {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap().to_string();
+    let answering = Arc::new(AtomicBool::new(answering));
+    let (tx, seen) = unbounded_channel();
+    let on = answering.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let (n, from) = socket.recv_from(&mut buf).await.unwrap();
+            let Ok((_, token)) = split_datagram(&buf[..n]) else { continue };
+            let Ok(opened) = key.open(token, unix_now(), TimeWindow::default()) else { continue };
+            let Message::Sos(sos) = opened.message else { continue }; // heartbeats go unanswered
+            let _ = tx.send(sos.alert_id);
+            if on.load(Ordering::SeqCst) {
+                let ack = Message::SosAck(SosAck { alert_id: sos.alert_id, status: AckStatus::Stored, server_time: unix_now() });
+                socket.send_to(&key.seal(&ack, unix_now()).unwrap(), from).await.unwrap();
+            }
+        }
+    });
+    Collector { addr, answering, seen }
+}
+
+type Reports = UnboundedReceiver<(Instant, Report)>;
+
+fn start(key_text: &str, collector: &str, spool: &std::path::Path) -> (Delivery, Reports) {
+    let config = AgentConfig::parse(
+        &format!(
+            "collectors = [\"{collector}\"]\nkey = \"{key_text}\"\nspool_dir = \"{}\"\nwarn_after_secs = 10\nheartbeat_secs = 3600\n",
+            spool.display()
+        ),
+        None,
+    )
+    .unwrap();
+    let spool = Spool::open(&config.spool_dir).unwrap();
+    let (tx, rx) = unbounded_channel();
+    let tx = Mutex::new(tx);
+    let report = Arc::new(move |r: Report| {
+        let _ = tx.lock().unwrap().send((Instant::now(), r));
+    });
+    (Delivery::start(&tokio::runtime::Handle::current(), &config, spool, report), rx)
+}
+
+/// The next report that is not about connectivity.
+async fn next(reports: &mut Reports) -> (Instant, Report) {
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(3600), reports.recv()).await.expect("no report").unwrap();
+        if !matches!(r.1, Report::Connectivity(_)) {
+            return r;
+        }
+    }
+}
+
+fn pending(spool: &std::path::Path) -> Vec<AlertId> {
+    Spool::open(spool).unwrap().pending().unwrap().into_iter().map(|s| s.alert_id).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn unreachable_collector_spools_warns_after_warn_after_secs_and_delivers_once_when_back() {
+    let key_text = Key::generate();
+    let key = Key::from_base64(&key_text).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let mut c = collector(key, false).await;
+    let (delivery, mut reports) = start(&key_text, &c.addr, spool.path());
+
+    let pressed = Instant::now();
+    let (id, spooled) = delivery.trigger(false, "");
+    spooled.unwrap();
+    // On disk before anything went out.
+    assert_eq!(pending(spool.path()), vec![id]);
+    assert!(matches!(next(&mut reports).await.1, Report::Sending { alert_id, .. } if alert_id == id));
+
+    let (at, warning) = next(&mut reports).await;
+    assert!(matches!(warning, Report::NotDeliveredYet { alert_id, .. } if alert_id == id), "{warning:?}");
+    let after = at - pressed;
+    assert!(after >= Duration::from_secs(10) && after < Duration::from_secs(11), "warned after {after:?}");
+    assert_eq!(pending(spool.path()), vec![id], "left the spool without an acknowledgement");
+
+    c.answering.store(true, Ordering::SeqCst);
+    let (_, delivered) = next(&mut reports).await;
+    assert!(matches!(delivered, Report::Delivered { alert_id, .. } if alert_id == id), "{delivered:?}");
+    assert!(pending(spool.path()).is_empty());
+    // Transmissions stop with the acknowledgement: an hour later nothing more was sent.
+    while c.seen.try_recv().is_ok() {}
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(c.seen.try_recv().is_err(), "an acknowledged alert was sent again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_resends_what_was_not_acknowledged_and_nothing_that_was() {
+    let key_text = Key::generate();
+    let key = Key::from_base64(&key_text).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let mut silent = collector(key.clone(), false).await;
+
+    // First run: one alert acknowledged by a collector, then one that no collector answers
+    // before the agent is stopped.
+    let mut live = collector(key.clone(), true).await;
+    let (first, mut reports) = start(&key_text, &live.addr, spool.path());
+    let (acked, _) = first.trigger(false, "acknowledged");
+    while !matches!(next(&mut reports).await.1, Report::Delivered { .. }) {}
+    drop((first, reports));
+    let (second, reports) = start(&key_text, &silent.addr, spool.path());
+    let (unacked, _) = second.trigger(false, "not acknowledged");
+    assert_eq!(silent.seen.recv().await, Some(unacked));
+    drop((second, reports));
+    assert_eq!(pending(spool.path()), vec![unacked]);
+    while live.seen.try_recv().is_ok() {}
+
+    // Restart: the unacknowledged alert goes out again, with its id; the acknowledged one never.
+    let (_third, mut reports) = start(&key_text, &live.addr, spool.path());
+    let delivered = loop {
+        let r = next(&mut reports).await.1;
+        if !matches!(r, Report::Sending { .. }) {
+            break r;
+        }
+    };
+    assert!(matches!(delivered, Report::Delivered { alert_id, .. } if alert_id == unacked), "{delivered:?}");
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let mut resent = Vec::new();
+    while let Ok(id) = live.seen.try_recv() {
+        resent.push(id);
+    }
+    assert!(resent.contains(&unacked));
+    assert!(!resent.contains(&acked), "an acknowledged alert was resent after the restart");
+    assert!(pending(spool.path()).is_empty());
+}
