@@ -602,6 +602,8 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct Store {
     tx: mpsc::UnboundedSender<Command>,
+    /// Whether a request has been waiting longer than [`STALL_WARNING`] (announced once).
+    stalled: Arc<std::sync::atomic::AtomicBool>,
     /// Wakes each channel's outbox worker when new jobs are committed, in `channels` order.
     wakers: Arc<Vec<(&'static str, Arc<Notify>)>>,
 }
@@ -618,6 +620,9 @@ impl std::fmt::Debug for Command {
         })
     }
 }
+
+/// How long a request to the store may wait before the log says the store is stuck.
+const STALL_WARNING: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether writes to the store succeed, so that a failing disk is announced once, loudly, and
 /// its recovery too (each refused SOS is logged by the server as well).
@@ -737,13 +742,31 @@ impl Store {
                     }
                 }
             })?;
-        Ok((Store { tx, wakers }, handle))
+        Ok((Store { tx, wakers, stalled: Arc::default() }, handle))
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         self.tx.send(make(tx)).map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        let answer = match tokio::time::timeout(STALL_WARNING, &mut rx).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                // A disk that hangs instead of failing (frozen, a dead network filesystem)
+                // blocks the writer; say so once, loudly, and keep waiting: the request is
+                // queued and completes when the disk answers.
+                if !self.stalled.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    tracing::error!(waited_secs = STALL_WARNING.as_secs(),
+                        "STORE NOT ANSWERING: a write is stuck (disk frozen, hung or far too slow?); \
+                         no SOS is acknowledged until it completes, agents keep retrying");
+                }
+                let answer = rx.await;
+                if self.stalled.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    tracing::warn!("store answering again");
+                }
+                answer
+            }
+        };
+        answer.map_err(|_| StoreError::Closed)?
     }
 
     /// Store an alert durably with its outbox jobs; resolves once committed.

@@ -500,3 +500,90 @@ fn a_full_disk_gets_no_ack_is_logged_loudly_and_recovers_without_a_restart() {
     assert_eq!(collector.pid(), pid);
     assert!(!collector.log().contains("collector stopped"), "the collector restarted or stopped");
 }
+
+/// An ext4 filesystem in a file, loop-mounted on the site's data dir (so it can be frozen,
+/// which tmpfs cannot). `None` when that is not possible here; under `CI` that is a failure.
+struct LoopDisk {
+    path: std::path::PathBuf,
+}
+
+impl LoopDisk {
+    fn mount(site: &Site) -> Option<LoopDisk> {
+        let image = site.dir.path().join("disk.img");
+        let path = site.data_dir();
+        std::fs::create_dir_all(&path).unwrap();
+        let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
+            std::process::Command::new(cmd)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let ok = std::fs::File::create(&image).and_then(|f| f.set_len(32 << 20)).is_ok()
+            && run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), image.as_os_str()])
+            && run("mount", &["-o".as_ref(), "loop".as_ref(), image.as_os_str(), path.as_os_str()]);
+        if !ok {
+            assert!(std::env::var_os("CI").is_none(), "cannot loop-mount an ext4 image (needs root, mkfs.ext4); required under CI");
+            eprintln!("skipped: cannot loop-mount an ext4 image here (needs root and mkfs.ext4)");
+            return None;
+        }
+        Some(LoopDisk { path })
+    }
+
+    /// Freeze the filesystem: every write blocks until the returned guard is dropped.
+    fn freeze(&self) -> Frozen {
+        let s = std::process::Command::new("fsfreeze").arg("-f").arg(&self.path).status();
+        assert!(s.is_ok_and(|s| s.success()), "fsfreeze -f failed");
+        Frozen { path: self.path.clone() }
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Thaws the filesystem when dropped (also when a test panics, before the collector is killed:
+/// declare it after the collector).
+struct Frozen {
+    path: std::path::PathBuf,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze").arg("-u").arg(&self.path).status();
+    }
+}
+
+/// A disk that hangs instead of failing (frozen, like a dead network filesystem): no ACK, the
+/// log says the store is stuck, and the alert is acknowledged and notified once when it thaws.
+#[test]
+fn a_frozen_disk_gets_no_ack_is_logged_loudly_and_recovers_when_it_thaws() {
+    let site = Site::new();
+    let Some(disk) = LoopDisk::mount(&site) else { return };
+    let slack = SlackStandIn::start(vec![]);
+    let collector = site.start(Some(&slack), None);
+    let first = alert_id_of(&agent_send(&site.agent_config(), &[]));
+    slack.wait_for_text(WAIT, &first);
+    assert!(eventually(WAIT, || site.delivery(&first, "slack").is_some_and(|d| d.0 == "delivered")));
+
+    let frozen = disk.freeze();
+    let rt = runtime();
+    let sender = sender(&site, vec![site.addr.to_string()]);
+    let sos = new_sos(&identity(8), "Server room", "while the disk hangs", false);
+    let id = sos.alert_id.to_string();
+    let task = rt.spawn(async move { sender.send(sos, Duration::from_secs(120)).await });
+    collector.wait_log(WAIT, "STORE NOT ANSWERING");
+    assert!(!task.is_finished(), "acknowledged an SOS the store has not committed");
+    assert_eq!(slack_posts(&slack, &id), 0);
+
+    drop(frozen);
+    let delivered = rt.block_on(task).unwrap().expect("not acknowledged after the disk thawed");
+    assert_eq!(delivered.alert_id.to_string(), id);
+    collector.wait_log(WAIT, "store answering again");
+    slack.wait_for_text(WAIT, &id);
+    assert!(eventually(WAIT, || site.delivery(&id, "slack").is_some_and(|d| d.0 == "delivered")));
+    assert_eq!(slack_posts(&slack, &id), 1);
+}
