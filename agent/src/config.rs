@@ -95,11 +95,19 @@ impl AgentConfig {
         let base = file.and_then(Path::parent).unwrap_or(Path::new("."));
         let key_file = raw.key_file.map(|p| if p.is_absolute() { p } else { base.join(p) });
         let (key_name, key_text) = secret(file, "key", raw.key, key_file, raw.key_env)?.ok_or_else(|| {
-            ConfigError::at(file, "key", "no key: set key, key_file or key_env (the collector prints one at first start)")
+            ConfigError::at(
+                file,
+                "key",
+                "no key: set key, key_file or key_env (the collector prints one at first start)",
+            )
         })?;
         let key = Key::from_base64(&key_text).map_err(|e| ConfigError::at(file, &key_name, e.to_string()))?;
         if raw.collectors.is_empty() {
-            return Err(ConfigError::at(file, "collectors", "needs at least one collector, e.g. [\"sos.example.com:5000\"]"));
+            return Err(ConfigError::at(
+                file,
+                "collectors",
+                "needs at least one collector, e.g. [\"sos.example.com:5000\"]",
+            ));
         }
         let mut collectors = Vec::new();
         for c in raw.collectors {
@@ -140,7 +148,11 @@ impl AgentConfig {
             show_quit: raw.show_quit.unwrap_or(true),
             cancel_window_ms: match raw.cancel_window_ms {
                 Some(v) if v > 60_000 => {
-                    return Err(ConfigError::at(file, "cancel_window_ms", format!("{v} ms delays every SOS by over a minute; use at most 60000")))
+                    return Err(ConfigError::at(
+                        file,
+                        "cancel_window_ms",
+                        format!("{v} ms delays every SOS by over a minute; use at most 60000"),
+                    ))
                 }
                 v => v.unwrap_or(0),
             },

@@ -116,13 +116,14 @@ impl Delivery {
         let sender = self.sender.clone();
         let report = self.report.clone();
         self.runtime.spawn(async move {
-            let confirmed = match sender.cancel(alert_id, "cancelled by the sender from the tray", Duration::from_secs(60)).await {
-                Ok(_) => true,
-                Err(e) => {
-                    warn!(%alert_id, error = %e, "the cancellation was not confirmed");
-                    false
-                }
-            };
+            let confirmed =
+                match sender.cancel(alert_id, "cancelled by the sender from the tray", Duration::from_secs(60)).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        warn!(%alert_id, error = %e, "the cancellation was not confirmed");
+                        false
+                    }
+                };
             report(Report::Cancelled { alert_id, confirmed });
         });
     }
@@ -146,7 +147,13 @@ impl Delivery {
 }
 
 /// Send one alert until acknowledged, warning once after `warn_after`.
-async fn deliver(sos: Sos, sender: Sender, spool: Spool, warn_after: Duration, report: Arc<dyn Fn(Report) + Send + Sync>) {
+async fn deliver(
+    sos: Sos,
+    sender: Sender,
+    spool: Spool,
+    warn_after: Duration,
+    report: Arc<dyn Fn(Report) + Send + Sync>,
+) {
     let (alert_id, test) = (sos.alert_id, sos.test);
     report(Report::Sending { alert_id, test });
     let mut deadline = warn_after;

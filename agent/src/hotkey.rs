@@ -65,7 +65,8 @@ impl FromStr for HotkeySpec {
         }
         spec.key = key.ok_or_else(err)?;
         // A bare letter would fire while typing.
-        if matches!(spec.key, HotkeyKey::Letter(_) | HotkeyKey::Digit(_)) && !(spec.ctrl || spec.alt || spec.super_key) {
+        if matches!(spec.key, HotkeyKey::Letter(_) | HotkeyKey::Digit(_)) && !(spec.ctrl || spec.alt || spec.super_key)
+        {
             return Err(err());
         }
         Ok(spec)
@@ -74,7 +75,8 @@ impl FromStr for HotkeySpec {
 
 impl fmt::Display for HotkeySpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (on, name) in [(self.ctrl, "Ctrl+"), (self.alt, "Alt+"), (self.shift, "Shift+"), (self.super_key, "Super+")] {
+        for (on, name) in [(self.ctrl, "Ctrl+"), (self.alt, "Alt+"), (self.shift, "Shift+"), (self.super_key, "Super+")]
+        {
             if on {
                 f.write_str(name)?;
             }
@@ -108,7 +110,10 @@ mod tests {
     #[test]
     fn parses_and_prints() {
         let h: HotkeySpec = "ctrl+alt+s".parse().unwrap();
-        assert_eq!(h, HotkeySpec { ctrl: true, alt: true, shift: false, super_key: false, key: HotkeyKey::Letter('s') });
+        assert_eq!(
+            h,
+            HotkeySpec { ctrl: true, alt: true, shift: false, super_key: false, key: HotkeyKey::Letter('s') }
+        );
         assert_eq!(h.to_string(), "Ctrl+Alt+S");
         assert_eq!("Shift+F12".parse::<HotkeySpec>().unwrap().key, HotkeyKey::F(12));
         for bad in ["", "ctrl+alt", "s", "ctrl+alt+s+x", "ctrl+f25", "ctrl+é", "hyper+s"] {

@@ -118,10 +118,7 @@ mod unix {
             line.push(b'\n');
             stream.write_all(&line).await.map_err(|e| IpcError::BadAnswer(e.to_string()))?;
             let mut answer = String::new();
-            BufReader::new(stream)
-                .read_line(&mut answer)
-                .await
-                .map_err(|e| IpcError::BadAnswer(e.to_string()))?;
+            BufReader::new(stream).read_line(&mut answer).await.map_err(|e| IpcError::BadAnswer(e.to_string()))?;
             serde_json::from_str(answer.trim()).map_err(|e| IpcError::BadAnswer(format!("{e}: {answer:?}")))
         };
         tokio::time::timeout(timeout, exchange)
@@ -230,7 +227,9 @@ mod tests {
             }
         }));
         assert!(Listener::bind(&path).await.unwrap().is_none(), "a second agent must not bind");
-        let r = request(&path, &Request::Trigger { test: true, message: "x".into() }, Duration::from_secs(5)).await.unwrap();
+        let r = request(&path, &Request::Trigger { test: true, message: "x".into() }, Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(r, Response::Accepted(AlertId::from_u128(7)));
         server.abort();
         let _ = server.await;

@@ -129,7 +129,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 match rt.block_on(sos_agent::ipc::request(&path, &req, Duration::from_secs(10))) {
                     Ok(sos_agent::ipc::Response::Accepted(id)) => {
                         println!("alert {id}{}", if test { " (TEST)" } else { "" });
-                        println!("handed to the running agent, which is sending it (its icon and a toast confirm delivery)");
+                        println!(
+                            "handed to the running agent, which is sending it (its icon and a toast confirm delivery)"
+                        );
                         return Ok(ExitCode::SUCCESS);
                     }
                     Ok(other) => eprintln!("the running agent answered {other:?}; sending directly"),
@@ -144,7 +146,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 let path = sos_agent::ipc::socket_path();
-                match rt.block_on(sos_agent::ipc::request(&path, &sos_agent::ipc::Request::Cancel, Duration::from_secs(10)))? {
+                match rt.block_on(sos_agent::ipc::request(
+                    &path,
+                    &sos_agent::ipc::Request::Cancel,
+                    Duration::from_secs(10),
+                ))? {
                     sos_agent::ipc::Response::Cancelling(id) => {
                         println!("cancelling alert {id}; a toast confirms when a collector has recorded it");
                         Ok(ExitCode::SUCCESS)

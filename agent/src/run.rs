@@ -22,9 +22,9 @@ use crate::config::AgentConfig;
 use crate::delivery::{Delivery, Report};
 use crate::hotkey::HotkeySpec;
 use crate::ipc::{self, Request, Response, Status};
+use crate::platform::Tray;
 use crate::spool::Spool;
 use crate::toast::{self, Importance};
-use crate::platform::Tray;
 use crate::tray::{ids, TrayEvent, TrayState, TrayView};
 
 /// Presses of the same kind closer together than this are one alert (a held key, a double
@@ -85,13 +85,17 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     #[cfg(unix)]
     let listener = {
         let path = ipc::socket_path();
-        match runtime.block_on(ipc::Listener::bind(&path)).with_context(|| format!("cannot listen on {}", path.display()))? {
+        match runtime
+            .block_on(ipc::Listener::bind(&path))
+            .with_context(|| format!("cannot listen on {}", path.display()))?
+        {
             Some(l) => l,
             None => anyhow::bail!("an SOS agent is already running in this session (it answers on {})", path.display()),
         }
     };
 
-    let spool = Spool::open(&config.spool_dir).with_context(|| format!("cannot open the spool {}", config.spool_dir.display()))?;
+    let spool = Spool::open(&config.spool_dir)
+        .with_context(|| format!("cannot open the spool {}", config.spool_dir.display()))?;
     let event_loop = EventLoop::<UiEvent>::with_user_event().build().context("cannot start the desktop event loop")?;
     let proxy = event_loop.create_proxy();
 
@@ -279,7 +283,11 @@ impl App {
         let (id, spooled) = self.delivery.trigger(test, message);
         info!(alert_id = %id, source, test, "SOS fired");
         if spooled.is_err() {
-            self.toast("SOS: cannot save the alert".into(), "It is being sent, but would be lost if this computer restarts now.".into(), Importance::Critical);
+            self.toast(
+                "SOS: cannot save the alert".into(),
+                "It is being sent, but would be lost if this computer restarts now.".into(),
+                Importance::Critical,
+            );
         }
         Some(id)
     }
@@ -295,13 +303,17 @@ impl ApplicationHandler<UiEvent> for App {
         let view = self.view();
         match Tray::new(view, &self.runtime, move |e| {
             let event = match e {
-                TrayEvent::Click => UiEvent::Trigger { source: "tray click", test: false, message: String::new(), reply: None },
+                TrayEvent::Click => {
+                    UiEvent::Trigger { source: "tray click", test: false, message: String::new(), reply: None }
+                }
                 TrayEvent::Menu(id) => UiEvent::Menu(id),
             };
             send(&p, event);
         }) {
             Ok(t) => self.tray = Some(t),
-            Err(e) => error!(error = %e, "the tray icon cannot be shown; the hotkey and `sos-agent trigger` still work"),
+            Err(e) => {
+                error!(error = %e, "the tray icon cannot be shown; the hotkey and `sos-agent trigger` still work")
+            }
         }
         let p = Mutex::new(self.proxy.clone());
         let spec = self.config.hotkey;
@@ -444,7 +456,11 @@ impl App {
             Report::NotDeliveredYet { alert_id, test } => {
                 self.in_flight.insert(alert_id, true);
                 let what = if test { "TEST alert" } else { "SOS" };
-                self.toast(format!("{what} NOT delivered yet — still trying."), self.config.fallback.clone(), Importance::Critical);
+                self.toast(
+                    format!("{what} NOT delivered yet — still trying."),
+                    self.config.fallback.clone(),
+                    Importance::Critical,
+                );
             }
             Report::Connectivity(c) => {
                 if c.is_some() {
@@ -454,12 +470,19 @@ impl App {
             }
             Report::Cancelled { alert_id, confirmed: true } => {
                 info!(%alert_id, "cancellation confirmed");
-                self.toast("Alert cancelled".into(), "Responders were told it was a false alarm.".into(), Importance::Normal);
+                self.toast(
+                    "Alert cancelled".into(),
+                    "Responders were told it was a false alarm.".into(),
+                    Importance::Normal,
+                );
             }
             Report::Cancelled { alert_id, confirmed: false } => {
                 self.toast(
                     "Cancel NOT confirmed".into(),
-                    format!("Responders may still be coming for alert {alert_id}: tell them yourself. {}", self.config.fallback),
+                    format!(
+                        "Responders may still be coming for alert {alert_id}: tell them yourself. {}",
+                        self.config.fallback
+                    ),
                     Importance::Critical,
                 );
             }

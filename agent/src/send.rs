@@ -55,10 +55,7 @@ pub struct RetrySchedule {
 
 impl Default for RetrySchedule {
     fn default() -> Self {
-        RetrySchedule {
-            first: Duration::from_millis(300),
-            max: Duration::from_secs(3),
-        }
+        RetrySchedule { first: Duration::from_millis(300), max: Duration::from_secs(3) }
     }
 }
 
@@ -169,7 +166,8 @@ impl Sender {
         let mut transmissions = 0u32;
 
         for round in 0u32.. {
-            let targets: &[String] = if round == 0 { &self.collectors[..1.min(self.collectors.len())] } else { &self.collectors };
+            let targets: &[String] =
+                if round == 0 { &self.collectors[..1.min(self.collectors.len())] } else { &self.collectors };
             for name in targets {
                 if !resolved.contains_key(name) {
                     match tokio::net::lookup_host(name.as_str()).await.map(|mut a| a.next()) {
@@ -219,27 +217,20 @@ impl Sender {
                     let elapsed = started.elapsed();
                     let skew = server_time as i64 - self.now() as i64;
                     if skew.abs() > 30 {
-                        warn!(clock_difference_secs = skew, "this workstation's clock differs from the collector's; fix its time sync");
+                        warn!(
+                            clock_difference_secs = skew,
+                            "this workstation's clock differs from the collector's; fix its time sync"
+                        );
                     }
                     info!(%from, ?status, transmissions, elapsed_ms = elapsed.as_millis() as u64, "SOS acknowledged");
-                    return Ok(Delivered {
-                        alert_id: sos.alert_id,
-                        collector: from,
-                        status,
-                        transmissions,
-                        elapsed,
-                    });
+                    return Ok(Delivered { alert_id: sos.alert_id, collector: from, status, transmissions, elapsed });
                 }
             }
             if Instant::now() >= give_up {
                 break;
             }
         }
-        Err(SendError::NotAcknowledged {
-            transmissions,
-            waited: started.elapsed(),
-            problem,
-        })
+        Err(SendError::NotAcknowledged { transmissions, waited: started.elapsed(), problem })
     }
 
     /// Send one heartbeat to every collector and wait up to `timeout` for the first authentic
@@ -247,7 +238,11 @@ impl Sender {
     ///
     /// # Errors
     /// Only if no local socket can be opened or the heartbeat cannot be sealed.
-    pub async fn heartbeat(&self, identity: &Identity, timeout: Duration) -> Result<Option<(SocketAddr, u64)>, SendError> {
+    pub async fn heartbeat(
+        &self,
+        identity: &Identity,
+        timeout: Duration,
+    ) -> Result<Option<(SocketAddr, u64)>, SendError> {
         let mut sockets = Sockets::default();
         let mut sealed = Vec::new();
         for name in &self.collectors {
@@ -296,7 +291,9 @@ impl Sender {
         let mut transmissions = 0u32;
         for round in 0u32.. {
             for name in &self.collectors {
-                let Ok(Some(addr)) = tokio::net::lookup_host(name.as_str()).await.map(|mut a| a.next()) else { continue };
+                let Ok(Some(addr)) = tokio::net::lookup_host(name.as_str()).await.map(|mut a| a.next()) else {
+                    continue;
+                };
                 let now = self.now();
                 let datagram = self.key.seal(&message, now)?;
                 sealed.push(now);
@@ -357,7 +354,8 @@ impl Sockets {
     async fn send_to(&mut self, datagram: &[u8], addr: SocketAddr) -> std::io::Result<()> {
         let slot = if addr.is_ipv4() { &mut self.v4 } else { &mut self.v6 };
         if slot.is_none() {
-            let any: std::net::IpAddr = if addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+            let any: std::net::IpAddr =
+                if addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
             *slot = Some(UdpSocket::bind((any, 0)).await?);
         }
         let Some(socket) = slot.as_ref() else { return Ok(()) };

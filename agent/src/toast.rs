@@ -42,13 +42,12 @@ pub fn show(summary: String, body: String, importance: Importance) {
         return;
     }
     // Watch the outcome from another thread so that nobody waits on the daemon.
-    let _ = std::thread::Builder::new().name("sos-toast-watch".into()).spawn(move || {
-        match rx.recv_timeout(SHOW_TIMEOUT) {
+    let _ =
+        std::thread::Builder::new().name("sos-toast-watch".into()).spawn(move || match rx.recv_timeout(SHOW_TIMEOUT) {
             Ok(Ok(())) => debug!("toast shown"),
             Ok(Err(e)) => warn!(error = %e, "the toast could not be shown (is a notification daemon running?)"),
             Err(_) => warn!("the notification daemon did not answer within {SHOW_TIMEOUT:?}"),
-        }
-    });
+        });
 }
 
 /// Show a toast that calls `on_click` if the person clicks it (its default action), where the

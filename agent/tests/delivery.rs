@@ -37,7 +37,11 @@ async fn collector(key: Key, answering: bool) -> Collector {
             let Message::Sos(sos) = opened.message else { continue }; // heartbeats go unanswered
             let _ = tx.send(sos.alert_id);
             if on.load(Ordering::SeqCst) {
-                let ack = Message::SosAck(SosAck { alert_id: sos.alert_id, status: AckStatus::Stored, server_time: unix_now() });
+                let ack = Message::SosAck(SosAck {
+                    alert_id: sos.alert_id,
+                    status: AckStatus::Stored,
+                    server_time: unix_now(),
+                });
                 socket.send_to(&key.seal(&ack, unix_now()).unwrap(), from).await.unwrap();
             }
         }

@@ -21,11 +21,17 @@ async fn lossy_collector(key: Key, drop: usize) -> (String, tokio::sync::mpsc::U
         loop {
             let (n, from) = socket.recv_from(&mut buf).await.unwrap();
             let (_, token) = split_datagram(&buf[..n]).unwrap();
-            let Message::Sos(sos) = key.open(token, unix_now(), TimeWindow::default()).unwrap().message else { continue };
+            let Message::Sos(sos) = key.open(token, unix_now(), TimeWindow::default()).unwrap().message else {
+                continue;
+            };
             let _ = tx.send((sos.alert_id, sos.attempt));
             seen += 1;
             if seen > drop {
-                let ack = Message::SosAck(SosAck { alert_id: sos.alert_id, status: AckStatus::Stored, server_time: unix_now() });
+                let ack = Message::SosAck(SosAck {
+                    alert_id: sos.alert_id,
+                    status: AckStatus::Stored,
+                    server_time: unix_now(),
+                });
                 socket.send_to(&key.seal(&ack, unix_now()).unwrap(), from).await.unwrap();
             }
         }
@@ -80,9 +86,11 @@ async fn an_ack_sealed_with_another_key_or_for_another_alert_is_ignored() {
             let (n, from) = socket.recv_from(&mut buf).await.unwrap();
             let (_, token) = split_datagram(&buf[..n]).unwrap();
             let Message::Sos(sos) = k.open(token, unix_now(), TimeWindow::default()).unwrap().message else { continue };
-            let wrong_key = Message::SosAck(SosAck { alert_id: sos.alert_id, status: AckStatus::Stored, server_time: 0 });
+            let wrong_key =
+                Message::SosAck(SosAck { alert_id: sos.alert_id, status: AckStatus::Stored, server_time: 0 });
             socket.send_to(&other.seal(&wrong_key, unix_now()).unwrap(), from).await.unwrap();
-            let wrong_id = Message::SosAck(SosAck { alert_id: AlertId::random(), status: AckStatus::Stored, server_time: 0 });
+            let wrong_id =
+                Message::SosAck(SosAck { alert_id: AlertId::random(), status: AckStatus::Stored, server_time: 0 });
             socket.send_to(&k.seal(&wrong_id, unix_now()).unwrap(), from).await.unwrap();
         }
     });

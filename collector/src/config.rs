@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use sos_shared::config::{read_secret_file, secret, toml_error, write_secret_file};
 pub use sos_shared::config::ConfigError;
+use sos_shared::config::{read_secret_file, secret, toml_error, write_secret_file};
 use sos_shared::{Key, TimeWindow};
 
 /// The file name of the key that `run` generates when none is configured.
@@ -143,9 +143,7 @@ pub struct SlackSettings {
 
 impl std::fmt::Debug for SlackSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SlackSettings")
-            .field("webhook_host", &self.webhook_url.host_str())
-            .finish_non_exhaustive()
+        f.debug_struct("SlackSettings").field("webhook_host", &self.webhook_url.host_str()).finish_non_exhaustive()
     }
 }
 
@@ -283,7 +281,9 @@ impl Config {
             let url = reqwest::Url::parse(url.trim())
                 .ok()
                 .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-                .ok_or_else(|| ConfigError::at(file, &key, "not an http(s) URL (the value is not shown: it is a secret)"))?;
+                .ok_or_else(|| {
+                    ConfigError::at(file, &key, "not an http(s) URL (the value is not shown: it is a secret)")
+                })?;
             cfg.slack = Some(SlackSettings { webhook_url: url });
         }
 
@@ -291,13 +291,8 @@ impl Config {
             if e.smtp_host.trim().is_empty() {
                 return Err(ConfigError::at(file, "notify.email.smtp_host", "must not be empty"));
             }
-            let password = secret(
-                file,
-                "notify.email.password",
-                e.password,
-                e.password_file.map(&rel),
-                e.password_env,
-            )?;
+            let password =
+                secret(file, "notify.email.password", e.password, e.password_file.map(&rel), e.password_env)?;
             let credentials = match (e.username, password) {
                 (Some(u), Some((_, p))) => Some((u, p.trim_end_matches(['\r', '\n']).to_owned())),
                 (None, None) => None,
@@ -318,15 +313,14 @@ impl Config {
             if e.to.is_empty() {
                 return Err(ConfigError::at(file, "notify.email.to", "needs at least one address"));
             }
-            let to = e
-                .to
-                .iter()
-                .map(|a| {
-                    a.parse().map_err(|err| {
-                        ConfigError::at(file, "notify.email.to", format!("{a:?} is not an email address: {err}"))
+            let to =
+                e.to.iter()
+                    .map(|a| {
+                        a.parse().map_err(|err| {
+                            ConfigError::at(file, "notify.email.to", format!("{a:?} is not an email address: {err}"))
+                        })
                     })
-                })
-                .collect::<Result<_, _>>()?;
+                    .collect::<Result<_, _>>()?;
             let smtp_port = e.smtp_port.unwrap_or(match e.tls {
                 Tls::Starttls => 587,
                 Tls::Tls => 465,
@@ -352,15 +346,8 @@ impl Config {
                     Some(pem)
                 }
             };
-            cfg.email = Some(EmailSettings {
-                smtp_host: e.smtp_host,
-                smtp_port,
-                tls: e.tls,
-                credentials,
-                from,
-                to,
-                ca_pem,
-            });
+            cfg.email =
+                Some(EmailSettings { smtp_host: e.smtp_host, smtp_port, tls: e.tls, credentials, from, to, ca_pem });
         }
         Ok(cfg)
     }
@@ -394,11 +381,7 @@ impl Config {
             return Ok(None);
         }
         let path = self.data_dir.join(GENERATED_KEY_FILE);
-        let err = |m: String| ConfigError {
-            file: Some(path.clone()),
-            key: None,
-            message: m,
-        };
+        let err = |m: String| ConfigError { file: Some(path.clone()), key: None, message: m };
         std::fs::create_dir_all(&self.data_dir)
             .map_err(|e| err(format!("cannot create the data dir {}: {e}", self.data_dir.display())))?;
         if !path.exists() {
@@ -479,9 +462,8 @@ to = ["security@example.com", "Duty Manager <duty@example.com>"]
     fn ca_file_is_read_checked_and_named_in_errors() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("collector.toml");
-        let email = |extra: &str| {
-            format!("[notify.email]\nsmtp_host=\"mail\"\nfrom=\"a@b.c\"\nto=[\"d@e.f\"]\n{extra}")
-        };
+        let email =
+            |extra: &str| format!("[notify.email]\nsmtp_host=\"mail\"\nfrom=\"a@b.c\"\nto=[\"d@e.f\"]\n{extra}");
         let e = Config::parse(&email("ca_file = \"missing.pem\"\n"), Some(&f)).unwrap_err().to_string();
         assert!(e.contains("notify.email.ca_file") && e.contains("missing.pem"), "{e}");
         std::fs::write(dir.path().join("junk.pem"), "not a certificate").unwrap();
@@ -501,9 +483,12 @@ to = ["security@example.com", "Duty Manager <duty@example.com>"]
         assert!(!e.contains("s3cr3t"), "{e}");
         let e = Config::parse("[notify.slack]\nwebhook_url = \"s3cr3t\"", None).unwrap_err().to_string();
         assert!(!e.contains("s3cr3t") && e.contains("webhook_url"), "{e}");
-        let e = Config::parse("[notify.email]\nsmtp_host=\"h\"\nfrom=\"a@b.c\"\nto=[\"x@y.z\"]\nusername=\"u\"\npassword = s3cr3t\n", None)
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse(
+            "[notify.email]\nsmtp_host=\"h\"\nfrom=\"a@b.c\"\nto=[\"x@y.z\"]\nusername=\"u\"\npassword = s3cr3t\n",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(!e.contains("s3cr3t"), "{e}");
     }
 

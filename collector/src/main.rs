@@ -203,8 +203,11 @@ fn alerts(config: &Config, limit: usize) -> anyhow::Result<()> {
             println!("    message: {}", a.message);
         }
         if let Some(c) = &a.cancellation {
-            println!("    CANCELLED by the sender at {}{}", when_utc(c.at_ms / 1000),
-                     if c.reason.is_empty() { String::new() } else { format!(": {}", c.reason) });
+            println!(
+                "    CANCELLED by the sender at {}{}",
+                when_utc(c.at_ms / 1000),
+                if c.reason.is_empty() { String::new() } else { format!(": {}", c.reason) }
+            );
         }
         for d in deliveries {
             let detail = match (d.state.as_str(), d.delivered_at_ms, &d.last_error) {
@@ -212,10 +215,7 @@ fn alerts(config: &Config, limit: usize) -> anyhow::Result<()> {
                 (_, _, Some(e)) => format!("last error: {e}"),
                 _ => String::new(),
             };
-            println!(
-                "    {:<6} {:<9} attempts={} {}",
-                d.channel, d.state, d.attempts, detail
-            );
+            println!("    {:<6} {:<9} attempts={} {}", d.channel, d.state, d.attempts, detail);
         }
     }
     Ok(())

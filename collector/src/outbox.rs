@@ -35,10 +35,7 @@ pub struct RetrySchedule {
 impl RetrySchedule {
     /// A schedule from the outbox settings.
     pub fn new(settings: &OutboxSettings) -> Self {
-        RetrySchedule {
-            first: settings.first_retry,
-            max: settings.max_retry.max(settings.first_retry),
-        }
+        RetrySchedule { first: settings.first_retry, max: settings.max_retry.max(settings.first_retry) }
     }
 
     /// The delay before retrying a job that has failed `attempts` times (1 after the first
@@ -58,12 +55,7 @@ impl RetrySchedule {
 
 /// Deliver `channel`'s jobs until `shutdown` is cancelled. An attempt in flight when shutdown
 /// comes is allowed to end (each attempt is bounded by the channel's timeout).
-pub async fn run_worker(
-    channel: Arc<Channel>,
-    store: Store,
-    settings: OutboxSettings,
-    shutdown: CancellationToken,
-) {
+pub async fn run_worker(channel: Arc<Channel>, store: Store, settings: OutboxSettings, shutdown: CancellationToken) {
     let name = channel.name();
     let wake: Arc<Notify> = store.waker(name);
     let schedule = RetrySchedule::new(&settings);

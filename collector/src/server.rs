@@ -54,11 +54,7 @@ impl Collector {
     /// [`CollectorError::NoKey`] if no key is configured.
     pub fn new(config: Config) -> Result<Self, CollectorError> {
         let key = config.key.clone().ok_or(CollectorError::NoKey)?;
-        Ok(Collector {
-            config,
-            key,
-            stats: Arc::default(),
-        })
+        Ok(Collector { config, key, stats: Arc::default() })
     }
 
     /// The live counters, readable while the collector runs.
@@ -90,17 +86,13 @@ impl Collector {
         }
         let mut channels = vec![Channel::Log];
         if let Some(s) = &config.slack {
-            let slack = Slack::new(s.clone(), config.outbox.attempt_timeout).map_err(|e| CollectorError::Channel {
-                channel: "slack",
-                message: e.to_string(),
-            })?;
+            let slack = Slack::new(s.clone(), config.outbox.attempt_timeout)
+                .map_err(|e| CollectorError::Channel { channel: "slack", message: e.to_string() })?;
             channels.push(Channel::Slack(slack));
         }
         if let Some(e) = &config.email {
-            let email = Email::new(e.clone(), config.outbox.attempt_timeout).map_err(|err| CollectorError::Channel {
-                channel: "email",
-                message: err.to_string(),
-            })?;
+            let email = Email::new(e.clone(), config.outbox.attempt_timeout)
+                .map_err(|err| CollectorError::Channel { channel: "email", message: err.to_string() })?;
             channels.push(Channel::Email(Box::new(email)));
         }
         let (store, writer) = Store::start(db, &names)?;
@@ -134,8 +126,10 @@ impl Collector {
         in_flight.wait().await;
         stop_workers.cancel();
         if tokio::time::timeout(config.shutdown_grace, workers.wait()).await.is_err() {
-            warn!(grace_secs = config.shutdown_grace.as_secs(),
-                  "notification attempts still running at the end of the grace period; they resume on the next start");
+            warn!(
+                grace_secs = config.shutdown_grace.as_secs(),
+                "notification attempts still running at the end of the grace period; they resume on the next start"
+            );
         }
         drop(receiver);
         drop(store);
@@ -243,12 +237,7 @@ impl Receiver {
         match opened.message {
             Message::Sos(mut sos) => {
                 sos.sanitize();
-                let alert = NewAlert {
-                    sos,
-                    received_at_ms: now_ms(),
-                    source: from,
-                    key_id: key_id.to_string(),
-                };
+                let alert = NewAlert { sos, received_at_ms: now_ms(), source: from, key_id: key_id.to_string() };
                 let ctx = Reply {
                     socket: self.socket.clone(),
                     key: self.key.clone(),
@@ -278,10 +267,7 @@ impl Receiver {
                     to: from,
                     request_len,
                 };
-                let ack = Message::HeartbeatAck(HeartbeatAck {
-                    server_time: unix_now(),
-                    notices: Vec::new(),
-                });
+                let ack = Message::HeartbeatAck(HeartbeatAck { server_time: unix_now(), notices: Vec::new() });
                 self.in_flight.spawn(async move { ctx.send(&ack).await });
             }
             Message::Cancel(c) => {
@@ -295,7 +281,8 @@ impl Receiver {
                 let store = self.store.clone();
                 let reason: String = c.reason.chars().map(|ch| if ch.is_control() { ' ' } else { ch }).collect();
                 let span = info_span!("cancel", alert_id = %c.alert_id, %from);
-                self.in_flight.spawn(cancel_and_ack(store, c.alert_id, reason, key_id.to_string(), ctx).instrument(span));
+                self.in_flight
+                    .spawn(cancel_and_ack(store, c.alert_id, reason, key_id.to_string(), ctx).instrument(span));
             }
             other => {
                 Stats::bump(&self.stats.unexpected);
@@ -309,7 +296,8 @@ impl Receiver {
     /// itself stays refused: replay protection is unchanged.
     fn time_hint(&self, request_len: usize, to: SocketAddr, token_time: u64) {
         Stats::bump(&self.stats.time_hints);
-        let ctx = Reply { socket: self.socket.clone(), key: self.key.clone(), stats: self.stats.clone(), to, request_len };
+        let ctx =
+            Reply { socket: self.socket.clone(), key: self.key.clone(), stats: self.stats.clone(), to, request_len };
         let hint = Message::TimeHint(TimeHint { server_time: unix_now(), token_time });
         self.in_flight.spawn(async move { ctx.send(&hint).await });
     }
@@ -366,11 +354,7 @@ async fn store_and_ack(store: Store, alert: NewAlert, reply: Reply) {
                     AckStatus::Duplicate
                 }
             };
-            let ack = Message::SosAck(SosAck {
-                alert_id,
-                status,
-                server_time: unix_now(),
-            });
+            let ack = Message::SosAck(SosAck { alert_id, status, server_time: unix_now() });
             reply.send(&ack).await;
         }
         Err(e) => {

@@ -289,11 +289,7 @@ impl Db {
     ///
     /// # Errors
     /// If the transaction fails; then nothing was stored.
-    pub fn insert_alerts(
-        &mut self,
-        alerts: &[NewAlert],
-        channels: &[&str],
-    ) -> Result<Vec<Stored>, StoreError> {
+    pub fn insert_alerts(&mut self, alerts: &[NewAlert], channels: &[&str]) -> Result<Vec<Stored>, StoreError> {
         let tx = self.conn.transaction()?;
         let mut out = Vec::with_capacity(alerts.len());
         {
@@ -644,8 +640,11 @@ impl Health {
             }
             (Some(_), Some(_)) => self.failures += 1,
             (None, Some(since)) => {
-                tracing::warn!(failed_writes = self.failures, after_secs = since.elapsed().as_secs(),
-                    "store recovered: writes succeed again");
+                tracing::warn!(
+                    failed_writes = self.failures,
+                    after_secs = since.elapsed().as_secs(),
+                    "store recovered: writes succeed again"
+                );
                 self.failing_since = None;
             }
             (None, None) => {}
@@ -659,89 +658,84 @@ impl Store {
     ///
     /// # Errors
     /// If the thread cannot be spawned.
-    pub fn start(
-        mut db: Db,
-        channels: &[&'static str],
-    ) -> std::io::Result<(Store, std::thread::JoinHandle<()>)> {
+    pub fn start(mut db: Db, channels: &[&'static str]) -> std::io::Result<(Store, std::thread::JoinHandle<()>)> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
         let wakers: Arc<Vec<_>> = Arc::new(channels.iter().map(|c| (*c, Arc::new(Notify::new()))).collect());
         let thread_wakers = wakers.clone();
         let names: Vec<&'static str> = channels.to_vec();
-        let handle = std::thread::Builder::new()
-            .name("sos-store".into())
-            .spawn(move || {
-                let mut health = Health::default();
-                while let Some(first) = rx.blocking_recv() {
-                    let mut inserts = Vec::new();
-                    let mut seen = Vec::new();
-                    let mut others = Vec::new();
-                    let mut next = Some(first);
-                    while let Some(cmd) = next.take() {
-                        match cmd {
-                            Command::Insert(a, r) => inserts.push((a, r)),
-                            Command::Seen(a) => seen.push(a),
-                            other => others.push(other),
-                        }
-                        if inserts.len() < MAX_GROUP {
-                            next = rx.try_recv().ok();
-                        }
+        let handle = std::thread::Builder::new().name("sos-store".into()).spawn(move || {
+            let mut health = Health::default();
+            while let Some(first) = rx.blocking_recv() {
+                let mut inserts = Vec::new();
+                let mut seen = Vec::new();
+                let mut others = Vec::new();
+                let mut next = Some(first);
+                while let Some(cmd) = next.take() {
+                    match cmd {
+                        Command::Insert(a, r) => inserts.push((a, r)),
+                        Command::Seen(a) => seen.push(a),
+                        other => others.push(other),
                     }
-                    if !inserts.is_empty() {
-                        let batch: Vec<NewAlert> = inserts.iter().map(|(a, _)| (**a).clone()).collect();
-                        let res = db.insert_alerts(&batch, &names);
-                        health.observe(res.as_ref().err());
-                        match res {
-                            Ok(results) => {
-                                if results.contains(&Stored::New) {
-                                    for (_, n) in thread_wakers.iter() {
-                                        n.notify_one();
-                                    }
-                                }
-                                for ((_, reply), res) in inserts.into_iter().zip(results) {
-                                    let _ = reply.send(Ok(res));
+                    if inserts.len() < MAX_GROUP {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if !inserts.is_empty() {
+                    let batch: Vec<NewAlert> = inserts.iter().map(|(a, _)| (**a).clone()).collect();
+                    let res = db.insert_alerts(&batch, &names);
+                    health.observe(res.as_ref().err());
+                    match res {
+                        Ok(results) => {
+                            if results.contains(&Stored::New) {
+                                for (_, n) in thread_wakers.iter() {
+                                    n.notify_one();
                                 }
                             }
-                            Err(e) => {
-                                for (_, reply) in inserts {
-                                    let _ = reply.send(Err(e.clone()));
-                                }
+                            for ((_, reply), res) in inserts.into_iter().zip(results) {
+                                let _ = reply.send(Ok(res));
                             }
                         }
-                    }
-                    if !seen.is_empty() {
-                        if let Err(e) = db.record_agents(&seen) {
-                            tracing::warn!(error = %e, agents = seen.len(), "cannot record heartbeats");
-                        }
-                    }
-                    for cmd in others {
-                        match cmd {
-                            Command::Cancel(id, reason, key_id, now, r) => {
-                                let res = db.cancel(id, &reason, &key_id, &names, now);
-                                health.observe(res.as_ref().err());
-                                if matches!(res, Ok(Cancelled::New)) {
-                                    for (_, n) in thread_wakers.iter() {
-                                        n.notify_one();
-                                    }
-                                }
-                                let _ = r.send(res);
+                        Err(e) => {
+                            for (_, reply) in inserts {
+                                let _ = reply.send(Err(e.clone()));
                             }
-                            Command::Seen(_) => unreachable!("heartbeats are batched above"),
-                            Command::DueJobs(ch, now, limit, r) => {
-                                let _ = r.send(db.due_jobs(ch, now, limit));
-                            }
-                            Command::NextDue(ch, r) => {
-                                let _ = r.send(db.next_due(ch));
-                            }
-                            Command::Finish(outcomes, now, r) => {
-                                let res = db.finish(&outcomes, now);
-                                health.observe(res.as_ref().err());
-                                let _ = r.send(res);
-                            }
-                            Command::Insert(..) => unreachable!("inserts are batched above"),
                         }
                     }
                 }
-            })?;
+                if !seen.is_empty() {
+                    if let Err(e) = db.record_agents(&seen) {
+                        tracing::warn!(error = %e, agents = seen.len(), "cannot record heartbeats");
+                    }
+                }
+                for cmd in others {
+                    match cmd {
+                        Command::Cancel(id, reason, key_id, now, r) => {
+                            let res = db.cancel(id, &reason, &key_id, &names, now);
+                            health.observe(res.as_ref().err());
+                            if matches!(res, Ok(Cancelled::New)) {
+                                for (_, n) in thread_wakers.iter() {
+                                    n.notify_one();
+                                }
+                            }
+                            let _ = r.send(res);
+                        }
+                        Command::Seen(_) => unreachable!("heartbeats are batched above"),
+                        Command::DueJobs(ch, now, limit, r) => {
+                            let _ = r.send(db.due_jobs(ch, now, limit));
+                        }
+                        Command::NextDue(ch, r) => {
+                            let _ = r.send(db.next_due(ch));
+                        }
+                        Command::Finish(outcomes, now, r) => {
+                            let res = db.finish(&outcomes, now);
+                            health.observe(res.as_ref().err());
+                            let _ = r.send(res);
+                        }
+                        Command::Insert(..) => unreachable!("inserts are batched above"),
+                    }
+                }
+            }
+        })?;
         Ok((Store { tx, wakers, stalled: Arc::default() }, handle))
     }
 
@@ -755,9 +749,11 @@ impl Store {
                 // blocks the writer; say so once, loudly, and keep waiting: the request is
                 // queued and completes when the disk answers.
                 if !self.stalled.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                    tracing::error!(waited_secs = STALL_WARNING.as_secs(),
+                    tracing::error!(
+                        waited_secs = STALL_WARNING.as_secs(),
                         "STORE NOT ANSWERING: a write is stuck (disk frozen, hung or far too slow?); \
-                         no SOS is acknowledged until it completes, agents keep retrying");
+                         no SOS is acknowledged until it completes, agents keep retrying"
+                    );
                 }
                 let answer = rx.await;
                 if self.stalled.swap(false, std::sync::atomic::Ordering::SeqCst) {
@@ -805,7 +801,13 @@ impl Store {
     ///
     /// # Errors
     /// If the transaction fails.
-    pub async fn cancel(&self, alert_id: AlertId, reason: String, key_id: String, now_ms: i64) -> Result<Cancelled, StoreError> {
+    pub async fn cancel(
+        &self,
+        alert_id: AlertId,
+        reason: String,
+        key_id: String,
+        now_ms: i64,
+    ) -> Result<Cancelled, StoreError> {
         self.call(|r| Command::Cancel(alert_id, reason, key_id, now_ms, r)).await
     }
 
@@ -816,20 +818,13 @@ impl Store {
 
     /// The notifier that wakes `channel`'s worker when new jobs are committed.
     pub fn waker(&self, channel: &str) -> Arc<Notify> {
-        self.wakers
-            .iter()
-            .find(|(c, _)| *c == channel)
-            .map(|(_, n)| n.clone())
-            .unwrap_or_default()
+        self.wakers.iter().find(|(c, _)| *c == channel).map(|(_, n)| n.clone()).unwrap_or_default()
     }
 }
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -902,7 +897,10 @@ mod tests {
         };
         db.record_agents(&[seen("alice", 10), seen("bob", 20), seen("alice", 30), seen("alice", 25)]).unwrap();
         let agents = db.agents().unwrap();
-        assert_eq!(agents.iter().map(|a| (a.user.as_str(), a.last_seen_ms)).collect::<Vec<_>>(), vec![("bob", 20), ("alice", 30)]);
+        assert_eq!(
+            agents.iter().map(|a| (a.user.as_str(), a.last_seen_ms)).collect::<Vec<_>>(),
+            vec![("bob", 20), ("alice", 30)]
+        );
     }
 
     #[test]

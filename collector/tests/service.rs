@@ -26,11 +26,7 @@ fn sos(id: AlertId) -> Message {
 async fn a_burst_is_acknowledged_only_after_it_is_stored_and_shutdown_is_clean() {
     let dir = tempfile::tempdir().unwrap();
     let key = Key::from_base64(&Key::generate()).unwrap();
-    let config = Config {
-        data_dir: dir.path().to_path_buf(),
-        key: Some(key.clone()),
-        ..Config::default()
-    };
+    let config = Config { data_dir: dir.path().to_path_buf(), key: Some(key.clone()), ..Config::default() };
     let db_path = config.database_path();
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
@@ -59,7 +55,9 @@ async fn a_burst_is_acknowledged_only_after_it_is_stored_and_shutdown_is_clean()
                 // An ACK means stored: the alert is in the file now.
                 let conn = rusqlite::Connection::open(&db_path).unwrap();
                 let n: i64 = conn
-                    .query_row("SELECT COUNT(*) FROM alerts WHERE alert_id = ?1", [ack.alert_id.to_string()], |r| r.get(0))
+                    .query_row("SELECT COUNT(*) FROM alerts WHERE alert_id = ?1", [ack.alert_id.to_string()], |r| {
+                        r.get(0)
+                    })
                     .unwrap();
                 assert_eq!(n, 1);
                 acked.insert(ack.alert_id);

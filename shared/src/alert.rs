@@ -60,9 +60,7 @@ impl FromStr for AlertId {
         if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ParseAlertIdError(s.chars().take(40).collect()));
         }
-        u128::from_str_radix(s, 16)
-            .map(AlertId)
-            .map_err(|_| ParseAlertIdError(s.to_owned()))
+        u128::from_str_radix(s, 16).map(AlertId).map_err(|_| ParseAlertIdError(s.to_owned()))
     }
 }
 

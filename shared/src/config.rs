@@ -18,11 +18,7 @@ pub struct ConfigError {
 impl ConfigError {
     /// A problem with `key` in `file`.
     pub fn at(file: Option<&Path>, key: &str, message: impl Into<String>) -> Self {
-        ConfigError {
-            file: file.map(Path::to_path_buf),
-            key: Some(key.to_owned()),
-            message: message.into(),
-        }
+        ConfigError { file: file.map(Path::to_path_buf), key: Some(key.to_owned()), message: message.into() }
     }
 }
 
@@ -37,11 +33,7 @@ pub fn secret(
 ) -> Result<Option<(String, String)>, ConfigError> {
     let given = [inline.is_some(), from_file.is_some(), from_env.is_some()];
     if given.iter().filter(|g| **g).count() > 1 {
-        return Err(ConfigError::at(
-            file,
-            key,
-            format!("give only one of `{key}`, `{key}_file` and `{key}_env`"),
-        ));
+        return Err(ConfigError::at(file, key, format!("give only one of `{key}`, `{key}_file` and `{key}_env`")));
     }
     if let Some(v) = inline {
         return Ok(Some((key.to_owned(), v)));
@@ -53,9 +45,8 @@ pub fn secret(
     }
     if let Some(var) = from_env {
         let k = format!("{key}_env");
-        let v = std::env::var(&var).map_err(|_| {
-            ConfigError::at(file, &k, format!("the environment variable {var} is not set"))
-        })?;
+        let v = std::env::var(&var)
+            .map_err(|_| ConfigError::at(file, &k, format!("the environment variable {var} is not set")))?;
         return Ok(Some((k, v)));
     }
     Ok(None)
@@ -126,10 +117,5 @@ pub fn toml_error(text: &str, file: Option<&Path>, e: &toml::de::Error) -> Confi
             });
         }
     }
-    ConfigError {
-        file: location,
-        key,
-        message: e.message().to_owned(),
-    }
+    ConfigError { file: location, key, message: e.message().to_owned() }
 }
-

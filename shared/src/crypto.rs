@@ -56,23 +56,15 @@ impl Key {
     /// [`KeyError`] if the text is not base64 of exactly 32 bytes.
     pub fn from_base64(text: &str) -> Result<Self, KeyError> {
         let trimmed = text.trim().trim_end_matches('=');
-        let raw = URL_SAFE_NO_PAD
-            .decode(trimmed)
-            .map_err(|_| KeyError::NotBase64)?;
+        let raw = URL_SAFE_NO_PAD.decode(trimmed).map_err(|_| KeyError::NotBase64)?;
         if raw.len() != 32 {
             return Err(KeyError::WrongLength(raw.len()));
         }
         let fernet = fernet::Fernet::new(&URL_SAFE.encode(&raw)).ok_or(KeyError::NotBase64)?;
-        let digest = Sha256::new()
-            .chain_update(KEY_ID_CONTEXT)
-            .chain_update(&raw)
-            .finalize();
+        let digest = Sha256::new().chain_update(KEY_ID_CONTEXT).chain_update(&raw).finalize();
         let mut id = [0u8; KEY_ID_LEN];
         id.copy_from_slice(&digest[..KEY_ID_LEN]);
-        Ok(Key {
-            fernet,
-            id: KeyId(id),
-        })
+        Ok(Key { fernet, id: KeyId(id) })
     }
 
     /// The id sent in clear in every datagram this key seals.
@@ -109,23 +101,16 @@ impl Key {
     pub fn open(&self, token: &str, now: u64, window: TimeWindow) -> Result<Opened, OpenError> {
         // Time checks are disabled here (no TTL, "now" at the far end of time) so that the
         // HMAC decides first; ours follow with saturating arithmetic.
-        let plaintext = self
-            .fernet
-            .decrypt_at_time(token, None, u64::MAX - 60)
-            .map_err(|_| OpenError::Unauthenticated)?;
+        let plaintext =
+            self.fernet.decrypt_at_time(token, None, u64::MAX - 60).map_err(|_| OpenError::Unauthenticated)?;
         let timestamp = token_timestamp(token).ok_or(OpenError::Unauthenticated)?;
         if timestamp > now.saturating_add(window.max_future_skew_secs) {
-            return Err(OpenError::FromFuture {
-                ahead_secs: timestamp - now,
-            });
+            return Err(OpenError::FromFuture { ahead_secs: timestamp - now });
         }
         if now > timestamp.saturating_add(window.ttl_secs) {
-            return Err(OpenError::Expired {
-                age_secs: now - timestamp,
-            });
+            return Err(OpenError::Expired { age_secs: now - timestamp });
         }
-        let message = serde_json::from_slice(&plaintext)
-            .map_err(|e| OpenError::BadPayload(e.to_string()))?;
+        let message = serde_json::from_slice(&plaintext).map_err(|e| OpenError::BadPayload(e.to_string()))?;
         Ok(Opened { message, timestamp })
     }
 }
@@ -207,10 +192,7 @@ mod tests {
     const T: u64 = 1_700_000_000;
 
     fn msg() -> Message {
-        Message::Cancel(Cancel {
-            alert_id: AlertId::from_u128(42),
-            reason: "pressed by accident".into(),
-        })
+        Message::Cancel(Cancel { alert_id: AlertId::from_u128(42), reason: "pressed by accident".into() })
     }
 
     fn key() -> Key {
@@ -232,28 +214,19 @@ mod tests {
     fn another_key_cannot_open() {
         let d = key().seal(&msg(), T).unwrap();
         let (_, token) = split_datagram(&d).unwrap();
-        assert_eq!(
-            key().open(token, T, TimeWindow::default()),
-            Err(OpenError::Unauthenticated)
-        );
+        assert_eq!(key().open(token, T, TimeWindow::default()), Err(OpenError::Unauthenticated));
     }
 
     #[test]
     fn time_window_is_enforced_with_the_difference() {
         let k = key();
-        let w = TimeWindow {
-            ttl_secs: 100,
-            max_future_skew_secs: 10,
-        };
+        let w = TimeWindow { ttl_secs: 100, max_future_skew_secs: 10 };
         let d = k.seal(&msg(), T).unwrap();
         let (_, token) = split_datagram(&d).unwrap();
         assert!(k.open(token, T + 100, w).is_ok());
         assert_eq!(k.open(token, T + 101, w), Err(OpenError::Expired { age_secs: 101 }));
         assert!(k.open(token, T - 10, w).is_ok());
-        assert_eq!(
-            k.open(token, T - 11, w),
-            Err(OpenError::FromFuture { ahead_secs: 11 })
-        );
+        assert_eq!(k.open(token, T - 11, w), Err(OpenError::FromFuture { ahead_secs: 11 }));
     }
 
     #[test]
@@ -263,10 +236,7 @@ mod tests {
             let d = k.seal(&msg(), t).unwrap();
             let (_, token) = split_datagram(&d).unwrap();
             assert!(k.open(token, T, TimeWindow::default()).is_err());
-            let w = TimeWindow {
-                ttl_secs: u64::MAX,
-                max_future_skew_secs: u64::MAX,
-            };
+            let w = TimeWindow { ttl_secs: u64::MAX, max_future_skew_secs: u64::MAX };
             assert!(k.open(token, T, w).is_ok());
         }
     }
@@ -296,7 +266,10 @@ mod tests {
             // Flipping the low bit of the last base64 character before '=' padding can leave
             // the decoded bytes unchanged; everything else must fail.
             if ok {
-                assert!(d[i..].iter().all(|&c| c == b'=') || d[i + 1..].iter().all(|&c| c == b'='), "flip at {i} accepted");
+                assert!(
+                    d[i..].iter().all(|&c| c == b'=') || d[i + 1..].iter().all(|&c| c == b'='),
+                    "flip at {i} accepted"
+                );
             }
         }
     }

@@ -26,8 +26,5 @@ pub use protocol::{DecodeError, KeyId, Message};
 ///
 /// A clock set before 1970 reads as 0, which the replay checks then reject as too old.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

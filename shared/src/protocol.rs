@@ -210,22 +210,14 @@ impl Sos {
     /// being too long. Cuts fall on character boundaries and are marked with "…".
     pub fn fit_to_datagram(&mut self) {
         loop {
-            let len = serde_json::to_vec(&Message::Sos(self.clone()))
-                .map(|v| v.len())
-                .unwrap_or(usize::MAX);
+            let len = serde_json::to_vec(&Message::Sos(self.clone())).map(|v| v.len()).unwrap_or(usize::MAX);
             if len <= MAX_PLAINTEXT {
                 return;
             }
             let excess = len - MAX_PLAINTEXT;
-            let field = [
-                &mut self.message,
-                &mut self.location,
-                &mut self.user,
-                &mut self.host,
-                &mut self.agent,
-            ]
-            .into_iter()
-            .find(|f| !f.is_empty());
+            let field = [&mut self.message, &mut self.location, &mut self.user, &mut self.host, &mut self.agent]
+                .into_iter()
+                .find(|f| !f.is_empty());
             match field {
                 Some(f) => shorten(f, excess),
                 None => return,

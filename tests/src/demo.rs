@@ -79,7 +79,10 @@ fn demo() -> anyhow::Result<()> {
         println!("SOS demo: everything below runs on this machine, on 127.0.0.1.\n");
         println!("collector  listening on {addr} (UDP), key id {}", key.id());
         println!("           store {}", db_path.display());
-        println!("           channels: log, Slack (stand-in at {}), email (SMTP server on port {})", slack.url, smtp.port);
+        println!(
+            "           channels: log, Slack (stand-in at {}), email (SMTP server on port {})",
+            slack.url, smtp.port
+        );
 
         let identity = Identity::current();
         let sos = new_sos(&identity, "Demo desk (set `location` in the agent's config)", "This is a demo.", true);

@@ -28,8 +28,7 @@ pub fn available() -> bool {
 }
 
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
 /// Text that grows line by line (toasts from dbus-monitor, an agent's log), with a condition variable to wait on.
@@ -101,7 +100,10 @@ impl Desktop {
         let dunst = desktop.command("dunst").stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start dunst");
         desktop.children.push(dunst);
         assert!(
-            crate::eventually(Duration::from_secs(10), || desktop.bus_names().iter().any(|n| n == "org.freedesktop.Notifications")),
+            crate::eventually(Duration::from_secs(10), || desktop
+                .bus_names()
+                .iter()
+                .any(|n| n == "org.freedesktop.Notifications")),
             "the notification daemon did not appear on the bus"
         );
         desktop
@@ -126,11 +128,8 @@ impl Desktop {
 
     /// Names on the session bus.
     pub fn bus_names(&self) -> Vec<String> {
-        let out = self.dbus_send(&[
-            "--dest=org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus.ListNames",
-        ]);
+        let out =
+            self.dbus_send(&["--dest=org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus.ListNames"]);
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.trim().strip_prefix("string \"")?.strip_suffix('"').map(str::to_owned))
@@ -157,7 +156,13 @@ impl Desktop {
 
     /// Click the tray item, as a panel does: its `Activate` method.
     pub fn click_tray(&self, item: &str) {
-        let out = self.dbus_send(&[&format!("--dest={item}"), "/StatusNotifierItem", "org.kde.StatusNotifierItem.Activate", "int32:0", "int32:0"]);
+        let out = self.dbus_send(&[
+            &format!("--dest={item}"),
+            "/StatusNotifierItem",
+            "org.kde.StatusNotifierItem.Activate",
+            "int32:0",
+            "int32:0",
+        ]);
         assert!(out.status.success(), "Activate failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
@@ -222,7 +227,8 @@ fn start_xvfb() -> (Child, String) {
             .spawn()
             .expect("start Xvfb");
         let socket = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
-        let up = crate::eventually(Duration::from_secs(10), || socket.exists() || matches!(child.try_wait(), Ok(Some(_))));
+        let up =
+            crate::eventually(Duration::from_secs(10), || socket.exists() || matches!(child.try_wait(), Ok(Some(_))));
         if up && socket.exists() && matches!(child.try_wait(), Ok(None)) {
             return (child, display);
         }

@@ -42,7 +42,9 @@ impl Peer {
             self.socket.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
             match self.socket.recv_from(&mut buf) {
                 Ok((n, _)) => return Some(buf[..n].to_vec()),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return None,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return None
+                }
                 Err(_) => continue,
             }
         }

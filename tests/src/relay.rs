@@ -109,7 +109,14 @@ impl Relay {
     }
 }
 
-async fn serve(front: std::net::UdpSocket, upstream: SocketAddr, up: Faults, down: Faults, shared: Arc<Shared>, seed: u64) {
+async fn serve(
+    front: std::net::UdpSocket,
+    upstream: SocketAddr,
+    up: Faults,
+    down: Faults,
+    shared: Arc<Shared>,
+    seed: u64,
+) {
     let front = Arc::new(UdpSocket::from_std(front).unwrap());
     let rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(seed)));
     let mut clients: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
@@ -143,7 +150,15 @@ async fn serve(front: std::net::UdpSocket, upstream: SocketAddr, up: Faults, dow
     }
 }
 
-fn relay(way: Way, faults: &Faults, rng: &Mutex<fastrand::Rng>, shared: &Shared, socket: Arc<UdpSocket>, to: SocketAddr, data: Vec<u8>) {
+fn relay(
+    way: Way,
+    faults: &Faults,
+    rng: &Mutex<fastrand::Rng>,
+    shared: &Shared,
+    socket: Arc<UdpSocket>,
+    to: SocketAddr,
+    data: Vec<u8>,
+) {
     let (lost, copies, delays) = {
         let mut rng = rng.lock().unwrap();
         let lost = rng.f64() < faults.loss;

@@ -112,9 +112,7 @@ impl Site {
     /// The alert ids waiting in the agent's spool.
     pub fn spooled(&self) -> Vec<String> {
         let mut ids: Vec<String> = std::fs::read_dir(self.spool_dir())
-            .map(|d| {
-                d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".json").map(str::to_owned)).collect()
-            })
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".json").map(str::to_owned)).collect())
             .unwrap_or_default();
         ids.sort();
         ids
@@ -140,4 +138,3 @@ impl Site {
             .ok()
     }
 }
-

@@ -58,7 +58,10 @@ fn an_sos_reaches_slack_and_email_with_who_where_and_alert_id() {
     assert!(eventually(WAIT, || site.delivery(&id, "email").is_some_and(|d| d.0 == "delivered")
         && site.delivery(&id, "slack").is_some_and(|d| d.0 == "delivered")));
     let listing = String::from_utf8_lossy(&collector.alerts_cli().stdout).into_owned();
-    assert!(listing.contains(&id) && listing.contains("slack  delivered") && listing.contains("email  delivered"), "{listing}");
+    assert!(
+        listing.contains(&id) && listing.contains("slack  delivered") && listing.contains("email  delivered"),
+        "{listing}"
+    );
     let (status, log) = collector.terminate();
     assert!(status.success(), "collector exit: {status:?}\n{log}");
 }
@@ -317,11 +320,18 @@ fn a_cancelled_alert_is_announced_once_on_every_channel_after_the_alert() {
     peer.send(&Message::Cancel(sos_shared::protocol::Cancel { alert_id: AlertId::random(), reason: String::new() }));
 
     let id_text = id.to_string();
-    let posts = slack.wait_for(WAIT, "the alert and its cancellation", |r| r.iter().filter(|x| x.text().contains(&id_text)).count() >= 2);
+    let posts = slack.wait_for(WAIT, "the alert and its cancellation", |r| {
+        r.iter().filter(|x| x.text().contains(&id_text)).count() >= 2
+    });
     let mine: Vec<_> = posts.iter().filter(|x| x.text().contains(&id_text)).collect();
     assert!(!mine[0].text().contains("CANCELLED"), "the alert must come first");
     let cancel_post = mine[1].body["text"].as_str().unwrap_or_default().to_owned();
-    assert!(cancel_post.contains("CANCELLED") && mine[1].text().contains("pressed by accident") && mine[1].text().contains("in person"), "{cancel_post}");
+    assert!(
+        cancel_post.contains("CANCELLED")
+            && mine[1].text().contains("pressed by accident")
+            && mine[1].text().contains("in person"),
+        "{cancel_post}"
+    );
     let mail = smtp.wait_for_text(WAIT, "CANCELLED");
     assert!(mail.contains(&id_text) && mail.contains("Subject: CANCELLED by sender"), "{mail}");
 
@@ -332,7 +342,10 @@ fn a_cancelled_alert_is_announced_once_on_every_channel_after_the_alert() {
     smtp.wait_for_text(WAIT, &barrier.to_string());
     assert_eq!(slack.received().iter().filter(|x| x.text().contains(&id_text)).count(), 2);
     assert_eq!(smtp.accepted().iter().filter(|m| sos_e2e::smtp::unfold(m).contains(&id_text)).count(), 2);
-    assert!(peer.recv_raw(Duration::from_millis(200)).is_some_and(|d| matches!(peer.open(&d), Some(Message::SosAck(_)))), "only the barrier's ack remains");
+    assert!(
+        peer.recv_raw(Duration::from_millis(200)).is_some_and(|d| matches!(peer.open(&d), Some(Message::SosAck(_)))),
+        "only the barrier's ack remains"
+    );
 
     let listing = String::from_utf8_lossy(&collector.alerts_cli().stdout).into_owned();
     assert!(listing.contains("CANCELLED by the sender") && listing.contains("slack (cancel)"), "{listing}");

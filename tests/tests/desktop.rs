@@ -122,7 +122,10 @@ fn hotkey_tray_click_and_trigger_each_send_an_sos_confirmed_by_a_toast() {
     assert_eq!(slack.received().len(), 3, "{:#?}", slack.received());
     assert!(eventually(WAIT, || desk.tray_tooltip(&item).contains("delivered at")), "{}", desk.tray_tooltip(&item));
     assert!(eventually(WAIT, || spooled(&site.spool()).is_empty()));
-    assert!(std::fs::read_to_string(site.state().join("sos/agent.log")).unwrap_or_default().contains("SOS fired"), "no log file");
+    assert!(
+        std::fs::read_to_string(site.state().join("sos/agent.log")).unwrap_or_default().contains("SOS fired"),
+        "no log file"
+    );
 
     // 4. A false alarm: the last alert is withdrawn; responders are told, and a toast confirms.
     let out = desk.command(sos_e2e::bin::bin("sos-agent")).arg("cancel").output().unwrap();
@@ -206,14 +209,13 @@ fn a_second_agent_in_the_same_session_refuses_to_start() {
     let config = site.agent_config();
     let first = desk.start_agent(&config, &site.state());
     first.wait_log(WAIT, "SOS agent running");
-    let out = desk
-        .command(sos_e2e::bin::bin("sos-agent"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = desk.command(sos_e2e::bin::bin("sos-agent")).args(["run", "--config"]).arg(&config).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -267,12 +269,17 @@ fn a_hotkey_held_by_another_application_shows_attention_and_the_rest_still_works
 
     let other_runtime = site.dir.path().join("runtime-2");
     let config = site.dir.path().join("agent-2.toml");
-    std::fs::write(&config, std::fs::read_to_string(site.agent_config()).unwrap().replace("/spool", "/spool-2")).unwrap();
+    std::fs::write(&config, std::fs::read_to_string(site.agent_config()).unwrap().replace("/spool", "/spool-2"))
+        .unwrap();
     let agent = desk.start_agent_in(&config, &site.dir.path().join("state-2"), &other_runtime);
     let log = agent.wait_log(WAIT, "the hotkey is not available");
     assert!(log.contains("already taken"), "{log}");
     let item = desk.tray_item_of(agent.pid(), WAIT);
-    assert!(eventually(WAIT, || desk.tray_tooltip(&item).contains("hotkey unavailable")), "{}", desk.tray_tooltip(&item));
+    assert!(
+        eventually(WAIT, || desk.tray_tooltip(&item).contains("hotkey unavailable")),
+        "{}",
+        desk.tray_tooltip(&item)
+    );
 
     // The icon and `sos-agent trigger` still send an SOS.
     desk.click_tray(&item);

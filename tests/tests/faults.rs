@@ -23,10 +23,7 @@ const WAIT: Duration = Duration::from_secs(30);
 type Outcomes = Vec<(AlertId, Result<Delivered, String>)>;
 
 fn seed() -> u64 {
-    let seed = std::env::var("SOS_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
+    let seed = std::env::var("SOS_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
     eprintln!("fault seed: {seed} (SOS_FAULT_SEED={seed} replays it)");
     seed
 }
@@ -239,12 +236,18 @@ fn twenty_random_sigkills_under_load_lose_no_acknowledged_alert() {
 
 /// Check that every repeat of an alert in `messages` (when, text) follows a kill within the
 /// window after the previous copy; returns the number of repeats.
-fn duplicates_explained_by_kills(channel: &str, ids: &[String], messages: &[(Instant, String)], kills: &[Instant]) -> usize {
+fn duplicates_explained_by_kills(
+    channel: &str,
+    ids: &[String],
+    messages: &[(Instant, String)],
+    kills: &[Instant],
+) -> usize {
     const WINDOW: Duration = Duration::from_secs(2);
     let mut repeats = 0;
     let mut gaps = Vec::new();
     for id in ids {
-        let mut times: Vec<Instant> = messages.iter().filter(|(_, m)| m.contains(id.as_str())).map(|(t, _)| *t).collect();
+        let mut times: Vec<Instant> =
+            messages.iter().filter(|(_, m)| m.contains(id.as_str())).map(|(t, _)| *t).collect();
         times.sort();
         for pair in times.windows(2) {
             repeats += 1;
@@ -524,7 +527,10 @@ impl LoopDisk {
             && run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), image.as_os_str()])
             && run("mount", &["-o".as_ref(), "loop".as_ref(), image.as_os_str(), path.as_os_str()]);
         if !ok {
-            assert!(std::env::var_os("CI").is_none(), "cannot loop-mount an ext4 image (needs root, mkfs.ext4); required under CI");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "cannot loop-mount an ext4 image (needs root, mkfs.ext4); required under CI"
+            );
             eprintln!("skipped: cannot loop-mount an ext4 image here (needs root and mkfs.ext4)");
             return None;
         }

@@ -47,7 +47,18 @@ fn bad_datagrams_get_no_reply_are_counted_and_do_not_hurt() {
     let stale = key.seal(&heartbeat(64), unix_now() - 3600).unwrap();
     let future = key.seal(&heartbeat(64), unix_now() + 3600).unwrap();
 
-    for d in [&tampered, &truncated, &oversized, &garbage, &wrong_version, &unknown_key, &stale, &future, &vec![], &b"SOS".to_vec()] {
+    for d in [
+        &tampered,
+        &truncated,
+        &oversized,
+        &garbage,
+        &wrong_version,
+        &unknown_key,
+        &stale,
+        &future,
+        &vec![],
+        &b"SOS".to_vec(),
+    ] {
         peer.send_raw(d);
     }
     stranger.send(&heartbeat(64));
@@ -85,10 +96,23 @@ fn bad_datagrams_get_no_reply_are_counted_and_do_not_hurt() {
     let (status, log) = collector.terminate();
     assert!(status.success(), "{status:?}");
     let summary = log.lines().find(|l| l.contains("collector stopped")).expect("summary line");
-    for expected in ["received=13", "malformed=5", "unauthenticated=4", "expired=1", "from_future=1", "replies_suppressed=1", "replies_sent=3", "time_hints=2", "heartbeats=2"] {
+    for expected in [
+        "received=13",
+        "malformed=5",
+        "unauthenticated=4",
+        "expired=1",
+        "from_future=1",
+        "replies_suppressed=1",
+        "replies_sent=3",
+        "time_hints=2",
+        "heartbeats=2",
+    ] {
         assert!(summary.contains(expected), "{expected} not in {summary}");
     }
-    assert!(log.contains("clock_difference_secs=-3600") || log.contains("clock_difference_secs=-36"), "clock difference not logged:\n{log}");
+    assert!(
+        log.contains("clock_difference_secs=-3600") || log.contains("clock_difference_secs=-36"),
+        "clock difference not logged:\n{log}"
+    );
     assert!(!log.contains(key_text.trim_end_matches('=')), "the key appears in the log");
 }
 
@@ -96,7 +120,8 @@ fn bad_datagrams_get_no_reply_are_counted_and_do_not_hurt() {
 fn invalid_config_exits_non_zero_naming_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("collector.toml");
-    std::fs::write(&cfg, "listen = \"127.0.0.1:5000\"\n[notify.email]\nsmtp_host = \"h\"\nfrom = \"a@b.c\"\nto = []\n").unwrap();
+    std::fs::write(&cfg, "listen = \"127.0.0.1:5000\"\n[notify.email]\nsmtp_host = \"h\"\nfrom = \"a@b.c\"\nto = []\n")
+        .unwrap();
     let out = std::process::Command::new(sos_e2e::bin::bin("sos-collector"))
         .args(["check-config", "--config"])
         .arg(&cfg)
@@ -133,7 +158,8 @@ fn a_minimal_sos_as_the_protocol_document_describes_it() {
     let minimal = format!(r#"{{"kind":"sos","alert_id":"{id}","triggered_at":{}}}"#, unix_now());
     assert!(minimal.len() < 112);
     peer.send_raw(&datagram(&minimal));
-    let padded = format!(r#"{{"kind":"sos","alert_id":"{id}","triggered_at":{},"pad":"{}"}}"#, unix_now(), "x".repeat(40));
+    let padded =
+        format!(r#"{{"kind":"sos","alert_id":"{id}","triggered_at":{},"pad":"{}"}}"#, unix_now(), "x".repeat(40));
     assert!(padded.len() >= 112);
     peer.send_raw(&datagram(&padded));
     let reply = peer.recv_raw(WAIT).expect("the padded SOS is acknowledged");

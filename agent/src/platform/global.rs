@@ -22,7 +22,12 @@ fn code(key: HotkeyKey) -> Option<Code> {
 pub fn register_hotkey(spec: HotkeySpec, on_press: impl Fn() + Send + Sync + 'static) -> Result<(), HotkeyError> {
     let name = spec.to_string();
     let mut mods = Modifiers::empty();
-    for (on, m) in [(spec.ctrl, Modifiers::CONTROL), (spec.alt, Modifiers::ALT), (spec.shift, Modifiers::SHIFT), (spec.super_key, Modifiers::SUPER)] {
+    for (on, m) in [
+        (spec.ctrl, Modifiers::CONTROL),
+        (spec.alt, Modifiers::ALT),
+        (spec.shift, Modifiers::SHIFT),
+        (spec.super_key, Modifiers::SUPER),
+    ] {
         if on {
             mods |= m;
         }

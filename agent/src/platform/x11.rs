@@ -3,11 +3,11 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
+use tracing::{debug, warn};
 use x11rb::connection::Connection as _;
+use x11rb::errors::ReplyError;
 use x11rb::protocol::xproto::{ConnectionExt as _, GrabMode, ModMask};
 use x11rb::protocol::{ErrorKind, Event};
-use x11rb::errors::ReplyError;
-use tracing::{debug, warn};
 
 use crate::hotkey::{HotkeyError, HotkeyKey, HotkeySpec};
 
@@ -15,7 +15,7 @@ use crate::hotkey::{HotkeyError, HotkeyKey, HotkeySpec};
 fn keysym(key: HotkeyKey) -> u32 {
     match key {
         HotkeyKey::Letter(c) | HotkeyKey::Digit(c) => c as u32, // Latin-1 keysyms equal the character
-        HotkeyKey::F(n) => 0xffbe + u32::from(n) - 1,          // XK_F1 = 0xffbe
+        HotkeyKey::F(n) => 0xffbe + u32::from(n) - 1,           // XK_F1 = 0xffbe
     }
 }
 
@@ -69,11 +69,8 @@ fn grab(spec: HotkeySpec) -> Result<(x11rb::rust_connection::RustConnection, u8,
     let setup = conn.setup();
     let root = setup.roots[screen].root;
     let (min, max) = (setup.min_keycode, setup.max_keycode);
-    let mapping = conn
-        .get_keyboard_mapping(min, max - min + 1)
-        .map_err(|e| failed(&e))?
-        .reply()
-        .map_err(|e| failed(&e))?;
+    let mapping =
+        conn.get_keyboard_mapping(min, max - min + 1).map_err(|e| failed(&e))?.reply().map_err(|e| failed(&e))?;
     let per = usize::from(mapping.keysyms_per_keycode.max(1));
     let wanted = keysym(spec.key);
     let upper = match spec.key {

@@ -49,18 +49,13 @@ impl Email {
         if let Some((user, pass)) = &settings.credentials {
             builder = builder.credentials(Credentials::new(user.clone(), pass.clone()));
         }
-        Ok(Email {
-            transport: builder.build(),
-            settings,
-        })
+        Ok(Email { transport: builder.build(), settings })
     }
 
     pub(crate) async fn deliver(&self, alerts: &[AlertRecord]) -> Result<(), DeliveryError> {
         let (subject, body) = compose(alerts);
-        let mut b = Message::builder()
-            .from(self.settings.from.clone())
-            .subject(subject)
-            .header(ContentType::TEXT_PLAIN);
+        let mut b =
+            Message::builder().from(self.settings.from.clone()).subject(subject).header(ContentType::TEXT_PLAIN);
         for to in &self.settings.to {
             b = b.to(to.clone());
         }
@@ -70,9 +65,9 @@ impl Email {
         let server = format!("{}:{}", self.settings.smtp_host, self.settings.smtp_port);
         match self.transport.send(email).await {
             Ok(_) => Ok(()),
-            Err(e) if e.is_permanent() => Err(DeliveryError::Permanent {
-                reason: format!("email {server}: {}", flatten(&e)),
-            }),
+            Err(e) if e.is_permanent() => {
+                Err(DeliveryError::Permanent { reason: format!("email {server}: {}", flatten(&e)) })
+            }
             Err(e) => Err(DeliveryError::transient(format!("email {server}: {}", flatten(&e)))),
         }
     }

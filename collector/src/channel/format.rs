@@ -5,10 +5,7 @@ use crate::store::AlertRecord;
 /// `2026-11-23 06:03:20 UTC` for a time in seconds since the Unix epoch.
 pub fn when_utc(unix_secs: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs.max(0) as u64);
-    humantime::format_rfc3339_seconds(t)
-        .to_string()
-        .replacen('T', " ", 1)
-        .replace('Z', " UTC")
+    humantime::format_rfc3339_seconds(t).to_string().replacen('T', " ", 1).replace('Z', " UTC")
 }
 
 /// Text or a dash, so that an empty field reads as absent rather than as a layout glitch.
@@ -30,13 +27,7 @@ pub fn describe(a: &AlertRecord) -> String {
         (false, false) => "SOS",
     };
     let place = if a.location.trim().is_empty() { a.host.as_str() } else { a.location.as_str() };
-    format!(
-        "{prefix}: {} at {} ({}, {})",
-        or_dash(&a.user),
-        or_dash(place),
-        or_dash(&a.host),
-        or_dash(&a.ip)
-    )
+    format!("{prefix}: {} at {} ({}, {})", or_dash(&a.user), or_dash(place), or_dash(&a.host), or_dash(&a.ip))
 }
 
 /// Every field, one per line, for plain-text channels.

@@ -36,10 +36,7 @@ pub enum DeliveryError {
 
 impl DeliveryError {
     pub(crate) fn transient(reason: impl Into<String>) -> Self {
-        DeliveryError::Transient {
-            reason: reason.into(),
-            retry_after: None,
-        }
+        DeliveryError::Transient { reason: reason.into(), retry_after: None }
     }
 }
 

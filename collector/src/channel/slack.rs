@@ -39,22 +39,16 @@ impl Slack {
         let body = payload(alerts);
         // The URL is a secret: errors name the host only.
         let host = self.settings.webhook_url.host_str().unwrap_or("?").to_owned();
-        let resp = self
-            .http
-            .post(self.settings.webhook_url.clone())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| {
-                let kind = if e.is_timeout() {
-                    "timed out"
-                } else if e.is_connect() {
-                    "cannot connect"
-                } else {
-                    "request failed"
-                };
-                DeliveryError::transient(format!("slack {host}: {kind}: {}", root_cause(&e)))
-            })?;
+        let resp = self.http.post(self.settings.webhook_url.clone()).json(&body).send().await.map_err(|e| {
+            let kind = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "cannot connect"
+            } else {
+                "request failed"
+            };
+            DeliveryError::transient(format!("slack {host}: {kind}: {}", root_cause(&e)))
+        })?;
         let status = resp.status();
         let retry_after = resp
             .headers()
