@@ -162,9 +162,9 @@ pub struct EmailSettings {
     pub from: lettre::message::Mailbox,
     /// The responders' addresses.
     pub to: Vec<lettre::message::Mailbox>,
-    /// Extra certificate authorities (PEM) trusted for this server, beside the system's: for a
+    /// Extra certificate authorities (DER) trusted for this server, beside the system's: for a
     /// relay with a certificate from a private CA.
-    pub ca_pem: Option<Vec<u8>>,
+    pub ca_certs: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for EmailSettings {
@@ -176,7 +176,7 @@ impl std::fmt::Debug for EmailSettings {
             .field("username", &self.credentials.as_ref().map(|c| &c.0))
             .field("from", &self.from)
             .field("to", &self.to)
-            .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
+            .field("ca_certs", &self.ca_certs.len())
             .finish()
     }
 }
@@ -326,28 +326,29 @@ impl Config {
                 Tls::Tls => 465,
                 Tls::None => 25,
             });
-            let ca_pem = match &e.ca_file {
-                None => None,
+            let ca_certs = match &e.ca_file {
+                None => Vec::new(),
                 Some(_) if e.tls == Tls::None => {
                     return Err(ConfigError::at(file, "notify.email.ca_file", "needs tls = \"starttls\" or \"tls\""))
                 }
                 Some(path) => {
+                    use rustls::pki_types::{pem::PemObject as _, CertificateDer};
                     let path = rel(path.clone());
-                    let pem = std::fs::read(&path).map_err(|err| {
-                        ConfigError::at(file, "notify.email.ca_file", format!("cannot read {}: {err}", path.display()))
-                    })?;
-                    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-                        return Err(ConfigError::at(
-                            file,
-                            "notify.email.ca_file",
-                            format!("{} holds no PEM certificate", path.display()),
-                        ));
+                    let bad = |why: String| ConfigError::at(file, "notify.email.ca_file", why);
+                    let pem =
+                        std::fs::read(&path).map_err(|err| bad(format!("cannot read {}: {err}", path.display())))?;
+                    let certs = CertificateDer::pem_slice_iter(&pem)
+                        .map(|c| c.map(|c| c.to_vec()))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|err| bad(format!("{} is not valid PEM: {err:?}", path.display())))?;
+                    if certs.is_empty() {
+                        return Err(bad(format!("{} holds no PEM certificate", path.display())));
                     }
-                    Some(pem)
+                    certs
                 }
             };
             cfg.email =
-                Some(EmailSettings { smtp_host: e.smtp_host, smtp_port, tls: e.tls, credentials, from, to, ca_pem });
+                Some(EmailSettings { smtp_host: e.smtp_host, smtp_port, tls: e.tls, credentials, from, to, ca_certs });
         }
         Ok(cfg)
     }
@@ -474,7 +475,7 @@ to = ["security@example.com", "Duty Manager <duty@example.com>"]
         let e = Config::parse(&email("tls = \"none\"\nca_file = \"ca.pem\"\n"), Some(&f)).unwrap_err().to_string();
         assert!(e.contains("notify.email.ca_file") && e.contains("tls"), "{e}");
         let c = Config::parse(&email("ca_file = \"ca.pem\"\n"), Some(&f)).unwrap();
-        assert_eq!(c.email.unwrap().ca_pem.unwrap(), pem.as_bytes());
+        assert_eq!(c.email.unwrap().ca_certs, vec![vec![0u8, 0, 0]]);
     }
 
     #[test]

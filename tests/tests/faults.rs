@@ -421,27 +421,53 @@ fn an_unresolvable_webhook_host_is_retried_and_reported_while_email_delivers() {
 // ---------------------------------------------------------------------------------------------
 // Store failures
 
-/// A small tmpfs mounted on the site's data dir, unmounted on drop. `None` when mounting is not
-/// possible here (not root); under `CI` that is a failure.
-struct SmallDisk {
+/// A filesystem of its own mounted on the site's data dir, unmounted on drop. The constructors
+/// return `None` when mounting is not possible here (not root, no mkfs.ext4); under `CI` that is
+/// a failure.
+struct DataDisk {
     path: std::path::PathBuf,
 }
 
-impl SmallDisk {
-    fn mount(site: &Site, size: &str) -> Option<SmallDisk> {
+fn run(cmd: &str, args: &[&std::ffi::OsStr]) -> bool {
+    std::process::Command::new(cmd)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl DataDisk {
+    /// A tmpfs of `size` (e.g. `4m`): small enough to fill.
+    fn tmpfs(site: &Site, size: &str) -> Option<DataDisk> {
         let path = site.data_dir();
         std::fs::create_dir_all(&path).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .is_ok_and(|s| s.success());
+        let opts = format!("size={size},mode=0700");
+        let ok = run(
+            "mount",
+            &["-t".as_ref(), "tmpfs".as_ref(), "-o".as_ref(), opts.as_ref(), "tmpfs".as_ref(), path.as_os_str()],
+        );
+        Self::mounted(path, ok, "a tmpfs (needs root)")
+    }
+
+    /// An ext4 image in the site's directory, loop-mounted: a filesystem that can be frozen.
+    fn ext4(site: &Site) -> Option<DataDisk> {
+        let image = site.dir.path().join("disk.img");
+        let path = site.data_dir();
+        std::fs::create_dir_all(&path).unwrap();
+        let ok = std::fs::File::create(&image).and_then(|f| f.set_len(32 << 20)).is_ok()
+            && run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), image.as_os_str()])
+            && run("mount", &["-o".as_ref(), "loop".as_ref(), image.as_os_str(), path.as_os_str()]);
+        Self::mounted(path, ok, "a loop-mounted ext4 image (needs root and mkfs.ext4)")
+    }
+
+    fn mounted(path: std::path::PathBuf, ok: bool, what: &str) -> Option<DataDisk> {
         if !ok {
-            assert!(std::env::var_os("CI").is_none(), "cannot mount a tmpfs (needs root); required under CI");
-            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+            assert!(std::env::var_os("CI").is_none(), "cannot mount {what}; required under CI");
+            eprintln!("skipped: cannot mount {what} here");
             return None;
         }
-        Some(SmallDisk { path })
+        Some(DataDisk { path })
     }
 
     /// Fill the disk to the last byte; returns the filler file.
@@ -455,11 +481,29 @@ impl SmallDisk {
         let _ = f.sync_all();
         filler
     }
+
+    /// Freeze the filesystem (ext4): every write blocks until the returned guard is dropped.
+    fn freeze(&self) -> Frozen {
+        assert!(run("fsfreeze", &["-f".as_ref(), self.path.as_os_str()]), "fsfreeze -f failed");
+        Frozen { path: self.path.clone() }
+    }
 }
 
-impl Drop for SmallDisk {
+impl Drop for DataDisk {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+        run("umount", &["-l".as_ref(), self.path.as_os_str()]);
+    }
+}
+
+/// Thaws the filesystem when dropped (also when a test panics, before the collector is killed:
+/// declare it after the collector).
+struct Frozen {
+    path: std::path::PathBuf,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        run("fsfreeze", &["-u".as_ref(), self.path.as_os_str()]);
     }
 }
 
@@ -472,7 +516,7 @@ impl Drop for SmallDisk {
 #[test]
 fn a_full_disk_gets_no_ack_is_logged_loudly_and_recovers_without_a_restart() {
     let site = Site::new();
-    let Some(disk) = SmallDisk::mount(&site, "4m") else { return };
+    let Some(disk) = DataDisk::tmpfs(&site, "4m") else { return };
     let slack = SlackStandIn::start(vec![]);
     let collector = site.start(Some(&slack), None);
     let pid = collector.pid();
@@ -504,71 +548,12 @@ fn a_full_disk_gets_no_ack_is_logged_loudly_and_recovers_without_a_restart() {
     assert!(!collector.log().contains("collector stopped"), "the collector restarted or stopped");
 }
 
-/// An ext4 filesystem in a file, loop-mounted on the site's data dir (so it can be frozen,
-/// which tmpfs cannot). `None` when that is not possible here; under `CI` that is a failure.
-struct LoopDisk {
-    path: std::path::PathBuf,
-}
-
-impl LoopDisk {
-    fn mount(site: &Site) -> Option<LoopDisk> {
-        let image = site.dir.path().join("disk.img");
-        let path = site.data_dir();
-        std::fs::create_dir_all(&path).unwrap();
-        let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
-            std::process::Command::new(cmd)
-                .args(args)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        let ok = std::fs::File::create(&image).and_then(|f| f.set_len(32 << 20)).is_ok()
-            && run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), image.as_os_str()])
-            && run("mount", &["-o".as_ref(), "loop".as_ref(), image.as_os_str(), path.as_os_str()]);
-        if !ok {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "cannot loop-mount an ext4 image (needs root, mkfs.ext4); required under CI"
-            );
-            eprintln!("skipped: cannot loop-mount an ext4 image here (needs root and mkfs.ext4)");
-            return None;
-        }
-        Some(LoopDisk { path })
-    }
-
-    /// Freeze the filesystem: every write blocks until the returned guard is dropped.
-    fn freeze(&self) -> Frozen {
-        let s = std::process::Command::new("fsfreeze").arg("-f").arg(&self.path).status();
-        assert!(s.is_ok_and(|s| s.success()), "fsfreeze -f failed");
-        Frozen { path: self.path.clone() }
-    }
-}
-
-impl Drop for LoopDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
-
-/// Thaws the filesystem when dropped (also when a test panics, before the collector is killed:
-/// declare it after the collector).
-struct Frozen {
-    path: std::path::PathBuf,
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("fsfreeze").arg("-u").arg(&self.path).status();
-    }
-}
-
 /// A disk that hangs instead of failing (frozen, like a dead network filesystem): no ACK, the
 /// log says the store is stuck, and the alert is acknowledged and notified once when it thaws.
 #[test]
 fn a_frozen_disk_gets_no_ack_is_logged_loudly_and_recovers_when_it_thaws() {
     let site = Site::new();
-    let Some(disk) = LoopDisk::mount(&site) else { return };
+    let Some(disk) = DataDisk::ext4(&site) else { return };
     let slack = SlackStandIn::start(vec![]);
     let collector = site.start(Some(&slack), None);
     let first = alert_id_of(&agent_send(&site.agent_config(), &[]));

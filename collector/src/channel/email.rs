@@ -28,10 +28,8 @@ impl Email {
         let host = settings.smtp_host.as_str();
         let tls = |wrap: fn(TlsParameters) -> LettreTls| -> Result<Option<LettreTls>, lettre::transport::smtp::Error> {
             let mut params = TlsParameters::builder(host.to_owned());
-            if let Some(pem) = &settings.ca_pem {
-                for cert in pem_certificates(pem) {
-                    params = params.add_root_certificate(Certificate::from_pem(&cert)?);
-                }
+            for der in &settings.ca_certs {
+                params = params.add_root_certificate(Certificate::from_der(der.clone())?);
             }
             Ok(Some(wrap(params.build_rustls()?)))
         };
@@ -71,16 +69,6 @@ impl Email {
             Err(e) => Err(DeliveryError::transient(format!("email {server}: {}", flatten(&e)))),
         }
     }
-}
-
-/// Each `-----BEGIN CERTIFICATE-----` block of a PEM file, as its own PEM text.
-fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
-    const END: &str = "-----END CERTIFICATE-----";
-    let text = String::from_utf8_lossy(pem);
-    text.split_inclusive(END)
-        .filter_map(|part| part.find("-----BEGIN CERTIFICATE-----").map(|i| part.as_bytes()[i..].to_vec()))
-        .filter(|c| c.ends_with(END.as_bytes()))
-        .collect()
 }
 
 fn flatten(e: &(dyn std::error::Error + 'static)) -> String {
