@@ -2,7 +2,8 @@
 //!
 //! ```toml
 //! collectors = ["127.0.0.1:5000"]  # one or more; all are tried
-//! key = "…"                        # or key_file / key_env
+//! key = "…"                        # or key_file / key_env; not needed once enrolled
+//! enrollment_file = "…"            # default: the platform data dir, then `sos/enrollment.toml`
 //! location = "Building A, floor 2, reception"
 //! hotkey = "ctrl+alt+s"            # tray agent
 //! silent = false                   # tray agent: no toasts, only the icon changes
@@ -30,6 +31,7 @@ struct RawConfig {
     key: Option<String>,
     key_file: Option<PathBuf>,
     key_env: Option<String>,
+    enrollment_file: Option<PathBuf>,
     location: String,
     hotkey: Option<String>,
     silent: bool,
@@ -47,8 +49,13 @@ struct RawConfig {
 pub struct AgentConfig {
     /// Collector addresses as `host:port` (port 5000 if omitted), in order of preference.
     pub collectors: Vec<String>,
-    /// The key SOS are sealed with.
+    /// The key SOS are sealed with: the agent's own key once enrolled, else the site key.
     pub key: Key,
+    /// Where the agent's own key lives (written by `sos-agent enroll`, updated by rotations),
+    /// and whether it exists.
+    pub enrollment_file: PathBuf,
+    /// The enrollment, when the agent has its own key.
+    pub enrollment: Option<crate::keys::Enrollment>,
     /// Where this workstation is, as the administrator wrote it.
     pub location: String,
     /// The global hotkey of the tray agent.
@@ -94,15 +101,43 @@ impl AgentConfig {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
         let base = file.and_then(Path::parent).unwrap_or(Path::new("."));
         let key_file = raw.key_file.map(|p| if p.is_absolute() { p } else { base.join(p) });
-        let (key_name, key_text) = secret(file, "key", raw.key, key_file, raw.key_env)?.ok_or_else(|| {
-            ConfigError::at(
-                file,
-                "key",
-                "no key: set key, key_file or key_env (the collector prints one at first start)",
+        let site_key = secret(file, "key", raw.key, key_file, raw.key_env)?;
+        let enrollment_file = raw
+            .enrollment_file
+            .map(|p| if p.is_absolute() { p } else { base.join(p) })
+            .unwrap_or_else(|| crate::paths::data_dir().join("enrollment.toml"));
+        // The agent's own key wins over a site key: once enrolled, it speaks for itself.
+        let enrollment = if enrollment_file.exists() {
+            Some(
+                crate::keys::Enrollment::load(&enrollment_file)
+                    .map_err(|m| ConfigError::at(file, "enrollment_file", m))?,
             )
-        })?;
-        let key = Key::from_base64(&key_text).map_err(|e| ConfigError::at(file, &key_name, e.to_string()))?;
-        if raw.collectors.is_empty() {
+        } else {
+            None
+        };
+        let key = match (&enrollment, site_key) {
+            (Some(e), _) => Key::from_base64(&e.key).map_err(|err| ConfigError::at(file, "enrollment_file", err.to_string()))?,
+            (None, Some((key_name, key_text))) => {
+                Key::from_base64(&key_text).map_err(|e| ConfigError::at(file, &key_name, e.to_string()))?
+            }
+            (None, None) => {
+                return Err(ConfigError::at(
+                    file,
+                    "key",
+                    format!(
+                        "no key: enroll this workstation (`sos-agent enroll CODE --collector HOST:PORT`, which writes {}), or set key, key_file or key_env to the site key",
+                        enrollment_file.display()
+                    ),
+                ))
+            }
+        };
+        let mut raw_collectors = raw.collectors;
+        if raw_collectors.is_empty() {
+            if let Some(e) = &enrollment {
+                raw_collectors.push(e.collector.clone());
+            }
+        }
+        if raw_collectors.is_empty() {
             return Err(ConfigError::at(
                 file,
                 "collectors",
@@ -110,7 +145,7 @@ impl AgentConfig {
             ));
         }
         let mut collectors = Vec::new();
-        for c in raw.collectors {
+        for c in raw_collectors {
             collectors.push(normalize_collector(&c).ok_or_else(|| {
                 ConfigError::at(file, "collectors", format!("{c:?} is not a host, host:port or [ipv6]:port"))
             })?);
@@ -126,6 +161,8 @@ impl AgentConfig {
         Ok(AgentConfig {
             collectors,
             key,
+            enrollment_file,
+            enrollment,
             location: raw.location,
             hotkey: raw
                 .hotkey
@@ -167,7 +204,7 @@ impl AgentConfig {
 }
 
 /// `host`, `host:port`, `ip:port` or `[ipv6]:port` → `host:port` with the default port.
-fn normalize_collector(c: &str) -> Option<String> {
+pub fn normalize_collector(c: &str) -> Option<String> {
     let c = c.trim();
     if c.is_empty() || c.contains(char::is_whitespace) {
         return None;

@@ -4,6 +4,8 @@
 //!
 //! - [`config`]: the agent's TOML configuration and where it is looked for.
 //! - [`identity`]: who and where: user, host, the address of the route to a collector.
+//! - [`keys`] / [`enroll`]: the agent's own key from a one-time code, saved 0600, rotated in
+//!   place when a collector sends a new one.
 //! - [`paths`]: where the agent keeps its files on each platform.
 //! - [`spool`]: alerts on disk from the press until a collector acknowledges them.
 //! - [`send`]: the delivery of one SOS: seal, send to the collectors with retries (backoff and
@@ -18,9 +20,11 @@
 
 pub mod config;
 pub mod delivery;
+pub mod enroll;
 pub mod hotkey;
 pub mod identity;
 pub mod ipc;
+pub mod keys;
 pub mod paths;
 pub mod platform;
 pub mod run;

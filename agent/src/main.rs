@@ -41,11 +41,31 @@ enum Command {
         #[arg(long)]
         test: bool,
     },
-    /// Send one SOS now, without the tray: exit 0 once a collector acknowledges it, non-zero
-    /// if none does in time. Prints the alert id.
     /// Withdraw the last acknowledged alert through the running tray agent (a false alarm).
     /// Responders are told it was cancelled, and asked to check in person.
     Cancel,
+    /// Enroll this workstation with a one-time code from `sos-collector enroll`: the agent gets
+    /// its own key, saved (mode 0600) to the enrollment file, and uses it from then on.
+    Enroll {
+        /// The code, e.g. K7QF-9M2P-XR4C (case, dashes and spaces do not matter).
+        code: String,
+        /// The collector that issued the code, HOST:PORT.
+        #[arg(long)]
+        collector: String,
+        /// The configuration file, for its `enrollment_file`; by default the user's, then the
+        /// system-wide one, if any.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Write the enrollment here instead (e.g. a system-wide path when a deployment tool
+        /// enrolls the machine).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Send one SOS now, without the tray: exit 0 once a collector acknowledges it, non-zero
+    /// if none does in time. Prints the alert id.
     Send {
         /// The configuration file (TOML); by default the user's, then the system-wide one.
         #[arg(long, short)]
@@ -107,11 +127,64 @@ fn load(config: Option<PathBuf>) -> anyhow::Result<AgentConfig> {
     let candidates = AgentConfig::default_paths();
     match candidates.iter().find(|p| p.exists()) {
         Some(p) => Ok(AgentConfig::load(p)?),
+        // Enrolled with no config file: the enrollment names the collector and holds the key.
+        None if sos_agent::paths::data_dir().join("enrollment.toml").exists() => Ok(AgentConfig::parse("", None)?),
         None => anyhow::bail!(
-            "no configuration: pass --config FILE or create one of: {}",
+            "no configuration: pass --config FILE, create one of: {}, or enroll this workstation with `sos-agent enroll CODE --collector HOST:PORT`",
             candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         ),
     }
+}
+
+/// `sos-agent enroll`: a one-time code becomes this workstation's own key.
+fn enroll(
+    code: &str,
+    collector: &str,
+    config: Option<PathBuf>,
+    out: Option<PathBuf>,
+    timeout: u64,
+) -> anyhow::Result<ExitCode> {
+    let code = sos_shared::enroll::Code::parse(code)?;
+    let collector_addr = sos_agent::config::normalize_collector(collector)
+        .ok_or_else(|| anyhow::anyhow!("--collector {collector:?} is not a host, host:port or [ipv6]:port"))?;
+    let path = match out {
+        Some(p) => p,
+        None => {
+            // The enrollment file the config names, if a config exists; else the default.
+            let file = config.or_else(|| AgentConfig::default_paths().into_iter().find(|p| p.exists()));
+            file.and_then(|f| enrollment_file_of(&f))
+                .unwrap_or_else(|| sos_agent::paths::data_dir().join("enrollment.toml"))
+        }
+    };
+    let host = Identity::current().host;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (key, addr) =
+        rt.block_on(sos_agent::enroll::enroll(&code, &collector_addr, &host, Duration::from_secs(timeout.max(1))))?;
+    let enrollment = sos_agent::keys::Enrollment {
+        agent_id: key.agent_id.clone(),
+        name: key.name.clone(),
+        collector: collector_addr.clone(),
+        enrolled_at: sos_shared::unix_now(),
+        key: key.key,
+    };
+    enrollment.save(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("Enrolled as \"{}\" (agent {}) with {} ({addr}).", enrollment.name, enrollment.agent_id, collector_addr);
+    println!("This workstation's own key is saved in {} (mode 0600).", path.display());
+    println!("Check it end to end with: sos-agent send --test");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `enrollment_file` a config file sets, resolved against its directory.
+fn enrollment_file_of(config: &std::path::Path) -> Option<PathBuf> {
+    #[derive(serde::Deserialize)]
+    struct Only {
+        enrollment_file: Option<PathBuf>,
+    }
+    let text = std::fs::read_to_string(config).ok()?;
+    let v: toml::Value = toml::from_str(&text).ok()?;
+    let only: Only = v.try_into().ok()?;
+    let p = only.enrollment_file?;
+    Some(if p.is_absolute() { p } else { config.parent().unwrap_or(std::path::Path::new(".")).join(p) })
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -141,6 +214,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             send(config, message, test, None)
         }
         Command::Send { config, message, test, timeout } => send(config, message, test, timeout),
+        Command::Enroll { code, collector, config, out, timeout } => enroll(&code, &collector, config, out, timeout),
         Command::Cancel => {
             #[cfg(unix)]
             {

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::AgentConfig;
 use crate::identity::{route_ip, Identity};
+use crate::keys::Keyring;
 
 /// Bytes of `pad` in a heartbeat: room for one responder notice in the answer.
 pub const HEARTBEAT_PAD: usize = 128;
@@ -106,7 +107,7 @@ pub enum SendError {
 /// Sends SOS to the configured collectors.
 #[derive(Debug, Clone)]
 pub struct Sender {
-    key: Key,
+    keys: Keyring,
     collectors: Vec<String>,
     schedule: RetrySchedule,
     /// Seconds to add to this workstation's clock when sealing, learnt from a collector's
@@ -118,7 +119,7 @@ impl Sender {
     /// A sender for the collectors and key of `config`.
     pub fn new(config: &AgentConfig) -> Self {
         Sender {
-            key: config.key.clone(),
+            keys: Keyring::new(config.key.clone(), config.enrollment.as_ref().map(|_| config.enrollment_file.clone())),
             collectors: config.collectors.clone(),
             schedule: RetrySchedule::default(),
             clock_offset: Arc::default(),
@@ -127,7 +128,12 @@ impl Sender {
 
     /// A sender with explicit collectors (`host:port`), key and schedule.
     pub fn with(key: Key, collectors: Vec<String>, schedule: RetrySchedule) -> Self {
-        Sender { key, collectors, schedule, clock_offset: Arc::default() }
+        Sender { keys: Keyring::new(key, None), collectors, schedule, clock_offset: Arc::default() }
+    }
+
+    /// The keys this sender seals with (shared by its clones).
+    pub fn keys(&self) -> &Keyring {
+        &self.keys
     }
 
     /// The time to seal with: this workstation's clock, corrected by the last time hint.
@@ -189,7 +195,7 @@ impl Sender {
                     .clone();
                 sos.attempt = transmissions;
                 let now = self.now();
-                let datagram = self.key.seal(&Message::Sos(sos.clone()), now)?;
+                let datagram = self.keys.current().seal(&Message::Sos(sos.clone()), now)?;
                 sealed.push(now);
                 match sockets.send_to(&datagram, addr).await {
                     Ok(_) => {
@@ -255,7 +261,7 @@ impl Sender {
                 pad: "0".repeat(HEARTBEAT_PAD),
             });
             let now = self.now();
-            let datagram = self.key.seal(&hb, now)?;
+            let datagram = self.keys.current().seal(&hb, now)?;
             sealed.push(now);
             if let Err(e) = sockets.send_to(&datagram, addr).await {
                 debug!(%addr, error = %e, "heartbeat not sent");
@@ -268,6 +274,14 @@ impl Sender {
                 continue;
             }
             if let Some(Message::HeartbeatAck(ack)) = self.open_reply(&data) {
+                if let Some(new_key) = &ack.new_key {
+                    match self.keys.rotate(new_key) {
+                        Ok(true) => info!(%from, key_id = %self.keys.current().id(),
+                                          "the collector rotated this agent's key; the new key is saved and in use"),
+                        Ok(false) => {}
+                        Err(e) => warn!(%from, "key rotation not applied: {e}"),
+                    }
+                }
                 return Ok(Some((from, ack.server_time)));
             }
         }
@@ -295,7 +309,7 @@ impl Sender {
                     continue;
                 };
                 let now = self.now();
-                let datagram = self.key.seal(&message, now)?;
+                let datagram = self.keys.current().seal(&message, now)?;
                 sealed.push(now);
                 if sockets.send_to(&datagram, addr).await.is_ok() {
                     transmissions += 1;
@@ -323,11 +337,9 @@ impl Sender {
     /// An authentic message sealed with our key, whatever its age (see [`Self::ack_for`]).
     fn open_reply(&self, datagram: &[u8]) -> Option<Message> {
         let (key_id, token) = split_datagram(datagram).ok()?;
-        if key_id != self.key.id() {
-            return None;
-        }
+        let key = self.keys.get(key_id)?;
         let window = TimeWindow { ttl_secs: u64::MAX, max_future_skew_secs: u64::MAX };
-        Some(self.key.open(token, unix_now(), window).ok()?.message)
+        Some(key.open(token, unix_now(), window).ok()?.message)
     }
 
     /// The status and collector clock of `datagram` if it is an authentic SOS-ACK for `alert_id`.

@@ -29,6 +29,19 @@ struct RawConfig {
     shutdown_grace_secs: Option<u64>,
     outbox: RawOutbox,
     notify: RawNotify,
+    security: RawSecurity,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSecurity {
+    accept_site_key: Option<bool>,
+    rotation_grace_secs: Option<u64>,
+    per_source_rate: Option<u32>,
+    per_source_burst: Option<u32>,
+    per_agent_rate: Option<u32>,
+    per_agent_burst: Option<u32>,
+    enroll_rate: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +117,38 @@ pub struct Config {
     pub slack: Option<SlackSettings>,
     /// Email, if configured.
     pub email: Option<EmailSettings>,
+    /// Site key acceptance, key rotation, rate limits.
+    pub security: SecuritySettings,
+}
+
+/// Who may talk to the collector, and how much.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecuritySettings {
+    /// Accept datagrams sealed with the shared site key. Turn off once every agent is enrolled
+    /// with its own key.
+    pub accept_site_key: bool,
+    /// After an agent first uses a rotated key, its previous key is accepted this much longer.
+    pub rotation_grace: Duration,
+    /// Datagrams per second (and burst) from one source address, counted before decryption.
+    pub per_source: crate::ratelimit::Rate,
+    /// Authenticated messages per second (and burst) from one agent; for the site key, from
+    /// one source address and port.
+    pub per_agent: crate::ratelimit::Rate,
+    /// Enrollment requests per second from everyone together (burst twice that).
+    pub enroll: crate::ratelimit::Rate,
+}
+
+impl Default for SecuritySettings {
+    fn default() -> Self {
+        use crate::ratelimit::Rate;
+        SecuritySettings {
+            accept_site_key: true,
+            rotation_grace: Duration::from_secs(24 * 3600),
+            per_source: Rate { per_sec: 500.0, burst: 1000.0 },
+            per_agent: Rate { per_sec: 20.0, burst: 60.0 },
+            enroll: Rate { per_sec: 20.0, burst: 40.0 },
+        }
+    }
 }
 
 /// Retry schedule and batching of notifications.
@@ -192,6 +237,7 @@ impl Default for Config {
             outbox: OutboxSettings::default(),
             slack: None,
             email: None,
+            security: SecuritySettings::default(),
         }
     }
 }
@@ -262,6 +308,27 @@ impl Config {
         if let Some(v) = o.coalesce_window_ms {
             ob.coalesce_window = Duration::from_millis(v);
         }
+
+        let sec = raw.security;
+        let cs = &mut cfg.security;
+        if let Some(v) = sec.accept_site_key {
+            cs.accept_site_key = v;
+        }
+        if let Some(v) = sec.rotation_grace_secs {
+            cs.rotation_grace = Duration::from_secs(v);
+        }
+        let rate = |key: &str, v: Option<u32>, into: &mut f64| -> Result<(), ConfigError> {
+            if let Some(v) = v {
+                *into = positive(file, key, u64::from(v))? as f64;
+            }
+            Ok(())
+        };
+        rate("security.per_source_rate", sec.per_source_rate, &mut cs.per_source.per_sec)?;
+        rate("security.per_source_burst", sec.per_source_burst, &mut cs.per_source.burst)?;
+        rate("security.per_agent_rate", sec.per_agent_rate, &mut cs.per_agent.per_sec)?;
+        rate("security.per_agent_burst", sec.per_agent_burst, &mut cs.per_agent.burst)?;
+        rate("security.enroll_rate", sec.enroll_rate, &mut cs.enroll.per_sec)?;
+        cs.enroll.burst = cs.enroll.per_sec * 2.0;
 
         if let Some(s) = raw.notify.slack {
             let (key, url) = secret(

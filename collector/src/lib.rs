@@ -7,6 +7,8 @@
 //! - [`server`]: [`run`] takes a bound UDP socket and a shutdown future; the receive loop
 //!   authenticates datagrams, hands SOS to the store and acknowledges once they are committed.
 //! - [`store`]: the SQLite store (alerts + outbox), with group commit on a writer thread.
+//! - [`registry`]: enrolled agents and their keys, one-time codes, rotation, revocation.
+//! - [`ratelimit`]: token buckets per source address (before any decryption) and per agent.
 //! - [`outbox`]: one worker per channel: retries with backoff and jitter, give-up, storm
 //!   coalescing.
 //! - [`channel`]: the notification channels (log, Slack, email) and how an alert reads in each.
@@ -19,6 +21,8 @@
 pub mod channel;
 pub mod config;
 pub mod outbox;
+pub mod ratelimit;
+pub mod registry;
 pub mod server;
 pub mod stats;
 pub mod store;

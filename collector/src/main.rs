@@ -43,11 +43,45 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
-    /// List the agents that have sent heartbeats and when each was last seen, from the store.
+    /// Enrolled agents and heartbeats: list them (the default), revoke or rotate an agent's key.
+    /// A running collector applies changes within a second.
     Agents {
+        /// The configuration file (TOML), to find the data dir.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<AgentsAction>,
+    },
+    /// Make a one-time code that enrolls one workstation with its own key. Give the code to the
+    /// person at the workstation (it is short enough to read over the phone); they run
+    /// `sos-agent enroll CODE --collector HOST:PORT`.
+    Enroll {
+        /// The name the agent is enrolled under (a desk, a room, a person), shown to responders.
+        #[arg(long)]
+        name: String,
+        /// How long the code stays valid, in minutes.
+        #[arg(long, default_value_t = 10)]
+        expires_minutes: u64,
         /// The configuration file (TOML), to find the data dir.
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentsAction {
+    /// Enrolled agents (id, name, key id, state, last seen), then every agent seen by heartbeat.
+    List,
+    /// Refuse every key of an agent from now on (a lost laptop, a leaked key). Re-enroll to undo.
+    Revoke {
+        /// Agent id or its unique name.
+        agent: String,
+    },
+    /// Give an agent a new key. It reaches the agent with its next heartbeat, sealed with the
+    /// current key; the old key then stays valid for `security.rotation_grace_secs`.
+    Rotate {
+        /// Agent id or its unique name.
+        agent: String,
     },
 }
 
@@ -95,7 +129,30 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Alerts { config, limit } => alerts(&load(config.as_deref())?, limit),
-        Command::Agents { config } => agents(&load(config.as_deref())?),
+        Command::Agents { config, action } => {
+            let config = load(config.as_deref())?;
+            match action.unwrap_or(AgentsAction::List) {
+                AgentsAction::List => agents(&config),
+                AgentsAction::Revoke { agent } => {
+                    let (mut db, _) = open_store_rw(&config)?;
+                    let a = db.revoke(&agent, sos_collector::store::now_ms())?;
+                    println!("Revoked agent {} ({}): its keys are refused from now on.", a.agent_id, a.name);
+                    Ok(())
+                }
+                AgentsAction::Rotate { agent } => {
+                    let (mut db, _) = open_store_rw(&config)?;
+                    let a = db.rotate(&agent, sos_collector::store::now_ms())?;
+                    println!(
+                        "New key for agent {} ({}): it is sent with the agent's next heartbeat; the old key stays valid until {} after the agent first uses the new one.",
+                        a.agent_id,
+                        a.name,
+                        humantime::format_duration(config.security.rotation_grace)
+                    );
+                    Ok(())
+                }
+            }
+        }
+        Command::Enroll { name, expires_minutes, config } => enroll(&load(config.as_deref())?, &name, expires_minutes),
         Command::Run { config } => serve(load(config.as_deref())?),
     }
 }
@@ -160,13 +217,78 @@ fn open_store(config: &Config) -> anyhow::Result<(Db, PathBuf)> {
     Ok((db, path))
 }
 
+fn open_store_rw(config: &Config) -> anyhow::Result<(Db, PathBuf)> {
+    let path = config.database_path();
+    let db = Db::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok((db, path))
+}
+
+fn enroll(config: &Config, name: &str, expires_minutes: u64) -> anyhow::Result<()> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > sos_shared::enroll::MAX_NAME_LEN || name.chars().any(char::is_control) {
+        anyhow::bail!(
+            "--name must be 1 to {} bytes of printable text, e.g. \"Reception desk 3\"",
+            sos_shared::enroll::MAX_NAME_LEN
+        );
+    }
+    if expires_minutes == 0 || expires_minutes > 7 * 24 * 60 {
+        anyhow::bail!("--expires-minutes must be between 1 and 10080 (a week)");
+    }
+    let (mut db, _) = open_store_rw(config)?;
+    let now = sos_collector::store::now_ms();
+    let code = db.create_enrollment(name, expires_minutes as i64 * 60_000, now)?;
+    let until = when_utc((now + expires_minutes as i64 * 60_000) / 1000);
+    let addr = if config.listen.ip().is_unspecified() {
+        format!("THIS-HOST:{}", config.listen.port())
+    } else {
+        config.listen.to_string()
+    };
+    println!("{code}");
+    eprintln!(
+        "\nOne-time code for \"{name}\", valid once until {until} ({expires_minutes} min).\n\
+         On the workstation, run:\n\n    sos-agent enroll {code} --collector {addr}\n\n\
+         Read it out or send it by another channel than the one you fear is watched; a wrong code \n\
+         tried {} times burns it.",
+        sos_collector::registry::MAX_CODE_ATTEMPTS
+    );
+    Ok(())
+}
+
 fn agents(config: &Config) -> anyhow::Result<()> {
     let (db, path) = open_store(config)?;
+    let now = sos_collector::store::now_ms();
+    let enrolled = db.enrolled_agents()?;
+    if enrolled.is_empty() {
+        println!("No enrolled agents in {} (enroll one with `sos-collector enroll --name NAME`).", path.display());
+    } else {
+        println!("Enrolled agents:");
+    }
+    for a in &enrolled {
+        let state = match (a.revoked_at_ms, a.rotation_pending_since_ms, a.previous_key_until_ms) {
+            (Some(t), _, _) => format!("REVOKED {}", when_utc(t / 1000)),
+            (None, Some(t), _) => format!("rotation pending since {}", when_utc(t / 1000)),
+            (None, None, Some(t)) if t > now => format!("active; previous key valid until {}", when_utc(t / 1000)),
+            _ => "active".to_owned(),
+        };
+        let seen = a.last_seen_ms.map(|t| when_utc(t / 1000)).unwrap_or_else(|| "never".into());
+        println!(
+            "{}  {:<24} host {:<20} key {}  enrolled {}  last seen {}  {}",
+            a.agent_id,
+            a.name,
+            a.host,
+            a.key_id,
+            when_utc(a.enrolled_at_ms / 1000),
+            seen,
+            state
+        );
+    }
     let agents = db.agents()?;
+    if !enrolled.is_empty() || !agents.is_empty() {
+        println!("Heartbeats (key id, user@host, last seen):");
+    }
     if agents.is_empty() {
         println!("No heartbeats recorded in {}.", path.display());
     }
-    let now = sos_collector::store::now_ms();
     for a in agents {
         println!(
             "{}  {}@{} ({}, from {})  last seen {} ({} s ago)",
@@ -201,6 +323,10 @@ fn alerts(config: &Config, limit: usize) -> anyhow::Result<()> {
         );
         if !a.message.is_empty() {
             println!("    message: {}", a.message);
+        }
+        println!("    enrolled as: {}", sos_collector::channel::enrolled_line(&a));
+        if let Some(w) = sos_collector::channel::identity_warning(&a) {
+            println!("    {w}");
         }
         if let Some(c) = &a.cancellation {
             println!(

@@ -1,11 +1,14 @@
 //! The receive loop: authenticate, store, acknowledge.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use sos_shared::enroll::{CollectorSession, EnrollError, EnrollMessage, ENROLL_KEY_ID, ENROLL_REQUEST_LEN};
 use sos_shared::protocol::{split_datagram, AckStatus, CancelAck, HeartbeatAck, SosAck, TimeHint, MAX_DATAGRAM};
-use sos_shared::{unix_now, AlertId, Key, Message, OpenError};
+use sos_shared::{unix_now, AlertId, Key, KeyId, Message, OpenError};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -14,8 +17,10 @@ use tracing::{debug, error, info, info_span, warn, Instrument as _};
 use crate::channel::{Channel, Email, Slack};
 use crate::config::Config;
 use crate::outbox;
+use crate::ratelimit::Limiter;
+use crate::registry::{Attempt, Entry, SharedRegistry, Slot};
 use crate::stats::{Stats, StatsSnapshot};
-use crate::store::{now_ms, AgentSeen, Cancelled, Db, NewAlert, Store, StoreError, Stored};
+use crate::store::{now_ms, principal, AgentSeen, Cancelled, Db, NewAlert, Store, StoreError, Stored};
 
 /// Why the collector could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +101,15 @@ impl Collector {
             channels.push(Channel::Email(Box::new(email)));
         }
         let (store, writer) = Store::start(db, &names)?;
+        let registry = SharedRegistry::open(&config.database_path())?;
+        {
+            let r = registry.snapshot();
+            if !config.security.accept_site_key && r.is_empty() {
+                warn!(
+                    "accept_site_key = false and no agent is enrolled: no agent can raise an alert until one enrolls"
+                );
+            }
+        }
 
         let workers = TaskTracker::new();
         let stop_workers = CancellationToken::new();
@@ -106,10 +120,27 @@ impl Collector {
                 outbox::run_worker(ch, store.clone(), config.outbox.clone(), stop_workers.clone()).instrument(span),
             );
         }
+        // The CLI changes the registry in the store (enroll, revoke, rotate); pick that up.
+        {
+            let registry = registry.clone();
+            let stop = stop_workers.clone();
+            workers.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => registry.refresh_async().await,
+                    }
+                }
+            });
+        }
         workers.close();
 
         let socket = Arc::new(socket);
-        info!(listen = %socket.local_addr()?, key_id = %key.id(), channels = ?names, "collector ready");
+        info!(listen = %socket.local_addr()?, key_id = %key.id(), site_key = config.security.accept_site_key,
+              enrolled_keys = registry.snapshot().len(), channels = ?names, "collector ready");
+        let sec = &config.security;
         let in_flight = TaskTracker::new();
         let receiver = Receiver {
             socket: socket.clone(),
@@ -118,6 +149,14 @@ impl Collector {
             store: store.clone(),
             stats: stats.clone(),
             in_flight: in_flight.clone(),
+            registry,
+            limits: Mutex::new(Limits {
+                source: Limiter::new(sec.per_source, 100_000),
+                agent: Limiter::new(sec.per_agent, 100_000),
+                enroll: Limiter::new(sec.enroll, 1),
+                warned_at: None,
+            }),
+            sessions: Arc::default(),
         };
         receiver.serve(shutdown).await;
 
@@ -165,7 +204,50 @@ struct Receiver {
     stats: Arc<Stats>,
     /// SOS being committed and acknowledged; shutdown waits for them.
     in_flight: TaskTracker,
+    /// Enrolled agents and their keys.
+    registry: Arc<SharedRegistry>,
+    /// Rate limits.
+    limits: Mutex<Limits>,
+    /// Enrollment exchanges in progress, by code id.
+    sessions: Arc<Mutex<HashMap<String, EnrollSession>>>,
 }
+
+/// The rate limiters of the receive path.
+#[derive(Debug)]
+struct Limits {
+    /// Per source address, before any decryption.
+    source: Limiter<IpAddr>,
+    /// Per agent (site key: per key and source address and port), after authentication.
+    agent: Limiter<String>,
+    /// Enrollment requests from everyone.
+    enroll: Limiter<()>,
+    /// When the log last said that datagrams are being dropped for a limit.
+    warned_at: Option<Instant>,
+}
+
+impl Limits {
+    /// Whether to log a rate-limit drop now (at most every 10 s).
+    fn should_warn(&mut self) -> bool {
+        let now = Instant::now();
+        if self.warned_at.is_some_and(|t| now.duration_since(t) < Duration::from_secs(10)) {
+            return false;
+        }
+        self.warned_at = Some(now);
+        true
+    }
+}
+
+/// One enrollment exchange: the PAKE session, and the final answer once the agent is enrolled
+/// (resent if the agent's finish is retransmitted).
+#[derive(Debug)]
+struct EnrollSession {
+    session: Arc<CollectorSession>,
+    done: Option<Vec<u8>>,
+    started: Instant,
+}
+
+/// How long an enrollment exchange is remembered.
+const ENROLL_SESSION_TTL: Duration = Duration::from_secs(15 * 60);
 
 impl Receiver {
     async fn serve(&self, shutdown: impl Future<Output = ()>) {
@@ -191,7 +273,42 @@ impl Receiver {
         }
     }
 
+    fn limits(&self) -> std::sync::MutexGuard<'_, Limits> {
+        self.limits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key that sealed a datagram with `key_id`, and the enrolled agent it belongs to.
+    fn key_for(&self, key_id: KeyId, from: SocketAddr) -> Option<(Key, Option<Entry>)> {
+        if key_id == self.key.id() {
+            if self.config.security.accept_site_key {
+                return Some((self.key.clone(), None));
+            }
+            Stats::bump(&self.stats.unauthenticated);
+            debug!(%from, "dropped a datagram sealed with the site key (accept_site_key = false)");
+            return None;
+        }
+        match self.registry.snapshot().get(key_id) {
+            Some(e) => Some((e.key.clone(), Some(e.clone()))),
+            None => {
+                Stats::bump(&self.stats.unauthenticated);
+                debug!(%from, %key_id, "dropped a datagram for an unknown key id");
+                None
+            }
+        }
+    }
+
     fn handle(&self, datagram: &[u8], from: SocketAddr) {
+        // Before anything else, and before any decryption: the source's rate.
+        {
+            let mut limits = self.limits();
+            if !limits.source.allow(from.ip(), Instant::now()) {
+                Stats::bump(&self.stats.rate_limited_source);
+                if limits.should_warn() {
+                    warn!(source = %from.ip(), "rate limit: dropping datagrams from this address (a flood?)");
+                }
+                return;
+            }
+        }
         let (key_id, token) = match split_datagram(datagram) {
             Ok(x) => x,
             Err(e) => {
@@ -200,12 +317,12 @@ impl Receiver {
                 return;
             }
         };
-        if key_id != self.key.id() {
-            Stats::bump(&self.stats.unauthenticated);
-            debug!(%from, %key_id, "dropped a datagram for an unknown key id");
+        if key_id == ENROLL_KEY_ID {
+            self.enroll(token, datagram.len(), from);
             return;
         }
-        let opened = match self.key.open(token, unix_now(), self.config.window) {
+        let Some((key, entry)) = self.key_for(key_id, from) else { return };
+        let opened = match key.open(token, unix_now(), self.config.window) {
             Ok(o) => o,
             Err(OpenError::Unauthenticated) => {
                 Stats::bump(&self.stats.unauthenticated);
@@ -216,7 +333,7 @@ impl Receiver {
                 Stats::bump(&self.stats.expired);
                 warn!(%from, %key_id, clock_difference_secs = -(age_secs as i64), ttl_secs = self.config.window.ttl_secs,
                       "rejected an authentic token {age_secs} s old: a replay, or the sender's clock is behind");
-                self.time_hint(datagram.len(), from, unix_now().saturating_sub(age_secs));
+                self.time_hint(&key, datagram.len(), from, unix_now().saturating_sub(age_secs));
                 return;
             }
             Err(OpenError::FromFuture { ahead_secs }) => {
@@ -224,7 +341,7 @@ impl Receiver {
                 warn!(%from, %key_id, clock_difference_secs = ahead_secs as i64,
                       max_future_skew_secs = self.config.window.max_future_skew_secs,
                       "rejected an authentic token dated {ahead_secs} s ahead: the sender's clock is fast");
-                self.time_hint(datagram.len(), from, unix_now().saturating_add(ahead_secs));
+                self.time_hint(&key, datagram.len(), from, unix_now().saturating_add(ahead_secs));
                 return;
             }
             Err(OpenError::BadPayload(e)) => {
@@ -233,18 +350,73 @@ impl Receiver {
                 return;
             }
         };
+        // Authentic from here on.
+        if let Some(e) = &entry {
+            let refused = match e.slot {
+                _ if e.agent.revoked => Some("the agent is revoked"),
+                Slot::Previous { until_ms } if now_ms() > until_ms => Some("the key was replaced by a rotation"),
+                _ => None,
+            };
+            if let Some(why) = refused {
+                Stats::bump(&self.stats.revoked);
+                let who = &e.agent.who;
+                if matches!(opened.message, Message::Sos(_)) {
+                    error!(%from, agent_id = %who.agent_id, name = %who.name, %key_id,
+                           "REFUSED an SOS: {why}; it was not acknowledged (re-enroll the workstation if this is wrong)");
+                } else {
+                    warn!(%from, agent_id = %who.agent_id, name = %who.name, %key_id, kind = opened.message.kind(),
+                          "refused a message: {why}");
+                }
+                return;
+            }
+        }
+        let who = match &entry {
+            Some(e) => format!("agent:{}", e.agent.who.agent_id),
+            None => format!("{key_id}/{from}"),
+        };
+        {
+            let mut limits = self.limits();
+            if !limits.agent.allow(who, Instant::now()) {
+                Stats::bump(&self.stats.rate_limited_agent);
+                if limits.should_warn() {
+                    warn!(%from, %key_id, "rate limit: an agent sends more than its limit; dropping");
+                }
+                return;
+            }
+        }
+        if let Some(e) = entry.as_ref().filter(|e| e.slot == Slot::Next) {
+            self.promote(e, key_id);
+        }
+        let enrolled = entry.as_ref().map(|e| e.agent.who.clone());
         let request_len = datagram.len();
+        let reply = |key: &Key| Reply {
+            socket: self.socket.clone(),
+            key: key.clone(),
+            stats: self.stats.clone(),
+            to: from,
+            request_len,
+        };
         match opened.message {
             Message::Sos(mut sos) => {
                 sos.sanitize();
-                let alert = NewAlert { sos, received_at_ms: now_ms(), source: from, key_id: key_id.to_string() };
-                let ctx = Reply {
-                    socket: self.socket.clone(),
-                    key: self.key.clone(),
-                    stats: self.stats.clone(),
-                    to: from,
-                    request_len,
-                };
+                if let Some(e) = enrolled.as_ref().filter(|e| e.host_mismatch(&sos.host)) {
+                    warn!(%from, agent_id = %e.agent_id, enrolled_host = %e.host, claimed_host = %sos.host,
+                          "IDENTITY MISMATCH: an SOS claims another host than its key was enrolled on; responders are told");
+                }
+                if let Some(e) = &enrolled {
+                    self.store.seen(AgentSeen {
+                        host: sos.host.clone(),
+                        user: sos.user.clone(),
+                        ip: sos.ip.clone(),
+                        source: from.to_string(),
+                        key_id: key_id.to_string(),
+                        last_seen_ms: now_ms(),
+                        agent_id: Some(e.agent_id.clone()),
+                    });
+                }
+                let alert =
+                    NewAlert { sos, received_at_ms: now_ms(), source: from, key_id: key_id.to_string(), enrolled };
+                let ctx = reply(&key);
                 let store = self.store.clone();
                 let span = info_span!("sos", alert_id = %alert.sos.alert_id, %from);
                 self.in_flight.spawn(store_and_ack(store, alert, ctx).instrument(span));
@@ -259,30 +431,21 @@ impl Receiver {
                     source: from.to_string(),
                     key_id: key_id.to_string(),
                     last_seen_ms: now_ms(),
+                    agent_id: enrolled.as_ref().map(|e| e.agent_id.clone()),
                 });
-                let ctx = Reply {
-                    socket: self.socket.clone(),
-                    key: self.key.clone(),
-                    stats: self.stats.clone(),
-                    to: from,
-                    request_len,
-                };
-                let ack = Message::HeartbeatAck(HeartbeatAck { server_time: unix_now(), notices: Vec::new() });
+                let ctx = reply(&key);
+                // A pending rotation: the new key travels sealed with the current one.
+                let new_key = entry.as_ref().filter(|e| e.slot == Slot::Current).and_then(|e| e.agent.next_key.clone());
+                let ack = Message::HeartbeatAck(HeartbeatAck { server_time: unix_now(), notices: Vec::new(), new_key });
                 self.in_flight.spawn(async move { ctx.send(&ack).await });
             }
             Message::Cancel(c) => {
-                let ctx = Reply {
-                    socket: self.socket.clone(),
-                    key: self.key.clone(),
-                    stats: self.stats.clone(),
-                    to: from,
-                    request_len,
-                };
+                let ctx = reply(&key);
                 let store = self.store.clone();
                 let reason: String = c.reason.chars().map(|ch| if ch.is_control() { ' ' } else { ch }).collect();
                 let span = info_span!("cancel", alert_id = %c.alert_id, %from);
-                self.in_flight
-                    .spawn(cancel_and_ack(store, c.alert_id, reason, key_id.to_string(), ctx).instrument(span));
+                let principal = principal(&key_id.to_string(), enrolled.as_ref());
+                self.in_flight.spawn(cancel_and_ack(store, c.alert_id, reason, principal, ctx).instrument(span));
             }
             other => {
                 Stats::bump(&self.stats.unexpected);
@@ -291,13 +454,190 @@ impl Receiver {
         }
     }
 
+    /// The agent sealed with the key a rotation gave it: that key becomes its current one, and
+    /// the old one is accepted for the rotation grace period.
+    fn promote(&self, entry: &Entry, key_id: KeyId) {
+        let store = self.store.clone();
+        let registry = self.registry.clone();
+        let agent_id = entry.agent.who.agent_id.clone();
+        let name = entry.agent.who.name.clone();
+        let grace = self.config.security.rotation_grace;
+        self.in_flight.spawn(async move {
+            let until = now_ms() + grace.as_millis() as i64;
+            let id = agent_id.clone();
+            match store.exec(move |db| db.promote(&id, &key_id.to_string(), until)).await {
+                Ok(true) => {
+                    info!(%agent_id, %name, %key_id, grace_secs = grace.as_secs(),
+                          "key rotation complete: the agent uses its new key; the old one is accepted for the grace period");
+                    registry.refresh_async().await;
+                }
+                Ok(false) => {}
+                Err(e) => warn!(%agent_id, error = %e, "cannot record a completed key rotation; will retry on the next datagram"),
+            }
+        });
+    }
+
+    /// An enrollment datagram (see [`sos_shared::enroll`]). Nothing is answered unless the
+    /// code is pending; nothing is ever answered with more bytes than the request.
+    fn enroll(&self, body: &str, request_len: usize, from: SocketAddr) {
+        if !self.limits().enroll.allow((), Instant::now()) {
+            Stats::bump(&self.stats.enroll_refused);
+            debug!(%from, "enrollment request over the enrollment rate limit; dropped");
+            return;
+        }
+        let message = match EnrollMessage::from_body(body) {
+            Ok(m) if request_len >= ENROLL_REQUEST_LEN => m,
+            _ => {
+                Stats::bump(&self.stats.malformed);
+                debug!(%from, "dropped a malformed enrollment datagram");
+                return;
+            }
+        };
+        let code_id = message.enrollment().to_owned();
+        let send = |datagram: Vec<u8>| {
+            let ctx = Reply {
+                socket: self.socket.clone(),
+                key: self.key.clone(),
+                stats: self.stats.clone(),
+                to: from,
+                request_len,
+            };
+            self.in_flight.spawn(async move { ctx.send_datagram(&datagram, "enroll").await });
+        };
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, s| s.started.elapsed() < ENROLL_SESSION_TTL);
+        match &message {
+            EnrollMessage::EnrollStart { pake, .. } => {
+                // A retransmitted start gets the same challenge and costs no attempt.
+                if let Some(s) = sessions.get(&code_id).filter(|s| s.session.start_pake == *pake && s.done.is_none()) {
+                    send(s.session.challenge.clone());
+                    return;
+                }
+                drop(sessions);
+                let store = self.store.clone();
+                let stats = self.stats.clone();
+                let sessions = self.sessions.clone();
+                let ctx = Reply {
+                    socket: self.socket.clone(),
+                    key: self.key.clone(),
+                    stats: self.stats.clone(),
+                    to: from,
+                    request_len,
+                };
+                self.in_flight.spawn(async move {
+                    let id = code_id.clone();
+                    let attempt = match store.exec(move |db| db.enroll_attempt(&id, now_ms())).await {
+                        Ok(a) => a,
+                        Err(e) => {
+                            Stats::bump(&stats.enroll_refused);
+                            error!(code = %code_id, error = %e, "cannot look up an enrollment code");
+                            return;
+                        }
+                    };
+                    let (code, name) = match attempt {
+                        Attempt::Try { code, name } => (code, name),
+                        refused => {
+                            Stats::bump(&stats.enroll_refused);
+                            let why = match refused {
+                                Attempt::Used => "the code was used already",
+                                Attempt::Expired => "the code has expired",
+                                Attempt::TooManyAttempts => "the code was tried too often and is burnt",
+                                _ => "no such code",
+                            };
+                            warn!(code = %code_id, %from, "enrollment refused: {why}; no answer sent");
+                            return;
+                        }
+                    };
+                    let Ok(session) = CollectorSession::answer(&code, &message) else {
+                        Stats::bump(&stats.malformed);
+                        debug!(%from, "dropped an enrollment start with an invalid PAKE message");
+                        return;
+                    };
+                    info!(code = %code_id, %name, %from, "enrollment started");
+                    let challenge = session.challenge.clone();
+                    sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                        code_id,
+                        EnrollSession { session: Arc::new(session), done: None, started: Instant::now() },
+                    );
+                    ctx.send_datagram(&challenge, "enroll_challenge").await;
+                });
+            }
+            EnrollMessage::EnrollFinish { .. } => {
+                let Some(s) = sessions.get(&code_id) else {
+                    Stats::bump(&self.stats.enroll_refused);
+                    debug!(code = %code_id, %from, "enrollment finish without a start; dropped");
+                    return;
+                };
+                if let Some(done) = &s.done {
+                    send(done.clone());
+                    return;
+                }
+                let host = match s.session.on_finish(&message) {
+                    Ok(host) => host,
+                    Err(EnrollError::WrongCode) => {
+                        Stats::bump(&self.stats.enroll_refused);
+                        sessions.remove(&code_id);
+                        warn!(code = %code_id, %from, "enrollment refused: wrong code (the attempt counts against the code)");
+                        return;
+                    }
+                    Err(EnrollError::Malformed) => {
+                        Stats::bump(&self.stats.malformed);
+                        return;
+                    }
+                };
+                let session = s.session.clone();
+                drop(sessions);
+                let store = self.store.clone();
+                let stats = self.stats.clone();
+                let sessions = self.sessions.clone();
+                let registry = self.registry.clone();
+                let ctx = Reply {
+                    socket: self.socket.clone(),
+                    key: self.key.clone(),
+                    stats: self.stats.clone(),
+                    to: from,
+                    request_len,
+                };
+                self.in_flight.spawn(async move {
+                    let id = code_id.clone();
+                    let h = host.clone();
+                    let enrolled = match store.exec(move |db| db.complete_enrollment(&id, &h, now_ms())).await {
+                        Ok(Some(k)) => k,
+                        Ok(None) => {
+                            Stats::bump(&stats.enroll_refused);
+                            warn!(code = %code_id, %from, "enrollment refused: the code was used or expired meanwhile");
+                            return;
+                        }
+                        Err(e) => {
+                            error!(code = %code_id, error = %e, "cannot record an enrollment; the agent will retry");
+                            return;
+                        }
+                    };
+                    // Known before the agent can use its key.
+                    registry.refresh_async().await;
+                    Stats::bump(&stats.enrolled);
+                    info!(code = %code_id, agent_id = %enrolled.agent_id, name = %enrolled.name, %host, %from,
+                          "AGENT ENROLLED with its own key");
+                    let done = session.done(&enrolled);
+                    if let Some(s) = sessions.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&code_id) {
+                        s.done = Some(done.clone());
+                    }
+                    ctx.send_datagram(&done, "enroll_done").await;
+                });
+            }
+            other => {
+                Stats::bump(&self.stats.unexpected);
+                debug!(%from, kind = ?std::mem::discriminant(other), "dropped an enrollment answer sent to the collector");
+            }
+        }
+    }
+
     /// Tell the sender of an authentic token refused for its timestamp what time it is here,
     /// so that an agent with a wrong clock can reseal and still get its SOS through. The token
     /// itself stays refused: replay protection is unchanged.
-    fn time_hint(&self, request_len: usize, to: SocketAddr, token_time: u64) {
+    fn time_hint(&self, key: &Key, request_len: usize, to: SocketAddr, token_time: u64) {
         Stats::bump(&self.stats.time_hints);
-        let ctx =
-            Reply { socket: self.socket.clone(), key: self.key.clone(), stats: self.stats.clone(), to, request_len };
+        let ctx = Reply { socket: self.socket.clone(), key: key.clone(), stats: self.stats.clone(), to, request_len };
         let hint = Message::TimeHint(TimeHint { server_time: unix_now(), token_time });
         self.in_flight.spawn(async move { ctx.send(&hint).await });
     }
@@ -323,13 +663,18 @@ impl Reply {
                 return;
             }
         };
+        self.send_datagram(&datagram, message.kind()).await;
+    }
+
+    /// Send a ready datagram, unless it is larger than the request.
+    async fn send_datagram(&self, datagram: &[u8], kind: &str) {
         if datagram.len() > self.request_len {
             Stats::bump(&self.stats.replies_suppressed);
             warn!(to = %self.to, reply = datagram.len(), request = self.request_len,
-                  kind = message.kind(), "reply suppressed: it would be larger than its request");
+                  kind, "reply suppressed: it would be larger than its request");
             return;
         }
-        match self.socket.send_to(&datagram, self.to).await {
+        match self.socket.send_to(datagram, self.to).await {
             Ok(_) => Stats::bump(&self.stats.replies_sent),
             Err(e) => warn!(to = %self.to, error = %e, "cannot send a reply"),
         }

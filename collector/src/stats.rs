@@ -67,6 +67,17 @@ counters! {
     replies_suppressed,
     /// SOS not acknowledged because the store failed.
     store_errors,
+    /// Dropped before any decryption: the source address sent more than its rate limit.
+    rate_limited_source,
+    /// Dropped after authentication: the agent (or site-key sender) exceeded its rate limit.
+    rate_limited_agent,
+    /// Dropped: authentic, but sealed with a revoked agent's key or a retired previous key.
+    revoked,
+    /// Agents enrolled with a one-time code.
+    enrolled,
+    /// Enrollment requests refused (unknown, used, expired or burnt code, wrong code, over the
+    /// enrollment rate).
+    enroll_refused,
 }
 
 impl Stats {
@@ -79,6 +90,15 @@ impl Stats {
 impl StatsSnapshot {
     /// Every datagram dropped without a reply.
     pub fn dropped(&self) -> u64 {
-        self.malformed + self.unauthenticated + self.expired + self.from_future + self.unexpected + self.cancel_unknown
+        self.malformed
+            + self.unauthenticated
+            + self.expired
+            + self.from_future
+            + self.unexpected
+            + self.cancel_unknown
+            + self.rate_limited_source
+            + self.rate_limited_agent
+            + self.revoked
+            + self.enroll_refused
     }
 }

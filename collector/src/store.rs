@@ -47,6 +47,29 @@ pub struct NewAlert {
     pub source: SocketAddr,
     /// The key that sealed it.
     pub key_id: String,
+    /// The enrolled agent whose key sealed it; `None` for the shared site key.
+    pub enrolled: Option<EnrolledAs>,
+}
+
+/// Who a key was enrolled for, as the collector's registry knows it (not what the agent claims).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrolledAs {
+    /// The agent's id in the registry.
+    pub agent_id: String,
+    /// The name it was enrolled under.
+    pub name: String,
+    /// The host name it reported when it enrolled.
+    pub host: String,
+}
+
+impl EnrolledAs {
+    /// Whether an alert's claimed host differs from the host this key was enrolled on: a copied
+    /// key, a renamed machine, or an agent speaking in another's name. Case is ignored, and so is
+    /// the domain part (`desk-3` and `desk-3.example.com` agree).
+    pub fn host_mismatch(&self, claimed_host: &str) -> bool {
+        let short = |h: &str| h.trim().split('.').next().unwrap_or("").to_ascii_lowercase();
+        !self.host.trim().is_empty() && short(&self.host) != short(claimed_host)
+    }
 }
 
 /// The outcome of storing an alert.
@@ -81,6 +104,8 @@ pub struct AlertRecord {
     pub message: String,
     /// The datagram's source address as the collector saw it.
     pub source: String,
+    /// The enrolled agent whose key sealed it; `None` for the shared site key.
+    pub enrolled: Option<EnrolledAs>,
     /// Set when the sender cancelled the alert. In an outbox job it means the job is the
     /// cancellation notice, not the alert.
     pub cancellation: Option<Cancellation>,
@@ -121,6 +146,8 @@ pub struct AgentSeen {
     pub key_id: String,
     /// When, ms since the Unix epoch.
     pub last_seen_ms: i64,
+    /// The enrolled agent whose key sealed it, if any.
+    pub agent_id: Option<String>,
 }
 
 /// One pending delivery of one alert to one channel.
@@ -173,11 +200,11 @@ pub struct Delivery {
 /// The store, used synchronously.
 #[derive(Debug)]
 pub struct Db {
-    conn: Connection,
+    pub(crate) conn: Connection,
 }
 
-/// The schema of version 2 (`PRAGMA user_version`). Version 1 (no cancellation, no agents) is
-/// migrated on open by [`MIGRATE_1_TO_2`].
+/// The schema of version 3 (`PRAGMA user_version`). Version 1 (no cancellation, no agents) is
+/// migrated on open by [`MIGRATE_1_TO_2`], version 2 (no agent registry) by [`MIGRATE_2_TO_3`].
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS alerts (
     alert_id        TEXT PRIMARY KEY,
@@ -193,7 +220,10 @@ CREATE TABLE IF NOT EXISTS alerts (
     source          TEXT NOT NULL,
     key_id          TEXT NOT NULL,
     cancelled_at_ms INTEGER,
-    cancel_reason   TEXT
+    cancel_reason   TEXT,
+    agent_id        TEXT,
+    agent_name      TEXT,
+    agent_host      TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     id                 INTEGER PRIMARY KEY,
@@ -219,7 +249,42 @@ CREATE TABLE IF NOT EXISTS agents (
     last_seen_ms INTEGER NOT NULL,
     PRIMARY KEY (host, user)
 ) WITHOUT ROWID;
-PRAGMA user_version = 2;
+CREATE TABLE IF NOT EXISTS enrolled (
+    agent_id       TEXT PRIMARY KEY,
+    name           TEXT NOT NULL,
+    host           TEXT NOT NULL,
+    enrolled_at_ms INTEGER NOT NULL,
+    key            TEXT NOT NULL,
+    prev_key       TEXT,
+    prev_until_ms  INTEGER,
+    next_key       TEXT,
+    rotated_at_ms  INTEGER,
+    revoked_at_ms  INTEGER,
+    last_seen_ms   INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS enrollments (
+    code_id       TEXT PRIMARY KEY,
+    secret        TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    used_at_ms    INTEGER,
+    agent_id      TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS registry_version (
+    id      INTEGER PRIMARY KEY CHECK (id = 0),
+    version INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO registry_version VALUES (0, 0);
+PRAGMA user_version = 3;
+";
+
+/// From schema 2: who an alert's key was enrolled for (the registry tables come from [`SCHEMA`]).
+const MIGRATE_2_TO_3: &str = "
+ALTER TABLE alerts ADD COLUMN agent_id TEXT;
+ALTER TABLE alerts ADD COLUMN agent_name TEXT;
+ALTER TABLE alerts ADD COLUMN agent_host TEXT;
 ";
 
 /// From schema 1: cancellation columns, the outbox's `kind`, the agents table.
@@ -256,19 +321,28 @@ impl Db {
                 .map_err(|e| StoreError::Sqlite(format!("cannot create {}: {e}", dir.display())))?;
         }
         let conn = Connection::open(path)?;
+        // The store holds every enrolled agent's key: readable by its owner only (SQLite gives
+        // the -wal and -shm files the same mode).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > 2 {
+        if version > 3 {
             return Err(StoreError::Sqlite(format!(
-                "{} has schema version {version}, newer than this collector understands (2)",
+                "{} has schema version {version}, newer than this collector understands (3)",
                 path.display()
             )));
         }
         if version == 1 {
-            conn.execute_batch(&format!("BEGIN; {MIGRATE_1_TO_2} {SCHEMA} COMMIT;"))?;
+            conn.execute_batch(&format!("BEGIN; {MIGRATE_1_TO_2} {MIGRATE_2_TO_3} {SCHEMA} COMMIT;"))?;
+        } else if version == 2 {
+            conn.execute_batch(&format!("BEGIN; {MIGRATE_2_TO_3} {SCHEMA} COMMIT;"))?;
         } else {
             conn.execute_batch(SCHEMA)?;
         }
@@ -295,8 +369,8 @@ impl Db {
         {
             let mut insert_alert = tx.prepare_cached(
                 "INSERT INTO alerts (alert_id, received_at_ms, triggered_at, test, user, host, ip,
-                                     location, message, agent, source, key_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                                     location, message, agent, source, key_id, agent_id, agent_name, agent_host)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                  ON CONFLICT (alert_id) DO NOTHING",
             )?;
             let mut insert_job = tx.prepare_cached(
@@ -319,6 +393,9 @@ impl Db {
                     s.agent,
                     a.source.to_string(),
                     a.key_id,
+                    a.enrolled.as_ref().map(|e| &e.agent_id),
+                    a.enrolled.as_ref().map(|e| &e.name),
+                    a.enrolled.as_ref().map(|e| &e.host),
                 ])?;
                 if n == 1 {
                     for ch in channels {
@@ -342,7 +419,7 @@ impl Db {
         let mut stmt = self.conn.prepare_cached(
             "SELECT o.id, o.attempts, o.created_at_ms, a.alert_id, a.test, a.triggered_at,
                     a.received_at_ms, a.user, a.host, a.ip, a.location, a.message, a.source,
-                    o.kind, a.cancelled_at_ms, a.cancel_reason
+                    o.kind, a.cancelled_at_ms, a.cancel_reason, a.agent_id, a.agent_name, a.agent_host
              FROM outbox o JOIN alerts a ON a.alert_id = o.alert_id
              WHERE o.channel = ?1 AND o.state = 'pending' AND o.next_attempt_at_ms <= ?2
                -- a cancellation never overtakes its alert on a channel
@@ -370,6 +447,7 @@ impl Db {
                     location: r.get(10)?,
                     message: r.get(11)?,
                     source: r.get(12)?,
+                    enrolled: enrolled_as(r, 16)?,
                     cancellation: if r.get::<_, String>(13)? == "cancel" {
                         Some(Cancellation {
                             at_ms: r.get::<_, Option<i64>>(14)?.unwrap_or_default(),
@@ -436,7 +514,7 @@ impl Db {
     pub fn recent_alerts(&self, limit: usize) -> Result<Vec<(AlertRecord, Vec<Delivery>)>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT alert_id, test, triggered_at, received_at_ms, user, host, ip, location, message, source,
-                    cancelled_at_ms, cancel_reason
+                    cancelled_at_ms, cancel_reason, agent_id, agent_name, agent_host
              FROM alerts ORDER BY received_at_ms DESC, alert_id LIMIT ?1",
         )?;
         let alerts = stmt
@@ -455,6 +533,7 @@ impl Db {
                     location: r.get(7)?,
                     message: r.get(8)?,
                     source: r.get(9)?,
+                    enrolled: enrolled_as(r, 12)?,
                     cancellation: match (r.get::<_, Option<i64>>(10)?, r.get::<_, Option<String>>(11)?) {
                         (Some(at_ms), reason) => Some(Cancellation { at_ms, reason: reason.unwrap_or_default() }),
                         (None, _) => None,
@@ -486,7 +565,9 @@ impl Db {
     }
 
     /// Record that the sender cancelled `alert_id` and queue one cancellation notice per
-    /// channel, in one transaction. Only the key that sealed the alert may cancel it.
+    /// channel, in one transaction. Only who sent the alert may cancel it: `principal` is
+    /// `agent:<agent id>` for an enrolled agent (whichever of its keys it uses now) and the key
+    /// id for the site key (see [`principal`]).
     ///
     /// # Errors
     /// If the transaction fails; then nothing was recorded.
@@ -494,20 +575,22 @@ impl Db {
         &mut self,
         alert_id: AlertId,
         reason: &str,
-        key_id: &str,
+        principal: &str,
         channels: &[&str],
         now_ms: i64,
     ) -> Result<Cancelled, StoreError> {
         let tx = self.conn.transaction()?;
         let id = alert_id.to_string();
         let row: Option<(String, Option<i64>)> = tx
-            .query_row("SELECT key_id, cancelled_at_ms FROM alerts WHERE alert_id = ?1", params![id], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT COALESCE('agent:' || agent_id, key_id), cancelled_at_ms FROM alerts WHERE alert_id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         let outcome = match row {
             None => Cancelled::Unknown,
-            Some((k, _)) if k != key_id => Cancelled::Unknown,
+            Some((k, _)) if k != principal => Cancelled::Unknown,
             Some((_, Some(_))) => Cancelled::Already,
             Some((_, None)) => {
                 tx.execute(
@@ -540,8 +623,14 @@ impl Db {
                  ON CONFLICT (host, user) DO UPDATE SET ip = excluded.ip, source = excluded.source,
                      key_id = excluded.key_id, last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)",
             )?;
+            let mut enrolled = tx.prepare_cached(
+                "UPDATE enrolled SET last_seen_ms = MAX(COALESCE(last_seen_ms, 0), ?2) WHERE agent_id = ?1",
+            )?;
             for a in seen {
                 upsert.execute(params![a.host, a.user, a.ip, a.source, a.key_id, a.last_seen_ms])?;
+                if let Some(id) = &a.agent_id {
+                    enrolled.execute(params![id, a.last_seen_ms])?;
+                }
             }
         }
         tx.commit()?;
@@ -564,6 +653,7 @@ impl Db {
                 source: r.get(3)?,
                 key_id: r.get(4)?,
                 last_seen_ms: r.get(5)?,
+                agent_id: None,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -590,6 +680,8 @@ enum Command {
     NextDue(&'static str, Reply<Option<i64>>),
     Finish(Vec<(i64, JobOutcome)>, i64, Reply<()>),
     Cancel(AlertId, String, String, i64, Reply<Cancelled>),
+    /// Anything else the writer should do (the agent registry, say).
+    Exec(Box<dyn FnOnce(&mut Db) + Send>),
     /// Fire and forget: batched into one transaction per round.
     Seen(AgentSeen),
 }
@@ -613,6 +705,7 @@ impl std::fmt::Debug for Command {
             Command::Finish(..) => "Finish",
             Command::Cancel(..) => "Cancel",
             Command::Seen(..) => "Seen",
+            Command::Exec(..) => "Exec",
         })
     }
 }
@@ -720,6 +813,7 @@ impl Store {
                             let _ = r.send(res);
                         }
                         Command::Seen(_) => unreachable!("heartbeats are batched above"),
+                        Command::Exec(f) => f(&mut db),
                         Command::DueJobs(ch, now, limit, r) => {
                             let _ = r.send(db.due_jobs(ch, now, limit));
                         }
@@ -811,6 +905,22 @@ impl Store {
         self.call(|r| Command::Cancel(alert_id, reason, key_id, now_ms, r)).await
     }
 
+    /// Run `f` on the writer thread, in order with every other write.
+    ///
+    /// # Errors
+    /// What `f` returns, or [`StoreError::Closed`].
+    pub async fn exec<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Db) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.call(|r| {
+            Command::Exec(Box::new(move |db: &mut Db| {
+                let _ = r.send(f(db));
+            }))
+        })
+        .await
+    }
+
     /// Record a heartbeat (not waited for; batched).
     pub fn seen(&self, agent: AgentSeen) {
         let _ = self.tx.send(Command::Seen(agent));
@@ -820,6 +930,26 @@ impl Store {
     pub fn waker(&self, channel: &str) -> Arc<Notify> {
         self.wakers.iter().find(|(c, _)| *c == channel).map(|(_, n)| n.clone()).unwrap_or_default()
     }
+}
+
+/// Who may cancel an alert: the enrolled agent, or for the site key the key itself.
+pub fn principal(key_id: &str, enrolled: Option<&EnrolledAs>) -> String {
+    match enrolled {
+        Some(e) => format!("agent:{}", e.agent_id),
+        None => key_id.to_owned(),
+    }
+}
+
+/// The enrolled identity in columns `at`, `at + 1`, `at + 2` (agent id, name, host), if any.
+fn enrolled_as(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Option<EnrolledAs>> {
+    Ok(match r.get::<_, Option<String>>(at)? {
+        Some(agent_id) => Some(EnrolledAs {
+            agent_id,
+            name: r.get::<_, Option<String>>(at + 1)?.unwrap_or_default(),
+            host: r.get::<_, Option<String>>(at + 2)?.unwrap_or_default(),
+        }),
+        None => None,
+    })
 }
 
 /// Milliseconds since the Unix epoch.
@@ -848,6 +978,7 @@ mod tests {
             received_at_ms: 1000,
             source: "127.0.0.1:9".parse().unwrap(),
             key_id: "00".into(),
+            enrolled: None,
         }
     }
 
@@ -893,6 +1024,7 @@ mod tests {
             ip: "10.0.0.1".into(),
             source: "10.0.0.1:4000".into(),
             key_id: "00".into(),
+            agent_id: None,
             last_seen_ms: at,
         };
         db.record_agents(&[seen("alice", 10), seen("bob", 20), seen("alice", 30), seen("alice", 25)]).unwrap();

@@ -26,7 +26,12 @@ fn sos(id: AlertId) -> Message {
 async fn a_burst_is_acknowledged_only_after_it_is_stored_and_shutdown_is_clean() {
     let dir = tempfile::tempdir().unwrap();
     let key = Key::from_base64(&Key::generate()).unwrap();
-    let config = Config { data_dir: dir.path().to_path_buf(), key: Some(key.clone()), ..Config::default() };
+    // 300 alerts from one socket stand for 300 agents: lift the per-agent limit.
+    let security = sos_collector::config::SecuritySettings {
+        per_agent: sos_collector::ratelimit::Rate { per_sec: 10_000.0, burst: 10_000.0 },
+        ..Default::default()
+    };
+    let config = Config { data_dir: dir.path().to_path_buf(), key: Some(key.clone()), security, ..Config::default() };
     let db_path = config.database_path();
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();

@@ -99,6 +99,13 @@ impl Key {
     ///   is outside `window`;
     /// - [`OpenError::BadPayload`] if it is authentic but not a v1 message.
     pub fn open(&self, token: &str, now: u64, window: TimeWindow) -> Result<Opened, OpenError> {
+        let (plaintext, timestamp) = self.open_raw(token, now, window)?;
+        let message = serde_json::from_slice(&plaintext).map_err(|e| OpenError::BadPayload(e.to_string()))?;
+        Ok(Opened { message, timestamp })
+    }
+
+    /// Verify and decrypt a token, then apply the time checks; the plaintext and timestamp.
+    fn open_raw(&self, token: &str, now: u64, window: TimeWindow) -> Result<(Vec<u8>, u64), OpenError> {
         // Time checks are disabled here (no TTL, "now" at the far end of time) so that the
         // HMAC decides first; ours follow with saturating arithmetic.
         let plaintext =
@@ -110,8 +117,17 @@ impl Key {
         if now > timestamp.saturating_add(window.ttl_secs) {
             return Err(OpenError::Expired { age_secs: now - timestamp });
         }
-        let message = serde_json::from_slice(&plaintext).map_err(|e| OpenError::BadPayload(e.to_string()))?;
-        Ok(Opened { message, timestamp })
+        Ok((plaintext, timestamp))
+    }
+
+    /// A bare Fernet token of `plaintext` (no datagram header), for enrollment.
+    pub(crate) fn seal_bytes(&self, plaintext: &[u8], now: u64) -> String {
+        self.fernet.encrypt_at_time(plaintext, now)
+    }
+
+    /// Open a bare Fernet token sealed by [`Self::seal_bytes`].
+    pub(crate) fn open_bytes(&self, token: &str, now: u64, window: TimeWindow) -> Result<Vec<u8>, OpenError> {
+        self.open_raw(token, now, window).map(|(p, _)| p)
     }
 }
 

@@ -325,6 +325,11 @@ pub struct HeartbeatAck {
     /// News about this agent's alerts; dropped first when the reply would outgrow the request.
     #[serde(default)]
     pub notices: Vec<ResponderNotice>,
+    /// A new key for this agent (`sos-collector agents rotate`), sent in a reply sealed with
+    /// the agent's current key. The agent stores it and seals with it from then on; the
+    /// collector accepts the old key until a grace period after the new one is first used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_key: Option<String>,
 }
 
 /// A responder acknowledged an alert.

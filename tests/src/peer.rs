@@ -21,6 +21,18 @@ impl Peer {
         Peer { socket, key, to }
     }
 
+    /// A peer talking to `to` with `key` from the local address `ip` (any of 127.0.0.0/8 works
+    /// on Linux loopback), to stand for another host.
+    pub fn from_ip(ip: &str, to: SocketAddr, key: Key) -> Self {
+        let socket = UdpSocket::bind((ip, 0)).unwrap();
+        Peer { socket, key, to }
+    }
+
+    /// The local address it sends from.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap()
+    }
+
     /// Seal and send `message`; returns the datagram sent.
     pub fn send(&self, message: &Message) -> Vec<u8> {
         let d = self.key.seal(message, unix_now()).unwrap();

@@ -94,10 +94,12 @@ impl Site {
         std::fs::write(
             &p,
             format!(
-                "collectors = [\"{}\"]\nkey = \"{}\"\nlocation = \"Building A, floor 2, reception\"\nspool_dir = \"{}\"\n",
+                "collectors = [\"{}\"]\nkey = \"{}\"\nlocation = \"Building A, floor 2, reception\"\nspool_dir = \"{}\"\n\
+                 enrollment_file = \"{}\"\n",
                 self.addr,
                 self.key_text,
-                self.spool_dir().display()
+                self.spool_dir().display(),
+                self.dir.path().join("enrollment.toml").display()
             ),
         )
         .unwrap();

@@ -125,6 +125,7 @@ mod tests {
             location: "Ward 3".into(),
             message: "aggressive visitor".into(),
             source: String::new(),
+            enrolled: None,
             cancellation: None,
         };
         let (s, b) = compose(std::slice::from_ref(&a));

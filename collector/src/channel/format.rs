@@ -27,7 +27,34 @@ pub fn describe(a: &AlertRecord) -> String {
         (false, false) => "SOS",
     };
     let place = if a.location.trim().is_empty() { a.host.as_str() } else { a.location.as_str() };
-    format!("{prefix}: {} at {} ({}, {})", or_dash(&a.user), or_dash(place), or_dash(&a.host), or_dash(&a.ip))
+    let mut line =
+        format!("{prefix}: {} at {} ({}, {})", or_dash(&a.user), or_dash(place), or_dash(&a.host), or_dash(&a.ip));
+    if let Some(w) = identity_warning(a) {
+        line.push_str(" — ");
+        line.push_str(&w);
+    }
+    line
+}
+
+/// A warning when the alert's claimed host is not the host its key was enrolled on.
+pub fn identity_warning(a: &AlertRecord) -> Option<String> {
+    let e = a.enrolled.as_ref()?;
+    e.host_mismatch(&a.host).then(|| {
+        format!(
+            "IDENTITY MISMATCH: sent with the key of \"{}\" (enrolled on host {}), claims host {}",
+            e.name,
+            or_dash(&e.host),
+            or_dash(&a.host)
+        )
+    })
+}
+
+/// Who the collector knows sent it: the enrolled agent, or the shared site key.
+pub fn enrolled_line(a: &AlertRecord) -> String {
+    match &a.enrolled {
+        Some(e) => format!("{} (agent {}, enrolled on host {})", e.name, e.agent_id, or_dash(&e.host)),
+        None => "— (shared site key: who and where are as the workstation claims)".to_owned(),
+    }
 }
 
 /// Every field, one per line, for plain-text channels.
@@ -43,12 +70,16 @@ pub(crate) fn details(a: &AlertRecord) -> String {
     if a.test {
         s.push_str("THIS IS A TEST ALERT (drill). No action needed.\n\n");
     }
+    if let Some(w) = identity_warning(a) {
+        s.push_str(&format!("{w}\n\n"));
+    }
     s.push_str(&format!("Who:       {}\n", or_dash(&a.user)));
     s.push_str(&format!("Location:  {}\n", or_dash(&a.location)));
     s.push_str(&format!("Host:      {}\n", or_dash(&a.host)));
     s.push_str(&format!("IP:        {}\n", or_dash(&a.ip)));
     s.push_str(&format!("When:      {}\n", when_utc(a.triggered_at)));
     s.push_str(&format!("Message:   {}\n", or_dash(&a.message)));
+    s.push_str(&format!("Enrolled:  {}\n", enrolled_line(a)));
     s.push_str(&format!("Alert id:  {}\n", a.alert_id));
     s
 }

@@ -10,7 +10,7 @@ mod slack;
 use std::time::Duration;
 
 pub use email::Email;
-pub use format::{describe, when_utc};
+pub use format::{describe, enrolled_line, identity_warning, when_utc};
 pub use slack::{Slack, MAX_ALERTS_PER_MESSAGE};
 
 use crate::store::AlertRecord;
@@ -78,6 +78,7 @@ impl Channel {
                         ip = ?a.ip,
                         location = ?a.location,
                         text = ?a.message,
+                        enrolled = %format::enrolled_line(a),
                         triggered_at = %when_utc(a.triggered_at),
                         "{}",
                         describe(a)

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::format::{describe, details, or_dash, when_utc};
+use super::format::{describe, details, enrolled_line, identity_warning, or_dash, when_utc};
 use super::DeliveryError;
 use crate::config::SlackSettings;
 use crate::store::AlertRecord;
@@ -132,7 +132,11 @@ pub(crate) fn payload(alerts: &[AlertRecord]) -> Value {
             {"type": "mrkdwn", "text": format!("*IP*\n{}", esc(or_dash(&a.ip)))},
             {"type": "mrkdwn", "text": format!("*When*\n{when}")},
             {"type": "mrkdwn", "text": format!("*Alert id*\n`{}`", a.alert_id)},
+            {"type": "mrkdwn", "text": format!("*Enrolled as*\n{}", esc(&enrolled_line(a)))},
         ]}));
+        if let Some(w) = identity_warning(a) {
+            blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("⚠️ *{}*", esc(&w))}}));
+        }
         if !a.message.trim().is_empty() {
             blocks.push(json!({"type": "section", "text": {"type": "mrkdwn",
                 "text": format!("*Message*\n>{}", esc(&a.message).replace('\n', "\n>"))}}));
@@ -159,6 +163,7 @@ mod tests {
             location: "Reception <!channel>".into(),
             message: "help <@U123>".into(),
             source: String::new(),
+            enrolled: None,
             cancellation: None,
         }
     }

@@ -1,0 +1,103 @@
+//! `sos-agent enroll CODE --collector HOST:PORT`: turn a one-time code into this workstation's
+//! own key (see [`sos_shared::enroll`] for the exchange).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sos_shared::enroll::{AgentHandshake, Code, EnrollError, EnrollMessage, EnrolledKey, ENROLL_KEY_ID};
+use sos_shared::protocol::{split_datagram, MAX_DATAGRAM};
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+/// Why enrollment did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollFailure {
+    /// The collector's address does not resolve.
+    #[error("cannot resolve the collector address {0}")]
+    Resolve(String),
+    /// No answer in time. The collector answers nothing for an unknown, used, expired or
+    /// burnt code, so this is what those look like from here.
+    #[error("no answer from {0}: the code may be unknown, used, expired or tried too often (the collector does not answer those), or the collector is unreachable; check the address and ask for a new code")]
+    NoAnswer(String),
+    /// The collector's proof did not match: a mistyped code.
+    #[error("the code does not match what the collector issued (mistyped?); each wrong try counts against the code, ask for a new one if it keeps failing")]
+    WrongCode,
+    /// A socket error.
+    #[error("network error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Run the exchange with `collector`, retransmitting each request until answered or `timeout`
+/// passes. Returns the agent's key and the collector's address.
+///
+/// # Errors
+/// See [`EnrollFailure`].
+pub async fn enroll(
+    code: &Code,
+    collector: &str,
+    host: &str,
+    timeout: Duration,
+) -> Result<(EnrolledKey, SocketAddr), EnrollFailure> {
+    let addr = tokio::net::lookup_host(collector)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| EnrollFailure::Resolve(collector.to_owned()))?;
+    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0".parse() } else { "[::]:0".parse() }.expect("valid");
+    let socket = UdpSocket::bind(bind).await?;
+    let give_up = Instant::now() + timeout;
+
+    let (handshake, start) = AgentHandshake::start(code);
+    let challenge = exchange(&socket, addr, &start, give_up, |m| matches!(m, EnrollMessage::EnrollChallenge { .. }))
+        .await
+        .ok_or_else(|| EnrollFailure::NoAnswer(collector.to_owned()))?;
+    let (session, finish) = handshake.on_challenge(&challenge, host).map_err(|e| match e {
+        EnrollError::WrongCode => EnrollFailure::WrongCode,
+        EnrollError::Malformed => EnrollFailure::NoAnswer(collector.to_owned()),
+    })?;
+    let done = exchange(&socket, addr, &finish, give_up, |m| matches!(m, EnrollMessage::EnrollDone { .. }))
+        .await
+        .ok_or_else(|| EnrollFailure::NoAnswer(collector.to_owned()))?;
+    let key = session.on_done(&done).map_err(|_| EnrollFailure::NoAnswer(collector.to_owned()))?;
+    Ok((key, addr))
+}
+
+/// Send `request` to `addr` (again after 0.5 s, 1 s, 2 s…) until an enrollment message that
+/// `wanted` accepts comes back from `addr`, or `give_up` passes.
+async fn exchange(
+    socket: &UdpSocket,
+    addr: SocketAddr,
+    request: &[u8],
+    give_up: Instant,
+    wanted: impl Fn(&EnrollMessage) -> bool,
+) -> Option<EnrollMessage> {
+    let mut wait = Duration::from_millis(500);
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    loop {
+        if Instant::now() >= give_up {
+            return None;
+        }
+        let _ = socket.send_to(request, addr).await;
+        let round_end = (Instant::now() + wait).min(give_up);
+        wait = (wait * 2).min(Duration::from_secs(4));
+        loop {
+            let got = tokio::select! {
+                r = socket.recv_from(&mut buf) => r,
+                _ = tokio::time::sleep_until(round_end) => break,
+            };
+            let Ok((n, from)) = got else { continue };
+            if from != addr {
+                continue;
+            }
+            let Ok((id, body)) = split_datagram(&buf[..n]) else { continue };
+            if id != ENROLL_KEY_ID {
+                continue;
+            }
+            if let Ok(m) = EnrollMessage::from_body(body) {
+                if wanted(&m) {
+                    return Some(m);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The agent's keys: the enrollment file that holds its own key, and the keyring the sender
+//! seals with, which a rotation (a new key in a heartbeat answer) updates in place.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use sos_shared::config::read_secret_file;
+use sos_shared::{Key, KeyId};
+
+/// What `sos-agent enroll` writes: this workstation's identity and its own key. Mode 0600.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enrollment {
+    /// The agent's id in the collector's registry.
+    pub agent_id: String,
+    /// The name it was enrolled under.
+    pub name: String,
+    /// The collector it enrolled with (`host:port`); used when the config names none.
+    pub collector: String,
+    /// When, seconds since the Unix epoch.
+    pub enrolled_at: u64,
+    /// Its own Fernet key (a secret).
+    pub key: String,
+}
+
+impl fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Enrollment")
+            .field("agent_id", &self.agent_id)
+            .field("name", &self.name)
+            .field("collector", &self.collector)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Enrollment {
+    /// Read an enrollment file, refusing one that other users can read.
+    ///
+    /// # Errors
+    /// A message naming the file and what is wrong (never the key).
+    pub fn load(path: &Path) -> Result<Enrollment, String> {
+        let text = read_secret_file(path)?;
+        let e: Enrollment = toml::from_str(&text)
+            .map_err(|err| format!("{} is not an enrollment file: {}", path.display(), err.message()))?;
+        Key::from_base64(&e.key).map_err(|err| format!("{}: key: {err}", path.display()))?;
+        Ok(e)
+    }
+
+    /// Write it to `path` atomically, mode 0600 (a temporary file renamed over the old one).
+    ///
+    /// # Errors
+    /// If the directory or the file cannot be written.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let text = format!(
+            "# Written by `sos-agent enroll`: this workstation's own SOS key. Keep it private (mode 0600).\n{}",
+            toml::to_string(self).map_err(std::io::Error::other)?
+        );
+        let tmp = path.with_extension("toml.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        sos_shared::config::write_secret_file(&tmp, &text)?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // The rename is durable once the directory is.
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    current: Key,
+    previous: Option<Key>,
+}
+
+/// The keys the sender seals with and opens replies with. Clones share it.
+#[derive(Debug, Clone)]
+pub struct Keyring {
+    state: Arc<RwLock<State>>,
+    /// The enrollment file a rotated key is saved to; `None` for a site key from the config.
+    file: Option<PathBuf>,
+}
+
+impl Keyring {
+    /// A keyring with `key`; rotations are saved to `enrollment_file`.
+    pub fn new(key: Key, enrollment_file: Option<PathBuf>) -> Keyring {
+        Keyring { state: Arc::new(RwLock::new(State { current: key, previous: None })), file: enrollment_file }
+    }
+
+    /// The key to seal with.
+    pub fn current(&self) -> Key {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).current.clone()
+    }
+
+    /// The key with id `id`: the current one, or the one before a rotation (replies to
+    /// requests sealed before it may still arrive).
+    pub fn get(&self, id: KeyId) -> Option<Key> {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        if s.current.id() == id {
+            return Some(s.current.clone());
+        }
+        s.previous.clone().filter(|k| k.id() == id)
+    }
+
+    /// A collector sent a new key (`sos-collector agents rotate`): save it, then seal with it.
+    /// Returns `Ok(false)` if it is already the current key.
+    ///
+    /// # Errors
+    /// If the key is not valid, there is no enrollment file to save it to, or saving fails;
+    /// then the current key stays in use (and the collector keeps offering the new one).
+    pub fn rotate(&self, new_key: &str) -> Result<bool, String> {
+        let key = Key::from_base64(new_key).map_err(|e| format!("the collector sent an invalid key: {e}"))?;
+        if self.current().id() == key.id() {
+            return Ok(false);
+        }
+        let Some(path) = &self.file else {
+            return Err("a new key arrived but this agent uses a key from its config, not an enrollment file".into());
+        };
+        let mut e = Enrollment::load(path)?;
+        e.key = new_key.trim().to_owned();
+        e.save(path).map_err(|err| format!("cannot save the new key to {}: {err}", path.display()))?;
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let old = std::mem::replace(&mut s.current, key);
+        s.previous = Some(old);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_enrollment_file_is_private_and_a_rotation_is_saved_before_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/enrollment.toml");
+        let first = Key::generate();
+        let e = Enrollment {
+            agent_id: "0011223344556677".into(),
+            name: "Reception".into(),
+            collector: "127.0.0.1:5000".into(),
+            enrolled_at: 1,
+            key: first.clone(),
+        };
+        e.save(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert!(!format!("{e:?}").contains(&first));
+        let ring = Keyring::new(Key::from_base64(&first).unwrap(), Some(path.clone()));
+        let old_id = ring.current().id();
+        let second = Key::generate();
+        assert!(ring.rotate(&second).unwrap());
+        assert!(!ring.rotate(&second).unwrap());
+        assert_eq!(Enrollment::load(&path).unwrap().key, second);
+        assert_ne!(ring.current().id(), old_id);
+        assert!(ring.get(old_id).is_some(), "replies sealed with the old key still open");
+        assert!(Keyring::new(Key::from_base64(&first).unwrap(), None).rotate(&second).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_readable_enrollment_file_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("enrollment.toml");
+        let e = Enrollment {
+            agent_id: "0011223344556677".into(),
+            name: "Reception".into(),
+            collector: "127.0.0.1:5000".into(),
+            enrolled_at: 1,
+            key: Key::generate(),
+        };
+        e.save(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Enrollment::load(&path).unwrap_err();
+        assert!(err.contains("chmod 600") && !err.contains(&e.key), "{err}");
+    }
+}

@@ -1,0 +1,485 @@
+//! End-to-end: per-agent keys, enrollment by one-time code, revocation, rotation, replay and
+//! abuse resistance, with the real binaries, a Slack stand-in and the real store.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sos_e2e::bin::bin;
+use sos_e2e::process::alert_id_of;
+use sos_e2e::site::Site;
+use sos_e2e::{CollectorProcess, Peer, SlackStandIn};
+use sos_shared::protocol::{header, Heartbeat, Sos};
+use sos_shared::{unix_now, AlertId, Key, Message};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// An agent enrolled through the real CLIs.
+struct Enrolled {
+    config: PathBuf,
+    file: PathBuf,
+    agent_id: String,
+    code: String,
+    /// What the commands printed on stderr (scanned for keys).
+    stderr: String,
+}
+
+impl Enrolled {
+    fn key_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.file).unwrap();
+        let v: toml_lite::Table = toml_lite::parse(&text);
+        v.get("key").unwrap().to_owned()
+    }
+
+    fn key(&self) -> Key {
+        Key::from_base64(&self.key_text()).unwrap()
+    }
+}
+
+/// A tiny reader for the flat `name = "value"` lines of an enrollment file.
+mod toml_lite {
+    pub type Table = std::collections::HashMap<String, String>;
+    pub fn parse(text: &str) -> Table {
+        text.lines()
+            .filter_map(|l| l.split_once(" = "))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
+            .collect()
+    }
+}
+
+fn collector_cli(collector: &CollectorProcess, args: &[&str]) -> Output {
+    Command::new(bin("sos-collector")).args(args).arg("--config").arg(&collector.config).output().unwrap()
+}
+
+fn new_code(collector: &CollectorProcess, name: &str) -> String {
+    let out = collector_cli(collector, &["enroll", "--name", name]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn agent_enroll(code: &str, collector: &CollectorProcess, out: &std::path::Path, timeout: &str) -> Output {
+    Command::new(bin("sos-agent"))
+        .args(["enroll", code, "--collector", &collector.addr.to_string(), "--timeout", timeout, "--out"])
+        .arg(out)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn enroll(site: &Site, collector: &CollectorProcess, name: &str) -> Enrolled {
+    let code = new_code(collector, name);
+    let slug: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
+    let file = site.dir.path().join(format!("{slug}.enrollment.toml"));
+    let out = agent_enroll(&code, collector, &file, "20");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "enroll failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("Enrolled as \"{name}\"")), "{stdout}");
+    let agent_id = toml_lite::parse(&std::fs::read_to_string(&file).unwrap())["agent_id"].clone();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let config = site.dir.path().join(format!("{slug}.agent.toml"));
+    // No key in the config: the enrollment file is the agent's key and names the collector.
+    std::fs::write(
+        &config,
+        format!(
+            "enrollment_file = \"{}\"\nlocation = \"{name}\"\nspool_dir = \"{}\"\n",
+            file.display(),
+            site.dir.path().join(format!("{slug}.spool")).display()
+        ),
+    )
+    .unwrap();
+    Enrolled { config, file, agent_id, code, stderr: String::from_utf8_lossy(&out.stderr).to_string() }
+}
+
+/// `sos-agent send` with debug logs; (output, stderr).
+fn send(config: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(bin("sos-agent"))
+        .args(["send", "--config"])
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Wait until the running collector has loaded the registry as it is in the store now.
+fn wait_registry_applied(site: &Site, collector: &CollectorProcess) {
+    let version: i64 =
+        site.db().query_row("SELECT version FROM registry_version WHERE id = 0", [], |r| r.get(0)).unwrap();
+    collector.wait_log(WAIT, &format!("agent registry reloaded version={version} "));
+}
+
+fn sos(host: &str) -> Sos {
+    Sos {
+        alert_id: AlertId::random(),
+        test: false,
+        triggered_at: unix_now(),
+        attempt: 0,
+        user: "mallory".into(),
+        host: host.into(),
+        ip: "10.9.9.9".into(),
+        location: "Reception".into(),
+        message: String::new(),
+        agent: "hand-made".into(),
+    }
+}
+
+fn heartbeat() -> Message {
+    Message::Heartbeat(Heartbeat { user: "u".into(), host: "h".into(), ip: String::new(), pad: "0".repeat(128) })
+}
+
+fn agent_ack(peer: &Peer, timeout: Duration) -> Option<Message> {
+    let d = peer.recv_raw(timeout)?;
+    peer.open(&d)
+}
+
+#[test]
+fn an_enrolled_agent_is_attributed_and_no_other_key_speaks_in_its_name() {
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let collector = site.start(Some(&slack), None);
+    let a = enroll(&site, &collector, "Reception desk 3");
+    let b = enroll(&site, &collector, "Lab 2");
+    assert_ne!(a.key().id(), b.key().id());
+
+    // A's SOS, through the real agent, is attributed to A.
+    let out = send(&a.config, &["--message", "help"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = alert_id_of(&out);
+    let post = slack.wait_for_text(WAIT, &id);
+    assert!(post.text().contains("Reception desk 3") && !post.text().contains("IDENTITY MISMATCH"), "{}", post.text());
+    let (agent_id, name): (String, String) = site
+        .db()
+        .query_row("SELECT agent_id, agent_name FROM alerts WHERE alert_id = ?1", [&id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    assert_eq!((agent_id.as_str(), name.as_str()), (a.agent_id.as_str(), "Reception desk 3"));
+
+    // B claims to be another host: stored as B's, and responders are warned.
+    let peer_b = Peer::new(collector.addr, b.key());
+    let forged = sos("reception-desk-3");
+    peer_b.send(&Message::Sos(forged.clone()));
+    assert!(matches!(agent_ack(&peer_b, WAIT), Some(Message::SosAck(ack)) if ack.alert_id == forged.alert_id));
+    let post = slack.wait_for_text(WAIT, &forged.alert_id.to_string());
+    assert!(post.text().contains("IDENTITY MISMATCH") && post.text().contains("Lab 2"), "{}", post.text());
+    let name: String = site
+        .db()
+        .query_row("SELECT agent_name FROM alerts WHERE alert_id = ?1", [forged.alert_id.to_string()], |r| r.get(0))
+        .unwrap();
+    assert_eq!(name, "Lab 2");
+
+    // B seals with its own key under A's key id: not authentic, no answer. A heartbeat sent
+    // after it is answered first, so the forged datagram was handled and dropped.
+    let in_a_name = sos("reception-desk-3");
+    let sealed_by_b = b.key().seal(&Message::Sos(in_a_name.clone()), unix_now()).unwrap();
+    let mut forged_header = header(a.key().id()).to_vec();
+    forged_header.extend_from_slice(&sealed_by_b[12..]);
+    peer_b.send_raw(&forged_header);
+    peer_b.send(&heartbeat());
+    assert!(matches!(agent_ack(&peer_b, WAIT), Some(Message::HeartbeatAck(_))));
+    assert!(peer_b.recv_raw(Duration::from_millis(300)).is_none(), "a forged datagram was answered");
+    let n: i64 = site
+        .db()
+        .query_row("SELECT COUNT(*) FROM alerts WHERE alert_id = ?1", [in_a_name.alert_id.to_string()], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+
+    // `agents list` shows both, with no key material.
+    let out = collector_cli(&collector, &["agents", "list"]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.contains("Reception desk 3") && list.contains("Lab 2") && list.contains(&a.agent_id), "{list}");
+    assert!(!list.contains(a.key_text().trim_end_matches('=')));
+}
+
+#[test]
+fn revoked_agents_and_used_expired_or_guessed_codes_are_refused() {
+    let site = Site::new();
+    let collector = site.start(None, None);
+    let a = enroll(&site, &collector, "Reception desk 3");
+    assert!(send(&a.config, &["--test"]).status.success());
+
+    // Revoked: not acknowledged, and the log says why loudly.
+    let out = collector_cli(&collector, &["agents", "revoke", &a.agent_id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_registry_applied(&site, &collector);
+    let out = send(&a.config, &["--timeout", "2"]);
+    assert_eq!(out.status.code(), Some(1), "a revoked agent's SOS was acknowledged");
+    collector.wait_log(WAIT, "REFUSED an SOS: the agent is revoked");
+    let list = String::from_utf8_lossy(&collector_cli(&collector, &["agents"]).stdout).to_string();
+    assert!(list.contains("REVOKED"), "{list}");
+
+    // A used code: no answer, the agent says so plainly.
+    let again = agent_enroll(&a.code, &collector, &site.dir.path().join("again.toml"), "2");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no answer"), "{}", String::from_utf8_lossy(&again.stderr));
+    collector.wait_log(WAIT, "the code was used already");
+
+    // An expired code.
+    let code = new_code(&collector, "Late");
+    let code_id: String = code.chars().filter(|c| *c != '-').take(4).collect();
+    {
+        let db = rusqlite::Connection::open(site.data_dir().join("sos.db")).unwrap();
+        db.busy_timeout(Duration::from_secs(5)).unwrap();
+        db.execute("UPDATE enrollments SET expires_at_ms = 0 WHERE code_id = ?1", [&code_id]).unwrap();
+    }
+    assert!(!agent_enroll(&code, &collector, &site.dir.path().join("late.toml"), "2").status.success());
+    collector.wait_log(WAIT, "the code has expired");
+
+    // Guessing: every wrong secret is caught by the agent (the collector's proof does not
+    // match) and counted by the collector; after five, even the right code is refused.
+    let code = new_code(&collector, "Guessed");
+    let wrong = format!("{}-0000-0000", &code[..4]);
+    for _ in 0..5 {
+        let out = agent_enroll(&wrong, &collector, &site.dir.path().join("guess.toml"), "5");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("does not match"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(!agent_enroll(&code, &collector, &site.dir.path().join("guess.toml"), "2").status.success());
+    collector.wait_log(WAIT, "tried too often");
+    assert!(!site.dir.path().join("guess.toml").exists() && !site.dir.path().join("late.toml").exists());
+}
+
+#[test]
+fn rotation_loses_no_sos_retires_the_old_key_after_the_grace_and_no_log_shows_a_key() {
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let config = site.collector_config(Some(&slack), None).replacen(
+        "[outbox]",
+        "[security]\nrotation_grace_secs = 3\n[outbox]",
+        1,
+    );
+    let collector = site.start_with(&config);
+    let a = enroll(&site, &collector, "Reception desk 3");
+    let first_key = a.key_text();
+    let mut stderr = a.stderr.clone();
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let agent_config = sos_agent::AgentConfig::load(&a.config).unwrap();
+    let sender = sos_agent::Sender::new(&agent_config);
+    let identity = sos_agent::identity::Identity::current();
+
+    // A stream of SOS for the whole rotation.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = {
+        let sender = sender.clone();
+        let stop = stop.clone();
+        let identity = identity.clone();
+        rt.spawn(async move {
+            let mut ids = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let sos = sos_agent::send::new_sos(&identity, "Reception", "during rotation", true);
+                let d = sender.send(sos, Duration::from_secs(15)).await.expect("an SOS during rotation was lost");
+                ids.push(d.alert_id);
+                // Ten a second: a busy agent, well under the per-agent rate limit.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ids
+        })
+    };
+
+    let out = collector_cli(&collector, &["agents", "rotate", &a.agent_id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Rotating again before the agent picked the key up would lock it out: refused.
+    assert!(!collector_cli(&collector, &["agents", "rotate", "Reception desk 3"]).status.success());
+    wait_registry_applied(&site, &collector);
+    let answered = rt.block_on(sender.heartbeat(&identity, Duration::from_secs(5))).unwrap();
+    assert!(answered.is_some(), "the heartbeat was not answered");
+    let second_key = a.key_text();
+    assert_ne!(first_key, second_key, "the new key was not saved to the enrollment file");
+    collector.wait_log(WAIT, "key rotation complete");
+    let promoted = Instant::now();
+
+    // The old key still works during the grace period, then is refused.
+    let old = Peer::new(collector.addr, Key::from_base64(&first_key).unwrap());
+    let s = sos("vm");
+    old.send(&Message::Sos(s.clone()));
+    assert!(
+        matches!(agent_ack(&old, WAIT), Some(Message::SosAck(ack)) if ack.alert_id == s.alert_id),
+        "the old key was refused within the grace period"
+    );
+    let refused_after = loop {
+        let s = sos("vm");
+        old.send(&Message::Sos(s));
+        if agent_ack(&old, Duration::from_millis(500)).is_none() {
+            break promoted.elapsed();
+        }
+        assert!(promoted.elapsed() < WAIT, "the old key is still accepted long after the grace period");
+        // Probing pace: five a second, under the per-agent rate limit.
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        refused_after >= Duration::from_secs(2),
+        "old key refused after {refused_after:?}, grace is 3 s:\n{}",
+        collector.log()
+    );
+    collector.wait_log(WAIT, "the key was replaced by a rotation");
+
+    stop.store(true, Ordering::SeqCst);
+    let ids = rt.block_on(stream).unwrap();
+    assert!(ids.len() >= 2, "{} SOS sent during the rotation", ids.len());
+    for id in &ids {
+        let who: String = site
+            .db()
+            .query_row("SELECT agent_id FROM alerts WHERE alert_id = ?1", [id.to_string()], |r| r.get(0))
+            .unwrap();
+        assert_eq!(who, a.agent_id);
+    }
+    // The new key through the real binary, and the list shows the rotation done.
+    let out = send(&a.config, &["--test"]);
+    assert!(out.status.success());
+    stderr.push_str(&String::from_utf8_lossy(&out.stderr));
+    let list = String::from_utf8_lossy(&collector_cli(&collector, &["agents"]).stdout).to_string();
+    assert!(list.contains(&Key::from_base64(&second_key).unwrap().id().to_string()), "{list}");
+
+    // No key and no code secret in any log of the whole run (the collector logs at debug).
+    let (_, log) = collector.terminate();
+    let secret_of_code: String = a.code.chars().filter(|c| *c != '-').skip(4).collect();
+    for (what, secret) in [
+        ("site key", site.key_text.clone()),
+        ("first key", first_key),
+        ("second key", second_key),
+        ("code", secret_of_code),
+    ] {
+        let needle = secret.trim_end_matches('=');
+        assert!(!log.contains(needle), "the {what} appears in the collector log");
+        assert!(!stderr.contains(needle), "the {what} appears in an agent log");
+    }
+}
+
+#[test]
+fn replays_notify_nobody_now_or_after_the_token_ttl() {
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let config = site.collector_config(Some(&slack), None).replacen(
+        "shutdown_grace_secs = 2\n",
+        "shutdown_grace_secs = 2\ntoken_ttl_secs = 2\nmax_future_skew_secs = 2\n",
+        1,
+    );
+    let collector = site.start_with(&config);
+    let a = enroll(&site, &collector, "Reception desk 3");
+    let peer = Peer::new(collector.addr, a.key());
+    let s = sos("vm");
+    let captured = peer.send(&Message::Sos(s.clone()));
+    assert!(matches!(agent_ack(&peer, WAIT), Some(Message::SosAck(ack)) if ack.alert_id == s.alert_id));
+    slack.wait_for_text(WAIT, &s.alert_id.to_string());
+
+    // At once: recognised, acknowledged again (the agent may have missed the first ACK), not stored again.
+    peer.send_raw(&captured);
+    assert!(
+        matches!(agent_ack(&peer, WAIT), Some(Message::SosAck(ack)) if ack.status == sos_shared::protocol::AckStatus::Duplicate)
+    );
+    // After the token TTL: refused as a replay.
+    let t0 = Instant::now();
+    loop {
+        peer.send_raw(&captured);
+        let log = collector.log();
+        if log.contains("rejected an authentic token") {
+            break;
+        }
+        assert!(t0.elapsed() < WAIT, "the replay was never refused");
+        let _ = peer.recv_raw(Duration::from_millis(300));
+    }
+    let (_, log) = collector.terminate();
+    let summary = log.lines().find(|l| l.contains("collector stopped")).unwrap().to_owned();
+    assert!(summary.contains("sos_stored=1"), "{summary}");
+    let posts = slack.received().iter().filter(|r| r.text().contains(&s.alert_id.to_string())).count();
+    assert_eq!(posts, 1, "a replay notified responders again");
+    let jobs: i64 = site
+        .db()
+        .query_row("SELECT COUNT(*) FROM outbox WHERE alert_id = ?1", [s.alert_id.to_string()], |r| r.get(0))
+        .unwrap();
+    assert_eq!(jobs, 2, "one job per channel (log, slack)");
+}
+
+#[test]
+fn floods_and_garbage_get_no_reply_and_a_valid_sos_still_gets_through() {
+    let site = Site::new();
+    let collector = site.start(None, None);
+    let a = enroll(&site, &collector, "Reception desk 3");
+    let stranger_key = Key::from_base64(&Key::generate()).unwrap();
+
+    // Hostile input from another host: nothing of it is answered.
+    let hostile = Peer::from_ip("127.0.0.2", collector.addr, site.key());
+    let mut bogus_token = header(a.key().id()).to_vec();
+    bogus_token.extend_from_slice(&stranger_key.seal(&heartbeat(), unix_now()).unwrap()[12..]);
+    let unknown_code =
+        sos_shared::enroll::AgentHandshake::start(&sos_shared::enroll::Code::parse("ZZZZ-ZZZZ-ZZZZ").unwrap()).1;
+    let mut short_enroll = unknown_code.clone();
+    short_enroll.truncate(300);
+    let finish_without_start = {
+        let mut d = header(sos_shared::enroll::ENROLL_KEY_ID).to_vec();
+        d.extend_from_slice(
+            format!("{{\"kind\":\"enroll_finish\",\"enrollment\":\"ZZZZ\",\"host\":\"aA\",\"confirm\":\"bB\",\"pad\":\"{}\"}}", "0".repeat(900))
+                .as_bytes(),
+        );
+        d
+    };
+    for d in [
+        (0..400u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<u8>>(),
+        b"SOS\x01".to_vec(),
+        bogus_token,
+        stranger_key.seal(&Message::Sos(sos("x")), unix_now()).unwrap(),
+        unknown_code,
+        short_enroll,
+        finish_without_start,
+    ] {
+        hostile.send_raw(&d);
+    }
+    collector.wait_log(WAIT, "enrollment refused: no such code");
+    // The hostile socket also holds the site key: its heartbeat, sent last, is the only answer.
+    hostile.send(&heartbeat());
+    assert!(matches!(agent_ack(&hostile, WAIT), Some(Message::HeartbeatAck(_))));
+    assert!(hostile.recv_raw(Duration::from_millis(300)).is_none(), "hostile input was answered");
+
+    // A flood from a third address as fast as one thread can send, while the real agent sends
+    // an SOS from 127.0.0.1: acknowledged; the flood gets nothing back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let flood = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        let to = collector.addr;
+        let id = a.key().id();
+        std::thread::spawn(move || {
+            let socket = std::net::UdpSocket::bind("127.0.0.3:0").unwrap();
+            let mut d = header(id).to_vec();
+            d.extend_from_slice(&[b'A'; 200]);
+            let mut rng = fastrand::Rng::with_seed(7);
+            while !stop.load(Ordering::Relaxed) {
+                for b in &mut d[20..40] {
+                    *b = b'A' + rng.u8(0..26);
+                }
+                if socket.send_to(&d, to).is_ok() {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let mut buf = [0u8; 2048];
+            socket.set_nonblocking(true).unwrap();
+            socket.recv_from(&mut buf).is_ok()
+        })
+    };
+    collector.wait_log(WAIT, "rate limit: dropping datagrams from this address");
+    let started = Instant::now();
+    let out = send(&a.config, &["--test", "--timeout", "20"]);
+    let took = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let flood_got_reply = flood.join().unwrap();
+    assert!(out.status.success(), "no ACK during the flood: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!flood_got_reply, "the flood was answered");
+    let n = sent.load(Ordering::Relaxed);
+    eprintln!(
+        "flood: {n} datagrams; the SOS was acknowledged in {took:?} ({})",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    let (_, log) = collector.terminate();
+    let summary = log.lines().find(|l| l.contains("collector stopped")).unwrap().to_owned();
+    assert!(!summary.contains("rate_limited_source=0"), "{summary}");
+}
