@@ -273,6 +273,11 @@ impl Receiver {
         }
     }
 
+    /// How to answer a request of `request_len` bytes from `to`, sealing with `key`.
+    fn reply_to(&self, key: &Key, to: SocketAddr, request_len: usize) -> Reply {
+        Reply { socket: self.socket.clone(), key: key.clone(), stats: self.stats.clone(), to, request_len }
+    }
+
     fn limits(&self) -> std::sync::MutexGuard<'_, Limits> {
         self.limits.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -389,13 +394,7 @@ impl Receiver {
         }
         let enrolled = entry.as_ref().map(|e| e.agent.who.clone());
         let request_len = datagram.len();
-        let reply = |key: &Key| Reply {
-            socket: self.socket.clone(),
-            key: key.clone(),
-            stats: self.stats.clone(),
-            to: from,
-            request_len,
-        };
+        let reply = |key: &Key| self.reply_to(key, from, request_len);
         match opened.message {
             Message::Sos(mut sos) => {
                 sos.sanitize();
@@ -495,13 +494,7 @@ impl Receiver {
         };
         let code_id = message.enrollment().to_owned();
         let send = |datagram: Vec<u8>| {
-            let ctx = Reply {
-                socket: self.socket.clone(),
-                key: self.key.clone(),
-                stats: self.stats.clone(),
-                to: from,
-                request_len,
-            };
+            let ctx = self.reply_to(&self.key, from, request_len);
             self.in_flight.spawn(async move { ctx.send_datagram(&datagram, "enroll").await });
         };
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -517,13 +510,7 @@ impl Receiver {
                 let store = self.store.clone();
                 let stats = self.stats.clone();
                 let sessions = self.sessions.clone();
-                let ctx = Reply {
-                    socket: self.socket.clone(),
-                    key: self.key.clone(),
-                    stats: self.stats.clone(),
-                    to: from,
-                    request_len,
-                };
+                let ctx = self.reply_to(&self.key, from, request_len);
                 self.in_flight.spawn(async move {
                     let id = code_id.clone();
                     let attempt = match store.exec(move |db| db.enroll_attempt(&id, now_ms())).await {
@@ -591,13 +578,7 @@ impl Receiver {
                 let stats = self.stats.clone();
                 let sessions = self.sessions.clone();
                 let registry = self.registry.clone();
-                let ctx = Reply {
-                    socket: self.socket.clone(),
-                    key: self.key.clone(),
-                    stats: self.stats.clone(),
-                    to: from,
-                    request_len,
-                };
+                let ctx = self.reply_to(&self.key, from, request_len);
                 self.in_flight.spawn(async move {
                     let id = code_id.clone();
                     let h = host.clone();
@@ -637,7 +618,7 @@ impl Receiver {
     /// itself stays refused: replay protection is unchanged.
     fn time_hint(&self, key: &Key, request_len: usize, to: SocketAddr, token_time: u64) {
         Stats::bump(&self.stats.time_hints);
-        let ctx = Reply { socket: self.socket.clone(), key: key.clone(), stats: self.stats.clone(), to, request_len };
+        let ctx = self.reply_to(key, to, request_len);
         let hint = Message::TimeHint(TimeHint { server_time: unix_now(), token_time });
         self.in_flight.spawn(async move { ctx.send(&hint).await });
     }

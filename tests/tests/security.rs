@@ -441,7 +441,14 @@ fn floods_and_garbage_get_no_reply_and_a_valid_sos_still_gets_through() {
     assert!(hostile.recv_raw(Duration::from_millis(300)).is_none(), "hostile input was answered");
 
     // A flood from a third address as fast as one thread can send, while the real agent sends
-    // an SOS from 127.0.0.1: acknowledged; the flood gets nothing back.
+    // an SOS from 127.0.0.1: acknowledged; the flood gets nothing back. The time to ACK with
+    // and without the flood is printed for the record (docs/SECURITY.md), not asserted.
+    let ack_ms = |out: &Output| -> String {
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.split(" in ").nth(1).and_then(|t| t.split_whitespace().next()).unwrap_or("?").to_owned()
+    };
+    let calm = send(&a.config, &["--test"]);
+    assert!(calm.status.success());
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let flood = {
@@ -467,17 +474,20 @@ fn floods_and_garbage_get_no_reply_and_a_valid_sos_still_gets_through() {
         })
     };
     collector.wait_log(WAIT, "rate limit: dropping datagrams from this address");
-    let started = Instant::now();
+    let flood_start = Instant::now();
+    assert!(sos_e2e::eventually(WAIT, || sent.load(Ordering::Relaxed) >= 100_000), "the flood did not get going");
     let out = send(&a.config, &["--test", "--timeout", "20"]);
-    let took = started.elapsed();
+    let during = sent.load(Ordering::Relaxed);
+    let elapsed = flood_start.elapsed();
     stop.store(true, Ordering::SeqCst);
     let flood_got_reply = flood.join().unwrap();
     assert!(out.status.success(), "no ACK during the flood: {}", String::from_utf8_lossy(&out.stderr));
     assert!(!flood_got_reply, "the flood was answered");
-    let n = sent.load(Ordering::Relaxed);
     eprintln!(
-        "flood: {n} datagrams; the SOS was acknowledged in {took:?} ({})",
-        String::from_utf8_lossy(&out.stdout).trim()
+        "flood: {during} datagrams in {elapsed:?} ({:.0}/s); SOS acknowledged in {} ms during the flood, {} ms without",
+        during as f64 / elapsed.as_secs_f64(),
+        ack_ms(&out),
+        ack_ms(&calm)
     );
     let (_, log) = collector.terminate();
     let summary = log.lines().find(|l| l.contains("collector stopped")).unwrap().to_owned();
