@@ -11,7 +11,10 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 /// How long a toast may take to reach the notification daemon before we stop waiting for it.
-const SHOW_TIMEOUT: Duration = Duration::from_secs(3);
+const SHOW_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a toast is tried when the daemon refuses it or is not on the bus yet (an agent that
+/// starts with the session can resend a spooled alert before the daemon is up).
+const SHOW_ATTEMPTS: u32 = 3;
 
 /// How important a toast is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +38,19 @@ pub fn show(summary: String, body: String, importance: Importance) {
         });
         #[cfg(not(all(unix, not(target_os = "macos"))))]
         let _ = importance;
-        let _ = tx.send(n.show().map(|_| ()).map_err(|e| e.to_string()));
+        let mut outcome = Err(String::new());
+        for attempt in 1..=SHOW_ATTEMPTS {
+            outcome = n.show().map(|_| ()).map_err(|e| e.to_string());
+            match &outcome {
+                Ok(()) => break,
+                Err(e) if attempt < SHOW_ATTEMPTS => {
+                    debug!(error = %e, attempt, "toast not shown; trying again in 1 s");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(_) => {}
+            }
+        }
+        let _ = tx.send(outcome);
     });
     if let Err(e) = spawned {
         warn!(error = %e, "cannot show a toast");
