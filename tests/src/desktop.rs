@@ -262,6 +262,8 @@ impl Desktop {
             .args(["run", "--config"])
             .arg(config)
             .env("XDG_STATE_HOME", state_dir)
+            // The default enrollment file lives in the data dir: keep it per test too.
+            .env("XDG_DATA_HOME", state_dir)
             .env("RUST_LOG", "info,sos_agent=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
