@@ -85,10 +85,25 @@ fn demo() -> anyhow::Result<()> {
         );
 
         let identity = Identity::current();
+        // Enrollment: a one-time code (what `sos-collector enroll --name` prints), turned into
+        // the agent's own key over SPAKE2 (what `sos-agent enroll CODE --collector` does).
+        let code = Db::open(&db_path)?.create_enrollment("Demo desk", 10 * 60_000, sos_collector::store::now_ms())?;
+        println!("\nenroll     one-time code {code} for \"Demo desk\" (sos-collector enroll --name \"Demo desk\")");
+        let (enrolled, _) =
+            sos_agent::enroll::enroll(&code, &addr.to_string(), &identity.host, Duration::from_secs(10)).await?;
+        let own_key = sos_shared::Key::from_base64(&enrolled.key)?;
+        println!(
+            "           the agent is enrolled as \"{}\" (agent {}) with its own key, key id {}",
+            enrolled.name,
+            enrolled.agent_id,
+            own_key.id()
+        );
+        let _ = key;
+
         let sos = new_sos(&identity, "Demo desk (set `location` in the agent's config)", "This is a demo.", true);
         let alert_id = sos.alert_id;
         println!("\nagent      sending TEST SOS {alert_id} as {}@{}", identity.user, identity.host);
-        let sender = Sender::with(key, vec![addr.to_string()], RetrySchedule::default());
+        let sender = Sender::with(own_key, vec![addr.to_string()], RetrySchedule::default());
         let delivered = sender.send(sos, Duration::from_secs(10)).await.context("SOS NOT DELIVERED")?;
         println!(
             "           acknowledged by {} ({:?}) in {} ms",
@@ -109,6 +124,14 @@ fn demo() -> anyhow::Result<()> {
         .await?;
         println!("\nslack      the stand-in webhook answered {} and received:", slack_posts.status);
         println!("           {}", slack_posts.body["text"].as_str().unwrap_or_default());
+        anyhow::ensure!(
+            slack_posts.text().contains(&format!("agent {}", enrolled.agent_id)),
+            "the alert is not attributed to the enrolled agent"
+        );
+        println!(
+            "           Enrolled as: {} (agent {}, enrolled on host {})",
+            enrolled.name, enrolled.agent_id, identity.host
+        );
         println!("\nemail      the SMTP server accepted:");
         for header in ["Subject:", "From:", "To:"] {
             if let Some(line) = mail.lines().find(|l| l.starts_with(header)) {
@@ -138,8 +161,9 @@ fn demo() -> anyhow::Result<()> {
         let stats = collector.await??;
         println!("\ncollector  stopped: {stats}");
         println!(
-            "\nNext: run `sos-collector run`, point an agent at it with the key it prints, and connect a real\n\
-             Slack webhook and SMTP server (README.md, \"Connecting Slack and email\")."
+            "\nNext: run `sos-collector run`, enroll an agent (`sos-collector enroll --name NAME`, then\n\
+             `sos-agent enroll CODE --collector HOST:PORT`) or point it at the key the collector prints,\n\
+             and connect a real Slack webhook and SMTP server (README.md, \"Connecting Slack and email\")."
         );
         anyhow::ensure!(deliveries.iter().all(|d| d.state == "delivered"), "not every channel delivered the alert");
         Ok(())
