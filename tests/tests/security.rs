@@ -28,24 +28,11 @@ struct Enrolled {
 
 impl Enrolled {
     fn key_text(&self) -> String {
-        let text = std::fs::read_to_string(&self.file).unwrap();
-        let v: toml_lite::Table = toml_lite::parse(&text);
-        v.get("key").unwrap().to_owned()
+        sos_agent::keys::Enrollment::load(&self.file).unwrap().key
     }
 
     fn key(&self) -> Key {
         Key::from_base64(&self.key_text()).unwrap()
-    }
-}
-
-/// A tiny reader for the flat `name = "value"` lines of an enrollment file.
-mod toml_lite {
-    pub type Table = std::collections::HashMap<String, String>;
-    pub fn parse(text: &str) -> Table {
-        text.lines()
-            .filter_map(|l| l.split_once(" = "))
-            .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
-            .collect()
     }
 }
 
@@ -77,7 +64,7 @@ fn enroll(site: &Site, collector: &CollectorProcess, name: &str) -> Enrolled {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "enroll failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(&format!("Enrolled as \"{name}\"")), "{stdout}");
-    let agent_id = toml_lite::parse(&std::fs::read_to_string(&file).unwrap())["agent_id"].clone();
+    let agent_id = sos_agent::keys::Enrollment::load(&file).unwrap().agent_id;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
@@ -306,22 +293,27 @@ fn rotation_loses_no_sos_retires_the_old_key_after_the_grace_and_no_log_shows_a_
         matches!(agent_ack(&old, WAIT), Some(Message::SosAck(ack)) if ack.alert_id == s.alert_id),
         "the old key was refused within the grace period"
     );
-    let refused_after = loop {
-        let s = sos("vm");
-        old.send(&Message::Sos(s));
-        if agent_ack(&old, Duration::from_millis(500)).is_none() {
-            break promoted.elapsed();
-        }
-        assert!(promoted.elapsed() < WAIT, "the old key is still accepted long after the grace period");
-        // Probing pace: five a second, under the per-agent rate limit.
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    // Two seconds in, still within the grace period: accepted.
+    std::thread::sleep((promoted + Duration::from_secs(2)).saturating_duration_since(Instant::now()));
+    let s = sos("vm");
+    old.send(&Message::Sos(s.clone()));
     assert!(
-        refused_after >= Duration::from_secs(2),
-        "old key refused after {refused_after:?}, grace is 3 s:\n{}",
-        collector.log()
+        matches!(agent_ack(&old, WAIT), Some(Message::SosAck(ack)) if ack.alert_id == s.alert_id),
+        "the old key was refused 2 s into a 3 s grace period"
     );
+    // The collector started the 3 s grace when it promoted the key, just before the log line
+    // this test saw; once the clock passes it, the old key is refused (the refusal's event is
+    // its log line; the SOS gets no answer).
+    std::thread::sleep((promoted + Duration::from_millis(3200)).saturating_duration_since(Instant::now()));
+    let late = sos("vm");
+    old.send(&Message::Sos(late.clone()));
     collector.wait_log(WAIT, "the key was replaced by a rotation");
+    assert!(old.recv_raw(Duration::from_millis(300)).is_none(), "the old key was accepted after the grace period");
+    let stored: i64 = site
+        .db()
+        .query_row("SELECT COUNT(*) FROM alerts WHERE alert_id = ?1", [late.alert_id.to_string()], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 0, "an SOS sealed with the retired key was stored");
 
     stop.store(true, Ordering::SeqCst);
     let ids = rt.block_on(stream).unwrap();
@@ -369,6 +361,8 @@ fn replays_notify_nobody_now_or_after_the_token_ttl() {
     let peer = Peer::new(collector.addr, a.key());
     let s = sos("vm");
     let captured = peer.send(&Message::Sos(s.clone()));
+    // The token's timestamp is at most this (whole seconds, the sender's clock = ours).
+    let sealed_by = unix_now();
     assert!(matches!(agent_ack(&peer, WAIT), Some(Message::SosAck(ack)) if ack.alert_id == s.alert_id));
     slack.wait_for_text(WAIT, &s.alert_id.to_string());
 
@@ -377,17 +371,18 @@ fn replays_notify_nobody_now_or_after_the_token_ttl() {
     assert!(
         matches!(agent_ack(&peer, WAIT), Some(Message::SosAck(ack)) if ack.status == sos_shared::protocol::AckStatus::Duplicate)
     );
-    // After the token TTL: refused as a replay.
-    let t0 = Instant::now();
-    loop {
-        peer.send_raw(&captured);
-        let log = collector.log();
-        if log.contains("rejected an authentic token") {
-            break;
-        }
-        assert!(t0.elapsed() < WAIT, "the replay was never refused");
-        let _ = peer.recv_raw(Duration::from_millis(300));
+    // After the token TTL (2 s): refused as a replay. The event is the clock passing the
+    // token's timestamp + TTL; the refusal's only answer is a time hint about that token.
+    let expired_at = std::time::UNIX_EPOCH + Duration::from_secs(sealed_by + 3);
+    if let Ok(left) = expired_at.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(left);
     }
+    peer.send_raw(&captured);
+    match agent_ack(&peer, WAIT) {
+        Some(Message::TimeHint(h)) => assert!(h.token_time <= sealed_by, "{h:?}"),
+        other => panic!("a replay after the TTL was answered with {other:?} instead of being refused"),
+    }
+    collector.wait_log(WAIT, "rejected an authentic token");
     let (_, log) = collector.terminate();
     let summary = log.lines().find(|l| l.contains("collector stopped")).unwrap().to_owned();
     assert!(summary.contains("sos_stored=1"), "{summary}");
