@@ -3,7 +3,8 @@
 //! ```toml
 //! collectors = ["127.0.0.1:5000"]  # one or more; all are tried
 //! key = "…"                        # or key_file / key_env; not needed once enrolled
-//! enrollment_file = "…"            # default: the platform data dir, then `sos/enrollment.toml`
+//! enrollment_file = "…"            # default: the user's (data dir `sos/enrollment.toml`), else
+//!                                  # the machine's (`/etc/sos/enrollment.toml`)
 //! location = "Building A, floor 2, reception"
 //! hotkey = "ctrl+alt+s"            # tray agent
 //! silent = false                   # tray agent: no toasts, only the icon changes
@@ -15,6 +16,10 @@
 //! show_quit = true                 # tray agent: offer Quit in the menu
 //! cancel_window_ms = 0             # tray agent: delay after a press during which a click cancels
 //! ```
+//!
+//! With no `--config`, the system-wide file (`/etc/sos/agent.toml`, which the package installs)
+//! is read first and the user's (`~/.config/sos/agent.toml`) overrides it key by key:
+//! [`AgentConfig::load_layered`].
 
 use std::path::{Path, PathBuf};
 
@@ -79,18 +84,66 @@ pub struct AgentConfig {
     pub cancel_window_ms: u64,
 }
 
+/// Keys that hold paths, resolved against the directory of the file that sets them.
+const PATH_KEYS: [&str; 3] = ["key_file", "enrollment_file", "spool_dir"];
+
+/// Keys that give the site key; a file that sets one of them replaces the others.
+const KEY_KEYS: [&str; 3] = ["key", "key_file", "key_env"];
+
 impl AgentConfig {
-    /// Read and validate a configuration file.
+    /// Read and validate one configuration file (`--config FILE`), on its own.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the file, the line and the key that are wrong.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: Some(path.to_path_buf()),
-            key: None,
-            message: format!("cannot read the file: {e}"),
-        })?;
+        let text = read(path)?;
         Self::parse(&text, Some(path))
+    }
+
+    /// Read the files that exist among `files`, in order, each one's keys overriding the ones
+    /// before: the system-wide configuration, then the user's ([`crate::paths::config_files`]).
+    /// Setting one of `key`, `key_file` and `key_env` replaces the others. Relative paths are
+    /// resolved against the directory of the file that sets them. With no file at all, the
+    /// enrollment alone (collector and key) is the configuration.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file (and line) that sets the wrong key; a key missing
+    /// everywhere is reported against the most specific file.
+    pub fn load_layered(files: &[PathBuf]) -> Result<Self, ConfigError> {
+        let mut merged = toml::Table::new();
+        let mut origin: std::collections::HashMap<String, PathBuf> = std::collections::HashMap::new();
+        let mut last: Option<PathBuf> = None;
+        for file in files.iter().filter(|f| f.exists()) {
+            let text = read(file)?;
+            // Checked on its own first, so that an error names this file and its line.
+            toml::from_str::<RawConfig>(&text).map_err(|e| toml_error(&text, Some(file), &e))?;
+            let mut table: toml::Table = toml::from_str(&text).map_err(|e| toml_error(&text, Some(file), &e))?;
+            let base = file.parent().unwrap_or(Path::new("."));
+            for k in PATH_KEYS {
+                if let Some(toml::Value::String(p)) = table.get_mut(k) {
+                    if Path::new(p.as_str()).is_relative() {
+                        *p = base.join(&*p).display().to_string();
+                    }
+                }
+            }
+            if KEY_KEYS.iter().any(|k| table.contains_key(*k)) {
+                for k in KEY_KEYS {
+                    merged.remove(k);
+                }
+            }
+            for (k, v) in table {
+                origin.insert(k.clone(), file.clone());
+                merged.insert(k, v);
+            }
+            last = Some(file.clone());
+        }
+        let raw: RawConfig = toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| ConfigError {
+            file: last.clone(),
+            key: None,
+            message: e.message().into(),
+        })?;
+        let file_of = |key: &str| origin.get(key).cloned().or_else(|| last.clone());
+        Self::build(raw, Path::new("."), &file_of)
     }
 
     /// Validate configuration text; `file` names it in errors and anchors relative paths.
@@ -100,29 +153,41 @@ impl AgentConfig {
     pub fn parse(text: &str, file: Option<&Path>) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
         let base = file.and_then(Path::parent).unwrap_or(Path::new("."));
+        Self::build(raw, base, &|_| file.map(Path::to_path_buf))
+    }
+
+    /// Validate what the file(s) say: `base` anchors relative paths, `file_of` names the file
+    /// that sets a key.
+    fn build(raw: RawConfig, base: &Path, file_of: &dyn Fn(&str) -> Option<PathBuf>) -> Result<Self, ConfigError> {
+        let at = |key: &str, message: String| ConfigError::at(file_of(key).as_deref(), key, message);
         let key_file = raw.key_file.map(|p| if p.is_absolute() { p } else { base.join(p) });
-        let site_key = secret(file, "key", raw.key, key_file, raw.key_env)?;
+        let key_origin = KEY_KEYS
+            .iter()
+            .find(|k| match **k {
+                "key" => raw.key.is_some(),
+                "key_file" => key_file.is_some(),
+                _ => raw.key_env.is_some(),
+            })
+            .copied()
+            .unwrap_or("key");
+        let site_key = secret(file_of(key_origin).as_deref(), "key", raw.key, key_file, raw.key_env)?;
         let enrollment_file = raw
             .enrollment_file
             .map(|p| if p.is_absolute() { p } else { base.join(p) })
-            .unwrap_or_else(|| crate::paths::data_dir().join("enrollment.toml"));
+            .unwrap_or_else(crate::paths::default_enrollment_file);
         // The agent's own key wins over a site key: once enrolled, it speaks for itself.
         let enrollment = if enrollment_file.exists() {
-            Some(
-                crate::keys::Enrollment::load(&enrollment_file)
-                    .map_err(|m| ConfigError::at(file, "enrollment_file", m))?,
-            )
+            Some(crate::keys::Enrollment::load(&enrollment_file).map_err(|m| at("enrollment_file", m))?)
         } else {
             None
         };
         let key = match (&enrollment, site_key) {
-            (Some(e), _) => Key::from_base64(&e.key).map_err(|err| ConfigError::at(file, "enrollment_file", err.to_string()))?,
+            (Some(e), _) => Key::from_base64(&e.key).map_err(|err| at("enrollment_file", err.to_string()))?,
             (None, Some((key_name, key_text))) => {
-                Key::from_base64(&key_text).map_err(|e| ConfigError::at(file, &key_name, e.to_string()))?
+                Key::from_base64(&key_text).map_err(|e| at(&key_name, e.to_string()))?
             }
             (None, None) => {
-                return Err(ConfigError::at(
-                    file,
+                return Err(at(
                     "key",
                     format!(
                         "no key: enroll this workstation (`sos-agent enroll CODE --collector HOST:PORT`, which writes {}), or set key, key_file or key_env to the site key",
@@ -138,20 +203,17 @@ impl AgentConfig {
             }
         }
         if raw_collectors.is_empty() {
-            return Err(ConfigError::at(
-                file,
-                "collectors",
-                "needs at least one collector, e.g. [\"sos.example.com:5000\"]",
-            ));
+            return Err(at("collectors", "needs at least one collector, e.g. [\"sos.example.com:5000\"]".into()));
         }
         let mut collectors = Vec::new();
         for c in raw_collectors {
-            collectors.push(normalize_collector(&c).ok_or_else(|| {
-                ConfigError::at(file, "collectors", format!("{c:?} is not a host, host:port or [ipv6]:port"))
-            })?);
+            collectors.push(
+                normalize_collector(&c)
+                    .ok_or_else(|| at("collectors", format!("{c:?} is not a host, host:port or [ipv6]:port")))?,
+            );
         }
         let positive = |key: &str, v: Option<u64>, default: u64| match v {
-            Some(0) => Err(ConfigError::at(file, key, "must be greater than 0")),
+            Some(0) => Err(at(key, "must be greater than 0".into())),
             Some(v) => Ok(v),
             None => Ok(default),
         };
@@ -169,7 +231,7 @@ impl AgentConfig {
                 .as_deref()
                 .unwrap_or("ctrl+alt+s")
                 .parse()
-                .map_err(|e: crate::hotkey::HotkeyParseError| ConfigError::at(file, "hotkey", e.to_string()))?,
+                .map_err(|e: crate::hotkey::HotkeyParseError| at("hotkey", e.to_string()))?,
             silent: raw.silent,
             send_timeout_secs,
             spool_dir: raw
@@ -185,8 +247,7 @@ impl AgentConfig {
             show_quit: raw.show_quit.unwrap_or(true),
             cancel_window_ms: match raw.cancel_window_ms {
                 Some(v) if v > 60_000 => {
-                    return Err(ConfigError::at(
-                        file,
+                    return Err(at(
                         "cancel_window_ms",
                         format!("{v} ms delays every SOS by over a minute; use at most 60000"),
                     ))
@@ -196,11 +257,19 @@ impl AgentConfig {
         })
     }
 
-    /// Where the agent looks for its configuration when none is given, most specific first:
-    /// see [`crate::paths::config_files`].
+    /// Where the agent looks for its configuration when none is given, in the order the files
+    /// apply: see [`crate::paths::config_files`].
     pub fn default_paths() -> Vec<PathBuf> {
         crate::paths::config_files()
     }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: Some(path.to_path_buf()),
+        key: None,
+        message: format!("cannot read the file: {e}"),
+    })
 }
 
 /// `host`, `host:port`, `ip:port` or `[ipv6]:port` → `host:port` with the default port.
@@ -256,5 +325,51 @@ mod tests {
         assert!(e.contains("key `key`") && !e.contains("short"), "{e}");
         let e = AgentConfig::parse("colectors = []", Some(f)).unwrap_err().to_string();
         assert!(e.contains("colectors"), "{e}");
+    }
+
+    #[test]
+    fn the_users_file_overrides_the_system_wide_one_key_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = dir.path().join("etc/agent.toml");
+        let user = dir.path().join("home/agent.toml");
+        std::fs::create_dir_all(system.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(user.parent().unwrap()).unwrap();
+        let site = Key::generate();
+        std::fs::write(
+            &system,
+            format!("collectors = [\"sos.example.com\"]\nkey = \"{site}\"\nlocation = \"Floor 2\"\nspool_dir = \"spool\"\nenrollment_file = \"none.toml\"\n"),
+        )
+        .unwrap();
+        let files = [system.clone(), user.clone(), dir.path().join("missing.toml")];
+        // The system-wide file alone.
+        let c = AgentConfig::load_layered(&files).unwrap();
+        assert_eq!((c.collectors.clone(), c.location.as_str()), (vec!["sos.example.com:5000".to_owned()], "Floor 2"));
+        assert_eq!(c.spool_dir, dir.path().join("etc/spool"), "relative to the file that sets it");
+        // The user's file overrides what it sets and keeps the rest; its key_file replaces the
+        // system's inline key.
+        let own = Key::generate();
+        std::fs::write(dir.path().join("home/own.key"), &own).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir.path().join("home/own.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        std::fs::write(&user, "location = \"Room 2.14\"\nkey_file = \"own.key\"\n").unwrap();
+        let c = AgentConfig::load_layered(&files).unwrap();
+        assert_eq!(c.location, "Room 2.14");
+        assert_eq!(c.collectors, vec!["sos.example.com:5000"]);
+        assert_eq!(c.key.id(), Key::from_base64(&own).unwrap().id());
+        // An error names the file that sets the wrong key, and its line.
+        std::fs::write(&user, "heartbeat_secs = 0\n").unwrap();
+        let e = AgentConfig::load_layered(&files).unwrap_err().to_string();
+        assert!(e.contains("home/agent.toml") && e.contains("heartbeat_secs"), "{e}");
+        std::fs::write(&user, "location = \"x\"\nhotkey = 5\n").unwrap();
+        let e = AgentConfig::load_layered(&files).unwrap_err().to_string();
+        assert!(e.contains("home/agent.toml:2") && e.contains("hotkey"), "{e}");
+        std::fs::write(&user, "").unwrap();
+        std::fs::write(&system, "collectors = [\"bad host\"]\nkey = \"{site}\"\n".replace("{site}", &site.to_string()))
+            .unwrap();
+        let e = AgentConfig::load_layered(&files).unwrap_err().to_string();
+        assert!(e.contains("etc/agent.toml") && e.contains("collectors"), "{e}");
     }
 }

@@ -36,12 +36,18 @@ impl fmt::Debug for Enrollment {
 }
 
 impl Enrollment {
-    /// Read an enrollment file, refusing one that other users can read.
+    /// Read an enrollment file, refusing one that other users can read, unless it is a
+    /// machine enrollment ([`Enrollment::save_for_machine`]): owned by root and writable only
+    /// by root, meant for every user of the workstation.
     ///
     /// # Errors
     /// A message naming the file and what is wrong (never the key).
     pub fn load(path: &Path) -> Result<Enrollment, String> {
-        let text = read_secret_file(path)?;
+        let text = if is_machine_file(path) {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        } else {
+            read_secret_file(path)?
+        };
         let e: Enrollment = toml::from_str(&text)
             .map_err(|err| format!("{} is not an enrollment file: {}", path.display(), err.message()))?;
         Key::from_base64(&e.key).map_err(|err| format!("{}: key: {err}", path.display()))?;
@@ -53,16 +59,54 @@ impl Enrollment {
     /// # Errors
     /// If the directory or the file cannot be written.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        self.write(path, false)
+    }
+
+    /// Write it as the machine's enrollment, which every user's agent on this workstation
+    /// reads: owned by root, mode 0644 (`sos-agent enroll --system`, run as root).
+    ///
+    /// The key then identifies the workstation, not a person: any local account can read it,
+    /// as it could read a site key in `/etc/sos/agent.toml` (docs/SECURITY.md). A user's agent
+    /// cannot save a rotated key here; the administrator re-enrolls the machine instead.
+    ///
+    /// # Errors
+    /// If not run as root, or the file cannot be written.
+    pub fn save_for_machine(&self, path: &Path) -> std::io::Result<()> {
+        self.write(path, true)
+    }
+
+    fn write(&self, path: &Path, machine: bool) -> std::io::Result<()> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let text = format!(
-            "# Written by `sos-agent enroll`: this workstation's own SOS key. Keep it private (mode 0600).\n{}",
-            toml::to_string(self).map_err(std::io::Error::other)?
-        );
+        let text = if machine {
+            format!(
+                "# Written by `sos-agent enroll --system`: this workstation's SOS key, shared by its users.\n{}",
+                toml::to_string(self).map_err(std::io::Error::other)?
+            )
+        } else {
+            format!(
+                "# Written by `sos-agent enroll`: this workstation's own SOS key. Keep it private (mode 0600).\n{}",
+                toml::to_string(self).map_err(std::io::Error::other)?
+            )
+        };
         let tmp = path.with_extension("toml.tmp");
         let _ = std::fs::remove_file(&tmp);
         sos_shared::config::write_secret_file(&tmp, &text)?;
+        if machine {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+                if !is_machine_file(&tmp) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        "a machine enrollment must be written by root (run it with sudo)",
+                    ));
+                }
+            }
+        }
         std::fs::rename(&tmp, path)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             // The rename is durable once the directory is.
@@ -71,6 +115,21 @@ impl Enrollment {
             }
         }
         Ok(())
+    }
+}
+
+/// A machine enrollment: owned by root and writable by nobody else. (Windows: files under
+/// `%ProgramData%` are protected by their ACLs; every enrollment file is accepted there.)
+fn is_machine_file(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(path).map(|m| m.uid() == 0 && m.mode() & 0o022 == 0).unwrap_or(false)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
     }
 }
 
@@ -124,12 +183,33 @@ impl Keyring {
             return Err("a new key arrived but this agent uses a key from its config, not an enrollment file".into());
         };
         let mut e = Enrollment::load(path)?;
+        let machine = is_machine_file(path);
+        if machine && !running_as_root() {
+            return Err(format!(
+                "this workstation uses the machine's enrollment ({}), which only an administrator can change: \
+                 re-enroll the machine (`sudo sos-agent enroll CODE --collector HOST:PORT --system`) to give it a new key",
+                path.display()
+            ));
+        }
         e.key = new_key.trim().to_owned();
-        e.save(path).map_err(|err| format!("cannot save the new key to {}: {err}", path.display()))?;
+        let saved = if machine { e.save_for_machine(path) } else { e.save(path) };
+        saved.map_err(|err| format!("cannot save the new key to {}: {err}", path.display()))?;
         let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
         let old = std::mem::replace(&mut s.current, key);
         s.previous = Some(old);
         Ok(true)
+    }
+}
+
+/// Whether this process runs as root (always false off Unix).
+pub fn running_as_root() -> bool {
+    #[cfg(unix)]
+    {
+        rustix::process::geteuid().is_root()
+    }
+    #[cfg(not(unix))]
+    {
+        false
     }
 }
 
@@ -182,7 +262,43 @@ mod tests {
         };
         e.save(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        if running_as_root() {
+            // Root's own readable file would be a machine enrollment; make it a user's.
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        }
         let err = Enrollment::load(&path).unwrap_err();
         assert!(err.contains("chmod 600") && !err.contains(&e.key), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_machine_enrollment_is_written_by_root_for_every_user() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etc/sos/enrollment.toml");
+        let e = Enrollment {
+            agent_id: "0011223344556677".into(),
+            name: "Desk 12".into(),
+            collector: "127.0.0.1:5000".into(),
+            enrolled_at: 1,
+            key: Key::generate(),
+        };
+        if !running_as_root() {
+            let err = e.save_for_machine(&path).unwrap_err();
+            assert!(err.to_string().contains("root"), "{err}");
+            assert!(!path.exists());
+            return;
+        }
+        e.save_for_machine(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.permissions().mode() & 0o777), (0, 0o644));
+        assert_eq!(Enrollment::load(&path).unwrap().name, "Desk 12");
+        // Root's agent saves a rotation the same way: still readable by the users.
+        let ring = Keyring::new(Key::from_base64(&e.key).unwrap(), Some(path.clone()));
+        assert!(ring.rotate(&Key::generate()).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+        // Writable by others, it is no longer trusted as the machine's.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(Enrollment::load(&path).unwrap_err().contains("chmod 600"));
     }
 }

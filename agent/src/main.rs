@@ -23,7 +23,7 @@ struct Cli {
 enum Command {
     /// The tray agent (the default): Ctrl+Alt+S or a click on the icon sends an SOS.
     Run {
-        /// The configuration file (TOML); by default the user's, then the system-wide one.
+        /// The configuration file (TOML); by default the system-wide one with the user's over it.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -45,7 +45,8 @@ enum Command {
     /// Responders are told it was cancelled, and asked to check in person.
     Cancel,
     /// Enroll this workstation with a one-time code from `sos-collector enroll`: the agent gets
-    /// its own key, saved (mode 0600) to the enrollment file, and uses it from then on.
+    /// its own key, saved (mode 0600) to the enrollment file, and uses it from then on. With
+    /// `--system` (as root), the machine is enrolled once for all its users.
     Enroll {
         /// The code, e.g. K7QF-9M2P-XR4C (case, dashes and spaces do not matter).
         code: String,
@@ -56,10 +57,14 @@ enum Command {
         /// system-wide one, if any.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Write the enrollment here instead (e.g. a system-wide path when a deployment tool
-        /// enrolls the machine).
+        /// Write the enrollment here instead.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Enroll the machine, for every user of it (run as root, e.g. by the package or a
+        /// deployment tool): written to /etc/sos/enrollment.toml (or --out), owned by root and
+        /// readable by the workstation's users. A user's own enrollment still wins over it.
+        #[arg(long)]
+        system: bool,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
@@ -67,7 +72,7 @@ enum Command {
     /// Send one SOS now, without the tray: exit 0 once a collector acknowledges it, non-zero
     /// if none does in time. Prints the alert id.
     Send {
-        /// The configuration file (TOML); by default the user's, then the system-wide one.
+        /// The configuration file (TOML); by default the system-wide one with the user's over it.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// A message for the responders.
@@ -124,16 +129,16 @@ fn load(config: Option<PathBuf>) -> anyhow::Result<AgentConfig> {
     if let Some(p) = config {
         return Ok(AgentConfig::load(&p)?);
     }
-    let candidates = AgentConfig::default_paths();
-    match candidates.iter().find(|p| p.exists()) {
-        Some(p) => Ok(AgentConfig::load(p)?),
-        // Enrolled with no config file: the enrollment names the collector and holds the key.
-        None if sos_agent::paths::data_dir().join("enrollment.toml").exists() => Ok(AgentConfig::parse("", None)?),
-        None => anyhow::bail!(
-            "no configuration: pass --config FILE, create one of: {}, or enroll this workstation with `sos-agent enroll CODE --collector HOST:PORT`",
-            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-        ),
+    let files = AgentConfig::default_paths();
+    if files.iter().any(|p| p.exists()) || sos_agent::paths::default_enrollment_file().exists() {
+        // The system-wide file with the user's over it; enrolled with neither, the enrollment
+        // names the collector and holds the key.
+        return Ok(AgentConfig::load_layered(&files)?);
     }
+    anyhow::bail!(
+        "no configuration: pass --config FILE, create {}, or enroll this workstation with `sos-agent enroll CODE --collector HOST:PORT`",
+        files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" or ")
+    )
 }
 
 /// `sos-agent enroll`: a one-time code becomes this workstation's own key.
@@ -142,18 +147,30 @@ fn enroll(
     collector: &str,
     config: Option<PathBuf>,
     out: Option<PathBuf>,
+    system: bool,
     timeout: u64,
 ) -> anyhow::Result<ExitCode> {
     let code = sos_shared::enroll::Code::parse(code)?;
     let collector_addr = sos_agent::config::normalize_collector(collector)
         .ok_or_else(|| anyhow::anyhow!("--collector {collector:?} is not a host, host:port or [ipv6]:port"))?;
+    if system && cfg!(unix) && !sos_agent::keys::running_as_root() {
+        anyhow::bail!("--system enrolls the machine for all its users and must run as root: sudo sos-agent enroll CODE --collector {collector} --system");
+    }
     let path = match out {
         Some(p) => p,
+        None if system => sos_agent::paths::machine_enrollment_file(),
         None => {
-            // The enrollment file the config names, if a config exists; else the default.
-            let file = config.or_else(|| AgentConfig::default_paths().into_iter().find(|p| p.exists()));
-            file.and_then(|f| enrollment_file_of(&f))
-                .unwrap_or_else(|| sos_agent::paths::data_dir().join("enrollment.toml"))
+            // The enrollment file the config names (the user's file over the system-wide one);
+            // else the user's own.
+            let files = match config {
+                Some(c) => vec![c],
+                None => AgentConfig::default_paths().into_iter().rev().collect(),
+            };
+            files
+                .iter()
+                .filter(|f| f.exists())
+                .find_map(|f| enrollment_file_of(f))
+                .unwrap_or_else(sos_agent::paths::user_enrollment_file)
         }
     };
     let host = Identity::current().host;
@@ -167,9 +184,20 @@ fn enroll(
         enrolled_at: sos_shared::unix_now(),
         key: key.key,
     };
-    enrollment.save(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    if system {
+        enrollment.save_for_machine(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    } else {
+        enrollment.save(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     println!("Enrolled as \"{}\" (agent {}) with {} ({addr}).", enrollment.name, enrollment.agent_id, collector_addr);
-    println!("This workstation's own key is saved in {} (mode 0600).", path.display());
+    if system {
+        println!(
+            "The machine's key is saved in {} (owned by root, readable by this workstation's users).",
+            path.display()
+        );
+    } else {
+        println!("This workstation's own key is saved in {} (mode 0600).", path.display());
+    }
     println!("Check it end to end with: sos-agent send --test");
     Ok(ExitCode::SUCCESS)
 }
@@ -214,7 +242,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             send(config, message, test, None)
         }
         Command::Send { config, message, test, timeout } => send(config, message, test, timeout),
-        Command::Enroll { code, collector, config, out, timeout } => enroll(&code, &collector, config, out, timeout),
+        Command::Enroll { code, collector, config, out, system, timeout } => {
+            enroll(&code, &collector, config, out, system, timeout)
+        }
         Command::Cancel => {
             #[cfg(unix)]
             {

@@ -3,10 +3,34 @@
 //!
 //! ## Platform-specific
 //! - **Linux/BSD:** `org.freedesktop.Notifications` on the session bus (notify-rust).
-//! - **Windows:** a toast under the agent's AppUserModelID (set by the installer's shortcut).
-//! - **macOS:** Notification Center, under the app bundle's identifier.
+//! - **Windows:** a toast under the agent's AppUserModelID, [`APP_ID`], which the installer's
+//!   Start-menu shortcut registers (installer/windows/sos-agent.wxs).
+//! - **macOS:** Notification Center, under the app bundle's identifier, [`APP_ID`]
+//!   (installer/macos/Info.plist).
 
 use std::time::Duration;
+
+/// The identity the agent's toasts are shown under on Windows (AppUserModelID) and macOS (bundle
+/// identifier). The installers declare the same string; a test checks that they do.
+pub const APP_ID: &str = "org.sos-button.agent";
+
+/// A notification under the agent's identity.
+fn notification() -> notify_rust::Notification {
+    let mut n = notify_rust::Notification::new();
+    n.appname("SOS");
+    #[cfg(windows)]
+    n.app_id(APP_ID);
+    #[cfg(target_os = "macos")]
+    {
+        static SET: std::sync::Once = std::sync::Once::new();
+        SET.call_once(|| {
+            if let Err(e) = notify_rust::set_application(APP_ID) {
+                warn!(error = %e, "toasts will not show under the SOS app (is the agent installed as SOS.app?)");
+            }
+        });
+    }
+    n
+}
 
 use tracing::{debug, warn};
 
@@ -29,8 +53,8 @@ pub enum Importance {
 pub fn show(summary: String, body: String, importance: Importance) {
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new().name("sos-toast".into()).spawn(move || {
-        let mut n = notify_rust::Notification::new();
-        n.appname("SOS").summary(&summary).body(&body);
+        let mut n = notification();
+        n.summary(&summary).body(&body);
         #[cfg(all(unix, not(target_os = "macos")))]
         n.urgency(match importance {
             Importance::Normal => notify_rust::Urgency::Normal,
@@ -73,8 +97,8 @@ pub fn show(summary: String, body: String, importance: Importance) {
 /// - **Windows, macOS:** shown without the action; the tray icon is the way to cancel.
 pub fn show_clickable(summary: String, body: String, on_click: impl FnOnce() + Send + 'static) {
     let spawned = std::thread::Builder::new().name("sos-toast-action".into()).spawn(move || {
-        let mut n = notify_rust::Notification::new();
-        n.appname("SOS").summary(&summary).body(&body);
+        let mut n = notification();
+        n.summary(&summary).body(&body);
         #[cfg(all(unix, not(target_os = "macos")))]
         {
             n.action("default", "Cancel the SOS").urgency(notify_rust::Urgency::Critical);

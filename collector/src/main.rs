@@ -208,7 +208,39 @@ async fn shutdown_signal() {
     }
 }
 
+/// The store belongs to the service's user. Opened by anyone else (root, typically, running the
+/// CLI with sudo), SQLite could leave behind files (`sos.db-wal`, `-shm`) the service cannot
+/// write, and the next alert would fail to store. So the CLI runs as the owner of the data dir.
+fn check_owner(config: &Config) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let Ok(meta) = std::fs::metadata(&config.data_dir) else { return Ok(()) };
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            let owner = user_name(meta.uid()).unwrap_or_else(|| format!("uid {}", meta.uid()));
+            anyhow::bail!(
+                "{} belongs to {owner}, the collector's user; run this command as that user, e.g. sudo -u {owner} sos-collector ...",
+                config.data_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The login name of `uid`, from /etc/passwd.
+#[cfg(unix)]
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+    })
+}
+
 fn open_store(config: &Config) -> anyhow::Result<(Db, PathBuf)> {
+    check_owner(config)?;
     let path = config.database_path();
     if !path.exists() {
         anyhow::bail!("no store at {} (has the collector run with this data_dir?)", path.display());
@@ -218,6 +250,7 @@ fn open_store(config: &Config) -> anyhow::Result<(Db, PathBuf)> {
 }
 
 fn open_store_rw(config: &Config) -> anyhow::Result<(Db, PathBuf)> {
+    check_owner(config)?;
     let path = config.database_path();
     let db = Db::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
     Ok((db, path))

@@ -32,10 +32,15 @@ impl CollectorProcess {
     pub fn start(dir: &Path, addr: SocketAddr, config_text: &str) -> Self {
         let config = dir.join("collector.toml");
         std::fs::write(&config, config_text).unwrap();
-        let mut child = Command::new(bin("sos-collector"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info,sos_collector=debug")
+        let mut command = Command::new(bin("sos-collector"));
+        command.args(["run", "--config"]).arg(&config).env("RUST_LOG", "info,sos_collector=debug");
+        Self::spawn(command, addr, config)
+    }
+
+    /// Start `command` (a `sos-collector run`, possibly through `runuser`) and wait until it is
+    /// ready. `addr` is where it listens, `config` the file it reads.
+    pub fn spawn(mut command: Command, addr: SocketAddr, config: PathBuf) -> Self {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
