@@ -180,6 +180,20 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
         let socket = tokio::net::UdpSocket::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on UDP {}", config.listen))?;
+        let want = config.socket_buffer_bytes;
+        let got = sos_collector::server::size_socket_buffers(&socket, want);
+        if cfg!(unix) && got.receive < want {
+            tracing::warn!(
+                asked = want,
+                receive = got.receive,
+                send = got.send,
+                "the kernel granted a smaller UDP receive buffer than socket_buffer_bytes: a storm of SOS may be \
+                 dropped before the collector reads it; raise net.core.rmem_max and net.core.wmem_max \
+                 (the Debian package installs /usr/lib/sysctl.d/60-sos-collector.conf) or lower socket_buffer_bytes"
+            );
+        } else {
+            tracing::info!(receive = got.receive, send = got.send, "UDP socket buffers");
+        }
         sos_collector::run(socket, config, shutdown_signal()).await?;
         Ok(())
     })

@@ -120,6 +120,22 @@ impl Collector {
                 outbox::run_worker(ch, store.clone(), config.outbox.clone(), stop_workers.clone()).instrument(span),
             );
         }
+        // Heartbeats reach the store in one transaction per PRESENCE_FLUSH, and once more at the end.
+        {
+            let store = store.clone();
+            let stop = stop_workers.clone();
+            workers.spawn(async move {
+                let mut tick = tokio::time::interval(crate::store::PRESENCE_FLUSH);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => store.flush_presence(),
+                    }
+                }
+                store.flush_presence();
+            });
+        }
         // The CLI changes the registry in the store (enroll, revoke, rotate); pick that up.
         {
             let registry = registry.clone();
@@ -436,7 +452,7 @@ impl Receiver {
                 // A pending rotation: the new key travels sealed with the current one.
                 let new_key = entry.as_ref().filter(|e| e.slot == Slot::Current).and_then(|e| e.agent.next_key.clone());
                 let ack = Message::HeartbeatAck(HeartbeatAck { server_time: unix_now(), notices: Vec::new(), new_key });
-                self.in_flight.spawn(async move { ctx.send(&ack).await });
+                ctx.send_now(&ack, &self.in_flight);
             }
             Message::Cancel(c) => {
                 let ctx = reply(&key);
@@ -647,6 +663,30 @@ impl Reply {
         self.send_datagram(&datagram, message.kind()).await;
     }
 
+    /// Seal and send `message` from the receive path without a task (heartbeats: the most
+    /// frequent answer); only if the socket's send buffer is full does a task wait for room.
+    fn send_now(self, message: &Message, in_flight: &TaskTracker) {
+        let datagram = match self.key.seal(message, unix_now()) {
+            Ok(d) => d,
+            Err(e) => {
+                error!(error = %e, "cannot seal a reply");
+                return;
+            }
+        };
+        let kind = message.kind();
+        if datagram.len() > self.request_len {
+            in_flight.spawn(async move { self.send_datagram(&datagram, kind).await });
+            return;
+        }
+        match self.socket.try_send_to(&datagram, self.to) {
+            Ok(_) => Stats::bump(&self.stats.replies_sent),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                in_flight.spawn(async move { self.send_datagram(&datagram, kind).await });
+            }
+            Err(e) => warn!(to = %self.to, error = %e, "cannot send a reply"),
+        }
+    }
+
     /// Send a ready datagram, unless it is larger than the request.
     async fn send_datagram(&self, datagram: &[u8], kind: &str) {
         if datagram.len() > self.request_len {
@@ -708,5 +748,51 @@ async fn cancel_and_ack(store: Store, alert_id: AlertId, reason: String, key_id:
             Stats::bump(&reply.stats.store_errors);
             error!(error = %e, "cannot record a cancellation; not acknowledged, the agent will retry");
         }
+    }
+}
+
+/// The socket buffers the kernel granted, bytes (as usable for data: Linux reports twice the
+/// size asked for, half of it for its own bookkeeping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketBuffers {
+    /// Receive buffer.
+    pub receive: usize,
+    /// Send buffer.
+    pub send: usize,
+}
+
+/// Ask for `bytes` of receive and send buffer on `socket`. Unprivileged, the kernel caps the
+/// request at `net.core.rmem_max` / `wmem_max`; with `CAP_NET_ADMIN` (root) the cap is lifted.
+/// Returns what was granted; the caller warns when it is less than asked.
+///
+/// ## Platform-specific
+/// - **Linux:** `SO_RCVBUF`/`SO_SNDBUF`, then `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` if short.
+/// - **Other Unix:** `SO_RCVBUF`/`SO_SNDBUF`.
+/// - **Windows:** left as the system sets it (returns zeros).
+pub fn size_socket_buffers(socket: &tokio::net::UdpSocket, bytes: usize) -> SocketBuffers {
+    #[cfg(unix)]
+    {
+        use rustix::net::sockopt;
+        let half = if cfg!(target_os = "linux") { 2 } else { 1 };
+        let _ = sockopt::set_socket_recv_buffer_size(socket, bytes);
+        let _ = sockopt::set_socket_send_buffer_size(socket, bytes);
+        #[cfg(target_os = "linux")]
+        {
+            if sockopt::socket_recv_buffer_size(socket).unwrap_or(0) / half < bytes {
+                let _ = sockopt::set_socket_recv_buffer_size_force(socket, bytes);
+            }
+            if sockopt::socket_send_buffer_size(socket).unwrap_or(0) / half < bytes {
+                let _ = sockopt::set_socket_send_buffer_size_force(socket, bytes);
+            }
+        }
+        SocketBuffers {
+            receive: sockopt::socket_recv_buffer_size(socket).unwrap_or(0) / half,
+            send: sockopt::socket_send_buffer_size(socket).unwrap_or(0) / half,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (socket, bytes);
+        SocketBuffers { receive: 0, send: 0 }
     }
 }

@@ -16,6 +16,10 @@ use sos_shared::protocol::Sos;
 use sos_shared::AlertId;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+/// How often heartbeats (presence) are written to the store. Presence is advisory: a crash
+/// loses at most this much of it, and the next heartbeat restores it.
+pub const PRESENCE_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The most alerts committed in one transaction.
 const MAX_GROUP: usize = 512;
 
@@ -682,14 +686,17 @@ enum Command {
     Cancel(AlertId, String, String, i64, Reply<Cancelled>),
     /// Anything else the writer should do (the agent registry, say).
     Exec(Box<dyn FnOnce(&mut Db) + Send>),
-    /// Fire and forget: batched into one transaction per round.
-    Seen(AgentSeen),
+    /// Heartbeats gathered since the last flush: one transaction.
+    Seen(Vec<AgentSeen>),
 }
 
 /// The service's handle to the store's writer thread. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     tx: mpsc::UnboundedSender<Command>,
+    /// Heartbeats since the last [`Store::flush_presence`], the latest per (host, user): memory
+    /// proportional to the agents, and one transaction per flush instead of one per heartbeat.
+    presence: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), AgentSeen>>>,
     /// Whether a request has been waiting longer than [`STALL_WARNING`] (announced once).
     stalled: Arc<std::sync::atomic::AtomicBool>,
     /// Wakes each channel's outbox worker when new jobs are committed, in `channels` order.
@@ -745,6 +752,40 @@ impl Health {
     }
 }
 
+/// Checkpoints the WAL from a thread and connection of its own, every [`CHECKPOINT_EVERY`], so
+/// that the writer never stops to copy pages into the database while alerts wait for their
+/// commit (SQLite's automatic checkpoint runs inside the commit that crosses 1000 pages, and
+/// was the tail of the ACK latency: docs/PERFORMANCE.md). A passive checkpoint never blocks
+/// the writer. Dropping this ends the thread after one last checkpoint.
+struct Checkpointer {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+/// How often the WAL is checkpointed.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Checkpointer {
+    fn start(db: &Db) -> std::io::Result<Checkpointer> {
+        let path = db.conn.path().map(std::path::PathBuf::from).filter(|p| !p.as_os_str().is_empty());
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        // In memory (tests) or unopenable: keep SQLite's automatic checkpoints.
+        let Some(conn) = path.and_then(|p| Connection::open(p).ok()) else { return Ok(Checkpointer { _stop: stop }) };
+        let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+        let _ = db.conn.pragma_update(None, "wal_autocheckpoint", 0);
+        std::thread::Builder::new().name("sos-checkpoint".into()).spawn(move || loop {
+            let last =
+                matches!(stopped.recv_timeout(CHECKPOINT_EVERY), Err(std::sync::mpsc::RecvTimeoutError::Disconnected));
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::debug!(error = %e, "WAL checkpoint");
+            }
+            if last {
+                return;
+            }
+        })?;
+        Ok(Checkpointer { _stop: stop })
+    }
+}
+
 impl Store {
     /// Start the writer thread on `db`. Every new alert gets one job per channel in `channels`.
     /// The thread ends when the last handle is dropped; `join` it with the returned handle.
@@ -756,7 +797,10 @@ impl Store {
         let wakers: Arc<Vec<_>> = Arc::new(channels.iter().map(|c| (*c, Arc::new(Notify::new()))).collect());
         let thread_wakers = wakers.clone();
         let names: Vec<&'static str> = channels.to_vec();
+        let checkpointer = Checkpointer::start(&db)?;
         let handle = std::thread::Builder::new().name("sos-store".into()).spawn(move || {
+            // Ends the checkpointer (after a last checkpoint) when the writer ends.
+            let _checkpointer = checkpointer;
             let mut health = Health::default();
             while let Some(first) = rx.blocking_recv() {
                 let mut inserts = Vec::new();
@@ -766,7 +810,7 @@ impl Store {
                 while let Some(cmd) = next.take() {
                     match cmd {
                         Command::Insert(a, r) => inserts.push((a, r)),
-                        Command::Seen(a) => seen.push(a),
+                        Command::Seen(a) => seen.extend(a),
                         other => others.push(other),
                     }
                     if inserts.len() < MAX_GROUP {
@@ -830,7 +874,7 @@ impl Store {
                 }
             }
         })?;
-        Ok((Store { tx, wakers, stalled: Arc::default() }, handle))
+        Ok((Store { tx, wakers, stalled: Arc::default(), presence: Arc::default() }, handle))
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
@@ -921,9 +965,20 @@ impl Store {
         .await
     }
 
-    /// Record a heartbeat (not waited for; batched).
+    /// Note a heartbeat; it reaches the store with the next [`Store::flush_presence`] (the
+    /// service flushes every [`PRESENCE_FLUSH`] and when it stops).
     pub fn seen(&self, agent: AgentSeen) {
-        let _ = self.tx.send(Command::Seen(agent));
+        let key = (agent.host.clone(), agent.user.clone());
+        self.presence.lock().unwrap_or_else(|e| e.into_inner()).insert(key, agent);
+    }
+
+    /// Write the heartbeats noted since the last flush, in one transaction (not waited for).
+    pub fn flush_presence(&self) {
+        let batch: Vec<AgentSeen> =
+            self.presence.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, a)| a).collect();
+        if !batch.is_empty() {
+            let _ = self.tx.send(Command::Seen(batch));
+        }
     }
 
     /// The notifier that wakes `channel`'s worker when new jobs are committed.
@@ -1033,6 +1088,36 @@ mod tests {
             agents.iter().map(|a| (a.user.as_str(), a.last_seen_ms)).collect::<Vec<_>>(),
             vec![("bob", 20), ("alice", 30)]
         );
+    }
+
+    #[tokio::test]
+    async fn heartbeats_wait_in_memory_one_per_agent_and_a_flush_writes_them_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::start(Db::open(&dir.path().join("sos.db")).unwrap(), &["log"]).unwrap();
+        // 100 agents heartbeating 50 times each: 100 entries in memory, nothing written yet.
+        for round in 0..50 {
+            for agent in 0..100 {
+                store.seen(AgentSeen {
+                    host: format!("desk-{agent}"),
+                    user: "alice".into(),
+                    ip: "10.0.0.1".into(),
+                    source: "10.0.0.1:4000".into(),
+                    key_id: "00".into(),
+                    agent_id: None,
+                    last_seen_ms: round,
+                });
+            }
+        }
+        assert_eq!(store.presence.lock().unwrap().len(), 100, "memory proportional to agents, not heartbeats");
+        assert!(store.exec(|db| db.agents()).await.unwrap().is_empty(), "written only by a flush");
+        store.flush_presence();
+        // The writer takes commands in order: this runs after the flush's transaction.
+        let agents = store.exec(|db| db.agents()).await.unwrap();
+        assert_eq!(agents.len(), 100);
+        assert!(agents.iter().all(|a| a.last_seen_ms == 49), "the latest sighting of each");
+        assert!(store.presence.lock().unwrap().is_empty());
+        drop(store);
+        writer.join().unwrap();
     }
 
     #[test]

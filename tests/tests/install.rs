@@ -164,6 +164,8 @@ fn the_packages_install_deliver_an_sos_upgrade_and_purge() {
     assert_eq!(stat("/etc/sos/collector.key"), owned("sos", "sos", 0o600), "key: the service's alone");
     assert_eq!(stat("/var/lib/sos"), owned("sos", "sos", 0o750));
     assert_eq!(stat(UNIT), owned("root", "root", 0o644));
+    let sysctl = std::fs::read_to_string("/usr/lib/sysctl.d/60-sos-collector.conf").unwrap();
+    assert!(sysctl.contains("net.core.rmem_max = 33554432"), "{sysctl}");
     let site_key = std::fs::read_to_string("/etc/sos/collector.key").unwrap();
     sos_shared::Key::from_base64(site_key.trim()).expect("the generated key is a key");
     let conffiles = run(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", "sos-collector"]));

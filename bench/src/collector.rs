@@ -1,0 +1,120 @@
+//! A real `sos-collector` process on a fresh data dir, and what it costs (CPU, memory) read
+//! from /proc.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use sos_shared::Key;
+
+/// A running collector; killed on drop.
+pub struct Collector {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The site key agents seal with.
+    pub key: Key,
+    _dir: tempfile::TempDir,
+}
+
+/// `[security]` limits: the defaults, or raised so that they do not bind (to measure capacity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limits {
+    /// As shipped.
+    Default,
+    /// Per-agent and per-source limits out of the way.
+    Raised,
+}
+
+impl Collector {
+    /// Start `bin` on 127.0.0.1, a free port and a new temporary data dir, and wait until it
+    /// answers a heartbeat.
+    pub fn start(bin: &PathBuf, limits: Limits) -> anyhow::Result<Collector> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let key_text = Key::generate();
+        let key = Key::from_base64(&key_text)?;
+        let key_file = dir.path().join("site.key");
+        sos_shared::config::write_secret_file(&key_file, &key_text)?;
+        let security = match limits {
+            Limits::Default => String::new(),
+            Limits::Raised => "[security]\nper_source_rate = 10000000\nper_source_burst = 10000000\nper_agent_rate = 10000000\nper_agent_burst = 10000000\n".into(),
+        };
+        let config = dir.path().join("collector.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{addr}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n{security}",
+                dir.path().join("data").display(),
+                key_file.display()
+            ),
+        )?;
+        let child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let c = Collector { child, addr, key, _dir: dir };
+        c.wait_ready(Duration::from_secs(20))?;
+        Ok(c)
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let hb = sos_shared::Message::Heartbeat(sos_shared::protocol::Heartbeat {
+            user: "bench".into(),
+            host: "bench-ready".into(),
+            ip: String::new(),
+            pad: String::new(),
+        });
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            socket.send_to(&self.key.seal(&hb, sos_shared::unix_now())?, self.addr)?;
+            if socket.recv_from(&mut buf).is_ok() {
+                return Ok(());
+            }
+        }
+        bail!("the collector did not answer within {timeout:?}")
+    }
+
+    /// CPU time used so far (user + system), from /proc/PID/stat.
+    pub fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        // rest starts at field 3 (state, not a number, filtered out): utime = f[10], stime = f[11].
+        let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+        Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+    }
+
+    /// Resident memory now and at its peak, bytes.
+    pub fn rss(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kb = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        (kb("VmRSS:"), kb("VmHWM:"))
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

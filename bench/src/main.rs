@@ -1,0 +1,474 @@
+//! `sos-bench`: load for the collector. Simulated agents speak the real protocol, each from its
+//! own loopback address, to a real `sos-collector` process started for each scenario on a fresh
+//! store; in the same run a plain UDP echo gives the machine's round-trip ceiling, and every
+//! result is printed also as a fraction of it (absolute figures drift on shared machines).
+//!
+//! # Layout
+//! - [`load`]: the simulated agents (send plans, retransmission like the real agent, timing) and
+//!   the echo.
+//! - [`collector`]: the collector process, its CPU time and memory.
+//! - here: the scenarios and the report (Markdown rows, for docs/PERFORMANCE.md).
+//!
+//! Run: `cargo run --release -p sos-bench` (all scenarios), or name some:
+//! `cargo run --release -p sos-bench -- burst flood`.
+
+mod collector;
+mod load;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use collector::{Collector, Limits};
+use load::{Mode, Outcome, Plan};
+use sos_shared::{unix_now, Key, Message};
+use tokio::time::Instant;
+
+/// Load for the SOS collector: throughput, loss and ACK latency under bursts, a steady rate,
+/// heartbeats from many agents and a garbage flood, against the machine's UDP ceiling.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Scenarios to run, in order (default: all).
+    #[arg(value_enum)]
+    scenarios: Vec<Scenario>,
+    /// The collector binary (default: `sos-collector` next to this program).
+    #[arg(long)]
+    collector_bin: Option<PathBuf>,
+    /// Seconds each timed scenario runs (ceiling, max, steady, flood).
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    /// Agents for ceiling and max, each with `--window` requests outstanding.
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+    /// Requests each agent keeps outstanding in ceiling and max.
+    #[arg(long, default_value_t = 16)]
+    window: u32,
+    /// Burst: this many agents…
+    #[arg(long, default_value_t = 1000)]
+    burst_agents: usize,
+    /// …each sending this many SOS at once.
+    #[arg(long, default_value_t = 10)]
+    burst_each: u32,
+    /// Steady: SOS per second, from `--burst-agents` agents.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Heartbeats: this many agents…
+    #[arg(long, default_value_t = 50_000)]
+    hb_agents: usize,
+    /// …each heartbeating every this many seconds (one warm-up round, one measured).
+    #[arg(long, default_value_t = 30)]
+    hb_interval: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Raw UDP echo round trips on loopback: the ceiling.
+    Ceiling,
+    /// SOS as fast as acknowledgements come (limits raised): durable-ACK throughput.
+    Max,
+    /// `--burst-agents` × `--burst-each` SOS at once (default limits).
+    Burst,
+    /// A steady `--rate` SOS per second (default limits).
+    Steady,
+    /// `--hb-agents` agents heartbeating (collector CPU and memory).
+    Heartbeats,
+    /// A garbage flood as fast as one thread can send, and an SOS every 50 ms through it.
+    Flood,
+}
+
+/// Percentiles of durations.
+struct Dist(Vec<Duration>);
+
+impl Dist {
+    fn new(mut v: Vec<Duration>) -> Dist {
+        v.sort();
+        Dist(v)
+    }
+    fn p(&self, q: f64) -> Duration {
+        if self.0.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.0.len() as f64 - 1.0) * q).round() as usize;
+        self.0[i]
+    }
+    fn max(&self) -> Duration {
+        self.0.last().copied().unwrap_or_default()
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Run `n` agents with `plan` and gather what they saw.
+async fn agents(
+    n: usize,
+    first: usize,
+    mode: Mode,
+    to: SocketAddr,
+    plan: impl Fn(usize) -> Plan,
+    deadline: Duration,
+) -> Vec<Outcome> {
+    let start = Instant::now() + Duration::from_millis(200);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        tasks.spawn(load::agent(first + i, mode.clone(), to, plan(i), start, deadline));
+    }
+    let mut out = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(o)) => out.push(o),
+            Ok(Err(e)) => eprintln!("an agent could not run: {e} (ulimit -n?)"),
+            Err(e) => eprintln!("an agent task failed: {e}"),
+        }
+    }
+    out
+}
+
+struct Totals {
+    sent: u64,
+    acked: u64,
+    transmissions: u64,
+    latency: Dist,
+    /// Acknowledged within [0, until) from the start.
+    acked_in: u64,
+    last_ack: Duration,
+}
+
+fn totals(outcomes: &[Outcome], until: Duration) -> Totals {
+    let mut lat = Vec::new();
+    let (mut sent, mut tx, mut acked_in, mut last) = (0, 0, 0, Duration::ZERO);
+    for o in outcomes {
+        sent += o.sent;
+        tx += o.transmissions;
+        for (at, l) in &o.acked {
+            lat.push(*l);
+            if *at < until {
+                acked_in += 1;
+            }
+            last = last.max(*at);
+        }
+    }
+    Totals { sent, acked: lat.len() as u64, transmissions: tx, latency: Dist::new(lat), acked_in, last_ack: last }
+}
+
+/// What the echo showed: round trips per second at full load, and the idle round trip.
+struct Ceiling {
+    per_sec: f64,
+    idle_rtt: Duration,
+}
+
+async fn ceiling(cli: &Cli, len: usize) -> anyhow::Result<Ceiling> {
+    let server = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let to = server.local_addr()?;
+    load::echo_server(server);
+    let secs = Duration::from_secs(cli.secs);
+    // Idle: one request at a time, 200 of them.
+    let idle = agents(
+        1,
+        60_000,
+        Mode::Echo(len),
+        to,
+        |_| Plan::Steady { period: Duration::from_millis(5), phase: Duration::ZERO, until: Duration::from_secs(1) },
+        Duration::from_secs(5),
+    )
+    .await;
+    let idle = totals(&idle, Duration::MAX);
+    let window = cli.window;
+    let out = agents(
+        cli.agents,
+        0,
+        Mode::Echo(len),
+        to,
+        |_| Plan::Window { window, until: secs },
+        secs + Duration::from_secs(5),
+    )
+    .await;
+    let t = totals(&out, secs);
+    let c = Ceiling { per_sec: t.acked_in as f64 / secs.as_secs_f64(), idle_rtt: idle.latency.p(0.5) };
+    println!(
+        "| ceiling: UDP echo, {} senders × {} outstanding, {len}-byte datagrams | {:.0} round trips/s | idle RTT p50 {} | p50 {} p99 {} under load | 1.00 |",
+        cli.agents,
+        cli.window,
+        c.per_sec,
+        ms(c.idle_rtt),
+        ms(t.latency.p(0.5)),
+        ms(t.latency.p(0.99)),
+    );
+    Ok(c)
+}
+
+fn fraction(x: f64, ceiling: Option<&Ceiling>) -> String {
+    ceiling.map(|c| format!("{:.2}", x / c.per_sec)).unwrap_or_else(|| "—".into())
+}
+
+fn rtts(d: Duration, ceiling: Option<&Ceiling>) -> String {
+    ceiling
+        .filter(|c| !c.idle_rtt.is_zero())
+        .map(|c| format!("{:.0}× idle RTT", d.as_secs_f64() / c.idle_rtt.as_secs_f64()))
+        .unwrap_or_default()
+}
+
+async fn max(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::Result<()> {
+    let c = Collector::start(bin, Limits::Raised)?;
+    let secs = Duration::from_secs(cli.secs);
+    let window = cli.window;
+    let cpu0 = c.cpu();
+    let out = agents(
+        cli.agents,
+        0,
+        Mode::Sos(c.key.clone()),
+        c.addr,
+        |_| Plan::Window { window, until: secs },
+        secs + Duration::from_secs(30),
+    )
+    .await;
+    let cpu = c.cpu() - cpu0;
+    let t = totals(&out, secs);
+    let rate = t.acked_in as f64 / secs.as_secs_f64();
+    println!(
+        "| max: durable-ACKed SOS, {} agents × {} outstanding, limits raised | {rate:.0} SOS/s | lost {} of {} | p50 {} p99 {} p99.9 {} | {} of ceiling; collector CPU {:.0} % of a core |",
+        cli.agents,
+        cli.window,
+        t.sent - t.acked,
+        t.sent,
+        ms(t.latency.p(0.5)),
+        ms(t.latency.p(0.99)),
+        ms(t.latency.p(0.999)),
+        fraction(rate, ceiling),
+        cpu.as_secs_f64() / (secs.as_secs_f64() + t.last_ack.saturating_sub(secs).as_secs_f64()) * 100.0,
+    );
+    Ok(())
+}
+
+async fn burst(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::Result<()> {
+    let c = Collector::start(bin, Limits::Default)?;
+    let each = cli.burst_each;
+    let out =
+        agents(cli.burst_agents, 0, Mode::Sos(c.key.clone()), c.addr, |_| Plan::Burst(each), Duration::from_secs(60))
+            .await;
+    let t = totals(&out, Duration::MAX);
+    println!(
+        "| burst: {} agents × {} SOS at once, default limits | all ACKed in {} ({:.0} SOS/s) | lost {} of {}; {} retransmissions | p50 {} p99 {} p99.9 {} max {} | {} of ceiling |",
+        cli.burst_agents,
+        each,
+        ms(t.last_ack.saturating_sub(Duration::from_millis(0))),
+        t.acked as f64 / t.last_ack.as_secs_f64().max(1e-9),
+        t.sent - t.acked,
+        t.sent,
+        t.transmissions - t.sent,
+        ms(t.latency.p(0.5)),
+        ms(t.latency.p(0.99)),
+        ms(t.latency.p(0.999)),
+        ms(t.latency.max()),
+        fraction(t.acked as f64 / t.last_ack.as_secs_f64().max(1e-9), ceiling),
+    );
+    Ok(())
+}
+
+async fn steady(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::Result<()> {
+    let c = Collector::start(bin, Limits::Default)?;
+    let n = cli.burst_agents;
+    let secs = Duration::from_secs(cli.secs);
+    let period = Duration::from_secs_f64(n as f64 / cli.rate as f64);
+    let cpu0 = c.cpu();
+    let out = agents(
+        n,
+        0,
+        Mode::Sos(c.key.clone()),
+        c.addr,
+        |i| Plan::Steady { period, phase: period.mul_f64(i as f64 / n as f64), until: secs },
+        secs + Duration::from_secs(30),
+    )
+    .await;
+    let cpu = c.cpu() - cpu0;
+    let t = totals(&out, Duration::MAX);
+    println!(
+        "| steady: {} SOS/s from {n} agents for {} s, default limits | {:.0} SOS/s | lost {} of {}; {} retransmissions | p50 {} p99 {} p99.9 {} max {} | p99 = {}; collector CPU {:.0} % of a core |",
+        cli.rate,
+        cli.secs,
+        t.acked as f64 / secs.as_secs_f64(),
+        t.sent - t.acked,
+        t.sent,
+        t.transmissions - t.sent,
+        ms(t.latency.p(0.5)),
+        ms(t.latency.p(0.99)),
+        ms(t.latency.p(0.999)),
+        ms(t.latency.max()),
+        rtts(t.latency.p(0.99), ceiling),
+        cpu.as_secs_f64() / secs.as_secs_f64() * 100.0,
+    );
+    Ok(())
+}
+
+/// Heartbeats from `hb_agents` agents, `hb_agents / 200` sockets (one address each) sending for
+/// 200 agents each, as heartbeats from many workstations; each agent once per interval.
+async fn heartbeats(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
+    const PER_SOCKET: usize = 200;
+    let c = Collector::start(bin, Limits::Default)?;
+    let interval = Duration::from_secs(cli.hb_interval);
+    let sockets = cli.hb_agents.div_ceil(PER_SOCKET);
+    let start = Instant::now() + Duration::from_millis(200);
+    let end = start + interval * 2;
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in 0..sockets {
+        let key = c.key.clone();
+        let to = c.addr;
+        let agents = PER_SOCKET.min(cli.hb_agents - s * PER_SOCKET);
+        tasks.spawn(async move {
+            let socket = tokio::net::UdpSocket::bind((load::agent_ip(s), 0)).await?;
+            let (mut sent, mut answered) = (0u64, 0u64);
+            let mut buf = vec![0u8; 2048];
+            let step = interval / agents as u32;
+            let mut next = start + interval.mul_f64(s as f64 / sockets as f64 / agents as f64);
+            let mut j = 0usize;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => {
+                        if next >= end { break; }
+                        let hb = Message::Heartbeat(sos_shared::protocol::Heartbeat {
+                            user: format!("user{j}"),
+                            host: format!("ws-{s:03}-{j:03}"),
+                            ip: String::new(),
+                            pad: String::new(),
+                        });
+                        if let Ok(d) = key.seal(&hb, unix_now()) {
+                            let _ = socket.send_to(&d, to).await;
+                            sent += 1;
+                        }
+                        j = (j + 1) % agents;
+                        next += step;
+                    }
+                    r = socket.recv_from(&mut buf) => if r.is_ok() { answered += 1; },
+                }
+            }
+            Ok::<_, std::io::Error>((sent, answered))
+        });
+    }
+    // Round one fills the presence table; round two is measured.
+    tokio::time::sleep_until(start + interval).await;
+    let cpu0 = c.cpu();
+    tokio::time::sleep_until(end).await;
+    let cpu = c.cpu() - cpu0;
+    let (rss, peak) = c.rss();
+    let (mut sent, mut answered) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(Ok((s, a))) = r {
+            sent += s;
+            answered += a;
+        }
+    }
+    println!(
+        "| heartbeats: {} agents every {} s ({:.0}/s) from {sockets} addresses | {} answered of {} | collector RSS {:.1} MB (peak {:.1} MB) | collector CPU {:.1} % of a core (second round) | |",
+        cli.hb_agents,
+        cli.hb_interval,
+        cli.hb_agents as f64 / interval.as_secs_f64(),
+        answered,
+        sent,
+        rss as f64 / 1e6,
+        peak as f64 / 1e6,
+        cpu.as_secs_f64() / interval.as_secs_f64() * 100.0,
+    );
+    Ok(())
+}
+
+/// One thread floods from 127.0.0.3 with datagrams that carry the site key's id and a random
+/// token (they pass the structural checks, fail the HMAC), as fast as it can; an agent on its
+/// own address sends an SOS every 50 ms through it.
+async fn flood(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::Result<()> {
+    let c = Collector::start(bin, Limits::Default)?;
+    let secs = Duration::from_secs(cli.secs);
+    let probe = |until| move |_| Plan::Steady { period: Duration::from_millis(50), phase: Duration::ZERO, until };
+    let quiet =
+        agents(1, 61_000, Mode::Sos(c.key.clone()), c.addr, probe(Duration::from_secs(2)), Duration::from_secs(10))
+            .await;
+    let quiet = totals(&quiet, Duration::MAX);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder =
+        {
+            let stop = stop.clone();
+            let to = c.addr;
+            let key_id = c.key.id();
+            std::thread::spawn(move || -> std::io::Result<(u64, Duration)> {
+                let socket = std::net::UdpSocket::bind("127.0.0.3:0")?;
+                let mut d = sos_shared::protocol::header(key_id).to_vec();
+                d.extend((0..300).map(|_| {
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[fastrand::usize(..64)]
+                }));
+                let t0 = std::time::Instant::now();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if socket.send_to(&d, to).is_ok() {
+                        n += 1;
+                    }
+                }
+                Ok((n, t0.elapsed()))
+            })
+        };
+    let during = agents(1, 61_001, Mode::Sos(c.key.clone()), c.addr, probe(secs), secs + Duration::from_secs(10)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (n, took) = flooder.join().map_err(|_| anyhow::anyhow!("the flood thread panicked"))??;
+    let t = totals(&during, Duration::MAX);
+    println!(
+        "| flood: garbage at {:.0} datagrams/s from one address, an SOS every 50 ms | {} of {} SOS ACKed | {} retransmissions | during: p50 {} p99 {} max {}; before: p50 {} max {} | max = {} |",
+        n as f64 / took.as_secs_f64(),
+        t.acked,
+        t.sent,
+        t.transmissions - t.sent,
+        ms(t.latency.p(0.5)),
+        ms(t.latency.p(0.99)),
+        ms(t.latency.max()),
+        ms(quiet.latency.p(0.5)),
+        ms(quiet.latency.max()),
+        rtts(t.latency.max(), ceiling),
+    );
+    Ok(())
+}
+
+/// A thousand agents are a thousand sockets: lift the soft open-files limit to the hard one.
+fn raise_fd_limit() {
+    #[cfg(unix)]
+    {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let l = getrlimit(Resource::Nofile);
+        if l.maximum.is_some() && l.current != l.maximum {
+            let _ = setrlimit(Resource::Nofile, Rlimit { current: l.maximum, maximum: l.maximum });
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    raise_fd_limit();
+    let bin = match &cli.collector_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.parent().context("no directory")?.join("sos-collector"),
+    };
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found: build it (cargo build --release) or pass --collector-bin",
+        bin.display()
+    );
+    let scenarios = if cli.scenarios.is_empty() { Scenario::value_variants().to_vec() } else { cli.scenarios.clone() };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        println!("| scenario | throughput | loss | ACK latency | vs the ceiling / cost |");
+        println!("|---|---|---|---|---|");
+        let len = load::sos_len(&Key::from_base64(&Key::generate())?);
+        let mut ceil = None;
+        for s in scenarios {
+            match s {
+                Scenario::Ceiling => ceil = Some(ceiling(&cli, len).await?),
+                Scenario::Max => max(&cli, &bin, ceil.as_ref()).await?,
+                Scenario::Burst => burst(&cli, &bin, ceil.as_ref()).await?,
+                Scenario::Steady => steady(&cli, &bin, ceil.as_ref()).await?,
+                Scenario::Heartbeats => heartbeats(&cli, &bin).await?,
+                Scenario::Flood => flood(&cli, &bin, ceil.as_ref()).await?,
+            }
+        }
+        Ok(())
+    })
+}
