@@ -79,17 +79,12 @@ impl Enrollment {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let text = if machine {
-            format!(
-                "# Written by `sos-agent enroll --system`: this workstation's SOS key, shared by its users.\n{}",
-                toml::to_string(self).map_err(std::io::Error::other)?
-            )
+        let header = if machine {
+            "# Written by `sos-agent enroll --system`: this workstation's SOS key, shared by its users."
         } else {
-            format!(
-                "# Written by `sos-agent enroll`: this workstation's own SOS key. Keep it private (mode 0600).\n{}",
-                toml::to_string(self).map_err(std::io::Error::other)?
-            )
+            "# Written by `sos-agent enroll`: this workstation's own SOS key. Keep it private (mode 0600)."
         };
+        let text = format!("{header}\n{}", toml::to_string(self).map_err(std::io::Error::other)?);
         let tmp = path.with_extension("toml.tmp");
         let _ = std::fs::remove_file(&tmp);
         sos_shared::config::write_secret_file(&tmp, &text)?;
@@ -217,18 +212,22 @@ pub fn running_as_root() -> bool {
 mod tests {
     use super::*;
 
+    fn enrollment(name: &str, key: String) -> Enrollment {
+        Enrollment {
+            agent_id: "0011223344556677".into(),
+            name: name.into(),
+            collector: "127.0.0.1:5000".into(),
+            enrolled_at: 1,
+            key,
+        }
+    }
+
     #[test]
     fn an_enrollment_file_is_private_and_a_rotation_is_saved_before_use() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/enrollment.toml");
         let first = Key::generate();
-        let e = Enrollment {
-            agent_id: "0011223344556677".into(),
-            name: "Reception".into(),
-            collector: "127.0.0.1:5000".into(),
-            enrolled_at: 1,
-            key: first.clone(),
-        };
+        let e = enrollment("Reception", first.clone());
         e.save(&path).unwrap();
         #[cfg(unix)]
         {
@@ -253,13 +252,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("enrollment.toml");
-        let e = Enrollment {
-            agent_id: "0011223344556677".into(),
-            name: "Reception".into(),
-            collector: "127.0.0.1:5000".into(),
-            enrolled_at: 1,
-            key: Key::generate(),
-        };
+        let e = enrollment("Reception", Key::generate());
         e.save(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         if running_as_root() {
@@ -276,13 +269,7 @@ mod tests {
         use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("etc/sos/enrollment.toml");
-        let e = Enrollment {
-            agent_id: "0011223344556677".into(),
-            name: "Desk 12".into(),
-            collector: "127.0.0.1:5000".into(),
-            enrolled_at: 1,
-            key: Key::generate(),
-        };
+        let e = enrollment("Desk 12", Key::generate());
         if !running_as_root() {
             let err = e.save_for_machine(&path).unwrap_err();
             assert!(err.to_string().contains("root"), "{err}");

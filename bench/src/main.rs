@@ -138,6 +138,19 @@ struct Totals {
     last_ack: Duration,
 }
 
+impl Totals {
+    /// "lost L of N; R retransmissions".
+    fn loss(&self) -> String {
+        format!("lost {} of {}; {} retransmissions", self.sent - self.acked, self.sent, self.transmissions - self.sent)
+    }
+
+    /// "p50 … p99 … p99.9 … max …".
+    fn latencies(&self) -> String {
+        let l = &self.latency;
+        format!("p50 {} p99 {} p99.9 {} max {}", ms(l.p(0.5)), ms(l.p(0.99)), ms(l.p(0.999)), ms(l.max()))
+    }
+}
+
 fn totals(outcomes: &[Outcome], until: Duration) -> Totals {
     let mut lat = Vec::new();
     let (mut sent, mut tx, mut acked_in, mut last) = (0, 0, 0, Duration::ZERO);
@@ -251,20 +264,14 @@ async fn burst(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::R
         agents(cli.burst_agents, 0, Mode::Sos(c.key.clone()), c.addr, |_| Plan::Burst(each), Duration::from_secs(60))
             .await;
     let t = totals(&out, Duration::MAX);
+    let rate = t.acked as f64 / t.last_ack.as_secs_f64().max(1e-9);
     println!(
-        "| burst: {} agents × {} SOS at once, default limits | all ACKed in {} ({:.0} SOS/s) | lost {} of {}; {} retransmissions | p50 {} p99 {} p99.9 {} max {} | {} of ceiling |",
+        "| burst: {} agents × {each} SOS at once, default limits | all ACKed in {} ({rate:.0} SOS/s) | {} | {} | {} of ceiling |",
         cli.burst_agents,
-        each,
-        ms(t.last_ack.saturating_sub(Duration::from_millis(0))),
-        t.acked as f64 / t.last_ack.as_secs_f64().max(1e-9),
-        t.sent - t.acked,
-        t.sent,
-        t.transmissions - t.sent,
-        ms(t.latency.p(0.5)),
-        ms(t.latency.p(0.99)),
-        ms(t.latency.p(0.999)),
-        ms(t.latency.max()),
-        fraction(t.acked as f64 / t.last_ack.as_secs_f64().max(1e-9), ceiling),
+        ms(t.last_ack),
+        t.loss(),
+        t.latencies(),
+        fraction(rate, ceiling),
     );
     Ok(())
 }
@@ -287,17 +294,12 @@ async fn steady(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::
     let cpu = c.cpu() - cpu0;
     let t = totals(&out, Duration::MAX);
     println!(
-        "| steady: {} SOS/s from {n} agents for {} s, default limits | {:.0} SOS/s | lost {} of {}; {} retransmissions | p50 {} p99 {} p99.9 {} max {} | p99 = {}; collector CPU {:.0} % of a core |",
+        "| steady: {} SOS/s from {n} agents for {} s, default limits | {:.0} SOS/s | {} | {} | p99 = {}; collector CPU {:.0} % of a core |",
         cli.rate,
         cli.secs,
         t.acked as f64 / secs.as_secs_f64(),
-        t.sent - t.acked,
-        t.sent,
-        t.transmissions - t.sent,
-        ms(t.latency.p(0.5)),
-        ms(t.latency.p(0.99)),
-        ms(t.latency.p(0.999)),
-        ms(t.latency.max()),
+        t.loss(),
+        t.latencies(),
         rtts(t.latency.p(0.99), ceiling),
         cpu.as_secs_f64() / secs.as_secs_f64() * 100.0,
     );

@@ -674,8 +674,7 @@ impl Reply {
             }
         };
         let kind = message.kind();
-        if datagram.len() > self.request_len {
-            in_flight.spawn(async move { self.send_datagram(&datagram, kind).await });
+        if self.too_large(&datagram, kind) {
             return;
         }
         match self.socket.try_send_to(&datagram, self.to) {
@@ -687,12 +686,21 @@ impl Reply {
         }
     }
 
+    /// Whether `datagram` would be larger than the request: then it is not sent (no
+    /// amplification), and that is counted and logged.
+    fn too_large(&self, datagram: &[u8], kind: &str) -> bool {
+        if datagram.len() <= self.request_len {
+            return false;
+        }
+        Stats::bump(&self.stats.replies_suppressed);
+        warn!(to = %self.to, reply = datagram.len(), request = self.request_len,
+              kind, "reply suppressed: it would be larger than its request");
+        true
+    }
+
     /// Send a ready datagram, unless it is larger than the request.
     async fn send_datagram(&self, datagram: &[u8], kind: &str) {
-        if datagram.len() > self.request_len {
-            Stats::bump(&self.stats.replies_suppressed);
-            warn!(to = %self.to, reply = datagram.len(), request = self.request_len,
-                  kind, "reply suppressed: it would be larger than its request");
+        if self.too_large(datagram, kind) {
             return;
         }
         match self.socket.send_to(datagram, self.to).await {
