@@ -32,6 +32,11 @@ impl Collector {
     /// Start `bin` on 127.0.0.1, a free port and a new temporary data dir, and wait until it
     /// answers a heartbeat.
     pub fn start(bin: &PathBuf, limits: Limits) -> anyhow::Result<Collector> {
+        Self::start_with(bin, limits, "")
+    }
+
+    /// [`Collector::start`] with `tables` (TOML tables, e.g. the channels) added to the config.
+    pub fn start_with(bin: &PathBuf, limits: Limits, tables: &str) -> anyhow::Result<Collector> {
         let dir = tempfile::tempdir()?;
         let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -47,7 +52,7 @@ impl Collector {
         std::fs::write(
             &config,
             format!(
-                "listen = \"{addr}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n{security}",
+                "listen = \"{addr}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n{security}{tables}",
                 dir.path().join("data").display(),
                 key_file.display()
             ),

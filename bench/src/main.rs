@@ -7,7 +7,9 @@
 //! - [`load`]: the simulated agents (send plans, retransmission like the real agent, timing) and
 //!   the echo.
 //! - [`collector`]: the collector process, its CPU time and memory.
-//! - here: the scenarios and the report (Markdown rows, for docs/PERFORMANCE.md).
+//! - here: the scenarios and the report (Markdown rows, for docs/PERFORMANCE.md). `storm` uses
+//!   the end-to-end tests' Slack stand-in (which holds posts to Slack's limits and rate) and
+//!   SMTP server (`sos-e2e`).
 //!
 //! Run: `cargo run --release -p sos-bench` (all scenarios), or name some:
 //! `cargo run --release -p sos-bench -- burst flood`.
@@ -61,6 +63,9 @@ struct Cli {
     /// …each heartbeating every this many seconds (one warm-up round, one measured).
     #[arg(long, default_value_t = 30)]
     hb_interval: u64,
+    /// Storm: this many SOS at once (one per agent).
+    #[arg(long, default_value_t = 300)]
+    storm: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -75,6 +80,9 @@ enum Scenario {
     Steady,
     /// `--hb-agents` agents heartbeating (collector CPU and memory).
     Heartbeats,
+    /// `--storm` SOS at once, each from its own agent, notified on Slack (a stand-in holding
+    /// posts to Slack's limits and rate) and email: how long until every alert is on each.
+    Storm,
     /// A garbage flood as fast as one thread can send, and an SOS every 50 ms through it.
     Flood,
 }
@@ -430,6 +438,57 @@ async fn flood(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::R
     Ok(())
 }
 
+/// A burst of `--storm` SOS from as many agents, with Slack and email configured (default
+/// outbox settings): when the last alert is on Slack and in a mailbox, counted from the burst;
+/// how many messages each took, the largest, and whether Slack refused any (it must not).
+async fn storm(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
+    let slack = sos_e2e::SlackStandIn::start(vec![]);
+    let smtp = sos_e2e::SmtpServer::start(vec![]);
+    let tables = format!(
+        "[notify.slack]\nwebhook_url = \"{}\"\n[notify.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\ntls = \"none\"\n\
+         from = \"sos@example.com\"\nto = [\"security@example.com\"]\n",
+        slack.url, smtp.port
+    );
+    let c = Collector::start_with(bin, Limits::Default, &tables)?;
+    let n = cli.storm;
+    let begun = std::time::Instant::now();
+    let out = agents(n, 0, Mode::Sos(c.key.clone()), c.addr, |_| Plan::Burst(1), Duration::from_secs(30)).await;
+    let t = totals(&out, Duration::MAX);
+    // Each alert's line in a Slack post's `text` and in an email's body names its id once.
+    let on_slack = |r: &[sos_e2e::slack::Received]| -> usize {
+        r.iter()
+            .filter(|x| x.status == 200)
+            .map(|x| x.body["text"].as_str().unwrap_or("").matches("— alert ").count())
+            .sum()
+    };
+    let deadline = std::time::Duration::from_secs(120);
+    let posts = slack.wait_for(deadline, "every alert on Slack", |r| on_slack(r) >= t.acked as usize);
+    let slack_done = posts.iter().filter(|x| x.status == 200).map(|x| x.at).max().unwrap_or(begun) - begun;
+    let mails_done = loop {
+        let mails = smtp.accepted_at();
+        let alerts: usize = mails.iter().map(|(_, m)| sos_e2e::smtp::unfold(m).matches("Alert id:").count()).sum();
+        if alerts >= t.acked as usize {
+            break mails.iter().map(|(at, _)| *at).max().unwrap_or(begun) - begun;
+        }
+        anyhow::ensure!(begun.elapsed() < deadline, "email: {alerts} of {} alerts after {deadline:?}", t.acked);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ok: Vec<_> = posts.iter().filter(|x| x.status == 200).collect();
+    let most_blocks = ok.iter().map(|x| x.body["blocks"].as_array().map_or(0, Vec::len)).max().unwrap_or(0);
+    let refused = posts.iter().filter(|x| x.status == 400).count();
+    let limited = posts.iter().filter(|x| x.status == 429).count();
+    println!(
+        "| storm: {n} SOS at once, one per agent; Slack stand-in (limits, 1/s) and SMTP | Slack: all {} in {:.2} s, {} posts (≤ {most_blocks} blocks), {refused} refused, {limited} rate-limited | email: all in {:.2} s, {} emails | {} | |",
+        t.acked,
+        slack_done.as_secs_f64(),
+        ok.len(),
+        mails_done.as_secs_f64(),
+        smtp.accepted().len(),
+        t.loss(),
+    );
+    Ok(())
+}
+
 /// A thousand agents are a thousand sockets: lift the soft open-files limit to the hard one.
 fn raise_fd_limit() {
     #[cfg(unix)]
@@ -469,6 +528,7 @@ fn main() -> anyhow::Result<()> {
                 Scenario::Steady => steady(&cli, &bin, ceil.as_ref()).await?,
                 Scenario::Heartbeats => heartbeats(&cli, &bin).await?,
                 Scenario::Flood => flood(&cli, &bin, ceil.as_ref()).await?,
+                Scenario::Storm => storm(&cli, &bin).await?,
             }
         }
         Ok(())

@@ -9,8 +9,9 @@
 //! - [`store`]: the SQLite store (alerts + outbox), with group commit on a writer thread.
 //! - [`registry`]: enrolled agents and their keys, one-time codes, rotation, revocation.
 //! - [`ratelimit`]: token buckets per source address (before any decryption) and per agent.
-//! - [`outbox`]: one worker per channel: retries with backoff and jitter, give-up, storm
-//!   coalescing.
+//! - [`outbox`]: one worker per channel: retries with backoff and jitter on a monotonic clock,
+//!   give-up, bounded resends when an outcome is unknown, storm coalescing within each channel's
+//!   limits.
 //! - [`channel`]: the notification channels (log, Slack, email) and how an alert reads in each.
 //! - [`stats`]: counters of what was received, dropped and sent.
 //!

@@ -1,16 +1,27 @@
 //! The outbox: one worker per channel delivers stored jobs until each is delivered or given up.
 //!
-//! - A worker sleeps until a job is due or the store wakes it; there is no polling loop.
-//! - Failures are retried with exponential backoff and jitter, never sooner than a
-//!   `Retry-After`; permanent failures are not retried; after `give_up_after` a job is recorded
-//!   as failed and logged as an error.
+//! - A worker sleeps until a job is due or the store wakes it; there is no polling loop, and a
+//!   job that cannot go yet (a cancellation behind its pending alert) does not wake it.
+//! - Every deadline is on the outbox clock ([`outbox_clock_ms`]): monotonic, so a step of the
+//!   wall clock neither holds a retry back nor gives up early. A worker re-bases the deadlines
+//!   kept in the store when it starts ([`crate::store::Db::rebase_outbox`]).
+//! - Failures are retried with exponential backoff and jitter ([`RetrySchedule`], the one
+//!   schedule), never sooner than a `Retry-After`; permanent failures are not retried; after
+//!   `give_up_after` a job is recorded as failed and logged as an error.
+//! - Outcome unknown (the request was sent, no answer in time): the channel may have shown it,
+//!   so the retry waits at least [`UNKNOWN_PACE`] × `attempt_timeout`, and after
+//!   [`MAX_UNKNOWN_OUTCOMES`] such attempts the job is recorded as failed: a slow channel shows
+//!   an alert at most that many times.
 //! - Storm coalescing: the first alert goes out at once. After each message the worker waits
-//!   `coalesce_window` before the next, and everything that became due meanwhile goes out as one
-//!   message, so a webhook limited to about one message a second neither delays nor drops alerts.
+//!   `coalesce_window` (at least the channel's rate limit) before the next, and what became due
+//!   meanwhile goes out together, as many alerts per message as the channel's limits allow
+//!   ([`Channel::fits`]). A message of several alerts that the channel refuses is split (the
+//!   next messages carry half as many); only an alert refused alone fails.
 //! - Workers are independent: one failing channel never holds up another.
 //! - Jobs live in the store, so whatever is pending at a crash or shutdown resumes on the next
 //!   start.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,22 +31,43 @@ use tracing::{debug, error, info, warn};
 
 use crate::channel::{Channel, DeliveryError};
 use crate::config::OutboxSettings;
-use crate::store::{now_ms, JobOutcome, Store};
+use crate::store::{now_ms, outbox_clock_ms, Job, JobOutcome, Store};
 
-/// The most alerts delivered in one message.
-const MAX_BATCH: usize = crate::channel::MAX_ALERTS_PER_MESSAGE;
+/// The most due jobs read at once: more than any channel's message carries.
+const READ_AT_ONCE: usize = 64;
 
-/// How long to wait for the next retry.
+/// After an attempt whose outcome is unknown, the next waits at least this many attempt timeouts.
+pub const UNKNOWN_PACE: u32 = 4;
+
+/// Attempts with an unknown outcome after which a job is given up: the most times a slow
+/// channel can show one alert (counted per run of the collector).
+pub const MAX_UNKNOWN_OUTCOMES: u32 = 3;
+
+/// How long to wait for the next retry, and when to stop: the outbox's one schedule.
 #[derive(Debug, Clone)]
 pub struct RetrySchedule {
     first: Duration,
     max: Duration,
+    /// A job older than this after a failed attempt is given up.
+    give_up_after: Duration,
+    /// The least wait after an attempt whose outcome is unknown.
+    unknown_pace: Duration,
 }
 
 impl RetrySchedule {
     /// A schedule from the outbox settings.
     pub fn new(settings: &OutboxSettings) -> Self {
-        RetrySchedule { first: settings.first_retry, max: settings.max_retry.max(settings.first_retry) }
+        RetrySchedule {
+            first: settings.first_retry,
+            max: settings.max_retry.max(settings.first_retry),
+            give_up_after: settings.give_up_after,
+            unknown_pace: settings.attempt_timeout.saturating_mul(UNKNOWN_PACE),
+        }
+    }
+
+    /// The longest a pending job may wait for its next attempt.
+    pub fn longest_wait(&self) -> Duration {
+        self.max.max(self.unknown_pace)
     }
 
     /// The delay before retrying a job that has failed `attempts` times (1 after the first
@@ -53,20 +85,89 @@ impl RetrySchedule {
     }
 }
 
+/// What one attempt meant for one of the jobs in its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// As the channel answered.
+    AsAnswered,
+    /// The channel refused a message of several alerts: try these again in smaller messages.
+    Split,
+}
+
+/// What becomes of `job` after an attempt that ended with `result` at `done_at` (outbox
+/// clock); `unknowns` counts its attempts with an unknown outcome, this one included.
+fn decide(
+    job: &Job,
+    result: &Result<(), DeliveryError>,
+    verdict: Verdict,
+    unknowns: u32,
+    done_at: i64,
+    schedule: &RetrySchedule,
+    rng: &mut fastrand::Rng,
+) -> JobOutcome {
+    let attempts = job.attempts + 1;
+    let age = Duration::from_millis((done_at - job.created_at_ms).max(0) as u64);
+    let retry = |delay: Duration, error: String| {
+        if age + delay > schedule.give_up_after {
+            JobOutcome::Failed { error: format!("gave up after {attempts} attempts over {} s: {error}", age.as_secs()) }
+        } else {
+            JobOutcome::Retry { next_attempt_at_ms: done_at + delay.as_millis() as i64, error }
+        }
+    };
+    match result {
+        Ok(()) => JobOutcome::Delivered,
+        Err(DeliveryError::Permanent { reason }) if verdict == Verdict::Split => {
+            // Right away: the worker's pace between messages still applies.
+            JobOutcome::Retry {
+                next_attempt_at_ms: done_at,
+                error: format!("refused in a message of several alerts: {reason}"),
+            }
+        }
+        Err(DeliveryError::Permanent { reason }) => JobOutcome::Failed { error: reason.clone() },
+        Err(DeliveryError::Transient { reason, retry_after }) => {
+            retry(schedule.delay(attempts, *retry_after, rng), reason.clone())
+        }
+        Err(DeliveryError::Unknown { reason }) if unknowns >= MAX_UNKNOWN_OUTCOMES => JobOutcome::Failed {
+            error: format!(
+                "outcome unknown: {unknowns} attempts were sent but not answered in time, so the channel may \
+                 have shown this alert up to {unknowns} times; not sent again: {reason}"
+            ),
+        },
+        Err(DeliveryError::Unknown { reason }) => {
+            retry(schedule.delay(attempts, None, rng).max(schedule.unknown_pace), format!("outcome unknown: {reason}"))
+        }
+    }
+}
+
 /// Deliver `channel`'s jobs until `shutdown` is cancelled. An attempt in flight when shutdown
 /// comes is allowed to end (each attempt is bounded by the channel's timeout).
 pub async fn run_worker(channel: Arc<Channel>, store: Store, settings: OutboxSettings, shutdown: CancellationToken) {
     let name = channel.name();
     let wake: Arc<Notify> = store.waker(name);
     let schedule = RetrySchedule::new(&settings);
+    let pace = settings.coalesce_window.max(channel.min_interval());
     let mut rng = fastrand::Rng::new();
+    // The most alerts in the next message: halved when the channel refuses a message of several,
+    // doubled back after each delivery.
+    let mut limit = usize::MAX;
+    // Attempts with an unknown outcome, per job still pending.
+    let mut unknowns: HashMap<i64, u32> = HashMap::new();
+    let max_wait_ms = schedule.longest_wait().as_millis() as i64;
+    match store.exec(move |db| db.rebase_outbox(name, outbox_clock_ms(), max_wait_ms)).await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            channel = name,
+            jobs = n,
+            "pending deadlines re-based on this run's clock (the clock was stepped back?)"
+        ),
+        Err(e) => warn!(channel = name, error = %e, "cannot re-base pending deadlines"),
+    }
     info!(channel = name, "outbox worker started");
     loop {
         if shutdown.is_cancelled() {
             break;
         }
-        let now = now_ms();
-        let jobs = match store.due_jobs(name, now, MAX_BATCH).await {
+        let jobs = match store.due_jobs(name, outbox_clock_ms(), READ_AT_ONCE).await {
             Ok(j) => j,
             Err(e) => {
                 error!(channel = name, error = %e, "cannot read the outbox; retrying in 1 s");
@@ -78,7 +179,7 @@ pub async fn run_worker(channel: Arc<Channel>, store: Store, settings: OutboxSet
         };
         if jobs.is_empty() {
             let wait = match store.next_due(name).await {
-                Ok(Some(t)) => Duration::from_millis((t - now_ms()).max(0) as u64),
+                Ok(Some(t)) => Duration::from_millis((t - outbox_clock_ms()).max(0) as u64),
                 Ok(None) => Duration::from_secs(3600),
                 Err(_) => Duration::from_secs(1),
             };
@@ -91,49 +192,67 @@ pub async fn run_worker(channel: Arc<Channel>, store: Store, settings: OutboxSet
         }
 
         let started = tokio::time::Instant::now();
-        let alerts: Vec<_> = jobs.iter().map(|j| j.alert.clone()).collect();
+        let mut alerts: Vec<_> = jobs.iter().map(|j| j.alert.clone()).collect();
+        let n = channel.fits(&alerts).min(limit).max(1);
+        alerts.truncate(n);
+        let jobs = &jobs[..n];
         let ids: Vec<String> = alerts.iter().map(|a| a.alert_id.to_string()).collect();
         debug!(channel = name, alerts = ?ids, "delivering");
         let result = match tokio::time::timeout(settings.attempt_timeout, channel.deliver(&alerts)).await {
             Ok(r) => r,
-            Err(_) => Err(DeliveryError::transient(format!(
-                "{name}: no answer within {} s",
-                settings.attempt_timeout.as_secs()
-            ))),
+            Err(_) => Err(DeliveryError::Unknown {
+                reason: format!("{name}: no answer within {} s", settings.attempt_timeout.as_secs()),
+            }),
         };
-        let done_at = now_ms();
+        let done_at = outbox_clock_ms();
+        let verdict = match &result {
+            Err(DeliveryError::Permanent { reason }) if n > 1 => {
+                limit = (n / 2).max(1);
+                warn!(channel = name, alerts = n, error = %reason,
+                      next_message_at_most = limit, "the channel refused a message of several alerts; sending them in smaller messages");
+                Verdict::Split
+            }
+            Ok(()) => {
+                limit = limit.saturating_mul(2);
+                Verdict::AsAnswered
+            }
+            Err(_) => Verdict::AsAnswered,
+        };
         let outcomes: Vec<(i64, JobOutcome)> = jobs
             .iter()
             .map(|job| {
-                let attempts = job.attempts + 1;
-                let outcome = match &result {
-                    Ok(()) => {
-                        info!(channel = name, alert_id = %job.alert.alert_id, attempts, "notified");
-                        JobOutcome::Delivered
+                let count = if matches!(result, Err(DeliveryError::Unknown { .. })) {
+                    let c = unknowns.entry(job.id).or_default();
+                    *c += 1;
+                    *c
+                } else {
+                    unknowns.get(&job.id).copied().unwrap_or(0)
+                };
+                let outcome = decide(job, &result, verdict, count, done_at, &schedule, &mut rng);
+                let (alert_id, attempts) = (job.alert.alert_id, job.attempts + 1);
+                match &outcome {
+                    JobOutcome::Delivered => info!(channel = name, %alert_id, attempts, "notified"),
+                    JobOutcome::Failed { error } if matches!(result, Err(DeliveryError::Permanent { .. })) => {
+                        error!(channel = name, %alert_id, attempts, error = %error,
+                               "NOT DELIVERED: the channel refused the alert; it will not be retried")
                     }
-                    Err(DeliveryError::Permanent { reason }) => {
-                        error!(channel = name, alert_id = %job.alert.alert_id, attempts, error = %reason,
-                               "NOT DELIVERED: the channel refused the alert; it will not be retried");
-                        JobOutcome::Failed { error: reason.clone() }
+                    JobOutcome::Failed { error } => {
+                        error!(channel = name, %alert_id, attempts, error = %error, "NOT DELIVERED: giving up on this channel")
                     }
-                    Err(DeliveryError::Transient { reason, retry_after }) => {
-                        let age = Duration::from_millis((done_at - job.created_at_ms).max(0) as u64);
-                        let delay = schedule.delay(attempts, *retry_after, &mut rng);
-                        if age + delay > settings.give_up_after {
-                            let error = format!("gave up after {attempts} attempts over {} s: {reason}", age.as_secs());
-                            error!(channel = name, alert_id = %job.alert.alert_id, error = %error,
-                                   "NOT DELIVERED: giving up on this channel");
-                            JobOutcome::Failed { error }
+                    JobOutcome::Retry { .. } if verdict == Verdict::Split => {}
+                    JobOutcome::Retry { next_attempt_at_ms, error } => {
+                        let retry_in_ms = (next_attempt_at_ms - done_at).max(0);
+                        if matches!(result, Err(DeliveryError::Unknown { .. })) {
+                            warn!(channel = name, %alert_id, attempts, error = %error, retry_in_ms, unknown_outcomes = count,
+                                  max = MAX_UNKNOWN_OUTCOMES, "no answer in time: the channel may have shown it; retrying at a slower pace");
                         } else {
-                            warn!(channel = name, alert_id = %job.alert.alert_id, attempts, error = %reason,
-                                  retry_in_ms = delay.as_millis() as u64, "delivery failed; will retry");
-                            JobOutcome::Retry {
-                                next_attempt_at_ms: done_at + delay.as_millis() as i64,
-                                error: reason.clone(),
-                            }
+                            warn!(channel = name, %alert_id, attempts, error = %error, retry_in_ms, "delivery failed; will retry");
                         }
                     }
-                };
+                }
+                if !matches!(outcome, JobOutcome::Retry { .. }) {
+                    unknowns.remove(&job.id);
+                }
                 (job.id, outcome)
             })
             .collect();
@@ -142,7 +261,7 @@ pub async fn run_worker(channel: Arc<Channel>, store: Store, settings: OutboxSet
         // stops the attempts early (after a few more tries); the job then stays pending and is
         // sent again after the restart: the documented duplicate window.
         let mut tries: u32 = 0;
-        while let Err(e) = store.finish(outcomes.clone(), done_at).await {
+        while let Err(e) = store.finish(outcomes.clone(), now_ms()).await {
             tries += 1;
             if matches!(e, crate::store::StoreError::Closed) || (shutdown.is_cancelled() && tries >= 10) {
                 error!(channel = name, error = %e, "cannot record delivery outcome; the alert may be sent again after a restart");
@@ -158,7 +277,7 @@ pub async fn run_worker(channel: Arc<Channel>, store: Store, settings: OutboxSet
             info!(channel = name, tries, "delivery outcome recorded after store errors");
         }
         tokio::select! {
-            _ = tokio::time::sleep_until(started + settings.coalesce_window) => {}
+            _ = tokio::time::sleep_until(started + pace) => {}
             _ = shutdown.cancelled() => break,
         }
     }
@@ -203,5 +322,66 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(3);
         let delays: std::collections::HashSet<_> = (0..20).map(|_| s.delay(3, None, &mut rng)).collect();
         assert!(delays.len() > 10);
+    }
+
+    fn job() -> Job {
+        Job {
+            id: 1,
+            attempts: 0,
+            created_at_ms: 0,
+            alert: crate::store::AlertRecord {
+                alert_id: sos_shared::AlertId::from_u128(1),
+                test: false,
+                triggered_at: 0,
+                received_at_ms: 0,
+                user: "alice".into(),
+                host: "desk".into(),
+                ip: "10.0.0.1".into(),
+                location: "Reception".into(),
+                message: String::new(),
+                source: String::new(),
+                enrolled: None,
+                cancellation: None,
+            },
+        }
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_retried_slowly_and_a_bounded_number_of_times() {
+        let settings = OutboxSettings { attempt_timeout: Duration::from_secs(15), ..OutboxSettings::default() };
+        let s = RetrySchedule::new(&settings);
+        let mut rng = fastrand::Rng::with_seed(2);
+        let unknown = Err(DeliveryError::Unknown { reason: "slack: no answer in time".into() });
+        let mut j = job();
+        for n in 1..MAX_UNKNOWN_OUTCOMES {
+            match decide(&j, &unknown, Verdict::AsAnswered, n, 1000, &s, &mut rng) {
+                JobOutcome::Retry { next_attempt_at_ms, error } => {
+                    assert!(next_attempt_at_ms >= 1000 + 60_000, "at least 4 attempt timeouts later");
+                    assert!(error.starts_with("outcome unknown"), "{error}");
+                }
+                other => panic!("{other:?}"),
+            }
+            j.attempts += 1;
+        }
+        match decide(&j, &unknown, Verdict::AsAnswered, MAX_UNKNOWN_OUTCOMES, 1000, &s, &mut rng) {
+            JobOutcome::Failed { error } => assert!(error.contains("up to 3 times"), "{error}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refused_message_of_several_alerts_fails_none_of_them() {
+        let settings = OutboxSettings::default();
+        let s = RetrySchedule::new(&settings);
+        let mut rng = fastrand::Rng::with_seed(2);
+        let refused = Err(DeliveryError::Permanent { reason: "slack: HTTP 400 invalid_blocks".into() });
+        assert!(matches!(
+            decide(&job(), &refused, Verdict::Split, 0, 5000, &s, &mut rng),
+            JobOutcome::Retry { next_attempt_at_ms: 5000, .. }
+        ));
+        assert!(matches!(
+            decide(&job(), &refused, Verdict::AsAnswered, 0, 5000, &s, &mut rng),
+            JobOutcome::Failed { .. }
+        ));
     }
 }

@@ -161,7 +161,7 @@ pub struct Job {
     pub id: i64,
     /// Attempts made so far.
     pub attempts: u32,
-    /// When the job was created, ms since the Unix epoch (the give-up clock starts here).
+    /// When the job was created, on the [`outbox_clock_ms`] scale (the give-up clock starts here).
     pub created_at_ms: i64,
     /// The alert to deliver.
     pub alert: AlertRecord,
@@ -174,7 +174,7 @@ pub enum JobOutcome {
     Delivered,
     /// Try again at `next_attempt_at_ms`.
     Retry {
-        /// When, ms since the Unix epoch.
+        /// When, on the [`outbox_clock_ms`] scale.
         next_attempt_at_ms: i64,
         /// What went wrong this time.
         error: String,
@@ -363,11 +363,17 @@ impl Db {
         Ok(Db { conn })
     }
 
-    /// Store alerts and their outbox jobs in one transaction. All or nothing.
+    /// Store alerts and their outbox jobs in one transaction. All or nothing. The jobs are due
+    /// at `jobs_at_ms` (on the [`outbox_clock_ms`] scale).
     ///
     /// # Errors
     /// If the transaction fails; then nothing was stored.
-    pub fn insert_alerts(&mut self, alerts: &[NewAlert], channels: &[&str]) -> Result<Vec<Stored>, StoreError> {
+    pub fn insert_alerts(
+        &mut self,
+        alerts: &[NewAlert],
+        channels: &[&str],
+        jobs_at_ms: i64,
+    ) -> Result<Vec<Stored>, StoreError> {
         let tx = self.conn.transaction()?;
         let mut out = Vec::with_capacity(alerts.len());
         {
@@ -403,7 +409,7 @@ impl Db {
                 ])?;
                 if n == 1 {
                     for ch in channels {
-                        insert_job.execute(params![id, ch, a.received_at_ms])?;
+                        insert_job.execute(params![id, ch, jobs_at_ms])?;
                     }
                     out.push(Stored::New);
                 } else {
@@ -466,7 +472,9 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// When the next pending job of `channel` is due, ms since the Unix epoch.
+    /// When the next pending job of `channel` that [`Db::due_jobs`] would return is due (a
+    /// cancellation held back behind its pending alert is not: counting it would wake the
+    /// worker for nothing, again and again, until the alert is delivered).
     ///
     /// # Errors
     /// If the query fails.
@@ -474,12 +482,33 @@ impl Db {
         Ok(self
             .conn
             .query_row(
-                "SELECT MIN(next_attempt_at_ms) FROM outbox WHERE channel = ?1 AND state = 'pending'",
+                "SELECT MIN(o.next_attempt_at_ms) FROM outbox o
+                 WHERE o.channel = ?1 AND o.state = 'pending'
+                   AND NOT (o.kind = 'cancel' AND EXISTS (
+                       SELECT 1 FROM outbox p WHERE p.alert_id = o.alert_id AND p.channel = o.channel
+                                              AND p.kind = 'alert' AND p.state = 'pending'))",
                 params![channel],
                 |r| r.get(0),
             )
             .optional()?
             .flatten())
+    }
+
+    /// Re-base `channel`'s pending jobs on the outbox clock of this run (which starts at the
+    /// wall clock of the start, see [`outbox_clock_ms`]): a job created "in the future" (the
+    /// clock was stepped back since) is moved back with its deadline, so that its age counts
+    /// from `now_ms`, and no retry waits longer than `max_wait_ms` from `now_ms`. Returns how
+    /// many jobs changed.
+    ///
+    /// # Errors
+    /// If the update fails.
+    pub fn rebase_outbox(&mut self, channel: &str, now_ms: i64, max_wait_ms: i64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE outbox SET created_at_ms = MIN(created_at_ms, ?2),
+                               next_attempt_at_ms = MIN(next_attempt_at_ms - MAX(created_at_ms - ?2, 0), ?2 + ?3)
+             WHERE channel = ?1 AND state = 'pending' AND (created_at_ms > ?2 OR next_attempt_at_ms > ?2 + ?3)",
+            params![channel, now_ms, max_wait_ms],
+        )?)
     }
 
     /// Record the outcome of attempts, all in one transaction.
@@ -582,6 +611,7 @@ impl Db {
         principal: &str,
         channels: &[&str],
         now_ms: i64,
+        jobs_at_ms: i64,
     ) -> Result<Cancelled, StoreError> {
         let tx = self.conn.transaction()?;
         let id = alert_id.to_string();
@@ -605,7 +635,7 @@ impl Db {
                     tx.execute(
                         "INSERT INTO outbox (alert_id, channel, kind, state, created_at_ms, next_attempt_at_ms)
                          VALUES (?1, ?2, 'cancel', 'pending', ?3, ?3) ON CONFLICT DO NOTHING",
-                        params![id, ch, now_ms],
+                        params![id, ch, jobs_at_ms],
                     )?;
                 }
                 Cancelled::New
@@ -819,7 +849,7 @@ impl Store {
                 }
                 if !inserts.is_empty() {
                     let batch: Vec<NewAlert> = inserts.iter().map(|(a, _)| (**a).clone()).collect();
-                    let res = db.insert_alerts(&batch, &names);
+                    let res = db.insert_alerts(&batch, &names, outbox_clock_ms());
                     health.observe(res.as_ref().err());
                     match res {
                         Ok(results) => {
@@ -847,7 +877,7 @@ impl Store {
                 for cmd in others {
                     match cmd {
                         Command::Cancel(id, reason, key_id, now, r) => {
-                            let res = db.cancel(id, &reason, &key_id, &names, now);
+                            let res = db.cancel(id, &reason, &key_id, &names, now, outbox_clock_ms());
                             health.observe(res.as_ref().err());
                             if matches!(res, Ok(Cancelled::New)) {
                                 for (_, n) in thread_wakers.iter() {
@@ -1012,6 +1042,17 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// The outbox's clock, in ms: the wall clock when the process first reads it, then advanced by
+/// the monotonic clock only. Every outbox deadline (when a job was created, when it is due) is
+/// on this scale, so a step of the wall clock neither delays a retry nor gives up early; the
+/// deadlines kept in the store are re-based on it when a worker starts
+/// ([`Db::rebase_outbox`]). Under paused tokio time it follows the paused clock.
+pub fn outbox_clock_ms() -> i64 {
+    static ORIGIN: std::sync::OnceLock<(tokio::time::Instant, i64)> = std::sync::OnceLock::new();
+    let (at, wall) = ORIGIN.get_or_init(|| (tokio::time::Instant::now(), now_ms()));
+    wall + tokio::time::Instant::now().saturating_duration_since(*at).as_millis() as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1041,9 +1082,9 @@ mod tests {
     fn a_duplicate_is_stored_once_with_one_job_per_channel() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = Db::open(&dir.path().join("sos.db")).unwrap();
-        let r = db.insert_alerts(&[alert(1), alert(1), alert(2)], &["log", "slack"]).unwrap();
+        let r = db.insert_alerts(&[alert(1), alert(1), alert(2)], &["log", "slack"], 1000).unwrap();
         assert_eq!(r, vec![Stored::New, Stored::Duplicate, Stored::New]);
-        assert_eq!(db.insert_alerts(&[alert(1)], &["log", "slack"]).unwrap(), vec![Stored::Duplicate]);
+        assert_eq!(db.insert_alerts(&[alert(1)], &["log", "slack"], 1000).unwrap(), vec![Stored::Duplicate]);
         assert_eq!(db.due_jobs("slack", 1000, 10).unwrap().len(), 2);
         assert_eq!(db.due_jobs("slack", 999, 10).unwrap().len(), 0);
         assert_eq!(db.pending_by_channel().unwrap(), vec![("log".into(), 2), ("slack".into(), 2)]);
@@ -1053,12 +1094,12 @@ mod tests {
     fn a_cancellation_is_recorded_once_only_by_the_sealing_key_and_follows_its_alert() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = Db::open(&dir.path().join("sos.db")).unwrap();
-        db.insert_alerts(&[alert(1)], &["slack"]).unwrap();
+        db.insert_alerts(&[alert(1)], &["slack"], 1000).unwrap();
         let id = AlertId::from_u128(1);
-        assert_eq!(db.cancel(AlertId::from_u128(9), "", "00", &["slack"], 2000).unwrap(), Cancelled::Unknown);
-        assert_eq!(db.cancel(id, "", "ff", &["slack"], 2000).unwrap(), Cancelled::Unknown, "another key");
-        assert_eq!(db.cancel(id, "oops", "00", &["slack"], 2000).unwrap(), Cancelled::New);
-        assert_eq!(db.cancel(id, "oops", "00", &["slack"], 2001).unwrap(), Cancelled::Already);
+        assert_eq!(db.cancel(AlertId::from_u128(9), "", "00", &["slack"], 2000, 2000).unwrap(), Cancelled::Unknown);
+        assert_eq!(db.cancel(id, "", "ff", &["slack"], 2000, 2000).unwrap(), Cancelled::Unknown, "another key");
+        assert_eq!(db.cancel(id, "oops", "00", &["slack"], 2000, 2000).unwrap(), Cancelled::New);
+        assert_eq!(db.cancel(id, "oops", "00", &["slack"], 2001, 2001).unwrap(), Cancelled::Already);
         // The alert itself goes first; its cancellation waits until the alert is no longer pending.
         let due = db.due_jobs("slack", 5000, 10).unwrap();
         assert_eq!(due.len(), 1);
@@ -1067,6 +1108,41 @@ mod tests {
         let due = db.due_jobs("slack", 5000, 10).unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].alert.cancellation.as_ref().map(|c| c.reason.as_str()), Some("oops"));
+    }
+
+    #[test]
+    fn a_cancellation_held_behind_its_pending_alert_does_not_make_the_channel_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("sos.db")).unwrap();
+        db.insert_alerts(&[alert(1)], &["slack"], 1000).unwrap();
+        let job = db.due_jobs("slack", 1000, 10).unwrap().remove(0);
+        db.finish(&[(job.id, JobOutcome::Retry { next_attempt_at_ms: 60_000, error: "500".into() })], 1000).unwrap();
+        db.cancel(AlertId::from_u128(1), "oops", "00", &["slack"], 2000, 2000).unwrap();
+        // Nothing is due before the alert's retry, and the worker is told so: it sleeps until then.
+        assert!(db.due_jobs("slack", 59_999, 10).unwrap().is_empty());
+        assert_eq!(db.next_due("slack").unwrap(), Some(60_000));
+        let job = db.due_jobs("slack", 60_000, 10).unwrap().remove(0);
+        assert!(job.alert.cancellation.is_none());
+        db.finish(&[(job.id, JobOutcome::Delivered)], 60_000).unwrap();
+        assert_eq!(db.next_due("slack").unwrap(), Some(2000), "released once its alert is delivered");
+    }
+
+    #[test]
+    fn pending_deadlines_are_rebased_on_the_clock_of_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("sos.db")).unwrap();
+        // Written before the clock was stepped back an hour: created "in the future", due in an hour.
+        db.insert_alerts(&[alert(1), alert(2)], &["slack"], 3_600_000).unwrap();
+        let jobs = db.due_jobs("slack", 3_600_000, 10).unwrap();
+        db.finish(&[(jobs[0].id, JobOutcome::Retry { next_attempt_at_ms: 3_602_000, error: "500".into() })], 0)
+            .unwrap();
+        assert_eq!(db.rebase_outbox("slack", 1000, 60_000).unwrap(), 2);
+        let jobs = db.due_jobs("slack", 1000, 10).unwrap();
+        assert_eq!(jobs.len(), 1, "the untried job is due now");
+        assert_eq!(jobs[0].created_at_ms, 1000, "its age starts now");
+        assert_eq!(db.next_due("slack").unwrap(), Some(1000));
+        assert_eq!(db.due_jobs("slack", 61_000, 10).unwrap().len(), 2, "the retry waits at most 60 s");
+        assert_eq!(db.rebase_outbox("slack", 1000, 60_000).unwrap(), 0, "nothing left to re-base");
     }
 
     #[test]
@@ -1145,7 +1221,7 @@ mod tests {
         }
         let mut db = Db::open(&path).unwrap();
         assert_eq!(db.due_jobs("slack", 1000, 10).unwrap().len(), 1);
-        assert_eq!(db.cancel(AlertId::from_u128(1), "", "00", &["slack"], 2000).unwrap(), Cancelled::New);
+        assert_eq!(db.cancel(AlertId::from_u128(1), "", "00", &["slack"], 2000, 2000).unwrap(), Cancelled::New);
     }
 
     #[test]
@@ -1154,7 +1230,7 @@ mod tests {
         let path = dir.path().join("sos.db");
         {
             let mut db = Db::open(&path).unwrap();
-            db.insert_alerts(&[alert(1), alert(2), alert(3)], &["slack"]).unwrap();
+            db.insert_alerts(&[alert(1), alert(2), alert(3)], &["slack"], 1000).unwrap();
             let jobs = db.due_jobs("slack", 1000, 10).unwrap();
             db.finish(
                 &[

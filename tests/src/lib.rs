@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - [`bin`]: where the binaries under test are.
-//! - [`slack`]: [`SlackStandIn`], scripted answers (200 `ok`, 4xx, 429 + `Retry-After`, 5xx, hang).
+//! - [`slack`]: [`SlackStandIn`], scripted answers (200 `ok`, 4xx, 429 + `Retry-After`, 5xx, hang,
+//!   slow), then Slack's own: its message limits (`400 invalid_blocks`) and rate (429).
 //! - [`smtp`]: [`SmtpServer`], scripted answers to the end of DATA (250, 451, 550…).
 //! - [`process`]: [`CollectorProcess`] and [`agent_send`].
 //! - [`peer`]: [`Peer`], a raw UDP protocol peer for hand-made datagrams.

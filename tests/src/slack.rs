@@ -1,4 +1,9 @@
 //! A real HTTP server standing in for a Slack incoming webhook.
+//!
+//! It holds posts to Slack's documented limits as Slack does: a message over them is answered
+//! `400 invalid_blocks` (or `msg_too_long`, `no_text`), and a post less than a second after the
+//! last accepted one `429 rate_limited` with `Retry-After: 1` (100 ms are allowed for jitter on
+//! the way). Scripted answers come first.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -21,7 +26,18 @@ pub enum Answer {
     RateLimited(u64),
     /// Read the request, then never answer (the connection stays open for a minute).
     Hang,
+    /// Accept the post (recorded as 200), but answer only after this long: a slow Slack.
+    Slow(Duration),
 }
+
+/// Slack's limits for one message, and the least time between two accepted posts.
+const MAX_BLOCKS: usize = 50;
+const MAX_SECTION_TEXT: usize = 3000;
+const MAX_FIELDS: usize = 10;
+const MAX_FIELD_TEXT: usize = 2000;
+const MAX_HEADER_TEXT: usize = 150;
+const MAX_TEXT: usize = 40_000;
+const MIN_SPACING: Duration = Duration::from_millis(900);
 
 /// One request the stand-in received.
 #[derive(Debug, Clone)]
@@ -41,11 +57,27 @@ impl Received {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     script: Mutex<VecDeque<Answer>>,
     received: Mutex<Vec<Received>>,
     changed: Condvar,
+    /// When the last post was accepted (for the rate limit).
+    last_accepted: Mutex<Option<Instant>>,
+    /// The most blocks accepted in a message (Slack's 50 unless a test lowers it).
+    max_blocks: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            script: Mutex::default(),
+            received: Mutex::default(),
+            changed: Condvar::new(),
+            last_accepted: Mutex::default(),
+            max_blocks: MAX_BLOCKS.into(),
+        }
+    }
 }
 
 /// The stand-in: answers from a script, then 200 `ok`.
@@ -92,6 +124,12 @@ impl SlackStandIn {
         SlackStandIn { url, state }
     }
 
+    /// Refuse messages of more than `n` blocks from now on (`400 invalid_blocks`), as a Slack
+    /// that is stricter than its documentation would.
+    pub fn set_max_blocks(&self, n: usize) {
+        self.state.max_blocks.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Everything received so far.
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
@@ -121,24 +159,77 @@ impl SlackStandIn {
     }
 }
 
+/// Where a message breaks Slack's limits: the error code Slack answers.
+fn refusal(body: &serde_json::Value, max_blocks: usize) -> Option<&'static str> {
+    let len = |v: &serde_json::Value| v.as_str().map_or(0, |s| s.chars().count());
+    let Some(obj) = body.as_object() else { return Some("invalid_payload") };
+    let text = len(&body["text"]);
+    let blocks = obj.get("blocks").and_then(|b| b.as_array()).cloned().unwrap_or_default();
+    if text == 0 && blocks.is_empty() {
+        return Some("no_text");
+    }
+    if text > MAX_TEXT {
+        return Some("msg_too_long");
+    }
+    if blocks.len() > max_blocks {
+        return Some("invalid_blocks");
+    }
+    for b in &blocks {
+        let ok = match b["type"].as_str() {
+            Some("header") => {
+                b["text"]["type"] == "plain_text" && (1..=MAX_HEADER_TEXT).contains(&len(&b["text"]["text"]))
+            }
+            Some("section") => {
+                let fields = b["fields"].as_array().cloned().unwrap_or_default();
+                let t = len(&b["text"]["text"]);
+                t <= MAX_SECTION_TEXT
+                    && (t > 0 || !fields.is_empty())
+                    && fields.len() <= MAX_FIELDS
+                    && fields.iter().all(|f| (1..=MAX_FIELD_TEXT).contains(&len(&f["text"])))
+            }
+            _ => false,
+        };
+        if !ok {
+            return Some("invalid_blocks");
+        }
+    }
+    None
+}
+
 async fn handle(req: Request<hyper::body::Incoming>, st: Arc<State>) -> Result<Response<Full<Bytes>>, Infallible> {
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    let answer = st.script.lock().unwrap().pop_front().unwrap_or(Answer::Ok);
+    let now = Instant::now();
+    let answer = st.script.lock().unwrap().pop_front().unwrap_or_else(|| {
+        if let Some(code) = refusal(&json, st.max_blocks.load(std::sync::atomic::Ordering::SeqCst)) {
+            return Answer::Status(400, code);
+        }
+        let mut last = st.last_accepted.lock().unwrap();
+        if last.is_some_and(|t| now.duration_since(t) < MIN_SPACING) {
+            return Answer::RateLimited(1);
+        }
+        *last = Some(now);
+        Answer::Ok
+    });
     let (status, text, retry_after) = match &answer {
         Answer::Ok => (200, "ok", None),
         Answer::Status(s, t) => (*s, *t, None),
         Answer::RateLimited(secs) => (429, "rate_limited", Some(*secs)),
         Answer::Hang => (0, "", None),
+        Answer::Slow(_) => (200, "ok", None),
     };
     {
         let mut r = st.received.lock().unwrap();
-        r.push(Received { at: Instant::now(), body: json, status });
+        r.push(Received { at: now, body: json, status });
         st.changed.notify_all();
     }
-    if matches!(answer, Answer::Hang) {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        return Ok(Response::builder().status(500).body(Full::new(Bytes::new())).unwrap());
+    match answer {
+        Answer::Hang => {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            return Ok(Response::builder().status(500).body(Full::new(Bytes::new())).unwrap());
+        }
+        Answer::Slow(d) => tokio::time::sleep(d).await,
+        _ => {}
     }
     let mut resp = Response::builder().status(StatusCode::from_u16(status).unwrap());
     if let Some(s) = retry_after {

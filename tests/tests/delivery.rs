@@ -418,3 +418,137 @@ fn an_agent_whose_clock_is_ten_minutes_off_still_gets_its_sos_through_once() {
     }
     assert_eq!(slack.received().len(), 2);
 }
+
+/// The site's collector config with `[outbox]` settings replaced.
+fn outbox_config(site: &Site, slack: &SlackStandIn, outbox: &str) -> String {
+    let c = site.collector_config(Some(slack), None);
+    let start = c.find("[outbox]\n").unwrap();
+    let end = c[start..].find("[notify").map_or(c.len(), |i| start + i);
+    format!("{}[outbox]\n{outbox}\n{}", &c[..start], &c[end..])
+}
+
+/// libfaketime's multi-threaded preload library, if installed.
+fn libfaketime() -> Option<std::path::PathBuf> {
+    if !faketime_available() {
+        return None;
+    }
+    let found = [
+        "/usr/lib/x86_64-linux-gnu/faketime",
+        "/usr/lib/aarch64-linux-gnu/faketime",
+        "/usr/lib/faketime",
+        "/usr/local/lib/faketime",
+    ]
+    .iter()
+    .map(|d| std::path::Path::new(d).join("libfaketimeMT.so.1"))
+    .find(|p| p.exists());
+    assert!(found.is_some() || std::env::var_os("CI").is_none(), "CI is set but libfaketimeMT.so.1 is not found");
+    found
+}
+
+/// A collector whose wall clock is offset by what `clock` says (`+0`, `-1h`, `+2h`), read
+/// again on every call; its monotonic clock is the machine's.
+fn collector_with_clock(
+    site: &Site,
+    config: &str,
+    lib: &std::path::Path,
+    clock: &std::path::Path,
+) -> sos_e2e::CollectorProcess {
+    std::fs::write(clock, "+0\n").unwrap();
+    let path = site.dir.path().join("collector.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut command = std::process::Command::new(sos_e2e::bin::bin("sos-collector"));
+    command
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info,sos_collector=debug")
+        .env("LD_PRELOAD", lib)
+        .env("FAKETIME_TIMESTAMP_FILE", clock)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env_remove("FAKETIME");
+    sos_e2e::CollectorProcess::spawn(command, site.addr, path)
+}
+
+#[test]
+fn a_clock_stepped_back_an_hour_does_not_hold_back_a_pending_slack_retry() {
+    let Some(lib) = libfaketime() else { return };
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![Answer::Status(500, "internal_error")]);
+    let clock = site.dir.path().join("clock");
+    let config = outbox_config(&site, &slack, "first_retry_secs = 5\nmax_retry_secs = 5\nattempt_timeout_secs = 5");
+    let collector = collector_with_clock(&site, &config, &lib, &clock);
+    let id = alert_id_of(&agent_send(&site.agent_config(), &[]));
+    collector.wait_log(WAIT, "delivery failed; will retry");
+    // The retry is due in about 5 s; the wall clock goes back an hour before it.
+    std::fs::write(&clock, "-1h\n").unwrap();
+    let stepped = std::time::Instant::now();
+    let post = slack.wait_for_text(WAIT, &id);
+    assert!(post.at - stepped < Duration::from_secs(10), "posted {:?} after the step", post.at - stepped);
+    assert!(eventually(WAIT, || site.delivery(&id, "slack").is_some_and(|d| d.0 == "delivered")));
+}
+
+#[test]
+fn a_clock_stepped_forward_two_hours_does_not_give_up_early() {
+    let Some(lib) = libfaketime() else { return };
+    let site = Site::new();
+    let fail = Answer::Status(500, "internal_error");
+    let slack = SlackStandIn::start(vec![fail.clone(), fail.clone(), fail]);
+    let clock = site.dir.path().join("clock");
+    // Give up after an hour (the default); retries every 3 s.
+    let config = outbox_config(&site, &slack, "first_retry_secs = 3\nmax_retry_secs = 3\nattempt_timeout_secs = 5");
+    let collector = collector_with_clock(&site, &config, &lib, &clock);
+    let id = alert_id_of(&agent_send(&site.agent_config(), &[]));
+    collector.wait_log(WAIT, "delivery failed; will retry");
+    std::fs::write(&clock, "+2h\n").unwrap();
+    slack.wait_for_text(Duration::from_secs(30), &id);
+    assert!(eventually(WAIT, || site.delivery(&id, "slack").is_some_and(|d| d.0 == "delivered")));
+    let (_, log) = collector.terminate();
+    assert!(!log.contains("gave up"), "{log}");
+}
+
+#[test]
+fn a_slack_that_answers_too_late_gets_the_alert_at_most_the_documented_number_of_times() {
+    let site = Site::new();
+    // Every post is accepted, and answered 2 s later: after the 1 s attempt timeout.
+    let slack = SlackStandIn::start(vec![Answer::Slow(Duration::from_secs(2)); 20]);
+    let config = outbox_config(&site, &slack, "first_retry_secs = 1\nmax_retry_secs = 2\nattempt_timeout_secs = 1");
+    let collector = site.start_with(&config);
+    let id = alert_id_of(&agent_send(&site.agent_config(), &[]));
+    assert!(
+        eventually(Duration::from_secs(45), || site.delivery(&id, "slack").is_some_and(|d| d.0 == "failed")),
+        "still {:?} after 45 s: {} posts",
+        site.delivery(&id, "slack"),
+        slack.received().len()
+    );
+    let (_, error) = site.delivery(&id, "slack").unwrap();
+    assert!(error.unwrap_or_default().contains("outcome unknown"));
+    // docs/RELIABILITY.md: a slow channel shows an alert at most 3 times (2 duplicates).
+    let posts = slack.received().iter().filter(|r| r.text().contains(&id)).count();
+    assert_eq!(posts, 3, "{:#?}", slack.received());
+    let log = collector.wait_log(WAIT, "NOT DELIVERED");
+    assert!(log.contains("retrying at a slower pace"), "{log}");
+}
+
+#[test]
+fn a_storm_message_that_slack_refuses_is_split_and_no_alert_fails() {
+    let site = Site::new();
+    // Slack answers 429 while the storm arrives, and refuses messages of more than 10 blocks.
+    let slack = SlackStandIn::start(vec![Answer::RateLimited(2)]);
+    slack.set_max_blocks(10);
+    let _collector = site.start(Some(&slack), None);
+    let peer = Peer::new(site.addr, site.key());
+    let ids: Vec<AlertId> = (0..30).map(|_| AlertId::random()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        peer.send(&sos(*id, &format!("storm-{i}")));
+        assert!(peer.recv_raw(WAIT).is_some(), "no ack for alert {i}");
+    }
+    let ok = |r: &[sos_e2e::slack::Received], id: &AlertId| {
+        r.iter().filter(|x| x.status == 200 && x.text().contains(&id.to_string())).count()
+    };
+    let all = slack.wait_for(Duration::from_secs(60), "every alert posted", |r| ids.iter().all(|id| ok(r, id) >= 1));
+    assert!(all.iter().any(|r| r.status == 400), "no message was refused: the test did not test splitting");
+    for id in &ids {
+        assert_eq!(ok(&all, id), 1, "alert {id} posted more than once");
+        assert!(eventually(WAIT, || site.delivery(&id.to_string(), "slack").is_some_and(|d| d.0 == "delivered")));
+    }
+}

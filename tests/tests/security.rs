@@ -488,3 +488,41 @@ fn floods_and_garbage_get_no_reply_and_a_valid_sos_still_gets_through() {
     let summary = log.lines().find(|l| l.contains("collector stopped")).unwrap().to_owned();
     assert!(!summary.contains("rate_limited_source=0"), "{summary}");
 }
+
+#[test]
+fn a_storm_of_alerts_with_messages_and_identity_warnings_reaches_slack_once_each() {
+    let site = Site::new();
+    // Slack rate-limits while the storm arrives, then holds every post to its documented limits
+    // (50 blocks, section text, header, text) and to about one message a second.
+    let slack = SlackStandIn::start(vec![sos_e2e::Answer::RateLimited(2), sos_e2e::Answer::RateLimited(1)]);
+    let collector = site.start(Some(&slack), None);
+    let a = enroll(&site, &collector, "Front desk");
+    let peer = Peer::new(collector.addr, a.key());
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        // Each claims another host than the key's: an identity warning, and a message.
+        let mut s = sos(&format!("not-the-front-desk-{i}"));
+        s.message = format!("storm {i}: aggressive visitor in the lobby, {}", "please hurry ".repeat(8));
+        peer.send(&Message::Sos(s.clone()));
+        assert!(
+            matches!(agent_ack(&peer, WAIT), Some(Message::SosAck(ack)) if ack.alert_id == s.alert_id),
+            "alert {i}"
+        );
+        ids.push(s.alert_id.to_string());
+    }
+    let ok = |r: &[sos_e2e::slack::Received], id: &str| {
+        r.iter().filter(|x| x.status == 200 && x.text().contains(id)).count()
+    };
+    let all = slack.wait_for(Duration::from_secs(60), "every alert on Slack", |r| ids.iter().all(|id| ok(r, id) >= 1));
+    assert!(
+        all.iter().any(|r| r.status == 200 && r.body["blocks"].as_array().map_or(0, Vec::len) > 20),
+        "the storm was not coalesced"
+    );
+    for id in &ids {
+        assert_eq!(ok(&all, id), 1, "alert {id} on Slack more than once");
+        assert!(sos_e2e::eventually(WAIT, || site.delivery(id, "slack").is_some_and(|d| d.0 == "delivered")), "{id}");
+    }
+    let text: String = all.iter().filter(|r| r.status == 200).map(|r| r.text()).collect();
+    assert!(text.contains("IDENTITY MISMATCH") && text.contains("aggressive visitor"), "{text}");
+    assert!(all.iter().all(|r| r.status != 400), "a message broke Slack's limits: {all:#?}");
+}

@@ -66,6 +66,8 @@ impl Email {
             Err(e) if e.is_permanent() => {
                 Err(DeliveryError::Permanent { reason: format!("email {server}: {}", flatten(&e)) })
             }
+            // A timeout here is almost always a server stalled mid-session, before it took the
+            // message (lettre does not say which step timed out): retried at the usual pace.
             Err(e) => Err(DeliveryError::transient(format!("email {server}: {}", flatten(&e)))),
         }
     }
@@ -80,6 +82,21 @@ fn flatten(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+/// The most alerts in one email, and the most bytes of its body: a message any mail server and
+/// phone handles (servers commonly refuse 10 MB and more; long bodies get clipped by clients).
+pub const MAX_ALERTS_PER_EMAIL: usize = 50;
+/// See [`MAX_ALERTS_PER_EMAIL`].
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// How many of `alerts`, from the first, one email carries.
+pub(crate) fn fits(alerts: &[AlertRecord]) -> usize {
+    let mut n = alerts.len().min(MAX_ALERTS_PER_EMAIL);
+    while n > 1 && compose(&alerts[..n]).1.len() > MAX_BODY_BYTES {
+        n -= 1;
+    }
+    n.max(1)
 }
 
 /// Subject and body. The subject alone must let a responder act from a phone's lock screen.

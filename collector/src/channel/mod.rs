@@ -1,7 +1,9 @@
 //! Notification channels: where an alert goes once stored.
 //!
 //! Each channel delivers a batch of one or more alerts as one message (several only during a
-//! storm, see [`crate::outbox`]) and says whether a failure is worth retrying.
+//! storm, see [`crate::outbox`]) and says whether a failure is worth retrying. Each says how
+//! many alerts one message can carry within the service's limits ([`Channel::fits`]) and how
+//! often it may send ([`Channel::min_interval`]).
 
 mod email;
 mod format;
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 pub use email::Email;
 pub use format::{describe, enrolled_line, identity_warning, when_utc};
-pub use slack::{Slack, MAX_ALERTS_PER_MESSAGE};
+pub use slack::Slack;
 
 use crate::store::AlertRecord;
 
@@ -26,9 +28,17 @@ pub enum DeliveryError {
         /// The earliest the service asked us to come back (`Retry-After`).
         retry_after: Option<Duration>,
     },
-    /// Retrying cannot help (wrong webhook, mailbox refused): recorded as failed.
+    /// Retrying cannot help (wrong webhook, mailbox refused, a message the service refuses):
+    /// recorded as failed (a message of several alerts is split first, see [`crate::outbox`]).
     #[error("{reason}")]
     Permanent {
+        /// What happened.
+        reason: String,
+    },
+    /// The request was sent but no answer came in time: the service may have shown it.
+    /// Retried at a slower pace, a bounded number of times (each retry may be a duplicate).
+    #[error("{reason}")]
+    Unknown {
         /// What happened.
         reason: String,
     },
@@ -58,6 +68,25 @@ impl Channel {
             Channel::Log => "log",
             Channel::Slack(_) => "slack",
             Channel::Email(_) => "email",
+        }
+    }
+
+    /// How many of `alerts`, from the first, one message can carry within the service's limits
+    /// (at least one).
+    pub fn fits(&self, alerts: &[AlertRecord]) -> usize {
+        let n = match self {
+            Channel::Log => alerts.len(),
+            Channel::Slack(_) => Slack::fits(alerts),
+            Channel::Email(_) => email::fits(alerts),
+        };
+        n.clamp(1, alerts.len().max(1))
+    }
+
+    /// The least time between two messages (the service's rate limit).
+    pub fn min_interval(&self) -> Duration {
+        match self {
+            Channel::Slack(_) => slack::MIN_INTERVAL,
+            Channel::Log | Channel::Email(_) => Duration::ZERO,
         }
     }
 

@@ -1,17 +1,100 @@
 //! Slack incoming webhooks, answered as Slack answers: 200 `ok`; 400/403/404/410 with an error
 //! code in the body (permanent); 429 with `Retry-After`; 5xx (transient).
+//!
+//! Every message is built within Slack's documented limits ([`LIMITS`]); the outbox asks
+//! [`Slack::fits`] how many alerts one message can carry, and sends at most one message per
+//! [`MIN_INTERVAL`].
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::format::{describe, details, enrolled_line, identity_warning, or_dash, when_utc};
+use super::format::{describe, enrolled_line, identity_warning, or_dash, when_utc};
 use super::DeliveryError;
 use crate::config::SlackSettings;
 use crate::store::AlertRecord;
 
-/// Slack allows 50 blocks per message; each alert takes two, plus a header.
-pub const MAX_ALERTS_PER_MESSAGE: usize = 20;
+/// Slack's documented limits for an incoming-webhook message (Block Kit reference, "Rate
+/// limits" for the rate).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Blocks in one message.
+    pub blocks: usize,
+    /// Characters of a section's `text`.
+    pub section_text: usize,
+    /// Fields in a section, and characters of each.
+    pub fields: usize,
+    /// Characters of one field.
+    pub field_text: usize,
+    /// Characters of a header's `plain_text`.
+    pub header_text: usize,
+    /// Characters of the top-level `text`.
+    pub text: usize,
+}
+
+/// The limits every message is built within.
+pub const LIMITS: Limits =
+    Limits { blocks: 50, section_text: 3000, fields: 10, field_text: 2000, header_text: 150, text: 40_000 };
+
+/// About one message per second per webhook (Slack's rate limit for incoming webhooks).
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The most alerts in one message: a header, then one section per alert.
+pub const MAX_ALERTS_PER_MESSAGE: usize = LIMITS.blocks - 1;
+
+/// Where `payload` breaks [`LIMITS`], if it does: Slack's error code and what is wrong.
+pub fn check(payload: &Value) -> Result<(), String> {
+    let len = |v: &Value| v.as_str().map_or(0, |s| s.chars().count());
+    let text = len(&payload["text"]);
+    if text == 0 {
+        return Err("no_text: the message has no text".into());
+    }
+    if text > LIMITS.text {
+        return Err(format!("msg_too_long: text of {text} characters (at most {})", LIMITS.text));
+    }
+    let blocks = payload["blocks"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if blocks.len() > LIMITS.blocks {
+        return Err(format!("invalid_blocks: {} blocks (at most {})", blocks.len(), LIMITS.blocks));
+    }
+    for (i, b) in blocks.iter().enumerate() {
+        match b["type"].as_str() {
+            Some("header") => {
+                let n = len(&b["text"]["text"]);
+                if n > LIMITS.header_text {
+                    return Err(format!(
+                        "invalid_blocks: header {i} of {n} characters (at most {})",
+                        LIMITS.header_text
+                    ));
+                }
+            }
+            Some("section") => {
+                let n = len(&b["text"]["text"]);
+                if n > LIMITS.section_text {
+                    return Err(format!(
+                        "invalid_blocks: section {i} of {n} characters (at most {})",
+                        LIMITS.section_text
+                    ));
+                }
+                let fields = b["fields"].as_array().map(Vec::as_slice).unwrap_or_default();
+                if fields.len() > LIMITS.fields {
+                    return Err(format!(
+                        "invalid_blocks: section {i} has {} fields (at most {})",
+                        fields.len(),
+                        LIMITS.fields
+                    ));
+                }
+                if n == 0 && fields.is_empty() {
+                    return Err(format!("invalid_blocks: section {i} is empty"));
+                }
+                if let Some(f) = fields.iter().find(|f| len(&f["text"]) > LIMITS.field_text) {
+                    return Err(format!("invalid_blocks: a field of {} characters in section {i}", len(&f["text"])));
+                }
+            }
+            other => return Err(format!("invalid_blocks: block {i} of unknown type {other:?}")),
+        }
+    }
+    Ok(())
+}
 
 /// A Slack incoming webhook.
 #[derive(Debug)]
@@ -35,19 +118,29 @@ impl Slack {
         Ok(Slack { settings, http })
     }
 
+    /// How many of `alerts`, from the first, one message can carry within [`LIMITS`] (at
+    /// least one: a single alert's message is always within them).
+    pub(crate) fn fits(alerts: &[AlertRecord]) -> usize {
+        let mut n = alerts.len().min(MAX_ALERTS_PER_MESSAGE);
+        while n > 1 && check(&payload(&alerts[..n])).is_err() {
+            n -= 1;
+        }
+        n.max(1)
+    }
+
     pub(crate) async fn deliver(&self, alerts: &[AlertRecord]) -> Result<(), DeliveryError> {
         let body = payload(alerts);
         // The URL is a secret: errors name the host only.
         let host = self.settings.webhook_url.host_str().unwrap_or("?").to_owned();
         let resp = self.http.post(self.settings.webhook_url.clone()).json(&body).send().await.map_err(|e| {
-            let kind = if e.is_timeout() {
-                "timed out"
-            } else if e.is_connect() {
-                "cannot connect"
+            if e.is_connect() {
+                DeliveryError::transient(format!("slack {host}: cannot connect: {}", root_cause(&e)))
+            } else if e.is_timeout() {
+                // Connected and sent: Slack may have posted it.
+                DeliveryError::Unknown { reason: format!("slack {host}: no answer in time: {}", root_cause(&e)) }
             } else {
-                "request failed"
-            };
-            DeliveryError::transient(format!("slack {host}: {kind}: {}", root_cause(&e)))
+                DeliveryError::transient(format!("slack {host}: request failed: {}", root_cause(&e)))
+            }
         })?;
         let status = resp.status();
         let retry_after = resp
@@ -80,69 +173,116 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Escape the three characters Slack's mrkdwn treats as control, so a sender's text cannot
-/// ping `@channel` or forge a link.
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+/// ping `@channel` or forge a link; at most `max` characters of result (escapes included), the
+/// last one `…` when clipped.
+fn esc(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut n = 0;
+    for c in s.chars() {
+        let piece = match c {
+            '&' => "&amp;",
+            '<' => "&lt;",
+            '>' => "&gt;",
+            _ => "",
+        };
+        let width = if piece.is_empty() { 1 } else { piece.chars().count() };
+        if n + width >= max {
+            out.push('…');
+            return out;
+        }
+        if piece.is_empty() {
+            out.push(c);
+        } else {
+            out.push_str(piece);
+        }
+        n += width;
+    }
+    out
 }
 
-/// The Block Kit message, with `text` as the notification and accessibility fallback.
+/// The first line of an alert: what it is, from whom, where.
+fn title(a: &AlertRecord) -> String {
+    if let Some(c) = &a.cancellation {
+        format!(
+            "✅ *CANCELLED by the sender* (false alarm): SOS from {} at {}. Reason: {}. *Check in person that they are safe*: a cancellation can be forced.",
+            esc(or_dash(&a.user), 100),
+            esc(or_dash(&a.location), 200),
+            esc(or_dash(&c.reason), 400)
+        )
+    } else if a.test {
+        format!("🧪 *TEST alert (drill): no action needed* — {}", esc(or_dash(&a.user), 100))
+    } else {
+        format!("🚨 *SOS from {}* at *{}*", esc(or_dash(&a.user), 100), esc(or_dash(&a.location), 200))
+    }
+}
+
+/// The sender's text as a quote, clipped to `max` characters of the original.
+fn quote(a: &AlertRecord, max: usize) -> String {
+    format!(">{}", esc(a.message.trim(), max).replace('\n', "\n>"))
+}
+
+fn when(a: &AlertRecord) -> String {
+    format!("<!date^{}^{{date_short_pretty}} {{time_secs}}|{}>", a.triggered_at.max(0), when_utc(a.triggered_at))
+}
+
+/// The Block Kit message, with `text` as the notification and accessibility fallback. One
+/// alert gets a section per kind of detail (at most 4 blocks); several get a header and one
+/// section each. Every text is clipped so that each block is within [`LIMITS`] (an `&` escaped
+/// as `&amp;` counts 5: the clips leave room for it).
 pub(crate) fn payload(alerts: &[AlertRecord]) -> Value {
     let icon = |a: &AlertRecord| if a.cancellation.is_some() { "✅" } else { "🚨" };
-    let text = if let [a] = alerts {
-        format!("{} {} — alert {}", icon(a), esc(&describe(a)), a.alert_id)
-    } else {
-        let tests = alerts.iter().filter(|a| a.test).count();
-        let mut t = format!("🚨 {} SOS alerts", alerts.len());
-        if tests > 0 {
-            t.push_str(&format!(" ({tests} of them TEST)"));
-        }
-        for a in alerts {
-            t.push_str(&format!("\n• {} — alert {}", esc(&describe(a)), a.alert_id));
-        }
-        t
-    };
+    let line = |a: &AlertRecord| format!("{} — alert {}", esc(&describe(a), 600), a.alert_id);
     let mut blocks = Vec::new();
-    if alerts.len() > 1 {
-        blocks.push(json!({"type": "header", "text": {"type": "plain_text",
-            "text": format!("🚨 {} SOS alerts", alerts.len())}}));
-    }
-    for a in alerts {
-        let title = if let Some(c) = &a.cancellation {
-            format!(
-                "✅ *CANCELLED by the sender* (false alarm): SOS from {} at {}. Reason: {}. *Check in person that they are safe*: a cancellation can be forced.",
-                esc(or_dash(&a.user)),
-                esc(or_dash(&a.location)),
-                esc(or_dash(&c.reason))
-            )
-        } else if a.test {
-            format!("🧪 *TEST alert (drill): no action needed* — {}", esc(or_dash(&a.user)))
-        } else {
-            format!("🚨 *SOS from {}* at *{}*", esc(or_dash(&a.user)), esc(or_dash(&a.location)))
-        };
-        let when = format!(
-            "<!date^{}^{{date_short_pretty}} {{time_secs}}|{}>",
-            a.triggered_at.max(0),
-            when_utc(a.triggered_at)
-        );
-        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": title}}));
+    let text = if let [a] = alerts {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": title(a)}}));
+        let field = |name: &str, value: &str| json!({"type": "mrkdwn", "text": format!("*{name}*\n{}", esc(or_dash(value), 350))});
         blocks.push(json!({"type": "section", "fields": [
-            {"type": "mrkdwn", "text": format!("*Who*\n{}", esc(or_dash(&a.user)))},
-            {"type": "mrkdwn", "text": format!("*Location*\n{}", esc(or_dash(&a.location)))},
-            {"type": "mrkdwn", "text": format!("*Host*\n{}", esc(or_dash(&a.host)))},
-            {"type": "mrkdwn", "text": format!("*IP*\n{}", esc(or_dash(&a.ip)))},
-            {"type": "mrkdwn", "text": format!("*When*\n{when}")},
+            field("Who", &a.user),
+            field("Location", &a.location),
+            field("Host", &a.host),
+            field("IP", &a.ip),
+            {"type": "mrkdwn", "text": format!("*When*\n{}", when(a))},
             {"type": "mrkdwn", "text": format!("*Alert id*\n`{}`", a.alert_id)},
-            {"type": "mrkdwn", "text": format!("*Enrolled as*\n{}", esc(&enrolled_line(a)))},
+            field("Enrolled as", &enrolled_line(a)),
         ]}));
         if let Some(w) = identity_warning(a) {
-            blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("⚠️ *{}*", esc(&w))}}));
+            blocks
+                .push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("⚠️ *{}*", esc(&w, 400))}}));
         }
         if !a.message.trim().is_empty() {
             blocks.push(json!({"type": "section", "text": {"type": "mrkdwn",
-                "text": format!("*Message*\n>{}", esc(&a.message).replace('\n', "\n>"))}}));
+                "text": format!("*Message*\n{}", quote(a, 1000))}}));
         }
-    }
-    let _ = details; // plain-text details are for email; Slack gets fields
+        format!("{} {}", icon(a), line(a))
+    } else {
+        let tests = alerts.iter().filter(|a| a.test).count();
+        let mut head = format!("🚨 {} SOS alerts", alerts.len());
+        if tests > 0 {
+            head.push_str(&format!(" ({tests} of them TEST)"));
+        }
+        blocks.push(json!({"type": "header", "text": {"type": "plain_text", "text": head}}));
+        let mut text = head.clone();
+        for a in alerts {
+            let mut s = format!(
+                "{}\n{} · {} · {} · `{}`",
+                title(a),
+                esc(or_dash(&a.host), 100),
+                esc(or_dash(&a.ip), 60),
+                when(a),
+                a.alert_id
+            );
+            if let Some(w) = identity_warning(a) {
+                s.push_str(&format!("\n⚠️ *{}*", esc(&w, 400)));
+            }
+            if !a.message.trim().is_empty() {
+                s.push('\n');
+                s.push_str(&quote(a, 300));
+            }
+            blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": s}}));
+            text.push_str(&format!("\n• {}", line(a)));
+        }
+        text
+    };
     json!({"text": text, "blocks": blocks})
 }
 
@@ -193,5 +333,57 @@ mod tests {
         assert!(p.contains("TEST"), "{p}");
         let p = payload(&[a(false), a(true), a(false)]);
         assert!(p["text"].as_str().unwrap().starts_with("🚨 3 SOS alerts (1 of them TEST)"));
+    }
+
+    /// An alert with every field at the largest a datagram can carry, full of characters that
+    /// escaping lengthens, a message of newlines, and an identity warning.
+    fn worst(i: u128) -> AlertRecord {
+        let long = "&<>".repeat(400);
+        AlertRecord {
+            alert_id: AlertId::from_u128(i),
+            user: long.clone(),
+            host: long.clone(),
+            ip: long.clone(),
+            location: long.clone(),
+            message: "\n&".repeat(600),
+            enrolled: Some(crate::store::EnrolledAs { agent_id: "a".into(), name: long.clone(), host: long.clone() }),
+            cancellation: Some(crate::store::Cancellation { at_ms: 0, reason: long }),
+            ..a(false)
+        }
+    }
+
+    #[test]
+    fn every_message_is_within_slacks_limits_whatever_the_alerts_hold() {
+        for alerts in [vec![worst(1)], (0..200).map(worst).collect(), (0..200).map(|_| a(false)).collect()] {
+            let mut rest = alerts.as_slice();
+            while !rest.is_empty() {
+                let n = Slack::fits(rest);
+                let p = payload(&rest[..n]);
+                assert_eq!(check(&p), Ok(()), "{n} alerts");
+                rest = &rest[n..];
+            }
+        }
+    }
+
+    #[test]
+    fn a_storm_fills_messages_by_counting_blocks() {
+        // Alerts with messages and identity warnings: one section each, 49 to a message.
+        let mut storm: Vec<_> = (0..100).map(|i| AlertRecord { alert_id: AlertId::from_u128(i), ..a(false) }).collect();
+        for x in &mut storm {
+            x.enrolled =
+                Some(crate::store::EnrolledAs { agent_id: "a".into(), name: "pc-9".into(), host: "pc-9".into() });
+        }
+        assert_eq!(Slack::fits(&storm), MAX_ALERTS_PER_MESSAGE);
+        let p = payload(&storm[..MAX_ALERTS_PER_MESSAGE]);
+        assert_eq!(p["blocks"].as_array().unwrap().len(), LIMITS.blocks);
+        let text = p.to_string();
+        assert!(text.contains("IDENTITY MISMATCH") && text.contains("help"), "{text}");
+        // A message over the limits is caught before Slack sees it.
+        let mut too_many = p.clone();
+        too_many["blocks"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "section", "text": {"type": "mrkdwn", "text": "x"}}));
+        assert!(check(&too_many).unwrap_err().starts_with("invalid_blocks"));
     }
 }
