@@ -8,7 +8,8 @@
 //! - Failures are retried with exponential backoff and jitter ([`RetrySchedule`], the one
 //!   schedule), never sooner than a `Retry-After`; permanent failures are not retried; after
 //!   `give_up_after` a job is recorded as failed and logged as an error.
-//! - Outcome unknown (the request was sent, no answer in time): the channel may have shown it,
+//! - Outcome unknown (the request was sent, no answer in time; what a timeout means is the
+//!   channel's call, [`Channel::timed_out`]): the channel may have shown it,
 //!   so the retry waits at least [`UNKNOWN_PACE`] × `attempt_timeout`, and after
 //!   [`MAX_UNKNOWN_OUTCOMES`] such attempts the job is recorded as failed: a slow channel shows
 //!   an alert at most that many times.
@@ -200,9 +201,7 @@ pub async fn run_worker(channel: Arc<Channel>, store: Store, settings: OutboxSet
         debug!(channel = name, alerts = ?ids, "delivering");
         let result = match tokio::time::timeout(settings.attempt_timeout, channel.deliver(&alerts)).await {
             Ok(r) => r,
-            Err(_) => Err(DeliveryError::Unknown {
-                reason: format!("{name}: no answer within {} s", settings.attempt_timeout.as_secs()),
-            }),
+            Err(_) => Err(channel.timed_out(settings.attempt_timeout)),
         };
         let done_at = outbox_clock_ms();
         let verdict = match &result {

@@ -66,8 +66,7 @@ impl Email {
             Err(e) if e.is_permanent() => {
                 Err(DeliveryError::Permanent { reason: format!("email {server}: {}", flatten(&e)) })
             }
-            // A timeout here is almost always a server stalled mid-session, before it took the
-            // message (lettre does not say which step timed out): retried at the usual pace.
+            // A timeout is retried at the usual pace: see `Channel::timed_out`.
             Err(e) => Err(DeliveryError::transient(format!("email {server}: {}", flatten(&e)))),
         }
     }

@@ -90,6 +90,18 @@ impl Channel {
         }
     }
 
+    /// What an attempt cut off after `after` means. Slack: the post was sent, so it may have
+    /// been shown ([`DeliveryError::Unknown`]). Email: almost always a server stalled
+    /// mid-session, before it took the message (lettre does not say at which step), so it is
+    /// retried at the usual pace.
+    pub fn timed_out(&self, after: Duration) -> DeliveryError {
+        let reason = format!("{}: no answer within {} s", self.name(), after.as_secs());
+        match self {
+            Channel::Slack(_) => DeliveryError::Unknown { reason },
+            Channel::Log | Channel::Email(_) => DeliveryError::transient(reason),
+        }
+    }
+
     /// Deliver `alerts` as one message.
     ///
     /// # Errors
