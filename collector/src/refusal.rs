@@ -65,6 +65,8 @@ pub enum Cause {
     EnrollWrongCode,
     /// An enrollment finish without a start.
     EnrollNoStart,
+    /// A reply not sent because it would be larger than its request.
+    ReplySuppressed,
     /// A time hint not sent: this token had one in this interval, or hints are over their rate.
     HintWithheld,
 }
@@ -92,6 +94,7 @@ impl Cause {
             Cause::EnrollBurnt => "enrollment refused: the code was tried too often and is burnt; no answer sent",
             Cause::EnrollWrongCode => "enrollment refused: wrong code (the attempt counts against the code)",
             Cause::EnrollNoStart => "enrollment finishes without a start dropped",
+            Cause::ReplySuppressed => "replies suppressed: they would have been larger than their request",
             Cause::HintWithheld => {
                 "time hints withheld: the token had one in this interval, or hints are over their rate"
             }

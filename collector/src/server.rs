@@ -312,7 +312,14 @@ impl Receiver {
 
     /// How to answer a request of `request_len` bytes from `to`, sealing with `key`.
     fn reply_to(&self, key: &Key, to: SocketAddr, request_len: usize) -> Reply {
-        Reply { socket: self.socket.clone(), key: key.clone(), stats: self.stats.clone(), to, request_len }
+        Reply {
+            socket: self.socket.clone(),
+            key: key.clone(),
+            stats: self.stats.clone(),
+            refusals: self.refusals.clone(),
+            to,
+            request_len,
+        }
     }
 
     fn limits(&self) -> std::sync::MutexGuard<'_, Limits> {
@@ -732,6 +739,8 @@ struct Reply {
     socket: Arc<UdpSocket>,
     key: Key,
     stats: Arc<Stats>,
+    /// Where a suppressed reply is told, at a bounded rate.
+    refusals: Arc<Mutex<Refusals>>,
     to: SocketAddr,
     request_len: usize,
 }
@@ -779,8 +788,12 @@ impl Reply {
             return false;
         }
         Stats::bump(&self.stats.replies_suppressed);
-        warn!(to = %self.to, reply = datagram.len(), request = self.request_len,
-              kind, "reply suppressed: it would be larger than its request");
+        // Bounded: a small authentic datagram can be replayed from many forged addresses.
+        let line = self.refusals.lock().unwrap_or_else(|e| e.into_inner()).note(Cause::ReplySuppressed, Instant::now());
+        if let Some(line) = line {
+            warn!(to = %self.to, reply = datagram.len(), request = self.request_len, kind, before = line.before,
+                  "reply suppressed: it would be larger than its request");
+        }
         true
     }
 
