@@ -15,10 +15,14 @@ pub enum EnrollFailure {
     /// The collector's address does not resolve.
     #[error("cannot resolve the collector address {0}")]
     Resolve(String),
-    /// No answer in time. The collector answers nothing for an unknown, used, expired or
-    /// burnt code, so this is what those look like from here.
-    #[error("no answer from {0}: the code may be unknown, used, expired or tried too often (the collector does not answer those), or the collector is unreachable; check the address and ask for a new code")]
+    /// No answer at all in time. From here that cannot be told apart from a collector that
+    /// is unreachable, down or too busy, so the code is not blamed first: the collector also
+    /// stays silent for an unknown, used, expired or burnt code.
+    #[error("no answer from the collector at {0}: it may be unreachable, stopped or too busy (check the address and try again); it also stays silent for a code it does not know or that is used, expired or burnt, so if other workstations reach it, ask for a new code")]
     NoAnswer(String),
+    /// The collector proved it knows the code, then did not finish in time: the code is right.
+    #[error("no answer from the collector at {0} after it confirmed the code: the code is right; try again (it works until it expires or is used)")]
+    Unfinished(String),
     /// The collector's proof did not match: a mistyped code.
     #[error("the code does not match what the collector issued (mistyped?); each wrong try counts against the code, ask for a new one if it keeps failing")]
     WrongCode,
@@ -57,8 +61,8 @@ pub async fn enroll(
     })?;
     let done = exchange(&socket, addr, &finish, give_up, |m| matches!(m, EnrollMessage::EnrollDone { .. }))
         .await
-        .ok_or_else(|| EnrollFailure::NoAnswer(collector.to_owned()))?;
-    let key = session.on_done(&done).map_err(|_| EnrollFailure::NoAnswer(collector.to_owned()))?;
+        .ok_or_else(|| EnrollFailure::Unfinished(collector.to_owned()))?;
+    let key = session.on_done(&done).map_err(|_| EnrollFailure::Unfinished(collector.to_owned()))?;
     Ok((key, addr))
 }
 

@@ -32,11 +32,21 @@ impl Collector {
     /// Start `bin` on 127.0.0.1, a free port and a new temporary data dir, and wait until it
     /// answers a heartbeat.
     pub fn start(bin: &PathBuf, limits: Limits) -> anyhow::Result<Collector> {
-        Self::start_with(bin, limits, "")
+        Self::start_logging(bin, limits, "warn", "")
     }
 
     /// [`Collector::start`] with `tables` (TOML tables, e.g. the channels) added to the config.
     pub fn start_with(bin: &PathBuf, limits: Limits, tables: &str) -> anyhow::Result<Collector> {
+        Self::start_logging(bin, limits, "warn", tables)
+    }
+
+    /// [`Collector::start`] with the server's information lines too (one per SOS stored; the
+    /// final counters that [`Collector::stop`] reads), for scenarios without SOS.
+    pub fn start_with_counters(bin: &PathBuf, limits: Limits) -> anyhow::Result<Collector> {
+        Self::start_logging(bin, limits, "warn,sos_collector::server=info", "")
+    }
+
+    fn start_logging(bin: &PathBuf, limits: Limits, rust_log: &str, tables: &str) -> anyhow::Result<Collector> {
         let dir = tempfile::tempdir()?;
         let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -57,13 +67,15 @@ impl Collector {
                 key_file.display()
             ),
         )?;
+        // Kept in the temporary directory, for `stop`.
+        let log = std::fs::File::create(dir.path().join("collector.log"))?;
         let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let c = Collector { child, addr, key, _dir: dir };
@@ -89,6 +101,22 @@ impl Collector {
             }
         }
         bail!("the collector did not answer within {timeout:?}")
+    }
+
+    /// Stop it as a service manager does (SIGTERM) and return its final counters (the
+    /// "collector stopped" line).
+    pub fn stop(&mut self) -> anyhow::Result<String> {
+        #[cfg(unix)]
+        {
+            let pid = rustix::process::Pid::from_child(&self.child);
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+        }
+        self.child.wait()?;
+        let log = std::fs::read_to_string(self._dir.path().join("collector.log"))?;
+        log.lines()
+            .find(|l| l.contains("collector stopped"))
+            .map(str::to_owned)
+            .with_context(|| format!("no final counters in the collector's log:\n{log}"))
     }
 
     /// CPU time used so far (user + system), from /proc/PID/stat.

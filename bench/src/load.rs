@@ -206,3 +206,60 @@ pub fn echo_server(socket: std::net::UdpSocket) {
         })
         .expect("spawn the echo thread");
 }
+
+/// Sends flood datagrams: from a bound socket, or with a forged source address.
+pub enum Flooder {
+    /// A UDP socket bound to an address.
+    Bound(std::net::UdpSocket),
+    /// An IPv4 raw socket writing its own headers: this source address, random ports.
+    #[cfg(unix)]
+    Forged(rustix::fd::OwnedFd, Ipv4Addr),
+}
+
+impl Flooder {
+    /// From a UDP socket bound to `ip`.
+    pub fn bound(ip: Ipv4Addr) -> std::io::Result<Flooder> {
+        Ok(Flooder::Bound(std::net::UdpSocket::bind((ip, 0))?))
+    }
+
+    /// Forging the source address `ip` (loopback only) through a raw socket: root or
+    /// `CAP_NET_RAW`.
+    pub fn forged(ip: Ipv4Addr) -> std::io::Result<Flooder> {
+        assert!(ip.is_loopback(), "forged sources stay on loopback");
+        #[cfg(unix)]
+        {
+            use rustix::net::{ipproto, socket, AddressFamily, SocketType};
+            let fd = socket(AddressFamily::INET, SocketType::RAW, Some(ipproto::RAW))?;
+            Ok(Flooder::Forged(fd, ip))
+        }
+        #[cfg(not(unix))]
+        {
+            Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "raw sockets: Unix only"))
+        }
+    }
+
+    /// Send one datagram to `to` (a loopback address); whether it was sent.
+    pub fn send(&self, payload: &[u8], to: std::net::SocketAddrV4) -> bool {
+        match self {
+            Flooder::Bound(s) => s.send_to(payload, to).is_ok(),
+            #[cfg(unix)]
+            Flooder::Forged(fd, ip) => {
+                assert!(to.ip().is_loopback(), "floods stay on loopback");
+                let port = fastrand::u16(1024..);
+                let total = 28 + payload.len();
+                let udp = 8 + payload.len();
+                let mut p = Vec::with_capacity(total);
+                // IPv4 header (the kernel fills the checksum), then UDP with checksum 0 (none).
+                p.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+                p.extend_from_slice(&ip.octets());
+                p.extend_from_slice(&to.ip().octets());
+                p.extend_from_slice(&port.to_be_bytes());
+                p.extend_from_slice(&to.port().to_be_bytes());
+                p.extend_from_slice(&[(udp >> 8) as u8, udp as u8, 0, 0]);
+                p.extend_from_slice(payload);
+                rustix::net::sendto(fd, &p, rustix::net::SendFlags::empty(), &std::net::SocketAddrV4::new(*to.ip(), 0))
+                    .is_ok()
+            }
+        }
+    }
+}

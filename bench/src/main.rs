@@ -66,6 +66,9 @@ struct Cli {
     /// Storm: this many SOS at once (one per agent).
     #[arg(long, default_value_t = 300)]
     storm: usize,
+    /// Nat: this many agents behind one address, heartbeating every `--hb-interval`.
+    #[arg(long, default_value_t = 5000)]
+    nat_agents: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,8 +86,15 @@ enum Scenario {
     /// `--storm` SOS at once, each from its own agent, notified on Slack (a stand-in holding
     /// posts to Slack's limits and rate) and email: how long until every alert is on each.
     Storm,
-    /// A garbage flood as fast as one thread can send, and an SOS every 50 ms through it.
+    /// A garbage flood from another address as fast as one thread can send, and an SOS every
+    /// 50 ms through it.
     Flood,
+    /// The same flood from the probing agent's own address.
+    FloodOwn,
+    /// The same flood forging the probing agent's address (raw socket: root only).
+    FloodForged,
+    /// `--nat-agents` agents behind one address heartbeating every `--hb-interval`: none refused.
+    Nat,
 }
 
 /// Percentiles of durations.
@@ -385,25 +395,48 @@ async fn heartbeats(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One thread floods from 127.0.0.3 with datagrams that carry the site key's id and a random
-/// token (they pass the structural checks, fail the HMAC), as fast as it can; an agent on its
-/// own address sends an SOS every 50 ms through it.
-async fn flood(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::Result<()> {
+/// Where a flood comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FloodFrom {
+    /// Another address (127.0.0.3).
+    Elsewhere,
+    /// The probing agent's own address (another port).
+    Own,
+    /// Forged: a raw socket writes the probing agent's address, random ports (root only).
+    Forged,
+}
+
+/// The probing agent of the flood scenarios.
+const PROBE: usize = 61_001;
+
+/// One thread floods with datagrams that carry the site key's id and a random token (they pass
+/// the structural checks and fail the HMAC: the worst junk), as fast as it can, from `from`;
+/// an agent sends an SOS every 50 ms through it. The same agent's SOS at rest first.
+async fn flood(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>, from: FloodFrom) -> anyhow::Result<()> {
     let c = Collector::start(bin, Limits::Default)?;
     let secs = Duration::from_secs(cli.secs);
     let probe = |until| move |_| Plan::Steady { period: Duration::from_millis(50), phase: Duration::ZERO, until };
-    let quiet =
-        agents(1, 61_000, Mode::Sos(c.key.clone()), c.addr, probe(Duration::from_secs(2)), Duration::from_secs(10))
-            .await;
+    let quiet = agents(1, PROBE, Mode::Sos(c.key.clone()), c.addr, probe(secs), secs + Duration::from_secs(10)).await;
     let quiet = totals(&quiet, Duration::MAX);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let std::net::SocketAddr::V4(to) = c.addr else { anyhow::bail!("the collector listens on IPv4 loopback") };
+    let std::net::IpAddr::V4(probe_ip) = load::agent_ip(PROBE) else { anyhow::bail!("agents are IPv4") };
+    let sender = match from {
+        FloodFrom::Elsewhere => load::Flooder::bound(std::net::Ipv4Addr::new(127, 0, 0, 3))?,
+        FloodFrom::Own => load::Flooder::bound(probe_ip)?,
+        FloodFrom::Forged => match load::Flooder::forged(probe_ip) {
+            Ok(f) => f,
+            Err(e) => {
+                println!("| flood-forged: skipped ({e}: a raw socket needs root or CAP_NET_RAW) | | | | |");
+                return Ok(());
+            }
+        },
+    };
     let flooder =
         {
             let stop = stop.clone();
-            let to = c.addr;
             let key_id = c.key.id();
-            std::thread::spawn(move || -> std::io::Result<(u64, Duration)> {
-                let socket = std::net::UdpSocket::bind("127.0.0.3:0")?;
+            std::thread::spawn(move || -> (u64, Duration) {
                 let mut d = sos_shared::protocol::header(key_id).to_vec();
                 d.extend((0..300).map(|_| {
                     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[fastrand::usize(..64)]
@@ -411,19 +444,28 @@ async fn flood(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::R
                 let t0 = std::time::Instant::now();
                 let mut n = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    if socket.send_to(&d, to).is_ok() {
+                    if sender.send(&d, to) {
                         n += 1;
                     }
                 }
-                Ok((n, t0.elapsed()))
+                (n, t0.elapsed())
             })
         };
-    let during = agents(1, 61_001, Mode::Sos(c.key.clone()), c.addr, probe(secs), secs + Duration::from_secs(10)).await;
+    let cpu0 = c.cpu();
+    let t0 = Instant::now();
+    let during = agents(1, PROBE, Mode::Sos(c.key.clone()), c.addr, probe(secs), secs + Duration::from_secs(10)).await;
+    let cpu = c.cpu() - cpu0;
+    let cpu_secs = t0.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (n, took) = flooder.join().map_err(|_| anyhow::anyhow!("the flood thread panicked"))??;
+    let (n, took) = flooder.join().map_err(|_| anyhow::anyhow!("the flood thread panicked"))?;
     let t = totals(&during, Duration::MAX);
+    let name = match from {
+        FloodFrom::Elsewhere => "flood: garbage from another address",
+        FloodFrom::Own => "flood-own: garbage from the agent's own address",
+        FloodFrom::Forged => "flood-forged: garbage forging the agent's address",
+    };
     println!(
-        "| flood: garbage at {:.0} datagrams/s from one address, an SOS every 50 ms | {} of {} SOS ACKed | {} retransmissions | during: p50 {} p99 {} max {}; before: p50 {} max {} | max = {} |",
+        "| {name} at {:.0} datagrams/s, an SOS every 50 ms | {} of {} SOS ACKed | {} retransmissions | during: p50 {} p99 {} max {}; at rest: p50 {} p99 {} max {} | max = {}; collector CPU {:.0} % of a core during the flood |",
         n as f64 / took.as_secs_f64(),
         t.acked,
         t.sent,
@@ -432,8 +474,78 @@ async fn flood(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::R
         ms(t.latency.p(0.99)),
         ms(t.latency.max()),
         ms(quiet.latency.p(0.5)),
+        ms(quiet.latency.p(0.99)),
         ms(quiet.latency.max()),
         rtts(t.latency.max(), ceiling),
+        cpu.as_secs_f64() / cpu_secs.as_secs_f64() * 100.0,
+    );
+    Ok(())
+}
+
+/// `nat_agents` agents behind one address (127.0.0.5), each with its own port as a NAT gives
+/// it, heartbeating every `hb_interval` with the site key, for two intervals; the collector's
+/// own counters say whether any was refused.
+async fn nat(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
+    let mut c = Collector::start_with_counters(bin, Limits::Default)?;
+    let interval = Duration::from_secs(cli.hb_interval);
+    let n = cli.nat_agents;
+    let start = Instant::now() + Duration::from_millis(500);
+    let end = start + interval * 2;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let key = c.key.clone();
+        let to = c.addr;
+        tasks.spawn(async move {
+            let socket = tokio::net::UdpSocket::bind(("127.0.0.5", 0)).await?;
+            let (mut sent, mut answered) = (0u64, 0u64);
+            let mut buf = vec![0u8; 2048];
+            let mut next = start + interval.mul_f64(i as f64 / n as f64);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => {
+                        if next >= end { break; }
+                        let hb = Message::Heartbeat(sos_shared::protocol::Heartbeat {
+                            user: "user".into(),
+                            host: format!("ws-{i:05}"),
+                            ip: String::new(),
+                            pad: String::new(),
+                        });
+                        if let Ok(d) = key.seal(&hb, unix_now()) {
+                            let _ = socket.send_to(&d, to).await;
+                            sent += 1;
+                        }
+                        next += interval;
+                    }
+                    r = socket.recv_from(&mut buf) => if r.is_ok() { answered += 1; },
+                }
+            }
+            Ok::<_, std::io::Error>((sent, answered))
+        });
+    }
+    let (mut sent, mut answered, mut failed) = (0, 0, 0);
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok((s, a))) => {
+                sent += s;
+                answered += a;
+            }
+            _ => failed += 1,
+        }
+    }
+    let counters = c.stop()?;
+    let count = |name: &str| -> u64 {
+        counters
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    let refused = count("rate_limited_source").saturating_add(count("rate_limited_agent"));
+    println!(
+        "| nat: {n} agents behind one address (a port each), a heartbeat every {} s ({:.0}/s) | {answered} answered of {sent} | refused {refused} (rate_limited_source={} rate_limited_agent={}); {failed} agents could not run | | |",
+        cli.hb_interval,
+        n as f64 / interval.as_secs_f64(),
+        count("rate_limited_source"),
+        count("rate_limited_agent"),
     );
     Ok(())
 }
@@ -527,7 +639,10 @@ fn main() -> anyhow::Result<()> {
                 Scenario::Burst => burst(&cli, &bin, ceil.as_ref()).await?,
                 Scenario::Steady => steady(&cli, &bin, ceil.as_ref()).await?,
                 Scenario::Heartbeats => heartbeats(&cli, &bin).await?,
-                Scenario::Flood => flood(&cli, &bin, ceil.as_ref()).await?,
+                Scenario::Flood => flood(&cli, &bin, ceil.as_ref(), FloodFrom::Elsewhere).await?,
+                Scenario::FloodOwn => flood(&cli, &bin, ceil.as_ref(), FloodFrom::Own).await?,
+                Scenario::FloodForged => flood(&cli, &bin, ceil.as_ref(), FloodFrom::Forged).await?,
+                Scenario::Nat => nat(&cli, &bin).await?,
                 Scenario::Storm => storm(&cli, &bin).await?,
             }
         }

@@ -8,9 +8,9 @@ use std::process::Command;
 #[test]
 fn sos_bench_runs_every_kind_of_load_and_loses_nothing_on_small_numbers() {
     let out = Command::new(env!("CARGO_BIN_EXE_sos-bench"))
-        .args(["ceiling", "max", "burst", "steady", "flood"])
+        .args(["ceiling", "max", "burst", "steady", "flood", "flood-own", "nat"])
         .args(["--secs", "1", "--agents", "4", "--window", "2", "--burst-agents", "20", "--burst-each", "3"])
-        .args(["--rate", "100"])
+        .args(["--rate", "100", "--hb-interval", "5", "--nat-agents", "5000"])
         .output()
         .expect("run sos-bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -28,4 +28,8 @@ fn sos_bench_runs_every_kind_of_load_and_loses_nothing_on_small_numbers() {
     assert!(row("steady").contains("lost 0 of 100;"), "{stdout}");
     // An SOS every 50 ms for 1 s through the flood: all 20 acknowledged.
     assert!(row("flood").contains("| 20 of 20 SOS ACKed |"), "{stdout}");
+    // The same from the agent's own address: nothing authentic is dropped for its source.
+    assert!(row("flood-own").contains("| 20 of 20 SOS ACKed |"), "{stdout}");
+    // 5,000 agents behind one address, a heartbeat each every 5 s (1,000/s): none refused.
+    assert!(row("nat").contains("| refused 0 "), "{stdout}");
 }

@@ -140,12 +140,16 @@ pub struct SecuritySettings {
     pub accept_site_key: bool,
     /// After an agent first uses a rotated key, its previous key is accepted this much longer.
     pub rotation_grace: Duration,
-    /// Datagrams per second (and burst) from one source address, counted before decryption.
+    /// Enrollment starts per second (and burst) from one source address for codes that are not
+    /// pending: what the collector cannot check cheaply. Nothing else is limited by its source:
+    /// a datagram with a known key id is always authenticated first (docs/SECURITY.md).
     pub per_source: crate::ratelimit::Rate,
     /// Authenticated messages per second (and burst) from one agent; for the site key, from
     /// one source address and port.
     pub per_agent: crate::ratelimit::Rate,
-    /// Enrollment requests per second from everyone together (burst twice that).
+    /// Enrollment starts for codes that are not pending, per second from everyone together
+    /// (burst twice that). Starts for a pending code and the rest of a started exchange are
+    /// not counted here, so junk cannot use a real code's capacity.
     pub enroll: crate::ratelimit::Rate,
 }
 
@@ -155,7 +159,7 @@ impl Default for SecuritySettings {
         SecuritySettings {
             accept_site_key: true,
             rotation_grace: Duration::from_secs(24 * 3600),
-            per_source: Rate { per_sec: 500.0, burst: 1000.0 },
+            per_source: Rate { per_sec: 2.0, burst: 5.0 },
             per_agent: Rate { per_sec: 20.0, burst: 60.0 },
             enroll: Rate { per_sec: 20.0, burst: 40.0 },
         }

@@ -8,7 +8,8 @@
 //!   authenticates datagrams, hands SOS to the store and acknowledges once they are committed.
 //! - [`store`]: the SQLite store (alerts + outbox), with group commit on a writer thread.
 //! - [`registry`]: enrolled agents and their keys, one-time codes, rotation, revocation.
-//! - [`ratelimit`]: token buckets per source address (before any decryption) and per agent.
+//! - [`ratelimit`]: token buckets: per agent after authentication, and for enrollment.
+//! - [`refusal`]: what the receive path refuses, logged at a bounded rate.
 //! - [`outbox`]: one worker per channel: retries with backoff and jitter on a monotonic clock,
 //!   give-up, bounded resends when an outcome is unknown, storm coalescing within each channel's
 //!   limits.
@@ -23,6 +24,7 @@ pub mod channel;
 pub mod config;
 pub mod outbox;
 pub mod ratelimit;
+pub mod refusal;
 pub mod registry;
 pub mod server;
 pub mod stats;

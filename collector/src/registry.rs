@@ -10,7 +10,7 @@
 //! heartbeat answer sealed with the current one. The first datagram sealed with the next key
 //! promotes it: the old key stays valid for the rotation grace period, then is refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -309,6 +309,19 @@ impl Db {
         Ok(true)
     }
 
+    /// The ids of the codes that can still be used (not used, expired or burnt), for the
+    /// receive path's cheap check before any store work.
+    ///
+    /// # Errors
+    /// If the store fails.
+    pub fn pending_codes(&self, now_ms: i64) -> Result<HashSet<String>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT code_id FROM enrollments WHERE used_at_ms IS NULL AND expires_at_ms > ?1 AND attempts < ?2",
+        )?;
+        let ids = stmt.query_map(params![now_ms, MAX_CODE_ATTEMPTS], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(ids)
+    }
+
     /// The whole registry, for the service's in-memory copy.
     ///
     /// # Errors
@@ -418,6 +431,8 @@ impl Registry {
 #[derive(Debug)]
 pub struct SharedRegistry {
     current: RwLock<Arc<Registry>>,
+    /// Ids of the codes pending enrollment, as of the last refresh.
+    pending: RwLock<Arc<HashSet<String>>>,
     reader: Mutex<Db>,
     path: PathBuf,
 }
@@ -430,8 +445,10 @@ impl SharedRegistry {
     pub fn open(path: &Path) -> Result<Arc<Self>, StoreError> {
         let reader = Db::open_read_only(path)?;
         let registry = reader.load_registry()?;
+        let pending = reader.pending_codes(crate::store::now_ms())?;
         Ok(Arc::new(SharedRegistry {
             current: RwLock::new(Arc::new(registry)),
+            pending: RwLock::new(Arc::new(pending)),
             reader: Mutex::new(reader),
             path: path.to_path_buf(),
         }))
@@ -442,13 +459,20 @@ impl SharedRegistry {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Reload if the registry changed (blocking: call from a blocking thread). Returns the new
-    /// copy when it changed.
+    /// Whether `code_id` names a code pending enrollment (as of the last refresh).
+    pub fn is_pending(&self, code_id: &str) -> bool {
+        self.pending.read().unwrap_or_else(|e| e.into_inner()).contains(code_id)
+    }
+
+    /// Reload the pending codes, and the registry if it changed (blocking: call from a blocking
+    /// thread). Returns the new registry when it changed.
     ///
     /// # Errors
     /// If the store cannot be read; the old copy stays in use.
     pub fn refresh(&self) -> Result<Option<Arc<Registry>>, StoreError> {
         let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = reader.pending_codes(crate::store::now_ms())?;
+        *self.pending.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(pending);
         let version = reader.registry_version()?;
         if version == self.snapshot().version {
             return Ok(None);

@@ -18,6 +18,7 @@ use crate::channel::{Channel, Email, Slack};
 use crate::config::Config;
 use crate::outbox;
 use crate::ratelimit::Limiter;
+use crate::refusal::{Cause, Refusals, Summary};
 use crate::registry::{Attempt, Entry, SharedRegistry, Slot};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::store::{now_ms, principal, AgentSeen, Cancelled, Db, NewAlert, Store, StoreError, Stored};
@@ -136,17 +137,24 @@ impl Collector {
                 store.flush_presence();
             });
         }
-        // The CLI changes the registry in the store (enroll, revoke, rotate); pick that up.
+        // The CLI changes the registry in the store (enroll, revoke, rotate); pick that up. And
+        // tell what was refused and only counted in the interval that ended.
+        let refusals = Arc::new(Mutex::new(Refusals::default()));
         {
             let registry = registry.clone();
             let stop = stop_workers.clone();
+            let refusals = refusals.clone();
             workers.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = tick.tick() => registry.refresh_async().await,
+                        _ = tick.tick() => {
+                            registry.refresh_async().await;
+                            let told = refusals.lock().unwrap_or_else(|e| e.into_inner()).flush(Instant::now());
+                            told.into_iter().for_each(log_summary);
+                        }
                     }
                 }
             });
@@ -167,11 +175,12 @@ impl Collector {
             in_flight: in_flight.clone(),
             registry,
             limits: Mutex::new(Limits {
-                source: Limiter::new(sec.per_source, 100_000),
                 agent: Limiter::new(sec.per_agent, 100_000),
+                enroll_source: Limiter::new(sec.per_source, 100_000),
                 enroll: Limiter::new(sec.enroll, 1),
-                warned_at: None,
+                enroll_code: Limiter::new(ENROLL_PER_CODE, 10_000),
             }),
+            refusals,
             sessions: Arc::default(),
         };
         receiver.serve(shutdown).await;
@@ -224,32 +233,44 @@ struct Receiver {
     registry: Arc<SharedRegistry>,
     /// Rate limits.
     limits: Mutex<Limits>,
+    /// What was refused, told at a bounded rate (shared with the task that flushes it).
+    refusals: Arc<Mutex<Refusals>>,
     /// Enrollment exchanges in progress, by code id.
     sessions: Arc<Mutex<HashMap<String, EnrollSession>>>,
 }
 
-/// The rate limiters of the receive path.
+/// The rate limiters of the receive path. No limit applies to a datagram before it is
+/// authenticated, except to enrollment, which cannot be checked cheaply (docs/SECURITY.md).
 #[derive(Debug)]
 struct Limits {
-    /// Per source address, before any decryption.
-    source: Limiter<IpAddr>,
     /// Per agent (site key: per key and source address and port), after authentication.
     agent: Limiter<String>,
-    /// Enrollment requests from everyone.
+    /// Enrollment starts for codes that are not pending, per source address.
+    enroll_source: Limiter<IpAddr>,
+    /// Enrollment starts for codes that are not pending, from everyone.
     enroll: Limiter<()>,
-    /// When the log last said that datagrams are being dropped for a limit.
-    warned_at: Option<Instant>,
+    /// Enrollment starts per pending code (each distinct start costs the code an attempt).
+    enroll_code: Limiter<String>,
 }
 
-impl Limits {
-    /// Whether to log a rate-limit drop now (at most every 10 s).
-    fn should_warn(&mut self) -> bool {
-        let now = Instant::now();
-        if self.warned_at.is_some_and(|t| now.duration_since(t) < Duration::from_secs(10)) {
-            return false;
+/// Starts for one pending code: bounds the store work a flood of starts naming a code (its id
+/// travels in clear) can cause before the code is burnt.
+const ENROLL_PER_CODE: crate::ratelimit::Rate = crate::ratelimit::Rate { per_sec: 2.0, burst: 10.0 };
+
+/// Write a summary of refusals counted in an interval that ended.
+fn log_summary(summary: Summary) {
+    let secs = crate::refusal::INTERVAL.as_secs();
+    match summary {
+        Summary::Cause { cause, count } if cause.is_warning() => {
+            warn!(refused = count, "{}: {count} more in the last {secs} s", cause.text());
         }
-        self.warned_at = Some(now);
-        true
+        Summary::Cause { cause, count } => {
+            debug!(refused = count, "{}: {count} more in the last {secs} s", cause.text())
+        }
+        Summary::WrongKeyFrom { source, count } => {
+            warn!(%source, failed = count,
+                  "{count} datagrams from this address carried a known key id and failed authentication (wrong key?); none answered");
+        }
     }
 }
 
@@ -291,11 +312,32 @@ impl Receiver {
 
     /// How to answer a request of `request_len` bytes from `to`, sealing with `key`.
     fn reply_to(&self, key: &Key, to: SocketAddr, request_len: usize) -> Reply {
-        Reply { socket: self.socket.clone(), key: key.clone(), stats: self.stats.clone(), to, request_len }
+        Reply {
+            socket: self.socket.clone(),
+            key: key.clone(),
+            stats: self.stats.clone(),
+            refusals: self.refusals.clone(),
+            to,
+            request_len,
+        }
     }
 
     fn limits(&self) -> std::sync::MutexGuard<'_, Limits> {
         self.limits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn refusals(&self) -> std::sync::MutexGuard<'_, Refusals> {
+        self.refusals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Count a refusal in `counter`, and tell it if a line for `cause` is due (at most one per
+    /// interval): `tell` gets how many refusals of the cause went untold before this one.
+    fn refuse(&self, cause: Cause, counter: &std::sync::atomic::AtomicU64, tell: impl FnOnce(u64)) {
+        Stats::bump(counter);
+        let line = self.refusals().note(cause, Instant::now());
+        if let Some(line) = line {
+            tell(line.before);
+        }
     }
 
     /// The key that sealed a datagram with `key_id`, and the enrolled agent it belongs to.
@@ -304,37 +346,35 @@ impl Receiver {
             if self.config.security.accept_site_key {
                 return Some((self.key.clone(), None));
             }
-            Stats::bump(&self.stats.unauthenticated);
-            debug!(%from, "dropped a datagram sealed with the site key (accept_site_key = false)");
+            self.refuse(Cause::UnknownKey, &self.stats.unauthenticated, |before| {
+                debug!(%from, before, "dropped a datagram sealed with the site key (accept_site_key = false)");
+            });
             return None;
         }
         match self.registry.snapshot().get(key_id) {
             Some(e) => Some((e.key.clone(), Some(e.clone()))),
             None => {
-                Stats::bump(&self.stats.unauthenticated);
-                debug!(%from, %key_id, "dropped a datagram for an unknown key id");
+                self.refuse(Cause::UnknownKey, &self.stats.unauthenticated, |before| {
+                    debug!(%from, %key_id, before, "{}", Cause::UnknownKey.text());
+                });
                 None
             }
         }
     }
 
+    /// One datagram. Nothing that authenticates is dropped for where it came from: every
+    /// datagram with a known key id is authenticated first (an HMAC check, about a microsecond,
+    /// less than the receive that delivered it), whatever its source sent before; a datagram
+    /// that fails costs no more than that (no store, no task, no reply, a line at a bounded
+    /// rate). Limits apply after authentication, per agent; only enrollment, which cannot be
+    /// checked cheaply, is budgeted per source.
     fn handle(&self, datagram: &[u8], from: SocketAddr) {
-        // Before anything else, and before any decryption: the source's rate.
-        {
-            let mut limits = self.limits();
-            if !limits.source.allow(from.ip(), Instant::now()) {
-                Stats::bump(&self.stats.rate_limited_source);
-                if limits.should_warn() {
-                    warn!(source = %from.ip(), "rate limit: dropping datagrams from this address (a flood?)");
-                }
-                return;
-            }
-        }
         let (key_id, token) = match split_datagram(datagram) {
             Ok(x) => x,
             Err(e) => {
-                Stats::bump(&self.stats.malformed);
-                debug!(%from, error = %e, "dropped a malformed datagram");
+                self.refuse(Cause::Malformed, &self.stats.malformed, |before| {
+                    debug!(%from, error = %e, before, "{}", Cause::Malformed.text());
+                });
                 return;
             }
         };
@@ -347,27 +387,43 @@ impl Receiver {
             Ok(o) => o,
             Err(OpenError::Unauthenticated) => {
                 Stats::bump(&self.stats.unauthenticated);
-                debug!(%from, "dropped a datagram that failed authentication");
+                let now = Instant::now();
+                let mut refusals = self.refusals();
+                let per_source = refusals.wrong_key(from.ip(), now);
+                let line = if per_source.is_some() { None } else { refusals.note(Cause::WrongKey, now) };
+                drop(refusals);
+                if let Some(failed) = per_source {
+                    warn!(source = %from.ip(), %key_id, failed,
+                          "a datagram with a known key id failed authentication (wrong key?); not answered (at most one line a minute per address, with the count)");
+                } else if let Some(line) = line {
+                    warn!(%from, %key_id, before = line.before, "{}", Cause::WrongKey.text());
+                }
                 return;
             }
             Err(OpenError::Expired { age_secs }) => {
-                Stats::bump(&self.stats.expired);
-                warn!(%from, %key_id, clock_difference_secs = -(age_secs as i64), ttl_secs = self.config.window.ttl_secs,
-                      "rejected an authentic token {age_secs} s old: a replay, or the sender's clock is behind");
-                self.time_hint(&key, datagram.len(), from, unix_now().saturating_sub(age_secs));
+                let token_time = unix_now().saturating_sub(age_secs);
+                self.refuse(Cause::Expired, &self.stats.expired, |before| {
+                    warn!(%from, %key_id, clock_difference_secs = -(age_secs as i64), ttl_secs = self.config.window.ttl_secs,
+                          before, "rejected an authentic token {age_secs} s old: a replay, or the sender's clock is behind (one line per {} s)",
+                          crate::refusal::INTERVAL.as_secs());
+                });
+                self.time_hint(&key, token, datagram.len(), from, token_time);
                 return;
             }
             Err(OpenError::FromFuture { ahead_secs }) => {
-                Stats::bump(&self.stats.from_future);
-                warn!(%from, %key_id, clock_difference_secs = ahead_secs as i64,
-                      max_future_skew_secs = self.config.window.max_future_skew_secs,
-                      "rejected an authentic token dated {ahead_secs} s ahead: the sender's clock is fast");
-                self.time_hint(&key, datagram.len(), from, unix_now().saturating_add(ahead_secs));
+                self.refuse(Cause::FromFuture, &self.stats.from_future, |before| {
+                    warn!(%from, %key_id, clock_difference_secs = ahead_secs as i64,
+                          max_future_skew_secs = self.config.window.max_future_skew_secs, before,
+                          "rejected an authentic token dated {ahead_secs} s ahead: the sender's clock is fast (one line per {} s)",
+                          crate::refusal::INTERVAL.as_secs());
+                });
+                self.time_hint(&key, token, datagram.len(), from, unix_now().saturating_add(ahead_secs));
                 return;
             }
             Err(OpenError::BadPayload(e)) => {
-                Stats::bump(&self.stats.malformed);
-                warn!(%from, %key_id, error = %e, "dropped an authentic datagram with an invalid message");
+                self.refuse(Cause::BadPayload, &self.stats.malformed, |before| {
+                    warn!(%from, %key_id, error = %e, before, "dropped an authentic datagram with an invalid message");
+                });
                 return;
             }
         };
@@ -379,15 +435,19 @@ impl Receiver {
                 _ => None,
             };
             if let Some(why) = refused {
-                Stats::bump(&self.stats.revoked);
                 let who = &e.agent.who;
-                if matches!(opened.message, Message::Sos(_)) {
-                    error!(%from, agent_id = %who.agent_id, name = %who.name, %key_id,
-                           "REFUSED an SOS: {why}; it was not acknowledged (re-enroll the workstation if this is wrong)");
-                } else {
-                    warn!(%from, agent_id = %who.agent_id, name = %who.name, %key_id, kind = opened.message.kind(),
-                          "refused a message: {why}");
-                }
+                // Bounded: a captured datagram of a revoked agent can be replayed at any rate.
+                let sos = matches!(opened.message, Message::Sos(_));
+                let cause = if sos { Cause::RevokedSos } else { Cause::Revoked };
+                self.refuse(cause, &self.stats.revoked, |before| {
+                    if sos {
+                        error!(%from, agent_id = %who.agent_id, name = %who.name, %key_id, before,
+                               "REFUSED an SOS: {why}; it was not acknowledged (re-enroll the workstation if this is wrong)");
+                    } else {
+                        warn!(%from, agent_id = %who.agent_id, name = %who.name, %key_id, kind = opened.message.kind(), before,
+                              "refused a message: {why}");
+                    }
+                });
                 return;
             }
         }
@@ -395,15 +455,11 @@ impl Receiver {
             Some(e) => format!("agent:{}", e.agent.who.agent_id),
             None => format!("{key_id}/{from}"),
         };
-        {
-            let mut limits = self.limits();
-            if !limits.agent.allow(who, Instant::now()) {
-                Stats::bump(&self.stats.rate_limited_agent);
-                if limits.should_warn() {
-                    warn!(%from, %key_id, "rate limit: an agent sends more than its limit; dropping");
-                }
-                return;
-            }
+        if !self.limits().agent.allow(who, Instant::now()) {
+            self.refuse(Cause::AgentRate, &self.stats.rate_limited_agent, |before| {
+                warn!(%from, %key_id, before, "rate limit: an agent sends more than its limit; dropping");
+            });
+            return;
         }
         if let Some(e) = entry.as_ref().filter(|e| e.slot == Slot::Next) {
             self.promote(e, key_id);
@@ -494,17 +550,20 @@ impl Receiver {
 
     /// An enrollment datagram (see [`sos_shared::enroll`]). Nothing is answered unless the
     /// code is pending; nothing is ever answered with more bytes than the request.
+    ///
+    /// Cheap checks come first (size, parse); then a retransmitted start and every finish of a
+    /// started exchange are served from memory without any budget (capacity kept for those whose
+    /// first step was valid). A new start costs a store lookup, so it is budgeted: per pending
+    /// code if its code is pending, else per source address and then for everyone together, so
+    /// that junk (which cannot name a pending code without knowing it) never uses the capacity
+    /// of a real code.
     fn enroll(&self, body: &str, request_len: usize, from: SocketAddr) {
-        if !self.limits().enroll.allow((), Instant::now()) {
-            Stats::bump(&self.stats.enroll_refused);
-            debug!(%from, "enrollment request over the enrollment rate limit; dropped");
-            return;
-        }
         let message = match EnrollMessage::from_body(body) {
             Ok(m) if request_len >= ENROLL_REQUEST_LEN => m,
             _ => {
-                Stats::bump(&self.stats.malformed);
-                debug!(%from, "dropped a malformed enrollment datagram");
+                self.refuse(Cause::EnrollMalformed, &self.stats.malformed, |before| {
+                    debug!(%from, before, "{}", Cause::EnrollMalformed.text());
+                });
                 return;
             }
         };
@@ -523,9 +582,27 @@ impl Receiver {
                     return;
                 }
                 drop(sessions);
+                let now = Instant::now();
+                let pending = self.registry.is_pending(&code_id);
+                let allowed = {
+                    let mut limits = self.limits();
+                    if pending {
+                        limits.enroll_code.allow(code_id.clone(), now)
+                    } else {
+                        limits.enroll_source.allow(from.ip(), now) && limits.enroll.allow((), now)
+                    }
+                };
+                if !allowed {
+                    let counter = if pending { &self.stats.enroll_refused } else { &self.stats.rate_limited_source };
+                    self.refuse(Cause::EnrollBudget, counter, |before| {
+                        warn!(%from, code = %code_id, before, "{}", Cause::EnrollBudget.text());
+                    });
+                    return;
+                }
                 let store = self.store.clone();
                 let stats = self.stats.clone();
                 let sessions = self.sessions.clone();
+                let refusals = self.refusals.clone();
                 let ctx = self.reply_to(&self.key, from, request_len);
                 self.in_flight.spawn(async move {
                     let id = code_id.clone();
@@ -541,13 +618,16 @@ impl Receiver {
                         Attempt::Try { code, name } => (code, name),
                         refused => {
                             Stats::bump(&stats.enroll_refused);
-                            let why = match refused {
-                                Attempt::Used => "the code was used already",
-                                Attempt::Expired => "the code has expired",
-                                Attempt::TooManyAttempts => "the code was tried too often and is burnt",
-                                _ => "no such code",
+                            let cause = match refused {
+                                Attempt::Used => Cause::EnrollUsed,
+                                Attempt::Expired => Cause::EnrollExpired,
+                                Attempt::TooManyAttempts => Cause::EnrollBurnt,
+                                _ => Cause::EnrollUnknown,
                             };
-                            warn!(code = %code_id, %from, "enrollment refused: {why}; no answer sent");
+                            let line = refusals.lock().unwrap_or_else(|e| e.into_inner()).note(cause, Instant::now());
+                            if let Some(line) = line {
+                                warn!(code = %code_id, %from, before = line.before, "{}", cause.text());
+                            }
                             return;
                         }
                     };
@@ -567,8 +647,10 @@ impl Receiver {
             }
             EnrollMessage::EnrollFinish { .. } => {
                 let Some(s) = sessions.get(&code_id) else {
-                    Stats::bump(&self.stats.enroll_refused);
-                    debug!(code = %code_id, %from, "enrollment finish without a start; dropped");
+                    drop(sessions);
+                    self.refuse(Cause::EnrollNoStart, &self.stats.enroll_refused, |before| {
+                        debug!(code = %code_id, %from, before, "enrollment finish without a start; dropped");
+                    });
                     return;
                 };
                 if let Some(done) = &s.done {
@@ -578,9 +660,12 @@ impl Receiver {
                 let host = match s.session.on_finish(&message) {
                     Ok(host) => host,
                     Err(EnrollError::WrongCode) => {
-                        Stats::bump(&self.stats.enroll_refused);
+                        // Each finish would test a guess: the session ends here.
                         sessions.remove(&code_id);
-                        warn!(code = %code_id, %from, "enrollment refused: wrong code (the attempt counts against the code)");
+                        drop(sessions);
+                        self.refuse(Cause::EnrollWrongCode, &self.stats.enroll_refused, |before| {
+                            warn!(code = %code_id, %from, before, "{}", Cause::EnrollWrongCode.text());
+                        });
                         return;
                     }
                     Err(EnrollError::Malformed) => {
@@ -631,8 +716,16 @@ impl Receiver {
 
     /// Tell the sender of an authentic token refused for its timestamp what time it is here,
     /// so that an agent with a wrong clock can reseal and still get its SOS through. The token
-    /// itself stays refused: replay protection is unchanged.
-    fn time_hint(&self, key: &Key, request_len: usize, to: SocketAddr, token_time: u64) {
+    /// itself stays refused: replay protection is unchanged. One hint per token per interval
+    /// (a replayed token from many forged addresses gets one), within a global rate.
+    fn time_hint(&self, key: &Key, token: &str, request_len: usize, to: SocketAddr, token_time: u64) {
+        if !self.refusals().may_hint(token, Instant::now()) {
+            let line = self.refusals().note(Cause::HintWithheld, Instant::now());
+            if let Some(line) = line {
+                debug!(%to, before = line.before, "{}", Cause::HintWithheld.text());
+            }
+            return;
+        }
         Stats::bump(&self.stats.time_hints);
         let ctx = self.reply_to(key, to, request_len);
         let hint = Message::TimeHint(TimeHint { server_time: unix_now(), token_time });
@@ -646,6 +739,8 @@ struct Reply {
     socket: Arc<UdpSocket>,
     key: Key,
     stats: Arc<Stats>,
+    /// Where a suppressed reply is told, at a bounded rate.
+    refusals: Arc<Mutex<Refusals>>,
     to: SocketAddr,
     request_len: usize,
 }
@@ -693,8 +788,12 @@ impl Reply {
             return false;
         }
         Stats::bump(&self.stats.replies_suppressed);
-        warn!(to = %self.to, reply = datagram.len(), request = self.request_len,
-              kind, "reply suppressed: it would be larger than its request");
+        // Bounded: a small authentic datagram can be replayed from many forged addresses.
+        let line = self.refusals.lock().unwrap_or_else(|e| e.into_inner()).note(Cause::ReplySuppressed, Instant::now());
+        if let Some(line) = line {
+            warn!(to = %self.to, reply = datagram.len(), request = self.request_len, kind, before = line.before,
+                  "reply suppressed: it would be larger than its request");
+        }
         true
     }
 

@@ -67,7 +67,8 @@ counters! {
     replies_suppressed,
     /// SOS not acknowledged because the store failed.
     store_errors,
-    /// Dropped before any decryption: the source address sent more than its rate limit.
+    /// Enrollment starts for codes that are not pending, dropped over their source's or the
+    /// global enrollment budget. (Nothing else is limited by its source.)
     rate_limited_source,
     /// Dropped after authentication: the agent (or site-key sender) exceeded its rate limit.
     rate_limited_agent,
@@ -75,8 +76,8 @@ counters! {
     revoked,
     /// Agents enrolled with a one-time code.
     enrolled,
-    /// Enrollment requests refused (unknown, used, expired or burnt code, wrong code, over the
-    /// enrollment rate).
+    /// Enrollment requests refused (unknown, used, expired or burnt code, wrong code, finish
+    /// without a start, over a pending code's budget).
     enroll_refused,
 }
 

@@ -11,12 +11,14 @@
 //! - [`peer`]: [`Peer`], a raw UDP protocol peer for hand-made datagrams.
 //! - [`relay`]: [`Relay`], a UDP relay that loses, duplicates, delays and blacks out datagrams.
 //! - [`site`]: [`site::Site`], a key and configs in a temporary directory.
+//! - [`flood`]: [`flood::Flood`], junk for a bounded time from a socket or forged sources.
 //!
 //! Waiting is always on an event with a deadline (a condition variable, a socket read
 //! timeout, or a state re-checked until the deadline), never a fixed sleep.
 
 pub mod bin;
 pub mod desktop;
+pub mod flood;
 pub mod peer;
 pub mod process;
 pub mod relay;
