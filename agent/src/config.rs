@@ -24,7 +24,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sos_shared::config::{secret, toml_error, ConfigError};
+use sos_shared::config::{secret, toml_error, ConfigError, ExposeSecret as _, SecretString};
 use sos_shared::protocol::DEFAULT_PORT;
 use sos_shared::Key;
 
@@ -33,7 +33,7 @@ use sos_shared::Key;
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
     collectors: Vec<String>,
-    key: Option<String>,
+    key: Option<SecretString>,
     key_file: Option<PathBuf>,
     key_env: Option<String>,
     enrollment_file: Option<PathBuf>,
@@ -184,7 +184,7 @@ impl AgentConfig {
         let key = match (&enrollment, site_key) {
             (Some(e), _) => Key::from_base64(&e.key).map_err(|err| at("enrollment_file", err.to_string()))?,
             (None, Some((key_name, key_text))) => {
-                Key::from_base64(&key_text).map_err(|e| at(&key_name, e.to_string()))?
+                Key::from_base64(key_text.expose_secret()).map_err(|e| at(&key_name, e.to_string()))?
             }
             (None, None) => {
                 return Err(at(

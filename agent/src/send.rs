@@ -300,7 +300,7 @@ impl Sender {
         let give_up = started + deadline;
         let mut rng = fastrand::Rng::new();
         let mut sockets = Sockets::default();
-        let message = Message::Cancel(Cancel { alert_id, reason: reason.to_owned() });
+        let message = Message::Cancel(Cancel::padded(alert_id, reason.to_owned()));
         let mut sealed = Vec::new();
         let mut transmissions = 0u32;
         for round in 0u32.. {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 pub use sos_shared::config::ConfigError;
-use sos_shared::config::{read_secret_file, secret, toml_error, write_secret_file};
+use sos_shared::config::{read_secret_file, secret, toml_error, write_secret_file, ExposeSecret as _, SecretString};
 use sos_shared::{Key, TimeWindow};
 
 /// The file name of the key that `run` generates when none is configured.
@@ -27,7 +27,7 @@ pub const DEFAULT_SOCKET_BUFFER: usize = 16 << 20;
 struct RawConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
-    key: Option<String>,
+    key: Option<SecretString>,
     key_file: Option<PathBuf>,
     key_env: Option<String>,
     token_ttl_secs: Option<u64>,
@@ -71,7 +71,7 @@ struct RawNotify {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSlack {
-    webhook_url: Option<String>,
+    webhook_url: Option<SecretString>,
     webhook_url_file: Option<PathBuf>,
     webhook_url_env: Option<String>,
 }
@@ -84,12 +84,13 @@ struct RawEmail {
     #[serde(default)]
     tls: Tls,
     username: Option<String>,
-    password: Option<String>,
+    password: Option<SecretString>,
     password_env: Option<String>,
     password_file: Option<PathBuf>,
     from: String,
     to: Vec<String>,
     ca_file: Option<PathBuf>,
+    allow_plaintext_auth: Option<bool>,
 }
 
 /// How the SMTP connection is secured.
@@ -217,7 +218,7 @@ pub struct EmailSettings {
     /// How the connection is secured.
     pub tls: Tls,
     /// User name and password, if the server wants them.
-    pub credentials: Option<(String, String)>,
+    pub credentials: Option<(String, SecretString)>,
     /// The sender address.
     pub from: lettre::message::Mailbox,
     /// The responders' addresses.
@@ -245,7 +246,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], sos_shared::protocol::DEFAULT_PORT)),
-            data_dir: PathBuf::from("./sos-data"),
+            // Relative to the current directory, shown resolved.
+            data_dir: resolved(Path::new("sos-data")),
             key: None,
             window: TimeWindow::default(),
             shutdown_grace: Duration::from_secs(10),
@@ -279,8 +281,9 @@ impl Config {
     /// A [`ConfigError`] naming the key that is wrong.
     pub fn parse(text: &str, file: Option<&Path>) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
-        let base = file.and_then(Path::parent).unwrap_or(Path::new("."));
-        let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        // Relative paths are resolved against the file's directory, and shown resolved.
+        let base = resolved(file.and_then(Path::parent).unwrap_or(Path::new(".")));
+        let rel = |p: PathBuf| if p.is_absolute() { p } else { resolved(&base.join(p)) };
         let mut cfg = Config::default();
 
         if let Some(listen) = raw.listen {
@@ -296,16 +299,18 @@ impl Config {
             cfg.data_dir = rel(d);
         }
         cfg.key = secret(file, "key", raw.key, raw.key_file.map(&rel), raw.key_env)?
-            .map(|(k, text)| Key::from_base64(&text).map_err(|e| ConfigError::at(file, &k, e.to_string())))
+            .map(|(k, text)| {
+                Key::from_base64(text.expose_secret()).map_err(|e| ConfigError::at(file, &k, e.to_string()))
+            })
             .transpose()?;
         if let Some(v) = raw.token_ttl_secs {
-            cfg.window.ttl_secs = positive(file, "token_ttl_secs", v)?;
+            cfg.window.ttl_secs = within(file, "token_ttl_secs", v, 1, WEEK_SECS, "s")?;
         }
         if let Some(v) = raw.max_future_skew_secs {
-            cfg.window.max_future_skew_secs = v;
+            cfg.window.max_future_skew_secs = within(file, "max_future_skew_secs", v, 0, DAY_SECS, "s")?;
         }
         if let Some(v) = raw.shutdown_grace_secs {
-            cfg.shutdown_grace = Duration::from_secs(v);
+            cfg.shutdown_grace = Duration::from_secs(within(file, "shutdown_grace_secs", v, 0, HOUR_SECS, "s")?);
         }
         if let Some(v) = raw.socket_buffer_bytes {
             if !(65_536..=1 << 30).contains(&v) {
@@ -320,19 +325,21 @@ impl Config {
         let o = raw.outbox;
         let ob = &mut cfg.outbox;
         if let Some(v) = o.first_retry_secs {
-            ob.first_retry = Duration::from_secs(positive(file, "outbox.first_retry_secs", v)?);
+            ob.first_retry = Duration::from_secs(within(file, "outbox.first_retry_secs", v, 1, HOUR_SECS, "s")?);
         }
         if let Some(v) = o.max_retry_secs {
-            ob.max_retry = Duration::from_secs(positive(file, "outbox.max_retry_secs", v)?);
+            ob.max_retry = Duration::from_secs(within(file, "outbox.max_retry_secs", v, 1, DAY_SECS, "s")?);
         }
         if let Some(v) = o.give_up_after_secs {
-            ob.give_up_after = Duration::from_secs(positive(file, "outbox.give_up_after_secs", v)?);
+            ob.give_up_after =
+                Duration::from_secs(within(file, "outbox.give_up_after_secs", v, 1, 30 * DAY_SECS, "s")?);
         }
         if let Some(v) = o.attempt_timeout_secs {
-            ob.attempt_timeout = Duration::from_secs(positive(file, "outbox.attempt_timeout_secs", v)?);
+            ob.attempt_timeout =
+                Duration::from_secs(within(file, "outbox.attempt_timeout_secs", v, 1, HOUR_SECS, "s")?);
         }
         if let Some(v) = o.coalesce_window_ms {
-            ob.coalesce_window = Duration::from_millis(v);
+            ob.coalesce_window = Duration::from_millis(within(file, "outbox.coalesce_window_ms", v, 0, 60_000, "ms")?);
         }
 
         let sec = raw.security;
@@ -341,7 +348,8 @@ impl Config {
             cs.accept_site_key = v;
         }
         if let Some(v) = sec.rotation_grace_secs {
-            cs.rotation_grace = Duration::from_secs(v);
+            cs.rotation_grace =
+                Duration::from_secs(within(file, "security.rotation_grace_secs", v, 0, 365 * DAY_SECS, "s")?);
         }
         let rate = |key: &str, v: Option<u32>, into: &mut f64| -> Result<(), ConfigError> {
             if let Some(v) = v {
@@ -371,7 +379,7 @@ impl Config {
                     "[notify.slack] needs webhook_url, webhook_url_file or webhook_url_env",
                 )
             })?;
-            let url = reqwest::Url::parse(url.trim())
+            let url = reqwest::Url::parse(url.expose_secret().trim())
                 .ok()
                 .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
                 .ok_or_else(|| {
@@ -387,7 +395,9 @@ impl Config {
             let password =
                 secret(file, "notify.email.password", e.password, e.password_file.map(&rel), e.password_env)?;
             let credentials = match (e.username, password) {
-                (Some(u), Some((_, p))) => Some((u, p.trim_end_matches(['\r', '\n']).to_owned())),
+                (Some(u), Some((_, p))) => {
+                    Some((u, SecretString::from(p.expose_secret().trim_end_matches(['\r', '\n']))))
+                }
                 (None, None) => None,
                 (Some(_), None) => {
                     return Err(ConfigError::at(
@@ -414,6 +424,14 @@ impl Config {
                         })
                     })
                     .collect::<Result<_, _>>()?;
+            if credentials.is_some() && e.tls == Tls::None && e.allow_plaintext_auth != Some(true) {
+                return Err(ConfigError::at(
+                    file,
+                    "notify.email.tls",
+                    "\"none\" would send the SMTP password unencrypted; use \"starttls\" or \"tls\", or, for a relay \
+                     on this host or a network you trust, set notify.email.allow_plaintext_auth = true",
+                ));
+            }
             let smtp_port = e.smtp_port.unwrap_or(match e.tls {
                 Tls::Starttls => 587,
                 Tls::Tls => 465,
@@ -443,7 +461,49 @@ impl Config {
             cfg.email =
                 Some(EmailSettings { smtp_host: e.smtp_host, smtp_port, tls: e.tls, credentials, from, to, ca_certs });
         }
+        if cfg.outbox.first_retry > cfg.outbox.max_retry {
+            return Err(ConfigError::at(
+                file,
+                "outbox.first_retry_secs",
+                format!(
+                    "{} s is longer than outbox.max_retry_secs ({} s)",
+                    cfg.outbox.first_retry.as_secs(),
+                    cfg.outbox.max_retry.as_secs()
+                ),
+            ));
+        }
         Ok(cfg)
+    }
+
+    /// What is allowed but risky in this configuration, one sentence each: `run` logs them at
+    /// start and `check-config` prints them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.slack.is_none() && self.email.is_none() {
+            w.push(
+                "NO NOTIFICATION CHANNEL: alerts only reach the collector's own log, and nobody is paged; \
+                 configure [notify.slack] or [notify.email]"
+                    .to_owned(),
+            );
+        }
+        if let Some(s) = &self.slack {
+            if s.webhook_url.scheme() == "http" {
+                w.push(format!(
+                    "notify.slack.webhook_url is plain http (host {}): alerts and the webhook's secret path travel \
+                     unencrypted; use https unless this is a relay on this host",
+                    s.webhook_url.host_str().unwrap_or("?")
+                ));
+            }
+        }
+        if let Some(e) = &self.email {
+            if e.tls == Tls::None && e.credentials.is_some() {
+                w.push(format!(
+                    "notify.email: the SMTP password is sent unencrypted to {}:{} (tls = \"none\", allow_plaintext_auth = true)",
+                    e.smtp_host, e.smtp_port
+                ));
+            }
+        }
+        w
     }
 
     /// The names of the channels every alert is delivered to, in order. The log is always on.
@@ -486,6 +546,24 @@ impl Config {
         self.key = Some(Key::from_base64(&text).map_err(|e| err(e.to_string()))?);
         Ok(Some(path))
     }
+}
+
+const HOUR_SECS: u64 = 3600;
+const DAY_SECS: u64 = 24 * HOUR_SECS;
+const WEEK_SECS: u64 = 7 * DAY_SECS;
+
+/// `v` if it is between `min` and `max` (in `unit`), else an error naming the key and the range.
+fn within(file: Option<&Path>, key: &str, v: u64, min: u64, max: u64, unit: &str) -> Result<u64, ConfigError> {
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError::at(file, key, format!("{v} is not between {min} and {max} ({unit})")))
+    }
+}
+
+/// `path` made absolute against the current directory (as the error messages show it).
+fn resolved(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn positive(file: Option<&Path>, key: &str, v: u64) -> Result<u64, ConfigError> {
@@ -589,6 +667,94 @@ to = ["security@example.com", "Duty Manager <duty@example.com>"]
         .unwrap_err()
         .to_string();
         assert!(!e.contains("s3cr3t"), "{e}");
+    }
+
+    #[test]
+    fn no_secret_value_of_any_type_is_ever_in_an_error() {
+        let f = Path::new("/etc/sos/collector.toml");
+        let email = "[notify.email]\nsmtp_host=\"h\"\nfrom=\"a@b.c\"\nto=[\"x@y.z\"]\nusername=\"u\"\n";
+        let tables = [("", "key"), ("[notify.slack]\n", "webhook_url"), (email, "password")];
+        let values = ["\"987654321x\"", "987654321", "987654321.5", "[987654321, \"987654321\"]", "{ a = 987654321 }"];
+        for (table, key) in tables {
+            for v in values {
+                let text = format!("{table}{key} = {v}\n");
+                match Config::parse(&text, Some(f)) {
+                    // A string is a valid password.
+                    Ok(_) => assert!(key == "password" && v.starts_with('"'), "{text}"),
+                    Err(e) => {
+                        let e = e.to_string();
+                        assert!(!e.contains("987654321"), "{text}: {e}");
+                        assert!(e.contains(key), "names the key: {e}");
+                    }
+                }
+            }
+        }
+        // Through an inline table, where the line does not start with the secret's name.
+        let e = Config::parse("notify = { slack = { webhook_url = 987654321 } }\n", Some(f)).unwrap_err().to_string();
+        assert!(!e.contains("987654321"), "{e}");
+        // Debug output of a configuration never holds a secret either.
+        let key = Key::generate();
+        let c = Config::parse(
+            &format!("key = \"{key}\"\n[notify.slack]\nwebhook_url = \"https://hooks.example.com/services/T/B/s3cr3tpath\"\n{email}password = \"pa55word\"\n"),
+            None,
+        )
+        .unwrap();
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains(&key.to_string()) && !debug.contains("s3cr3tpath") && !debug.contains("pa55word"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn durations_are_bounded_with_the_key_and_the_range() {
+        let f = Path::new("/etc/sos/collector.toml");
+        for (text, key) in [
+            ("[outbox]\ncoalesce_window_ms = 9223372036854775807", "outbox.coalesce_window_ms"),
+            ("[security]\nrotation_grace_secs = 9223372036854775807", "security.rotation_grace_secs"),
+            ("[outbox]\ngive_up_after_secs = 99999999999", "outbox.give_up_after_secs"),
+            ("[outbox]\nattempt_timeout_secs = 0", "outbox.attempt_timeout_secs"),
+            ("shutdown_grace_secs = 99999999", "shutdown_grace_secs"),
+            ("token_ttl_secs = 99999999999", "token_ttl_secs"),
+            ("max_future_skew_secs = 99999999999", "max_future_skew_secs"),
+            ("[outbox]\nfirst_retry_secs = 120\nmax_retry_secs = 60", "outbox.first_retry_secs"),
+        ] {
+            let e = Config::parse(text, Some(f)).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("key `{key}`")) && e.contains("between") || e.contains("longer"),
+                "{text}: {e}"
+            );
+        }
+        let c =
+            Config::parse("[outbox]\ncoalesce_window_ms = 60000\n[security]\nrotation_grace_secs = 0", None).unwrap();
+        assert_eq!(c.outbox.coalesce_window, Duration::from_secs(60));
+        assert_eq!(c.security.rotation_grace, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_password_over_plain_smtp_needs_an_explicit_yes_and_risks_are_warned() {
+        let email = "[notify.email]\nsmtp_host=\"relay\"\nfrom=\"a@b.c\"\nto=[\"x@y.z\"]\ntls=\"none\"\n";
+        let creds = "username=\"u\"\npassword=\"p\"\n";
+        let e = Config::parse(&format!("{email}{creds}"), None).unwrap_err().to_string();
+        assert!(e.contains("notify.email.tls") && e.contains("allow_plaintext_auth"), "{e}");
+        let c = Config::parse(&format!("{email}{creds}allow_plaintext_auth = true\n"), None).unwrap();
+        assert!(c.warnings().iter().any(|w| w.contains("unencrypted")), "{:?}", c.warnings());
+        assert!(Config::parse(email, None).unwrap().warnings().is_empty(), "no password, no warning");
+
+        let c = Config::parse("[notify.slack]\nwebhook_url = \"http://127.0.0.1:9/hook\"\n", None).unwrap();
+        assert!(c.warnings().iter().any(|w| w.contains("plain http")), "{:?}", c.warnings());
+        let c = Config::parse("", None).unwrap();
+        assert!(c.warnings().iter().any(|w| w.contains("NO NOTIFICATION CHANNEL")), "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn errors_show_the_full_key_and_resolved_paths() {
+        let f = Path::new("/etc/sos/collector.toml");
+        let e = Config::parse("[notify.email]\nsmtp_host=\"h\"\nto=[\"x@y.z\"]\n", Some(f)).unwrap_err().to_string();
+        assert!(e.contains("key `notify.email.from`"), "{e}");
+        let c = Config::parse("data_dir = \"data\"", Some(Path::new("conf/collector.toml"))).unwrap();
+        assert!(c.data_dir.is_absolute() && c.data_dir.ends_with("conf/data"), "{}", c.data_dir.display());
+        assert!(Config::default().data_dir.is_absolute());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`server`]: [`run`] takes a bound UDP socket and a shutdown future; the receive loop
 //!   authenticates datagrams, hands SOS to the store and acknowledges once they are committed.
 //! - [`store`]: the SQLite store (alerts + outbox), with group commit on a writer thread.
+//! - [`integrity`]: the store's check at start, `store check` and `store recover`.
 //! - [`registry`]: enrolled agents and their keys, one-time codes, rotation, revocation.
 //! - [`ratelimit`]: token buckets: per agent after authentication, and for enrollment.
 //! - [`refusal`]: what the receive path refuses, logged at a bounded rate.
@@ -22,6 +23,7 @@
 
 pub mod channel;
 pub mod config;
+pub mod integrity;
 pub mod outbox;
 pub mod ratelimit;
 pub mod refusal;

@@ -52,6 +52,14 @@ enum Command {
         #[command(subcommand)]
         action: Option<AgentsAction>,
     },
+    /// The store: check it for damage, or recover what a damaged store still holds.
+    Store {
+        /// The configuration file (TOML), to find the data dir.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Make a one-time code that enrolls one workstation with its own key. Give the code to the
     /// person at the workstation (it is short enough to read over the phone); they run
     /// `sos-agent enroll CODE --collector HOST:PORT`.
@@ -65,6 +73,20 @@ enum Command {
         /// The configuration file (TOML), to find the data dir.
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreAction {
+    /// SQLite's full integrity check of the store; exit status 1 if it is damaged.
+    Check,
+    /// With the collector stopped: copy every row that can still be read into a new store file,
+    /// list what could not be read, and queue again the recent deliveries whose records were
+    /// lost. The damaged file is only read. Exit status 1 if anything was lost.
+    Recover {
+        /// Where to write the recovered store (default: the store's path + `.recovered`).
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -104,6 +126,65 @@ fn main() -> ExitCode {
     }
 }
 
+/// `check-config`: the file, then what `run` needs from this machine and this user.
+fn check_config(path: &Path) -> anyhow::Result<()> {
+    let c = Config::load(path)?;
+    for w in c.warnings() {
+        eprintln!("WARNING: {w}");
+    }
+    let bindable = match std::net::UdpSocket::bind(c.listen) {
+        Ok(_) => "bindable",
+        // The running collector, typically: not an error in what the file says.
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => "in use now (by the running collector?), so not checked",
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("listen = \"{}\": cannot bind this UDP address (not an address of this host?)", c.listen)
+            })
+        }
+    };
+    writable_dir(&c.data_dir).with_context(|| format!("data_dir {}", c.data_dir.display()))?;
+    println!(
+        "{}: OK — listen {} ({bindable}), data_dir {} (writable), channels: {}",
+        path.display(),
+        c.listen,
+        c.data_dir.display(),
+        c.channel_names().join(", ")
+    );
+    println!(
+        "Not checked: that Slack and the SMTP server are reachable and accept the credentials (send a drill: \
+         sos-agent send --test), and the store's integrity (sos-collector store check)."
+    );
+    Ok(())
+}
+
+/// Whether `dir` exists or can be created, and this user can create files in it. Leaves
+/// nothing behind that was not there.
+fn writable_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut missing = dir;
+    while !missing.exists() {
+        match missing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => missing = p,
+            _ => break,
+        }
+    }
+    if missing != dir {
+        // Would be created: the nearest existing parent must be writable.
+        return probe(missing)
+            .with_context(|| format!("cannot be created: {} is not writable by this user", missing.display()));
+    }
+    if !dir.is_dir() {
+        anyhow::bail!("is not a directory");
+    }
+    probe(dir).context("is not writable by this user")
+}
+
+/// Create and remove a file in `dir`.
+fn probe(dir: &Path) -> std::io::Result<()> {
+    let path = dir.join(format!(".sos-check-config-{}", std::process::id()));
+    std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+    std::fs::remove_file(&path)
+}
+
 fn load(config: Option<&Path>) -> anyhow::Result<Config> {
     Ok(match config {
         Some(p) => Config::load(p)?,
@@ -111,23 +192,15 @@ fn load(config: Option<&Path>) -> anyhow::Result<Config> {
     })
 }
 
+mod cli;
+
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Keygen => {
             println!("{}", sos_shared::Key::generate());
             Ok(())
         }
-        Command::CheckConfig { config } => {
-            let c = Config::load(&config)?;
-            println!(
-                "{}: OK — listen {}, data_dir {}, channels: {}",
-                config.display(),
-                c.listen,
-                c.data_dir.display(),
-                c.channel_names().join(", ")
-            );
-            Ok(())
-        }
+        Command::CheckConfig { config } => check_config(&config),
         Command::Alerts { config, limit } => alerts(&load(config.as_deref())?, limit),
         Command::Agents { config, action } => {
             let config = load(config.as_deref())?;
@@ -153,12 +226,51 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Enroll { name, expires_minutes, config } => enroll(&load(config.as_deref())?, &name, expires_minutes),
-        Command::Run { config } => serve(load(config.as_deref())?),
+        Command::Store { config, action } => {
+            let c = load(config.as_deref())?;
+            check_owner(&c)?;
+            let fine = match action {
+                StoreAction::Check => cli::store::check(&c)?,
+                StoreAction::Recover { output } => cli::store::recover(&c, output, config.as_deref())?,
+            };
+            if !fine {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Run { config } => {
+            let flag = config.as_ref().map(|c| format!(" --config {}", c.display())).unwrap_or_default();
+            serve(load(config.as_deref())?).map_err(|e| match e.downcast_ref::<sos_collector::CollectorError>() {
+                Some(sos_collector::CollectorError::Store(
+                    damaged @ sos_collector::store::StoreError::Damaged { .. },
+                )) => {
+                    anyhow::anyhow!(
+                        "{damaged}. With the collector stopped, run `sos-collector store recover{flag}`: it copies \
+                         what can still be read into a new file, lists what it could not, and prints how to put the \
+                         new file in place"
+                    )
+                }
+                _ => e,
+            })
+        }
     }
 }
 
 fn serve(mut config: Config) -> anyhow::Result<()> {
     sos_collector::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sos-collector")
+        .build()
+        .context("cannot start the async runtime")?;
+    // The socket first: a collector that cannot listen creates no file and tells nobody to point
+    // an agent at it.
+    let socket = rt.block_on(async { tokio::net::UdpSocket::bind(config.listen).await }).with_context(|| {
+        format!("cannot listen on UDP {} (in use by another collector? not an address of this host?)", config.listen)
+    })?;
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
     if let Some(path) = config.ensure_key()? {
         let abs = std::fs::canonicalize(&path).unwrap_or(path);
         eprintln!(
@@ -171,15 +283,7 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
             abs.display()
         );
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("sos-collector")
-        .build()
-        .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let socket = tokio::net::UdpSocket::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on UDP {}", config.listen))?;
         let want = config.socket_buffer_bytes;
         let got = sos_collector::server::size_socket_buffers(&socket, want);
         if cfg!(unix) && got.receive < want {

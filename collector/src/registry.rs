@@ -341,7 +341,7 @@ impl Db {
             let agent = Arc::new(AgentEntry {
                 who: EnrolledAs { agent_id: agent_id.clone(), name: r.get(1)?, host: r.get(2)? },
                 revoked: r.get::<_, Option<i64>>(7)?.is_some(),
-                next_key: next.clone(),
+                next_key: next.clone().map(Into::into),
             });
             let mut add = |text: &str, slot: Slot| match Key::from_base64(text) {
                 Ok(k) => {
@@ -383,7 +383,7 @@ pub struct AgentEntry {
     /// Revoked: every key refused.
     pub revoked: bool,
     /// The key a pending rotation gives it, sent in heartbeat answers until it is used.
-    pub next_key: Option<String>,
+    pub next_key: Option<secrecy::SecretString>,
 }
 
 /// A key of an enrolled agent.
@@ -541,7 +541,7 @@ mod tests {
         assert!(matches!(db.rotate(&k.agent_id, 4_500), Err(RegistryError::RotationPending(..))));
         let r = db.load_registry().unwrap();
         let next = r.get(key.id()).unwrap().agent.next_key.clone().unwrap();
-        let next_id = Key::from_base64(&next).unwrap().id();
+        let next_id = Key::from_base64(secrecy::ExposeSecret::expose_secret(&next)).unwrap().id();
         assert_eq!(r.get(next_id).unwrap().slot, Slot::Next);
 
         assert!(!db.promote(&k.agent_id, &key.id().to_string(), 9_000).unwrap());

@@ -40,6 +40,10 @@ pub enum CollectorError {
         /// What went wrong.
         message: String,
     },
+    /// The store writer or an essential task died while serving (a panic, a damaged store):
+    /// the process must end non-zero so that the service manager restarts it.
+    #[error("the collector stopped: {0}")]
+    Died(String),
     /// An operating system error.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -80,7 +84,21 @@ impl Collector {
         shutdown: impl Future<Output = ()>,
     ) -> Result<StatsSnapshot, CollectorError> {
         let Collector { config, key, stats } = self;
-        let db = Db::open(&config.database_path())?;
+        let path = config.database_path();
+        if path.exists() {
+            match crate::integrity::check(&path, false, Some(crate::integrity::START_CHECK_BUDGET))? {
+                crate::integrity::Integrity::Ok => {}
+                crate::integrity::Integrity::Damaged(problems) => {
+                    return Err(StoreError::Damaged { path, problems }.into())
+                }
+                crate::integrity::Integrity::Unfinished => warn!(
+                    store = %path.display(), budget_secs = crate::integrity::START_CHECK_BUDGET.as_secs(),
+                    "the store's integrity check did not finish in time; starting anyway (run `sos-collector store check` \
+                     with the collector stopped to check it fully)"
+                ),
+            }
+        }
+        let db = Db::open(&path)?;
         let names = config.channel_names();
         for (channel, n) in db.pending_by_channel()? {
             if names.contains(&channel.as_str()) {
@@ -102,6 +120,19 @@ impl Collector {
             channels.push(Channel::Email(Box::new(email)));
         }
         let (store, writer) = Store::start(db, &names)?;
+        // Essential tasks: one that ends before shutdown (a panic) ends the service.
+        let (died_tx, mut died) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let essential = |what: String, task: tokio::task::JoinHandle<()>| {
+            let died = died_tx.clone();
+            tokio::spawn(async move {
+                let why = match task.await {
+                    Ok(()) => return,
+                    Err(e) if e.is_panic() => format!("{what} panicked"),
+                    Err(_) => return,
+                };
+                let _ = died.send(why);
+            });
+        };
         let registry = SharedRegistry::open(&config.database_path())?;
         {
             let r = registry.snapshot();
@@ -117,15 +148,19 @@ impl Collector {
         for ch in channels {
             let ch = Arc::new(ch);
             let span = info_span!("outbox", channel = ch.name());
-            workers.spawn(
-                outbox::run_worker(ch, store.clone(), config.outbox.clone(), stop_workers.clone()).instrument(span),
+            let name = format!("the {} outbox worker", ch.name());
+            essential(
+                name,
+                workers.spawn(
+                    outbox::run_worker(ch, store.clone(), config.outbox.clone(), stop_workers.clone()).instrument(span),
+                ),
             );
         }
         // Heartbeats reach the store in one transaction per PRESENCE_FLUSH, and once more at the end.
         {
             let store = store.clone();
             let stop = stop_workers.clone();
-            workers.spawn(async move {
+            let task = workers.spawn(async move {
                 let mut tick = tokio::time::interval(crate::store::PRESENCE_FLUSH);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -136,6 +171,7 @@ impl Collector {
                 }
                 store.flush_presence();
             });
+            essential("the heartbeat writer".into(), task);
         }
         // The CLI changes the registry in the store (enroll, revoke, rotate); pick that up. And
         // tell what was refused and only counted in the interval that ended.
@@ -144,7 +180,7 @@ impl Collector {
             let registry = registry.clone();
             let stop = stop_workers.clone();
             let refusals = refusals.clone();
-            workers.spawn(async move {
+            let task = workers.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -158,6 +194,7 @@ impl Collector {
                     }
                 }
             });
+            essential("the registry refresh".into(), task);
         }
         workers.close();
 
@@ -183,7 +220,20 @@ impl Collector {
             refusals,
             sessions: Arc::default(),
         };
-        receiver.serve(shutdown).await;
+        // Ends on the shutdown signal, or when an essential task or the store writer dies: a
+        // collector that cannot store must not look alive; the service manager restarts it.
+        let mut fatal = None;
+        let stop = async {
+            tokio::select! {
+                _ = shutdown => {}
+                why = store.ended() => fatal = Some(why),
+                Some(why) = died.recv() => fatal = Some(why),
+            }
+        };
+        receiver.serve(stop).await;
+        if let Some(why) = &fatal {
+            error!("STOPPING: {why}; no SOS can be acknowledged by this process");
+        }
 
         info!("shutting down: no longer receiving; finishing commits in flight");
         in_flight.close();
@@ -203,7 +253,10 @@ impl Collector {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), joined).await;
         let snapshot = stats.snapshot();
         info!(%snapshot, "collector stopped");
-        Ok(snapshot)
+        match fatal {
+            Some(why) => Err(CollectorError::Died(why)),
+            None => Ok(snapshot),
+        }
     }
 }
 
@@ -504,14 +557,37 @@ impl Receiver {
                     last_seen_ms: now_ms(),
                     agent_id: enrolled.as_ref().map(|e| e.agent_id.clone()),
                 });
+                if self.store.is_failing() {
+                    // No healthy answer while no SOS can be stored: the agent shows it is not
+                    // connected (and fails over) instead of "ready".
+                    debug!(%from, "heartbeat not answered: the store is failing");
+                    return;
+                }
                 let ctx = reply(&key);
                 // A pending rotation: the new key travels sealed with the current one.
-                let new_key = entry.as_ref().filter(|e| e.slot == Slot::Current).and_then(|e| e.agent.next_key.clone());
-                let ack = Message::HeartbeatAck(HeartbeatAck { server_time: unix_now(), notices: Vec::new(), new_key });
-                ctx.send_now(&ack, &self.in_flight);
+                let new_key = entry.as_ref().filter(|e| e.slot == Slot::Current).and_then(|e| {
+                    use secrecy::ExposeSecret as _;
+                    e.agent.next_key.as_ref().map(|k| k.expose_secret().to_owned())
+                });
+                let mut ack = HeartbeatAck { server_time: unix_now(), notices: Vec::new(), new_key };
+                if ack.new_key.is_some() && !ctx.fits(&Message::HeartbeatAck(ack.clone())) {
+                    // Answer without the key rather than not at all; it is offered again with
+                    // every heartbeat, and reaches an agent that pads as PROTOCOL.md 6.3 says.
+                    ack.new_key = None;
+                    debug!(%from, request = request_len, "heartbeat too small to carry the rotated key; answered without it");
+                }
+                ctx.send_now(&Message::HeartbeatAck(ack), &self.in_flight);
             }
             Message::Cancel(c) => {
                 let ctx = reply(&key);
+                // Never record a cancellation whose acknowledgement cannot be sent: responders
+                // would be told while the sender is never told.
+                if !ctx.fits(&Message::CancelAck(CancelAck { alert_id: c.alert_id, server_time: unix_now() })) {
+                    Stats::bump(&self.stats.replies_suppressed);
+                    warn!(%from, %key_id, request = request_len, min_plaintext = sos_shared::protocol::MIN_CANCEL_PLAINTEXT,
+                          "CANCEL not recorded: too small for its acknowledgement (pad it, PROTOCOL.md 6.3)");
+                    return;
+                }
                 let store = self.store.clone();
                 let reason: String = c.reason.chars().map(|ch| if ch.is_control() { ' ' } else { ch }).collect();
                 let span = info_span!("cancel", alert_id = %c.alert_id, %from);
@@ -746,6 +822,14 @@ struct Reply {
 }
 
 impl Reply {
+    /// Whether `message` sealed would be no larger than the request (the seal's size depends
+    /// only on the plaintext's length).
+    fn fits(&self, message: &Message) -> bool {
+        serde_json::to_vec(message)
+            .map(|p| sos_shared::protocol::sealed_len(p.len()) <= self.request_len)
+            .unwrap_or(false)
+    }
+
     /// Seal and send `message`, unless it would be larger than the request.
     async fn send(&self, message: &Message) {
         let datagram = match self.key.seal(message, unix_now()) {

@@ -26,9 +26,32 @@ const MAX_GROUP: usize = 512;
 /// Something the store could not do. The service does not acknowledge what it could not store.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite failed (disk full, read-only, corrupt…).
+    /// SQLite failed (disk full, read-only…).
     #[error("store: {0}")]
     Sqlite(String),
+    /// SQLite found the file damaged (a corrupt page, not a database): writing on would risk
+    /// more damage, so the writer stops and the service ends (see [`crate::integrity`]).
+    #[error("store damaged: {0}")]
+    Corrupt(String),
+    /// The integrity check at start found the store damaged; the service does not start on it.
+    #[error(
+        "the store {} is damaged ({}); the collector does not start on a damaged store",
+        .path.display(), .problems.join("; ")
+    )]
+    Damaged {
+        /// The store file.
+        path: std::path::PathBuf,
+        /// What SQLite's check reported (the first few problems).
+        problems: Vec<String>,
+    },
+    /// The store file cannot be opened.
+    #[error("cannot open the store {}: {message}", .path.display())]
+    Open {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        message: String,
+    },
     /// The writer thread is gone (the service is shutting down).
     #[error("store: the writer has stopped")]
     Closed,
@@ -36,7 +59,23 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Sqlite(e.to_string())
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+                StoreError::Corrupt(e.to_string())
+            }
+            _ => StoreError::Sqlite(e.to_string()),
+        }
+    }
+}
+
+impl StoreError {
+    /// `e`, from opening or setting up the file at `path`, naming the path.
+    pub(crate) fn opening(path: &Path, e: impl Into<StoreError>) -> StoreError {
+        match e.into() {
+            StoreError::Sqlite(message) => StoreError::Open { path: path.to_path_buf(), message },
+            StoreError::Corrupt(problem) => StoreError::Damaged { path: path.to_path_buf(), problems: vec![problem] },
+            other => other,
+        }
     }
 }
 
@@ -321,9 +360,15 @@ impl Db {
     /// If the file cannot be opened or its schema is from a newer version.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Sqlite(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                message: format!("cannot create the directory {}: {e}", dir.display()),
+            })?;
         }
+        Self::set_up(path).map_err(|e| StoreError::opening(path, e))
+    }
+
+    fn set_up(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
         // The store holds every enrolled agent's key: readable by its owner only (SQLite gives
         // the -wal and -shm files the same mode).
@@ -339,8 +384,7 @@ impl Db {
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > 3 {
             return Err(StoreError::Sqlite(format!(
-                "{} has schema version {version}, newer than this collector understands (3)",
-                path.display()
+                "it has schema version {version}, newer than this collector understands (3)"
             )));
         }
         if version == 1 {
@@ -358,9 +402,12 @@ impl Db {
     /// # Errors
     /// If there is no store at `path`.
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(Db { conn })
+        let open = || -> Result<Self, rusqlite::Error> {
+            let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            Ok(Db { conn })
+        };
+        open().map_err(|e| StoreError::opening(path, e))
     }
 
     /// Store alerts and their outbox jobs in one transaction. All or nothing. The jobs are due
@@ -731,6 +778,11 @@ pub struct Store {
     stalled: Arc<std::sync::atomic::AtomicBool>,
     /// Wakes each channel's outbox worker when new jobs are committed, in `channels` order.
     wakers: Arc<Vec<(&'static str, Arc<Notify>)>>,
+    /// Whether the store's last write failed (or a read failed since): the service then stops
+    /// answering heartbeats, so that no agent shows "ready" while no SOS can be stored.
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    /// Set once if the writer thread ends abnormally (a panic, a damaged file): why.
+    ended: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -756,10 +808,26 @@ const STALL_WARNING: std::time::Duration = std::time::Duration::from_secs(5);
 struct Health {
     failing_since: Option<std::time::Instant>,
     failures: u64,
+    /// Shared with every [`Store`] handle: see [`Store::is_failing`].
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    /// The first error that means the file is damaged: the writer stops after the current batch.
+    fatal: Option<String>,
 }
 
 impl Health {
+    /// A read failed: the store is failing until a write succeeds. A read that succeeds proves
+    /// nothing about writes, so it clears nothing.
+    fn observe_read(&mut self, error: Option<&StoreError>) {
+        if error.is_some() {
+            self.observe(error);
+        }
+    }
+
     fn observe(&mut self, error: Option<&StoreError>) {
+        if let Some(StoreError::Corrupt(e)) = error {
+            self.fatal.get_or_insert_with(|| e.clone());
+        }
+        self.failing.store(error.is_some(), std::sync::atomic::Ordering::SeqCst);
         match (error, self.failing_since) {
             (Some(e), None) => {
                 self.failing_since = Some(std::time::Instant::now());
@@ -828,10 +896,46 @@ impl Store {
         let thread_wakers = wakers.clone();
         let names: Vec<&'static str> = channels.to_vec();
         let checkpointer = Checkpointer::start(&db)?;
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ended_tx, ended) = tokio::sync::watch::channel(None);
+        let mut health = Health { failing: failing.clone(), ..Health::default() };
         let handle = std::thread::Builder::new().name("sos-store".into()).spawn(move || {
             // Ends the checkpointer (after a last checkpoint) when the writer ends.
             let _checkpointer = checkpointer;
-            let mut health = Health::default();
+            // A panic here must not leave a process that refuses every SOS forever: it is
+            // caught, and the service ends with the reason (see `Store::ended`).
+            let run =
+                std::panic::AssertUnwindSafe(|| Self::write(&mut db, &mut rx, &names, &thread_wakers, &mut health));
+            let why = match std::panic::catch_unwind(run) {
+                Ok(None) => return,
+                Ok(Some(damage)) => {
+                    format!("the store is damaged ({damage}); the writer stopped so as not to damage it further")
+                }
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    format!("the store writer thread panicked: {what}")
+                }
+            };
+            tracing::error!("STORE WRITER STOPPED: {why}");
+            let _ = ended_tx.send(Some(why));
+        })?;
+        Ok((Store { tx, wakers, stalled: Arc::default(), presence: Arc::default(), failing, ended }, handle))
+    }
+
+    /// The writer's loop: until every handle is gone (`None`) or the file is found damaged
+    /// (`Some(what SQLite said)`).
+    fn write(
+        db: &mut Db,
+        rx: &mut mpsc::UnboundedReceiver<Command>,
+        names: &[&'static str],
+        thread_wakers: &[(&'static str, Arc<Notify>)],
+        health: &mut Health,
+    ) -> Option<String> {
+        {
             while let Some(first) = rx.blocking_recv() {
                 let mut inserts = Vec::new();
                 let mut seen = Vec::new();
@@ -849,7 +953,7 @@ impl Store {
                 }
                 if !inserts.is_empty() {
                     let batch: Vec<NewAlert> = inserts.iter().map(|(a, _)| (**a).clone()).collect();
-                    let res = db.insert_alerts(&batch, &names, outbox_clock_ms());
+                    let res = db.insert_alerts(&batch, names, outbox_clock_ms());
                     health.observe(res.as_ref().err());
                     match res {
                         Ok(results) => {
@@ -870,14 +974,16 @@ impl Store {
                     }
                 }
                 if !seen.is_empty() {
-                    if let Err(e) = db.record_agents(&seen) {
+                    let res = db.record_agents(&seen);
+                    health.observe(res.as_ref().err());
+                    if let Err(e) = res {
                         tracing::warn!(error = %e, agents = seen.len(), "cannot record heartbeats");
                     }
                 }
                 for cmd in others {
                     match cmd {
                         Command::Cancel(id, reason, key_id, now, r) => {
-                            let res = db.cancel(id, &reason, &key_id, &names, now, outbox_clock_ms());
+                            let res = db.cancel(id, &reason, &key_id, names, now, outbox_clock_ms());
                             health.observe(res.as_ref().err());
                             if matches!(res, Ok(Cancelled::New)) {
                                 for (_, n) in thread_wakers.iter() {
@@ -887,12 +993,16 @@ impl Store {
                             let _ = r.send(res);
                         }
                         Command::Seen(_) => unreachable!("heartbeats are batched above"),
-                        Command::Exec(f) => f(&mut db),
+                        Command::Exec(f) => f(db),
                         Command::DueJobs(ch, now, limit, r) => {
-                            let _ = r.send(db.due_jobs(ch, now, limit));
+                            let res = db.due_jobs(ch, now, limit);
+                            health.observe_read(res.as_ref().err());
+                            let _ = r.send(res);
                         }
                         Command::NextDue(ch, r) => {
-                            let _ = r.send(db.next_due(ch));
+                            let res = db.next_due(ch);
+                            health.observe_read(res.as_ref().err());
+                            let _ = r.send(res);
                         }
                         Command::Finish(outcomes, now, r) => {
                             let res = db.finish(&outcomes, now);
@@ -902,9 +1012,12 @@ impl Store {
                         Command::Insert(..) => unreachable!("inserts are batched above"),
                     }
                 }
+                if let Some(damage) = health.fatal.take() {
+                    return Some(damage);
+                }
             }
-        })?;
-        Ok((Store { tx, wakers, stalled: Arc::default(), presence: Arc::default() }, handle))
+        }
+        None
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
@@ -1008,6 +1121,23 @@ impl Store {
             self.presence.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, a)| a).collect();
         if !batch.is_empty() {
             let _ = self.tx.send(Command::Seen(batch));
+        }
+    }
+
+    /// Whether the store is failing now (its last write failed, or a read failed since): the
+    /// service then gives agents no healthy answer.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Completes, with the reason, if the writer thread ends abnormally: a panic, or a damaged
+    /// file it cannot write on. Never completes while the writer runs or after it ends normally.
+    pub async fn ended(&self) -> String {
+        let mut ended = self.ended.clone();
+        let why = ended.wait_for(Option::is_some).await.map(|why| why.clone().unwrap_or_default());
+        match why {
+            Ok(why) => why,
+            Err(_) => std::future::pending().await,
         }
     }
 
@@ -1194,6 +1324,43 @@ mod tests {
         assert!(store.presence.lock().unwrap().is_empty());
         drop(store);
         writer.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_panic_on_the_writer_thread_is_reported_not_left_to_refuse_every_sos() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::start(Db::open(&dir.path().join("sos.db")).unwrap(), &["log"]).unwrap();
+        let panicked = store.exec(|_| -> Result<(), StoreError> { panic!("registry invariant broken") }).await;
+        assert!(matches!(panicked, Err(StoreError::Closed)), "{panicked:?}");
+        let why = tokio::time::timeout(std::time::Duration::from_secs(10), store.ended()).await.unwrap();
+        assert!(why.contains("panicked") && why.contains("registry invariant broken"), "{why}");
+        writer.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_ends_normally_is_not_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::start(Db::open(&dir.path().join("sos.db")).unwrap(), &["log"]).unwrap();
+        let watcher = store.clone();
+        let watch = tokio::spawn(async move { watcher.ended().await });
+        drop(store);
+        // The watcher holds a handle: the writer still runs, and nothing is reported.
+        tokio::task::yield_now().await;
+        assert!(!watch.is_finished());
+        watch.abort();
+        let _ = watch.await;
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn cannot_open_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a-directory-not-a-file");
+        std::fs::create_dir(&path).unwrap();
+        let e = Db::open(&path).unwrap_err().to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        let e = Db::open_read_only(&dir.path().join("missing.db")).unwrap_err().to_string();
+        assert!(e.contains("missing.db"), "{e}");
     }
 
     #[test]

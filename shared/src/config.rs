@@ -3,6 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
+pub use secrecy::{ExposeSecret, SecretString};
+
+/// The names of keys that hold a secret, as the last part of a dotted key: an error about one of
+/// them never shows its value, whatever its type.
+pub const SECRET_KEYS: [&str; 3] = ["key", "password", "webhook_url"];
+
+/// Whether the dotted `key` holds a secret.
+pub fn is_secret_key(key: &str) -> bool {
+    SECRET_KEYS.contains(&key.rsplit('.').next().unwrap_or(key))
+}
+
 /// A configuration problem, located as precisely as we can.
 #[derive(Debug, thiserror::Error)]
 #[error("{}{}: {message}", .file.as_deref().map(|f| f.display().to_string()).unwrap_or_else(|| "configuration".into()), .key.as_deref().map(|k| format!(": key `{k}`")).unwrap_or_default())]
@@ -27,10 +38,10 @@ impl ConfigError {
 pub fn secret(
     file: Option<&Path>,
     key: &str,
-    inline: Option<String>,
+    inline: Option<SecretString>,
     from_file: Option<PathBuf>,
     from_env: Option<String>,
-) -> Result<Option<(String, String)>, ConfigError> {
+) -> Result<Option<(String, SecretString)>, ConfigError> {
     let given = [inline.is_some(), from_file.is_some(), from_env.is_some()];
     if given.iter().filter(|g| **g).count() > 1 {
         return Err(ConfigError::at(file, key, format!("give only one of `{key}`, `{key}_file` and `{key}_env`")));
@@ -41,13 +52,13 @@ pub fn secret(
     if let Some(p) = from_file {
         let k = format!("{key}_file");
         let v = read_secret_file(&p).map_err(|m| ConfigError::at(file, &k, m))?;
-        return Ok(Some((k, v)));
+        return Ok(Some((k, v.into())));
     }
     if let Some(var) = from_env {
         let k = format!("{key}_env");
         let v = std::env::var(&var)
             .map_err(|_| ConfigError::at(file, &k, format!("the environment variable {var} is not set")))?;
-        return Ok(Some((k, v)));
+        return Ok(Some((k, v.into())));
     }
     Ok(None)
 }
@@ -96,6 +107,8 @@ pub fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
 pub fn toml_error(text: &str, file: Option<&Path>, e: &toml::de::Error) -> ConfigError {
     let mut location = file.map(Path::to_path_buf);
     let mut key = None;
+    // An inline table or a dotted key may hide a secret's name from the key found below.
+    let mut mentions_secret = false;
     if let Some(span) = e.span() {
         let before = &text[..span.start.min(text.len())];
         let line_no = before.matches('\n').count() + 1;
@@ -103,13 +116,21 @@ pub fn toml_error(text: &str, file: Option<&Path>, e: &toml::de::Error) -> Confi
             location = Some(PathBuf::from(format!("{}:{line_no}", f.display())));
         }
         let line = text.lines().nth(line_no - 1).unwrap_or("");
+        mentions_secret = SECRET_KEYS.iter().any(|k| line.contains(k));
         let table = before
             .lines()
             .rev()
             .map(str::trim)
             .find(|l| l.starts_with('[') && l.ends_with(']'))
             .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
-        if let Some((name, _)) = line.split_once('=') {
+        let header = line.trim();
+        if header.starts_with('[') && header.ends_with(']') {
+            // A missing key is reported at its table: name it in full (`notify.email.from`).
+            let t = header.trim_matches(|c| c == '[' || c == ']').trim();
+            if let Some(field) = e.message().strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
+                key = Some(format!("{t}.{field}"));
+            }
+        } else if let Some((name, _)) = line.split_once('=') {
             let name = name.trim().trim_matches('"');
             key = Some(match table {
                 Some(t) if !t.is_empty() => format!("{t}.{name}"),
@@ -117,5 +138,35 @@ pub fn toml_error(text: &str, file: Option<&Path>, e: &toml::de::Error) -> Confi
             });
         }
     }
-    ConfigError { file: location, key, message: e.message().to_owned() }
+    let message = match key.as_deref() {
+        // The value is not shown, whatever its type: serde's messages quote integers, floats and
+        // strings (`invalid type: integer `987654321``).
+        Some(k) if is_secret_key(k) && !e.message().starts_with("missing field") => {
+            "must be a string (the value is not shown: it is a secret)".to_owned()
+        }
+        Some(_) if !mentions_secret => e.message().to_owned(),
+        // Not known which key, or a secret may be on that line: show no value at all.
+        _ => without_values(e.message()),
+    };
+    ConfigError { file: location, key, message }
+}
+
+/// `message` without anything quoted in backticks after an `invalid type` or `invalid value`.
+fn without_values(message: &str) -> String {
+    if !(message.starts_with("invalid type") || message.starts_with("invalid value")) {
+        return message.to_owned();
+    }
+    let mut out = String::new();
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '`' {
+            quoted = !quoted;
+            if quoted {
+                out.push_str("(value not shown)");
+            }
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
 }

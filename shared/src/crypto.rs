@@ -208,7 +208,11 @@ mod tests {
     const T: u64 = 1_700_000_000;
 
     fn msg() -> Message {
-        Message::Cancel(Cancel { alert_id: AlertId::from_u128(42), reason: "pressed by accident".into() })
+        Message::Cancel(Cancel {
+            alert_id: AlertId::from_u128(42),
+            reason: "pressed by accident".into(),
+            pad: String::new(),
+        })
     }
 
     fn key() -> Key {

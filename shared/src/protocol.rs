@@ -41,6 +41,24 @@ pub const DEFAULT_MAX_FUTURE_SKEW_SECS: u64 = 60;
 /// The UDP port the collector listens on by default.
 pub const DEFAULT_PORT: u16 = 5000;
 
+/// The smallest request plaintexts whose replies can always be sent (a reply is never larger
+/// than its request: docs/PROTOCOL.md 6.3). A request below its minimum gets no reply; senders
+/// add a `pad` member to reach it. Each is the smallest plaintext that seals into as many bytes
+/// as the largest reply (server times of 10 digits, until the year 2286).
+///
+/// `sos` → `sos_ack`. An `sos` below it is still stored and notified (an alert is never refused
+/// for its size), but its acknowledgement cannot be sent.
+pub const MIN_SOS_PLAINTEXT: usize = 96;
+/// `cancel` → `cancel_ack`. A smaller `cancel` is not recorded at all.
+pub const MIN_CANCEL_PLAINTEXT: usize = 80;
+/// `heartbeat` → `heartbeat_ack` without news.
+pub const MIN_HEARTBEAT_PLAINTEXT: usize = 48;
+/// `heartbeat` → `heartbeat_ack` carrying `new_key` (a rotation). A heartbeat between
+/// [`MIN_HEARTBEAT_PLAINTEXT`] and this gets its answer without the key.
+pub const MIN_HEARTBEAT_NEW_KEY_PLAINTEXT: usize = 112;
+/// Any authentic request refused for its timestamp → `time_hint`.
+pub const MIN_TIME_HINT_PLAINTEXT: usize = 64;
+
 /// The length of the datagram that a plaintext of `plaintext_len` bytes seals into.
 pub const fn sealed_len(plaintext_len: usize) -> usize {
     // Fernet: version (1) + timestamp (8) + IV (16) + PKCS#7-padded ciphertext + HMAC (32),
@@ -288,6 +306,23 @@ pub struct Cancel {
     /// Why, in the sender's words; may be empty.
     #[serde(default)]
     pub reason: String,
+    /// Filler that brings the request to [`MIN_CANCEL_PLAINTEXT`], so that the `cancel_ack`
+    /// fits (replies are never larger than their request). Not sent when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pad: String,
+}
+
+impl Cancel {
+    /// A cancellation of `alert_id`, padded to [`MIN_CANCEL_PLAINTEXT`].
+    pub fn padded(alert_id: AlertId, reason: String) -> Cancel {
+        let mut c = Cancel { alert_id, reason, pad: String::new() };
+        let len = serde_json::to_vec(&Message::Cancel(c.clone())).map(|v| v.len()).unwrap_or(0);
+        if len < MIN_CANCEL_PLAINTEXT {
+            // `,"pad":""` costs 9 bytes before the filler itself.
+            c.pad = "0".repeat((MIN_CANCEL_PLAINTEXT - len).saturating_sub(9).max(1));
+        }
+        c
+    }
 }
 
 /// The cancellation is recorded.
@@ -318,7 +353,7 @@ pub struct Heartbeat {
 }
 
 /// Answer to a heartbeat.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatAck {
     /// The collector's clock, seconds since the Unix epoch.
     pub server_time: u64,
@@ -330,6 +365,16 @@ pub struct HeartbeatAck {
     /// collector accepts the old key until a grace period after the new one is first used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_key: Option<String>,
+}
+
+impl fmt::Debug for HeartbeatAck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeartbeatAck")
+            .field("server_time", &self.server_time)
+            .field("notices", &self.notices)
+            .field("new_key", &self.new_key.as_ref().map(|_| "[REDACTED]"))
+            .finish()
+    }
 }
 
 /// A responder acknowledged an alert.
@@ -386,6 +431,42 @@ pub struct TimeHint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The smallest plaintext that seals into as many bytes as `reply`.
+    fn min_request_for(reply: &Message) -> usize {
+        let len = serde_json::to_vec(reply).unwrap().len();
+        (0..=len).find(|p| sealed_len(*p) >= sealed_len(len)).unwrap()
+    }
+
+    #[test]
+    fn the_minimum_request_sizes_are_those_of_the_largest_replies() {
+        let t = 9_999_999_999; // 10 digits: every server time until 2286
+        let id = AlertId::from_u128(u128::MAX);
+        let sos_ack = Message::SosAck(SosAck { alert_id: id, status: AckStatus::Duplicate, server_time: t });
+        assert_eq!(min_request_for(&sos_ack), MIN_SOS_PLAINTEXT);
+        assert_eq!(
+            min_request_for(&Message::CancelAck(CancelAck { alert_id: id, server_time: t })),
+            MIN_CANCEL_PLAINTEXT
+        );
+        let ack = HeartbeatAck { server_time: t, notices: Vec::new(), new_key: None };
+        assert_eq!(min_request_for(&Message::HeartbeatAck(ack.clone())), MIN_HEARTBEAT_PLAINTEXT);
+        let with_key = HeartbeatAck { new_key: Some(crate::Key::generate()), ..ack };
+        assert_eq!(min_request_for(&Message::HeartbeatAck(with_key)), MIN_HEARTBEAT_NEW_KEY_PLAINTEXT);
+        let hint = Message::TimeHint(TimeHint { server_time: t, token_time: t });
+        assert_eq!(min_request_for(&hint), MIN_TIME_HINT_PLAINTEXT);
+    }
+
+    #[test]
+    fn a_padded_cancel_is_just_long_enough_and_an_empty_pad_is_not_sent() {
+        for reason in ["", "x", "pressed by accident", &"long reason ".repeat(10)] {
+            let c = Message::Cancel(Cancel::padded(AlertId::from_u128(7), reason.into()));
+            let len = serde_json::to_vec(&c).unwrap().len();
+            assert!(len >= MIN_CANCEL_PLAINTEXT, "{reason:?}: {len}");
+            assert!(len < MIN_CANCEL_PLAINTEXT + 16 || reason.len() > 20, "{reason:?}: {len}");
+        }
+        let plain = Cancel { alert_id: AlertId::from_u128(7), reason: String::new(), pad: String::new() };
+        assert!(!serde_json::to_string(&Message::Cancel(plain)).unwrap().contains("pad"));
+    }
 
     fn sos() -> Sos {
         Sos {

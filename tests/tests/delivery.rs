@@ -308,7 +308,7 @@ fn a_cancelled_alert_is_announced_once_on_every_channel_after_the_alert() {
     peer.send(&sos(id, "carol"));
     assert!(matches!(peer.open(&peer.recv_raw(WAIT).expect("sos ack")), Some(Message::SosAck(_))));
 
-    let cancel = Message::Cancel(sos_shared::protocol::Cancel { alert_id: id, reason: "pressed by accident".into() });
+    let cancel = Message::Cancel(sos_shared::protocol::Cancel::padded(id, "pressed by accident".into()));
     for _ in 0..2 {
         peer.send(&cancel);
         match peer.open(&peer.recv_raw(WAIT).expect("cancel ack")) {
@@ -317,7 +317,7 @@ fn a_cancelled_alert_is_announced_once_on_every_channel_after_the_alert() {
         }
     }
     // Unknown alert: no answer at all.
-    peer.send(&Message::Cancel(sos_shared::protocol::Cancel { alert_id: AlertId::random(), reason: String::new() }));
+    peer.send(&Message::Cancel(sos_shared::protocol::Cancel::padded(AlertId::random(), String::new())));
 
     let id_text = id.to_string();
     let posts = slack.wait_for(WAIT, "the alert and its cancellation", |r| {

@@ -45,7 +45,8 @@ impl Email {
             builder = builder.tls(tls);
         }
         if let Some((user, pass)) = &settings.credentials {
-            builder = builder.credentials(Credentials::new(user.clone(), pass.clone()));
+            use secrecy::ExposeSecret as _;
+            builder = builder.credentials(Credentials::new(user.clone(), pass.expose_secret().to_owned()));
         }
         Ok(Email { transport: builder.build(), settings })
     }

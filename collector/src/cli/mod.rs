@@ -1,0 +1,3 @@
+//! The administrator commands that have outgrown `main.rs`.
+
+pub mod store;

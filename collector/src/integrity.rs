@@ -1,0 +1,309 @@
+//! A damaged store: the bounded check at start, `sos-collector store check`, and
+//! `sos-collector store recover`, which copies what a damaged store still holds into a new file
+//! and lists what it could not.
+//!
+//! SQLite's own `.recover` (which reads pages directly) lives in the sqlite3 shell, not in the
+//! library. Recovery here uses only SQL: each table is read forwards from its first row and
+//! backwards from its last until a damaged page stops the scan, then every row whose key is
+//! still known from an index (or, for alerts, from the outbox) is looked up one by one. What sat
+//! on a damaged page is lost; the alerts among it are reported by id when anything still names
+//! them.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags};
+
+use crate::store::{Db, StoreError};
+
+/// The longest the check at start may take; past it the collector starts and says that the
+/// check did not finish (a very large store on a slow disk).
+pub const START_CHECK_BUDGET: Duration = Duration::from_secs(10);
+
+/// What an integrity check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Integrity {
+    /// No problem found.
+    Ok,
+    /// SQLite reported these problems (at most [`MAX_PROBLEMS`]).
+    Damaged(Vec<String>),
+    /// The check did not finish within its time budget.
+    Unfinished,
+}
+
+/// The most problems a check reports.
+pub const MAX_PROBLEMS: usize = 10;
+
+/// Check the store at `path`: SQLite's `quick_check` (page and b-tree structure, every row
+/// readable: O(size of the file)), or with `full` its `integrity_check` (also every index
+/// against its table). With a `budget`, the check is interrupted when it runs out.
+///
+/// # Errors
+/// If the file cannot be opened (missing, no permission): [`StoreError::Open`], naming it.
+pub fn check(path: &Path, full: bool, budget: Option<Duration>) -> Result<Integrity, StoreError> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| StoreError::Open { path: path.to_path_buf(), message: e.to_string() })?;
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    let (done, done_rx) = std::sync::mpsc::channel::<()>();
+    if let Some(budget) = budget {
+        let interrupt = conn.get_interrupt_handle();
+        std::thread::Builder::new()
+            .name("sos-store-check".into())
+            .spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(budget) {
+                    interrupt.interrupt();
+                }
+            })
+            .map_err(|e| StoreError::Sqlite(format!("cannot start the check: {e}")))?;
+    }
+    let pragma = if full { "integrity_check" } else { "quick_check" };
+    let result = (|| -> rusqlite::Result<Vec<String>> {
+        let mut stmt = conn.prepare(&format!("PRAGMA {pragma}({MAX_PROBLEMS})"))?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect()
+    })();
+    drop(done);
+    match result {
+        Ok(rows) if rows == ["ok"] => Ok(Integrity::Ok),
+        Ok(rows) => Ok(Integrity::Damaged(rows)),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) => Ok(Integrity::Unfinished),
+        Err(e) => match StoreError::from(e) {
+            StoreError::Corrupt(problem) => Ok(Integrity::Damaged(vec![problem])),
+            StoreError::Sqlite(message) => Err(StoreError::Open { path: path.to_path_buf(), message }),
+            other => Err(other),
+        },
+    }
+}
+
+/// What [`recover`] saved and what it could not.
+#[derive(Debug, Clone, Default)]
+pub struct Salvage {
+    /// Per table, in copy order.
+    pub tables: Vec<TableSalvage>,
+    /// Alerts recent enough to matter (younger than the give-up time) whose delivery records
+    /// were lost: queued again for every channel, so they may reach a channel twice.
+    pub requeued: Vec<(String, String)>,
+    /// Outbox rows of alerts that were lost: dropped (they could never be delivered).
+    pub orphan_jobs: u64,
+    /// Problems that stopped a whole table (or the schema) from being read.
+    pub problems: Vec<String>,
+}
+
+/// What was saved of one table.
+#[derive(Debug, Clone, Default)]
+pub struct TableSalvage {
+    /// The table.
+    pub name: String,
+    /// Rows copied.
+    pub copied: u64,
+    /// Whether every row was reached by the scans (nothing lost unless `lost` says so).
+    pub complete: bool,
+    /// Keys of rows known to exist (an index or another table names them) that could not be
+    /// read; for `alerts`, the alert ids.
+    pub lost: Vec<String>,
+}
+
+impl Salvage {
+    /// Whether anything at all was lost or is unknown.
+    pub fn lossless(&self) -> bool {
+        self.problems.is_empty() && self.orphan_jobs == 0 && self.tables.iter().all(|t| t.complete && t.lost.is_empty())
+    }
+}
+
+/// The tables in copy order (alerts before the outbox that refers to them).
+const TABLES: &[&str] = &["alerts", "outbox", "enrolled", "enrollments", "agents", "registry_version"];
+
+/// Copy what can be read of the store at `damaged` into a new store at `output`, then queue
+/// again, on each of `channels`, every alert received after `requeue_since_ms` that lost its
+/// delivery record there. `damaged` is only read.
+///
+/// # Errors
+/// If `output` exists already, or cannot be created or written; or if `damaged` cannot be
+/// opened at all.
+pub fn recover(
+    damaged: &Path,
+    output: &Path,
+    channels: &[&str],
+    requeue_since_ms: i64,
+    now_ms: i64,
+) -> Result<Salvage, StoreError> {
+    if output.exists() {
+        return Err(StoreError::Open {
+            path: output.to_path_buf(),
+            message: "it exists already; move it away or choose another --output".into(),
+        });
+    }
+    let src = Connection::open_with_flags(damaged, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| StoreError::Open { path: damaged.to_path_buf(), message: e.to_string() })?;
+    let _ = src.busy_timeout(Duration::from_secs(5));
+    let mut dst = Db::open(output)?;
+    dst.conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let mut salvage = Salvage::default();
+    let tx = dst.conn.transaction()?;
+    for table in TABLES {
+        match salvage_table(&src, &tx, table) {
+            Ok(t) => salvage.tables.push(t),
+            Err(e) => {
+                salvage.problems.push(format!("{table}: {e}"));
+                salvage.tables.push(TableSalvage { name: (*table).into(), ..TableSalvage::default() });
+            }
+        }
+    }
+    salvage.orphan_jobs =
+        tx.execute("DELETE FROM outbox WHERE alert_id NOT IN (SELECT alert_id FROM alerts)", [])? as u64;
+    for channel in channels {
+        let mut stmt = tx.prepare(
+            "INSERT INTO outbox (alert_id, channel, state, created_at_ms, next_attempt_at_ms)
+             SELECT alert_id, ?1, 'pending', ?2, ?2 FROM alerts
+             WHERE received_at_ms >= ?3
+               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.alert_id = alerts.alert_id
+                               AND o.channel = ?1 AND o.kind = 'alert')
+             RETURNING alert_id",
+        )?;
+        let ids = stmt.query_map(rusqlite::params![channel, now_ms, requeue_since_ms], |r| r.get::<_, String>(0))?;
+        for id in ids {
+            salvage.requeued.push((id?, (*channel).to_owned()));
+        }
+    }
+    tx.commit()?;
+    dst.conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(salvage)
+}
+
+/// The columns of `table` in `conn` (name, position in the primary key or 0).
+fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare(&format!("PRAGMA table_info(\"{table}\")"))?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, i64>(5)?)))?;
+    rows.collect()
+}
+
+/// Run `sql` and collect rows of `width` values until the end or the first error. Returns the
+/// rows and whether the end was reached.
+fn scan(conn: &Connection, sql: &str, width: usize) -> (Vec<Vec<Value>>, bool) {
+    let mut out = Vec::new();
+    let Ok(mut stmt) = conn.prepare(sql) else { return (out, false) };
+    let Ok(mut rows) = stmt.query([]) else { return (out, false) };
+    loop {
+        match rows.next() {
+            Ok(Some(row)) => match (0..width).map(|i| row.get::<_, Value>(i)).collect::<Result<Vec<_>, _>>() {
+                Ok(values) => out.push(values),
+                Err(_) => return (out, false),
+            },
+            Ok(None) => return (out, true),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+fn show(key: &[Value]) -> String {
+    key.iter()
+        .map(|v| match v {
+            Value::Text(t) => t.clone(),
+            Value::Integer(i) => i.to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn salvage_table(src: &Connection, dst: &Connection, table: &str) -> rusqlite::Result<TableSalvage> {
+    let have = columns(src, table)?;
+    if have.is_empty() {
+        // Not in this (older) store: nothing to copy.
+        return Ok(TableSalvage { name: table.into(), complete: true, ..TableSalvage::default() });
+    }
+    let want: BTreeSet<String> = columns(dst, table)?.into_iter().map(|(c, _)| c).collect();
+    let cols: Vec<String> = have.iter().map(|(c, _)| c.clone()).filter(|c| want.contains(c)).collect();
+    let mut pk: Vec<(String, i64)> = have.iter().filter(|(_, p)| *p > 0).cloned().collect();
+    pk.sort_by_key(|(_, p)| *p);
+    let pk: Vec<String> = pk.into_iter().map(|(c, _)| c).collect();
+    let pk = if pk.is_empty() { vec!["rowid".to_owned()] } else { pk };
+    let quoted = |v: &[String]| v.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
+    let col_list = quoted(&cols);
+    let pk_list = quoted(&pk);
+    let order = |dir: &str| pk.iter().map(|c| format!("\"{c}\" {dir}")).collect::<Vec<_>>().join(", ");
+    // Every selected row starts with its key, then the columns to copy.
+    let select = format!("SELECT {pk_list}, {col_list} FROM \"{table}\"");
+    let width = pk.len() + cols.len();
+    let mut insert = dst.prepare(&format!(
+        "INSERT OR REPLACE INTO \"{table}\" ({col_list}) VALUES ({})",
+        vec!["?"; cols.len()].join(", ")
+    ))?;
+    let mut copied_keys = BTreeSet::<String>::new();
+    let mut copied = 0u64;
+    let mut copy = |row: &[Value], copied_keys: &mut BTreeSet<String>| -> rusqlite::Result<()> {
+        if copied_keys.insert(show(&row[..pk.len()])) {
+            insert.execute(rusqlite::params_from_iter(&row[pk.len()..]))?;
+            copied += 1;
+        }
+        Ok(())
+    };
+    let (rows, complete) = scan(src, &format!("{select} ORDER BY {}", order("ASC")), width);
+    for r in &rows {
+        copy(r, &mut copied_keys)?;
+    }
+    if !complete {
+        let (rows, _) = scan(src, &format!("{select} ORDER BY {}", order("DESC")), width);
+        for r in &rows {
+            copy(r, &mut copied_keys)?;
+        }
+    }
+    // Keys still known elsewhere: the table's own indexes (read without touching the table),
+    // and for alerts the outbox.
+    let mut known: Vec<Vec<Value>> = Vec::new();
+    if !complete {
+        let mut indexes: Vec<String> = Vec::new();
+        {
+            let mut stmt = src.prepare(&format!("PRAGMA index_list(\"{table}\")"))?;
+            let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+            for n in names.flatten() {
+                indexes.push(n);
+            }
+        }
+        let mut sources: Vec<String> =
+            indexes.iter().map(|i| format!("SELECT {pk_list} FROM \"{table}\" INDEXED BY \"{i}\"")).collect();
+        if table == "alerts" {
+            sources.push("SELECT alert_id FROM outbox".into());
+        }
+        for s in sources {
+            for dir in ["ASC", "DESC"] {
+                // The index's own order: ask for it forwards and backwards by rowid-free means.
+                let sql = if dir == "ASC" { s.clone() } else { format!("SELECT * FROM ({s}) ORDER BY 1 DESC") };
+                known.extend(scan(src, &sql, pk.len()).0);
+            }
+        }
+    }
+    let lookup = format!(
+        "{select} WHERE {}",
+        pk.iter().enumerate().map(|(i, c)| format!("\"{c}\" = ?{}", i + 1)).collect::<Vec<_>>().join(" AND ")
+    );
+    let mut lost = BTreeSet::new();
+    for key in known {
+        let shown = show(&key);
+        if copied_keys.contains(&shown) || lost.contains(&shown) {
+            continue;
+        }
+        let found = src.prepare(&lookup).and_then(|mut stmt| {
+            stmt.query_row(rusqlite::params_from_iter(&key), |r| {
+                (0..width).map(|i| r.get::<_, Value>(i)).collect::<Result<Vec<_>, _>>()
+            })
+        });
+        match found {
+            Ok(row) => copy(&row, &mut copied_keys)?,
+            Err(rusqlite::Error::QueryReturnedNoRows) => {}
+            Err(_) => {
+                lost.insert(shown);
+            }
+        }
+    }
+    Ok(TableSalvage { name: table.into(), copied, complete, lost: lost.into_iter().collect() })
+}
+
+/// Where `store recover` writes by default: beside the damaged file.
+pub fn default_output(damaged: &Path) -> PathBuf {
+    let mut name = damaged.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".recovered");
+    damaged.with_file_name(name)
+}
