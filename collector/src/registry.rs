@@ -528,6 +528,22 @@ mod tests {
     }
 
     #[test]
+    fn pending_codes_are_those_still_usable() {
+        let (_d, mut db) = db();
+        let open = db.create_enrollment("Open", 600_000, 1_000).unwrap();
+        let used = db.create_enrollment("Used", 600_000, 1_000).unwrap();
+        db.complete_enrollment(used.id(), "desk", 2_000).unwrap().unwrap();
+        let burnt = db.create_enrollment("Burnt", 600_000, 1_000).unwrap();
+        for _ in 0..MAX_CODE_ATTEMPTS {
+            db.enroll_attempt(burnt.id(), 2_000).unwrap();
+        }
+        let pending = db.pending_codes(2_000).unwrap();
+        assert!(pending.contains(open.id()));
+        assert!(!pending.contains(used.id()) && !pending.contains(burnt.id()));
+        assert!(db.pending_codes(601_000).unwrap().is_empty(), "expired codes are not pending");
+    }
+
+    #[test]
     fn rotation_promotes_on_first_use_and_revocation_is_recorded() {
         let (_d, mut db) = db();
         let code = db.create_enrollment("Reception", 600_000, 1_000).unwrap();
