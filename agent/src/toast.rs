@@ -296,7 +296,11 @@ mod platform {
                         changes.recv().await
                     }
                 },
-                None => changes.recv().await,
+                None => {
+                    // Nothing to wait for on this toast: let its bus connection go.
+                    drop(handle);
+                    changes.recv().await
+                }
             };
         }
     }

@@ -239,6 +239,17 @@ impl Desktop {
         assert!(out.status.success(), "NotificationAction failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Left-click the toast dunst shows, on its window, as a person would.
+    pub fn left_click_toast(&self) {
+        let out = self
+            .command("xdotool")
+            .args(["search", "--sync", "--onlyvisible", "--class", "dunst"])
+            .args(["mousemove", "--window", "%1", "20", "20", "click", "1"])
+            .output()
+            .expect("run xdotool");
+        assert!(out.status.success(), "xdotool: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// Take every toast off dunst's screen (`dunstctl close-all`).
     pub fn close_all_toasts(&self) {
         let out = self.dbus_send(&[

@@ -416,6 +416,8 @@ fn discreet_defaults_a_lone_click_sends_nothing_a_double_click_counts_down_and_n
     desk.click_tray(&item);
     agent.wait_log(WAIT, "a single click on the icon sent nothing");
     desk.wait_toasts("Nothing sent", 1, WAIT);
+    desk.close_all_toasts();
+    assert!(eventually(WAIT, || desk.toasts_on_screen() == 0));
 
     // Clicking frantically: the first two clicks are a press; the next two, right after, do not
     // stop it. It waits out the 5 s window, then goes out.
@@ -424,9 +426,14 @@ fn discreet_defaults_a_lone_click_sends_nothing_a_double_click_counts_down_and_n
     }
     desk.wait_toasts("Sending in 5 s", 1, WAIT);
     agent.wait_log(WAIT, "the same press, not a request to stop it");
+    // A left click on the countdown toast only closes it (dunst's default): the SOS still goes.
+    assert!(eventually(WAIT, || desk.toasts_on_screen() == 1));
+    desk.left_click_toast();
+    assert!(eventually(WAIT, || desk.toasts_on_screen() == 0), "the click did not close the toast");
     desk.wait_toasts("Received", 1, WAIT);
     slack.wait_for(WAIT, "the SOS", |r| r.iter().any(|x| x.status == 200));
     assert_eq!(agent.log().matches("SOS fired").count(), 1);
+    assert!(!agent.log().contains("cancelled during its cancel window"));
 
     // Nothing on screen names the alarm.
     let toasts = desk.wait_notifies(WAIT, "the answers", |n| n.iter().all(|t| t.id.is_some()));
