@@ -34,9 +34,6 @@ pub const APP_ID: &str = "org.sos-button.agent";
 
 /// How long a toast may take to reach the notification daemon before we stop waiting for it.
 const SHOW_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a toast is tried when the daemon refuses it or is not on the bus yet (an agent that
-/// starts with the session can resend a spooled alert before the daemon is up).
-const SHOW_ATTEMPTS: u32 = 3;
 /// Topics whose notification is remembered; an older one's later state is a new toast.
 const TOPICS_KEPT: usize = 16;
 
@@ -198,6 +195,9 @@ mod platform {
 
     /// The action key of the way out offered on a toast.
     const ACTION_KEY: &str = "stop";
+    /// How often a toast is tried when the daemon refuses it or is not on the bus yet (an agent
+    /// that starts with the session can resend a spooled alert before the daemon is up).
+    const SHOW_ATTEMPTS: u32 = 3;
 
     /// What the daemon can do, as far as the agent cares.
     #[derive(Debug, Clone, Copy, Default)]
