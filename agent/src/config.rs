@@ -8,13 +8,15 @@
 //! location = "Building A, floor 2, reception"
 //! hotkey = "ctrl+alt+s"            # tray agent
 //! silent = false                   # tray agent: no toasts, only the icon changes
+//! wording = "discreet"             # tray agent: "discreet" (no "SOS" on screen) or "plain"
+//! tray_click = "double"            # tray agent: "double" or "single" click on the icon sends
 //! send_timeout_secs = 30
 //! spool_dir = "…"                  # default: the platform data dir, then `sos/spool`
 //! heartbeat_secs = 60              # tray agent: how often it checks a collector answers
 //! warn_after_secs = 10             # tray agent: warn the sender when not acknowledged by then
 //! fallback = "Call security 555-0100"  # shown when an alert is not delivered
 //! show_quit = true                 # tray agent: offer Quit in the menu
-//! cancel_window_ms = 0             # tray agent: delay after a press during which a click cancels
+//! cancel_window_ms = 5000          # tray agent: delay after a press during which it can be stopped
 //! ```
 //!
 //! With no `--config`, the system-wide file (`/etc/sos/agent.toml`, which the package installs)
@@ -47,6 +49,8 @@ struct RawConfig {
     fallback: Option<String>,
     show_quit: Option<bool>,
     cancel_window_ms: Option<u64>,
+    wording: Option<String>,
+    tray_click: Option<String>,
 }
 
 /// A validated agent configuration.
@@ -80,9 +84,19 @@ pub struct AgentConfig {
     /// Whether the tray menu offers Quit (managed sites hide it).
     pub show_quit: bool,
     /// A grace period after a hotkey press or icon click before the SOS goes out, during
-    /// which a click cancels it (against accidental presses). 0: send at once.
+    /// which the tray icon or its menu stops it (against accidental presses). 0: send at once.
     pub cancel_window_ms: u64,
+    /// How toasts and the tooltip speak: discreet (nothing a bystander reads as an alarm) or
+    /// plain (tray agent).
+    pub wording: crate::wording::Wording,
+    /// Whether a single click or a double-click on the tray icon sends (tray agent).
+    pub tray_click: crate::wording::TrayClick,
 }
+
+/// The cancel window when the configuration sets none: long enough to notice and stop an
+/// accidental press, short beside the minutes help takes to arrive (README, "Discreet by
+/// default").
+pub const DEFAULT_CANCEL_WINDOW_MS: u64 = 5000;
 
 /// Keys that hold paths, resolved against the directory of the file that sets them.
 const PATH_KEYS: [&str; 3] = ["key_file", "enrollment_file", "spool_dir"];
@@ -252,8 +266,18 @@ impl AgentConfig {
                         format!("{v} ms delays every SOS by over a minute; use at most 60000"),
                     ))
                 }
-                v => v.unwrap_or(0),
+                v => v.unwrap_or(DEFAULT_CANCEL_WINDOW_MS),
             },
+            wording: raw
+                .wording
+                .as_deref()
+                .map_or(Ok(crate::wording::Wording::Discreet), str::parse)
+                .map_err(|e| at("wording", e))?,
+            tray_click: raw
+                .tray_click
+                .as_deref()
+                .map_or(Ok(crate::wording::TrayClick::Double), str::parse)
+                .map_err(|e| at("tray_click", e))?,
         })
     }
 
@@ -309,6 +333,10 @@ mod tests {
         assert_eq!(c.collectors, vec!["127.0.0.1:5000", "sos.example.com:5000", "[::1]:7"]);
         assert_eq!(c.location, "Reception");
         assert_eq!(c.send_timeout_secs, 30);
+        // Discreet by default: no alarm words, a double-click, a cancel window.
+        assert_eq!(c.wording, crate::wording::Wording::Discreet);
+        assert_eq!(c.tray_click, crate::wording::TrayClick::Double);
+        assert_eq!(c.cancel_window_ms, DEFAULT_CANCEL_WINDOW_MS);
     }
 
     #[test]
@@ -325,6 +353,14 @@ mod tests {
         assert!(e.contains("key `key`") && !e.contains("short"), "{e}");
         let e = AgentConfig::parse("colectors = []", Some(f)).unwrap_err().to_string();
         assert!(e.contains("colectors"), "{e}");
+        let e = AgentConfig::parse(&format!("key = \"{k}\"\ncollectors = [\"h\"]\nwording = \"loud\""), Some(f))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key `wording`") && e.contains("loud") && e.contains("plain"), "{e}");
+        let e = AgentConfig::parse(&format!("key = \"{k}\"\ncollectors = [\"h\"]\ntray_click = \"triple\""), Some(f))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key `tray_click`") && e.contains("triple"), "{e}");
     }
 
     #[test]

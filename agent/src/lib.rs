@@ -14,7 +14,7 @@
 //! - [`run`]: the tray agent (`sos-agent run`): the UI loop on the main thread, fed by
 //!   [`tray`] (icon and menu), [`hotkey`] / [`platform`] (the global hotkey), [`ipc`]
 //!   (`sos-agent trigger`) and [`delivery`] (spool, sending, heartbeats on a tokio runtime);
-//!   [`toast`] tells the person what happened.
+//!   [`toast`] tells the person what happened, in the words of [`wording`].
 //!
 //! `sos-agent send` is the headless front end of [`send`] and [`spool`].
 
@@ -32,6 +32,7 @@ pub mod send;
 pub mod spool;
 pub mod toast;
 pub mod tray;
+pub mod wording;
 
 pub use config::AgentConfig;
 pub use send::{Delivered, SendError, Sender};

@@ -24,8 +24,9 @@ use crate::hotkey::HotkeySpec;
 use crate::ipc::{self, Request, Response, Status};
 use crate::platform::Tray;
 use crate::spool::Spool;
-use crate::toast::{self, Importance};
-use crate::tray::{ids, TrayEvent, TrayState, TrayView};
+use crate::toast::{Action, Toast, Toasts, Topic};
+use crate::tray::{ids, Click, Clicks, TrayEvent, TrayState, TrayView};
+use crate::wording::Words;
 
 /// Presses of the same kind closer together than this are one alert (a held key, a double
 /// click).
@@ -56,8 +57,10 @@ pub enum UiEvent {
     Cancel(oneshot::Sender<Option<AlertId>>),
     /// The cancel window of press number `n` is over: send it.
     WindowOver(u64),
-    /// The person clicked the toast of press number `n` during its cancel window.
+    /// The person chose the toast action that stops press number `n` in its cancel window.
     AbortPress(u64),
+    /// The double-click time after first click number `n` on the icon is over.
+    ClickOver(u64),
 }
 
 /// A press waiting out its cancel window.
@@ -67,6 +70,11 @@ struct Pending {
     n: u64,
     /// When it goes out.
     due: Instant,
+    /// When it was pressed.
+    at: Instant,
+    /// Whether the icon fired it: then more clicks within [`DEBOUNCE`] are the same frantic
+    /// press, not a request to stop it.
+    by_click: bool,
 }
 
 /// Run the tray agent until Quit. Returns an error only if it cannot start at all.
@@ -118,7 +126,14 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         }));
     }
 
+    let words = Words { wording: config.wording, click: config.tray_click };
+    let toasts = Toasts::start(words.name())
+        .map_err(|e| error!(error = %e, "toasts cannot be shown; the tray icon still tells what happens"))
+        .ok();
     let mut app = App {
+        clicks: Clicks::new(config.tray_click),
+        words,
+        toasts,
         config,
         delivery,
         proxy,
@@ -208,6 +223,12 @@ struct App {
     runtime: tokio::runtime::Handle,
     /// What the tray shows, to update it only on change.
     shown: Option<TrayView>,
+    /// The texts the person reads.
+    words: Words,
+    /// One notification per alert (`None` if toasts cannot be shown at all).
+    toasts: Option<Toasts>,
+    /// Clicks on the icon, turned into presses by the site's rule.
+    clicks: Clicks,
 }
 
 impl App {
@@ -216,37 +237,35 @@ impl App {
         let hotkey = HotkeySpec::to_string(&self.config.hotkey);
         if let Some(p) = self.pending {
             let left = p.due.saturating_duration_since(Instant::now()).as_secs_f32().ceil();
-            return (TrayState::Sending, format!("SOS in {left} s — click the icon to cancel"));
+            return (TrayState::Sending, self.words.tip_countdown(left));
         }
         if self.in_flight.values().any(|warned| *warned) {
-            return (TrayState::Attention, format!("SOS NOT delivered yet — still trying. {}", self.config.fallback));
+            return (TrayState::Attention, self.words.tip_not_delivered(&self.config.fallback));
         }
         if !self.in_flight.is_empty() {
-            return (TrayState::Sending, "sending SOS…".into());
+            return (TrayState::Sending, self.words.tip_sending());
         }
         if let Some(None) = &self.online {
-            return (TrayState::Offline, format!("offline: no collector answers. {}", self.config.fallback));
+            return (TrayState::Offline, self.words.tip_offline(&self.config.fallback));
         }
         if let Some(p) = &self.hotkey_problem {
-            return (TrayState::Attention, format!("hotkey unavailable: {p}. Click this icon to send an SOS."));
+            return (TrayState::Attention, self.words.tip_no_hotkey(p));
         }
         if let Some((at, test)) = self.last_delivered {
-            let what = if test { "test alert" } else { "SOS" };
-            return (TrayState::Delivered, format!("{what} delivered at {}", local_time(at)));
+            return (TrayState::Delivered, self.words.tip_delivered(test, &local_time(at)));
         }
-        match (&self.online, self.last_contact) {
-            (Some(Some(c)), Some(at)) => (
-                TrayState::Ready,
-                format!("ready — {hotkey} or click to send an SOS (collector {c}, last contact {})", local_time(at)),
-            ),
-            _ => (TrayState::Ready, format!("ready — {hotkey} or click to send an SOS")),
-        }
+        let contact = match (&self.online, self.last_contact) {
+            (Some(Some(c)), Some(at)) => Some(format!("collector {c}, last contact {}", local_time(at))),
+            _ => None,
+        };
+        (TrayState::Ready, self.words.tip_ready(&hotkey, contact))
     }
 
     /// What the tray should show now.
     fn view(&self) -> TrayView {
         let (state, detail) = self.state();
         TrayView {
+            title: self.words.name(),
             state,
             detail,
             can_cancel: self.cancellable.is_some() || self.pending.is_some(),
@@ -265,9 +284,10 @@ impl App {
         self.shown = Some(view);
     }
 
-    fn toast(&self, summary: String, body: String, importance: Importance) {
-        if !self.config.silent {
-            toast::show(summary, body, importance);
+    /// Show `toast` as `topic`'s one notification, replacing what it showed (not in silent mode).
+    fn toast(&mut self, topic: Topic, toast: Toast) {
+        if let (false, Some(t)) = (self.config.silent, &mut self.toasts) {
+            t.show(topic, toast);
         }
     }
 
@@ -283,11 +303,7 @@ impl App {
         let (id, spooled) = self.delivery.trigger(test, message);
         info!(alert_id = %id, source, test, "SOS fired");
         if spooled.is_err() {
-            self.toast(
-                "SOS: cannot save the alert".into(),
-                "It is being sent, but would be lost if this computer restarts now.".into(),
-                Importance::Critical,
-            );
+            self.toast(Topic::Alert(id), self.words.not_saved());
         }
         Some(id)
     }
@@ -336,6 +352,22 @@ impl ApplicationHandler<UiEvent> for App {
     fn user_event(&mut self, event_loop: &ActiveEventLoop, event: UiEvent) {
         match event {
             UiEvent::Trigger { source, test, message, reply } => {
+                // A click on the icon is a press only as the site's rule says (a double-click
+                // by default).
+                if source == "tray click" {
+                    if let Click::First(n) = self.clicks.click(Instant::now()) {
+                        if self.pending.is_some() {
+                            // Half of a double-click that would stop the countdown.
+                            return;
+                        }
+                        let proxy = Mutex::new(self.proxy.clone());
+                        self.runtime.spawn(async move {
+                            tokio::time::sleep(crate::tray::DOUBLE_CLICK).await;
+                            send(&proxy, UiEvent::ClickOver(n));
+                        });
+                        return;
+                    }
+                }
                 // Presses are debounced and may wait out a cancel window; explicit requests
                 // (IPC, menu) are neither.
                 let press = source == "hotkey" || source == "tray click";
@@ -351,7 +383,20 @@ impl ApplicationHandler<UiEvent> for App {
             UiEvent::WindowOver(n) => {
                 if self.pending.is_some_and(|p| p.n == n) {
                     self.pending = None;
-                    self.trigger("hotkey or click, after the cancel window", false, "", false);
+                    if let Some(id) = self.trigger("hotkey or click, after the cancel window", false, "", false) {
+                        // The countdown is over: its notification now speaks of the alert.
+                        if let Some(t) = &mut self.toasts {
+                            t.rename(Topic::Press(n), Topic::Alert(id));
+                        }
+                        self.toast(Topic::Alert(id), self.words.sending(false));
+                    }
+                }
+            }
+            UiEvent::ClickOver(n) => {
+                if self.clicks.lone(n) && self.pending.is_none() && self.in_flight.is_empty() {
+                    info!("a single click on the icon sent nothing (a double-click sends)");
+                    let hotkey = HotkeySpec::to_string(&self.config.hotkey);
+                    self.toast(Topic::Hint, self.words.lone_click(&hotkey));
                 }
             }
             UiEvent::AbortPress(n) => {
@@ -396,38 +441,46 @@ impl App {
     /// A press with a cancel window: a click during the window cancels it; otherwise it goes
     /// out when the window is over.
     fn press_with_window(&mut self, source: &'static str) {
-        if self.pending.is_some() {
+        let now = Instant::now();
+        if let Some(p) = self.pending {
             if source == "tray click" {
-                self.abort_pending("icon click");
+                if p.by_click && now.duration_since(p.at) < DEBOUNCE {
+                    info!("icon clicked again right after it fired: the same press, not a request to stop it");
+                } else {
+                    self.abort_pending("icon click");
+                }
             }
             return;
         }
         self.presses += 1;
         let n = self.presses;
         let window = Duration::from_millis(self.config.cancel_window_ms);
-        self.pending = Some(Pending { n, due: Instant::now() + window });
+        self.pending = Some(Pending { n, due: now + window, at: now, by_click: source == "tray click" });
         info!(source, window_ms = window.as_millis() as u64, "SOS pressed; sending when the cancel window is over");
         let proxy = Mutex::new(self.proxy.clone());
         self.runtime.spawn(async move {
             tokio::time::sleep(window).await;
             send(&proxy, UiEvent::WindowOver(n));
         });
-        if !self.config.silent {
+        if let (false, Some(t)) = (self.config.silent, &mut self.toasts) {
             let proxy = Mutex::new(self.proxy.clone());
-            toast::show_clickable(
-                format!("Sending SOS in {} s", window.as_secs_f32().ceil()),
-                "Click here or on the SOS icon to cancel.".into(),
-                move || {
-                    send(&proxy, UiEvent::AbortPress(n));
+            t.offer(
+                Topic::Press(n),
+                self.words.countdown(window.as_secs_f32().ceil() as u64),
+                Action {
+                    label: self.words.stop_label().into(),
+                    on_choose: Box::new(move || {
+                        send(&proxy, UiEvent::AbortPress(n));
+                    }),
                 },
             );
         }
     }
 
     fn abort_pending(&mut self, how: &str) {
-        if self.pending.take().is_some() {
+        if let Some(p) = self.pending.take() {
             info!(how, "SOS cancelled during its cancel window; nothing was sent");
-            self.toast("SOS cancelled".into(), "Nothing was sent.".into(), Importance::Normal);
+            self.toast(Topic::Press(p.n), self.words.stopped());
         }
     }
 
@@ -450,17 +503,11 @@ impl App {
                 self.cancellable = Some(alert_id);
                 self.online = Some(Some(collector));
                 self.last_contact = Some(at);
-                let what = if test { "TEST alert delivered" } else { "SOS delivered" };
-                self.toast(format!("{what} — {}", local_time(at)), "Help has been called.".into(), Importance::Normal);
+                self.toast(Topic::Alert(alert_id), self.words.delivered(test, &local_time(at)));
             }
             Report::NotDeliveredYet { alert_id, test } => {
                 self.in_flight.insert(alert_id, true);
-                let what = if test { "TEST alert" } else { "SOS" };
-                self.toast(
-                    format!("{what} NOT delivered yet — still trying."),
-                    self.config.fallback.clone(),
-                    Importance::Critical,
-                );
+                self.toast(Topic::Alert(alert_id), self.words.not_delivered_yet(test, &self.config.fallback));
             }
             Report::Connectivity(c) => {
                 if c.is_some() {
@@ -470,21 +517,11 @@ impl App {
             }
             Report::Cancelled { alert_id, confirmed: true } => {
                 info!(%alert_id, "cancellation confirmed");
-                self.toast(
-                    "Alert cancelled".into(),
-                    "Responders were told it was a false alarm.".into(),
-                    Importance::Normal,
-                );
+                self.toast(Topic::Alert(alert_id), self.words.cancelled());
             }
             Report::Cancelled { alert_id, confirmed: false } => {
-                self.toast(
-                    "Cancel NOT confirmed".into(),
-                    format!(
-                        "Responders may still be coming for alert {alert_id}: tell them yourself. {}",
-                        self.config.fallback
-                    ),
-                    Importance::Critical,
-                );
+                let toast = self.words.cancel_not_confirmed(&alert_id.to_string(), &self.config.fallback);
+                self.toast(Topic::Alert(alert_id), toast);
             }
         }
     }

@@ -7,6 +7,10 @@
 //!   XFCE, waybar…) display it, and a click arrives as the item's `Activate` method.
 //! - **Windows, macOS:** the native notification-area / status-bar item (tray-icon).
 
+use std::time::{Duration, Instant};
+
+use crate::wording::TrayClick;
+
 /// What the icon shows, in order of how much it needs the person's attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrayState {
@@ -104,6 +108,8 @@ pub enum TrayEvent {
 /// What the tray shows; the platform renders it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrayView {
+    /// The item's title and the tooltip's first word (the wording's name).
+    pub title: &'static str,
     /// The icon.
     pub state: TrayState,
     /// Tooltip and status line.
@@ -128,4 +134,84 @@ pub fn menu(view: &TrayView) -> Vec<Option<(&'static str, String, bool)>> {
         m.push(Some((ids::QUIT, "Quit SOS".to_owned(), true)));
     }
     m
+}
+
+/// The longest gap between the two clicks of a double-click on the icon. Longer than a desktop's
+/// double-click time (about 0.5 s): a person under stress, or on a touchpad, clicks slowly.
+pub const DOUBLE_CLICK: Duration = Duration::from_millis(1500);
+
+/// What a click on the icon amounts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Click {
+    /// A press: the SOS button was pressed (or, in a cancel window, the press is stopped).
+    Press,
+    /// The first click of a possible double-click, numbered: if no second click comes within
+    /// [`DOUBLE_CLICK`], it was a lone click ([`Clicks::lone`]).
+    First(u64),
+}
+
+/// Turns clicks on the icon into presses by the site's [`TrayClick`] rule.
+#[derive(Debug)]
+pub struct Clicks {
+    rule: TrayClick,
+    /// The first click of a double-click in progress: its number and when.
+    first: Option<(u64, Instant)>,
+    /// First clicks so far, to number them.
+    count: u64,
+}
+
+impl Clicks {
+    /// Clicks under `rule`.
+    pub fn new(rule: TrayClick) -> Self {
+        Clicks { rule, first: None, count: 0 }
+    }
+
+    /// A click at `now`.
+    pub fn click(&mut self, now: Instant) -> Click {
+        match (self.rule, self.first.take()) {
+            (TrayClick::Single, _) => Click::Press,
+            (TrayClick::Double, Some((_, at))) if now.saturating_duration_since(at) <= DOUBLE_CLICK => Click::Press,
+            (TrayClick::Double, _) => {
+                self.count += 1;
+                self.first = Some((self.count, now));
+                Click::First(self.count)
+            }
+        }
+    }
+
+    /// Whether first click `n` is still alone (no second click came); forgets it.
+    pub fn lone(&mut self, n: u64) -> bool {
+        if self.first.is_some_and(|(m, _)| m == n) {
+            self.first = None;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_double_click_is_a_press_and_a_lone_click_is_not() {
+        let t0 = Instant::now();
+        let mut c = Clicks::new(TrayClick::Double);
+        assert_eq!(c.click(t0), Click::First(1));
+        assert_eq!(c.click(t0 + Duration::from_millis(400)), Click::Press);
+        assert!(!c.lone(1), "paired");
+        // Too slow: two lone clicks.
+        assert_eq!(c.click(t0 + Duration::from_secs(10)), Click::First(2));
+        assert_eq!(c.click(t0 + Duration::from_secs(12)), Click::First(3));
+        assert!(!c.lone(2), "replaced by the next first click");
+        assert!(c.lone(3));
+        assert!(!c.lone(3), "reported once");
+        // Four quick clicks are two presses.
+        let t1 = t0 + Duration::from_secs(20);
+        let presses = (0..4).filter(|i| c.click(t1 + Duration::from_millis(100 * i)) == Click::Press).count();
+        assert_eq!(presses, 2);
+        let mut s = Clicks::new(TrayClick::Single);
+        assert_eq!(s.click(t0), Click::Press);
+        assert_eq!(s.click(t0), Click::Press);
+    }
 }

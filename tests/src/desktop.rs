@@ -1,6 +1,7 @@
 //! A real desktop session for the tray agent's tests: an X server (Xvfb), a D-Bus session bus,
 //! a notification daemon (dunst), and a `dbus-monitor` that records every toast
-//! (`org.freedesktop.Notifications.Notify`) sent on the bus.
+//! (`org.freedesktop.Notifications.Notify`) sent on the bus, with the id the daemon returned for
+//! it ([`Desktop::notifies`]).
 //!
 //! If a program is missing the tests skip, unless `CI` is set: then a missing dependency is a
 //! failure (`.ci/run` installs them).
@@ -82,6 +83,8 @@ impl Desktop {
         let mut monitor = desktop
             .command("dbus-monitor")
             .arg("interface='org.freedesktop.Notifications',member='Notify'")
+            // The answers, which carry the ids the daemon gives toasts.
+            .arg("type='method_return'")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -178,6 +181,85 @@ impl Desktop {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Every `Notify` call seen so far, in order, each with the id the daemon returned for it
+    /// once it has answered.
+    pub fn notifies(&self) -> Vec<Notify> {
+        parse_notifies(&self.toasts.text.lock().unwrap())
+    }
+
+    /// Wait until `done` holds for the `Notify` calls seen; returns them.
+    ///
+    /// # Panics
+    /// On timeout, with every call seen.
+    pub fn wait_notifies(&self, timeout: Duration, what: &str, done: impl Fn(&[Notify]) -> bool) -> Vec<Notify> {
+        let deadline = Instant::now() + timeout;
+        let mut t = self.toasts.text.lock().unwrap();
+        loop {
+            let seen = parse_notifies(&t);
+            if done(&seen) {
+                return seen;
+            }
+            let now = Instant::now();
+            assert!(now < deadline, "timed out waiting for {what}; toasts seen:\n{seen:#?}");
+            t = self.toasts.changed.wait_timeout(t, deadline - now).unwrap().0;
+        }
+    }
+
+    /// How many toasts dunst has on screen or queued for it, asked on the bus
+    /// (`org.dunstproject.cmd0`, as `dunstctl count` does).
+    pub fn toasts_on_screen(&self) -> u32 {
+        ["displayedLength", "waitingLength"]
+            .iter()
+            .map(|property| {
+                let out = self.dbus_send(&[
+                    "--dest=org.freedesktop.Notifications",
+                    "/org/freedesktop/Notifications",
+                    "org.freedesktop.DBus.Properties.Get",
+                    "string:org.dunstproject.cmd0",
+                    &format!("string:{property}"),
+                ]);
+                let text = String::from_utf8_lossy(&out.stdout);
+                text.split_whitespace()
+                    .last()
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .unwrap_or_else(|| panic!("dunst's {property}: {text}{}", String::from_utf8_lossy(&out.stderr)))
+            })
+            .sum()
+    }
+
+    /// Choose the action of the toast dunst shows first, as a middle click on it does (dunst
+    /// invokes a toast's only action, or its `default` one).
+    pub fn choose_toast_action(&self) {
+        let out = self.dbus_send(&[
+            "--dest=org.freedesktop.Notifications",
+            "/org/freedesktop/Notifications",
+            "org.dunstproject.cmd0.NotificationAction",
+            "uint32:0",
+        ]);
+        assert!(out.status.success(), "NotificationAction failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Left-click the toast dunst shows, on its window, as a person would.
+    pub fn left_click_toast(&self) {
+        let out = self
+            .command("xdotool")
+            .args(["search", "--sync", "--onlyvisible", "--class", "dunst"])
+            .args(["mousemove", "--window", "%1", "20", "20", "click", "1"])
+            .output()
+            .expect("run xdotool");
+        assert!(out.status.success(), "xdotool: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Take every toast off dunst's screen (`dunstctl close-all`).
+    pub fn close_all_toasts(&self) {
+        let out = self.dbus_send(&[
+            "--dest=org.freedesktop.Notifications",
+            "/org/freedesktop/Notifications",
+            "org.dunstproject.cmd0.NotificationCloseAll",
+        ]);
+        assert!(out.status.success(), "NotificationCloseAll failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// Wait until `n` toasts contain `needle`.
     ///
     /// # Panics
@@ -194,6 +276,86 @@ impl Desktop {
             t = self.toasts.changed.wait_timeout(t, deadline - now).unwrap().0;
         }
     }
+}
+
+/// One `org.freedesktop.Notifications.Notify` call seen on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    /// The caller's unique bus name.
+    pub sender: String,
+    /// The application name.
+    pub app_name: String,
+    /// The notification it asks to replace (0: a new one).
+    pub replaces_id: u32,
+    /// The first line.
+    pub summary: String,
+    /// The text.
+    pub body: String,
+    /// Action keys and labels, alternating.
+    pub actions: Vec<String>,
+    /// The id the daemon returned, once it has answered.
+    pub id: Option<u32>,
+}
+
+/// The `Notify` calls in `dbus-monitor`'s output, each matched with its method return (the
+/// reply's destination and `reply_serial` are the call's sender and serial).
+fn parse_notifies(text: &str) -> Vec<Notify> {
+    fn field<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+        header.split([' ', ';']).find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+    }
+    fn string(line: &str) -> Option<String> {
+        Some(line.trim().strip_prefix("string \"")?.strip_suffix('"')?.to_owned())
+    }
+    let mut blocks: Vec<(&str, Vec<&str>)> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with(char::is_whitespace) {
+            if let Some((_, body)) = blocks.last_mut() {
+                body.push(line);
+            }
+        } else {
+            blocks.push((line, Vec::new()));
+        }
+    }
+    let mut calls: Vec<(String, Notify)> = Vec::new();
+    let mut returns: std::collections::HashMap<(String, String), u32> = std::collections::HashMap::new();
+    for (header, body) in &blocks {
+        if header.starts_with("method call") && header.contains("member=Notify") {
+            let (Some(sender), Some(serial)) = (field(header, "sender"), field(header, "serial")) else { continue };
+            // Top-level arguments are indented three spaces; array members deeper.
+            let top: Vec<&str> = body.iter().copied().filter(|l| l.len() > 3 && !l[3..].starts_with(' ')).collect();
+            let actions_start = body.iter().position(|l| l.trim() == "array [");
+            let actions = actions_start
+                .map(|i| body[i + 1..].iter().take_while(|l| l.trim() != "]").filter_map(|l| string(l)).collect())
+                .unwrap_or_default();
+            let arg = |i: usize| top.get(i).copied().unwrap_or_default();
+            calls.push((
+                serial.to_owned(),
+                Notify {
+                    sender: sender.to_owned(),
+                    app_name: string(arg(0)).unwrap_or_default(),
+                    replaces_id: arg(1).trim().strip_prefix("uint32 ").and_then(|n| n.parse().ok()).unwrap_or(u32::MAX),
+                    summary: string(arg(3)).unwrap_or_default(),
+                    body: string(arg(4)).unwrap_or_default(),
+                    actions,
+                    id: None,
+                },
+            ));
+        } else if header.starts_with("method return") {
+            let (Some(to), Some(serial)) = (field(header, "destination"), field(header, "reply_serial")) else {
+                continue;
+            };
+            if let Some(id) = body.first().and_then(|l| l.trim().strip_prefix("uint32 ")?.parse().ok()) {
+                returns.insert((to.to_owned(), serial.to_owned()), id);
+            }
+        }
+    }
+    calls
+        .into_iter()
+        .map(|(serial, mut n)| {
+            n.id = returns.get(&(n.sender.clone(), serial)).copied();
+            n
+        })
+        .collect()
 }
 
 impl Drop for Desktop {
@@ -338,5 +500,53 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_calls_are_matched_with_the_ids_the_daemon_returns() {
+        let monitor = r#"method call time=1.0 sender=:1.6 -> destination=org.freedesktop.Notifications serial=7 path=/org/freedesktop/Notifications; interface=org.freedesktop.Notifications; member=Notify
+   string "SOS"
+   uint32 0
+   string ""
+   string "Sending SOS in 5 s"
+   string "To stop it: click the SOS icon."
+   array [
+      string "stop"
+      string "Stop"
+   ]
+   array [
+      dict entry(
+         string "urgency"
+         variant             byte 1
+      )
+   ]
+   int32 -1
+method return time=1.1 sender=:1.0 -> destination=:1.9 serial=3 reply_serial=7
+   uint32 99
+method return time=1.1 sender=:1.0 -> destination=:1.6 serial=4 reply_serial=7
+   uint32 5
+method call time=2.0 sender=:1.8 -> destination=org.freedesktop.Notifications serial=2 path=/org/freedesktop/Notifications; interface=org.freedesktop.Notifications; member=Notify
+   string "SOS"
+   uint32 5
+   string ""
+   string "SOS delivered"
+   string "Help has been called."
+   array [
+   ]
+   array [
+   ]
+   int32 -1
+"#;
+        let n = parse_notifies(monitor);
+        assert_eq!(n.len(), 2, "{n:#?}");
+        assert_eq!((n[0].replaces_id, n[0].id, n[0].summary.as_str()), (0, Some(5), "Sending SOS in 5 s"));
+        assert_eq!(n[0].actions, vec!["stop", "Stop"]);
+        assert_eq!((n[1].replaces_id, n[1].id, n[1].body.as_str()), (5, None, "Help has been called."));
+        assert!(n[1].actions.is_empty());
     }
 }

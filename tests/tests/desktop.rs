@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sos_e2e::desktop::{self, Desktop};
+use sos_e2e::desktop::{self, Desktop, Notify};
 use sos_e2e::process::alert_id_of;
 use sos_e2e::{eventually, free_udp_port, CollectorProcess, SlackStandIn};
 use sos_shared::Key;
@@ -42,13 +42,20 @@ impl Site {
         )
     }
 
+    /// The agent's configuration with plain wording, a single click and no cancel window, so
+    /// that each test fires at once and reads "SOS"; `discreet_defaults` tests the defaults.
     fn agent_config(&self) -> PathBuf {
+        self.agent_config_with("wording = \"plain\"\ntray_click = \"single\"\ncancel_window_ms = 0\n")
+    }
+
+    /// The agent's configuration: the site, then `extra`.
+    fn agent_config_with(&self, extra: &str) -> PathBuf {
         let p = self.dir.path().join("agent.toml");
         std::fs::write(
             &p,
             format!(
                 "collectors = [\"{}\"]\nkey = \"{}\"\nlocation = \"Front desk\"\nspool_dir = \"{}\"\n\
-                 heartbeat_secs = 1\nwarn_after_secs = 2\nfallback = \"Call security 555-0100\"\n",
+                 heartbeat_secs = 1\nwarn_after_secs = 2\nfallback = \"Call security 555-0100\"\n{extra}",
                 self.addr,
                 self.key,
                 self.spool().display()
@@ -227,10 +234,7 @@ fn a_click_during_the_cancel_window_stops_the_sos_and_waiting_it_out_sends_it() 
     let site = Site::new();
     let slack = SlackStandIn::start(vec![]);
     let _collector = site.start_collector(&slack);
-    let config = site.agent_config();
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("cancel_window_ms = 1500\n");
-    std::fs::write(&config, text).unwrap();
+    let config = site.agent_config_with("wording = \"plain\"\ntray_click = \"single\"\ncancel_window_ms = 1500\n");
     let agent = desk.start_agent(&config, &site.state());
     agent.wait_log(WAIT, "hotkey registered");
     let item = desk.tray_item_of(agent.pid(), WAIT);
@@ -289,4 +293,155 @@ fn a_hotkey_held_by_another_application_shows_attention_and_the_rest_still_works
     slack.wait_for_text(WAIT, &alert_id_of(&out));
     let alerts = || slack.received().iter().map(|r| r.text().matches("*SOS from").count()).sum::<usize>();
     assert!(eventually(WAIT, || alerts() == 2), "{:#?}", slack.received());
+}
+
+/// The agent's toasts: those whose application name is `app`.
+fn of(app: &str, notifies: &[Notify]) -> Vec<Notify> {
+    notifies.iter().filter(|n| n.app_name == app).cloned().collect()
+}
+
+/// Every toast in `toasts` is one notification: the first is new and each later one replaces it
+/// by the id the daemon returned. Returns that id.
+fn one_notification(toasts: &[Notify]) -> u32 {
+    let first = toasts.first().expect("no toast");
+    assert_eq!(first.replaces_id, 0, "the first toast of an alert is a new notification: {toasts:#?}");
+    let id = first.id.expect("the daemon answered the first toast");
+    for t in toasts {
+        assert_eq!(t.replaces_id, if std::ptr::eq(t, first) { 0 } else { id }, "{t:#?} does not replace {id}");
+        assert_eq!(t.id, Some(id), "{t:#?}: the daemon kept the notification's id");
+    }
+    id
+}
+
+#[test]
+fn an_alerts_toasts_replace_one_another_from_the_countdown_to_delivered() {
+    if !desktop::available() {
+        return;
+    }
+    let desk = Desktop::start();
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    // No collector yet: the press counts down, goes out, is not delivered, then is.
+    let config = site.agent_config_with("wording = \"plain\"\ntray_click = \"single\"\ncancel_window_ms = 1500\n");
+    let agent = desk.start_agent(&config, &site.state());
+    agent.wait_log(WAIT, "hotkey registered");
+    desk.key("ctrl+alt+s");
+    desk.wait_toasts("NOT delivered yet", 1, WAIT);
+    let _collector = site.start_collector(&slack);
+    desk.wait_toasts("SOS delivered", 1, WAIT);
+    let toasts = desk.wait_notifies(WAIT, "the daemon's answer to every toast", |n| {
+        let sos = of("SOS", n);
+        sos.last().is_some_and(|t| t.summary.starts_with("SOS delivered")) && sos.iter().all(|t| t.id.is_some())
+    });
+    let toasts = of("SOS", &toasts);
+    one_notification(&toasts);
+    // Nothing of the countdown or the warning is left beside "SOS delivered".
+    assert_eq!(desk.toasts_on_screen(), 1, "{toasts:#?}");
+    let summaries: Vec<&str> = toasts.iter().map(|t| t.summary.as_str()).collect();
+    assert_eq!(
+        summaries[..3],
+        ["Sending SOS in 2 s", "Sending SOS…", "SOS NOT delivered yet — still trying."],
+        "{toasts:#?}"
+    );
+    slack.wait_for(WAIT, "the SOS", |r| r.iter().any(|x| x.status == 200));
+}
+
+#[test]
+fn a_stopped_countdown_is_replaced_not_left_on_screen() {
+    if !desktop::available() {
+        return;
+    }
+    let desk = Desktop::start();
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let _collector = site.start_collector(&slack);
+    let config = site.agent_config_with("wording = \"plain\"\ntray_click = \"single\"\ncancel_window_ms = 20000\n");
+    let agent = desk.start_agent(&config, &site.state());
+    agent.wait_log(WAIT, "hotkey registered");
+    let item = desk.tray_item_of(agent.pid(), WAIT);
+
+    // dunst advertises actions, so the countdown offers one; its text names the icon, never
+    // "click here" (a left click only closes a toast under dunst).
+    desk.key("ctrl+alt+s");
+    let countdown = desk.wait_notifies(WAIT, "the countdown", |n| of("SOS", n).iter().any(|t| t.id.is_some()));
+    let countdown = of("SOS", &countdown);
+    assert_eq!(countdown[0].actions, vec!["stop", "Stop — don't send"], "{countdown:#?}");
+    assert!(countdown[0].body.contains("click the SOS icon") && !countdown[0].body.contains("here"), "{countdown:#?}");
+    // The daemon invokes it (as a middle click does): the press is stopped and its toast says so
+    // in place of the countdown.
+    desk.choose_toast_action();
+    agent.wait_log(WAIT, "cancelled during its cancel window");
+    let first = desk.wait_notifies(WAIT, "the stop", |n| {
+        of("SOS", n).iter().any(|t| t.summary == "SOS cancelled" && t.id.is_some())
+    });
+    one_notification(&of("SOS", &first));
+    assert_eq!(desk.toasts_on_screen(), 1);
+
+    // A second press, stopped from the tray icon: its own notification, replaced in place.
+    desk.close_all_toasts();
+    assert!(eventually(WAIT, || desk.toasts_on_screen() == 0));
+    desk.key("ctrl+alt+s");
+    let seen = of("SOS", &first).len();
+    desk.wait_notifies(WAIT, "the second countdown", |n| of("SOS", n).len() > seen);
+    desk.click_tray(&item);
+    let all = desk.wait_notifies(WAIT, "the second stop", |n| {
+        of("SOS", n).iter().filter(|t| t.summary == "SOS cancelled" && t.id.is_some()).count() == 2
+    });
+    let second = one_notification(&of("SOS", &all)[seen..]);
+    assert_ne!(second, one_notification(&of("SOS", &first)), "each press its own notification");
+    assert_eq!(desk.toasts_on_screen(), 1, "the second press's final state, nothing else");
+
+    // The explicit trigger is a barrier: nothing of the stopped presses was sent.
+    let out = desk.trigger(&[]);
+    slack.wait_for_text(WAIT, &alert_id_of(&out));
+    assert_eq!(slack.received().len(), 1, "{:#?}", slack.received());
+}
+
+#[test]
+fn discreet_defaults_a_lone_click_sends_nothing_a_double_click_counts_down_and_no_toast_says_sos() {
+    if !desktop::available() {
+        return;
+    }
+    let desk = Desktop::start();
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let _collector = site.start_collector(&slack);
+    // The defaults: no wording, tray_click or cancel_window_ms.
+    let agent = desk.start_agent(&site.agent_config_with(""), &site.state());
+    agent.wait_log(WAIT, "hotkey registered");
+    let item = desk.tray_item_of(agent.pid(), WAIT);
+    assert!(eventually(WAIT, || desk.tray_tooltip(&item).contains("double-click")), "{}", desk.tray_tooltip(&item));
+
+    // One click (reaching for the clock, say) sends nothing, and says how to send.
+    desk.click_tray(&item);
+    agent.wait_log(WAIT, "a single click on the icon sent nothing");
+    desk.wait_toasts("Nothing sent", 1, WAIT);
+    desk.close_all_toasts();
+    assert!(eventually(WAIT, || desk.toasts_on_screen() == 0));
+
+    // Clicking frantically: the first two clicks are a press; the next two, right after, do not
+    // stop it. It waits out the 5 s window, then goes out.
+    for _ in 0..4 {
+        desk.click_tray(&item);
+    }
+    desk.wait_toasts("Sending in 5 s", 1, WAIT);
+    agent.wait_log(WAIT, "the same press, not a request to stop it");
+    // A left click on the countdown toast only closes it (dunst's default): the SOS still goes.
+    assert!(eventually(WAIT, || desk.toasts_on_screen() == 1));
+    desk.left_click_toast();
+    assert!(eventually(WAIT, || desk.toasts_on_screen() == 0), "the click did not close the toast");
+    desk.wait_toasts("Received", 1, WAIT);
+    slack.wait_for(WAIT, "the SOS", |r| r.iter().any(|x| x.status == 200));
+    assert_eq!(agent.log().matches("SOS fired").count(), 1);
+    assert!(!agent.log().contains("cancelled during its cancel window"));
+
+    // Nothing on screen names the alarm.
+    let toasts = desk.wait_notifies(WAIT, "the answers", |n| n.iter().all(|t| t.id.is_some()));
+    assert!(toasts.iter().all(|t| t.app_name == "Assist"), "{toasts:#?}");
+    for t in &toasts {
+        let text = format!("{} {}", t.summary, t.body).to_lowercase();
+        assert!(!text.contains("sos") && !text.contains("help"), "{t:#?}");
+    }
+    assert!(eventually(WAIT, || desk.tray_tooltip(&item).contains("received at")), "{}", desk.tray_tooltip(&item));
+    assert!(!desk.tray_tooltip(&item).contains("SOS"), "{}", desk.tray_tooltip(&item));
 }

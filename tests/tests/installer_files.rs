@@ -60,6 +60,20 @@ fn every_agent_template_with_its_examples_switched_on_is_a_valid_config() {
         let c = sos_agent::AgentConfig::parse(&with_key, Some(Path::new(template)))
             .unwrap_or_else(|e| panic!("{template} with its examples: {e}"));
         assert!(!c.collectors.is_empty() && !c.location.is_empty(), "{template}");
+        // The discreet defaults it documents are the code's.
+        let defaults = sos_agent::AgentConfig::parse(
+            &format!(
+                "collectors = [\"h\"]\nkey = \"{}\"\nenrollment_file = \"/nonexistent/enrollment.toml\"\n",
+                sos_shared::Key::generate()
+            ),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.cancel_window_ms, c.tray_click, c.wording, c.silent),
+            (defaults.cancel_window_ms, defaults.tray_click, defaults.wording, defaults.silent),
+            "{template}"
+        );
     }
 }
 

@@ -50,8 +50,8 @@ impl Tray {
         }
         let tray = TrayIconBuilder::new()
             .with_id("sos-agent")
-            .with_title("SOS")
-            .with_tooltip(format!("SOS: {}", view.detail))
+            .with_title(view.title)
+            .with_tooltip(format!("{}: {}", view.title, view.detail))
             .with_menu(Box::new(m))
             .with_menu_on_left_click(false);
         let tray = match icon(&view) {
@@ -86,7 +86,7 @@ impl Tray {
         if view.state != self.view.state {
             let _ = self.icon.set_icon(icon(&view));
         }
-        let _ = self.icon.set_tooltip(Some(format!("SOS: {}", view.detail)));
+        let _ = self.icon.set_tooltip(Some(format!("{}: {}", view.title, view.detail)));
         for (id, item) in &self.items {
             match *id {
                 ids::STATUS => item.set_text(&view.detail),

@@ -18,7 +18,7 @@ impl ksni::Tray for Sni {
     }
 
     fn title(&self) -> String {
-        "SOS".into()
+        self.view.title.into()
     }
 
     fn category(&self) -> ksni::Category {
@@ -33,7 +33,11 @@ impl ksni::Tray for Sni {
     }
 
     fn tool_tip(&self) -> ksni::ToolTip {
-        ksni::ToolTip { title: "SOS".into(), description: format!("SOS: {}", self.view.detail), ..Default::default() }
+        ksni::ToolTip {
+            title: self.view.title.into(),
+            description: format!("{}: {}", self.view.title, self.view.detail),
+            ..Default::default()
+        }
     }
 
     fn activate(&mut self, _x: i32, _y: i32) {
