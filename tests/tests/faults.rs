@@ -535,11 +535,14 @@ fn a_full_disk_gets_no_ack_is_logged_loudly_and_recovers_without_a_restart() {
     collector.wait_log_lines(WAIT, &["CANNOT STORE AN SOS"], 3);
     assert!(!task.is_finished(), "acknowledged an SOS the store refused");
     assert_eq!(slack_posts(&slack, &id), 0);
+    // Slack still works: responders are told that this collector cannot store.
+    slack.wait_for_text(WAIT, "STORE FAILING");
 
     std::fs::remove_file(&filler).unwrap();
     let delivered = rt.block_on(task).unwrap().expect("not acknowledged after the store recovered");
     assert_eq!(delivered.alert_id.to_string(), id);
     collector.wait_log(WAIT, "store recovered");
+    slack.wait_for_text(WAIT, "store recovered");
     slack.wait_for_text(WAIT, &id);
     assert!(eventually(WAIT, || site.delivery(&id, "slack").is_some_and(|d| d.0 == "delivered")));
     assert_eq!(slack_posts(&slack, &id), 1);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use sos_collector::store::{Db, NewAlert};
 use sos_e2e::bin::bin;
 use sos_e2e::site::Site;
-use sos_e2e::{CollectorProcess, Peer};
+use sos_e2e::{CollectorProcess, Peer, SlackStandIn};
 use sos_shared::protocol::Sos;
 use sos_shared::AlertId;
 
@@ -176,7 +176,8 @@ fn a_store_damaged_under_a_running_collector_ends_the_process_non_zero_with_the_
     fill(&db_path);
     // Nothing pending: the collector has no reason to read the alerts table before the SOS.
     rusqlite::Connection::open(&db_path).unwrap().execute("UPDATE outbox SET state = 'delivered'", []).unwrap();
-    let collector = site.start(None, None);
+    let slack = SlackStandIn::start(vec![]);
+    let collector = site.start(Some(&slack), None);
     {
         let c = rusqlite::Connection::open_with_flags(&db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
         let page_size: u64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
@@ -212,4 +213,7 @@ fn a_store_damaged_under_a_running_collector_ends_the_process_non_zero_with_the_
     assert!(log.contains("damaged") && log.contains("the collector stopped"), "{log}");
     assert!(!log.contains("SOS stored"), "nothing acknowledged: {log}");
     assert_eq!(peer.recv_raw(Duration::from_millis(500)), None, "no ACK");
+    // Slack, which still works, was told before the process ended.
+    let told = slack.received().iter().any(|r| r.status == 200 && r.text().contains("STOPPING"));
+    assert!(told, "{:?}", slack.received().iter().map(|r| r.text()).collect::<Vec<_>>());
 }
