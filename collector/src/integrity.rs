@@ -307,3 +307,58 @@ pub fn default_output(damaged: &Path) -> PathBuf {
     name.push(".recovered");
     damaged.with_file_name(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewAlert;
+    use sos_shared::protocol::Sos;
+    use sos_shared::AlertId;
+
+    #[test]
+    fn a_healthy_store_checks_ok_and_recovers_without_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        let alert = |i: u128| NewAlert {
+            sos: Sos {
+                alert_id: AlertId::from_u128(i),
+                test: false,
+                triggered_at: 1,
+                attempt: 0,
+                user: "alice".into(),
+                host: "desk".into(),
+                ip: "10.0.0.1".into(),
+                location: "Reception".into(),
+                message: String::new(),
+                agent: String::new(),
+            },
+            received_at_ms: 1000,
+            source: "127.0.0.1:9".parse().unwrap(),
+            key_id: "00".into(),
+            enrolled: None,
+        };
+        {
+            let mut db = Db::open(&path).unwrap();
+            db.insert_alerts(&(1..=50).map(alert).collect::<Vec<_>>(), &["log", "slack"]).unwrap();
+            db.create_enrollment("Reception", 600_000, 1000).unwrap();
+        }
+        assert_eq!(check(&path, false, Some(START_CHECK_BUDGET)).unwrap(), Integrity::Ok);
+        assert_eq!(check(&path, true, None).unwrap(), Integrity::Ok);
+        let out = default_output(&path);
+        // Slack's records were intact: nothing queued again; email had none: queued for the
+        // recent alerts only (received at 1000 ms, so `since` 0 takes all of them).
+        let s = recover(&path, &out, &["log", "slack"], 0, 5000).unwrap();
+        assert!(s.lossless(), "{s:?}");
+        assert!(s.requeued.is_empty());
+        let counts: Vec<_> = s.tables.iter().map(|t| (t.name.as_str(), t.copied)).collect();
+        assert_eq!(&counts[..2], &[("alerts", 50), ("outbox", 100)]);
+        assert_eq!(check(&out, true, None).unwrap(), Integrity::Ok);
+        let e = recover(&path, &out, &["log"], 0, 5000).unwrap_err().to_string();
+        assert!(e.contains("exists already") && e.contains("sos.db.recovered"), "{e}");
+        let again = dir.path().join("again.db");
+        let s = recover(&path, &again, &["log", "email"], 0, 5000).unwrap();
+        assert_eq!(s.requeued.len(), 50, "email had no record of any alert");
+        let e = check(&dir.path().join("missing.db"), false, None).unwrap_err().to_string();
+        assert!(e.contains("missing.db"), "{e}");
+    }
+}

@@ -126,65 +126,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// `check-config`: the file, then what `run` needs from this machine and this user.
-fn check_config(path: &Path) -> anyhow::Result<()> {
-    let c = Config::load(path)?;
-    for w in c.warnings() {
-        eprintln!("WARNING: {w}");
-    }
-    let bindable = match std::net::UdpSocket::bind(c.listen) {
-        Ok(_) => "bindable",
-        // The running collector, typically: not an error in what the file says.
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => "in use now (by the running collector?), so not checked",
-        Err(e) => {
-            return Err(e).with_context(|| {
-                format!("listen = \"{}\": cannot bind this UDP address (not an address of this host?)", c.listen)
-            })
-        }
-    };
-    writable_dir(&c.data_dir).with_context(|| format!("data_dir {}", c.data_dir.display()))?;
-    println!(
-        "{}: OK — listen {} ({bindable}), data_dir {} (writable), channels: {}",
-        path.display(),
-        c.listen,
-        c.data_dir.display(),
-        c.channel_names().join(", ")
-    );
-    println!(
-        "Not checked: that Slack and the SMTP server are reachable and accept the credentials (send a drill: \
-         sos-agent send --test), and the store's integrity (sos-collector store check)."
-    );
-    Ok(())
-}
-
-/// Whether `dir` exists or can be created, and this user can create files in it. Leaves
-/// nothing behind that was not there.
-fn writable_dir(dir: &Path) -> anyhow::Result<()> {
-    let mut missing = dir;
-    while !missing.exists() {
-        match missing.parent() {
-            Some(p) if !p.as_os_str().is_empty() => missing = p,
-            _ => break,
-        }
-    }
-    if missing != dir {
-        // Would be created: the nearest existing parent must be writable.
-        return probe(missing)
-            .with_context(|| format!("cannot be created: {} is not writable by this user", missing.display()));
-    }
-    if !dir.is_dir() {
-        anyhow::bail!("is not a directory");
-    }
-    probe(dir).context("is not writable by this user")
-}
-
-/// Create and remove a file in `dir`.
-fn probe(dir: &Path) -> std::io::Result<()> {
-    let path = dir.join(format!(".sos-check-config-{}", std::process::id()));
-    std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
-    std::fs::remove_file(&path)
-}
-
 fn load(config: Option<&Path>) -> anyhow::Result<Config> {
     Ok(match config {
         Some(p) => Config::load(p)?,
@@ -200,7 +141,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", sos_shared::Key::generate());
             Ok(())
         }
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig { config } => cli::check_config::run(&config),
         Command::Alerts { config, limit } => alerts(&load(config.as_deref())?, limit),
         Command::Agents { config, action } => {
             let config = load(config.as_deref())?;
@@ -363,14 +304,15 @@ fn open_store(config: &Config) -> anyhow::Result<(Db, PathBuf)> {
     if !path.exists() {
         anyhow::bail!("no store at {} (has the collector run with this data_dir?)", path.display());
     }
-    let db = Db::open_read_only(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    // Its errors name the file.
+    let db = Db::open_read_only(&path)?;
     Ok((db, path))
 }
 
 fn open_store_rw(config: &Config) -> anyhow::Result<(Db, PathBuf)> {
     check_owner(config)?;
     let path = config.database_path();
-    let db = Db::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let db = Db::open(&path)?;
     Ok((db, path))
 }
 

@@ -145,8 +145,26 @@ impl Collector {
 
         let workers = TaskTracker::new();
         let stop_workers = CancellationToken::new();
-        for ch in channels {
-            let ch = Arc::new(ch);
+        let channels: Vec<Arc<Channel>> = channels.into_iter().map(Arc::new).collect();
+        let tell = {
+            let channels = channels.clone();
+            let timeout = config.outbox.attempt_timeout;
+            let listen = config.listen;
+            move |subject: &'static str, text: String| {
+                let channels = channels.clone();
+                async move {
+                    let text = format!("The SOS collector listening on {listen}: {text}");
+                    for ch in channels.iter() {
+                        match tokio::time::timeout(timeout, ch.notice(subject, &text)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => warn!(channel = ch.name(), error = %e, "cannot tell this channel: {subject}"),
+                            Err(_) => warn!(channel = ch.name(), "cannot tell this channel (timed out): {subject}"),
+                        }
+                    }
+                }
+            }
+        };
+        for ch in channels.iter().cloned() {
             let span = info_span!("outbox", channel = ch.name());
             let name = format!("the {} outbox worker", ch.name());
             essential(
@@ -172,6 +190,46 @@ impl Collector {
                 store.flush_presence();
             });
             essential("the heartbeat writer".into(), task);
+        }
+        // Every channel that still works says when the store fails for more than a few seconds,
+        // and when it recovers: responders learn that SOS are not being acknowledged here.
+        {
+            let store = store.clone();
+            let stop = stop_workers.clone();
+            let tell = tell.clone();
+            let path = config.database_path();
+            let task = workers.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let (mut since, mut told) = (None::<Instant>, false);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    match (store.is_failing(), told) {
+                        (true, false) => {
+                            if since.get_or_insert_with(Instant::now).elapsed() >= STORE_FAILING_NOTICE_AFTER {
+                                told = true;
+                                let text = format!(
+                                    "its store {} is failing (disk full, read-only or damaged?). SOS are NOT being \
+                                     acknowledged; agents keep retrying and fail over to another collector if they have one.",
+                                    path.display()
+                                );
+                                tell("SOS collector: STORE FAILING", text).await;
+                            }
+                        }
+                        (false, true) => {
+                            told = false;
+                            since = None;
+                            tell("SOS collector: store recovered", "its store works again; SOS are acknowledged.".into()).await;
+                        }
+                        (false, false) => since = None,
+                        (true, true) => {}
+                    }
+                }
+            });
+            essential("the store health watch".into(), task);
         }
         // The CLI changes the registry in the store (enroll, revoke, rotate); pick that up. And
         // tell what was refused and only counted in the interval that ended.
@@ -233,6 +291,11 @@ impl Collector {
         receiver.serve(stop).await;
         if let Some(why) = &fatal {
             error!("STOPPING: {why}; no SOS can be acknowledged by this process");
+            tell(
+                "SOS collector: STOPPING",
+                format!("{why}. It exits for the service manager to restart it; SOS are not acknowledged meanwhile."),
+            )
+            .await;
         }
 
         info!("shutting down: no longer receiving; finishing commits in flight");
@@ -335,6 +398,9 @@ struct EnrollSession {
     done: Option<Vec<u8>>,
     started: Instant,
 }
+
+/// How long the store must fail before every channel is told.
+const STORE_FAILING_NOTICE_AFTER: Duration = Duration::from_secs(5);
 
 /// How long an enrollment exchange is remembered.
 const ENROLL_SESSION_TTL: Duration = Duration::from_secs(15 * 60);

@@ -1338,6 +1338,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_store_found_damaged_while_running_stops_the_writer_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        Db::open(&path).unwrap().insert_alerts(&[alert(1)], &["log"]).unwrap();
+        // Garbage over the alerts table's root page (the file was checkpointed on close).
+        {
+            use std::io::{Seek as _, Write as _};
+            let c = Connection::open(&path).unwrap();
+            let page_size: u64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+            let root: u64 =
+                c.query_row("SELECT rootpage FROM sqlite_master WHERE name = 'alerts'", [], |r| r.get(0)).unwrap();
+            drop(c);
+            let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.seek(std::io::SeekFrom::Start((root - 1) * page_size)).unwrap();
+            f.write_all(&vec![0xA5; page_size as usize]).unwrap();
+        }
+        let (store, writer) = Store::start(Db::open(&path).unwrap(), &["log"]).unwrap();
+        let res = store.insert(alert(2)).await;
+        assert!(matches!(res, Err(StoreError::Corrupt(_))), "not acknowledged: {res:?}");
+        let why = tokio::time::timeout(std::time::Duration::from_secs(10), store.ended()).await.unwrap();
+        assert!(why.contains("damaged"), "{why}");
+        assert!(matches!(store.insert(alert(3)).await, Err(StoreError::Closed)), "the writer stopped");
+        writer.join().unwrap();
+    }
+
+    #[tokio::test]
     async fn a_writer_that_ends_normally_is_not_reported() {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = Store::start(Db::open(&dir.path().join("sos.db")).unwrap(), &["log"]).unwrap();

@@ -123,6 +123,16 @@ impl CollectorProcess {
         (status, self.log())
     }
 
+    /// Wait for the process to exit by itself (call once its log shows it is stopping); returns
+    /// the exit status and the whole log.
+    pub fn wait_exit(mut self) -> (ExitStatus, String) {
+        let status = self.child.wait().expect("wait");
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.wait_log(Duration::from_secs(5), "sos-collector: ")
+        }));
+        (status, self.log())
+    }
+
     /// `sos-collector alerts` for this collector's store.
     pub fn alerts_cli(&self) -> Output {
         Command::new(bin("sos-collector"))

@@ -535,11 +535,26 @@ fn a_full_disk_gets_no_ack_is_logged_loudly_and_recovers_without_a_restart() {
     collector.wait_log_lines(WAIT, &["CANNOT STORE AN SOS"], 3);
     assert!(!task.is_finished(), "acknowledged an SOS the store refused");
     assert_eq!(slack_posts(&slack, &id), 0);
+    // Slack still works: responders are told that this collector cannot store.
+    slack.wait_for_text(WAIT, "STORE FAILING");
+    // And no tray shows this collector as ready: heartbeats go unanswered.
+    let peer = sos_e2e::Peer::new(site.addr, site.key());
+    let heartbeat = sos_shared::Message::Heartbeat(sos_shared::protocol::Heartbeat {
+        user: "alice".into(),
+        host: "desk-7".into(),
+        ip: "10.0.0.7".into(),
+        pad: "0".repeat(128),
+    });
+    peer.send(&heartbeat);
+    assert_eq!(peer.recv_raw(Duration::from_secs(2)), None, "a healthy answer from a failing store");
 
     std::fs::remove_file(&filler).unwrap();
     let delivered = rt.block_on(task).unwrap().expect("not acknowledged after the store recovered");
     assert_eq!(delivered.alert_id.to_string(), id);
     collector.wait_log(WAIT, "store recovered");
+    slack.wait_for_text(WAIT, "store recovered");
+    peer.send(&heartbeat);
+    assert!(matches!(peer.recv_raw(WAIT).and_then(|d| peer.open(&d)), Some(sos_shared::Message::HeartbeatAck(_))));
     slack.wait_for_text(WAIT, &id);
     assert!(eventually(WAIT, || site.delivery(&id, "slack").is_some_and(|d| d.0 == "delivered")));
     assert_eq!(slack_posts(&slack, &id), 1);

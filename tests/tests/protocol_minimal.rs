@@ -153,3 +153,89 @@ fn every_request_in_its_minimal_layout_gets_its_reply_once_padded_to_the_documen
 
     drop(collector);
 }
+
+/// Section 8 to the letter: SPAKE2 with the identities and derivations given, JSON bodies after
+/// an all-zero key id, requests padded to 900 bytes, byte strings (`pake`, `confirm`, `host`) in
+/// base64url without padding, `sealed` a Fernet token with `=` padding.
+#[test]
+fn enrollment_as_the_protocol_document_describes_it() {
+    use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac as _};
+    use sha2::{Digest as _, Sha256};
+    use spake2::{Ed25519Group, Identity, Password, Spake2};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let code = {
+        let mut db = Db::open(&data.join("sos.db")).unwrap();
+        db.create_enrollment("Reception desk 3", 600_000, sos_collector::store::now_ms()).unwrap().to_string()
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let _collector = CollectorProcess::start(
+        dir.path(),
+        addr,
+        &format!("listen = \"{addr}\"\ndata_dir = \"{}\"\nkey = \"{}\"\n", data.display(), Key::generate()),
+    );
+    let code: String = code.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let (id, secret) = code.split_at(4);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    let exchange = |json: &str| -> serde_json::Value {
+        let fill = 900 - 12 - json.len() - r#","pad":"""#.len();
+        let padded = format!("{},\"pad\":\"{}\"}}", &json[..json.len() - 1], "0".repeat(fill));
+        let mut d = b"SOS\x01\0\0\0\0\0\0\0\0".to_vec();
+        d.extend_from_slice(padded.as_bytes());
+        assert_eq!(d.len(), 900);
+        socket.send_to(&d, addr).unwrap();
+        let mut buf = [0u8; 2048];
+        let n = socket.recv(&mut buf).expect("an answer");
+        assert_eq!(&buf[..12], &d[..12], "the same all-zero header");
+        serde_json::from_slice(&buf[12..n]).unwrap()
+    };
+    let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+    let (state, pake_a) = Spake2::<Ed25519Group>::start_a(
+        &Password::new(secret.as_bytes()),
+        &Identity::new(format!("sos-agent {id}").as_bytes()),
+        &Identity::new(format!("sos-collector {id}").as_bytes()),
+    );
+    let challenge = exchange(&format!(r#"{{"kind":"enroll_start","enrollment":"{id}","pake":"{}"}}"#, b64(&pake_a)));
+    assert_eq!(challenge["kind"], "enroll_challenge");
+    let pake_b = URL_SAFE_NO_PAD.decode(challenge["pake"].as_str().unwrap()).expect("pake: base64url, no padding");
+    let k = state.finish(&pake_b).unwrap();
+    let derive = |label: &str| -> [u8; 32] {
+        Sha256::new().chain_update(b"SOS enroll v1 ").chain_update(label).chain_update(&k).finalize().into()
+    };
+    let hmac = |key: &[u8; 32], parts: &[&[u8]]| {
+        let mut m = <Hmac<Sha256>>::new_from_slice(key).unwrap();
+        parts.iter().for_each(|p| m.update(p));
+        m.finalize().into_bytes().to_vec()
+    };
+    let confirm_c = URL_SAFE_NO_PAD.decode(challenge["confirm"].as_str().unwrap()).unwrap();
+    assert_eq!(confirm_c, hmac(&derive("collector"), &[b"challenge", id.as_bytes()]), "the collector knows the code");
+
+    let host = "desk-3.example.com";
+    let confirm_a = hmac(&derive("agent"), &[b"finish", id.as_bytes(), host.as_bytes()]);
+    let done = exchange(&format!(
+        r#"{{"kind":"enroll_finish","enrollment":"{id}","host":"{}","confirm":"{}"}}"#,
+        b64(host.as_bytes()),
+        b64(&confirm_a)
+    ));
+    assert_eq!(done["kind"], "enroll_done");
+    let sealed = done["sealed"].as_str().unwrap();
+    let wrap = fernet::Fernet::new(&URL_SAFE.encode(derive("wrap"))).unwrap();
+    let plain = wrap.decrypt(sealed).expect("a Fernet token under K_wrap, in its usual text form");
+    let enrolled: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+    assert_eq!(enrolled["name"], "Reception desk 3");
+    assert_eq!(enrolled["agent_id"].as_str().unwrap().len(), 16);
+    let key_text = enrolled["key"].as_str().unwrap();
+
+    // The new key works at once: a heartbeat sealed with it is answered.
+    let agent = ThirdParty::new(addr, key_text);
+    let n = agent.send(&ThirdParty::padded(r#"{"kind":"heartbeat"}"#, MIN_HEARTBEAT_PLAINTEXT));
+    assert!(matches!(agent.reply(n, WAIT), Some(Message::HeartbeatAck(_))));
+    // And the collector recorded the host as sent (decoded), not its encoding.
+    let c = rusqlite::Connection::open(data.join("sos.db")).unwrap();
+    let stored: String = c.query_row("SELECT host FROM enrolled", [], |r| r.get(0)).unwrap();
+    assert_eq!(stored, host);
+}

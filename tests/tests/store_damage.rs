@@ -13,7 +13,7 @@ use std::time::Duration;
 use sos_collector::store::{Db, NewAlert};
 use sos_e2e::bin::bin;
 use sos_e2e::site::Site;
-use sos_e2e::CollectorProcess;
+use sos_e2e::{CollectorProcess, Peer, SlackStandIn};
 use sos_shared::protocol::Sos;
 use sos_shared::AlertId;
 
@@ -163,4 +163,57 @@ fn a_corrupt_page_in_the_alerts_table_is_refused_at_start_and_recovered_with_eve
     );
     let listed = text(&running.alerts_cli());
     assert!(listed.contains(recovered.iter().next().unwrap()), "{listed}");
+}
+
+/// Garbage over the alerts table's root page while the collector runs, before its writer has
+/// read that page: the next SOS finds the store damaged; it is not acknowledged, the writer
+/// stops rather than write on, and the process exits non-zero with the reason, for the service
+/// manager to restart it (and meet the check at start).
+#[test]
+fn a_store_damaged_under_a_running_collector_ends_the_process_non_zero_with_the_reason() {
+    let site = Site::new();
+    let db_path = site.data_dir().join("sos.db");
+    fill(&db_path);
+    // Nothing pending: the collector has no reason to read the alerts table before the SOS.
+    rusqlite::Connection::open(&db_path).unwrap().execute("UPDATE outbox SET state = 'delivered'", []).unwrap();
+    let slack = SlackStandIn::start(vec![]);
+    let collector = site.start(Some(&slack), None);
+    {
+        let c = rusqlite::Connection::open_with_flags(&db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let page_size: u64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        let root: u64 =
+            c.query_row("SELECT rootpage FROM sqlite_master WHERE name = 'alerts'", [], |r| r.get(0)).unwrap();
+        drop(c);
+        let mut f = std::fs::OpenOptions::new().write(true).open(&db_path).unwrap();
+        f.seek(SeekFrom::Start((root - 1) * page_size)).unwrap();
+        f.write_all(&vec![0xA5; page_size as usize]).unwrap();
+        f.sync_all().unwrap();
+    }
+    let peer = Peer::new(site.addr, site.key());
+    let mut sos = sos_shared::Message::Sos(Sos {
+        alert_id: AlertId::random(),
+        test: false,
+        triggered_at: sos_shared::unix_now(),
+        attempt: 0,
+        user: "alice".into(),
+        host: "desk-1".into(),
+        ip: "10.0.0.1".into(),
+        location: "Reception".into(),
+        message: String::new(),
+        agent: "test".into(),
+    });
+    peer.send(&sos);
+    collector.wait_log(Duration::from_secs(20), "STORE WRITER STOPPED");
+    if let sos_shared::Message::Sos(s) = &mut sos {
+        s.attempt = 1;
+    }
+    peer.send(&sos);
+    let (status, log) = collector.wait_exit();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("damaged") && log.contains("the collector stopped"), "{log}");
+    assert!(!log.contains("SOS stored"), "nothing acknowledged: {log}");
+    assert_eq!(peer.recv_raw(Duration::from_millis(500)), None, "no ACK");
+    // Slack, which still works, was told before the process ended.
+    let told = slack.received().iter().any(|r| r.status == 200 && r.text().contains("STOPPING"));
+    assert!(told, "{:?}", slack.received().iter().map(|r| r.text()).collect::<Vec<_>>());
 }

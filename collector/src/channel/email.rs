@@ -73,6 +73,21 @@ impl Email {
     }
 }
 
+impl Email {
+    /// A message about the collector itself (not an alert), once, without retry.
+    pub(crate) async fn notice(&self, subject: &str, text: &str) -> Result<(), String> {
+        let mut b = Message::builder()
+            .from(self.settings.from.clone())
+            .subject(subject.to_owned())
+            .header(ContentType::TEXT_PLAIN);
+        for to in &self.settings.to {
+            b = b.to(to.clone());
+        }
+        let email = b.body(text.to_owned()).map_err(|e| e.to_string())?;
+        self.transport.send(email).await.map(drop).map_err(|e| flatten(&e))
+    }
+}
+
 fn flatten(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

@@ -102,6 +102,23 @@ impl Channel {
         }
     }
 
+    /// Tell the people behind this channel something about the collector itself (its store is
+    /// failing, it is stopping): once, bounded by the channel's attempt timeout, never retried.
+    /// The log channel logs it.
+    ///
+    /// # Errors
+    /// Why the channel did not take it.
+    pub async fn notice(&self, subject: &str, text: &str) -> Result<(), String> {
+        match self {
+            Channel::Log => {
+                tracing::error!(target: "sos::collector", "{subject}: {text}");
+                Ok(())
+            }
+            Channel::Slack(s) => s.notice(&format!("⚠️ {subject}\n{text}")).await,
+            Channel::Email(e) => e.notice(subject, text).await,
+        }
+    }
+
     /// Deliver `alerts` as one message.
     ///
     /// # Errors

@@ -164,6 +164,26 @@ impl Slack {
     }
 }
 
+impl Slack {
+    /// A message about the collector itself (not an alert), once, without retry.
+    pub(crate) async fn notice(&self, text: &str) -> Result<(), String> {
+        let host = self.settings.webhook_url.host_str().unwrap_or("?").to_owned();
+        let body = serde_json::json!({ "text": esc(text, LIMITS.text) });
+        let resp = self
+            .http
+            .post(self.settings.webhook_url.clone())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("slack {host}: {}", root_cause(&e)))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("slack {host}: HTTP {}", resp.status().as_u16()))
+        }
+    }
+}
+
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
