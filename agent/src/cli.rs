@@ -12,7 +12,7 @@ use sos_shared::AlertId;
 
 use crate::config::AgentConfig;
 use crate::delivery::acknowledged;
-use crate::history::{CancelledFrom, History};
+use crate::history::{CancelledFrom, DeliveredAlert, History};
 use crate::identity::Identity;
 use crate::send::{new_sos, SendError, Sender};
 use crate::spool::Spool;
@@ -302,11 +302,19 @@ fn cancel(config: ConfigArg, alert_id: Option<String>) -> anyhow::Result<ExitCod
     let history = History::beside(&config.spool_dir);
     let id = match alert_id {
         Some(text) => parse_id(&text)?,
-        None => match history.last_uncancelled() {
-            Some(a) => a.alert_id,
+        None => match history.last() {
+            Some(DeliveredAlert { alert_id, cancelled: None, .. }) => alert_id,
+            Some(DeliveredAlert { alert_id, cancelled: Some(c), .. }) => {
+                eprintln!(
+                    "The last delivered alert, {alert_id}, was already cancelled at {} from {}. To cancel an earlier one, give its id: sos-agent cancel ALERT_ID.",
+                    date_time(c.at),
+                    c.from.words()
+                );
+                return Ok(ExitCode::from(1));
+            }
             None => {
                 eprintln!(
-                    "There is no delivered alert left to cancel in this workstation's record ({}). To cancel another alert, give its id: sos-agent cancel ALERT_ID.",
+                    "There is no delivered alert to cancel in this workstation's record ({}). To cancel another alert, give its id: sos-agent cancel ALERT_ID.",
                     history.dir().display()
                 );
                 return Ok(ExitCode::from(1));

@@ -387,6 +387,7 @@ pub fn acknowledged(spool: Option<&Spool>, history: &History, sos: &Sos, d: &Del
         test: sos.test,
         pressed_at: sos.triggered_at,
         delivered_at: unix_now(),
+        delivered_at_ms: unix_now_ms(),
         collector: d.collector.to_string(),
         cancelled: None,
     };
@@ -413,6 +414,7 @@ pub async fn cancel(
                 test: false,
                 pressed_at: 0,
                 delivered_at: 0,
+                delivered_at_ms: 0,
                 collector: by.to_string(),
                 cancelled: None,
             });
@@ -450,4 +452,9 @@ async fn heartbeats(sender: Sender, every: Duration, report: ReportFn) {
         last = Some(answer);
         tokio::time::sleep(every).await;
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

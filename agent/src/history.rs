@@ -59,6 +59,9 @@ pub struct DeliveredAlert {
     pub pressed_at: u64,
     /// When a collector acknowledged it.
     pub delivered_at: u64,
+    /// The same in milliseconds, to order alerts delivered within one second.
+    #[serde(default)]
+    pub delivered_at_ms: u64,
     /// The collector that acknowledged it.
     pub collector: String,
     /// Set once a collector confirmed a cancellation.
@@ -116,29 +119,29 @@ impl History {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Every recorded alert, newest delivery first (two in the same second: the file written
-    /// last first); unreadable files are skipped.
+    /// Every recorded alert, newest delivery first; unreadable files are skipped.
     pub fn all(&self) -> Vec<DeliveredAlert> {
-        let mut v: Vec<(DeliveredAlert, Option<std::time::SystemTime>)> = fs::read_dir(&self.dir)
+        let mut v: Vec<DeliveredAlert> = fs::read_dir(&self.dir)
             .map(|d| {
                 d.filter_map(|e| {
                     let p = e.ok()?.path();
                     if p.extension()? != "json" {
                         return None;
                     }
-                    let written = fs::metadata(&p).and_then(|m| m.modified()).ok();
-                    Some((serde_json::from_slice(&fs::read(p).ok()?).ok()?, written))
+                    serde_json::from_slice(&fs::read(p).ok()?).ok()
                 })
                 .collect()
             })
             .unwrap_or_default();
-        v.sort_by_key(|(a, written)| std::cmp::Reverse((a.delivered_at, *written, a.alert_id)));
-        v.into_iter().map(|(a, _)| a).collect()
+        v.sort_by_key(|a| std::cmp::Reverse((a.delivered_at, a.delivered_at_ms, a.alert_id)));
+        v
     }
 
-    /// The last delivered alert that is not cancelled.
-    pub fn last_uncancelled(&self) -> Option<DeliveredAlert> {
-        self.all().into_iter().find(|a| a.cancelled.is_none())
+    /// The last delivered alert (cancelled or not): what `sos-agent cancel` withdraws by
+    /// default. Never an earlier one: cancelling twice by mistake must not withdraw an older,
+    /// real alert.
+    pub fn last(&self) -> Option<DeliveredAlert> {
+        self.all().into_iter().next()
     }
 }
 
@@ -152,6 +155,7 @@ mod tests {
             test: false,
             pressed_at: at,
             delivered_at: at,
+            delivered_at_ms: at * 1000,
             collector: "127.0.0.1:5000".into(),
             cancelled: None,
         }
@@ -161,16 +165,16 @@ mod tests {
     fn the_last_uncancelled_alert_and_pruning() {
         let dir = tempfile::tempdir().unwrap();
         let h = History::beside(dir.path());
-        assert_eq!(h.last_uncancelled(), None);
+        assert_eq!(h.last(), None);
         for i in 0..(KEEP as u128 + 5) {
             h.put(&alert(i, 1000 + i as u64)).unwrap();
         }
         assert_eq!(h.all().len(), KEEP);
-        let mut last = h.last_uncancelled().unwrap();
+        let mut last = h.last().unwrap();
         assert_eq!(last.alert_id, AlertId::from_u128(KEEP as u128 + 4));
         last.cancelled = Some(Cancellation { at: 5, from: CancelledFrom::CommandLine, collector: "c".into() });
         h.put(&last).unwrap();
-        assert_eq!(h.last_uncancelled().unwrap().alert_id, AlertId::from_u128(KEEP as u128 + 3));
+        assert_eq!(h.last().unwrap().alert_id, last.alert_id, "still the last one, now cancelled");
         assert_eq!(h.get(last.alert_id).unwrap().cancelled.unwrap().from, CancelledFrom::CommandLine);
         assert_eq!(h.get(AlertId::from_u128(0)), None, "pruned");
     }

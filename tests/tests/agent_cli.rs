@@ -128,18 +128,20 @@ fn cancel_works_without_a_tray_agent_takes_an_id_and_is_recorded() {
     let record = std::fs::read_to_string(site.spool_dir().join(format!("delivered/{last}.json"))).unwrap();
     assert!(record.contains("\"command_line\""), "{record}");
 
-    // With an id: an earlier one.
-    let out = agent(&site, &["cancel", "--config", cfg, &first]);
-    assert!(out.status.success(), "{}", text(&out));
-
-    // Nothing left, a bad id, an alert no collector has: sentences, non-zero.
+    // The last one again, a bad id: sentences, non-zero. A second `cancel` never withdraws an
+    // earlier alert by itself.
     let out = agent(&site, &["cancel", "--config", cfg]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("There is no delivered alert left to cancel"), "{}", text(&out));
+    assert!(text(&out).contains(&format!("The last delivered alert, {last}, was already cancelled")), "{}", text(&out));
     let out = agent(&site, &["cancel", "--config", cfg, "not-an-id"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("is not an alert id"), "{}", text(&out));
     assert!(!text(&out).contains("Error("), "{}", text(&out));
+
+    // With an id: an earlier one.
+    let out = agent(&site, &["cancel", "--config", cfg, &first]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("Alert {first} is cancelled")), "{}", text(&out));
 }
 
 #[test]

@@ -191,7 +191,8 @@ fn an_alert_undelivered_when_the_agent_is_killed_is_sent_after_restart_once() {
     let out = desk.trigger(&["--message", "before the crash"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let id = alert_id_of(&out);
-    assert_eq!(spooled(&site.spool()), vec![id.clone()]);
+    // Spooled by the alert's own task, off the UI thread.
+    assert!(eventually(WAIT, || spooled(&site.spool()) == vec![id.clone()]), "{:?}", spooled(&site.spool()));
     agent.kill();
 
     let _collector = site.start_collector(&slack);
@@ -376,8 +377,9 @@ fn with_a_spool_that_cannot_be_created_the_tray_agent_still_delivers_a_hotkey_pr
     let item = desk.tray_item_of(agent.pid(), WAIT);
     assert!(
         eventually(WAIT, || desk.tray_tooltip(&item).contains("cannot be saved on disk")),
-        "{}",
-        desk.tray_tooltip(&item)
+        "{}\n--- agent:\n{}",
+        desk.tray_tooltip(&item),
+        agent.log()
     );
     desk.key("ctrl+alt+s");
     slack.wait_for(WAIT, "the hotkey's SOS", |r| r.iter().any(|x| x.status == 200));
