@@ -129,6 +129,9 @@ struct Inner {
     alerts: Mutex<HashMap<AlertId, AbortHandle>>,
     /// The rescan and heartbeat tasks.
     background: Mutex<Vec<AbortHandle>>,
+    /// Alerts acknowledged during this run: never adopted again, even if their spool file
+    /// could not be removed (else a file that cannot be deleted would be resent every scan).
+    acknowledged: Mutex<std::collections::HashSet<AlertId>>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -161,6 +164,7 @@ impl Delivery {
             warn_after: Duration::from_secs(config.warn_after_secs),
             alerts: Mutex::default(),
             background: Mutex::default(),
+            acknowledged: Mutex::default(),
         });
         let delivery = Delivery { inner };
         let tasks = [
@@ -274,7 +278,9 @@ impl Delivery {
                         });
                     }
                     for s in scan.alerts.into_iter().filter(|s| !s.busy) {
-                        let known = self.inner.alerts.lock().map(|a| a.contains_key(&s.sos.alert_id)).unwrap_or(true);
+                        let id = s.sos.alert_id;
+                        let known = self.inner.alerts.lock().map(|a| a.contains_key(&id)).unwrap_or(true)
+                            || self.inner.acknowledged.lock().map(|a| a.contains(&id)).unwrap_or(true);
                         if !known {
                             info!(alert_id = %s.sos.alert_id, first_scan = first,
                                   "resending an alert left unacknowledged (by an earlier run or a `sos-agent send`)");
@@ -343,6 +349,9 @@ async fn deliver(inner: Arc<Inner>, sos: Sos, spool_it: bool) {
     for round in 0u32.. {
         match inner.sender.send(sos.clone(), deadline).await {
             Ok(d) => {
+                if let Ok(mut a) = inner.acknowledged.lock() {
+                    a.insert(alert_id);
+                }
                 let (history, pressed_at, collector) =
                     (inner.history.clone(), sos.triggered_at, d.collector.to_string());
                 let spool = spool.clone();
