@@ -281,6 +281,17 @@ impl AgentConfig {
         })
     }
 
+    /// The `enrollment_file` the most specific of `files` sets (resolved against its
+    /// directory), if any: where `sos-agent enroll` writes when the configuration names a
+    /// file. Read with the same parser as the rest; a file that does not parse sets nothing.
+    pub fn enrollment_file_set_by(files: &[PathBuf]) -> Option<PathBuf> {
+        files.iter().rev().filter(|f| f.exists()).find_map(|f| {
+            let raw: RawConfig = toml::from_str(&std::fs::read_to_string(f).ok()?).ok()?;
+            let p = raw.enrollment_file?;
+            Some(if p.is_absolute() { p } else { f.parent().unwrap_or(Path::new(".")).join(p) })
+        })
+    }
+
     /// Where the agent looks for its configuration when none is given, in the order the files
     /// apply: see [`crate::paths::config_files`].
     pub fn default_paths() -> Vec<PathBuf> {

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use sos_shared::backoff::Backoff;
 use sos_shared::enroll::{AgentHandshake, Code, EnrollError, EnrollMessage, EnrolledKey, ENROLL_KEY_ID};
 use sos_shared::protocol::{split_datagram, MAX_DATAGRAM};
 use tokio::net::UdpSocket;
@@ -66,6 +67,9 @@ pub async fn enroll(
     Ok((key, addr))
 }
 
+/// The wait for an answer after each transmission: 0.5 s, 1 s, 2 s, then 4 s, ±20 %.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(4));
+
 /// Send `request` to `addr` (again after 0.5 s, 1 s, 2 s…) until an enrollment message that
 /// `wanted` accepts comes back from `addr`, or `give_up` passes.
 async fn exchange(
@@ -75,21 +79,24 @@ async fn exchange(
     give_up: Instant,
     wanted: impl Fn(&EnrollMessage) -> bool,
 ) -> Option<EnrollMessage> {
-    let mut wait = Duration::from_millis(500);
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-    loop {
+    let mut rng = fastrand::Rng::new();
+    for round in 0u32.. {
         if Instant::now() >= give_up {
             return None;
         }
         let _ = socket.send_to(request, addr).await;
-        let round_end = (Instant::now() + wait).min(give_up);
-        wait = (wait * 2).min(Duration::from_secs(4));
+        let round_end = (Instant::now() + RETRY.delay(round, &mut rng)).min(give_up);
         loop {
             let got = tokio::select! {
                 r = socket.recv_from(&mut buf) => r,
                 _ = tokio::time::sleep_until(round_end) => break,
             };
-            let Ok((n, from)) = got else { continue };
+            let Ok((n, from)) = got else {
+                // An error reported on the socket (an ICMP message): a floor, never a spin.
+                tokio::time::sleep(Backoff::MIN_FIRST).await;
+                continue;
+            };
             if from != addr {
                 continue;
             }
@@ -104,4 +111,5 @@ async fn exchange(
             }
         }
     }
+    None
 }

@@ -8,8 +8,12 @@
 //! ← {"accepted":"0123456789abcdef0123456789abcdef"}
 //! → {"cmd":"status"}
 //! ← {"status":{"state":"ready","detail":"…"}}
-//! → {"cmd":"cancel"}
-//! ← {"cancelling":"0123456789abcdef0123456789abcdef"}
+//! → {"cmd":"adopt","sos":{…}}                       (a `sos-agent send` that gave up)
+//! ← {"accepted":"0123456789abcdef0123456789abcdef"}
+//! → {"cmd":"discard","alert_id":"0123456789abcdef0123456789abcdef"}
+//! ← {"done":true}                                     (false: it was not being sent here)
+//! → {"cmd":"cancelled","alert_id":"0123456789abcdef0123456789abcdef"}
+//! ← {"done":true}                                     (`sos-agent cancel` tells the tray)
 //! ```
 //!
 //! The socket also makes the agent single-instance per user session: `run` binds it, and a
@@ -26,6 +30,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sos_shared::protocol::Sos;
 use sos_shared::AlertId;
 
 /// A request to the running agent.
@@ -43,8 +48,21 @@ pub enum Request {
     },
     /// What state the agent is in.
     Status,
-    /// Withdraw the last acknowledged alert (a false alarm).
-    Cancel,
+    /// Keep sending this alert, which a `sos-agent send` could not deliver in its time.
+    Adopt {
+        /// The alert, as spooled (same id, same `triggered_at`).
+        sos: Box<Sos>,
+    },
+    /// Stop sending this alert (`sos-agent spool discard`).
+    Discard {
+        /// The alert.
+        alert_id: AlertId,
+    },
+    /// This alert was cancelled from the command line (`sos-agent cancel`): the tray says so.
+    Cancelled {
+        /// The alert.
+        alert_id: AlertId,
+    },
 }
 
 /// The running agent's state, as its tray icon shows it.
@@ -64,8 +82,8 @@ pub enum Response {
     Accepted(AlertId),
     /// The agent's state.
     Status(Status),
-    /// The cancellation of this alert is being sent; a toast confirms the outcome.
-    Cancelling(AlertId),
+    /// Done (`true`), or nothing to do (`false`).
+    Done(bool),
     /// The request was not understood.
     Error(String),
 }
@@ -223,7 +241,7 @@ mod tests {
             match req {
                 Request::Trigger { .. } => Response::Accepted(AlertId::from_u128(7)),
                 Request::Status => Response::Status(Status { state: "ready".into(), detail: String::new() }),
-                Request::Cancel => Response::Error("nothing to cancel".into()),
+                _ => Response::Done(false),
             }
         }));
         assert!(Listener::bind(&path).await.unwrap().is_none(), "a second agent must not bind");

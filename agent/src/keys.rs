@@ -76,25 +76,24 @@ impl Enrollment {
     }
 
     fn write(&self, path: &Path, machine: bool) -> std::io::Result<()> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
         let header = if machine {
             "# Written by `sos-agent enroll --system`: this workstation's SOS key, shared by its users."
         } else {
             "# Written by `sos-agent enroll`: this workstation's own SOS key. Keep it private (mode 0600)."
         };
         let text = format!("{header}\n{}", toml::to_string(self).map_err(std::io::Error::other)?);
-        let tmp = path.with_extension("toml.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        sos_shared::config::write_secret_file(&tmp, &text)?;
+        // Created 0600 beside the target, synced, then renamed over it (tempfile's persist):
+        // a crash leaves the old file or the new one, never half of one.
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut tmp, text.as_bytes())?;
         if machine {
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt as _;
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
-                if !is_machine_file(&tmp) {
-                    let _ = std::fs::remove_file(&tmp);
+                tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+                if !is_machine_file(tmp.path()) {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::PermissionDenied,
                         "a machine enrollment must be written by root (run it with sudo)",
@@ -102,12 +101,11 @@ impl Enrollment {
                 }
             }
         }
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // The rename is durable once the directory is.
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        // The rename is durable once the directory is.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
         }
         Ok(())
     }

@@ -7,7 +7,9 @@
 //! - [`keys`] / [`enroll`]: the agent's own key from a one-time code, saved 0600, rotated in
 //!   place when a collector sends a new one.
 //! - [`paths`]: where the agent keeps its files on each platform.
-//! - [`spool`]: alerts on disk from the press until a collector acknowledges them.
+//! - [`spool`]: alerts on disk from the press until a collector acknowledges them; what can
+//!   never be sent is set aside in `spool/rejected/`.
+//! - [`history`]: the record of delivered alerts (and their cancellation), for `sos-agent cancel`.
 //! - [`send`]: the delivery of one SOS: seal, send to the collectors with retries (backoff and
 //!   jitter, failing over across collectors) until one acknowledges or the deadline passes;
 //!   heartbeats.
@@ -16,11 +18,14 @@
 //!   (`sos-agent trigger`) and [`delivery`] (spool, sending, heartbeats on a tokio runtime);
 //!   [`toast`] tells the person what happened, in the words of [`wording`].
 //!
-//! `sos-agent send` is the headless front end of [`send`] and [`spool`].
+//! [`cli`] holds the commands (`send`, `trigger`, `cancel`, `status`, `spool`, `enroll`);
+//! `main.rs` only parses, sets up logging and calls it.
 
+pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod enroll;
+pub mod history;
 pub mod hotkey;
 pub mod identity;
 pub mod ipc;

@@ -20,11 +20,11 @@ use winit::window::WindowId;
 
 use crate::config::AgentConfig;
 use crate::delivery::{Delivery, Report};
+use crate::history::CancelledFrom;
 use crate::hotkey::HotkeySpec;
 use crate::ipc::{self, Request, Response, Status};
 use crate::platform::Tray;
-use crate::spool::Spool;
-use crate::toast::{Action, Toast, Toasts, Topic};
+use crate::toast::{Action, Importance, Toast, Toasts, Topic};
 use crate::tray::{ids, Click, Clicks, TrayEvent, TrayState, TrayView};
 use crate::wording::Words;
 
@@ -52,9 +52,8 @@ pub enum UiEvent {
     Report(Report),
     /// Someone asks for the state (IPC).
     Status(oneshot::Sender<Status>),
-    /// Withdraw the last acknowledged alert (IPC); `reply` gets its id, or `None` if there is
-    /// none.
-    Cancel(oneshot::Sender<Option<AlertId>>),
+    /// `sos-agent cancel` withdrew this alert (IPC): the status line says so.
+    CancelledElsewhere(AlertId),
     /// The cancel window of press number `n` is over: send it.
     WindowOver(u64),
     /// The person chose the toast action that stops press number `n` in its cancel window.
@@ -80,11 +79,12 @@ struct Pending {
 /// Run the tray agent until Quit. Returns an error only if it cannot start at all.
 ///
 /// # Errors
-/// If another agent already runs in this session, or the runtime, spool or event loop cannot
-/// be created.
+/// If another agent already runs in this session, or the runtime or event loop cannot be
+/// created. A spool that cannot be used does not stop it: alerts are then sent from memory and
+/// the icon shows why.
 pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .thread_name("sos-agent-net")
         .enable_all()
         .build()
@@ -93,17 +93,19 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     #[cfg(unix)]
     let listener = {
         let path = ipc::socket_path();
-        match runtime
-            .block_on(ipc::Listener::bind(&path))
-            .with_context(|| format!("cannot listen on {}", path.display()))?
-        {
-            Some(l) => l,
-            None => anyhow::bail!("an SOS agent is already running in this session (it answers on {})", path.display()),
+        match runtime.block_on(ipc::Listener::bind(&path)) {
+            Ok(Some(l)) => Some(l),
+            Ok(None) => {
+                anyhow::bail!("an SOS agent is already running in this session (it answers on {})", path.display())
+            }
+            // The button matters more than the command: run without it, and say so.
+            Err(e) => {
+                error!(path = %path.display(), error = %e, "`sos-agent trigger` cannot reach this agent");
+                None
+            }
         }
     };
 
-    let spool = Spool::open(&config.spool_dir)
-        .with_context(|| format!("cannot open the spool {}", config.spool_dir.display()))?;
     let event_loop = EventLoop::<UiEvent>::with_user_event().build().context("cannot start the desktop event loop")?;
     let proxy = event_loop.create_proxy();
 
@@ -111,18 +113,19 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     let delivery = Delivery::start(
         runtime.handle(),
         &config,
-        spool,
         Arc::new(move |r| {
             send(&report_proxy, UiEvent::Report(r));
         }),
     );
 
     #[cfg(unix)]
-    {
+    if let Some(listener) = listener {
         let ipc_proxy = Arc::new(Mutex::new(proxy.clone()));
+        let ipc_delivery = delivery.clone();
         runtime.spawn(listener.serve(move |req| {
             let proxy = ipc_proxy.clone();
-            async move { answer(&proxy, req).await }
+            let delivery = ipc_delivery.clone();
+            async move { answer(&proxy, &delivery, req).await }
         }));
     }
 
@@ -141,6 +144,8 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         in_flight: BTreeMap::new(),
         last_delivered: None,
         cancellable: None,
+        cancelled: None,
+        spool_problem: None,
         online: None,
         last_contact: None,
         hotkey_problem: None,
@@ -158,7 +163,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
 
 /// Answer one IPC request by asking the UI loop.
 #[cfg(unix)]
-async fn answer(proxy: &Mutex<EventLoopProxy<UiEvent>>, req: Request) -> Response {
+async fn answer(proxy: &Mutex<EventLoopProxy<UiEvent>>, delivery: &Delivery, req: Request) -> Response {
     let gone = || Response::Error("the agent is shutting down".into());
     match req {
         Request::Trigger { test, message } => {
@@ -170,15 +175,13 @@ async fn answer(proxy: &Mutex<EventLoopProxy<UiEvent>>, req: Request) -> Respons
                 _ => gone(),
             }
         }
-        Request::Cancel => {
-            let (tx, rx) = oneshot::channel();
-            let sent = send(proxy, UiEvent::Cancel(tx));
-            match (sent, rx.await) {
-                (true, Ok(Some(id))) => Response::Cancelling(id),
-                (true, Ok(None)) => Response::Error("there is no acknowledged alert to cancel".into()),
-                _ => gone(),
-            }
+        Request::Adopt { sos } => {
+            let id = sos.alert_id;
+            delivery.adopt(*sos);
+            Response::Accepted(id)
         }
+        Request::Discard { alert_id } => Response::Done(delivery.discard(alert_id)),
+        Request::Cancelled { alert_id } => Response::Done(send(proxy, UiEvent::CancelledElsewhere(alert_id))),
         Request::Status => {
             let (tx, rx) = oneshot::channel();
             let sent = send(proxy, UiEvent::Status(tx));
@@ -207,6 +210,10 @@ struct App {
     last_delivered: Option<(u64, bool)>,
     /// The last acknowledged alert, which Cancel withdraws; cleared once cancelled.
     cancellable: Option<AlertId>,
+    /// The last alert a collector confirmed cancelled: when, and from where.
+    cancelled: Option<(u64, CancelledFrom)>,
+    /// Why the spool cannot be used, if it cannot: alerts are then kept in memory only.
+    spool_problem: Option<String>,
     /// `Some(Some(collector))` once a heartbeat is answered, `Some(None)` when none answers.
     online: Option<Option<String>>,
     /// When a collector last answered (Unix seconds).
@@ -245,11 +252,20 @@ impl App {
         if !self.in_flight.is_empty() {
             return (TrayState::Sending, self.words.tip_sending());
         }
+        if let Some(p) = &self.spool_problem {
+            return (
+                TrayState::Attention,
+                format!("alerts cannot be saved on disk ({p}): an SOS still goes out, but is lost if the agent stops before a collector has it"),
+            );
+        }
         if let Some(None) = &self.online {
             return (TrayState::Offline, self.words.tip_offline(&self.config.fallback));
         }
         if let Some(p) = &self.hotkey_problem {
             return (TrayState::Attention, self.words.tip_no_hotkey(p));
+        }
+        if let Some((at, from)) = self.cancelled {
+            return (TrayState::Delivered, format!("alert cancelled at {} from {}", local_time(at), from.words()));
         }
         if let Some((at, test)) = self.last_delivered {
             return (TrayState::Delivered, self.words.tip_delivered(test, &local_time(at)));
@@ -300,11 +316,8 @@ impl App {
             }
             self.last_press.insert(source, now);
         }
-        let (id, spooled) = self.delivery.trigger(test, message);
+        let id = self.delivery.trigger(test, message);
         info!(alert_id = %id, source, test, "SOS fired");
-        if spooled.is_err() {
-            self.toast(Topic::Alert(id), self.words.not_saved());
-        }
         Some(id)
     }
 }
@@ -425,8 +438,13 @@ impl ApplicationHandler<UiEvent> for App {
                 _ => {}
             },
             UiEvent::Report(r) => self.report(r),
-            UiEvent::Cancel(reply) => {
-                let _ = reply.send(self.cancel());
+            UiEvent::CancelledElsewhere(alert_id) => {
+                info!(%alert_id, "the alert was cancelled from the command line");
+                if self.cancellable == Some(alert_id) {
+                    self.cancellable = None;
+                }
+                self.cancelled = Some((sos_shared::unix_now(), CancelledFrom::CommandLine));
+                self.toast(Topic::Alert(alert_id), self.words.cancelled());
             }
             UiEvent::Status(reply) => {
                 let (state, detail) = self.state();
@@ -488,7 +506,7 @@ impl App {
     fn cancel(&mut self) -> Option<AlertId> {
         let id = self.cancellable.take()?;
         info!(alert_id = %id, "cancelling the last alert (false alarm)");
-        self.delivery.cancel(id);
+        self.delivery.cancel(id, CancelledFrom::Tray);
         Some(id)
     }
 
@@ -497,14 +515,42 @@ impl App {
             Report::Sending { alert_id, .. } => {
                 self.in_flight.insert(alert_id, false);
             }
-            Report::Delivered { alert_id, test, at, collector } => {
+            Report::Delivered { alert_id, test, at, pressed_at, collector } => {
                 self.in_flight.remove(&alert_id);
                 self.last_delivered = Some((at, test));
                 self.cancellable = Some(alert_id);
+                self.cancelled = None;
                 self.online = Some(Some(collector));
                 self.last_contact = Some(at);
-                self.toast(Topic::Alert(alert_id), self.words.delivered(test, &local_time(at)));
+                // A resent alert says when it was pressed, not only when it arrived.
+                let mut toast = self.words.delivered(test, &local_time(at));
+                if at.saturating_sub(pressed_at) >= 10 {
+                    toast.summary.push_str(&format!(" (pressed at {})", local_date_time(pressed_at)));
+                }
+                self.toast(Topic::Alert(alert_id), toast);
             }
+            Report::NotSpooled { alert_id, reason } => {
+                warn!(%alert_id, %reason, "alert kept in memory only");
+                let mut toast = self.words.not_saved();
+                toast.body = format!("{} ({reason})", toast.body);
+                self.toast(Topic::Alert(alert_id), toast);
+            }
+            Report::Rejected { alert_id, reason } => {
+                if let Some(id) = alert_id {
+                    self.in_flight.remove(&id);
+                }
+                let topic = alert_id.map_or(Topic::Hint, Topic::Alert);
+                let toast = Toast::new(
+                    "An alert can never be sent",
+                    format!("{reason}. {}", self.config.fallback),
+                    Importance::Critical,
+                );
+                self.toast(topic, toast);
+            }
+            Report::Discarded { alert_id } => {
+                self.in_flight.remove(&alert_id);
+            }
+            Report::SpoolProblem(p) => self.spool_problem = p,
             Report::NotDeliveredYet { alert_id, test } => {
                 self.in_flight.insert(alert_id, true);
                 self.toast(Topic::Alert(alert_id), self.words.not_delivered_yet(test, &self.config.fallback));
@@ -517,6 +563,7 @@ impl App {
             }
             Report::Cancelled { alert_id, confirmed: true } => {
                 info!(%alert_id, "cancellation confirmed");
+                self.cancelled = Some((sos_shared::unix_now(), CancelledFrom::Tray));
                 self.toast(Topic::Alert(alert_id), self.words.cancelled());
             }
             Report::Cancelled { alert_id, confirmed: false } => {
@@ -524,6 +571,17 @@ impl App {
                 self.toast(Topic::Alert(alert_id), toast);
             }
         }
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in the workstation's time zone, or `HH:MM:SS` if it is today.
+fn local_date_time(unix: u64) -> String {
+    let Some(t) = chrono::DateTime::from_timestamp(unix as i64, 0) else { return String::new() };
+    let t = t.with_timezone(&chrono::Local);
+    if t.date_naive() == chrono::Local::now().date_naive() {
+        t.format("%H:%M:%S").to_string()
+    } else {
+        t.format("%Y-%m-%d %H:%M:%S").to_string()
     }
 }
 

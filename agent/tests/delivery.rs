@@ -60,13 +60,12 @@ fn start(key_text: &str, collector: &str, spool: &std::path::Path) -> (Delivery,
         None,
     )
     .unwrap();
-    let spool = Spool::open(&config.spool_dir).unwrap();
     let (tx, rx) = unbounded_channel();
     let tx = Mutex::new(tx);
     let report = Arc::new(move |r: Report| {
         let _ = tx.lock().unwrap().send((Instant::now(), r));
     });
-    (Delivery::start(&tokio::runtime::Handle::current(), &config, spool, report), rx)
+    (Delivery::start(&tokio::runtime::Handle::current(), &config, report), rx)
 }
 
 /// The next report that is not about connectivity.
@@ -92,11 +91,10 @@ async fn unreachable_collector_spools_warns_after_warn_after_secs_and_delivers_o
     let (delivery, mut reports) = start(&key_text, &c.addr, spool.path());
 
     let pressed = Instant::now();
-    let (id, spooled) = delivery.trigger(false, "");
-    spooled.unwrap();
+    let id = delivery.trigger(false, "");
+    assert!(matches!(next(&mut reports).await.1, Report::Sending { alert_id, .. } if alert_id == id));
     // On disk before anything went out.
     assert_eq!(pending(spool.path()), vec![id]);
-    assert!(matches!(next(&mut reports).await.1, Report::Sending { alert_id, .. } if alert_id == id));
 
     let (at, warning) = next(&mut reports).await;
     assert!(matches!(warning, Report::NotDeliveredYet { alert_id, .. } if alert_id == id), "{warning:?}");
@@ -125,12 +123,14 @@ async fn a_restart_resends_what_was_not_acknowledged_and_nothing_that_was() {
     // before the agent is stopped.
     let mut live = collector(key.clone(), true).await;
     let (first, mut reports) = start(&key_text, &live.addr, spool.path());
-    let (acked, _) = first.trigger(false, "acknowledged");
+    let acked = first.trigger(false, "acknowledged");
     while !matches!(next(&mut reports).await.1, Report::Delivered { .. }) {}
+    first.stop();
     drop((first, reports));
     let (second, reports) = start(&key_text, &silent.addr, spool.path());
-    let (unacked, _) = second.trigger(false, "not acknowledged");
+    let unacked = second.trigger(false, "not acknowledged");
     assert_eq!(silent.seen.recv().await, Some(unacked));
+    second.stop();
     drop((second, reports));
     assert_eq!(pending(spool.path()), vec![unacked]);
     while live.seen.try_recv().is_ok() {}
@@ -152,4 +152,80 @@ async fn a_restart_resends_what_was_not_acknowledged_and_nothing_that_was() {
     assert!(resent.contains(&unacked));
     assert!(!resent.contains(&acked), "an acknowledged alert was resent after the restart");
     assert!(pending(spool.path()).is_empty());
+}
+
+/// A file that is not an alert is set aside and reported once, and an alert spooled by an
+/// older agent with a message too long to seal is sent, cut, while a new press is delivered.
+/// Real time on two workers: the old code spun on the unsealable alert and starved every other
+/// task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_spool_entry_is_set_aside_while_an_overlong_one_and_a_new_press_are_delivered() {
+    let key_text = Key::generate();
+    let key = Key::from_base64(&key_text).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let mut overlong = sos_agent::send::new_sos(&sos_agent::identity::Identity::current(), "", "", false);
+    overlong.message = "x".repeat(2000);
+    std::fs::write(
+        spool.path().join(format!("{}.json", overlong.alert_id)),
+        serde_json::to_vec(&serde_json::json!({ "sos": overlong })).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(spool.path().join("0000000000000000000000000000000f.json"), b"{\"sos\": tru").unwrap();
+    let c = collector(key, true).await;
+    let (delivery, mut reports) = start(&key_text, &c.addr, spool.path());
+    let id = delivery.trigger(false, "after the poison");
+
+    let mut rejected = Vec::new();
+    let mut delivered = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !(delivered.contains(&id) && delivered.contains(&overlong.alert_id) && !rejected.is_empty()) {
+            match next(&mut reports).await.1 {
+                Report::Delivered { alert_id, .. } => delivered.push(alert_id),
+                Report::Rejected { alert_id, reason } => rejected.push((alert_id, reason)),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("delivered: {delivered:?}, set aside: {rejected:?}"));
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(rejected[0].1.contains("0000000000000000000000000000000f.json"), "{rejected:?}");
+    let aside = Spool::open(spool.path()).unwrap().rejected();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(pending(spool.path()).is_empty());
+    // Reported once: later rescans stay quiet about it.
+    tokio::time::sleep(sos_agent::delivery::RESCAN_EVERY * 2).await;
+    while let Ok((_, r)) = reports.try_recv() {
+        assert!(!matches!(r, Report::Rejected { .. }), "reported again: {r:?}");
+    }
+    delivery.stop();
+}
+
+/// A spool that cannot be created does not stop the service: the UI is told why, and a press is
+/// delivered from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_spool_is_reported_and_alerts_go_out_from_memory() {
+    let key_text = Key::generate();
+    let key = Key::from_base64(&key_text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), b"").unwrap();
+    let c = collector(key, true).await;
+    let (delivery, mut reports) = start(&key_text, &c.addr, &dir.path().join("file/spool"));
+    let id = delivery.trigger(false, "");
+    let mut saw_problem = false;
+    let mut saw_not_spooled = false;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match next(&mut reports).await.1 {
+                Report::SpoolProblem(Some(_)) => saw_problem = true,
+                Report::NotSpooled { alert_id, .. } if alert_id == id => saw_not_spooled = true,
+                Report::Delivered { alert_id, .. } if alert_id == id => break,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("not delivered from memory");
+    assert!(saw_problem && saw_not_spooled);
+    delivery.stop();
 }

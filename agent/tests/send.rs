@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use sos_agent::identity::Identity;
-use sos_agent::send::{new_sos, RetrySchedule};
+use sos_agent::send::new_sos;
 use sos_agent::Sender;
+use sos_shared::backoff::Backoff;
 use sos_shared::protocol::{split_datagram, AckStatus, SosAck};
 use sos_shared::{unix_now, AlertId, Key, Message, TimeWindow};
 use tokio::net::UdpSocket;
@@ -39,8 +40,8 @@ async fn lossy_collector(key: Key, drop: usize) -> (String, tokio::sync::mpsc::U
     (addr, rx)
 }
 
-fn fast() -> RetrySchedule {
-    RetrySchedule { first: Duration::from_millis(50), max: Duration::from_millis(200) }
+fn fast() -> Backoff {
+    Backoff::new(Duration::from_millis(50), Duration::from_millis(200))
 }
 
 #[tokio::test]

@@ -1341,7 +1341,7 @@ mod tests {
     async fn a_store_found_damaged_while_running_stops_the_writer_and_says_why() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sos.db");
-        Db::open(&path).unwrap().insert_alerts(&[alert(1)], &["log"]).unwrap();
+        Db::open(&path).unwrap().insert_alerts(&[alert(1)], &["log"], 1000).unwrap();
         // Garbage over the alerts table's root page (the file was checkpointed on close).
         {
             use std::io::{Seek as _, Write as _};

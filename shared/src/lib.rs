@@ -10,12 +10,14 @@
 //! - [`crypto`]: [`Key`] (a Fernet key and its key id), sealing a [`Message`] into a datagram and
 //!   opening one with the replay checks (token age limit and future clock skew).
 //!
+//! - [`backoff`]: the one retry schedule (exponential, ±20 % jitter, capped, with a floor).
 //! - [`enroll`]: enrollment by one-time code (SPAKE2), which gives an agent its own key.
 //!
 //! `docs/PROTOCOL.md` at the repository root is the normative description of what this crate
 //! implements; the test vectors in `docs/test-vectors/` are checked by this crate's tests.
 
 pub mod alert;
+pub mod backoff;
 pub mod config;
 pub mod crypto;
 pub mod enroll;

@@ -30,6 +30,11 @@ pub const HEADER_LEN: usize = MAGIC.len() + 1 + KEY_ID_LEN;
 /// The largest datagram either side sends or accepts. Below the IPv6 minimum MTU (1280) less
 /// the IPv6 and UDP headers, so an SOS is never fragmented.
 pub const MAX_DATAGRAM: usize = 1200;
+/// The longest text of an IP address (an IPv6 address ending in an IPv4 one, as
+/// `INET6_ADDRSTRLEN` counts it): an SOS is fitted with room for an `ip` this long.
+pub const MAX_IP_TEXT: usize = 45;
+/// What ends a text field that was cut to fit in a datagram.
+pub const CUT_MARKER: &str = "…[cut]";
 /// The smallest Fernet token there is (an empty plaintext): 73 bytes encoded as 100 characters.
 pub const MIN_TOKEN_LEN: usize = 100;
 /// The largest JSON plaintext that still fits in [`MAX_DATAGRAM`] once sealed.
@@ -224,23 +229,50 @@ pub struct Sos {
 
 impl Sos {
     /// Shorten the free-text fields, least important first (message, location, user, host,
-    /// agent), until the JSON fits in [`MAX_PLAINTEXT`], so that an SOS is never refused for
-    /// being too long. Cuts fall on character boundaries and are marked with "…".
+    /// agent), until the JSON fits in [`MAX_PLAINTEXT`] **with `ip` and `attempt` at their
+    /// largest** ([`MAX_IP_TEXT`] characters, `u32::MAX`): filling them in later, per collector
+    /// and per retransmission, can never make the SOS too long to seal. Cuts fall on character
+    /// boundaries and end with [`CUT_MARKER`], so a reader sees that text is missing.
     pub fn fit_to_datagram(&mut self) {
-        loop {
-            let len = serde_json::to_vec(&Message::Sos(self.clone())).map(|v| v.len()).unwrap_or(usize::MAX);
-            if len <= MAX_PLAINTEXT {
-                return;
-            }
-            let excess = len - MAX_PLAINTEXT;
-            let field = [&mut self.message, &mut self.location, &mut self.user, &mut self.host, &mut self.agent]
-                .into_iter()
-                .find(|f| !f.is_empty());
-            match field {
-                Some(f) => shorten(f, excess),
-                None => return,
+        for field in 0..5 {
+            let mut cut = false;
+            loop {
+                let excess = self.widest_json_len().saturating_sub(MAX_PLAINTEXT);
+                if excess == 0 {
+                    return;
+                }
+                let f = match field {
+                    0 => &mut self.message,
+                    1 => &mut self.location,
+                    2 => &mut self.user,
+                    3 => &mut self.host,
+                    _ => &mut self.agent,
+                };
+                let body_len = if cut { f.len() - CUT_MARKER.len() } else { f.len() };
+                if body_len == 0 {
+                    break; // nothing left to cut here: the next field
+                }
+                // JSON may escape a character into up to 6 bytes: cutting `excess` bytes of
+                // text removes at least `excess` bytes of JSON; the loop measures again.
+                let mut keep = body_len.saturating_sub(excess + if cut { 0 } else { CUT_MARKER.len() });
+                while !f.is_char_boundary(keep) {
+                    keep -= 1;
+                }
+                f.truncate(keep);
+                f.push_str(CUT_MARKER);
+                cut = true;
             }
         }
+    }
+
+    /// The length of this SOS's JSON with `ip` and `attempt` at their largest.
+    fn widest_json_len(&self) -> usize {
+        let mut widest = self.clone();
+        widest.attempt = u32::MAX;
+        if widest.ip.len() < MAX_IP_TEXT {
+            widest.ip = "f".repeat(MAX_IP_TEXT);
+        }
+        serde_json::to_vec(&Message::Sos(widest)).map(|v| v.len()).unwrap_or(usize::MAX)
     }
 
     /// Make every field safe to show: control characters (which could forge log lines, email
@@ -260,20 +292,6 @@ impl Sos {
                 .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
                 .collect();
         }
-    }
-}
-
-/// Cut at least `excess` bytes (as JSON may escape them, counted generously) off the end of `s`.
-fn shorten(s: &mut String, excess: usize) {
-    let ellipsis = "…";
-    let keep = s.len().saturating_sub(excess + ellipsis.len());
-    let mut cut = keep;
-    while cut > 0 && !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    s.truncate(cut);
-    if !s.is_empty() {
-        s.push_str(ellipsis);
     }
 }
 
@@ -516,6 +534,22 @@ mod tests {
         assert!(len <= MAX_PLAINTEXT, "{len}");
         assert_eq!(s.user, "alice");
         assert_eq!(s.host, "desk-12");
+        assert!(s.message.ends_with(CUT_MARKER) && s.location.ends_with(CUT_MARKER), "{s:?}");
+    }
+
+    #[test]
+    fn a_fitted_sos_still_fits_with_the_longest_address_and_the_last_attempt() {
+        // The bug this guards against: fitted with `ip` empty and `attempt` 0, an SOS grew past
+        // the limit once they were filled in, and every seal failed.
+        let mut s = sos();
+        s.ip = String::new();
+        s.message = "x".repeat(700);
+        s.fit_to_datagram();
+        assert!(s.message.ends_with(CUT_MARKER));
+        s.ip = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".into();
+        s.attempt = u32::MAX;
+        let len = serde_json::to_vec(&Message::Sos(s)).unwrap().len();
+        assert!(len <= MAX_PLAINTEXT, "{len}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Any input decodes to a value or an error, never a panic.
 
 use proptest::prelude::*;
-use sos_shared::protocol::{header, split_datagram, MAX_DATAGRAM};
+use sos_shared::protocol::{header, split_datagram, Sos, CUT_MARKER, MAX_DATAGRAM, MAX_IP_TEXT};
 use sos_shared::{Key, Message, TimeWindow};
 
 fn key() -> Key {
@@ -53,5 +53,36 @@ proptest! {
         prop_assert!(d.len() <= MAX_DATAGRAM);
         let (_, tok) = split_datagram(&d).unwrap();
         prop_assert_eq!(key().open(tok, t, TimeWindow::default()).unwrap().message, m);
+    }
+
+    #[test]
+    fn a_fitted_sos_seals_with_every_field_at_its_largest(
+        message in "\\PC{0,3000}|[\\x00-\\x1f\"\\\\]{0,2000}|😀{0,1000}",
+        location in "\\PC{0,1200}",
+        user in "\\PC{0,600}",
+        host in "\\PC{0,600}",
+        agent in "\\PC{0,300}",
+        test in any::<bool>(),
+        t in any::<u64>(),
+    ) {
+        let original = message.clone();
+        let mut sos = Sos {
+            alert_id: sos_shared::AlertId::random(), test, triggered_at: t, attempt: 0,
+            user, host, ip: String::new(), location, message, agent,
+        };
+        sos.fit_to_datagram();
+        // Every field the sender fills in after fitting, at its largest final value: the
+        // longest address text there is and the last attempt number.
+        sos.ip = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".into();
+        prop_assert_eq!(sos.ip.len(), MAX_IP_TEXT);
+        sos.attempt = u32::MAX;
+        let d = key().seal(&Message::Sos(sos.clone()), u64::MAX / 2);
+        prop_assert!(d.is_ok(), "{:?}", d);
+        prop_assert!(d.unwrap().len() <= MAX_DATAGRAM);
+        // The message is either whole or visibly cut, and what is kept is its beginning.
+        if sos.message != original {
+            prop_assert!(sos.message.ends_with(CUT_MARKER), "{:?}", sos.message);
+            prop_assert!(original.starts_with(&sos.message[..sos.message.len() - CUT_MARKER.len()]));
+        }
     }
 }

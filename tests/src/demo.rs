@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use sos_agent::identity::Identity;
-use sos_agent::send::{new_sos, RetrySchedule, Sender};
+use sos_agent::send::{default_schedule, new_sos, Sender};
 use sos_collector::store::Db;
 use sos_collector::Config;
 use sos_e2e::{SlackStandIn, SmtpServer};
@@ -103,7 +103,7 @@ fn demo() -> anyhow::Result<()> {
         let sos = new_sos(&identity, "Demo desk (set `location` in the agent's config)", "This is a demo.", true);
         let alert_id = sos.alert_id;
         println!("\nagent      sending TEST SOS {alert_id} as {}@{}", identity.user, identity.host);
-        let sender = Sender::with(own_key, vec![addr.to_string()], RetrySchedule::default());
+        let sender = Sender::with(own_key, vec![addr.to_string()], default_schedule());
         let delivered = sender.send(sos, Duration::from_secs(10)).await.context("SOS NOT DELIVERED")?;
         println!(
             "           acknowledged by {} ({:?}) in {} ms",

@@ -134,14 +134,19 @@ fn hotkey_tray_click_and_trigger_each_send_an_sos_confirmed_by_a_toast() {
         "no log file"
     );
 
-    // 4. A false alarm: the last alert is withdrawn; responders are told, and a toast confirms.
-    let out = desk.command(sos_e2e::bin::bin("sos-agent")).arg("cancel").output().unwrap();
+    // 4. A false alarm: the last alert is withdrawn from the command line; responders are told,
+    // a toast confirms, and the tray's status line says so.
+    let config = site.agent_config();
+    let cancel =
+        || desk.command(sos_e2e::bin::bin("sos-agent")).arg("cancel").arg("--config").arg(&config).output().unwrap();
+    let out = cancel();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&id), "cancel did not pick the last alert");
     desk.wait_toasts("Alert cancelled", 1, WAIT);
     let cancelled = slack.wait_for(WAIT, "the cancellation", |r| r.iter().any(|x| x.text().contains("CANCELLED")));
     assert!(cancelled.iter().any(|x| x.text().contains("CANCELLED") && x.text().contains(&id)));
-    let again = desk.command(sos_e2e::bin::bin("sos-agent")).arg("cancel").output().unwrap();
+    assert!(eventually(WAIT, || desk.tray_tooltip(&item).contains("cancelled")), "{}", desk.tray_tooltip(&item));
+    let again = cancel();
     assert_eq!(again.status.code(), Some(1), "a second cancel has nothing left to cancel");
 }
 
@@ -193,7 +198,8 @@ fn an_alert_undelivered_when_the_agent_is_killed_is_sent_after_restart_once() {
     let out = desk.trigger(&["--message", "before the crash"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let id = alert_id_of(&out);
-    assert_eq!(spooled(&site.spool()), vec![id.clone()]);
+    // Spooled by the alert's own task, off the UI thread.
+    assert!(eventually(WAIT, || spooled(&site.spool()) == vec![id.clone()]), "{:?}", spooled(&site.spool()));
     agent.kill();
 
     let _collector = site.start_collector(&slack);
@@ -444,4 +450,148 @@ fn discreet_defaults_a_lone_click_sends_nothing_a_double_click_counts_down_and_n
     }
     assert!(eventually(WAIT, || desk.tray_tooltip(&item).contains("received at")), "{}", desk.tray_tooltip(&item));
     assert!(!desk.tray_tooltip(&item).contains("SOS"), "{}", desk.tray_tooltip(&item));
+}
+
+/// A spool entry that is not an alert, and one whose alert could not be sealed as it is (its
+/// message was never fitted): what a damaged disk or an older agent can leave behind.
+fn poison_the_spool(spool: &Path) {
+    std::fs::create_dir_all(spool).unwrap();
+    std::fs::write(spool.join("00000000000000000000000000000bad.json"), b"{\"sos\": trunc").unwrap();
+    let unsealable = serde_json::json!({ "sos": {
+        "alert_id": "0000000000000000000000000000dead", "test": false, "triggered_at": sos_shared::unix_now(),
+        "attempt": 0, "user": "u", "host": "h", "ip": "", "location": "", "message": "x".repeat(2000), "agent": "old"
+    }});
+    std::fs::write(spool.join("0000000000000000000000000000dead.json"), unsealable.to_string()).unwrap();
+}
+
+#[test]
+fn a_long_message_through_trigger_and_a_poisoned_spool_never_stop_the_next_press() {
+    if !desktop::available() {
+        return;
+    }
+    let desk = Desktop::start();
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let _collector = site.start_collector(&slack);
+    poison_the_spool(&site.spool());
+    let agent = desk.start_agent(&site.agent_config(), &site.state());
+    agent.wait_log(WAIT, "hotkey registered");
+
+    // The entry that is not an alert is set aside and shown; the overlong alert is sent, cut.
+    assert!(
+        eventually(WAIT, || site.spool().join("rejected/00000000000000000000000000000bad.json").exists()),
+        "{}",
+        agent.log()
+    );
+    desk.wait_toasts("can never be sent", 1, WAIT);
+    let post = slack.wait_for_text(WAIT, "0000000000000000000000000000dead").text();
+    assert!(post.contains("…[cut]"), "{post}");
+
+    // A message far too long for a datagram, handed over by `sos-agent trigger`: cut, marked, sent.
+    let long = "x".repeat(5000);
+    let out = desk.trigger(&["--message", &long]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("running agent"), "{}", String::from_utf8_lossy(&out.stderr));
+    let post = slack.wait_for_text(WAIT, &alert_id_of(&out)).text();
+    assert!(post.contains("…[cut]"), "{post}");
+
+    // And the next press goes out too.
+    desk.key("ctrl+alt+s");
+    assert!(
+        eventually(WAIT, || slack.received().iter().map(|r| r.text().matches("*SOS from").count()).sum::<usize>() >= 3),
+        "the press after the long message was not delivered\n{}",
+        agent.log()
+    );
+    desk.wait_toasts("SOS delivered", 3, WAIT);
+    assert!(eventually(WAIT, || spooled(&site.spool()).is_empty()));
+    assert_eq!(agent.log().matches("can never be sent").count(), 1, "{}", agent.log());
+}
+
+#[test]
+fn with_a_spool_that_cannot_be_created_the_tray_agent_still_delivers_a_hotkey_press() {
+    if !desktop::available() {
+        return;
+    }
+    let desk = Desktop::start();
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let _collector = site.start_collector(&slack);
+    // A file where the spool's parent directory should be: no directory can be made there,
+    // not even by root.
+    let blocked = site.dir.path().join("not-a-directory");
+    std::fs::write(&blocked, b"").unwrap();
+    let config = site.agent_config();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(&site.spool().display().to_string(), &blocked.join("spool").display().to_string()),
+    )
+    .unwrap();
+
+    let agent = desk.start_agent(&config, &site.state());
+    agent.wait_log(WAIT, "hotkey registered");
+    let item = desk.tray_item_of(agent.pid(), WAIT);
+    assert!(
+        eventually(WAIT, || desk.tray_tooltip(&item).contains("cannot be saved on disk")),
+        "{}\n--- agent:\n{}",
+        desk.tray_tooltip(&item),
+        agent.log()
+    );
+    desk.key("ctrl+alt+s");
+    slack.wait_for(WAIT, "the hotkey's SOS", |r| r.iter().any(|x| x.status == 200));
+    desk.wait_toasts("SOS delivered", 1, WAIT);
+}
+
+#[test]
+fn an_alert_left_by_a_failed_send_is_delivered_by_the_running_agent_within_5_s() {
+    if !desktop::available() {
+        return;
+    }
+    let desk = Desktop::start();
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let config = site.agent_config();
+    let agent = desk.start_agent(&config, &site.state());
+    agent.wait_log(WAIT, "SOS agent running");
+
+    // No collector: `send` gives up, and hands the alert to the running agent.
+    let out = desk
+        .command(sos_e2e::bin::bin("sos-agent"))
+        .args(["send", "--timeout", "1", "--message", "from a script", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("taken it over"), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = alert_id_of(&out);
+
+    let _collector = site.start_collector(&slack);
+    let post = slack.wait_for_text(Duration::from_secs(5), &id);
+    assert!(post.text().contains("from a script"));
+    desk.wait_toasts("SOS delivered", 1, WAIT);
+    assert!(eventually(WAIT, || spooled(&site.spool()).is_empty()));
+    assert_eq!(slack.received().iter().filter(|r| r.text().contains(&id)).count(), 1);
+}
+
+#[test]
+fn an_alert_left_in_the_spool_by_a_killed_send_is_picked_up_by_the_running_agent() {
+    if !desktop::available() {
+        return;
+    }
+    let desk = Desktop::start();
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    let _collector = site.start_collector(&slack);
+    let agent = desk.start_agent(&site.agent_config(), &site.state());
+    agent.wait_log(WAIT, "SOS agent running");
+    // What a `send` killed before its first transmission leaves: an entry nobody holds.
+    std::fs::create_dir_all(site.spool()).unwrap();
+    let pressed = sos_shared::unix_now() - 3600;
+    let entry = serde_json::json!({ "sos": {
+        "alert_id": "0123456789abcdef0123456789abcdef", "test": false, "triggered_at": pressed,
+        "attempt": 0, "user": "u", "host": "h", "ip": "", "location": "Front desk", "message": "left behind", "agent": "sos-agent"
+    }});
+    std::fs::write(site.spool().join("0123456789abcdef0123456789abcdef.json"), entry.to_string()).unwrap();
+    slack.wait_for_text(Duration::from_secs(10), "0123456789abcdef0123456789abcdef");
+    // Its toast says when it was pressed, not only when it arrived.
+    desk.wait_toasts("(pressed at", 1, WAIT);
 }

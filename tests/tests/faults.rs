@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sos_agent::identity::Identity;
-use sos_agent::send::{new_sos, Delivered, RetrySchedule, SendError, Sender};
+use sos_agent::send::{default_schedule, new_sos, Delivered, SendError, Sender};
 use sos_e2e::process::alert_id_of;
 use sos_e2e::site::Site;
 use sos_e2e::smtp::{test_ca_file, unfold, Conn, Setup};
@@ -33,7 +33,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn sender(site: &Site, collectors: Vec<String>) -> Sender {
-    Sender::with(site.key(), collectors, RetrySchedule::default())
+    Sender::with(site.key(), collectors, default_schedule())
 }
 
 fn identity(i: usize) -> Identity {

@@ -280,7 +280,7 @@ fn rotation_loses_no_sos_retires_the_old_key_after_the_grace_and_no_log_shows_a_
     // Rotating again before the agent picked the key up would lock it out: refused.
     assert!(!collector_cli(&collector, &["agents", "rotate", "Reception desk 3"]).status.success());
     wait_registry_applied(&site, &collector);
-    let answered = rt.block_on(sender.heartbeat(&identity, Duration::from_secs(5))).unwrap();
+    let answered = rt.block_on(sender.heartbeat(&identity, Duration::from_secs(5)));
     assert!(answered.is_some(), "the heartbeat was not answered");
     let second_key = a.key_text();
     assert_ne!(first_key, second_key, "the new key was not saved to the enrollment file");
