@@ -153,7 +153,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Trigger { config, alert } => trigger(config, alert),
-        Command::Send { config, alert, timeout } => send(config, alert, timeout),
+        Command::Send { config, alert, timeout } => send(config, alert, timeout, None),
         Command::Cancel { config, alert_id } => cancel(config, alert_id),
         Command::Status { config } => status(config),
         Command::Spool { config, action } => spool(config, action),
@@ -205,7 +205,11 @@ fn ask_agent(req: &crate::ipc::Request, timeout: Duration) -> Result<crate::ipc:
 
 /// `sos-agent trigger`: through the running agent, else directly.
 fn trigger(config: ConfigArg, alert: AlertArgs) -> anyhow::Result<ExitCode> {
-    let req = crate::ipc::Request::Trigger { test: alert.test, message: alert.message.clone() };
+    // The id is ours: if the agent takes the request but we hear nothing back and send the
+    // alert ourselves, the collector sees the same alert twice and pages once.
+    let alert_id = AlertId::random();
+    let req =
+        crate::ipc::Request::Trigger { test: alert.test, message: alert.message.clone(), alert_id: Some(alert_id) };
     match ask_agent(&req, Duration::from_secs(10)) {
         Ok(crate::ipc::Response::Accepted(id)) => {
             println!("alert {id}{}", if alert.test { " (TEST)" } else { "" });
@@ -215,14 +219,17 @@ fn trigger(config: ConfigArg, alert: AlertArgs) -> anyhow::Result<ExitCode> {
         Ok(other) => eprintln!("the running agent answered {other:?}; sending directly"),
         Err(e) => eprintln!("{e}; sending directly"),
     }
-    send(config, alert, None)
+    send(config, alert, None, Some(alert_id))
 }
 
 /// `sos-agent send`: one SOS, spooled, sent until acknowledged or `timeout`; if not, handed to
 /// the running tray agent, or left in the spool for it.
-fn send(config: ConfigArg, alert: AlertArgs, timeout: Option<u64>) -> anyhow::Result<ExitCode> {
+fn send(config: ConfigArg, alert: AlertArgs, timeout: Option<u64>, id: Option<AlertId>) -> anyhow::Result<ExitCode> {
     let config = load(config)?;
-    let sos = new_sos(&Identity::current(), &config.location, &alert.message, alert.test);
+    let mut sos = new_sos(&Identity::current(), &config.location, &alert.message, alert.test);
+    if let Some(id) = id {
+        sos.alert_id = id;
+    }
     let alert_id = sos.alert_id;
     println!("alert {alert_id}{}", if alert.test { " (TEST)" } else { "" });
     if sos.message != alert.message {

@@ -186,9 +186,13 @@ impl Delivery {
         }
     }
 
-    /// Fire an SOS now; returns its id at once. The alert's own task spools it and sends it.
-    pub fn trigger(&self, test: bool, message: &str) -> AlertId {
-        let sos = new_sos(&Identity::current(), &self.inner.location, message, test);
+    /// Fire an SOS now (with `alert_id` if the caller chose one); returns its id at once. The
+    /// alert's own task spools it and sends it.
+    pub fn trigger(&self, test: bool, message: &str, alert_id: Option<AlertId>) -> AlertId {
+        let mut sos = new_sos(&Identity::current(), &self.inner.location, message, test);
+        if let Some(id) = alert_id {
+            sos.alert_id = id;
+        }
         let id = sos.alert_id;
         info!(alert_id = %id, test, "SOS triggered");
         self.launch(sos, true);
@@ -229,6 +233,11 @@ impl Delivery {
     /// an older agent with an overlong message is sent, cut, rather than refused.
     fn launch(&self, mut sos: Sos, spool_it: bool) -> bool {
         sos.fit_to_datagram();
+        // Delivered during this run (a rescan adopted it before a `send` handed it over, say):
+        // never again.
+        if self.inner.acknowledged.lock().map(|a| a.contains(&sos.alert_id)).unwrap_or(false) {
+            return false;
+        }
         let Ok(mut alerts) = self.inner.alerts.lock() else { return false };
         if alerts.contains_key(&sos.alert_id) {
             return false;
@@ -325,16 +334,24 @@ async fn deliver(inner: Arc<Inner>, sos: Sos, spool_it: bool) {
     let (alert_id, test) = (sos.alert_id, sos.test);
     let report = inner.report.clone();
     let spool = inner.spool.lock().map(|s| s.clone()).unwrap_or(None);
+    // A spool write still running after SPOOL_TIMEOUT (a slow disk): the alert goes out without
+    // it, and its removal after the acknowledgement waits for it, so that a late write cannot
+    // bring back an alert already delivered.
+    let mut late_put = None;
     if spool_it {
         let outcome = match spool.clone() {
             None => Err(format!("the spool {} cannot be used", inner.spool_dir.display())),
             Some(s) => {
                 let copy = sos.clone();
-                match tokio::time::timeout(SPOOL_TIMEOUT, tokio::task::spawn_blocking(move || s.put(&copy))).await {
+                let mut put = tokio::task::spawn_blocking(move || s.put(&copy));
+                match tokio::time::timeout(SPOOL_TIMEOUT, &mut put).await {
                     Ok(Ok(Ok(()))) => Ok(()),
                     Ok(Ok(Err(e))) => Err(e.to_string()),
                     Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("the disk did not answer within {SPOOL_TIMEOUT:?}")),
+                    Err(_) => {
+                        late_put = Some(put);
+                        Err(format!("the disk did not answer within {SPOOL_TIMEOUT:?}"))
+                    }
                 }
             }
         };
@@ -354,9 +371,13 @@ async fn deliver(inner: Arc<Inner>, sos: Sos, spool_it: bool) {
                 }
                 let (history, pressed_at, collector) =
                     (inner.history.clone(), sos.triggered_at, d.collector.to_string());
-                let spool = spool.clone();
-                let _ = tokio::task::spawn_blocking(move || acknowledged(spool.as_ref(), &history, &sos, &d)).await;
+                // The sender learns at once; the bookkeeping on disk follows, however slow.
                 report(Report::Delivered { alert_id, test, at: unix_now(), pressed_at, collector });
+                let spool = spool.clone();
+                if let Some(put) = late_put {
+                    let _ = put.await;
+                }
+                let _ = tokio::task::spawn_blocking(move || acknowledged(spool.as_ref(), &history, &sos, &d)).await;
                 return;
             }
             Err(SendError::Seal(e)) => {
@@ -376,8 +397,11 @@ async fn deliver(inner: Arc<Inner>, sos: Sos, spool_it: bool) {
                     report(Report::NotDeliveredYet { alert_id, test });
                     warned = true;
                 }
-                // Keep trying, in long rounds; the sender keeps its backoff within a round.
-                deadline = Duration::from_secs(300);
+                // Keep trying; the sender keeps its backoff within a round.
+                // Rounds of 30 s: each new round resolves the collectors' names and opens new
+                // sockets, so a network that changed (a VPN coming up, another Wi-Fi) is used
+                // within one round.
+                deadline = Duration::from_secs(30);
             }
         }
         tokio::time::sleep(BETWEEN_ROUNDS.delay(round.min(4), &mut fastrand::Rng::new())).await;

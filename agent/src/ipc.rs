@@ -45,6 +45,10 @@ pub enum Request {
         /// Text for the responders.
         #[serde(default)]
         message: String,
+        /// The alert's id, chosen by the caller so that, if it gets no answer and sends the
+        /// alert itself, the collector sees one alert, not two.
+        #[serde(default)]
+        alert_id: Option<AlertId>,
     },
     /// What state the agent is in.
     Status,
@@ -223,7 +227,7 @@ mod tests {
 
     #[test]
     fn request_and_response_lines_are_as_documented() {
-        let t = Request::Trigger { test: false, message: String::new() };
+        let t = Request::Trigger { test: false, message: String::new(), alert_id: None };
         assert_eq!(serde_json::to_string(&t).unwrap(), r#"{"cmd":"trigger","test":false,"message":""}"#);
         let parsed: Request = serde_json::from_str(r#"{"cmd":"trigger"}"#).unwrap();
         assert_eq!(parsed, t);
@@ -245,9 +249,13 @@ mod tests {
             }
         }));
         assert!(Listener::bind(&path).await.unwrap().is_none(), "a second agent must not bind");
-        let r = request(&path, &Request::Trigger { test: true, message: "x".into() }, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let r = request(
+            &path,
+            &Request::Trigger { test: true, message: "x".into(), alert_id: None },
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         assert_eq!(r, Response::Accepted(AlertId::from_u128(7)));
         server.abort();
         let _ = server.await;

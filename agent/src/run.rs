@@ -45,6 +45,8 @@ pub enum UiEvent {
         message: String,
         /// Where to send the alert id (IPC), if anyone waits for it.
         reply: Option<oneshot::Sender<Option<AlertId>>>,
+        /// The id the caller chose (IPC), if any.
+        alert_id: Option<AlertId>,
     },
     /// A menu item was chosen (its id in [`crate::tray::ids`]).
     Menu(&'static str),
@@ -166,9 +168,9 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
 async fn answer(proxy: &Mutex<EventLoopProxy<UiEvent>>, delivery: &Delivery, req: Request) -> Response {
     let gone = || Response::Error("the agent is shutting down".into());
     match req {
-        Request::Trigger { test, message } => {
+        Request::Trigger { test, message, alert_id } => {
             let (tx, rx) = oneshot::channel();
-            let sent = send(proxy, UiEvent::Trigger { source: "ipc", test, message, reply: Some(tx) });
+            let sent = send(proxy, UiEvent::Trigger { source: "ipc", test, message, reply: Some(tx), alert_id });
             match (sent, rx.await) {
                 (true, Ok(Some(id))) => Response::Accepted(id),
                 (true, Ok(None)) => Response::Error("ignored: an SOS was sent less than 2 s ago".into()),
@@ -307,7 +309,14 @@ impl App {
         }
     }
 
-    fn trigger(&mut self, source: &'static str, test: bool, message: &str, debounce: bool) -> Option<AlertId> {
+    fn trigger(
+        &mut self,
+        source: &'static str,
+        test: bool,
+        message: &str,
+        debounce: bool,
+        alert_id: Option<AlertId>,
+    ) -> Option<AlertId> {
         let now = Instant::now();
         if debounce {
             if self.last_press.get(source).is_some_and(|t| now.duration_since(*t) < DEBOUNCE) {
@@ -316,7 +325,7 @@ impl App {
             }
             self.last_press.insert(source, now);
         }
-        let id = self.delivery.trigger(test, message);
+        let id = self.delivery.trigger(test, message, alert_id);
         info!(alert_id = %id, source, test, "SOS fired");
         Some(id)
     }
@@ -332,9 +341,13 @@ impl ApplicationHandler<UiEvent> for App {
         let view = self.view();
         match Tray::new(view, &self.runtime, move |e| {
             let event = match e {
-                TrayEvent::Click => {
-                    UiEvent::Trigger { source: "tray click", test: false, message: String::new(), reply: None }
-                }
+                TrayEvent::Click => UiEvent::Trigger {
+                    source: "tray click",
+                    test: false,
+                    message: String::new(),
+                    reply: None,
+                    alert_id: None,
+                },
                 TrayEvent::Menu(id) => UiEvent::Menu(id),
             };
             send(&p, event);
@@ -347,7 +360,10 @@ impl ApplicationHandler<UiEvent> for App {
         let p = Mutex::new(self.proxy.clone());
         let spec = self.config.hotkey;
         match crate::platform::register_hotkey(spec, move || {
-            send(&p, UiEvent::Trigger { source: "hotkey", test: false, message: String::new(), reply: None });
+            send(
+                &p,
+                UiEvent::Trigger { source: "hotkey", test: false, message: String::new(), reply: None, alert_id: None },
+            );
         }) {
             Ok(()) => info!(hotkey = %spec, "hotkey registered"),
             Err(e) => {
@@ -364,7 +380,7 @@ impl ApplicationHandler<UiEvent> for App {
 
     fn user_event(&mut self, event_loop: &ActiveEventLoop, event: UiEvent) {
         match event {
-            UiEvent::Trigger { source, test, message, reply } => {
+            UiEvent::Trigger { source, test, message, reply, alert_id } => {
                 // A click on the icon is a press only as the site's rule says (a double-click
                 // by default).
                 if source == "tray click" {
@@ -387,7 +403,7 @@ impl ApplicationHandler<UiEvent> for App {
                 if press && self.config.cancel_window_ms > 0 {
                     self.press_with_window(source);
                 } else {
-                    let id = self.trigger(source, test, &message, press);
+                    let id = self.trigger(source, test, &message, press, alert_id);
                     if let Some(r) = reply {
                         let _ = r.send(id);
                     }
@@ -396,7 +412,7 @@ impl ApplicationHandler<UiEvent> for App {
             UiEvent::WindowOver(n) => {
                 if self.pending.is_some_and(|p| p.n == n) {
                     self.pending = None;
-                    if let Some(id) = self.trigger("hotkey or click, after the cancel window", false, "", false) {
+                    if let Some(id) = self.trigger("hotkey or click, after the cancel window", false, "", false, None) {
                         // The countdown is over: its notification now speaks of the alert.
                         if let Some(t) = &mut self.toasts {
                             t.rename(Topic::Press(n), Topic::Alert(id));
@@ -419,10 +435,10 @@ impl ApplicationHandler<UiEvent> for App {
             }
             UiEvent::Menu(id) => match id {
                 ids::SEND => {
-                    self.trigger("menu", false, "", false);
+                    self.trigger("menu", false, "", false, None);
                 }
                 ids::TEST => {
-                    self.trigger("menu", true, "", false);
+                    self.trigger("menu", true, "", false, None);
                 }
                 ids::CANCEL => {
                     if self.pending.is_some() {

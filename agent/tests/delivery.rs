@@ -91,7 +91,7 @@ async fn unreachable_collector_spools_warns_after_warn_after_secs_and_delivers_o
     let (delivery, mut reports) = start(&key_text, &c.addr, spool.path());
 
     let pressed = Instant::now();
-    let id = delivery.trigger(false, "");
+    let id = delivery.trigger(false, "", None);
     assert!(matches!(next(&mut reports).await.1, Report::Sending { alert_id, .. } if alert_id == id));
     // On disk before anything went out.
     assert_eq!(pending(spool.path()), vec![id]);
@@ -123,12 +123,12 @@ async fn a_restart_resends_what_was_not_acknowledged_and_nothing_that_was() {
     // before the agent is stopped.
     let mut live = collector(key.clone(), true).await;
     let (first, mut reports) = start(&key_text, &live.addr, spool.path());
-    let acked = first.trigger(false, "acknowledged");
+    let acked = first.trigger(false, "acknowledged", None);
     while !matches!(next(&mut reports).await.1, Report::Delivered { .. }) {}
     first.stop();
     drop((first, reports));
     let (second, reports) = start(&key_text, &silent.addr, spool.path());
-    let unacked = second.trigger(false, "not acknowledged");
+    let unacked = second.trigger(false, "not acknowledged", None);
     assert_eq!(silent.seen.recv().await, Some(unacked));
     second.stop();
     drop((second, reports));
@@ -173,7 +173,7 @@ async fn a_corrupt_spool_entry_is_set_aside_while_an_overlong_one_and_a_new_pres
     std::fs::write(spool.path().join("0000000000000000000000000000000f.json"), b"{\"sos\": tru").unwrap();
     let c = collector(key, true).await;
     let (delivery, mut reports) = start(&key_text, &c.addr, spool.path());
-    let id = delivery.trigger(false, "after the poison");
+    let id = delivery.trigger(false, "after the poison", None);
 
     let mut rejected = Vec::new();
     let mut delivered = Vec::new();
@@ -211,7 +211,7 @@ async fn an_unusable_spool_is_reported_and_alerts_go_out_from_memory() {
     std::fs::write(dir.path().join("file"), b"").unwrap();
     let c = collector(key, true).await;
     let (delivery, mut reports) = start(&key_text, &c.addr, &dir.path().join("file/spool"));
-    let id = delivery.trigger(false, "");
+    let id = delivery.trigger(false, "", None);
     let mut saw_problem = false;
     let mut saw_not_spooled = false;
     tokio::time::timeout(Duration::from_secs(20), async {

@@ -69,6 +69,13 @@ pub enum Cause {
     ReplySuppressed,
     /// A time hint not sent: this token had one in this interval, or hints are over their rate.
     HintWithheld,
+    /// An SOS (or CANCEL) the store could not take: not acknowledged, the agent retries.
+    StoreFailed,
+    /// An SOS (or CANCEL) dropped before the store because too many wait on it already (a hung
+    /// disk under a flood of retransmissions): not acknowledged, the agent retries.
+    StoreBusy,
+    /// A reply the socket would not send (no route to a forged address, say).
+    ReplyFailed,
 }
 
 impl Cause {
@@ -98,6 +105,11 @@ impl Cause {
             Cause::HintWithheld => {
                 "time hints withheld: the token had one in this interval, or hints are over their rate"
             }
+            Cause::StoreFailed => "CANNOT STORE AN SOS: not acknowledged, the agent will retry or fail over",
+            Cause::StoreBusy => {
+                "CANNOT STORE AN SOS: too many wait for the store already (is it hung?); not acknowledged, the agent will retry"
+            }
+            Cause::ReplyFailed => "cannot send a reply",
         }
     }
 

@@ -268,6 +268,7 @@ impl Collector {
             store: store.clone(),
             stats: stats.clone(),
             in_flight: in_flight.clone(),
+            store_waiters: Arc::new(tokio::sync::Semaphore::new(MAX_STORE_WAITERS)),
             registry,
             limits: Mutex::new(Limits {
                 agent: Limiter::new(sec.per_agent, 100_000),
@@ -345,6 +346,9 @@ struct Receiver {
     stats: Arc<Stats>,
     /// SOS being committed and acknowledged; shutdown waits for them.
     in_flight: TaskTracker,
+    /// Bounds the SOS and CANCEL waiting on the store: a hung disk under a flood of
+    /// retransmissions (or site-key replays from forged senders) must not grow memory.
+    store_waiters: Arc<tokio::sync::Semaphore>,
     /// Enrolled agents and their keys.
     registry: Arc<SharedRegistry>,
     /// Rate limits.
@@ -368,6 +372,10 @@ struct Limits {
     /// Enrollment starts per pending code (each distinct start costs the code an attempt).
     enroll_code: Limiter<String>,
 }
+
+/// The most SOS and CANCEL waiting on the store at once: far above a burst the store commits
+/// in a second (PERFORMANCE.md), small enough to bound memory while a hung disk holds them.
+const MAX_STORE_WAITERS: usize = 20_000;
 
 /// Starts for one pending code: bounds the store work a flood of starts naming a code (its id
 /// travels in clear) can cause before the code is burnt.
@@ -443,6 +451,18 @@ impl Receiver {
 
     fn limits(&self) -> std::sync::MutexGuard<'_, Limits> {
         self.limits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A place among the requests waiting on the store, or `None` (counted and told at the
+    /// bounded rate) when [`MAX_STORE_WAITERS`] wait already.
+    fn store_waiter(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.store_waiters.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.refuse(Cause::StoreBusy, &self.stats.store_errors, |before| {
+                error!(before, waiting = MAX_STORE_WAITERS, "{}", Cause::StoreBusy.text());
+            });
+        }
+        permit
     }
 
     fn refusals(&self) -> std::sync::MutexGuard<'_, Refusals> {
@@ -606,10 +626,17 @@ impl Receiver {
                 }
                 let alert =
                     NewAlert { sos, received_at_ms: now_ms(), source: from, key_id: key_id.to_string(), enrolled };
+                let Some(waiting) = self.store_waiter() else { return };
                 let ctx = reply(&key);
                 let store = self.store.clone();
                 let span = info_span!("sos", alert_id = %alert.sos.alert_id, %from);
-                self.in_flight.spawn(store_and_ack(store, alert, ctx).instrument(span));
+                self.in_flight.spawn(
+                    async move {
+                        let _waiting = waiting;
+                        store_and_ack(store, alert, ctx).await
+                    }
+                    .instrument(span),
+                );
             }
             Message::Heartbeat(hb) => {
                 Stats::bump(&self.stats.heartbeats);
@@ -654,11 +681,18 @@ impl Receiver {
                           "CANCEL not recorded: too small for its acknowledgement (pad it, PROTOCOL.md 6.3)");
                     return;
                 }
+                let Some(waiting) = self.store_waiter() else { return };
                 let store = self.store.clone();
                 let reason: String = c.reason.chars().map(|ch| if ch.is_control() { ' ' } else { ch }).collect();
                 let span = info_span!("cancel", alert_id = %c.alert_id, %from);
                 let principal = principal(&key_id.to_string(), enrolled.as_ref());
-                self.in_flight.spawn(cancel_and_ack(store, c.alert_id, reason, principal, ctx).instrument(span));
+                self.in_flight.spawn(
+                    async move {
+                        let _waiting = waiting;
+                        cancel_and_ack(store, c.alert_id, reason, principal, ctx).await
+                    }
+                    .instrument(span),
+                );
             }
             other => {
                 Stats::bump(&self.stats.unexpected);
@@ -927,7 +961,7 @@ impl Reply {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 in_flight.spawn(async move { self.send_datagram(&datagram, kind).await });
             }
-            Err(e) => warn!(to = %self.to, error = %e, "cannot send a reply"),
+            Err(e) => self.send_failed(&e),
         }
     }
 
@@ -947,6 +981,15 @@ impl Reply {
         true
     }
 
+    /// A reply the socket would not send: told at the bounded rate (replies to forged
+    /// addresses may fail one by one, e.g. with no route).
+    fn send_failed(&self, e: &std::io::Error) {
+        let line = self.refusals.lock().unwrap_or_else(|e| e.into_inner()).note(Cause::ReplyFailed, Instant::now());
+        if let Some(line) = line {
+            warn!(to = %self.to, error = %e, before = line.before, "cannot send a reply");
+        }
+    }
+
     /// Send a ready datagram, unless it is larger than the request.
     async fn send_datagram(&self, datagram: &[u8], kind: &str) {
         if self.too_large(datagram, kind) {
@@ -954,7 +997,7 @@ impl Reply {
         }
         match self.socket.send_to(datagram, self.to).await {
             Ok(_) => Stats::bump(&self.stats.replies_sent),
-            Err(e) => warn!(to = %self.to, error = %e, "cannot send a reply"),
+            Err(e) => self.send_failed(&e),
         }
     }
 }
@@ -982,7 +1025,12 @@ async fn store_and_ack(store: Store, alert: NewAlert, reply: Reply) {
         }
         Err(e) => {
             Stats::bump(&reply.stats.store_errors);
-            error!(error = %e, "CANNOT STORE AN SOS: not acknowledged, the agent will retry or fail over");
+            // Bounded: every retransmission of every SOS fails while the store does.
+            let line =
+                reply.refusals.lock().unwrap_or_else(|e| e.into_inner()).note(Cause::StoreFailed, Instant::now());
+            if let Some(line) = line {
+                error!(error = %e, before = line.before, "{}", Cause::StoreFailed.text());
+            }
         }
     }
 }

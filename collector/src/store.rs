@@ -783,6 +783,8 @@ pub struct Store {
     failing: Arc<std::sync::atomic::AtomicBool>,
     /// Set once if the writer thread ends abnormally (a panic, a damaged file): why.
     ended: tokio::sync::watch::Receiver<Option<String>>,
+    /// See [`Health::busy_since_ms`].
+    busy_since_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Command {
@@ -812,6 +814,17 @@ struct Health {
     failing: Arc<std::sync::atomic::AtomicBool>,
     /// The first error that means the file is damaged: the writer stops after the current batch.
     fatal: Option<String>,
+    /// Since when (see [`busy_clock_ms`]) the writer works on its current batch; 0 while it
+    /// waits for work. Shared with every [`Store`] handle: a batch that takes longer than
+    /// [`STALL_WARNING`] (a frozen or hung disk) makes the store failing, even when no request
+    /// waits on it.
+    busy_since_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Milliseconds on a monotonic clock since the first call, plus one (0 means "idle").
+fn busy_clock_ms() -> u64 {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 impl Health {
@@ -898,7 +911,8 @@ impl Store {
         let checkpointer = Checkpointer::start(&db)?;
         let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (ended_tx, ended) = tokio::sync::watch::channel(None);
-        let mut health = Health { failing: failing.clone(), ..Health::default() };
+        let busy_since_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut health = Health { failing: failing.clone(), busy_since_ms: busy_since_ms.clone(), ..Health::default() };
         let handle = std::thread::Builder::new().name("sos-store".into()).spawn(move || {
             // Ends the checkpointer (after a last checkpoint) when the writer ends.
             let _checkpointer = checkpointer;
@@ -923,7 +937,10 @@ impl Store {
             tracing::error!("STORE WRITER STOPPED: {why}");
             let _ = ended_tx.send(Some(why));
         })?;
-        Ok((Store { tx, wakers, stalled: Arc::default(), presence: Arc::default(), failing, ended }, handle))
+        Ok((
+            Store { tx, wakers, stalled: Arc::default(), presence: Arc::default(), failing, ended, busy_since_ms },
+            handle,
+        ))
     }
 
     /// The writer's loop: until every handle is gone (`None`) or the file is found damaged
@@ -936,7 +953,11 @@ impl Store {
         health: &mut Health,
     ) -> Option<String> {
         {
-            while let Some(first) = rx.blocking_recv() {
+            while let Some(first) = {
+                health.busy_since_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+                rx.blocking_recv()
+            } {
+                health.busy_since_ms.store(busy_clock_ms(), std::sync::atomic::Ordering::SeqCst);
                 let mut inserts = Vec::new();
                 let mut seen = Vec::new();
                 let mut others = Vec::new();
@@ -1124,10 +1145,13 @@ impl Store {
         }
     }
 
-    /// Whether the store is failing now (its last write failed, or a read failed since): the
-    /// service then gives agents no healthy answer.
+    /// Whether the store is failing now (its last write failed, or a read failed since, or the
+    /// writer has been stuck on one batch for longer than [`STALL_WARNING`]: a frozen or hung
+    /// disk): the service then gives agents no healthy answer.
     pub fn is_failing(&self) -> bool {
+        let busy = self.busy_since_ms.load(std::sync::atomic::Ordering::SeqCst);
         self.failing.load(std::sync::atomic::Ordering::SeqCst)
+            || (busy != 0 && busy_clock_ms().saturating_sub(busy) > STALL_WARNING.as_millis() as u64)
     }
 
     /// Completes, with the reason, if the writer thread ends abnormally: a panic, or a damaged

@@ -503,7 +503,7 @@ fn a_long_message_through_trigger_and_a_poisoned_spool_never_stop_the_next_press
     );
     desk.wait_toasts("SOS delivered", 3, WAIT);
     assert!(eventually(WAIT, || spooled(&site.spool()).is_empty()));
-    assert_eq!(agent.log().matches("can never be sent").count(), 1, "{}", agent.log());
+    assert_eq!(agent.log().matches("a spooled alert can never be sent").count(), 1, "{}", agent.log());
 }
 
 #[test]
