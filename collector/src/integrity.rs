@@ -339,7 +339,7 @@ mod tests {
         };
         {
             let mut db = Db::open(&path).unwrap();
-            db.insert_alerts(&(1..=50).map(alert).collect::<Vec<_>>(), &["log", "slack"]).unwrap();
+            db.insert_alerts(&(1..=50).map(alert).collect::<Vec<_>>(), &["log", "slack"], 1000).unwrap();
             db.create_enrollment("Reception", 600_000, 1000).unwrap();
         }
         assert_eq!(check(&path, false, Some(START_CHECK_BUDGET)).unwrap(), Integrity::Ok);

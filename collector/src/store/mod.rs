@@ -16,6 +16,8 @@ use sos_shared::protocol::Sos;
 use sos_shared::AlertId;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+mod schema;
+
 /// How often heartbeats (presence) are written to the store. Presence is advisory: a crash
 /// loses at most this much of it, and the next heartbeat restores it.
 pub const PRESENCE_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
@@ -246,113 +248,6 @@ pub struct Db {
     pub(crate) conn: Connection,
 }
 
-/// The schema of version 3 (`PRAGMA user_version`). Version 1 (no cancellation, no agents) is
-/// migrated on open by [`MIGRATE_1_TO_2`], version 2 (no agent registry) by [`MIGRATE_2_TO_3`].
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS alerts (
-    alert_id        TEXT PRIMARY KEY,
-    received_at_ms  INTEGER NOT NULL,
-    triggered_at    INTEGER NOT NULL,
-    test            INTEGER NOT NULL,
-    user            TEXT NOT NULL,
-    host            TEXT NOT NULL,
-    ip              TEXT NOT NULL,
-    location        TEXT NOT NULL,
-    message         TEXT NOT NULL,
-    agent           TEXT NOT NULL,
-    source          TEXT NOT NULL,
-    key_id          TEXT NOT NULL,
-    cancelled_at_ms INTEGER,
-    cancel_reason   TEXT,
-    agent_id        TEXT,
-    agent_name      TEXT,
-    agent_host      TEXT
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS outbox (
-    id                 INTEGER PRIMARY KEY,
-    alert_id           TEXT NOT NULL REFERENCES alerts(alert_id),
-    channel            TEXT NOT NULL,
-    kind               TEXT NOT NULL DEFAULT 'alert' CHECK (kind IN ('alert', 'cancel')),
-    state              TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
-    attempts           INTEGER NOT NULL DEFAULT 0,
-    created_at_ms      INTEGER NOT NULL,
-    next_attempt_at_ms INTEGER NOT NULL,
-    delivered_at_ms    INTEGER,
-    last_error         TEXT,
-    UNIQUE (alert_id, channel, kind)
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (channel, state, next_attempt_at_ms);
-CREATE INDEX IF NOT EXISTS alerts_recent ON alerts (received_at_ms);
-CREATE TABLE IF NOT EXISTS agents (
-    host         TEXT NOT NULL,
-    user         TEXT NOT NULL,
-    ip           TEXT NOT NULL,
-    source       TEXT NOT NULL,
-    key_id       TEXT NOT NULL,
-    last_seen_ms INTEGER NOT NULL,
-    PRIMARY KEY (host, user)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS enrolled (
-    agent_id       TEXT PRIMARY KEY,
-    name           TEXT NOT NULL,
-    host           TEXT NOT NULL,
-    enrolled_at_ms INTEGER NOT NULL,
-    key            TEXT NOT NULL,
-    prev_key       TEXT,
-    prev_until_ms  INTEGER,
-    next_key       TEXT,
-    rotated_at_ms  INTEGER,
-    revoked_at_ms  INTEGER,
-    last_seen_ms   INTEGER
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS enrollments (
-    code_id       TEXT PRIMARY KEY,
-    secret        TEXT NOT NULL,
-    name          TEXT NOT NULL,
-    created_at_ms INTEGER NOT NULL,
-    expires_at_ms INTEGER NOT NULL,
-    attempts      INTEGER NOT NULL DEFAULT 0,
-    used_at_ms    INTEGER,
-    agent_id      TEXT
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS registry_version (
-    id      INTEGER PRIMARY KEY CHECK (id = 0),
-    version INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO registry_version VALUES (0, 0);
-PRAGMA user_version = 3;
-";
-
-/// From schema 2: who an alert's key was enrolled for (the registry tables come from [`SCHEMA`]).
-const MIGRATE_2_TO_3: &str = "
-ALTER TABLE alerts ADD COLUMN agent_id TEXT;
-ALTER TABLE alerts ADD COLUMN agent_name TEXT;
-ALTER TABLE alerts ADD COLUMN agent_host TEXT;
-";
-
-/// From schema 1: cancellation columns, the outbox's `kind`, the agents table.
-const MIGRATE_1_TO_2: &str = "
-ALTER TABLE alerts ADD COLUMN cancelled_at_ms INTEGER;
-ALTER TABLE alerts ADD COLUMN cancel_reason TEXT;
-CREATE TABLE outbox_v2 (
-    id                 INTEGER PRIMARY KEY,
-    alert_id           TEXT NOT NULL REFERENCES alerts(alert_id),
-    channel            TEXT NOT NULL,
-    kind               TEXT NOT NULL DEFAULT 'alert' CHECK (kind IN ('alert', 'cancel')),
-    state              TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
-    attempts           INTEGER NOT NULL DEFAULT 0,
-    created_at_ms      INTEGER NOT NULL,
-    next_attempt_at_ms INTEGER NOT NULL,
-    delivered_at_ms    INTEGER,
-    last_error         TEXT,
-    UNIQUE (alert_id, channel, kind)
-);
-INSERT INTO outbox_v2 (id, alert_id, channel, kind, state, attempts, created_at_ms, next_attempt_at_ms, delivered_at_ms, last_error)
-    SELECT id, alert_id, channel, 'alert', state, attempts, created_at_ms, next_attempt_at_ms, delivered_at_ms, last_error FROM outbox;
-DROP TABLE outbox;
-ALTER TABLE outbox_v2 RENAME TO outbox;
-";
-
 impl Db {
     /// Open (creating if needed) the store at `path`.
     ///
@@ -369,7 +264,7 @@ impl Db {
     }
 
     fn set_up(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         // The store holds every enrolled agent's key: readable by its owner only (SQLite gives
         // the -wal and -shm files the same mode).
         #[cfg(unix)]
@@ -381,19 +276,7 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > 3 {
-            return Err(StoreError::Sqlite(format!(
-                "it has schema version {version}, newer than this collector understands (3)"
-            )));
-        }
-        if version == 1 {
-            conn.execute_batch(&format!("BEGIN; {MIGRATE_1_TO_2} {MIGRATE_2_TO_3} {SCHEMA} COMMIT;"))?;
-        } else if version == 2 {
-            conn.execute_batch(&format!("BEGIN; {MIGRATE_2_TO_3} {SCHEMA} COMMIT;"))?;
-        } else {
-            conn.execute_batch(SCHEMA)?;
-        }
+        schema::migrate(&mut conn)?;
         Ok(Db { conn })
     }
 
@@ -1341,7 +1224,7 @@ mod tests {
     async fn a_store_found_damaged_while_running_stops_the_writer_and_says_why() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sos.db");
-        Db::open(&path).unwrap().insert_alerts(&[alert(1)], &["log"]).unwrap();
+        Db::open(&path).unwrap().insert_alerts(&[alert(1)], &["log"], 1000).unwrap();
         // Garbage over the alerts table's root page (the file was checkpointed on close).
         {
             use std::io::{Seek as _, Write as _};
