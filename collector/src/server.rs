@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
-use crate::channel::{Channel, Email, Slack};
+use crate::channel::{Channel, ChannelKind, Email, Slack};
 use crate::config::Config;
 use crate::outbox;
 use crate::ratelimit::Limiter;
@@ -108,16 +108,21 @@ impl Collector {
                       "notifications are pending for a channel that is no longer configured; they stay pending until it is configured again");
             }
         }
-        let mut channels = vec![Channel::Log];
-        if let Some(s) = &config.slack {
-            let slack = Slack::new(s.clone(), config.outbox.attempt_timeout)
-                .map_err(|e| CollectorError::Channel { channel: "slack", message: e.to_string() })?;
-            channels.push(Channel::Slack(slack));
-        }
-        if let Some(e) = &config.email {
-            let email = Email::new(e.clone(), config.outbox.attempt_timeout)
-                .map_err(|err| CollectorError::Channel { channel: "email", message: err.to_string() })?;
-            channels.push(Channel::Email(Box::new(email)));
+        let mut channels = Vec::new();
+        for kind in config.channels() {
+            let setting_up = |message: String| CollectorError::Channel { channel: kind.name(), message };
+            channels.push(match kind {
+                ChannelKind::Log => Channel::Log,
+                ChannelKind::Slack => {
+                    let s = config.slack.clone().ok_or_else(|| setting_up("not configured".into()))?;
+                    Channel::Slack(Slack::new(s, config.outbox.attempt_timeout).map_err(|e| setting_up(e.to_string()))?)
+                }
+                ChannelKind::Email => {
+                    let e = config.email.clone().ok_or_else(|| setting_up("not configured".into()))?;
+                    let email = Email::new(e, config.outbox.attempt_timeout).map_err(|e| setting_up(e.to_string()))?;
+                    Channel::Email(Box::new(email))
+                }
+            });
         }
         let (store, writer) = Store::start(db, &names)?;
         // Essential tasks: one that ends before shutdown (a panic) ends the service.
@@ -167,10 +172,16 @@ impl Collector {
         for ch in channels.iter().cloned() {
             let span = info_span!("outbox", channel = ch.name());
             let name = format!("the {} outbox worker", ch.name());
+            // The store made one waker per configured channel, from the same list as `channels`.
+            let wake = store.waker(ch.name()).ok_or_else(|| CollectorError::Channel {
+                channel: ch.name(),
+                message: "the store has no outbox for it".into(),
+            })?;
             essential(
                 name,
                 workers.spawn(
-                    outbox::run_worker(ch, store.clone(), config.outbox.clone(), stop_workers.clone()).instrument(span),
+                    outbox::run_worker(ch, store.clone(), wake, config.outbox.clone(), stop_workers.clone())
+                        .instrument(span),
                 ),
             );
         }

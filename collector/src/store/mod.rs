@@ -1024,9 +1024,10 @@ impl Store {
         }
     }
 
-    /// The notifier that wakes `channel`'s worker when new jobs are committed.
-    pub fn waker(&self, channel: &str) -> Arc<Notify> {
-        self.wakers.iter().find(|(c, _)| *c == channel).map(|(_, n)| n.clone()).unwrap_or_default()
+    /// The notifier that wakes `channel`'s worker when new jobs are committed; `None` if the
+    /// store was not started with that channel (no jobs are made for it, none would wake it).
+    pub fn waker(&self, channel: &str) -> Option<Arc<Notify>> {
+        self.wakers.iter().find(|(c, _)| *c == channel).map(|(_, n)| n.clone())
     }
 }
 
@@ -1243,6 +1244,19 @@ mod tests {
         let why = tokio::time::timeout(std::time::Duration::from_secs(10), store.ended()).await.unwrap();
         assert!(why.contains("damaged"), "{why}");
         assert!(matches!(store.insert(alert(3)).await, Err(StoreError::Closed)), "the writer stopped");
+        writer.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_committed_alert_wakes_each_channel_and_an_unknown_channel_has_no_waker() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::start(Db::open(&dir.path().join("sos.db")).unwrap(), &["log", "slack"]).unwrap();
+        assert!(store.waker("email").is_none(), "no jobs are made for email, nothing would wake it");
+        let slack = store.waker("slack").unwrap();
+        let woken = slack.notified();
+        assert_eq!(store.insert(alert(1)).await.unwrap(), Stored::New);
+        tokio::time::timeout(std::time::Duration::from_secs(10), woken).await.expect("slack's worker is woken");
+        drop(store);
         writer.join().unwrap();
     }
 
