@@ -34,7 +34,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     }
     rt.block_on(async move {
         let want = config.socket_buffer_bytes;
-        let got = sos_collector::server::size_socket_buffers(&socket, want);
+        let got = sos_collector::udp::size_socket_buffers(&socket, want);
         if cfg!(unix) && got.receive < want {
             tracing::warn!(
                 asked = want,

@@ -7,7 +7,7 @@ use super::{enrolled_as, AlertRecord, Cancellation, Cancelled, Db, Delivery, New
 
 impl Db {
     /// Store alerts and their outbox jobs in one transaction. All or nothing. The jobs are due
-    /// at `jobs_at_ms` (on the [`outbox_clock_ms`] scale).
+    /// at `jobs_at_ms` (on the [`outbox_clock_ms`](super::outbox_clock_ms) scale).
     ///
     /// # Errors
     /// If the transaction fails; then nothing was stored.
@@ -124,7 +124,7 @@ impl Db {
     /// Record that the sender cancelled `alert_id` and queue one cancellation notice per
     /// channel, in one transaction. Only who sent the alert may cancel it: `principal` is
     /// `agent:<agent id>` for an enrolled agent (whichever of its keys it uses now) and the key
-    /// id for the site key (see [`principal`]).
+    /// id for the site key (see [`principal`](super::principal)).
     ///
     /// # Errors
     /// If the transaction fails; then nothing was recorded.

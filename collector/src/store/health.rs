@@ -13,7 +13,7 @@ pub(super) const STALL_WARNING: std::time::Duration = std::time::Duration::from_
 pub(super) struct Health {
     pub(super) failing_since: Option<std::time::Instant>,
     pub(super) failures: u64,
-    /// Shared with every [`Store`] handle: see [`Store::is_failing`].
+    /// Shared with every [`Store`](super::Store) handle: see [`Store::is_failing`](super::Store::is_failing).
     pub(super) failing: Arc<std::sync::atomic::AtomicBool>,
     /// The first error that means the file is damaged: the writer stops after the current batch.
     pub(super) fatal: Option<String>,

@@ -79,7 +79,7 @@ impl Db {
     }
 
     /// Re-base `channel`'s pending jobs on the outbox clock of this run (which starts at the
-    /// wall clock of the start, see [`outbox_clock_ms`]): a job created "in the future" (the
+    /// wall clock of the start, see [`outbox_clock_ms`](super::outbox_clock_ms)): a job created "in the future" (the
     /// clock was stepped back since) is moved back with its deadline, so that its age counts
     /// from `now_ms`, and no retry waits longer than `max_wait_ms` from `now_ms`. Returns how
     /// many jobs changed.

@@ -316,7 +316,7 @@ impl Store {
     }
 
     /// Note a heartbeat; it reaches the store with the next [`Store::flush_presence`] (the
-    /// service flushes every [`PRESENCE_FLUSH`] and when it stops).
+    /// service flushes every [`PRESENCE_FLUSH`](super::PRESENCE_FLUSH) and when it stops).
     pub fn seen(&self, agent: AgentSeen) {
         let key = (agent.host.clone(), agent.user.clone());
         self.presence.lock().unwrap_or_else(|e| e.into_inner()).insert(key, agent);
