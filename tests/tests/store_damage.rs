@@ -68,7 +68,7 @@ fn fill(db_path: &Path) {
             enrolled: None,
         })
         .collect();
-    db.insert_alerts(&alerts, &["log"]).unwrap();
+    db.insert_alerts(&alerts, &["log"], now).unwrap();
 }
 
 /// Overwrite the first 64 bytes (page header and cell pointers) of a leaf page in the middle of
