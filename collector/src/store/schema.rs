@@ -140,10 +140,41 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             "it has schema version {version}, newer than this collector understands ({VERSION})"
         )));
     }
+    if version == 0 {
+        clear_interrupted_first_start(conn)?;
+    }
     Migrations::from_slice(MIGRATIONS).to_latest(conn).map_err(|e| match e {
         rusqlite_migration::Error::RusqliteError { err, .. } => StoreError::from(err),
         other => StoreError::Sqlite(format!("cannot migrate the schema: {other}")),
     })
+}
+
+/// A store at version 0 that already has tables: a collector from before these migrations
+/// (which created its tables outside a transaction and recorded the version last) stopped during
+/// its very first start. It then stored nothing: its tables are empty and are dropped, in one
+/// transaction, for the migrations to make afresh (that collector completed them on its next
+/// start). Tables holding rows at version 0 are not a store this collector made: refused, untouched.
+fn clear_interrupted_first_start(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    let tables: Vec<String> = tx
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for table in &tables {
+        let rows: i64 = tx.query_row(&format!("SELECT count(*) FROM \"{table}\""), [], |r| r.get(0))?;
+        // registry_version holds its one row from the start.
+        let made_empty = if table == "registry_version" { 1 } else { 0 };
+        if rows > made_empty {
+            return Err(StoreError::Sqlite(format!(
+                "it has no schema version yet its table {table} holds {rows} rows: not a store this collector made"
+            )));
+        }
+    }
+    for table in &tables {
+        tx.execute_batch(&format!("DROP TABLE \"{table}\""))?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -341,13 +372,12 @@ PRAGMA user_version = 3;
             1 => conn.execute_batch(&format!("{OLD_V1} INSERT INTO alerts ({columns}) VALUES ({values}); {jobs}")),
             2 => conn.execute_batch(&format!("{OLD_V2} INSERT INTO alerts ({columns}) VALUES ({values}); {jobs} {agent}")),
             3 => conn.execute_batch(&format!(
-                "{} ALTER TABLE alerts ADD COLUMN agent_id TEXT; ALTER TABLE alerts ADD COLUMN agent_name TEXT;
-                 ALTER TABLE alerts ADD COLUMN agent_host TEXT; {OLD_V3_EXTRA}
+                "{} PRAGMA user_version = 3;
                  INSERT INTO alerts ({columns}, agent_id, agent_name, agent_host) VALUES ({values}, 'a1', 'Desk 1', 'desk');
                  {jobs} {agent}
                  INSERT INTO enrolled (agent_id, name, host, enrolled_at_ms, key) VALUES ('a1', 'Desk 1', 'desk', 900, 'k');
                  UPDATE registry_version SET version = 7;",
-                OLD_V2.replace("PRAGMA user_version = 2;", "")
+                old_v3_tables()
             )),
             _ => unreachable!(),
         }
@@ -399,6 +429,50 @@ PRAGMA user_version = 3;
             let db = Db::open(&path).unwrap();
             assert_eq!(db.recent_alerts(10).unwrap().len(), 1, "version {old}");
         }
+    }
+
+    /// The tables of version 3 as the collector of that version created them.
+    fn old_v3_tables() -> String {
+        format!(
+            "{} ALTER TABLE alerts ADD COLUMN agent_id TEXT; ALTER TABLE alerts ADD COLUMN agent_name TEXT;
+             ALTER TABLE alerts ADD COLUMN agent_host TEXT; {}",
+            OLD_V2.replace("PRAGMA user_version = 2;", ""),
+            OLD_V3_EXTRA.replace("PRAGMA user_version = 3;", "")
+        )
+    }
+
+    #[test]
+    fn a_first_start_of_an_older_collector_stopped_before_it_recorded_the_version_is_completed() {
+        let fresh = fresh_shape();
+        let tables = [
+            OLD_V1.replace("PRAGMA user_version = 1;", ""),
+            OLD_V2.replace("PRAGMA user_version = 2;", ""),
+            old_v3_tables(),
+        ];
+        for (i, sql) in tables.iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("sos.db");
+            Connection::open(&path).unwrap().execute_batch(sql).unwrap();
+            let db = Db::open(&path).unwrap_or_else(|e| panic!("tables of version {}: {e}", i + 1));
+            assert_eq!(version(&db.conn), VERSION as i64);
+            assert_eq!(shape(&db.conn), fresh, "tables of version {}", i + 1);
+        }
+        // With rows, version 0 is not ours: refused, nothing dropped.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(&format!(
+                "{} INSERT INTO agents VALUES ('desk', 'alice', '10.0.0.1', '127.0.0.1:9', '00', 5000);",
+                old_v3_tables()
+            ))
+            .unwrap();
+        let e = Db::open(&path).unwrap_err().to_string();
+        assert!(e.contains("agents holds 1 rows"), "{e}");
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(version(&conn), 0);
+        let rows: i64 = conn.query_row("SELECT count(*) FROM agents", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 1);
     }
 
     #[test]
