@@ -43,7 +43,7 @@ impl Collector {
     /// [`Collector::start`] with the server's information lines too (one per SOS stored; the
     /// final counters that [`Collector::stop`] reads), for scenarios without SOS.
     pub fn start_with_counters(bin: &PathBuf, limits: Limits) -> anyhow::Result<Collector> {
-        Self::start_logging(bin, limits, "warn,sos_collector::server=info", "")
+        Self::start_logging(bin, limits, "warn,sos_collector::service=info,sos_collector::udp=info", "")
     }
 
     fn start_logging(bin: &PathBuf, limits: Limits, rust_log: &str, tables: &str) -> anyhow::Result<Collector> {

@@ -506,16 +506,22 @@ impl Config {
         w
     }
 
-    /// The names of the channels every alert is delivered to, in order. The log is always on.
+    /// The channels every alert is delivered to, in order. The log is always on.
+    pub fn channels(&self) -> Vec<crate::channel::ChannelKind> {
+        use crate::channel::ChannelKind;
+        ChannelKind::ALL
+            .into_iter()
+            .filter(|kind| match kind {
+                ChannelKind::Log => true,
+                ChannelKind::Slack => self.slack.is_some(),
+                ChannelKind::Email => self.email.is_some(),
+            })
+            .collect()
+    }
+
+    /// The names of [`Config::channels`], in order.
     pub fn channel_names(&self) -> Vec<&'static str> {
-        let mut names = vec!["log"];
-        if self.slack.is_some() {
-            names.push("slack");
-        }
-        if self.email.is_some() {
-            names.push("email");
-        }
-        names
+        self.channels().into_iter().map(crate::channel::ChannelKind::name).collect()
     }
 
     /// Where the store lives.
@@ -606,6 +612,7 @@ to = ["security@example.com", "Duty Manager <duty@example.com>"]
         let c = Config::parse(&text, None).unwrap();
         assert_eq!(c.window.ttl_secs, 300);
         assert_eq!(c.channel_names(), vec!["log", "slack", "email"]);
+        assert_eq!(c.channels(), crate::channel::ChannelKind::ALL);
         let e = c.email.unwrap();
         assert_eq!(e.smtp_port, 465);
         assert_eq!(e.to.len(), 2);

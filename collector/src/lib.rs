@@ -3,19 +3,28 @@
 //!
 //! # Layout
 //!
+//! - A datagram enters in one file: `udp/mod.rs` ([`udp`]): the receive loop authenticates it,
+//!   dispatches it by kind (SOS, cancel, heartbeat; enrollment in `udp/enroll.rs`), hands an
+//!   SOS to the store and acknowledges once it is committed (`udp/ack.rs`); every answer goes
+//!   through `udp/reply.rs` (the one size guard: never more bytes than the request).
+//! - It is stored by [`store`]: the [`store::Store`] handle and its writer thread
+//!   (`store/writer.rs`, group commit) over the SQLite file; the SQL by concern in `store/`
+//!   (`alerts.rs`, `jobs.rs` for the outbox, `presence.rs`, `schema.rs` with the migrations).
+//! - A notification leaves from [`outbox`]: one worker per channel, woken by the store when a
+//!   job is committed; retries with backoff and jitter on a monotonic clock, give-up, bounded
+//!   resends when an outcome is unknown, storm coalescing within each channel's limits. It is
+//!   sent by [`channel`] (log, Slack, email; [`channel::ChannelKind`] is the one list of
+//!   channel names).
+//! - [`service`]: [`run`] / [`Collector::run`] take a bound UDP socket and a shutdown future,
+//!   start every task and thread above and supervise them (one that dies ends the service).
 //! - [`config`]: the TOML configuration, its defaults and its validation.
-//! - [`server`]: [`run`] takes a bound UDP socket and a shutdown future; the receive loop
-//!   authenticates datagrams, hands SOS to the store and acknowledges once they are committed.
-//! - [`store`]: the SQLite store (alerts + outbox), with group commit on a writer thread.
 //! - [`integrity`]: the store's check at start, `store check` and `store recover`.
 //! - [`registry`]: enrolled agents and their keys, one-time codes, rotation, revocation.
 //! - [`ratelimit`]: token buckets: per agent after authentication, and for enrollment.
 //! - [`refusal`]: what the receive path refuses, logged at a bounded rate.
-//! - [`outbox`]: one worker per channel: retries with backoff and jitter on a monotonic clock,
-//!   give-up, bounded resends when an outcome is unknown, storm coalescing within each channel's
-//!   limits.
-//! - [`channel`]: the notification channels (log, Slack, email) and how an alert reads in each.
 //! - [`stats`]: counters of what was received, dropped and sent.
+//! - The binary: `main.rs` parses arguments and sets up logging; the administrator commands
+//!   are in `cli/`.
 //!
 //! The order of events for one SOS: datagram → [`sos_shared::Key::open`] → store commit of the
 //! alert and one outbox job per channel → SOS-ACK → each channel's worker delivers its job.
@@ -28,12 +37,13 @@ pub mod outbox;
 pub mod ratelimit;
 pub mod refusal;
 pub mod registry;
-pub mod server;
+pub mod service;
 pub mod stats;
 pub mod store;
+pub mod udp;
 
 pub use config::Config;
-pub use server::{run, Collector, CollectorError};
+pub use service::{run, Collector, CollectorError};
 pub use stats::{Stats, StatsSnapshot};
 
 /// Make rustls use the `ring` provider (the build carries no other). Idempotent; call before

@@ -142,9 +142,15 @@ fn decide(
 
 /// Deliver `channel`'s jobs until `shutdown` is cancelled. An attempt in flight when shutdown
 /// comes is allowed to end (each attempt is bounded by the channel's timeout).
-pub async fn run_worker(channel: Arc<Channel>, store: Store, settings: OutboxSettings, shutdown: CancellationToken) {
+/// `wake` is the channel's [`Store::waker`].
+pub async fn run_worker(
+    channel: Arc<Channel>,
+    store: Store,
+    wake: Arc<Notify>,
+    settings: OutboxSettings,
+    shutdown: CancellationToken,
+) {
     let name = channel.name();
-    let wake: Arc<Notify> = store.waker(name);
     let schedule = RetrySchedule::new(&settings);
     let pace = settings.coalesce_window.max(channel.min_interval());
     let mut rng = fastrand::Rng::new();

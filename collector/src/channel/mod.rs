@@ -50,6 +50,32 @@ impl DeliveryError {
     }
 }
 
+/// The channels a collector can notify, in the order each alert is delivered: the one list of
+/// channel names (the store's `outbox.channel`, `sos-collector alerts`, the configuration summary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChannelKind {
+    /// The collector's own log, always on.
+    Log,
+    /// A Slack incoming webhook (`[notify.slack]`).
+    Slack,
+    /// SMTP email (`[notify.email]`).
+    Email,
+}
+
+impl ChannelKind {
+    /// Every channel, in delivery order.
+    pub const ALL: [ChannelKind; 3] = [ChannelKind::Log, ChannelKind::Slack, ChannelKind::Email];
+
+    /// The name used in the store and in `sos-collector alerts`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ChannelKind::Log => "log",
+            ChannelKind::Slack => "slack",
+            ChannelKind::Email => "email",
+        }
+    }
+}
+
 /// A configured channel.
 #[derive(Debug)]
 pub enum Channel {
@@ -62,13 +88,18 @@ pub enum Channel {
 }
 
 impl Channel {
-    /// The name used in the store and in `sos-collector alerts`.
-    pub fn name(&self) -> &'static str {
+    /// Which channel this is.
+    pub fn kind(&self) -> ChannelKind {
         match self {
-            Channel::Log => "log",
-            Channel::Slack(_) => "slack",
-            Channel::Email(_) => "email",
+            Channel::Log => ChannelKind::Log,
+            Channel::Slack(_) => ChannelKind::Slack,
+            Channel::Email(_) => ChannelKind::Email,
         }
+    }
+
+    /// The name used in the store and in `sos-collector alerts` ([`ChannelKind::name`]).
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
     }
 
     /// How many of `alerts`, from the first, one message can carry within the service's limits

@@ -1,4 +1,223 @@
-//! The administrator commands that have outgrown `main.rs`.
+//! The administrator commands: the command line ([`Cli`]) and what each command does.
+//!
+//! - `run`: [`serve`] (the runtime, the socket, signals; the service itself is
+//!   [`sos_collector::Collector`]).
+//! - `check-config`: [`check_config`]. `alerts`: [`alerts`]. `enroll`, `agents`: [`agents`].
+//!   `store check|recover`: [`store`]. `keygen` is one line, here.
 
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use sos_collector::store::Db;
+use sos_collector::Config;
+
+mod agents;
+mod alerts;
 pub mod check_config;
+mod serve;
 pub mod store;
+
+/// The SOS collector: receives, stores and acknowledges SOS alerts, and notifies responders.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a new key (url-safe base64 of 32 bytes) for `key` / `key_file`.
+    Keygen,
+    /// Run the service. With no config it listens on 127.0.0.1:5000 and keeps its data and a
+    /// generated key in ./sos-data.
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file; exit non-zero with a clear message if it is wrong.
+    CheckConfig {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// List recent alerts and each channel's delivery state, from the store.
+    Alerts {
+        /// The configuration file (TOML), to find the data dir.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// How many alerts, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Enrolled agents and heartbeats: list them (the default), revoke or rotate an agent's key.
+    /// A running collector applies changes within a second.
+    Agents {
+        /// The configuration file (TOML), to find the data dir.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<AgentsAction>,
+    },
+    /// The store: check it for damage, or recover what a damaged store still holds.
+    Store {
+        /// The configuration file (TOML), to find the data dir.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: StoreAction,
+    },
+    /// Make a one-time code that enrolls one workstation with its own key. Give the code to the
+    /// person at the workstation (it is short enough to read over the phone); they run
+    /// `sos-agent enroll CODE --collector HOST:PORT`.
+    Enroll {
+        /// The name the agent is enrolled under (a desk, a room, a person), shown to responders.
+        #[arg(long)]
+        name: String,
+        /// How long the code stays valid, in minutes.
+        #[arg(long, default_value_t = 10)]
+        expires_minutes: u64,
+        /// The configuration file (TOML), to find the data dir.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreAction {
+    /// SQLite's full integrity check of the store; exit status 1 if it is damaged.
+    Check,
+    /// With the collector stopped: copy every row that can still be read into a new store file,
+    /// list what could not be read, and queue again the recent deliveries whose records were
+    /// lost. The damaged file is only read. Exit status 1 if anything was lost.
+    Recover {
+        /// Where to write the recovered store (default: the store's path + `.recovered`).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsAction {
+    /// Enrolled agents (id, name, key id, state, last seen), then every agent seen by heartbeat.
+    List,
+    /// Refuse every key of an agent from now on (a lost laptop, a leaked key). Re-enroll to undo.
+    Revoke {
+        /// Agent id or its unique name.
+        agent: String,
+    },
+    /// Give an agent a new key. It reaches the agent with its next heartbeat, sealed with the
+    /// current key; the old key then stays valid for `security.rotation_grace_secs`.
+    Rotate {
+        /// Agent id or its unique name.
+        agent: String,
+    },
+}
+
+/// Do what `command` says.
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Keygen => {
+            println!("{}", sos_shared::Key::generate());
+            Ok(())
+        }
+        Command::CheckConfig { config } => check_config::run(&config),
+        Command::Alerts { config, limit } => alerts::run(&load(config.as_deref())?, limit),
+        Command::Agents { config, action } => {
+            let config = load(config.as_deref())?;
+            match action.unwrap_or(AgentsAction::List) {
+                AgentsAction::List => agents::list(&config),
+                AgentsAction::Revoke { agent } => agents::revoke(&config, &agent),
+                AgentsAction::Rotate { agent } => agents::rotate(&config, &agent),
+            }
+        }
+        Command::Enroll { name, expires_minutes, config } => {
+            agents::enroll(&load(config.as_deref())?, &name, expires_minutes)
+        }
+        Command::Store { config, action } => {
+            let c = load(config.as_deref())?;
+            check_owner(&c)?;
+            let fine = match action {
+                StoreAction::Check => store::check(&c)?,
+                StoreAction::Recover { output } => store::recover(&c, output, config.as_deref())?,
+            };
+            if !fine {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Run { config } => {
+            let flag = config.as_ref().map(|c| format!(" --config {}", c.display())).unwrap_or_default();
+            serve::run(load(config.as_deref())?).map_err(|e| match e.downcast_ref::<sos_collector::CollectorError>() {
+                Some(sos_collector::CollectorError::Store(
+                    damaged @ sos_collector::store::StoreError::Damaged { .. },
+                )) => {
+                    anyhow::anyhow!(
+                        "{damaged}. With the collector stopped, run `sos-collector store recover{flag}`: it copies \
+                         what can still be read into a new file, lists what it could not, and prints how to put the \
+                         new file in place"
+                    )
+                }
+                _ => e,
+            })
+        }
+    }
+}
+
+fn load(config: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(match config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    })
+}
+
+/// The store belongs to the service's user. Opened by anyone else (root, typically, running the
+/// CLI with sudo), SQLite could leave behind files (`sos.db-wal`, `-shm`) the service cannot
+/// write, and the next alert would fail to store. So the CLI runs as the owner of the data dir.
+fn check_owner(config: &Config) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let Ok(meta) = std::fs::metadata(&config.data_dir) else { return Ok(()) };
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            let owner = user_name(meta.uid()).unwrap_or_else(|| format!("uid {}", meta.uid()));
+            anyhow::bail!(
+                "{} belongs to {owner}, the collector's user; run this command as that user, e.g. sudo -u {owner} sos-collector ...",
+                config.data_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The login name of `uid`, from /etc/passwd.
+#[cfg(unix)]
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+    })
+}
+
+fn open_store(config: &Config) -> anyhow::Result<(Db, PathBuf)> {
+    check_owner(config)?;
+    let path = config.database_path();
+    if !path.exists() {
+        anyhow::bail!("no store at {} (has the collector run with this data_dir?)", path.display());
+    }
+    // Its errors name the file.
+    let db = Db::open_read_only(&path)?;
+    Ok((db, path))
+}
+
+fn open_store_rw(config: &Config) -> anyhow::Result<(Db, PathBuf)> {
+    check_owner(config)?;
+    let path = config.database_path();
+    let db = Db::open(&path)?;
+    Ok((db, path))
+}

@@ -1,0 +1,110 @@
+//! `sos-collector enroll` and `agents list|revoke|rotate`: the agent registry.
+
+use sos_collector::channel::when_utc;
+use sos_collector::Config;
+
+use super::{open_store, open_store_rw};
+
+/// `enroll`: a one-time code on stdout, how to use it on stderr.
+pub fn enroll(config: &Config, name: &str, expires_minutes: u64) -> anyhow::Result<()> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > sos_shared::enroll::MAX_NAME_LEN || name.chars().any(char::is_control) {
+        anyhow::bail!(
+            "--name must be 1 to {} bytes of printable text, e.g. \"Reception desk 3\"",
+            sos_shared::enroll::MAX_NAME_LEN
+        );
+    }
+    if expires_minutes == 0 || expires_minutes > 7 * 24 * 60 {
+        anyhow::bail!("--expires-minutes must be between 1 and 10080 (a week)");
+    }
+    let (mut db, _) = open_store_rw(config)?;
+    let now = sos_collector::store::now_ms();
+    let code = db.create_enrollment(name, expires_minutes as i64 * 60_000, now)?;
+    let until = when_utc((now + expires_minutes as i64 * 60_000) / 1000);
+    let addr = if config.listen.ip().is_unspecified() {
+        format!("THIS-HOST:{}", config.listen.port())
+    } else {
+        config.listen.to_string()
+    };
+    println!("{code}");
+    eprintln!(
+        "\nOne-time code for \"{name}\", valid once until {until} ({expires_minutes} min).\n\
+         On the workstation, run:\n\n    sos-agent enroll {code} --collector {addr}\n\n\
+         Read it out or send it by another channel than the one you fear is watched; a wrong code \n\
+         tried {} times burns it.",
+        sos_collector::registry::MAX_CODE_ATTEMPTS
+    );
+    Ok(())
+}
+
+/// `agents list` (and `agents`): enrolled agents, then every agent seen by heartbeat.
+pub fn list(config: &Config) -> anyhow::Result<()> {
+    let (db, path) = open_store(config)?;
+    let now = sos_collector::store::now_ms();
+    let enrolled = db.enrolled_agents()?;
+    if enrolled.is_empty() {
+        println!("No enrolled agents in {} (enroll one with `sos-collector enroll --name NAME`).", path.display());
+    } else {
+        println!("Enrolled agents:");
+    }
+    for a in &enrolled {
+        let state = match (a.revoked_at_ms, a.rotation_pending_since_ms, a.previous_key_until_ms) {
+            (Some(t), _, _) => format!("REVOKED {}", when_utc(t / 1000)),
+            (None, Some(t), _) => format!("rotation pending since {}", when_utc(t / 1000)),
+            (None, None, Some(t)) if t > now => format!("active; previous key valid until {}", when_utc(t / 1000)),
+            _ => "active".to_owned(),
+        };
+        let seen = a.last_seen_ms.map(|t| when_utc(t / 1000)).unwrap_or_else(|| "never".into());
+        println!(
+            "{}  {:<24} host {:<20} key {}  enrolled {}  last seen {}  {}",
+            a.agent_id,
+            a.name,
+            a.host,
+            a.key_id,
+            when_utc(a.enrolled_at_ms / 1000),
+            seen,
+            state
+        );
+    }
+    let agents = db.agents()?;
+    if !enrolled.is_empty() || !agents.is_empty() {
+        println!("Heartbeats (key id, user@host, last seen):");
+    }
+    if agents.is_empty() {
+        println!("No heartbeats recorded in {}.", path.display());
+    }
+    for a in agents {
+        println!(
+            "{}  {}@{} ({}, from {})  last seen {} ({} s ago)",
+            a.key_id,
+            a.user,
+            a.host,
+            a.ip,
+            a.source,
+            when_utc(a.last_seen_ms / 1000),
+            (now - a.last_seen_ms).max(0) / 1000
+        );
+    }
+    Ok(())
+}
+
+/// `agents revoke`: refuse every key of `agent` from now on.
+pub fn revoke(config: &Config, agent: &str) -> anyhow::Result<()> {
+    let (mut db, _) = open_store_rw(config)?;
+    let a = db.revoke(agent, sos_collector::store::now_ms())?;
+    println!("Revoked agent {} ({}): its keys are refused from now on.", a.agent_id, a.name);
+    Ok(())
+}
+
+/// `agents rotate`: a new key for `agent`, delivered with its next heartbeat.
+pub fn rotate(config: &Config, agent: &str) -> anyhow::Result<()> {
+    let (mut db, _) = open_store_rw(config)?;
+    let a = db.rotate(agent, sos_collector::store::now_ms())?;
+    println!(
+                        "New key for agent {} ({}): it is sent with the agent's next heartbeat; the old key stays valid until {} after the agent first uses the new one.",
+                        a.agent_id,
+                        a.name,
+                        humantime::format_duration(config.security.rotation_grace)
+                    );
+    Ok(())
+}

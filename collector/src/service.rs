@@ -1,0 +1,351 @@
+//! The service: opens the store and the registry, starts the channels' outbox workers, the
+//! store writer, the periodic tasks and the receive loop ([`crate::udp`]), and supervises them:
+//! a task or thread that dies ends the service with a clear message.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sos_shared::Key;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, info_span, warn, Instrument as _};
+
+use crate::channel::{Channel, ChannelKind, Email, Slack};
+use crate::config::Config;
+use crate::outbox;
+use crate::ratelimit::Limiter;
+use crate::refusal::Refusals;
+use crate::registry::SharedRegistry;
+use crate::stats::{Stats, StatsSnapshot};
+use crate::store::{Db, Store, StoreError};
+
+use crate::udp::{log_summary, Limits, Receiver, ENROLL_PER_CODE};
+
+/// Why the collector could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    /// The configuration has no key; call [`Config::ensure_key`] first.
+    #[error("no key configured")]
+    NoKey,
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A channel could not be set up.
+    #[error("cannot set up the {channel} channel: {message}")]
+    Channel {
+        /// Which channel.
+        channel: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// The store writer or an essential task died while serving (a panic, a damaged store):
+    /// the process must end non-zero so that the service manager restarts it.
+    #[error("the collector stopped: {0}")]
+    Died(String),
+    /// An operating system error.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A configured collector, ready to [`run`](Collector::run).
+#[derive(Debug)]
+pub struct Collector {
+    config: Config,
+    key: Key,
+    stats: Arc<Stats>,
+}
+
+impl Collector {
+    /// Check the configuration for what `run` needs.
+    ///
+    /// # Errors
+    /// [`CollectorError::NoKey`] if no key is configured.
+    pub fn new(config: Config) -> Result<Self, CollectorError> {
+        let key = config.key.clone().ok_or(CollectorError::NoKey)?;
+        Ok(Collector { config, key, stats: Arc::default() })
+    }
+
+    /// The live counters, readable while the collector runs.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Serve on `socket` until `shutdown` completes, then stop receiving, finish the commits
+    /// and acknowledgements in flight, give notification attempts in flight up to
+    /// `shutdown_grace` to end, and return the final counters.
+    ///
+    /// # Errors
+    /// If the store or a channel cannot be set up. Once serving, errors are logged, not returned.
+    pub async fn run(
+        self,
+        socket: UdpSocket,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<StatsSnapshot, CollectorError> {
+        let Collector { config, key, stats } = self;
+        let path = config.database_path();
+        if path.exists() {
+            match crate::integrity::check(&path, false, Some(crate::integrity::START_CHECK_BUDGET))? {
+                crate::integrity::Integrity::Ok => {}
+                crate::integrity::Integrity::Damaged(problems) => {
+                    return Err(StoreError::Damaged { path, problems }.into())
+                }
+                crate::integrity::Integrity::Unfinished => warn!(
+                    store = %path.display(), budget_secs = crate::integrity::START_CHECK_BUDGET.as_secs(),
+                    "the store's integrity check did not finish in time; starting anyway (run `sos-collector store check` \
+                     with the collector stopped to check it fully)"
+                ),
+            }
+        }
+        let db = Db::open(&path)?;
+        let names = config.channel_names();
+        for (channel, n) in db.pending_by_channel()? {
+            if names.contains(&channel.as_str()) {
+                info!(channel = %channel, pending = n, "resuming notifications pending from before the restart");
+            } else {
+                warn!(channel = %channel, pending = n,
+                      "notifications are pending for a channel that is no longer configured; they stay pending until it is configured again");
+            }
+        }
+        let mut channels = Vec::new();
+        for kind in config.channels() {
+            let setting_up = |message: String| CollectorError::Channel { channel: kind.name(), message };
+            channels.push(match kind {
+                ChannelKind::Log => Channel::Log,
+                ChannelKind::Slack => {
+                    let s = config.slack.clone().ok_or_else(|| setting_up("not configured".into()))?;
+                    Channel::Slack(Slack::new(s, config.outbox.attempt_timeout).map_err(|e| setting_up(e.to_string()))?)
+                }
+                ChannelKind::Email => {
+                    let e = config.email.clone().ok_or_else(|| setting_up("not configured".into()))?;
+                    let email = Email::new(e, config.outbox.attempt_timeout).map_err(|e| setting_up(e.to_string()))?;
+                    Channel::Email(Box::new(email))
+                }
+            });
+        }
+        let (store, writer) = Store::start(db, &names)?;
+        // Essential tasks: one that ends before shutdown (a panic) ends the service.
+        let (died_tx, mut died) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let essential = |what: String, task: tokio::task::JoinHandle<()>| {
+            let died = died_tx.clone();
+            tokio::spawn(async move {
+                let why = match task.await {
+                    Ok(()) => return,
+                    Err(e) if e.is_panic() => format!("{what} panicked"),
+                    Err(_) => return,
+                };
+                let _ = died.send(why);
+            });
+        };
+        let registry = SharedRegistry::open(&config.database_path())?;
+        {
+            let r = registry.snapshot();
+            if !config.security.accept_site_key && r.is_empty() {
+                warn!(
+                    "accept_site_key = false and no agent is enrolled: no agent can raise an alert until one enrolls"
+                );
+            }
+        }
+
+        let workers = TaskTracker::new();
+        let stop_workers = CancellationToken::new();
+        let channels: Vec<Arc<Channel>> = channels.into_iter().map(Arc::new).collect();
+        let tell = {
+            let channels = channels.clone();
+            let timeout = config.outbox.attempt_timeout;
+            let listen = config.listen;
+            move |subject: &'static str, text: String| {
+                let channels = channels.clone();
+                async move {
+                    let text = format!("The SOS collector listening on {listen}: {text}");
+                    for ch in channels.iter() {
+                        match tokio::time::timeout(timeout, ch.notice(subject, &text)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => warn!(channel = ch.name(), error = %e, "cannot tell this channel: {subject}"),
+                            Err(_) => warn!(channel = ch.name(), "cannot tell this channel (timed out): {subject}"),
+                        }
+                    }
+                }
+            }
+        };
+        for ch in channels.iter().cloned() {
+            let span = info_span!("outbox", channel = ch.name());
+            let name = format!("the {} outbox worker", ch.name());
+            // The store made one waker per configured channel, from the same list as `channels`.
+            let wake = store.waker(ch.name()).ok_or_else(|| CollectorError::Channel {
+                channel: ch.name(),
+                message: "the store has no outbox for it".into(),
+            })?;
+            essential(
+                name,
+                workers.spawn(
+                    outbox::run_worker(ch, store.clone(), wake, config.outbox.clone(), stop_workers.clone())
+                        .instrument(span),
+                ),
+            );
+        }
+        // Heartbeats reach the store in one transaction per PRESENCE_FLUSH, and once more at the end.
+        {
+            let store = store.clone();
+            let stop = stop_workers.clone();
+            let task = workers.spawn(async move {
+                let mut tick = tokio::time::interval(crate::store::PRESENCE_FLUSH);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => store.flush_presence(),
+                    }
+                }
+                store.flush_presence();
+            });
+            essential("the heartbeat writer".into(), task);
+        }
+        // Every channel that still works says when the store fails for more than a few seconds,
+        // and when it recovers: responders learn that SOS are not being acknowledged here.
+        {
+            let store = store.clone();
+            let stop = stop_workers.clone();
+            let tell = tell.clone();
+            let path = config.database_path();
+            let task = workers.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let (mut since, mut told) = (None::<Instant>, false);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    match (store.is_failing(), told) {
+                        (true, false) => {
+                            if since.get_or_insert_with(Instant::now).elapsed() >= STORE_FAILING_NOTICE_AFTER {
+                                told = true;
+                                let text = format!(
+                                    "its store {} is failing (disk full, read-only or damaged?). SOS are NOT being \
+                                     acknowledged; agents keep retrying and fail over to another collector if they have one.",
+                                    path.display()
+                                );
+                                tell("SOS collector: STORE FAILING", text).await;
+                            }
+                        }
+                        (false, true) => {
+                            told = false;
+                            since = None;
+                            tell("SOS collector: store recovered", "its store works again; SOS are acknowledged.".into()).await;
+                        }
+                        (false, false) => since = None,
+                        (true, true) => {}
+                    }
+                }
+            });
+            essential("the store health watch".into(), task);
+        }
+        // The CLI changes the registry in the store (enroll, revoke, rotate); pick that up. And
+        // tell what was refused and only counted in the interval that ended.
+        let refusals = Arc::new(Mutex::new(Refusals::default()));
+        {
+            let registry = registry.clone();
+            let stop = stop_workers.clone();
+            let refusals = refusals.clone();
+            let task = workers.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {
+                            registry.refresh_async().await;
+                            let told = refusals.lock().unwrap_or_else(|e| e.into_inner()).flush(Instant::now());
+                            told.into_iter().for_each(log_summary);
+                        }
+                    }
+                }
+            });
+            essential("the registry refresh".into(), task);
+        }
+        workers.close();
+
+        let socket = Arc::new(socket);
+        info!(listen = %socket.local_addr()?, key_id = %key.id(), site_key = config.security.accept_site_key,
+              enrolled_keys = registry.snapshot().len(), channels = ?names, "collector ready");
+        let sec = &config.security;
+        let in_flight = TaskTracker::new();
+        let receiver = Receiver {
+            socket: socket.clone(),
+            key,
+            config: config.clone(),
+            store: store.clone(),
+            stats: stats.clone(),
+            in_flight: in_flight.clone(),
+            store_waiters: Arc::new(tokio::sync::Semaphore::new(crate::udp::MAX_STORE_WAITERS)),
+            registry,
+            limits: Mutex::new(Limits {
+                agent: Limiter::new(sec.per_agent, 100_000),
+                enroll_source: Limiter::new(sec.per_source, 100_000),
+                enroll: Limiter::new(sec.enroll, 1),
+                enroll_code: Limiter::new(ENROLL_PER_CODE, 10_000),
+            }),
+            refusals,
+            sessions: Arc::default(),
+        };
+        // Ends on the shutdown signal, or when an essential task or the store writer dies: a
+        // collector that cannot store must not look alive; the service manager restarts it.
+        let mut fatal = None;
+        let stop = async {
+            tokio::select! {
+                _ = shutdown => {}
+                why = store.ended() => fatal = Some(why),
+                Some(why) = died.recv() => fatal = Some(why),
+            }
+        };
+        receiver.serve(stop).await;
+        if let Some(why) = &fatal {
+            error!("STOPPING: {why}; no SOS can be acknowledged by this process");
+            tell(
+                "SOS collector: STOPPING",
+                format!("{why}. It exits for the service manager to restart it; SOS are not acknowledged meanwhile."),
+            )
+            .await;
+        }
+
+        info!("shutting down: no longer receiving; finishing commits in flight");
+        in_flight.close();
+        in_flight.wait().await;
+        stop_workers.cancel();
+        if tokio::time::timeout(config.shutdown_grace, workers.wait()).await.is_err() {
+            warn!(
+                grace_secs = config.shutdown_grace.as_secs(),
+                "notification attempts still running at the end of the grace period; they resume on the next start"
+            );
+        }
+        drop(receiver);
+        drop(store);
+        // The writer ends once every handle is gone; a worker abandoned after the grace period
+        // may still hold one, so do not wait for it forever.
+        let joined = tokio::task::spawn_blocking(move || writer.join());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), joined).await;
+        let snapshot = stats.snapshot();
+        info!(%snapshot, "collector stopped");
+        match fatal {
+            Some(why) => Err(CollectorError::Died(why)),
+            None => Ok(snapshot),
+        }
+    }
+}
+
+/// Serve on `socket` with `config` until `shutdown` completes. See [`Collector::run`].
+///
+/// # Errors
+/// See [`Collector::new`] and [`Collector::run`].
+pub async fn run(
+    socket: UdpSocket,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<StatsSnapshot, CollectorError> {
+    Collector::new(config)?.run(socket, shutdown).await
+}
+
+/// How long the store must fail before every channel is told.
+const STORE_FAILING_NOTICE_AFTER: Duration = Duration::from_secs(5);

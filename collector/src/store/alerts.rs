@@ -1,0 +1,171 @@
+//! Alerts: storing them with their outbox jobs, cancelling them, reading them back.
+
+use rusqlite::{params, OptionalExtension};
+use sos_shared::AlertId;
+
+use super::{enrolled_as, AlertRecord, Cancellation, Cancelled, Db, Delivery, NewAlert, StoreError, Stored};
+
+impl Db {
+    /// Store alerts and their outbox jobs in one transaction. All or nothing. The jobs are due
+    /// at `jobs_at_ms` (on the [`outbox_clock_ms`](super::outbox_clock_ms) scale).
+    ///
+    /// # Errors
+    /// If the transaction fails; then nothing was stored.
+    pub fn insert_alerts(
+        &mut self,
+        alerts: &[NewAlert],
+        channels: &[&str],
+        jobs_at_ms: i64,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut out = Vec::with_capacity(alerts.len());
+        {
+            let mut insert_alert = tx.prepare_cached(
+                "INSERT INTO alerts (alert_id, received_at_ms, triggered_at, test, user, host, ip,
+                                     location, message, agent, source, key_id, agent_id, agent_name, agent_host)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                 ON CONFLICT (alert_id) DO NOTHING",
+            )?;
+            let mut insert_job = tx.prepare_cached(
+                "INSERT INTO outbox (alert_id, channel, state, created_at_ms, next_attempt_at_ms)
+                 VALUES (?1, ?2, 'pending', ?3, ?3)",
+            )?;
+            for a in alerts {
+                let s = &a.sos;
+                let id = s.alert_id.to_string();
+                let n = insert_alert.execute(params![
+                    id,
+                    a.received_at_ms,
+                    s.triggered_at as i64,
+                    s.test,
+                    s.user,
+                    s.host,
+                    s.ip,
+                    s.location,
+                    s.message,
+                    s.agent,
+                    a.source.to_string(),
+                    a.key_id,
+                    a.enrolled.as_ref().map(|e| &e.agent_id),
+                    a.enrolled.as_ref().map(|e| &e.name),
+                    a.enrolled.as_ref().map(|e| &e.host),
+                ])?;
+                if n == 1 {
+                    for ch in channels {
+                        insert_job.execute(params![id, ch, jobs_at_ms])?;
+                    }
+                    out.push(Stored::New);
+                } else {
+                    out.push(Stored::Duplicate);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// The most recent alerts with the delivery state of each channel, newest first.
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub fn recent_alerts(&self, limit: usize) -> Result<Vec<(AlertRecord, Vec<Delivery>)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT alert_id, test, triggered_at, received_at_ms, user, host, ip, location, message, source,
+                    cancelled_at_ms, cancel_reason, agent_id, agent_name, agent_host
+             FROM alerts ORDER BY received_at_ms DESC, alert_id LIMIT ?1",
+        )?;
+        let alerts = stmt
+            .query_map(params![limit as i64], |r| {
+                let id: String = r.get(0)?;
+                Ok(AlertRecord {
+                    alert_id: id.parse().map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+                    })?,
+                    test: r.get(1)?,
+                    triggered_at: r.get(2)?,
+                    received_at_ms: r.get(3)?,
+                    user: r.get(4)?,
+                    host: r.get(5)?,
+                    ip: r.get(6)?,
+                    location: r.get(7)?,
+                    message: r.get(8)?,
+                    source: r.get(9)?,
+                    enrolled: enrolled_as(r, 12)?,
+                    cancellation: match (r.get::<_, Option<i64>>(10)?, r.get::<_, Option<String>>(11)?) {
+                        (Some(at_ms), reason) => Some(Cancellation { at_ms, reason: reason.unwrap_or_default() }),
+                        (None, _) => None,
+                    },
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut jobs = self.conn.prepare(
+            "SELECT channel || CASE kind WHEN 'cancel' THEN ' (cancel)' ELSE '' END,
+                    state, attempts, last_error, delivered_at_ms FROM outbox
+             WHERE alert_id = ?1 ORDER BY id",
+        )?;
+        let mut out = Vec::with_capacity(alerts.len());
+        for a in alerts {
+            let d = jobs
+                .query_map(params![a.alert_id.to_string()], |r| {
+                    Ok(Delivery {
+                        channel: r.get(0)?,
+                        state: r.get(1)?,
+                        attempts: r.get(2)?,
+                        last_error: r.get(3)?,
+                        delivered_at_ms: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push((a, d));
+        }
+        Ok(out)
+    }
+
+    /// Record that the sender cancelled `alert_id` and queue one cancellation notice per
+    /// channel, in one transaction. Only who sent the alert may cancel it: `principal` is
+    /// `agent:<agent id>` for an enrolled agent (whichever of its keys it uses now) and the key
+    /// id for the site key (see [`principal`](super::principal)).
+    ///
+    /// # Errors
+    /// If the transaction fails; then nothing was recorded.
+    pub fn cancel(
+        &mut self,
+        alert_id: AlertId,
+        reason: &str,
+        principal: &str,
+        channels: &[&str],
+        now_ms: i64,
+        jobs_at_ms: i64,
+    ) -> Result<Cancelled, StoreError> {
+        let tx = self.conn.transaction()?;
+        let id = alert_id.to_string();
+        let row: Option<(String, Option<i64>)> = tx
+            .query_row(
+                "SELECT COALESCE('agent:' || agent_id, key_id), cancelled_at_ms FROM alerts WHERE alert_id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let outcome = match row {
+            None => Cancelled::Unknown,
+            Some((k, _)) if k != principal => Cancelled::Unknown,
+            Some((_, Some(_))) => Cancelled::Already,
+            Some((_, None)) => {
+                tx.execute(
+                    "UPDATE alerts SET cancelled_at_ms = ?2, cancel_reason = ?3 WHERE alert_id = ?1",
+                    params![id, now_ms, reason],
+                )?;
+                for ch in channels {
+                    tx.execute(
+                        "INSERT INTO outbox (alert_id, channel, kind, state, created_at_ms, next_attempt_at_ms)
+                         VALUES (?1, ?2, 'cancel', 'pending', ?3, ?3) ON CONFLICT DO NOTHING",
+                        params![id, ch, jobs_at_ms],
+                    )?;
+                }
+                Cancelled::New
+            }
+        };
+        tx.commit()?;
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,71 @@
+//! Opening the store file: permissions, pragmas, migrations ([`super::schema`]).
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::{schema, StoreError};
+
+/// The store, used synchronously.
+#[derive(Debug)]
+pub struct Db {
+    pub(crate) conn: Connection,
+}
+
+impl Db {
+    /// Open (creating if needed) the store at `path`.
+    ///
+    /// # Errors
+    /// If the file cannot be opened or its schema is from a newer version.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                message: format!("cannot create the directory {}: {e}", dir.display()),
+            })?;
+        }
+        Self::set_up(path).map_err(|e| StoreError::opening(path, e))
+    }
+
+    fn set_up(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path)?;
+        // The store holds every enrolled agent's key: readable by its owner only (SQLite gives
+        // the -wal and -shm files the same mode).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        schema::migrate(&mut conn)?;
+        Ok(Db { conn })
+    }
+
+    /// Open an existing store for reading only (the CLI).
+    ///
+    /// # Errors
+    /// If there is no store at `path`.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let open = || -> Result<Self, rusqlite::Error> {
+            let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            Ok(Db { conn })
+        };
+        open().map_err(|e| StoreError::opening(path, e))
+    }
+
+    /// Pending jobs per channel, to warn about channels no longer configured.
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub fn pending_by_channel(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT channel, COUNT(*) FROM outbox WHERE state = 'pending' GROUP BY channel ORDER BY channel",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

@@ -1,0 +1,126 @@
+//! The outbox's queries: due jobs, the next deadline, outcomes, re-basing deadlines at start.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{enrolled_as, AlertRecord, Cancellation, Db, Job, JobOutcome, StoreError};
+
+impl Db {
+    /// Pending jobs of `channel` due at `now_ms`, oldest first.
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub fn due_jobs(&self, channel: &str, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT o.id, o.attempts, o.created_at_ms, a.alert_id, a.test, a.triggered_at,
+                    a.received_at_ms, a.user, a.host, a.ip, a.location, a.message, a.source,
+                    o.kind, a.cancelled_at_ms, a.cancel_reason, a.agent_id, a.agent_name, a.agent_host
+             FROM outbox o JOIN alerts a ON a.alert_id = o.alert_id
+             WHERE o.channel = ?1 AND o.state = 'pending' AND o.next_attempt_at_ms <= ?2
+               -- a cancellation never overtakes its alert on a channel
+               AND NOT (o.kind = 'cancel' AND EXISTS (
+                   SELECT 1 FROM outbox p WHERE p.alert_id = o.alert_id AND p.channel = o.channel
+                                          AND p.kind = 'alert' AND p.state = 'pending'))
+             ORDER BY o.next_attempt_at_ms, o.id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![channel, now_ms, limit as i64], |r| {
+            let id: String = r.get(3)?;
+            Ok(Job {
+                id: r.get(0)?,
+                attempts: r.get(1)?,
+                created_at_ms: r.get(2)?,
+                alert: AlertRecord {
+                    alert_id: id.parse().map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+                    })?,
+                    test: r.get(4)?,
+                    triggered_at: r.get(5)?,
+                    received_at_ms: r.get(6)?,
+                    user: r.get(7)?,
+                    host: r.get(8)?,
+                    ip: r.get(9)?,
+                    location: r.get(10)?,
+                    message: r.get(11)?,
+                    source: r.get(12)?,
+                    enrolled: enrolled_as(r, 16)?,
+                    cancellation: if r.get::<_, String>(13)? == "cancel" {
+                        Some(Cancellation {
+                            at_ms: r.get::<_, Option<i64>>(14)?.unwrap_or_default(),
+                            reason: r.get::<_, Option<String>>(15)?.unwrap_or_default(),
+                        })
+                    } else {
+                        None
+                    },
+                },
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// When the next pending job of `channel` that [`Db::due_jobs`] would return is due (a
+    /// cancellation held back behind its pending alert is not: counting it would wake the
+    /// worker for nothing, again and again, until the alert is delivered).
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub fn next_due(&self, channel: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT MIN(o.next_attempt_at_ms) FROM outbox o
+                 WHERE o.channel = ?1 AND o.state = 'pending'
+                   AND NOT (o.kind = 'cancel' AND EXISTS (
+                       SELECT 1 FROM outbox p WHERE p.alert_id = o.alert_id AND p.channel = o.channel
+                                              AND p.kind = 'alert' AND p.state = 'pending'))",
+                params![channel],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// Re-base `channel`'s pending jobs on the outbox clock of this run (which starts at the
+    /// wall clock of the start, see [`outbox_clock_ms`](super::outbox_clock_ms)): a job created "in the future" (the
+    /// clock was stepped back since) is moved back with its deadline, so that its age counts
+    /// from `now_ms`, and no retry waits longer than `max_wait_ms` from `now_ms`. Returns how
+    /// many jobs changed.
+    ///
+    /// # Errors
+    /// If the update fails.
+    pub fn rebase_outbox(&mut self, channel: &str, now_ms: i64, max_wait_ms: i64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE outbox SET created_at_ms = MIN(created_at_ms, ?2),
+                               next_attempt_at_ms = MIN(next_attempt_at_ms - MAX(created_at_ms - ?2, 0), ?2 + ?3)
+             WHERE channel = ?1 AND state = 'pending' AND (created_at_ms > ?2 OR next_attempt_at_ms > ?2 + ?3)",
+            params![channel, now_ms, max_wait_ms],
+        )?)
+    }
+
+    /// Record the outcome of attempts, all in one transaction.
+    ///
+    /// # Errors
+    /// If the transaction fails; then nothing was recorded and the jobs will be tried again.
+    pub fn finish(&mut self, outcomes: &[(i64, JobOutcome)], now_ms: i64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for (id, outcome) in outcomes {
+            match outcome {
+                JobOutcome::Delivered => tx.execute(
+                    "UPDATE outbox SET state = 'delivered', attempts = attempts + 1,
+                            delivered_at_ms = ?2, last_error = NULL WHERE id = ?1",
+                    params![id, now_ms],
+                )?,
+                JobOutcome::Retry { next_attempt_at_ms, error } => tx.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at_ms = ?2,
+                            last_error = ?3 WHERE id = ?1",
+                    params![id, next_attempt_at_ms, error],
+                )?,
+                JobOutcome::Failed { error } => tx.execute(
+                    "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?2
+                     WHERE id = ?1",
+                    params![id, error],
+                )?,
+            };
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,494 @@
+//! The store's schema and its migrations, numbered by SQLite's `PRAGMA user_version`.
+//!
+//! Migration `n` (1-based, `MIGRATIONS[n - 1]`) takes a store from version `n - 1` to `n`, in
+//! one transaction, through `rusqlite_migration`, which keeps the number in `user_version` as the
+//! collector always has: a store written by any earlier collector opens and is brought up to date.
+//! A new file (version 0) runs them all. Never edit a migration that has shipped; add one.
+
+use rusqlite::Connection;
+use rusqlite_migration::{Migrations, M};
+
+use super::StoreError;
+
+/// Version 1: alerts and their outbox (one job per alert and channel).
+const V1: &str = "
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id       TEXT PRIMARY KEY,
+    received_at_ms INTEGER NOT NULL,
+    triggered_at   INTEGER NOT NULL,
+    test           INTEGER NOT NULL,
+    user           TEXT NOT NULL,
+    host           TEXT NOT NULL,
+    ip             TEXT NOT NULL,
+    location       TEXT NOT NULL,
+    message        TEXT NOT NULL,
+    agent          TEXT NOT NULL,
+    source         TEXT NOT NULL,
+    key_id         TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id                 INTEGER PRIMARY KEY,
+    alert_id           TEXT NOT NULL REFERENCES alerts(alert_id),
+    channel            TEXT NOT NULL,
+    state              TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    created_at_ms      INTEGER NOT NULL,
+    next_attempt_at_ms INTEGER NOT NULL,
+    delivered_at_ms    INTEGER,
+    last_error         TEXT,
+    UNIQUE (alert_id, channel)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (channel, state, next_attempt_at_ms);
+CREATE INDEX IF NOT EXISTS alerts_recent ON alerts (received_at_ms);
+";
+
+/// Version 2: cancellation columns, the outbox's `kind` (an alert or its cancellation), the
+/// agents seen by heartbeat.
+const V2: &str = "
+ALTER TABLE alerts ADD COLUMN cancelled_at_ms INTEGER;
+ALTER TABLE alerts ADD COLUMN cancel_reason TEXT;
+CREATE TABLE outbox_v2 (
+    id                 INTEGER PRIMARY KEY,
+    alert_id           TEXT NOT NULL REFERENCES alerts(alert_id),
+    channel            TEXT NOT NULL,
+    kind               TEXT NOT NULL DEFAULT 'alert' CHECK (kind IN ('alert', 'cancel')),
+    state              TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    created_at_ms      INTEGER NOT NULL,
+    next_attempt_at_ms INTEGER NOT NULL,
+    delivered_at_ms    INTEGER,
+    last_error         TEXT,
+    UNIQUE (alert_id, channel, kind)
+);
+INSERT INTO outbox_v2 (id, alert_id, channel, kind, state, attempts, created_at_ms, next_attempt_at_ms, delivered_at_ms, last_error)
+    SELECT id, alert_id, channel, 'alert', state, attempts, created_at_ms, next_attempt_at_ms, delivered_at_ms, last_error FROM outbox;
+DROP TABLE outbox;
+ALTER TABLE outbox_v2 RENAME TO outbox;
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (channel, state, next_attempt_at_ms);
+CREATE INDEX IF NOT EXISTS alerts_recent ON alerts (received_at_ms);
+CREATE TABLE IF NOT EXISTS agents (
+    host         TEXT NOT NULL,
+    user         TEXT NOT NULL,
+    ip           TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    key_id       TEXT NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (host, user)
+) WITHOUT ROWID;
+";
+
+/// Version 3: the agent registry (enrolled agents, one-time codes) and, per alert, who its key
+/// was enrolled for.
+const V3: &str = "
+ALTER TABLE alerts ADD COLUMN agent_id TEXT;
+ALTER TABLE alerts ADD COLUMN agent_name TEXT;
+ALTER TABLE alerts ADD COLUMN agent_host TEXT;
+CREATE TABLE IF NOT EXISTS agents (
+    host         TEXT NOT NULL,
+    user         TEXT NOT NULL,
+    ip           TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    key_id       TEXT NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (host, user)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS enrolled (
+    agent_id       TEXT PRIMARY KEY,
+    name           TEXT NOT NULL,
+    host           TEXT NOT NULL,
+    enrolled_at_ms INTEGER NOT NULL,
+    key            TEXT NOT NULL,
+    prev_key       TEXT,
+    prev_until_ms  INTEGER,
+    next_key       TEXT,
+    rotated_at_ms  INTEGER,
+    revoked_at_ms  INTEGER,
+    last_seen_ms   INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS enrollments (
+    code_id       TEXT PRIMARY KEY,
+    secret        TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    used_at_ms    INTEGER,
+    agent_id      TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS registry_version (
+    id      INTEGER PRIMARY KEY CHECK (id = 0),
+    version INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO registry_version VALUES (0, 0);
+";
+
+/// Every migration, in order: the store's version is how many have run.
+const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3)];
+
+/// The schema version this collector writes.
+pub const VERSION: usize = MIGRATIONS.len();
+
+/// Bring the store on `conn` to [`VERSION`], one transaction per step.
+///
+/// # Errors
+/// If the store is from a newer collector (it is left untouched), or a step fails (that step
+/// is rolled back; the steps before it stay).
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > VERSION as i64 {
+        return Err(StoreError::Sqlite(format!(
+            "it has schema version {version}, newer than this collector understands ({VERSION})"
+        )));
+    }
+    if version == 0 {
+        clear_interrupted_first_start(conn)?;
+    }
+    Migrations::from_slice(MIGRATIONS).to_latest(conn).map_err(|e| match e {
+        rusqlite_migration::Error::RusqliteError { err, .. } => StoreError::from(err),
+        other => StoreError::Sqlite(format!("cannot migrate the schema: {other}")),
+    })
+}
+
+/// A store at version 0 that already has tables: a collector from before these migrations
+/// (which created its tables outside a transaction and recorded the version last) stopped during
+/// its very first start. It then stored nothing: its tables are empty and are dropped, in one
+/// transaction, for the migrations to make afresh (that collector completed them on its next
+/// start). Tables holding rows at version 0 are not a store this collector made: refused, untouched.
+fn clear_interrupted_first_start(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    let tables: Vec<String> = tx
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for table in &tables {
+        let rows: i64 = tx.query_row(&format!("SELECT count(*) FROM \"{table}\""), [], |r| r.get(0))?;
+        // registry_version holds its one row from the start.
+        let made_empty = if table == "registry_version" { 1 } else { 0 };
+        if rows > made_empty {
+            return Err(StoreError::Sqlite(format!(
+                "it has no schema version yet its table {table} holds {rows} rows: not a store this collector made"
+            )));
+        }
+    }
+    for table in &tables {
+        tx.execute_batch(&format!("DROP TABLE \"{table}\""))?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Db, StoreError};
+    use super::*;
+
+    /// The tables' columns and the indexes, as SQLite describes them.
+    fn shape(conn: &Connection) -> Vec<String> {
+        let mut names: Vec<(String, String)> = conn
+            .prepare("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        names.sort();
+        let mut out = Vec::new();
+        for (kind, name) in names {
+            if kind == "table" {
+                let cols: Vec<String> = conn
+                    .prepare(&format!(
+                        "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info('{name}')"
+                    ))
+                    .unwrap()
+                    .query_map([], |r| {
+                        Ok(format!(
+                            "{}:{}:{}:{:?}:{}",
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                            r.get::<_, i64>(4)?
+                        ))
+                    })
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                out.push(format!("table {name}({})", cols.join(", ")));
+            } else {
+                out.push(format!("{kind} {name}"));
+            }
+        }
+        out
+    }
+
+    fn version(conn: &Connection) -> i64 {
+        conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap()
+    }
+
+    /// The shape of a store created by this collector.
+    fn fresh_shape() -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("sos.db")).unwrap();
+        assert_eq!(version(&db.conn), VERSION as i64);
+        shape(&db.conn)
+    }
+
+    #[test]
+    fn the_migrations_are_valid() {
+        Migrations::from_slice(MIGRATIONS).validate().unwrap();
+    }
+
+    /// What the collector of each schema version wrote at its first start, verbatim (before
+    /// migrations went through `rusqlite_migration`): version 1 …
+    const OLD_V1: &str = "
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id       TEXT PRIMARY KEY,
+    received_at_ms INTEGER NOT NULL,
+    triggered_at   INTEGER NOT NULL,
+    test           INTEGER NOT NULL,
+    user           TEXT NOT NULL,
+    host           TEXT NOT NULL,
+    ip             TEXT NOT NULL,
+    location       TEXT NOT NULL,
+    message        TEXT NOT NULL,
+    agent          TEXT NOT NULL,
+    source         TEXT NOT NULL,
+    key_id         TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id                 INTEGER PRIMARY KEY,
+    alert_id           TEXT NOT NULL REFERENCES alerts(alert_id),
+    channel            TEXT NOT NULL,
+    state              TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    created_at_ms      INTEGER NOT NULL,
+    next_attempt_at_ms INTEGER NOT NULL,
+    delivered_at_ms    INTEGER,
+    last_error         TEXT,
+    UNIQUE (alert_id, channel)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (channel, state, next_attempt_at_ms);
+CREATE INDEX IF NOT EXISTS alerts_recent ON alerts (received_at_ms);
+PRAGMA user_version = 1;
+";
+
+    /// … version 2 …
+    const OLD_V2: &str = "
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id        TEXT PRIMARY KEY,
+    received_at_ms  INTEGER NOT NULL,
+    triggered_at    INTEGER NOT NULL,
+    test            INTEGER NOT NULL,
+    user            TEXT NOT NULL,
+    host            TEXT NOT NULL,
+    ip              TEXT NOT NULL,
+    location        TEXT NOT NULL,
+    message         TEXT NOT NULL,
+    agent           TEXT NOT NULL,
+    source          TEXT NOT NULL,
+    key_id          TEXT NOT NULL,
+    cancelled_at_ms INTEGER,
+    cancel_reason   TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id                 INTEGER PRIMARY KEY,
+    alert_id           TEXT NOT NULL REFERENCES alerts(alert_id),
+    channel            TEXT NOT NULL,
+    kind               TEXT NOT NULL DEFAULT 'alert' CHECK (kind IN ('alert', 'cancel')),
+    state              TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    created_at_ms      INTEGER NOT NULL,
+    next_attempt_at_ms INTEGER NOT NULL,
+    delivered_at_ms    INTEGER,
+    last_error         TEXT,
+    UNIQUE (alert_id, channel, kind)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (channel, state, next_attempt_at_ms);
+CREATE INDEX IF NOT EXISTS alerts_recent ON alerts (received_at_ms);
+CREATE TABLE IF NOT EXISTS agents (
+    host         TEXT NOT NULL,
+    user         TEXT NOT NULL,
+    ip           TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    key_id       TEXT NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (host, user)
+) WITHOUT ROWID;
+PRAGMA user_version = 2;
+";
+
+    /// … and version 3 (the tables of version 2 with three more alert columns, and the registry).
+    const OLD_V3_EXTRA: &str = "
+CREATE TABLE IF NOT EXISTS enrolled (
+    agent_id       TEXT PRIMARY KEY,
+    name           TEXT NOT NULL,
+    host           TEXT NOT NULL,
+    enrolled_at_ms INTEGER NOT NULL,
+    key            TEXT NOT NULL,
+    prev_key       TEXT,
+    prev_until_ms  INTEGER,
+    next_key       TEXT,
+    rotated_at_ms  INTEGER,
+    revoked_at_ms  INTEGER,
+    last_seen_ms   INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS enrollments (
+    code_id       TEXT PRIMARY KEY,
+    secret        TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    used_at_ms    INTEGER,
+    agent_id      TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS registry_version (
+    id      INTEGER PRIMARY KEY CHECK (id = 0),
+    version INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO registry_version VALUES (0, 0);
+PRAGMA user_version = 3;
+";
+
+    const ALERT_ID: &str = "00000000000000000000000000000001";
+
+    /// A store as the collector of `version` left it, with one alert, its Slack job (pending,
+    /// one attempt made), a delivered log job and, from version 2, an agent seen.
+    fn old_store(path: &std::path::Path, version: u32) {
+        let conn = Connection::open(path).unwrap();
+        let columns =
+            "alert_id, received_at_ms, triggered_at, test, user, host, ip, location, message, agent, source, key_id";
+        let values = format!(
+            "'{ALERT_ID}', 1000, 1, 0, 'alice', 'desk', '10.0.0.1', 'Reception', 'help', 'sos-agent 1', '127.0.0.1:9', '00'"
+        );
+        let jobs = format!(
+            "INSERT INTO outbox (alert_id, channel, state, attempts, created_at_ms, next_attempt_at_ms, last_error)
+                VALUES ('{ALERT_ID}', 'slack', 'pending', 1, 1000, 7000, '429');
+             INSERT INTO outbox (alert_id, channel, state, created_at_ms, next_attempt_at_ms, delivered_at_ms)
+                VALUES ('{ALERT_ID}', 'log', 'delivered', 1000, 1000, 1001);"
+        );
+        let agent = "INSERT INTO agents VALUES ('desk', 'alice', '10.0.0.1', '127.0.0.1:9', '00', 5000);";
+        match version {
+            1 => conn.execute_batch(&format!("{OLD_V1} INSERT INTO alerts ({columns}) VALUES ({values}); {jobs}")),
+            2 => conn.execute_batch(&format!("{OLD_V2} INSERT INTO alerts ({columns}) VALUES ({values}); {jobs} {agent}")),
+            3 => conn.execute_batch(&format!(
+                "{} PRAGMA user_version = 3;
+                 INSERT INTO alerts ({columns}, agent_id, agent_name, agent_host) VALUES ({values}, 'a1', 'Desk 1', 'desk');
+                 {jobs} {agent}
+                 INSERT INTO enrolled (agent_id, name, host, enrolled_at_ms, key) VALUES ('a1', 'Desk 1', 'desk', 900, 'k');
+                 UPDATE registry_version SET version = 7;",
+                old_v3_tables()
+            )),
+            _ => unreachable!(),
+        }
+        .unwrap();
+    }
+
+    #[test]
+    fn a_store_of_every_older_version_opens_with_its_data_and_the_shape_of_a_new_one() {
+        let fresh = fresh_shape();
+        for old in 1..=3u32 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("sos.db");
+            old_store(&path, old);
+            let mut db = Db::open(&path).unwrap_or_else(|e| panic!("version {old}: {e}"));
+            assert_eq!(version(&db.conn), VERSION as i64, "version {old}");
+            assert_eq!(shape(&db.conn), fresh, "version {old}");
+            // The alert, its pending job (attempts, deadline, error) and its delivered one.
+            let jobs = db.due_jobs("slack", 7000, 10).unwrap();
+            assert_eq!(jobs.len(), 1, "version {old}");
+            assert_eq!(db.next_due("slack").unwrap(), Some(7000), "version {old}");
+            let all = db.recent_alerts(10).unwrap();
+            assert_eq!(all.len(), 1, "version {old}");
+            let (alert, deliveries) = &all[0];
+            assert_eq!((alert.user.as_str(), alert.message.as_str()), ("alice", "help"), "version {old}");
+            let mut states: Vec<_> =
+                deliveries.iter().map(|d| (d.channel.as_str(), d.state.as_str(), d.attempts)).collect();
+            states.sort_unstable();
+            assert_eq!(states, [("log", "delivered", 0), ("slack", "pending", 1)], "version {old}");
+            if old >= 2 {
+                assert_eq!(db.agents().unwrap().len(), 1, "version {old}");
+            }
+            if old >= 3 {
+                assert_eq!(alert.enrolled.as_ref().map(|e| e.name.as_str()), Some("Desk 1"));
+                let registry: i64 =
+                    db.conn.query_row("SELECT version FROM registry_version", [], |r| r.get(0)).unwrap();
+                assert_eq!(registry, 7);
+                let keys: i64 = db.conn.query_row("SELECT count(*) FROM enrolled", [], |r| r.get(0)).unwrap();
+                assert_eq!(keys, 1);
+            }
+            // What the migrated store can do: cancel the alert (a job per channel), reopen.
+            let cancelled = db.cancel(sos_shared::AlertId::from_u128(1), "", "00", &["slack"], 8000, 8000);
+            if old >= 3 {
+                // Enrolled as a1: only that agent's key may cancel; the key id "00" is the site key.
+                assert!(cancelled.is_ok(), "version {old}: {cancelled:?}");
+            } else {
+                assert_eq!(cancelled.unwrap(), super::super::Cancelled::New, "version {old}");
+            }
+            drop(db);
+            let db = Db::open(&path).unwrap();
+            assert_eq!(db.recent_alerts(10).unwrap().len(), 1, "version {old}");
+        }
+    }
+
+    /// The tables of version 3 as the collector of that version created them.
+    fn old_v3_tables() -> String {
+        format!(
+            "{} ALTER TABLE alerts ADD COLUMN agent_id TEXT; ALTER TABLE alerts ADD COLUMN agent_name TEXT;
+             ALTER TABLE alerts ADD COLUMN agent_host TEXT; {}",
+            OLD_V2.replace("PRAGMA user_version = 2;", ""),
+            OLD_V3_EXTRA.replace("PRAGMA user_version = 3;", "")
+        )
+    }
+
+    #[test]
+    fn a_first_start_of_an_older_collector_stopped_before_it_recorded_the_version_is_completed() {
+        let fresh = fresh_shape();
+        let tables = [
+            OLD_V1.replace("PRAGMA user_version = 1;", ""),
+            OLD_V2.replace("PRAGMA user_version = 2;", ""),
+            old_v3_tables(),
+        ];
+        for (i, sql) in tables.iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("sos.db");
+            Connection::open(&path).unwrap().execute_batch(sql).unwrap();
+            let db = Db::open(&path).unwrap_or_else(|e| panic!("tables of version {}: {e}", i + 1));
+            assert_eq!(version(&db.conn), VERSION as i64);
+            assert_eq!(shape(&db.conn), fresh, "tables of version {}", i + 1);
+        }
+        // With rows, version 0 is not ours: refused, nothing dropped.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(&format!(
+                "{} INSERT INTO agents VALUES ('desk', 'alice', '10.0.0.1', '127.0.0.1:9', '00', 5000);",
+                old_v3_tables()
+            ))
+            .unwrap();
+        let e = Db::open(&path).unwrap_err().to_string();
+        assert!(e.contains("agents holds 1 rows"), "{e}");
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(version(&conn), 0);
+        let rows: i64 = conn.query_row("SELECT count(*) FROM agents", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 1);
+    }
+
+    #[test]
+    fn a_store_from_a_newer_collector_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!("CREATE TABLE future (x); PRAGMA user_version = {};", VERSION + 1)).unwrap();
+        }
+        let e = Db::open(&path).unwrap_err();
+        assert!(matches!(e, StoreError::Open { .. }), "{e:?}");
+        assert!(e.to_string().contains("newer than this collector understands"), "{e}");
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(version(&conn), VERSION as i64 + 1);
+        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0)).unwrap();
+        assert_eq!(tables, 1);
+    }
+}

@@ -1,0 +1,369 @@
+//! The writer thread and the service's handle to it ([`Store`]): group commit, presence
+//! flushes, the WAL checkpointer, and how the thread's end is reported.
+
+use std::sync::Arc;
+
+use rusqlite::Connection;
+use sos_shared::AlertId;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::health::{busy_clock_ms, Health, STALL_WARNING};
+use super::outbox_clock_ms;
+use super::{AgentSeen, Cancelled, Db, Job, JobOutcome, NewAlert, StoreError, Stored, MAX_GROUP};
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Command {
+    Insert(Box<NewAlert>, Reply<Stored>),
+    DueJobs(&'static str, i64, usize, Reply<Vec<Job>>),
+    NextDue(&'static str, Reply<Option<i64>>),
+    Finish(Vec<(i64, JobOutcome)>, i64, Reply<()>),
+    Cancel(AlertId, String, String, i64, Reply<Cancelled>),
+    /// Anything else the writer should do (the agent registry, say).
+    Exec(Box<dyn FnOnce(&mut Db) + Send>),
+    /// Heartbeats gathered since the last flush: one transaction.
+    Seen(Vec<AgentSeen>),
+}
+
+/// The service's handle to the store's writer thread. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    tx: mpsc::UnboundedSender<Command>,
+    /// Heartbeats since the last [`Store::flush_presence`], the latest per (host, user): memory
+    /// proportional to the agents, and one transaction per flush instead of one per heartbeat.
+    pub(super) presence: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), AgentSeen>>>,
+    /// Whether a request has been waiting longer than [`STALL_WARNING`] (announced once).
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+    /// Wakes each channel's outbox worker when new jobs are committed, in `channels` order.
+    wakers: Arc<Vec<(&'static str, Arc<Notify>)>>,
+    /// Whether the store's last write failed (or a read failed since): the service then stops
+    /// answering heartbeats, so that no agent shows "ready" while no SOS can be stored.
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    /// Set once if the writer thread ends abnormally (a panic, a damaged file): why.
+    ended: tokio::sync::watch::Receiver<Option<String>>,
+    /// See [`Health::busy_since_ms`].
+    busy_since_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Insert(..) => "Insert",
+            Command::DueJobs(..) => "DueJobs",
+            Command::NextDue(..) => "NextDue",
+            Command::Finish(..) => "Finish",
+            Command::Cancel(..) => "Cancel",
+            Command::Seen(..) => "Seen",
+            Command::Exec(..) => "Exec",
+        })
+    }
+}
+
+/// Checkpoints the WAL from a thread and connection of its own, every [`CHECKPOINT_EVERY`], so
+/// that the writer never stops to copy pages into the database while alerts wait for their
+/// commit (SQLite's automatic checkpoint runs inside the commit that crosses 1000 pages, and
+/// was the tail of the ACK latency: docs/PERFORMANCE.md). A passive checkpoint never blocks
+/// the writer. Dropping this ends the thread after one last checkpoint.
+struct Checkpointer {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+/// How often the WAL is checkpointed.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Checkpointer {
+    fn start(db: &Db) -> std::io::Result<Checkpointer> {
+        let path = db.conn.path().map(std::path::PathBuf::from).filter(|p| !p.as_os_str().is_empty());
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        // In memory (tests) or unopenable: keep SQLite's automatic checkpoints.
+        let Some(conn) = path.and_then(|p| Connection::open(p).ok()) else { return Ok(Checkpointer { _stop: stop }) };
+        let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+        let _ = db.conn.pragma_update(None, "wal_autocheckpoint", 0);
+        std::thread::Builder::new().name("sos-checkpoint".into()).spawn(move || loop {
+            let last =
+                matches!(stopped.recv_timeout(CHECKPOINT_EVERY), Err(std::sync::mpsc::RecvTimeoutError::Disconnected));
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::debug!(error = %e, "WAL checkpoint");
+            }
+            if last {
+                return;
+            }
+        })?;
+        Ok(Checkpointer { _stop: stop })
+    }
+}
+
+impl Store {
+    /// Start the writer thread on `db`. Every new alert gets one job per channel in `channels`.
+    /// The thread ends when the last handle is dropped; `join` it with the returned handle.
+    ///
+    /// # Errors
+    /// If the thread cannot be spawned.
+    pub fn start(mut db: Db, channels: &[&'static str]) -> std::io::Result<(Store, std::thread::JoinHandle<()>)> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
+        let wakers: Arc<Vec<_>> = Arc::new(channels.iter().map(|c| (*c, Arc::new(Notify::new()))).collect());
+        let thread_wakers = wakers.clone();
+        let names: Vec<&'static str> = channels.to_vec();
+        let checkpointer = Checkpointer::start(&db)?;
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ended_tx, ended) = tokio::sync::watch::channel(None);
+        let busy_since_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut health = Health { failing: failing.clone(), busy_since_ms: busy_since_ms.clone(), ..Health::default() };
+        let handle = std::thread::Builder::new().name("sos-store".into()).spawn(move || {
+            // Ends the checkpointer (after a last checkpoint) when the writer ends.
+            let _checkpointer = checkpointer;
+            // A panic here must not leave a process that refuses every SOS forever: it is
+            // caught, and the service ends with the reason (see `Store::ended`).
+            let run =
+                std::panic::AssertUnwindSafe(|| Self::write(&mut db, &mut rx, &names, &thread_wakers, &mut health));
+            let why = match std::panic::catch_unwind(run) {
+                Ok(None) => return,
+                Ok(Some(damage)) => {
+                    format!("the store is damaged ({damage}); the writer stopped so as not to damage it further")
+                }
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    format!("the store writer thread panicked: {what}")
+                }
+            };
+            tracing::error!("STORE WRITER STOPPED: {why}");
+            let _ = ended_tx.send(Some(why));
+        })?;
+        Ok((
+            Store { tx, wakers, stalled: Arc::default(), presence: Arc::default(), failing, ended, busy_since_ms },
+            handle,
+        ))
+    }
+
+    /// The writer's loop: until every handle is gone (`None`) or the file is found damaged
+    /// (`Some(what SQLite said)`).
+    fn write(
+        db: &mut Db,
+        rx: &mut mpsc::UnboundedReceiver<Command>,
+        names: &[&'static str],
+        thread_wakers: &[(&'static str, Arc<Notify>)],
+        health: &mut Health,
+    ) -> Option<String> {
+        {
+            while let Some(first) = {
+                health.busy_since_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+                rx.blocking_recv()
+            } {
+                health.busy_since_ms.store(busy_clock_ms(), std::sync::atomic::Ordering::SeqCst);
+                let mut inserts = Vec::new();
+                let mut seen = Vec::new();
+                let mut others = Vec::new();
+                let mut next = Some(first);
+                while let Some(cmd) = next.take() {
+                    match cmd {
+                        Command::Insert(a, r) => inserts.push((a, r)),
+                        Command::Seen(a) => seen.extend(a),
+                        other => others.push(other),
+                    }
+                    if inserts.len() < MAX_GROUP {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if !inserts.is_empty() {
+                    let batch: Vec<NewAlert> = inserts.iter().map(|(a, _)| (**a).clone()).collect();
+                    let res = db.insert_alerts(&batch, names, outbox_clock_ms());
+                    health.observe(res.as_ref().err());
+                    match res {
+                        Ok(results) => {
+                            if results.contains(&Stored::New) {
+                                for (_, n) in thread_wakers.iter() {
+                                    n.notify_one();
+                                }
+                            }
+                            for ((_, reply), res) in inserts.into_iter().zip(results) {
+                                let _ = reply.send(Ok(res));
+                            }
+                        }
+                        Err(e) => {
+                            for (_, reply) in inserts {
+                                let _ = reply.send(Err(e.clone()));
+                            }
+                        }
+                    }
+                }
+                if !seen.is_empty() {
+                    let res = db.record_agents(&seen);
+                    health.observe(res.as_ref().err());
+                    if let Err(e) = res {
+                        tracing::warn!(error = %e, agents = seen.len(), "cannot record heartbeats");
+                    }
+                }
+                for cmd in others {
+                    match cmd {
+                        Command::Cancel(id, reason, key_id, now, r) => {
+                            let res = db.cancel(id, &reason, &key_id, names, now, outbox_clock_ms());
+                            health.observe(res.as_ref().err());
+                            if matches!(res, Ok(Cancelled::New)) {
+                                for (_, n) in thread_wakers.iter() {
+                                    n.notify_one();
+                                }
+                            }
+                            let _ = r.send(res);
+                        }
+                        Command::Seen(_) => unreachable!("heartbeats are batched above"),
+                        Command::Exec(f) => f(db),
+                        Command::DueJobs(ch, now, limit, r) => {
+                            let res = db.due_jobs(ch, now, limit);
+                            health.observe_read(res.as_ref().err());
+                            let _ = r.send(res);
+                        }
+                        Command::NextDue(ch, r) => {
+                            let res = db.next_due(ch);
+                            health.observe_read(res.as_ref().err());
+                            let _ = r.send(res);
+                        }
+                        Command::Finish(outcomes, now, r) => {
+                            let res = db.finish(&outcomes, now);
+                            health.observe(res.as_ref().err());
+                            let _ = r.send(res);
+                        }
+                        Command::Insert(..) => unreachable!("inserts are batched above"),
+                    }
+                }
+                if let Some(damage) = health.fatal.take() {
+                    return Some(damage);
+                }
+            }
+        }
+        None
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        let (tx, mut rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| StoreError::Closed)?;
+        let answer = match tokio::time::timeout(STALL_WARNING, &mut rx).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                // A disk that hangs instead of failing (frozen, a dead network filesystem)
+                // blocks the writer; say so once, loudly, and keep waiting: the request is
+                // queued and completes when the disk answers.
+                if !self.stalled.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    tracing::error!(
+                        waited_secs = STALL_WARNING.as_secs(),
+                        "STORE NOT ANSWERING: a write is stuck (disk frozen, hung or far too slow?); \
+                         no SOS is acknowledged until it completes, agents keep retrying"
+                    );
+                }
+                let answer = rx.await;
+                if self.stalled.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    tracing::warn!("store answering again");
+                }
+                answer
+            }
+        };
+        answer.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Store an alert durably with its outbox jobs; resolves once committed.
+    ///
+    /// # Errors
+    /// If the commit failed: the alert is not stored and must not be acknowledged.
+    pub async fn insert(&self, alert: NewAlert) -> Result<Stored, StoreError> {
+        self.call(|r| Command::Insert(Box::new(alert), r)).await
+    }
+
+    /// See [`Db::due_jobs`].
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub async fn due_jobs(&self, channel: &'static str, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.call(|r| Command::DueJobs(channel, now_ms, limit, r)).await
+    }
+
+    /// See [`Db::next_due`].
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub async fn next_due(&self, channel: &'static str) -> Result<Option<i64>, StoreError> {
+        self.call(|r| Command::NextDue(channel, r)).await
+    }
+
+    /// See [`Db::finish`].
+    ///
+    /// # Errors
+    /// If the transaction fails.
+    pub async fn finish(&self, outcomes: Vec<(i64, JobOutcome)>, now_ms: i64) -> Result<(), StoreError> {
+        self.call(|r| Command::Finish(outcomes, now_ms, r)).await
+    }
+
+    /// See [`Db::cancel`].
+    ///
+    /// # Errors
+    /// If the transaction fails.
+    pub async fn cancel(
+        &self,
+        alert_id: AlertId,
+        reason: String,
+        key_id: String,
+        now_ms: i64,
+    ) -> Result<Cancelled, StoreError> {
+        self.call(|r| Command::Cancel(alert_id, reason, key_id, now_ms, r)).await
+    }
+
+    /// Run `f` on the writer thread, in order with every other write.
+    ///
+    /// # Errors
+    /// What `f` returns, or [`StoreError::Closed`].
+    pub async fn exec<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Db) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.call(|r| {
+            Command::Exec(Box::new(move |db: &mut Db| {
+                let _ = r.send(f(db));
+            }))
+        })
+        .await
+    }
+
+    /// Note a heartbeat; it reaches the store with the next [`Store::flush_presence`] (the
+    /// service flushes every [`PRESENCE_FLUSH`](super::PRESENCE_FLUSH) and when it stops).
+    pub fn seen(&self, agent: AgentSeen) {
+        let key = (agent.host.clone(), agent.user.clone());
+        self.presence.lock().unwrap_or_else(|e| e.into_inner()).insert(key, agent);
+    }
+
+    /// Write the heartbeats noted since the last flush, in one transaction (not waited for).
+    pub fn flush_presence(&self) {
+        let batch: Vec<AgentSeen> =
+            self.presence.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, a)| a).collect();
+        if !batch.is_empty() {
+            let _ = self.tx.send(Command::Seen(batch));
+        }
+    }
+
+    /// Whether the store is failing now (its last write failed, or a read failed since, or the
+    /// writer has been stuck on one batch for longer than [`STALL_WARNING`]: a frozen or hung
+    /// disk): the service then gives agents no healthy answer.
+    pub fn is_failing(&self) -> bool {
+        let busy = self.busy_since_ms.load(std::sync::atomic::Ordering::SeqCst);
+        self.failing.load(std::sync::atomic::Ordering::SeqCst)
+            || (busy != 0 && busy_clock_ms().saturating_sub(busy) > STALL_WARNING.as_millis() as u64)
+    }
+
+    /// Completes, with the reason, if the writer thread ends abnormally: a panic, or a damaged
+    /// file it cannot write on. Never completes while the writer runs or after it ends normally.
+    pub async fn ended(&self) -> String {
+        let mut ended = self.ended.clone();
+        let why = ended.wait_for(Option::is_some).await.map(|why| why.clone().unwrap_or_default());
+        match why {
+            Ok(why) => why,
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// The notifier that wakes `channel`'s worker when new jobs are committed; `None` if the
+    /// store was not started with that channel (no jobs are made for it, none would wake it).
+    pub fn waker(&self, channel: &str) -> Option<Arc<Notify>> {
+        self.wakers.iter().find(|(c, _)| *c == channel).map(|(_, n)| n.clone())
+    }
+}
