@@ -6,6 +6,8 @@
 //! ```text
 //! → {"cmd":"trigger","test":false,"message":""}
 //! ← {"accepted":"0123456789abcdef0123456789abcdef"}
+//! → {"cmd":"trigger","test":false,"message":"","alert_id":"0123456789abcdef0123456789abcdef"}
+//! ← {"accepted":"0123456789abcdef0123456789abcdef"}   (`sos-agent trigger` picks the id)
 //! → {"cmd":"status"}
 //! ← {"status":{"state":"ready","detail":"…"}}
 //! → {"cmd":"adopt","sos":{…}}                       (a `sos-agent send` that gave up)
@@ -47,7 +49,7 @@ pub enum Request {
         message: String,
         /// The alert's id, chosen by the caller so that, if it gets no answer and sends the
         /// alert itself, the collector sees one alert, not two.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         alert_id: Option<AlertId>,
     },
     /// What state the agent is in.
