@@ -134,7 +134,8 @@ impl Channel {
     }
 
     /// Tell the people behind this channel something about the collector itself (its store is
-    /// failing, it is stopping): once, bounded by the channel's attempt timeout, never retried.
+    /// failing, it is stopping): once, bounded by the channel's attempt timeout, retried only
+    /// when the service asks to wait (Slack 429).
     /// The log channel logs it.
     ///
     /// # Errors

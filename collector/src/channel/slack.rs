@@ -169,18 +169,34 @@ impl Slack {
     pub(crate) async fn notice(&self, text: &str) -> Result<(), String> {
         let host = self.settings.webhook_url.host_str().unwrap_or("?").to_owned();
         let body = serde_json::json!({ "text": esc(text, LIMITS.text) });
-        let resp = self
-            .http
-            .post(self.settings.webhook_url.clone())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| format!("slack {host}: {}", root_cause(&e)))?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("slack {host}: HTTP {}", resp.status().as_u16()))
+        // A notice often follows an alert's post within the second: when Slack asks to wait
+        // (429), wait as it says (at most 5 s) and try again, three times at most; the caller
+        // bounds the whole by the attempt timeout.
+        for attempt in 1..=3 {
+            let resp = self
+                .http
+                .post(self.settings.webhook_url.clone())
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| format!("slack {host}: {}", root_cause(&e)))?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            if status.as_u16() != 429 || attempt == 3 {
+                return Err(format!("slack {host}: HTTP {}", status.as_u16()));
+            }
+            let wait = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map_or(MIN_INTERVAL, Duration::from_secs)
+                .min(Duration::from_secs(5));
+            tokio::time::sleep(wait).await;
         }
+        Err(format!("slack {host}: rate limited"))
     }
 }
 
