@@ -311,32 +311,12 @@ pub fn default_output(damaged: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::NewAlert;
-    use sos_shared::protocol::Sos;
-    use sos_shared::AlertId;
 
     #[test]
     fn a_healthy_store_checks_ok_and_recovers_without_loss() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sos.db");
-        let alert = |i: u128| NewAlert {
-            sos: Sos {
-                alert_id: AlertId::from_u128(i),
-                test: false,
-                triggered_at: 1,
-                attempt: 0,
-                user: "alice".into(),
-                host: "desk".into(),
-                ip: "10.0.0.1".into(),
-                location: "Reception".into(),
-                message: String::new(),
-                agent: String::new(),
-            },
-            received_at_ms: 1000,
-            source: "127.0.0.1:9".parse().unwrap(),
-            key_id: "00".into(),
-            enrolled: None,
-        };
+        let alert = crate::store::tests::alert;
         {
             let mut db = Db::open(&path).unwrap();
             db.insert_alerts(&(1..=50).map(alert).collect::<Vec<_>>(), &["log", "slack"], 1000).unwrap();

@@ -291,12 +291,13 @@ pub fn outbox_clock_ms() -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use rusqlite::Connection;
 
     use super::*;
 
-    fn alert(id: u128) -> NewAlert {
+    /// An alert for tests: `id`, received at 1000 ms.
+    pub(crate) fn alert(id: u128) -> NewAlert {
         NewAlert {
             sos: Sos {
                 alert_id: AlertId::from_u128(id),
