@@ -143,10 +143,27 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     if version == 0 {
         clear_interrupted_first_start(conn)?;
     }
-    Migrations::from_slice(MIGRATIONS).to_latest(conn).map_err(|e| match e {
-        rusqlite_migration::Error::RusqliteError { err, .. } => StoreError::from(err),
-        other => StoreError::Sqlite(format!("cannot migrate the schema: {other}")),
-    })
+    // Each step takes the write lock when it begins (waiting for another process's migration
+    // to end) rather than when it first writes (which SQLite refuses at once if another
+    // process wrote meanwhile).
+    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+    let migrated = Migrations::from_slice(MIGRATIONS).to_latest(conn);
+    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Deferred);
+    match migrated {
+        Ok(()) => Ok(()),
+        // Another process may have migrated the same store meanwhile (a CLI command run as the
+        // service starts on a fresh store): the version was read before our transaction, so
+        // our steps then fail on what it made. Its work is as good as ours.
+        Err(_) if current_version(conn)? == VERSION as i64 => Ok(()),
+        Err(e) => Err(match e {
+            rusqlite_migration::Error::RusqliteError { err, .. } => StoreError::from(err),
+            other => StoreError::Sqlite(format!("cannot migrate the schema: {other}")),
+        }),
+    }
+}
+
+fn current_version(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
 }
 
 /// A store at version 0 that already has tables: a collector from before these migrations
@@ -155,7 +172,12 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 /// transaction, for the migrations to make afresh (that collector completed them on its next
 /// start). Tables holding rows at version 0 are not a store this collector made: refused, untouched.
 fn clear_interrupted_first_start(conn: &mut Connection) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
+    // Under the write lock, and only if the version is still 0: another process may have just
+    // made this store (and its tables are then not to be dropped).
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if current_version(&tx)? != 0 {
+        return Ok(());
+    }
     let tables: Vec<String> = tx
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")?
         .query_map([], |r| r.get(0))?
@@ -231,6 +253,30 @@ mod tests {
         let db = Db::open(&dir.path().join("sos.db")).unwrap();
         assert_eq!(version(&db.conn), VERSION as i64);
         shape(&db.conn)
+    }
+
+    #[test]
+    fn processes_opening_a_fresh_store_at_once_all_succeed() {
+        // The service and a CLI command (or the demo) opening a new store at the same moment.
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("sos.db");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(3));
+            let openers: Vec<_> = (0..3)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        crate::store::Db::open(&path).map(|_| ())
+                    })
+                })
+                .collect();
+            for o in openers {
+                o.join().unwrap().unwrap();
+            }
+            let conn = Connection::open(&path).unwrap();
+            assert_eq!(current_version(&conn).unwrap(), VERSION as i64);
+        }
     }
 
     #[test]
