@@ -15,6 +15,9 @@
 //!   resends when an outcome is unknown, storm coalescing within each channel's limits. It is
 //!   sent by [`channel`] (log, Slack, email; [`channel::ChannelKind`] is the one list of
 //!   channel names).
+//! - Pushes leave from [`response::push`]: `alert_broadcast` to responder desktops and
+//!   `responder_notice` to senders, at their last authenticated address, repeated until their
+//!   receipt, rate-bounded (the only datagrams that are not replies).
 //! - [`service`]: [`run`] / [`Collector::run`] take a bound UDP socket and a shutdown future,
 //!   start every task and thread above and supervise them (one that dies ends the service).
 //! - [`config`]: the TOML configuration, its defaults and its validation.
@@ -37,6 +40,7 @@ pub mod outbox;
 pub mod ratelimit;
 pub mod refusal;
 pub mod registry;
+pub mod response;
 pub mod service;
 pub mod stats;
 pub mod store;

@@ -76,6 +76,18 @@ counters! {
     revoked,
     /// Agents enrolled with a one-time code.
     enrolled,
+    /// `respond` recorded or answered (acknowledged, already, closed).
+    responds,
+    /// `respond` refused: not sealed with an enrolled agent's key, or the agent is not listed
+    /// in any responder's `agents`.
+    not_a_responder,
+    /// Receipts (`broadcast_receipt`, `notice_receipt`) received.
+    receipts,
+    /// Pushes sent (`alert_broadcast`, `responder_notice`).
+    pushes_sent,
+    /// Pushes due but held back by the global push rate or the bound on tracked pushes; they
+    /// go out on a later tick.
+    pushes_deferred,
     /// Enrollment requests refused (unknown, used, expired or burnt code, wrong code, finish
     /// without a start, over a pending code's budget).
     enroll_refused,
