@@ -347,6 +347,8 @@ mod tests {
                 source: String::new(),
                 enrolled: None,
                 cancellation: None,
+                audience: Default::default(),
+                update: None,
             },
         }
     }

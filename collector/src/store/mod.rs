@@ -24,10 +24,16 @@ mod db;
 mod health;
 mod jobs;
 mod presence;
+pub mod response;
 mod schema;
+mod sqlite;
 mod writer;
 
 pub use db::Db;
+pub use response::{
+    Acknowledged, AlertState, AlertUpdate, Audience, Event, PopupTarget, Response, ResponsePlan, Transition, Via,
+};
+pub use sqlite::response::clean_note;
 pub use writer::Store;
 
 /// How often heartbeats (presence) are written to the store. Presence is advisory: a crash
@@ -166,6 +172,12 @@ pub struct AlertRecord {
     /// Set when the sender cancelled the alert. In an outbox job it means the job is the
     /// cancellation notice, not the alert.
     pub cancellation: Option<Cancellation>,
+    /// In an outbox job: the escalation tier it belongs to and who it mentions or mails beyond
+    /// the channel's own audience. Default elsewhere.
+    pub audience: Audience,
+    /// In an outbox job: the job is this update of the alert (a reminder, "acknowledged by",
+    /// "resolved by"), not the alert itself. `None` elsewhere.
+    pub update: Option<AlertUpdate>,
 }
 
 /// The sender withdrew an alert (a false alarm).
