@@ -76,6 +76,9 @@ pub enum Cause {
     StoreBusy,
     /// A reply the socket would not send (no route to a forged address, say).
     ReplyFailed,
+    /// An authentic `respond` from an agent that is not a responder desktop (the site key, or
+    /// an enrolled agent listed in no responder's `agents`).
+    NotAResponder,
 }
 
 impl Cause {
@@ -110,6 +113,9 @@ impl Cause {
                 "CANNOT STORE AN SOS: too many wait for the store already (is it hung?); not acknowledged, the agent will retry"
             }
             Cause::ReplyFailed => "cannot send a reply",
+            Cause::NotAResponder => {
+                "refused respond: not sealed by an enrolled agent listed in a responder's agents; not recorded, not answered"
+            }
         }
     }
 

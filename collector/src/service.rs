@@ -18,6 +18,7 @@ use crate::outbox;
 use crate::ratelimit::Limiter;
 use crate::refusal::Refusals;
 use crate::registry::SharedRegistry;
+use crate::response::push::{self, Pushes};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::store::{Db, Store, StoreError};
 
@@ -124,7 +125,8 @@ impl Collector {
                 }
             });
         }
-        let (store, writer) = Store::start(db, &names)?;
+        // Every new alert fires the first tier of the configured escalation policy.
+        let (store, writer) = Store::start_planned(db, &names, crate::store::ResponsePlan::from_config(&config))?;
         // Essential tasks: one that ends before shutdown (a panic) ends the service.
         let (died_tx, mut died) = tokio::sync::mpsc::unbounded_channel::<String>();
         let essential = |what: String, task: tokio::task::JoinHandle<()>| {
@@ -268,6 +270,13 @@ impl Collector {
         workers.close();
 
         let socket = Arc::new(socket);
+        // Broadcasts to responder desktops and notices to senders: the only datagrams that are
+        // not replies (docs/PROTOCOL.md section 10).
+        let pushes = Arc::new(Pushes::new(config.escalation.responder_offline_after, stats.clone()));
+        {
+            let run = push::run(pushes.clone(), store.clone(), socket.clone(), stop_workers.clone());
+            essential("the push task".into(), workers.spawn(run.instrument(info_span!("push"))));
+        }
         info!(listen = %socket.local_addr()?, key_id = %key.id(), site_key = config.security.accept_site_key,
               enrolled_keys = registry.snapshot().len(), channels = ?names, "collector ready");
         let sec = &config.security;
@@ -289,6 +298,7 @@ impl Collector {
             }),
             refusals,
             sessions: Arc::default(),
+            pushes,
         };
         // Ends on the shutdown signal, or when an essential task or the store writer dies: a
         // collector that cannot store must not look alive; the service manager restarts it.

@@ -181,3 +181,26 @@ pub fn alert_id_of(out: &Output) -> String {
         .unwrap_or_else(|| panic!("no alert id in output: {stdout}"))
         .to_owned()
 }
+
+/// Enroll an agent named `name` through the real CLIs (`sos-collector enroll --name`, then
+/// `sos-agent enroll CODE`), its enrollment file in `dir`: its agent id and its own key.
+pub fn enroll_agent(collector: &CollectorProcess, dir: &Path, name: &str) -> (String, sos_shared::Key) {
+    let out = Command::new(bin("sos-collector"))
+        .args(["enroll", "--name", name, "--config"])
+        .arg(&collector.config)
+        .output()
+        .expect("run sos-collector enroll");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let code = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let slug: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
+    let file = dir.join(format!("{slug}.enrollment.toml"));
+    let out = Command::new(bin("sos-agent"))
+        .args(["enroll", &code, "--collector", &collector.addr.to_string(), "--timeout", "20", "--out"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sos-agent enroll");
+    assert!(out.status.success(), "enroll failed: {}", String::from_utf8_lossy(&out.stderr));
+    let e = sos_agent::keys::Enrollment::load(&file).unwrap();
+    (e.agent_id, sos_shared::Key::from_base64(&e.key).unwrap())
+}

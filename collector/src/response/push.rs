@@ -27,7 +27,11 @@ use std::time::{Duration, Instant};
 use sos_shared::backoff::Backoff;
 use sos_shared::protocol::{AlertBroadcast, BroadcastState, NoticeEvent, ResponderNotice};
 use sos_shared::{unix_now, AlertId, Key, Message};
-use tracing::warn;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::store::{now_ms, AlertState, PopupTarget, Response as _, Store};
 
 use crate::stats::Stats;
 
@@ -122,6 +126,35 @@ pub struct Showing {
 }
 
 impl Showing {
+    /// What responder desktops show of a popup target of the store.
+    pub fn of_target(t: PopupTarget) -> Showing {
+        let state = match t.state {
+            AlertState::Received | AlertState::Notified => BroadcastState::Open,
+            AlertState::Acknowledged => BroadcastState::Acknowledged,
+            AlertState::Cancelled => BroadcastState::Cancelled,
+            // A cancelled alert checked in person: closed, by whom.
+            AlertState::Resolved | AlertState::Checked => BroadcastState::Resolved,
+        };
+        let a = t.alert;
+        let mut broadcast = AlertBroadcast {
+            alert_id: a.alert_id,
+            test: a.test,
+            triggered_at: a.triggered_at.max(0) as u64,
+            user: a.user,
+            host: a.host,
+            ip: a.ip,
+            location: a.location,
+            message: a.message,
+            state,
+            responder: t.by,
+            note: t.note,
+            seq: t.seq,
+            reminder: false,
+        };
+        broadcast.fit_to_datagram();
+        Showing { broadcast, responders: t.responders, reminder_seq: t.reminder_seq }
+    }
+
     fn closed(&self) -> bool {
         self.broadcast.state == BroadcastState::Resolved
     }
@@ -481,6 +514,80 @@ impl Pushes {
     pub fn tracked(&self) -> usize {
         let st = self.state();
         st.broadcasts.len() + st.notice_tracks.len()
+    }
+}
+
+/// Read what to push from the store: popup targets and pending notices, with the site-key
+/// senders' host and user from their alerts.
+async fn read(store: &Store) -> Result<(Vec<Showing>, Vec<PendingNotice>), crate::store::StoreError> {
+    let targets = store.popup_targets(now_ms()).await?;
+    let pending = store.pending_notices().await?;
+    let senders: HashMap<AlertId, (String, String)> =
+        targets.iter().map(|t| (t.alert.alert_id, (t.alert.host.clone(), t.alert.user.clone()))).collect();
+    let notices = pending
+        .into_iter()
+        .filter_map(|(alert_id, principal, notice)| {
+            let (host, user) = match senders.get(&alert_id) {
+                Some(hu) => hu.clone(),
+                // An enrolled sender needs no host and user; a site-key sender's alert that is
+                // no longer a popup target (closed over an hour ago) cannot be addressed.
+                None if principal.starts_with("agent:") => Default::default(),
+                None => return None,
+            };
+            Some(PendingNotice { recipient: Recipient::of_principal(&principal, &host, &user), notice })
+        })
+        .collect();
+    Ok((targets.into_iter().map(Showing::of_target).collect(), notices))
+}
+
+/// The push task: read the store on every change (at most every 50 ms) and every
+/// [`REFRESH_EVERY`], and send what is due, every second and after every read. A store that
+/// fails or hangs leaves pushes going on with what was read last.
+pub async fn run(pushes: Arc<Pushes>, store: Store, socket: Arc<UdpSocket>, stop: CancellationToken) {
+    let changes = store.changes();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dirty = true;
+    let mut last_read: Option<Instant> = None;
+    let mut last_error_logged: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = changes.notified() => dirty = true,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        if dirty || last_read.is_none_or(|t| now.saturating_duration_since(t) >= REFRESH_EVERY) {
+            if let Some(t) = last_read {
+                // A storm of commits reads the store at most every 50 ms.
+                let since = now.saturating_duration_since(t);
+                if since < Duration::from_millis(50) {
+                    tokio::time::sleep(Duration::from_millis(50) - since).await;
+                }
+            }
+            dirty = false;
+            last_read = Some(Instant::now());
+            match tokio::time::timeout(STORE_READ_TIMEOUT, read(&store)).await {
+                Ok(Ok((showing, notices))) => pushes.update(showing, notices),
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {} s", STORE_READ_TIMEOUT.as_secs()),
+                    };
+                    if last_error_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        last_error_logged = Some(Instant::now());
+                        warn!(error = %why, "cannot read alerts for responder desktops and sender notices; pushing what was read last (one line a minute)");
+                    }
+                }
+            }
+        }
+        for p in pushes.due(Instant::now()) {
+            match socket.try_send_to(&p.datagram, p.to) {
+                Ok(_) => Stats::bump(&pushes.stats.pushes_sent),
+                // Repeated by the schedule.
+                Err(e) => debug!(to = %p.to, kind = p.kind, error = %e, "push not sent"),
+            }
+        }
     }
 }
 

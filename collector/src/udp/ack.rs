@@ -1,11 +1,11 @@
 //! Acknowledgements sent once the store has committed (an SOS, a cancellation).
 
-use sos_shared::protocol::{AckStatus, CancelAck, SosAck};
+use sos_shared::protocol::{AckStatus, CancelAck, NoticeEvent, RespondAck, RespondStatus, SosAck};
 use sos_shared::{unix_now, AlertId, Message};
 use tracing::{debug, error, info, warn};
 
 use crate::stats::Stats;
-use crate::store::{now_ms, Cancelled, NewAlert, Store, Stored};
+use crate::store::{now_ms, Cancelled, NewAlert, Response as _, Store, Stored, Transition, Via};
 
 use super::Reply;
 
@@ -63,5 +63,52 @@ pub(super) async fn cancel_and_ack(store: Store, alert_id: AlertId, reason: Stri
             Stats::bump(&reply.stats.store_errors);
             error!(error = %e, "cannot record a cancellation; not acknowledged, the agent will retry");
         }
+    }
+}
+
+/// A responder desktop's "I'm responding": the acknowledgement is recorded (one transaction
+/// that stops every pending page of the alert and queues the sender's notice), then answered.
+pub(super) async fn respond_and_ack(store: Store, alert_id: AlertId, responder: String, note: String, reply: Reply) {
+    let status = match store.acknowledge(alert_id, responder.clone(), Via::Popup, note).await {
+        Ok(Transition::New { .. }) => {
+            info!(
+                "SOS ACKNOWLEDGED by {responder} from a responder desktop; telling the sender and stopping escalation"
+            );
+            RespondStatus::Acknowledged
+        }
+        Ok(Transition::Already { by }) => {
+            debug!(%by, "respond for an alert acknowledged already");
+            RespondStatus::Already
+        }
+        Ok(Transition::Closed(state)) => {
+            debug!(state = state.name(), "respond for a closed alert");
+            RespondStatus::Closed
+        }
+        Ok(Transition::Unknown) => {
+            warn!("respond for an alert this collector does not have; not answered");
+            return;
+        }
+        Err(e) => {
+            Stats::bump(&reply.stats.store_errors);
+            error!(error = %e, "cannot record an acknowledgement; not answered, the responder's agent will retry");
+            return;
+        }
+    };
+    let ack = Message::RespondAck(RespondAck { alert_id, status, server_time: unix_now() });
+    reply.send(&ack).await;
+}
+
+/// The first receipt of a broadcast from a responder desktop: the popup was shown.
+pub(super) async fn popup_shown(store: Store, alert_id: AlertId, responder: String) {
+    if let Err(e) = store.record_event(alert_id, "popup_shown", responder, Via::Popup, String::new()).await {
+        debug!(%alert_id, error = %e, "cannot record that a popup was shown");
+    }
+}
+
+/// A sender confirmed a notice: it is no longer repeated.
+pub(super) async fn confirm_notice(store: Store, alert_id: AlertId, event: NoticeEvent) {
+    if let Err(e) = store.confirm_notice(alert_id, event).await {
+        // Not confirmed: the notice is pushed again after a while, and confirmed again.
+        debug!(%alert_id, error = %e, "cannot record a notice receipt");
     }
 }

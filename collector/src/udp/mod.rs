@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sos_shared::enroll::{CollectorSession, ENROLL_KEY_ID};
-use sos_shared::protocol::{split_datagram, CancelAck, HeartbeatAck, TimeHint, MAX_DATAGRAM};
+use sos_shared::protocol::{
+    split_datagram, CancelAck, HeartbeatAck, RespondAck, RespondStatus, TimeHint, MAX_DATAGRAM,
+};
 use sos_shared::{unix_now, Key, KeyId, Message, OpenError};
 use tokio::net::UdpSocket;
 use tokio_util::task::TaskTracker;
@@ -20,6 +22,7 @@ use crate::config::Config;
 use crate::ratelimit::Limiter;
 use crate::refusal::{Cause, Refusals, Summary};
 use crate::registry::{Entry, SharedRegistry, Slot};
+use crate::response::push::{Heard, Pushes, Recipient};
 use crate::stats::Stats;
 use crate::store::{now_ms, principal, AgentSeen, NewAlert, Store};
 
@@ -28,7 +31,7 @@ mod enroll;
 mod reply;
 mod socket;
 
-use ack::{cancel_and_ack, store_and_ack};
+use ack::{cancel_and_ack, confirm_notice, popup_shown, respond_and_ack, store_and_ack};
 use reply::Reply;
 pub use socket::{size_socket_buffers, SocketBuffers};
 
@@ -53,6 +56,8 @@ pub(crate) struct Receiver {
     pub(crate) refusals: Arc<Mutex<Refusals>>,
     /// Enrollment exchanges in progress, by code id.
     pub(crate) sessions: Arc<Mutex<HashMap<String, EnrollSession>>>,
+    /// Where every agent was last heard from, and the pushes owed (shared with the push task).
+    pub(crate) pushes: Arc<Pushes>,
 }
 
 /// The rate limiters of the receive path. No limit applies to a datagram before it is
@@ -297,6 +302,31 @@ impl Receiver {
             self.promote(e, key_id);
         }
         let enrolled = entry.as_ref().map(|e| e.agent.who.clone());
+        // The address pushes go to: the source of the sender's last authentic datagram. A
+        // site-key sender is known by host and user, which only `sos` and `heartbeat` carry.
+        let recipient = match (&enrolled, &opened.message) {
+            (Some(e), _) => Some(Recipient::Agent(e.agent_id.clone())),
+            (None, Message::Sos(s)) => Some(self.site_sender(key_id, &s.host, &s.user)),
+            (None, Message::Heartbeat(h)) => Some(self.site_sender(key_id, &h.host, &h.user)),
+            _ => None,
+        };
+        let responder =
+            enrolled.as_ref().and_then(|e| self.config.responder_for_agent(&e.name)).map(|r| r.name.clone());
+        if let Some(who) = recipient.clone() {
+            let declares_responder = match &opened.message {
+                Message::Heartbeat(h) => Some(h.responder),
+                _ => None,
+            };
+            let heard = Heard {
+                who,
+                addr: from,
+                token_time: opened.timestamp,
+                key: &key,
+                responder: responder.clone(),
+                declares_responder,
+            };
+            self.pushes.seen(heard, Instant::now());
+        }
         let request_len = datagram.len();
         let reply = |key: &Key| self.reply_to(key, from, request_len);
         match opened.message {
@@ -362,6 +392,17 @@ impl Receiver {
                     ack.new_key = None;
                     debug!(%from, request = request_len, "heartbeat too small to carry the rotated key; answered without it");
                 }
+                // The sender's unconfirmed notices, as many as fit (they go first when the
+                // reply would outgrow the request; the push task also sends each on its own).
+                if let Some(who) = &recipient {
+                    for notice in self.pushes.notices_for(who, Instant::now()) {
+                        ack.notices.push(notice);
+                        if !ctx.fits(&Message::HeartbeatAck(ack.clone())) {
+                            ack.notices.pop();
+                            break;
+                        }
+                    }
+                }
                 ctx.send_now(&Message::HeartbeatAck(ack), &self.in_flight);
             }
             Message::Cancel(c) => {
@@ -387,11 +428,80 @@ impl Receiver {
                     .instrument(span),
                 );
             }
+            Message::Respond(r) => {
+                // Only a responder desktop may respond, and the acknowledgement is attributed
+                // to the responder configured for it, never to text it sends.
+                let Some(name) = responder.filter(|_| enrolled.is_some()) else {
+                    self.refuse(Cause::NotAResponder, &self.stats.not_a_responder, |before| {
+                        warn!(%from, %key_id, agent = enrolled.as_ref().map(|e| e.name.as_str()).unwrap_or("(site key)"),
+                              before, "{}", Cause::NotAResponder.text());
+                    });
+                    return;
+                };
+                let ctx = reply(&key);
+                let widest =
+                    RespondAck { alert_id: r.alert_id, status: RespondStatus::Acknowledged, server_time: unix_now() };
+                if !ctx.fits(&Message::RespondAck(widest)) {
+                    Stats::bump(&self.stats.replies_suppressed);
+                    warn!(%from, %key_id, request = request_len, min_plaintext = sos_shared::protocol::MIN_RESPOND_PLAINTEXT,
+                          "respond not recorded: too small for its acknowledgement (pad it, PROTOCOL.md 6.3)");
+                    return;
+                }
+                let Some(waiting) = self.store_waiter() else { return };
+                Stats::bump(&self.stats.responds);
+                let store = self.store.clone();
+                let note: String = r.note.chars().map(|ch| if ch.is_control() { ' ' } else { ch }).collect();
+                let span = info_span!("respond", alert_id = %r.alert_id, responder = %name, %from);
+                self.in_flight.spawn(
+                    async move {
+                        let _waiting = waiting;
+                        respond_and_ack(store, r.alert_id, name, note, ctx).await
+                    }
+                    .instrument(span),
+                );
+            }
+            Message::BroadcastReceipt(receipt) => {
+                Stats::bump(&self.stats.receipts);
+                let Some(e) = &enrolled else { return };
+                // Only the first receipt of a pushed broadcast reaches the store.
+                let Some(name) = self.pushes.broadcast_received(&e.agent_id, receipt.alert_id, receipt.seq) else {
+                    return;
+                };
+                let Some(waiting) = self.store_waiter() else { return };
+                let store = self.store.clone();
+                self.in_flight.spawn(async move {
+                    let _waiting = waiting;
+                    popup_shown(store, receipt.alert_id, name).await
+                });
+            }
+            Message::NoticeReceipt(receipt) => {
+                Stats::bump(&self.stats.receipts);
+                let who = match &enrolled {
+                    Some(e) => Recipient::Agent(e.agent_id.clone()),
+                    None => self.site_sender(key_id, "", ""),
+                };
+                // Only a notice owed to this sender, once while it is being confirmed.
+                if !self.pushes.notice_received(&who, receipt.alert_id, receipt.event, Instant::now()) {
+                    return;
+                }
+                let Some(waiting) = self.store_waiter() else { return };
+                let store = self.store.clone();
+                self.in_flight.spawn(async move {
+                    let _waiting = waiting;
+                    confirm_notice(store, receipt.alert_id, receipt.event).await
+                });
+            }
             other => {
                 Stats::bump(&self.stats.unexpected);
                 debug!(%from, kind = other.kind(), "dropped a message kind the collector does not accept");
             }
         }
+    }
+
+    /// A sender using the site key, known by the host and user it reports.
+    fn site_sender(&self, key_id: KeyId, host: &str, user: &str) -> Recipient {
+        let clean = |t: &str| t.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>();
+        Recipient::Site { key_id: key_id.to_string(), host: clean(host), user: clean(user) }
     }
 
     /// The agent sealed with the key a rotation gave it: that key becomes its current one, and
