@@ -120,6 +120,11 @@ impl Collector {
             .with_context(|| format!("no final counters in the collector's log:\n{log}"))
     }
 
+    /// Its configuration file (for `sos-collector enroll --config`).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("collector.toml")
+    }
+
     /// CPU time used so far (user + system), from /proc/PID/stat.
     pub fn cpu(&self) -> Duration {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();

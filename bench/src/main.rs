@@ -11,11 +11,14 @@
 //!   the end-to-end tests' Slack stand-in (which holds posts to Slack's limits and rate) and
 //!   SMTP server (`sos-e2e`).
 //!
+//! - [`responder`]: the responder loop's latencies (pushes) with enrolled hand-made agents.
+//!
 //! Run: `cargo run --release -p sos-bench` (all scenarios), or name some:
 //! `cargo run --release -p sos-bench -- burst flood`.
 
 mod collector;
 mod load;
+mod responder;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +72,9 @@ struct Cli {
     /// Nat: this many agents behind one address, heartbeating every `--hb-interval`.
     #[arg(long, default_value_t = 5000)]
     nat_agents: usize,
+    /// Responder: this many alerts, one after another.
+    #[arg(long, default_value_t = 50)]
+    alerts: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -95,6 +101,9 @@ enum Scenario {
     FloodForged,
     /// `--nat-agents` agents behind one address heartbeating every `--hb-interval`: none refused.
     Nat,
+    /// `--alerts` alerts, one after another, with two enrolled responder desktops and a sender:
+    /// press → broadcast on a desk, and respond → the sender's notice.
+    Responder,
 }
 
 /// Percentiles of durations.
@@ -646,6 +655,7 @@ fn main() -> anyhow::Result<()> {
                 Scenario::FloodForged => flood(&cli, &bin, ceil.as_ref(), FloodFrom::Forged).await?,
                 Scenario::Nat => nat(&cli, &bin).await?,
                 Scenario::Storm => storm(&cli, &bin).await?,
+                Scenario::Responder => responder::responder(&bin, cli.alerts).await?,
             }
         }
         Ok(())

@@ -52,6 +52,11 @@ pub const MAX_TRACKED: usize = 100_000;
 pub const MAX_SITE_RECIPIENTS: usize = 50_000;
 /// The store is read again this often even without a change (commits by another process).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// Store reads a second in a storm of commits, after a burst of [`READ_BURST`] (each commit
+/// that changes an alert wakes the push task; reads go through the writer thread).
+const READS_PER_SEC: f64 = 50.0;
+/// See [`READS_PER_SEC`].
+const READ_BURST: f64 = 10.0;
 /// A store read that takes longer than this is abandoned; pushes go on with what was read last.
 pub const STORE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// A notice confirmed by its receipt is not pushed again for this long, while the store
@@ -540,7 +545,7 @@ async fn read(store: &Store) -> Result<(Vec<Showing>, Vec<PendingNotice>), crate
     Ok((targets.into_iter().map(Showing::of_target).collect(), notices))
 }
 
-/// The push task: read the store on every change (at most every 50 ms) and every
+/// The push task: read the store on every change (at most [`READS_PER_SEC`] in a storm) and every
 /// [`REFRESH_EVERY`], and send what is due, every second and after every read. A store that
 /// fails or hangs leaves pushes going on with what was read last.
 pub async fn run(pushes: Arc<Pushes>, store: Store, socket: Arc<UdpSocket>, stop: CancellationToken) {
@@ -550,6 +555,7 @@ pub async fn run(pushes: Arc<Pushes>, store: Store, socket: Arc<UdpSocket>, stop
     let mut dirty = true;
     let mut last_read: Option<Instant> = None;
     let mut last_error_logged: Option<Instant> = None;
+    let (mut reads, mut refilled) = (READ_BURST, Instant::now());
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -558,13 +564,16 @@ pub async fn run(pushes: Arc<Pushes>, store: Store, socket: Arc<UdpSocket>, stop
         }
         let now = Instant::now();
         if dirty || last_read.is_none_or(|t| now.saturating_duration_since(t) >= REFRESH_EVERY) {
-            if let Some(t) = last_read {
-                // A storm of commits reads the store at most every 50 ms.
-                let since = now.saturating_duration_since(t);
-                if since < Duration::from_millis(50) {
-                    tokio::time::sleep(Duration::from_millis(50) - since).await;
-                }
+            // A storm of commits reads the store at most READS_PER_SEC times a second (after a
+            // burst of READ_BURST): each read goes through the writer thread.
+            reads = (reads + now.saturating_duration_since(refilled).as_secs_f64() * READS_PER_SEC).min(READ_BURST);
+            refilled = now;
+            if reads < 1.0 {
+                tokio::time::sleep(Duration::from_secs_f64((1.0 - reads) / READS_PER_SEC)).await;
+                reads = 1.0;
+                refilled = Instant::now();
             }
+            reads -= 1.0;
             dirty = false;
             last_read = Some(Instant::now());
             match tokio::time::timeout(STORE_READ_TIMEOUT, read(&store)).await {
