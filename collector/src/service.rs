@@ -274,7 +274,7 @@ impl Collector {
         // not replies (docs/PROTOCOL.md section 10).
         let pushes = Arc::new(Pushes::new(config.escalation.responder_offline_after, stats.clone()));
         {
-            let run = push::run(pushes.clone(), store.clone(), socket.clone(), stop_workers.clone());
+            let run = push::run(pushes.clone(), store.clone(), registry.clone(), socket.clone(), stop_workers.clone());
             essential("the push task".into(), workers.spawn(run.instrument(info_span!("push"))));
         }
         info!(listen = %socket.local_addr()?, key_id = %key.id(), site_key = config.security.accept_site_key,

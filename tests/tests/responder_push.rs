@@ -70,6 +70,7 @@ struct Loop {
     sam: Peer,
     kim: Peer,
     sender: Peer,
+    sam_key: Key,
 }
 
 fn start() -> Loop {
@@ -78,7 +79,7 @@ fn start() -> Loop {
     let (_, sam_key) = enroll_agent(&collector, site.dir.path(), "sam-desk");
     let (_, kim_key) = enroll_agent(&collector, site.dir.path(), "kim-desk");
     let (_, sender_key) = enroll_agent(&collector, site.dir.path(), "reception");
-    let sam = Peer::new(site.addr, sam_key);
+    let sam = Peer::new(site.addr, sam_key.clone());
     let kim = Peer::new(site.addr, kim_key);
     let sender = Peer::new(site.addr, sender_key);
     for (peer, host, responder) in [(&sam, "sam-pc", true), (&kim, "kim-pc", true), (&sender, "reception", false)] {
@@ -102,7 +103,7 @@ fn start() -> Loop {
             .unwrap();
         n == 2
     }));
-    Loop { site, collector, sam, kim, sender }
+    Loop { site, collector, sam, kim, sender, sam_key }
 }
 
 fn raise(l: &Loop) -> AlertId {
@@ -255,4 +256,40 @@ fn respond_from_the_site_key_a_non_responder_a_forger_or_a_replay_changes_nothin
     next(&l.sender, WAIT, |m| matches!(m, Message::ResponderNotice(n) if n.alert_id == id).then_some(()))
         .expect("notice pushed again: not confirmed by others");
     assert!(!notice_confirmed(&l.site, id));
+}
+
+#[test]
+fn a_desk_that_moves_gets_the_next_push_at_its_new_address_and_a_flood_of_receipts_and_responds_changes_nothing() {
+    let l = start();
+    // Sam's desk is behind a NAT that rebinds: its next heartbeat comes from another port.
+    let moved = Peer::new(l.site.addr, l.sam_key.clone());
+    moved.send(&heartbeat("sam-pc", true));
+    next(&moved, WAIT, |m| matches!(m, Message::HeartbeatAck(_)).then_some(())).expect("heartbeat answer");
+    let id = raise(&l);
+    let b = broadcast_on(&moved, id, BroadcastState::Open);
+    assert_eq!(l.sam.recv_raw(Duration::from_millis(300)), None, "nothing to the old address");
+    moved.send(&Message::BroadcastReceipt(BroadcastReceipt { alert_id: id, seq: b.seq }));
+
+    // A flood of authentic receipts and responds from Sam's desk, of receipts from the site key,
+    // and of forged ones: bounded by the per-agent rate, one acknowledgement, one popup_shown.
+    let site_peer = Peer::new(l.site.addr, l.site.key());
+    let forger = Peer::new(l.site.addr, Key::from_base64(&Key::generate()).unwrap());
+    let respond = Message::Respond(Respond::padded(id, String::new()));
+    for i in 0..3000u64 {
+        let receipt = Message::BroadcastReceipt(BroadcastReceipt { alert_id: id, seq: i });
+        moved.send(&receipt);
+        site_peer.send(&Message::NoticeReceipt(NoticeReceipt { alert_id: id, event: NoticeEvent::Acknowledged }));
+        forger.send(&respond);
+        if i % 10 == 0 {
+            moved.send(&respond);
+        }
+    }
+    assert!(eventually(WAIT, || !events(&l.site, id, "acknowledged").is_empty()));
+    // The collector still takes alerts and pushes them.
+    let second = raise(&l);
+    broadcast_on(&l.kim, second, BroadcastState::Open);
+    assert_eq!(events(&l.site, id, "acknowledged"), ["Sam Lee"]);
+    assert_eq!(events(&l.site, id, "popup_shown").iter().filter(|w| *w == "Sam Lee").count(), 1);
+    assert_eq!(forger.recv_raw(Duration::from_millis(300)), None);
+    l.collector.wait_log(WAIT, "rate limit: an agent sends more than its limit");
 }

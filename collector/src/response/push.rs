@@ -33,6 +33,7 @@ use tracing::{debug, warn};
 
 use crate::store::{now_ms, AlertState, PopupTarget, Response as _, Store};
 
+use crate::registry::{SharedRegistry, Slot};
 use crate::stats::Stats;
 
 /// All pushes together, per second (a token bucket with a burst of one second's worth): a
@@ -50,6 +51,8 @@ pub const MAX_TRACKED: usize = 100_000;
 /// The most site-key senders whose address is kept (enrolled agents are bounded by the
 /// registry; anyone with the site key could invent host and user names).
 pub const MAX_SITE_RECIPIENTS: usize = 50_000;
+/// See `State::swept`.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// The store is read again this often even without a change (commits by another process).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
 /// Store reads a second in a storm of commits, after a burst of [`READ_BURST`] (each commit
@@ -224,6 +227,9 @@ impl Track {
 struct State {
     presence: HashMap<Recipient, Seen>,
     site_recipients: usize,
+    /// The last sweep of offline site-key senders (at most one per [`SWEEP_EVERY`]: a full
+    /// table of senders all online must not cost a sweep per datagram).
+    swept: Option<Instant>,
     showing: Vec<Showing>,
     notices: Vec<PendingNotice>,
     /// (agent id, alert) → broadcast track.
@@ -281,6 +287,7 @@ impl Pushes {
             state: Mutex::new(State {
                 presence: HashMap::new(),
                 site_recipients: 0,
+                swept: None,
                 showing: Vec::new(),
                 notices: Vec::new(),
                 broadcasts: HashMap::new(),
@@ -324,6 +331,10 @@ impl Pushes {
         }
         if matches!(who, Recipient::Site { .. }) {
             if st.site_recipients >= MAX_SITE_RECIPIENTS {
+                if st.swept.is_some_and(|t| now.saturating_duration_since(t) < SWEEP_EVERY) {
+                    return;
+                }
+                st.swept = Some(now);
                 st.presence.retain(|r, s| {
                     matches!(r, Recipient::Agent(_)) || now.saturating_duration_since(s.at) <= offline_after
                 });
@@ -515,6 +526,13 @@ impl Pushes {
             .collect()
     }
 
+    /// Forget the enrolled agents whose last key `valid` refuses (revoked, or retired by a
+    /// rotation): nothing is pushed to a revoked desk, even while it would still count as online.
+    pub fn retain_agents(&self, valid: impl Fn(&Key) -> bool) {
+        let mut st = self.state();
+        st.presence.retain(|r, s| !matches!(r, Recipient::Agent(_)) || valid(&s.key));
+    }
+
     /// How many tracks are kept (for tests and the attack checks).
     pub fn tracked(&self) -> usize {
         let st = self.state();
@@ -548,7 +566,13 @@ async fn read(store: &Store) -> Result<(Vec<Showing>, Vec<PendingNotice>), crate
 /// The push task: read the store on every change (at most [`READS_PER_SEC`] in a storm) and every
 /// [`REFRESH_EVERY`], and send what is due, every second and after every read. A store that
 /// fails or hangs leaves pushes going on with what was read last.
-pub async fn run(pushes: Arc<Pushes>, store: Store, socket: Arc<UdpSocket>, stop: CancellationToken) {
+pub async fn run(
+    pushes: Arc<Pushes>,
+    store: Store,
+    registry: Arc<SharedRegistry>,
+    socket: Arc<UdpSocket>,
+    stop: CancellationToken,
+) {
     let changes = store.changes();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -590,6 +614,12 @@ pub async fn run(pushes: Arc<Pushes>, store: Store, socket: Arc<UdpSocket>, stop
                 }
             }
         }
+        let agents = registry.snapshot();
+        pushes.retain_agents(|key| {
+            agents.get(key.id()).is_some_and(|e| {
+                !e.agent.revoked && !matches!(e.slot, Slot::Previous { until_ms } if now_ms() > until_ms)
+            })
+        });
         for p in pushes.due(Instant::now()) {
             match socket.try_send_to(&p.datagram, p.to) {
                 Ok(_) => Stats::bump(&pushes.stats.pushes_sent),
@@ -855,6 +885,16 @@ mod tests {
         // The store confirmed it: it is no longer pending.
         p.update(vec![], vec![]);
         assert_eq!(p.tracked(), 0);
+    }
+
+    #[test]
+    fn a_revoked_desk_gets_nothing_more() {
+        let p = pushes();
+        let t0 = Instant::now();
+        desk(&p, "a1", "Sam", 7001, 100, t0);
+        p.update(vec![showing(1, 1, BroadcastState::Open, &["Sam"])], vec![]);
+        p.retain_agents(|_| false);
+        assert!(p.due(t0).is_empty());
     }
 
     #[test]
