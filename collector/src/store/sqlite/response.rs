@@ -700,6 +700,20 @@ impl Db {
         Ok(Some((alert, state, events)))
     }
 
+    /// Bring jobs that another process queued (`sos-collector alerts ack`: dated on its own
+    /// clock) onto this run's outbox clock `clock_ms`: an untried job dated after `clock_ms`
+    /// is due now and its age counts from now. Returns how many changed.
+    ///
+    /// # Errors
+    /// If the update fails.
+    pub fn rebase_foreign_jobs(&mut self, clock_ms: i64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE outbox SET created_at_ms = ?1, next_attempt_at_ms = MIN(next_attempt_at_ms, ?1)
+             WHERE state = 'pending' AND attempts = 0 AND created_at_ms > ?1",
+            params![clock_ms],
+        )?)
+    }
+
     /// SQLite's `data_version` on this connection: it changes when another connection (another
     /// process: `sos-collector alerts ack`) commits.
     ///
