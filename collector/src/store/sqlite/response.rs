@@ -219,13 +219,23 @@ fn fire_tier(
     let emails: Vec<&str> = tier.responders.iter().filter_map(|r| r.email.as_deref()).collect();
     let after_secs = ((now_ms - received_at_ms).max(0) / 1000).to_string();
     if index > 0 {
+        // The earlier tiers' channels remind the earlier tiers' responders.
+        let mut reminded: Vec<&str> = Vec::new();
+        for r in tiers[..index].iter().flat_map(|t| &t.responders) {
+            if let Some(chat) = r.chat.as_deref() {
+                if !reminded.contains(&chat) {
+                    reminded.push(chat);
+                }
+            }
+        }
         let earlier = notified_channels(tx, id)?;
         for ch in earlier.iter().filter(|c| !tier.channels.contains(&c.as_str())) {
             tx.prepare_cached(
-                "INSERT INTO outbox (alert_id, channel, kind, tier, state, created_at_ms, next_attempt_at_ms, detail)
-                 VALUES (?1, ?2, 'reminder', ?3, 'pending', ?4, ?4, ?5) ON CONFLICT DO NOTHING",
+                "INSERT INTO outbox (alert_id, channel, kind, tier, state, created_at_ms, next_attempt_at_ms,
+                                     detail, mentions)
+                 VALUES (?1, ?2, 'reminder', ?3, 'pending', ?4, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
             )?
-            .execute(params![id, ch, number, jobs_at_ms, after_secs])?;
+            .execute(params![id, ch, number, jobs_at_ms, after_secs, reminded.join("\n")])?;
         }
     }
     for ch in &tier.channels {
@@ -801,6 +811,7 @@ mod tests {
         db.finish(&[(first.id, JobOutcome::Delivered)], 0).unwrap();
         let reminder = db.due_jobs("slack", 70_000, 10).unwrap().remove(0);
         assert_eq!(reminder.alert.update, Some(AlertUpdate::Reminder { after_secs: 60 }));
+        assert_eq!(reminder.alert.audience.mentions, ["<@Sam>"], "tier 1's responders are reminded");
         let t = &db.popup_targets(61_000).unwrap()[0];
         assert_eq!(
             (t.state, t.reminder_seq, t.responders.clone()),
