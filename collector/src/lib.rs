@@ -18,6 +18,9 @@
 //! - Pushes leave from [`response::push`]: `alert_broadcast` to responder desktops and
 //!   `responder_notice` to senders, at their last authenticated address, repeated until their
 //!   receipt, rate-bounded (the only datagrams that are not replies).
+//! - Escalation leaves from [`response::escalation`]: the first tier of an alert fires in its
+//!   insert transaction; the engine fires each later tier at its durable deadline (the store's
+//!   `escalations`) unless someone acknowledged, and notices commits by `sos-collector alerts`.
 //! - [`service`]: [`run`] / [`Collector::run`] take a bound UDP socket and a shutdown future,
 //!   start every task and thread above and supervise them (one that dies ends the service).
 //! - [`config`]: the TOML configuration, its defaults and its validation.

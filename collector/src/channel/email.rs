@@ -58,6 +58,17 @@ impl Email {
         for to in &self.settings.to {
             b = b.to(to.clone());
         }
+        // The responders of the tier, beside the configured `to` (one message carries alerts of
+        // one audience only: see `fits`).
+        for extra in alerts.iter().flat_map(|a| &a.audience.emails) {
+            match extra.parse::<lettre::message::Mailbox>() {
+                Ok(m) if !self.settings.to.iter().any(|t| t.email == m.email) => b = b.to(m),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(address = %extra, error = %e, "email: a responder's address is not usable; skipped")
+                }
+            }
+        }
         let email = b
             .body(body)
             .map_err(|e| DeliveryError::Permanent { reason: format!("email: cannot build the message: {e}") })?;
@@ -105,9 +116,12 @@ pub const MAX_ALERTS_PER_EMAIL: usize = 50;
 /// See [`MAX_ALERTS_PER_EMAIL`].
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// How many of `alerts`, from the first, one email carries.
+/// How many of `alerts`, from the first, one email carries: those with the same extra
+/// recipients as the first (a responder never gets another tier's alert), within the limits.
 pub(crate) fn fits(alerts: &[AlertRecord]) -> usize {
-    let mut n = alerts.len().min(MAX_ALERTS_PER_EMAIL);
+    let same =
+        alerts.iter().take_while(|a| alerts.first().is_some_and(|f| f.audience.emails == a.audience.emails)).count();
+    let mut n = same.min(MAX_ALERTS_PER_EMAIL);
     while n > 1 && compose(&alerts[..n]).1.len() > MAX_BODY_BYTES {
         n -= 1;
     }
@@ -120,7 +134,7 @@ pub(crate) fn compose(alerts: &[AlertRecord]) -> (String, String) {
         [a] => describe(a),
         [first, ..] => {
             let real = alerts.iter().filter(|a| !a.test).count();
-            let head = if real == 0 { "TEST SOS" } else { "SOS" };
+            let head = if real == 0 { "TEST SOS (DRILL)" } else { "SOS" };
             format!("{head}: {} alerts — first: {}", alerts.len(), describe(first))
         }
         [] => String::new(),
@@ -166,7 +180,49 @@ mod tests {
         assert_eq!(s, "SOS: bob at Ward 3 (pc-7, 10.1.1.7)");
         assert!(b.contains("aggressive visitor") && b.contains(&a.alert_id.to_string()));
         a.test = true;
-        let (s, b) = compose(&[a]);
-        assert!(s.starts_with("TEST SOS") && b.starts_with("THIS IS A TEST"));
+        let (s, b) = compose(std::slice::from_ref(&a));
+        assert!(s.starts_with("TEST SOS (DRILL)") && b.starts_with("THIS IS A DRILL"), "{s}\n{b}");
+    }
+
+    #[test]
+    fn each_response_message_says_what_happened_and_drills_say_drill() {
+        use crate::store::{AlertUpdate, Audience, Cancellation};
+        let mut a = AlertRecord {
+            alert_id: AlertId::from_u128(5),
+            test: false,
+            triggered_at: 0,
+            received_at_ms: 0,
+            user: "bob".into(),
+            host: "pc-7".into(),
+            ip: "10.1.1.7".into(),
+            location: "Ward 3".into(),
+            message: String::new(),
+            source: String::new(),
+            enrolled: None,
+            cancellation: None,
+            audience: Audience { tier: 2, mentions: vec![], emails: vec!["kim@example.com".into()] },
+            update: None,
+        };
+        let subject = |a: &AlertRecord| compose(std::slice::from_ref(a)).0;
+        let body = |a: &AlertRecord| compose(std::slice::from_ref(a)).1;
+        assert_eq!(subject(&a), "SOS (escalated: tier 2): bob at Ward 3 (pc-7, 10.1.1.7)");
+        assert!(body(&a).starts_with("ESCALATED (tier 2)"), "{}", body(&a));
+        a.update = Some(AlertUpdate::Reminder { after_secs: 60 });
+        assert!(subject(&a).starts_with("STILL UNANSWERED after 60 s — SOS: bob"), "{}", subject(&a));
+        a.update = Some(AlertUpdate::Acknowledged { by: "Sam Lee".into(), note: "2 min".into() });
+        assert!(subject(&a).starts_with("Acknowledged by Sam Lee — SOS: bob"), "{}", subject(&a));
+        assert!(body(&a).contains("Note: 2 min"));
+        a.update =
+            Some(AlertUpdate::Resolved { by: "Sam Lee".into(), outcome: "false alarm".into(), note: String::new() });
+        assert!(subject(&a).starts_with("Resolved by Sam Lee: false alarm — SOS: bob"), "{}", subject(&a));
+        a.update = None;
+        a.cancellation = Some(Cancellation { at_ms: 0, reason: "oops".into() });
+        assert!(subject(&a).starts_with("CANCELLED by sender — check in person — SOS"), "{}", subject(&a));
+        a.test = true;
+        assert!(subject(&a).contains("TEST SOS (DRILL)"), "{}", subject(&a));
+        // A message carries one audience: another tier's alert waits for the next email.
+        let mut other = a.clone();
+        other.audience.emails = vec!["sam@example.com".into()];
+        assert_eq!(fits(&[a.clone(), a.clone(), other]), 2);
     }
 }

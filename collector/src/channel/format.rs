@@ -1,6 +1,6 @@
 //! How an alert reads, in every channel.
 
-use crate::store::AlertRecord;
+use crate::store::{AlertRecord, AlertUpdate};
 
 /// `2026-11-23 06:03:20 UTC` for a time in seconds since the Unix epoch.
 pub fn when_utc(unix_secs: i64) -> String {
@@ -17,15 +17,28 @@ pub(crate) fn or_dash(s: &str) -> &str {
     }
 }
 
-/// One line a responder can act on: `SOS: alice at Reception (desk-12, 10.0.0.12)`; for a
-/// cancellation notice, `CANCELLED by sender — SOS: alice at …`.
+/// What a message says about its alert, before who and where: `SOS`, `TEST SOS (DRILL)` for a
+/// drill, `SOS (escalated: tier 2)`, `STILL UNANSWERED after 60 s — SOS`, `Acknowledged by Sam
+/// Lee — SOS`, `Resolved by Sam Lee: false alarm — SOS`, `CANCELLED by sender — check in
+/// person — SOS`. Drills say DRILL in every one.
+pub fn headline(a: &AlertRecord) -> String {
+    let sos = if a.test { "TEST SOS (DRILL)" } else { "SOS" };
+    match (&a.update, &a.cancellation) {
+        (Some(AlertUpdate::Reminder { after_secs }), _) => format!("STILL UNANSWERED after {after_secs} s — {sos}"),
+        (Some(AlertUpdate::Acknowledged { by, .. }), _) => format!("Acknowledged by {} — {sos}", or_dash(by)),
+        (Some(AlertUpdate::Resolved { by, outcome, .. }), _) => {
+            format!("Resolved by {}: {} — {sos}", or_dash(by), or_dash(outcome))
+        }
+        (None, Some(_)) => format!("CANCELLED by sender — check in person — {sos}"),
+        (None, None) if a.audience.tier > 1 => format!("{sos} (escalated: tier {})", a.audience.tier),
+        (None, None) => sos.to_owned(),
+    }
+}
+
+/// One line a responder can act on: `SOS: alice at Reception (desk-12, 10.0.0.12)`, after the
+/// [`headline`] of what the message is about.
 pub fn describe(a: &AlertRecord) -> String {
-    let prefix = match (a.cancellation.is_some(), a.test) {
-        (true, true) => "CANCELLED by sender — TEST SOS",
-        (true, false) => "CANCELLED by sender — SOS",
-        (false, true) => "TEST SOS (drill, no action needed)",
-        (false, false) => "SOS",
-    };
+    let prefix = headline(a);
     let place = if a.location.trim().is_empty() { a.host.as_str() } else { a.location.as_str() };
     let mut line =
         format!("{prefix}: {} at {} ({}, {})", or_dash(&a.user), or_dash(place), or_dash(&a.host), or_dash(&a.ip));
@@ -34,6 +47,38 @@ pub fn describe(a: &AlertRecord) -> String {
         line.push_str(&w);
     }
     line
+}
+
+/// What a responder should do about a message, in plain text (empty for the alert itself).
+pub(crate) fn update_paragraph(a: &AlertRecord) -> String {
+    let id = a.alert_id;
+    match (&a.update, &a.cancellation) {
+        (Some(AlertUpdate::Reminder { after_secs }), _) => format!(
+            "STILL UNANSWERED after {after_secs} s: nobody has acknowledged this alert yet, and it was escalated. \
+             If you are going, say so: \"I'm responding\" on the popup, or sos-collector alerts ack {id} --responder NAME.\n\n"
+        ),
+        (Some(AlertUpdate::Acknowledged { by, note }), _) => format!(
+            "ACKNOWLEDGED by {}: they are on their way.{}\n\n",
+            or_dash(by),
+            if note.is_empty() { String::new() } else { format!("\nNote: {note}") }
+        ),
+        (Some(AlertUpdate::Resolved { by, outcome, note }), _) => format!(
+            "RESOLVED by {}: {}.{}\n\n",
+            or_dash(by),
+            or_dash(outcome),
+            if note.is_empty() { String::new() } else { format!("\nNote: {note}") }
+        ),
+        (None, Some(c)) => format!(
+            "CANCELLED BY THE SENDER (false alarm) at {}.\nReason: {}\nResponders: check in person that they are safe; a cancellation can be forced.\n\n",
+            when_utc(c.at_ms / 1000),
+            or_dash(&c.reason)
+        ),
+        (None, None) if a.audience.tier > 1 => format!(
+            "ESCALATED (tier {}): nobody acknowledged this alert in time.\n\n",
+            a.audience.tier
+        ),
+        (None, None) => String::new(),
+    }
 }
 
 /// A warning when the alert's claimed host is not the host its key was enrolled on.
@@ -59,16 +104,11 @@ pub fn enrolled_line(a: &AlertRecord) -> String {
 
 /// Every field, one per line, for plain-text channels.
 pub(crate) fn details(a: &AlertRecord) -> String {
-    let mut s = String::new();
-    if let Some(c) = &a.cancellation {
-        s.push_str(&format!(
-            "CANCELLED BY THE SENDER (false alarm) at {}.\nReason: {}\nResponders: check in person that they are safe; a cancellation can be forced.\n\n",
-            when_utc(c.at_ms / 1000),
-            or_dash(&c.reason)
-        ));
-    }
+    let mut s = update_paragraph(a);
     if a.test {
-        s.push_str("THIS IS A TEST ALERT (drill). No action needed.\n\n");
+        s.push_str(
+            "THIS IS A DRILL (test alert): no real emergency. Practise: acknowledge it as you would a real one.\n\n",
+        );
     }
     if let Some(w) = identity_warning(a) {
         s.push_str(&format!("{w}\n\n"));

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::format::{describe, enrolled_line, identity_warning, or_dash, when_utc};
 use super::DeliveryError;
 use crate::config::SlackSettings;
-use crate::store::AlertRecord;
+use crate::store::{AlertRecord, AlertUpdate};
 
 /// Slack's documented limits for an incoming-webhook message (Block Kit reference, "Rate
 /// limits" for the rate).
@@ -39,7 +39,8 @@ pub const LIMITS: Limits =
 /// About one message per second per webhook (Slack's rate limit for incoming webhooks).
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The most alerts in one message: a header, then one section per alert.
+/// The most alerts in one message: a header, then one section per alert (one fewer when the
+/// message mentions responders: [`Slack::fits`] checks).
 pub const MAX_ALERTS_PER_MESSAGE: usize = LIMITS.blocks - 1;
 
 /// Where `payload` breaks [`LIMITS`], if it does: Slack's error code and what is wrong.
@@ -236,20 +237,63 @@ fn esc(s: &str, max: usize) -> String {
     out
 }
 
-/// The first line of an alert: what it is, from whom, where.
+/// The first line of a message: what it says about the alert, from whom, where. Drills say
+/// DRILL; updates (a reminder, who acknowledged or resolved it, a cancellation) say so first.
 fn title(a: &AlertRecord) -> String {
-    if let Some(c) = &a.cancellation {
-        format!(
-            "✅ *CANCELLED by the sender* (false alarm): SOS from {} at {}. Reason: {}. *Check in person that they are safe*: a cancellation can be forced.",
+    let drill = if a.test { "🧪 *DRILL (TEST alert)* — " } else { "" };
+    let from =
+        |a: &AlertRecord| format!("SOS from {} at {}", esc(or_dash(&a.user), 100), esc(or_dash(&a.location), 200));
+    match (&a.update, &a.cancellation) {
+        (Some(AlertUpdate::Reminder { after_secs }), _) => {
+            format!("{drill}⏰ *STILL UNANSWERED after {after_secs} s*: {}. Nobody has acknowledged it yet.", from(a))
+        }
+        (Some(AlertUpdate::Acknowledged { by, note }), _) => format!(
+            "{drill}🙋 *Acknowledged by {}*: {}.{}",
+            esc(or_dash(by), 100),
+            from(a),
+            if note.is_empty() { String::new() } else { format!(" Note: {}", esc(note, 500)) }
+        ),
+        (Some(AlertUpdate::Resolved { by, outcome, note }), _) => format!(
+            "{drill}✔️ *Resolved by {}*: {}. {}.{}",
+            esc(or_dash(by), 100),
+            esc(or_dash(outcome), 500),
+            from(a),
+            if note.is_empty() { String::new() } else { format!(" Note: {}", esc(note, 500)) }
+        ),
+        (None, Some(c)) => format!(
+            "{drill}✅ *CANCELLED by the sender* (false alarm): SOS from {} at {}. Reason: {}. *Check in person that they are safe*: a cancellation can be forced.",
             esc(or_dash(&a.user), 100),
             esc(or_dash(&a.location), 200),
             esc(or_dash(&c.reason), 400)
-        )
-    } else if a.test {
-        format!("🧪 *TEST alert (drill): no action needed* — {}", esc(or_dash(&a.user), 100))
-    } else {
-        format!("🚨 *SOS from {}* at *{}*", esc(or_dash(&a.user), 100), esc(or_dash(&a.location), 200))
+        ),
+        (None, None) if a.test => format!("{drill}practise as if it were real: {}", from(a)),
+        (None, None) if a.audience.tier > 1 => {
+            format!("🚨 *{}* — escalated: tier {}, nobody acknowledged in time", from(a), a.audience.tier)
+        }
+        (None, None) => format!("🚨 *{}*", from(a)),
     }
+}
+
+/// The chat mentions of the messages' audiences (configured `chat` of the tier's responders),
+/// each once, as Slack mentions them: not escaped.
+fn mentions(alerts: &[AlertRecord]) -> String {
+    let mut all: Vec<&str> = Vec::new();
+    for a in alerts {
+        for m in &a.audience.mentions {
+            if !all.contains(&m.as_str()) {
+                all.push(m);
+            }
+        }
+    }
+    let mut s = String::new();
+    for m in all {
+        if s.chars().count() + m.chars().count() + 1 > 1000 {
+            break;
+        }
+        s.push_str(m);
+        s.push(' ');
+    }
+    s.trim_end().to_owned()
 }
 
 /// The sender's text as a quote, clipped to `max` characters of the original.
@@ -266,11 +310,19 @@ fn when(a: &AlertRecord) -> String {
 /// section each. Every text is clipped so that each block is within [`LIMITS`] (an `&` escaped
 /// as `&amp;` counts 5: the clips leave room for it).
 pub(crate) fn payload(alerts: &[AlertRecord]) -> Value {
-    let icon = |a: &AlertRecord| if a.cancellation.is_some() { "✅" } else { "🚨" };
+    let icon = |a: &AlertRecord| match (&a.update, &a.cancellation) {
+        (Some(AlertUpdate::Reminder { .. }), _) => "⏰",
+        (Some(AlertUpdate::Acknowledged { .. }), _) => "🙋",
+        (Some(AlertUpdate::Resolved { .. }), _) => "✔️",
+        (None, Some(_)) => "✅",
+        (None, None) => "🚨",
+    };
+    let ping = mentions(alerts);
     let line = |a: &AlertRecord| format!("{} — alert {}", esc(&describe(a), 600), a.alert_id);
     let mut blocks = Vec::new();
     let text = if let [a] = alerts {
-        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": title(a)}}));
+        let first = if ping.is_empty() { title(a) } else { format!("{ping}\n{}", title(a)) };
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": first}}));
         let field = |name: &str, value: &str| json!({"type": "mrkdwn", "text": format!("*{name}*\n{}", esc(or_dash(value), 350))});
         blocks.push(json!({"type": "section", "fields": [
             field("Who", &a.user),
@@ -289,14 +341,22 @@ pub(crate) fn payload(alerts: &[AlertRecord]) -> Value {
             blocks.push(json!({"type": "section", "text": {"type": "mrkdwn",
                 "text": format!("*Message*\n{}", quote(a, 1000))}}));
         }
-        format!("{} {}", icon(a), line(a))
+        let text = format!("{} {}", icon(a), line(a));
+        if ping.is_empty() {
+            text
+        } else {
+            format!("{ping} {text}")
+        }
     } else {
         let tests = alerts.iter().filter(|a| a.test).count();
         let mut head = format!("🚨 {} SOS alerts", alerts.len());
         if tests > 0 {
-            head.push_str(&format!(" ({tests} of them TEST)"));
+            head.push_str(&format!(" ({tests} of them TEST, DRILL)"));
         }
         blocks.push(json!({"type": "header", "text": {"type": "plain_text", "text": head}}));
+        if !ping.is_empty() {
+            blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": ping}}));
+        }
         let mut text = head.clone();
         for a in alerts {
             let mut s = format!(
@@ -370,7 +430,35 @@ mod tests {
         let p = payload(&[a(true)]).to_string();
         assert!(p.contains("TEST"), "{p}");
         let p = payload(&[a(false), a(true), a(false)]);
-        assert!(p["text"].as_str().unwrap().starts_with("🚨 3 SOS alerts (1 of them TEST)"));
+        assert!(p["text"].as_str().unwrap().starts_with("🚨 3 SOS alerts (1 of them TEST, DRILL)"));
+        assert!(payload(&[a(true)]).to_string().contains("DRILL"));
+    }
+
+    #[test]
+    fn tiers_mention_their_responders_and_updates_say_what_happened() {
+        use crate::store::{AlertUpdate, Audience};
+        let mut t2 = a(false);
+        t2.audience = Audience { tier: 2, mentions: vec!["<@U1>".into(), "<@U2>".into()], emails: vec![] };
+        let p = payload(std::slice::from_ref(&t2));
+        let text = p["text"].as_str().unwrap();
+        assert!(text.starts_with("<@U1> <@U2> 🚨"), "{text}");
+        assert!(p["blocks"][0]["text"]["text"].as_str().unwrap().starts_with("<@U1> <@U2>\n"), "{p}");
+        assert!(p.to_string().contains("escalated: tier 2"), "{p}");
+        let mut r = t2.clone();
+        r.update = Some(AlertUpdate::Reminder { after_secs: 120 });
+        assert!(payload(&[r]).to_string().contains("STILL UNANSWERED after 120 s"));
+        let mut ack = a(true);
+        ack.update = Some(AlertUpdate::Acknowledged { by: "Sam <!here>".into(), note: String::new() });
+        let p = payload(&[ack]).to_string();
+        assert!(p.contains("Acknowledged by Sam &lt;!here&gt;") && p.contains("DRILL"), "{p}");
+        let mut res = a(false);
+        res.update = Some(AlertUpdate::Resolved { by: "Sam".into(), outcome: "all clear".into(), note: String::new() });
+        assert!(payload(&[res]).to_string().contains("Resolved by Sam*: all clear"));
+        // Mentions take a block: a storm message still fits Slack's limits.
+        let storm: Vec<_> = (0..100).map(|_| t2.clone()).collect();
+        let n = Slack::fits(&storm);
+        assert_eq!(check(&payload(&storm[..n])), Ok(()));
+        assert_eq!(n, MAX_ALERTS_PER_MESSAGE - 1);
     }
 
     /// An alert with every field at the largest a datagram can carry, full of characters that

@@ -267,7 +267,7 @@ impl Default for Config {
             email: None,
             security: SecuritySettings::default(),
             responders: Vec::new(),
-            escalation: EscalationSettings::default_for(&[crate::channel::ChannelKind::Log]),
+            escalation: EscalationSettings::standard(),
         }
     }
 }

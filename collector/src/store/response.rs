@@ -210,11 +210,12 @@ pub struct PlannedResponder {
 impl ResponsePlan {
     /// The plan of a collector configuration.
     pub fn from_config(config: &Config) -> ResponsePlan {
+        let configured = config.channels();
         let tiers = |policy: &[crate::config::Tier]| {
             policy
                 .iter()
                 .map(|t| TierPlan {
-                    channels: t.channels().into_iter().map(crate::channel::ChannelKind::name).collect(),
+                    channels: t.channels(&configured).into_iter().map(crate::channel::ChannelKind::name).collect(),
                     responders: t
                         .responders(&config.responders)
                         .into_iter()
@@ -365,9 +366,8 @@ impl Response for Store {
         via: Via,
         note: String,
     ) -> Result<Acknowledged, StoreError> {
-        let r = self
-            .exec(move |db| db.acknowledge(alert_id, &responder, via, &note, super::now_ms(), super::outbox_clock_ms()))
-            .await?;
+        let (now, clock) = (super::now_ms(), super::outbox_clock_ms());
+        let r = self.exec(move |db| db.acknowledge(alert_id, &responder, via, &note, now, clock)).await?;
         if matches!(r, Transition::New { .. }) {
             self.changed(true);
         }
@@ -382,11 +382,8 @@ impl Response for Store {
         outcome: String,
         note: String,
     ) -> Result<Transition, StoreError> {
-        let r = self
-            .exec(move |db| {
-                db.resolve(alert_id, &responder, via, &outcome, &note, super::now_ms(), super::outbox_clock_ms())
-            })
-            .await?;
+        let (now, clock) = (super::now_ms(), super::outbox_clock_ms());
+        let r = self.exec(move |db| db.resolve(alert_id, &responder, via, &outcome, &note, now, clock)).await?;
         if matches!(r, Transition::New { .. }) {
             self.changed(true);
         }

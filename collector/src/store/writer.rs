@@ -14,11 +14,13 @@ use super::{AgentSeen, Cancelled, Db, Job, JobOutcome, NewAlert, ResponsePlan, S
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Command {
-    Insert(Box<NewAlert>, Reply<Stored>),
+    /// An alert, with the outbox clock of the caller (jobs and deadlines are dated on it).
+    Insert(Box<NewAlert>, i64, Reply<Stored>),
     DueJobs(&'static str, i64, usize, Reply<Vec<Job>>),
     NextDue(&'static str, Reply<Option<i64>>),
     Finish(Vec<(i64, JobOutcome)>, i64, Reply<()>),
-    Cancel(AlertId, String, String, i64, Reply<Cancelled>),
+    /// A cancellation: alert, reason, principal, wall clock, the caller's outbox clock.
+    Cancel(AlertId, String, String, i64, i64, Reply<Cancelled>),
     /// Anything else the writer should do (the agent registry, say).
     Exec(Box<dyn FnOnce(&mut Db) + Send>),
     /// Heartbeats gathered since the last flush: one transaction.
@@ -201,7 +203,7 @@ impl Store {
                 let mut next = Some(first);
                 while let Some(cmd) = next.take() {
                     match cmd {
-                        Command::Insert(a, r) => inserts.push((a, r)),
+                        Command::Insert(a, clock, r) => inserts.push((a, clock, r)),
                         Command::Seen(a) => seen.extend(a),
                         other => others.push(other),
                     }
@@ -210,8 +212,10 @@ impl Store {
                     }
                 }
                 if !inserts.is_empty() {
-                    let batch: Vec<NewAlert> = inserts.iter().map(|(a, _)| (**a).clone()).collect();
-                    let res = db.insert_alerts_planned(&batch, plan, outbox_clock_ms());
+                    let batch: Vec<NewAlert> = inserts.iter().map(|(a, _, _)| (**a).clone()).collect();
+                    // The earliest clock of the batch: nothing is dated later than its caller's now.
+                    let clock = inserts.iter().map(|(_, c, _)| *c).min().unwrap_or_else(outbox_clock_ms);
+                    let res = db.insert_alerts_planned(&batch, plan, clock);
                     health.observe(res.as_ref().err());
                     match res {
                         Ok(results) => {
@@ -221,12 +225,12 @@ impl Store {
                                 }
                                 announce(changes);
                             }
-                            for ((_, reply), res) in inserts.into_iter().zip(results) {
+                            for ((_, _, reply), res) in inserts.into_iter().zip(results) {
                                 let _ = reply.send(Ok(res));
                             }
                         }
                         Err(e) => {
-                            for (_, reply) in inserts {
+                            for (_, _, reply) in inserts {
                                 let _ = reply.send(Err(e.clone()));
                             }
                         }
@@ -241,8 +245,8 @@ impl Store {
                 }
                 for cmd in others {
                     match cmd {
-                        Command::Cancel(id, reason, key_id, now, r) => {
-                            let res = db.cancel(id, &reason, &key_id, names, now, outbox_clock_ms());
+                        Command::Cancel(id, reason, key_id, now, clock, r) => {
+                            let res = db.cancel(id, &reason, &key_id, names, now, clock);
                             health.observe(res.as_ref().err());
                             if matches!(res, Ok(Cancelled::New)) {
                                 for (_, n) in thread_wakers.iter() {
@@ -311,7 +315,8 @@ impl Store {
     /// # Errors
     /// If the commit failed: the alert is not stored and must not be acknowledged.
     pub async fn insert(&self, alert: NewAlert) -> Result<Stored, StoreError> {
-        self.call(|r| Command::Insert(Box::new(alert), r)).await
+        let clock = outbox_clock_ms();
+        self.call(|r| Command::Insert(Box::new(alert), clock, r)).await
     }
 
     /// See [`Db::due_jobs`].
@@ -349,7 +354,8 @@ impl Store {
         key_id: String,
         now_ms: i64,
     ) -> Result<Cancelled, StoreError> {
-        self.call(|r| Command::Cancel(alert_id, reason, key_id, now_ms, r)).await
+        let clock = outbox_clock_ms();
+        self.call(|r| Command::Cancel(alert_id, reason, key_id, now_ms, clock, r)).await
     }
 
     /// Run `f` on the writer thread, in order with every other write.

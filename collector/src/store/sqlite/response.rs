@@ -219,13 +219,23 @@ fn fire_tier(
     let emails: Vec<&str> = tier.responders.iter().filter_map(|r| r.email.as_deref()).collect();
     let after_secs = ((now_ms - received_at_ms).max(0) / 1000).to_string();
     if index > 0 {
+        // The earlier tiers' channels remind the earlier tiers' responders.
+        let mut reminded: Vec<&str> = Vec::new();
+        for r in tiers[..index].iter().flat_map(|t| &t.responders) {
+            if let Some(chat) = r.chat.as_deref() {
+                if !reminded.contains(&chat) {
+                    reminded.push(chat);
+                }
+            }
+        }
         let earlier = notified_channels(tx, id)?;
         for ch in earlier.iter().filter(|c| !tier.channels.contains(&c.as_str())) {
             tx.prepare_cached(
-                "INSERT INTO outbox (alert_id, channel, kind, tier, state, created_at_ms, next_attempt_at_ms, detail)
-                 VALUES (?1, ?2, 'reminder', ?3, 'pending', ?4, ?4, ?5) ON CONFLICT DO NOTHING",
+                "INSERT INTO outbox (alert_id, channel, kind, tier, state, created_at_ms, next_attempt_at_ms,
+                                     detail, mentions)
+                 VALUES (?1, ?2, 'reminder', ?3, 'pending', ?4, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
             )?
-            .execute(params![id, ch, number, jobs_at_ms, after_secs])?;
+            .execute(params![id, ch, number, jobs_at_ms, after_secs, reminded.join("\n")])?;
         }
     }
     for ch in &tier.channels {
@@ -700,6 +710,20 @@ impl Db {
         Ok(Some((alert, state, events)))
     }
 
+    /// Bring jobs that another process queued (`sos-collector alerts ack`: dated on its own
+    /// clock) onto this run's outbox clock `clock_ms`: an untried job dated after `clock_ms`
+    /// is due now and its age counts from now. Returns how many changed.
+    ///
+    /// # Errors
+    /// If the update fails.
+    pub fn rebase_foreign_jobs(&mut self, clock_ms: i64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE outbox SET created_at_ms = ?1, next_attempt_at_ms = MIN(next_attempt_at_ms, ?1)
+             WHERE state = 'pending' AND attempts = 0 AND created_at_ms > ?1",
+            params![clock_ms],
+        )?)
+    }
+
     /// SQLite's `data_version` on this connection: it changes when another connection (another
     /// process: `sos-collector alerts ack`) commits.
     ///
@@ -787,6 +811,7 @@ mod tests {
         db.finish(&[(first.id, JobOutcome::Delivered)], 0).unwrap();
         let reminder = db.due_jobs("slack", 70_000, 10).unwrap().remove(0);
         assert_eq!(reminder.alert.update, Some(AlertUpdate::Reminder { after_secs: 60 }));
+        assert_eq!(reminder.alert.audience.mentions, ["<@Sam>"], "tier 1's responders are reminded");
         let t = &db.popup_targets(61_000).unwrap()[0];
         assert_eq!(
             (t.state, t.reminder_seq, t.responders.clone()),
