@@ -54,10 +54,19 @@ impl ThirdParty {
     }
 
     /// The reply, opened, if one comes within `wait`; checks that it is no larger than `request`.
+    /// Pushes (section 10: here the `unanswered` notice of an alert nobody can be reached for)
+    /// are not replies, and are skipped.
     fn reply(&self, request: usize, wait: Duration) -> Option<Message> {
-        let d = self.peer.recv_raw(wait)?;
-        assert!(d.len() <= request, "a {}-byte reply to a {request}-byte request", d.len());
-        Some(self.peer.open(&d).expect("a reply sealed with our key"))
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let d = self.peer.recv_raw(deadline.checked_duration_since(std::time::Instant::now())?)?;
+            let m = self.peer.open(&d).expect("a datagram sealed with our key");
+            if matches!(m, Message::ResponderNotice(_) | Message::AlertBroadcast(_)) {
+                continue;
+            }
+            assert!(d.len() <= request, "a {}-byte reply to a {request}-byte request", d.len());
+            return Some(m);
+        }
     }
 }
 
