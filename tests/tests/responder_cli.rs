@@ -189,3 +189,57 @@ fn responders_list_shows_each_responders_agents_and_whether_they_are_online() {
     assert!(t.contains("sam-desk") && t.contains("NOT ENROLLED"), "{t}");
     assert!(t.contains("Kim Park") && t.contains("no agents"), "{t}");
 }
+
+/// libfaketime's multi-threaded preload library, if installed (as `tests/delivery.rs` finds it).
+fn libfaketime() -> Option<std::path::PathBuf> {
+    let found = [
+        "/usr/lib/x86_64-linux-gnu/faketime",
+        "/usr/lib/aarch64-linux-gnu/faketime",
+        "/usr/lib/faketime",
+        "/usr/local/lib/faketime",
+    ]
+    .iter()
+    .map(|d| std::path::Path::new(d).join("libfaketimeMT.so.1"))
+    .find(|p| p.exists());
+    assert!(found.is_some() || std::env::var_os("CI").is_none(), "CI is set but libfaketimeMT.so.1 is not found");
+    if found.is_none() {
+        eprintln!("skipping: libfaketime not installed (set CI=true to make this a failure)");
+    }
+    found
+}
+
+#[test]
+fn a_clock_step_neither_fires_a_tier_early_nor_holds_it_back() {
+    let Some(lib) = libfaketime() else { return };
+    for step in ["+2h", "-1h"] {
+        let site = Site::new();
+        let slack = SlackStandIn::start(vec![]);
+        let clock = site.dir.path().join("clock");
+        std::fs::write(&clock, "+0\n").unwrap();
+        let path = site.dir.path().join("collector.toml");
+        std::fs::write(&path, format!("{}\n{}", site.collector_config(Some(&slack), None), responders(6))).unwrap();
+        let mut command = Command::new(sos_e2e::bin::bin("sos-collector"));
+        command
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env("LD_PRELOAD", &lib)
+            .env("FAKETIME_TIMESTAMP_FILE", &clock)
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .env_remove("FAKETIME");
+        let _c = sos_e2e::CollectorProcess::spawn(command, site.addr, path);
+        // The alert is stored after this instant: tier 2 is due 6 s after it at the earliest.
+        let before = std::time::Instant::now();
+        let id = alert_id_of(&agent_send(&site.agent_config(), &[]));
+        slack.wait_for_text(WAIT, &id);
+        std::fs::write(&clock, format!("{step}\n")).unwrap();
+        let reminded = slack.wait_for(WAIT, "the reminder", |r| {
+            r.iter().any(|x| x.text().contains("STILL UNANSWERED") && x.text().contains(&id))
+        });
+        let at = reminded.iter().find(|x| x.text().contains("STILL UNANSWERED")).unwrap().at;
+        let after = at - before;
+        assert!(after >= Duration::from_secs(6), "clock {step}: tier 2 fired {after:?} after the SOS (wait 6 s)");
+        assert!(after < Duration::from_secs(14), "clock {step}: tier 2 fired {after:?} after the SOS (wait 6 s)");
+    }
+}
