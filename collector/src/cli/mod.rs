@@ -2,7 +2,8 @@
 //!
 //! - `run`: [`serve`] (the runtime, the socket, signals; the service itself is
 //!   [`sos_collector::Collector`]).
-//! - `check-config`: [`check_config`]. `alerts`: [`alerts`]. `enroll`, `agents`: [`agents`].
+//! - `check-config`: [`check_config`]. `alerts` (list, show, ack, resolve, checked): [`alerts`].
+//!   `responders`: [`responders`]. `enroll`, `agents`: [`agents`].
 //!   `store check|recover`: [`store`]. `keygen` is one line, here.
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use sos_collector::Config;
 mod agents;
 mod alerts;
 pub mod check_config;
+mod responders;
 mod serve;
 pub mod store;
 
@@ -43,14 +45,26 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// List recent alerts and each channel's delivery state, from the store.
+    /// Recent alerts and each channel's delivery state (the default); an alert's timeline;
+    /// acknowledge, resolve, or mark checked an alert in a responder's name. A running
+    /// collector notices within a second or two (its escalation stops at an acknowledgement).
     Alerts {
-        /// The configuration file (TOML), to find the data dir.
-        #[arg(long, short)]
+        /// The configuration file (TOML), to find the data dir and the responders.
+        #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         /// How many alerts, newest first.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        #[command(subcommand)]
+        action: Option<AlertsAction>,
+    },
+    /// The configured responders: list them with their agents and whether each is online.
+    Responders {
+        /// The configuration file (TOML): where responders are configured.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<RespondersAction>,
     },
     /// Enrolled agents and heartbeats: list them (the default), revoke or rotate an agent's key.
     /// A running collector applies changes within a second.
@@ -83,6 +97,59 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsAction {
+    /// One alert: what was received, and its timeline, one line per event (who, when, through
+    /// what), with the time to acknowledge.
+    Show {
+        /// The alert id (32 hex digits, as `alerts` and the channels show it).
+        id: String,
+    },
+    /// Acknowledge in a responder's name ("I'm coming"): escalation and pending pages stop, the
+    /// notified channels and the sender are told.
+    Ack {
+        /// The alert id.
+        id: String,
+        /// A configured responder's name (`[[responders]] name`).
+        #[arg(long)]
+        responder: String,
+        /// A note for the timeline and the sender.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Close it with an outcome: the notified channels and the sender are told.
+    Resolve {
+        /// The alert id.
+        id: String,
+        /// A configured responder's name.
+        #[arg(long)]
+        responder: String,
+        /// What happened ("false alarm", "handled by security", …).
+        #[arg(long, default_value = "")]
+        outcome: String,
+        /// A note for the timeline.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// A cancelled alert was checked in person: it is closed.
+    Checked {
+        /// The alert id.
+        id: String,
+        /// A configured responder's name.
+        #[arg(long)]
+        responder: String,
+        /// A note for the timeline.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RespondersAction {
+    /// Each responder with its groups, its agents, and whether each agent is online.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,7 +191,24 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig { config } => check_config::run(&config),
-        Command::Alerts { config, limit } => alerts::run(&load(config.as_deref())?, limit),
+        Command::Alerts { config, limit, action } => {
+            let c = load(config.as_deref())?;
+            match action {
+                None => alerts::run(&c, limit),
+                Some(AlertsAction::Show { id }) => alerts::show(&c, &id),
+                Some(AlertsAction::Ack { id, responder, note }) => alerts::ack(&c, &id, &responder, &note),
+                Some(AlertsAction::Resolve { id, responder, outcome, note }) => {
+                    alerts::resolve(&c, &id, &responder, &outcome, &note)
+                }
+                Some(AlertsAction::Checked { id, responder, note }) => alerts::checked(&c, &id, &responder, &note),
+            }
+        }
+        Command::Responders { config, action } => {
+            let c = load(config.as_deref())?;
+            match action.unwrap_or(RespondersAction::List) {
+                RespondersAction::List => responders::list(&c),
+            }
+        }
         Command::Agents { config, action } => {
             let config = load(config.as_deref())?;
             match action.unwrap_or(AgentsAction::List) {

@@ -113,27 +113,41 @@ impl Db {
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        let mut jobs = self.conn.prepare(
-            "SELECT channel || CASE kind WHEN 'cancel' THEN ' (cancel)' ELSE '' END,
-                    state, attempts, last_error, delivered_at_ms FROM outbox
-             WHERE alert_id = ?1 ORDER BY id",
-        )?;
         let mut out = Vec::with_capacity(alerts.len());
         for a in alerts {
-            let d = jobs
-                .query_map(params![a.alert_id.to_string()], |r| {
-                    Ok(Delivery {
-                        channel: r.get(0)?,
-                        state: r.get(1)?,
-                        attempts: r.get(2)?,
-                        last_error: r.get(3)?,
-                        delivered_at_ms: r.get(4)?,
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+            let d = self.deliveries(a.alert_id)?;
             out.push((a, d));
         }
         Ok(out)
+    }
+
+    /// Every outbox job of an alert, oldest first: the channel, with what the job is when it
+    /// is not tier 1's notification (`slack (cancel)`, `email (tier 2)`, `slack (reminder, tier 2)`,
+    /// `slack (acknowledged)`).
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub fn deliveries(&self, alert_id: AlertId) -> Result<Vec<Delivery>, StoreError> {
+        let mut jobs = self.conn.prepare_cached(
+            "SELECT channel || CASE WHEN kind = 'alert' AND tier > 1 THEN ' (tier ' || tier || ')'
+                                    WHEN kind = 'alert' THEN ''
+                                    WHEN kind = 'reminder' THEN ' (reminder, tier ' || tier || ')'
+                                    ELSE ' (' || kind || ')' END,
+                    state, attempts, last_error, delivered_at_ms FROM outbox
+             WHERE alert_id = ?1 ORDER BY id",
+        )?;
+        let d = jobs
+            .query_map(params![alert_id.to_string()], |r| {
+                Ok(Delivery {
+                    channel: r.get(0)?,
+                    state: r.get(1)?,
+                    attempts: r.get(2)?,
+                    last_error: r.get(3)?,
+                    delivered_at_ms: r.get(4)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(d)
     }
 
     /// Record that the sender cancelled `alert_id` and queue one cancellation notice per
@@ -152,7 +166,7 @@ impl Db {
         now_ms: i64,
         jobs_at_ms: i64,
     ) -> Result<Cancelled, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let id = alert_id.to_string();
         let row: Option<(String, Option<i64>)> = tx
             .query_row(

@@ -256,7 +256,7 @@ pub enum JobOutcome {
 pub struct Delivery {
     /// The channel name.
     pub channel: String,
-    /// `pending`, `delivered` or `failed`.
+    /// `pending`, `delivered`, `failed`, or `stopped` (an acknowledgement stopped it before it went out).
     pub state: String,
     /// Attempts made.
     pub attempts: u32,

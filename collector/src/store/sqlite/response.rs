@@ -333,6 +333,14 @@ fn sender_name(a: &NewAlert) -> String {
 pub type Escalated = (Vec<(AlertId, u32)>, Option<i64>);
 
 impl Db {
+    /// A write transaction that takes the write lock at once (waiting for it as long as the
+    /// busy timeout allows). A transaction that reads first and writes later fails at once,
+    /// whatever the timeout, if another connection (`sos-collector alerts ack`, the service)
+    /// committed in between; every read-then-write transaction here starts this way.
+    pub(crate) fn write(&mut self) -> rusqlite::Result<Transaction<'_>> {
+        self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+    }
+
     /// Start the response of a newly stored alert, inside its insert transaction: its state,
     /// its `received` event, and its first tier fired (see [`Db::insert_alerts_planned`]).
     pub(crate) fn start_response(
@@ -362,7 +370,16 @@ impl Db {
         clock_ms: i64,
         limit: usize,
     ) -> Result<Escalated, StoreError> {
-        let tx = self.conn.transaction()?;
+        // Most ticks find nothing due: no write lock for them.
+        let any: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM escalations WHERE due_at_ms <= ?1)",
+            params![clock_ms],
+            |r| r.get(0),
+        )?;
+        if !any {
+            return Ok((Vec::new(), self.next_escalation()?));
+        }
+        let tx = self.write()?;
         let due: Vec<(String, i64, bool, i64, Option<String>)> = tx
             .prepare_cached(
                 "SELECT e.alert_id, e.next_tier, a.test, a.received_at_ms, r.state
@@ -427,7 +444,7 @@ impl Db {
         now_ms: i64,
         jobs_at_ms: i64,
     ) -> Result<Transition, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let id = alert_id.to_string();
         let note = clean_note(note);
         let out = match response_state(&tx, &id, now_ms)? {
@@ -468,7 +485,7 @@ impl Db {
         now_ms: i64,
         jobs_at_ms: i64,
     ) -> Result<Transition, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let id = alert_id.to_string();
         let (outcome, note) = (clean_note(outcome), clean_note(note));
         let out = match response_state(&tx, &id, now_ms)? {
@@ -512,7 +529,7 @@ impl Db {
         note: &str,
         now_ms: i64,
     ) -> Result<Transition, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let id = alert_id.to_string();
         let note = clean_note(note);
         let out = match response_state(&tx, &id, now_ms)? {
@@ -633,7 +650,7 @@ impl Db {
         event_kind: NoticeEvent,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let id = alert_id.to_string();
         let n = tx.execute(
             "UPDATE sender_notices SET confirmed_at_ms = ?3 WHERE alert_id = ?1 AND event = ?2 AND confirmed_at_ms IS NULL",
@@ -659,7 +676,7 @@ impl Db {
         note: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let id = alert_id.to_string();
         let known: bool =
             tx.query_row("SELECT EXISTS (SELECT 1 FROM alerts WHERE alert_id = ?1)", params![id], |r| r.get(0))?;
