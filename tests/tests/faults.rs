@@ -594,3 +594,85 @@ fn a_frozen_disk_gets_no_ack_is_logged_loudly_and_recovers_when_it_thaws() {
     assert!(eventually(WAIT, || site.delivery(&id, "slack").is_some_and(|d| d.0 == "delivered")));
     assert_eq!(slack_posts(&slack, &id), 1);
 }
+
+/// The store hangs (a frozen disk) while an alert is open on responder desktops: pushes go on
+/// from what was read last (a desk that has not confirmed keeps getting the broadcast), a
+/// `respond` gets no answer until the store works again, and then it is recorded.
+#[test]
+fn pushes_go_on_while_the_store_hangs_and_a_respond_is_recorded_when_it_thaws() {
+    use sos_e2e::process::enroll_agent;
+    use sos_e2e::Peer;
+    use sos_shared::protocol::{BroadcastState, Heartbeat, Respond, RespondStatus};
+    use sos_shared::Message;
+
+    let site = Site::new();
+    let Some(disk) = DataDisk::ext4(&site) else { return };
+    let mut config = site.collector_config(None, None);
+    config.push_str("[[responders]]\nname = \"Sam Lee\"\nagents = [\"sam-desk\"]\n");
+    let collector = site.start_with(&config);
+    let (_, sam_key) = enroll_agent(&collector, site.dir.path(), "sam-desk");
+    let sam = Peer::new(site.addr, sam_key);
+    let sender = Peer::new(site.addr, site.key());
+    let next = |peer: &Peer, wait: Duration, want: &dyn Fn(&Message) -> bool| -> bool {
+        let deadline = Instant::now() + wait;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match peer.recv_raw(left) {
+                Some(d) if peer.open(&d).is_some_and(|m| want(&m)) => return true,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+        false
+    };
+    let heartbeat = |peer: &Peer, host: &str, responder: bool| {
+        peer.send(&Message::Heartbeat(Heartbeat {
+            user: "u".into(),
+            host: host.into(),
+            ip: String::new(),
+            pad: "0".repeat(160),
+            responder,
+        }))
+    };
+    assert!(eventually(WAIT, || {
+        heartbeat(&sam, "sam-pc", true);
+        next(&sam, Duration::from_millis(300), &|m| matches!(m, Message::HeartbeatAck(_)))
+    }));
+    let sos = sos_shared::protocol::Sos {
+        alert_id: AlertId::random(),
+        test: false,
+        triggered_at: sos_shared::unix_now(),
+        attempt: 0,
+        user: "alice".into(),
+        host: "reception".into(),
+        ip: String::new(),
+        location: "Reception".into(),
+        message: String::new(),
+        agent: "hand-made".into(),
+    };
+    let id = sos.alert_id;
+    sender.send(&Message::Sos(sos));
+    let open =
+        |m: &Message| matches!(m, Message::AlertBroadcast(b) if b.alert_id == id && b.state == BroadcastState::Open);
+    assert!(next(&sam, WAIT, &open), "the broadcast");
+
+    let frozen = disk.freeze();
+    // Sam's desk never confirms: the broadcast keeps coming (1 s, 2 s, 4 s …) with the store hung.
+    assert!(next(&sam, Duration::from_secs(10), &open) && next(&sam, Duration::from_secs(10), &open));
+    // A respond waits for the store: no answer while it hangs.
+    let respond = Message::Respond(Respond::padded(id, String::new()));
+    sam.send(&respond);
+    let acked = |m: &Message| matches!(m, Message::RespondAck(a) if a.alert_id == id && a.status == RespondStatus::Acknowledged);
+    assert!(!next(&sam, Duration::from_secs(3), &acked), "an acknowledgement that was not recorded");
+    drop(frozen);
+    // The agent retries; now it is recorded.
+    assert!(eventually(WAIT, || {
+        sam.send(&respond);
+        next(&sam, Duration::from_millis(500), &|m| matches!(m, Message::RespondAck(a) if a.alert_id == id))
+    }));
+    let by: String = site
+        .db()
+        .query_row("SELECT by_responder FROM responses WHERE alert_id = ?1", [id.to_string()], |r| r.get(0))
+        .unwrap();
+    assert_eq!(by, "Sam Lee");
+    drop(collector);
+}
