@@ -112,8 +112,20 @@ impl Salvage {
     }
 }
 
-/// The tables in copy order (alerts before the outbox that refers to them).
-const TABLES: &[&str] = &["alerts", "outbox", "enrolled", "enrollments", "agents", "registry_version"];
+/// The tables in copy order (alerts before the outbox and the responder loop's tables that
+/// refer to them).
+const TABLES: &[&str] = &[
+    "alerts",
+    "outbox",
+    "responses",
+    "alert_events",
+    "escalations",
+    "sender_notices",
+    "enrolled",
+    "enrollments",
+    "agents",
+    "registry_version",
+];
 
 /// Copy what can be read of the store at `damaged` into a new store at `output`, then queue
 /// again, on each of `channels`, every alert received after `requeue_since_ms` that lost its

@@ -9,7 +9,8 @@
 //!   through `udp/reply.rs` (the one size guard: never more bytes than the request).
 //! - It is stored by [`store`]: the [`store::Store`] handle and its writer thread
 //!   (`store/writer.rs`, group commit) over the SQLite file; the SQL by concern in `store/`
-//!   (`alerts.rs`, `jobs.rs` for the outbox, `presence.rs`, `schema.rs` with the migrations).
+//!   (`alerts.rs`, `jobs.rs` for the outbox, `presence.rs`, `schema.rs` with the migrations;
+//!   the responder loop's trait in `response.rs`, its SQL in `sqlite/response.rs`).
 //! - A notification leaves from [`outbox`]: one worker per channel, woken by the store when a
 //!   job is committed; retries with backoff and jitter on a monotonic clock, give-up, bounded
 //!   resends when an outcome is unknown, storm coalescing within each channel's limits. It is

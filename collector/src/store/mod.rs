@@ -9,7 +9,9 @@
 //!
 //! Here: the types the rest of the collector uses and [`StoreError`]. The SQL, by concern:
 //! `db.rs` (opening the file), `schema.rs` (tables and migrations), `alerts.rs` (storing,
-//! cancelling, listing alerts), `jobs.rs` (the outbox's queries), `presence.rs` (heartbeats).
+//! cancelling, listing alerts), `jobs.rs` (the outbox's queries), `presence.rs` (heartbeats),
+//! `response.rs` (the responder loop's types and the [`Response`] trait) with its SQL in
+//! `sqlite/response.rs` (response state, timeline, escalation deadlines, sender notices).
 //! The writer thread and the [`Store`] handle: `writer.rs`; write health: `health.rs`. The
 //! agent registry's SQL is in [`crate::registry`].
 
