@@ -10,7 +10,7 @@
 //! - what responder desktops should show ([`Showing`]) and the notices owed to senders
 //!   ([`PendingNotice`]), both read from the store by [`run`] on every change and every
 //!   [`REFRESH_EVERY`];
-//! - one [`Track`] per (responder agent, alert) and per (sender, notice): what was pushed,
+//! - one `Track` per (responder agent, alert) and per (sender, notice): what was pushed,
 //!   when to repeat it, what the agent confirmed.
 //!
 //! [`Pushes::due`] is the whole schedule: a push goes only to an agent that is online (an
@@ -563,7 +563,7 @@ async fn read(store: &Store) -> Result<(Vec<Showing>, Vec<PendingNotice>), crate
     Ok((targets.into_iter().map(Showing::of_target).collect(), notices))
 }
 
-/// The push task: read the store on every change (at most [`READS_PER_SEC`] in a storm) and every
+/// The push task: read the store on every change (at most `READS_PER_SEC` in a storm) and every
 /// [`REFRESH_EVERY`], and send what is due, every second and after every read. A store that
 /// fails or hangs leaves pushes going on with what was read last.
 pub async fn run(
