@@ -45,9 +45,26 @@ impl ksni::Tray for Sni {
     }
 
     fn menu(&self) -> Vec<ksni::MenuItem<Self>> {
-        menu(&self.view)
-            .into_iter()
-            .map(|entry| match entry {
+        // A responder desktop's open alerts first: choosing one shows its popup again.
+        let mut items: Vec<ksni::MenuItem<Self>> = self
+            .view
+            .alerts
+            .iter()
+            .map(|(id, label)| {
+                let id = *id;
+                ksni::menu::StandardItem {
+                    label: label.clone(),
+                    activate: Box::new(move |t: &mut Self| (t.on_event)(TrayEvent::Alert(id))),
+                    ..Default::default()
+                }
+                .into()
+            })
+            .collect();
+        if !items.is_empty() {
+            items.push(ksni::MenuItem::Separator);
+        }
+        items.extend(menu(&self.view).into_iter().map(|entry| {
+            match entry {
                 None => ksni::MenuItem::Separator,
                 Some((id, label, enabled)) => ksni::menu::StandardItem {
                     label,
@@ -56,8 +73,9 @@ impl ksni::Tray for Sni {
                     ..Default::default()
                 }
                 .into(),
-            })
-            .collect()
+            }
+        }));
+        items
     }
 }
 
