@@ -266,12 +266,12 @@ impl Words {
     }
 }
 
-/// `body`, then the responder's note on its own line, if any.
+/// `body`, then the responder's note, if any.
 fn with_note(body: &str, note: &str) -> String {
     match (body.is_empty(), note.trim().is_empty()) {
         (_, true) => body.to_owned(),
         (true, false) => format!("“{}”", note.trim()),
-        (false, false) => format!("{body}\n“{}”", note.trim()),
+        (false, false) => format!("{body} “{}”", note.trim()),
     }
 }
 
@@ -309,13 +309,15 @@ pub fn popup(b: &AlertBroadcast, mine: MyResponse, details: bool, time: &str) ->
     let what = if b.test { "DRILL" } else { "SOS" };
     let who = who_where(b);
     let summary = match (b.state, mine) {
+        (BroadcastState::Open | BroadcastState::Acknowledged, MyResponse::Responding) => {
+            format!("{what} — you are responding to {who}")
+        }
         (BroadcastState::Open, MyResponse::Sending) => format!("{what} — {who} — sending your response…"),
         (BroadcastState::Open, MyResponse::Failed) => {
             format!("{what} — {who} — your response did NOT get through")
         }
         (BroadcastState::Open, _) if b.reminder => format!("{what} — {who} — still nobody responding"),
         (BroadcastState::Open, _) => format!("{what} — {who}"),
-        (BroadcastState::Acknowledged, MyResponse::Responding) => format!("{what} — you are responding to {who}"),
         (BroadcastState::Acknowledged, _) => {
             let name = if b.responder.is_empty() { "Someone" } else { b.responder.as_str() };
             format!("{name} is responding — {what} {who}")
@@ -353,7 +355,8 @@ pub fn popup(b: &AlertBroadcast, mine: MyResponse, details: bool, time: &str) ->
         BroadcastState::Open => Importance::Alarm,
         _ => Importance::Critical,
     };
-    Toast::new(summary, body.join("\n"), importance)
+    // One line: some daemons show only the first.
+    Toast::new(summary, body.join(" · "), importance)
 }
 
 /// The one notification for the open alerts beyond those shown as popups.
