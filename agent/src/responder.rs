@@ -307,9 +307,27 @@ async fn serve(setup: Setup, wake: Arc<Notify>) {
     let mut round: Option<Round> = None;
     let mut last_answer: Option<Option<String>> = None;
     loop {
-        let round_until = round.as_ref().map(|r| r.until);
+        // A round nobody answered in time: offline.
+        if round.as_ref().is_some_and(|r| !r.answered && Instant::now() >= r.until) {
+            round = None;
+            if last_answer != Some(None) {
+                warn!("no collector answers heartbeats");
+            }
+            last_answer = Some(None);
+            (setup.connectivity)(None);
+            // Open new sockets next round: the network may have changed.
+            for l in &mut lines {
+                l.close();
+            }
+        }
+        let round_until = round.as_ref().filter(|r| !r.answered).map(|r| r.until);
         tokio::select! {
             () = tokio::time::sleep_until(next_beat) => {
+                // The next beat waits until the current one is answered or its time is up.
+                if let Some(until) = round_until {
+                    next_beat = next_beat.max(until);
+                    continue;
+                }
                 let mut sealed = Vec::new();
                 for (i, line) in lines.iter_mut().enumerate() {
                     if !line.open(i, &tx).await {
@@ -332,21 +350,8 @@ async fn serve(setup: Setup, wake: Arc<Notify>) {
                 last_beat = Some(now);
                 next_beat = now + setup.every;
             }
-            () = async { tokio::time::sleep_until(round_until.unwrap_or_else(Instant::now)).await }, if round_until.is_some() => {
-                if let Some(r) = round.take() {
-                    if !r.answered {
-                        if last_answer != Some(None) {
-                            warn!("no collector answers heartbeats");
-                        }
-                        last_answer = Some(None);
-                        (setup.connectivity)(None);
-                        // Open new sockets next round: the network may have changed.
-                        for l in &mut lines {
-                            l.close();
-                        }
-                    }
-                }
-            }
+            // Concluded at the top of the loop.
+            () = async { tokio::time::sleep_until(round_until.unwrap_or_else(Instant::now)).await }, if round_until.is_some() => {}
             () = wake.notified() => {
                 let floor = last_beat.map_or_else(Instant::now, |t| t + BEAT_FLOOR);
                 next_beat = next_beat.min(floor.max(Instant::now()));

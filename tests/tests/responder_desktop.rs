@@ -473,3 +473,36 @@ fn hotkey_to_responders_popups_to_help_is_on_the_way() {
     }
     drop(collector);
 }
+
+/// `sos-agent respond` with no tray agent running: sent directly until the collector answers,
+/// and the outcome printed; an id that is not one is refused before anything is sent.
+#[test]
+fn respond_from_the_command_line_without_a_tray_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_text = Key::generate();
+    let collector = HandMade::start(Key::from_base64(&key_text).unwrap());
+    let config =
+        agent_config(dir.path(), "cli", collector.addr, &format!("key = \"{key_text}\""), "responder = true\n");
+    let runtime_dir = dir.path().join("runtime");
+    std::fs::create_dir(&runtime_dir).unwrap();
+    let id = AlertId::random();
+    let out = std::process::Command::new(sos_e2e::bin::bin("sos-agent"))
+        .args(["respond", &id.to_string(), "--note", "on my way", "--config"])
+        .arg(&config)
+        .env("XDG_RUNTIME_DIR", &runtime_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("You are responding to alert {id}")), "{stdout}");
+    collector.wait("the respond", 0, |m| {
+        matches!(m, Message::Respond(r) if r.alert_id == id && r.note == "on my way").then_some(())
+    });
+    let out = std::process::Command::new(sos_e2e::bin::bin("sos-agent"))
+        .args(["respond", "not-an-id", "--config"])
+        .arg(&config)
+        .env("XDG_RUNTIME_DIR", &runtime_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not an alert id"));
+}
