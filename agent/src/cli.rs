@@ -82,6 +82,18 @@ pub enum Command {
         /// The alert's id (32 hexadecimal digits), as `send`, `trigger` and `status` print it.
         alert_id: Option<String>,
     },
+    /// A responder: "I'm responding" to an alert shown on this desktop, as the popup's action
+    /// does (through the running tray agent, or directly when none runs). Exit 0 once a
+    /// collector recorded it.
+    Respond {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The alert's id (32 hexadecimal digits), as the popup's details and the tray show it.
+        alert_id: String,
+        /// A note for the sender and the other responders ("2 minutes away").
+        #[arg(long, default_value = "")]
+        note: String,
+    },
     /// The running agent, a round trip to each collector (a heartbeat: it pages nobody), the
     /// key, and the alerts waiting in the spool. Exit 0 if a collector answered.
     Status {
@@ -156,6 +168,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send { config, alert, timeout } => send(config, alert, timeout, None),
         Command::Cancel { config, alert_id } => cancel(config, alert_id),
         Command::Status { config } => status(config),
+        Command::Respond { config, alert_id, note } => respond(config, &alert_id, note),
         Command::Spool { config, action } => spool(config, action),
         Command::Enroll { code, collector, config, out, system, timeout } => {
             enroll(&code, &collector, config, out, system, timeout)
@@ -300,6 +313,50 @@ fn hand_over(sos: Sos, spool: Option<&Spool>) {
             ),
             None => eprintln!("The alert is not saved anywhere: send it again when a collector can be reached."),
         },
+    }
+}
+
+/// How long `respond` tries (the tray agent tries as long, then answers).
+const RESPOND_DEADLINE: Duration = Duration::from_secs(60);
+
+/// `sos-agent respond ALERT_ID [--note TEXT]`: through the running agent, else directly.
+fn respond(config: ConfigArg, alert_id: &str, note: String) -> anyhow::Result<ExitCode> {
+    let id = parse_id(alert_id)?;
+    let req = crate::ipc::Request::Respond { alert_id: id, note: note.clone() };
+    let outcome = match ask_agent(&req, RESPOND_DEADLINE + Duration::from_secs(10)) {
+        Ok(crate::ipc::Response::Responded(status)) => Ok(status),
+        Ok(crate::ipc::Response::Error(e)) => Err(e),
+        other => {
+            if let Err(e) = &other {
+                eprintln!("{e}; sending directly");
+            }
+            let config = load(config)?;
+            println!("responding to alert {id}…");
+            runtime()?
+                .block_on(Sender::new(&config).respond(id, &note, RESPOND_DEADLINE))
+                .map(|(status, _)| status)
+                .map_err(|e| e.to_string())
+        }
+    };
+    use sos_shared::protocol::RespondStatus;
+    match outcome {
+        Ok(RespondStatus::Acknowledged) => {
+            println!("You are responding to alert {id}: the sender and the other responders are told you are coming.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(RespondStatus::Already) => {
+            println!("Alert {id} is already acknowledged: someone is responding (the popup says who).");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(RespondStatus::Closed) => {
+            println!("Alert {id} is closed (cancelled or resolved): nobody needs to respond.");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => {
+            eprintln!("Your response to alert {id} is NOT confirmed: {e}. Go anyway, or call.");
+            eprintln!("(A collector stays silent when this workstation is not a responder's desktop in its `[[responders]]`, or does not have the alert.)");
+            Ok(ExitCode::from(1))
+        }
     }
 }
 

@@ -17,6 +17,8 @@
 //! fallback = "Call security 555-0100"  # shown when an alert is not delivered
 //! show_quit = true                 # tray agent: offer Quit in the menu
 //! cancel_window_ms = 5000          # tray agent: delay after a press during which it can be stopped
+//! responder = false                # tray agent: this desktop shows responders' alarm popups
+//! responder_name = "Sam Lee"       # optional, only in this agent's own texts
 //! ```
 //!
 //! With no `--config`, the system-wide file (`/etc/sos/agent.toml`, which the package installs)
@@ -51,6 +53,8 @@ struct RawConfig {
     cancel_window_ms: Option<u64>,
     wording: Option<String>,
     tray_click: Option<String>,
+    responder: bool,
+    responder_name: Option<String>,
 }
 
 /// A validated agent configuration.
@@ -91,7 +95,18 @@ pub struct AgentConfig {
     pub wording: crate::wording::Wording,
     /// Whether a single click or a double-click on the tray icon sends (tray agent).
     pub tray_click: crate::wording::TrayClick,
+    /// A responder desktop (tray agent): it shows the alarm popups the collector pushes, with
+    /// "I'm responding", and heartbeats every [`RESPONDER_HEARTBEAT_SECS`] so that the
+    /// collector knows where to push. It still sends SOS like any agent.
+    pub responder: bool,
+    /// The responder's name in this agent's own texts (the collector's `[[responders]]` name is
+    /// the one others read); empty if not set.
+    pub responder_name: String,
 }
+
+/// How often a responder desktop heartbeats when `heartbeat_secs` is not set: often enough
+/// that the collector's idea of its address stays fresh (docs/PROTOCOL.md, pushes).
+pub const RESPONDER_HEARTBEAT_SECS: u64 = 20;
 
 /// The cancel window when the configuration sets none: long enough to notice and stop an
 /// accidental press, short beside the minutes help takes to arrive (README, "Discreet by
@@ -232,7 +247,12 @@ impl AgentConfig {
             None => Ok(default),
         };
         let send_timeout_secs = positive("send_timeout_secs", raw.send_timeout_secs, 30)?;
-        let heartbeat_secs = positive("heartbeat_secs", raw.heartbeat_secs, 60)?;
+        let heartbeat_secs =
+            positive("heartbeat_secs", raw.heartbeat_secs, if raw.responder { RESPONDER_HEARTBEAT_SECS } else { 60 })?;
+        let responder_name = raw.responder_name.unwrap_or_default().trim().to_owned();
+        if responder_name.chars().count() > 64 || responder_name.chars().any(char::is_control) {
+            return Err(at("responder_name", "must be at most 64 characters, without control characters".into()));
+        }
         let warn_after_secs = positive("warn_after_secs", raw.warn_after_secs, 10)?;
         Ok(AgentConfig {
             collectors,
@@ -278,6 +298,8 @@ impl AgentConfig {
                 .as_deref()
                 .map_or(Ok(crate::wording::TrayClick::Double), str::parse)
                 .map_err(|e| at("tray_click", e))?,
+            responder: raw.responder,
+            responder_name,
         })
     }
 
@@ -348,6 +370,23 @@ mod tests {
         assert_eq!(c.wording, crate::wording::Wording::Discreet);
         assert_eq!(c.tray_click, crate::wording::TrayClick::Double);
         assert_eq!(c.cancel_window_ms, DEFAULT_CANCEL_WINDOW_MS);
+        assert!(!c.responder);
+        assert_eq!(c.heartbeat_secs, 60);
+    }
+
+    #[test]
+    fn a_responder_desktop_heartbeats_every_20_s_unless_told_otherwise() {
+        let k = Key::generate();
+        let base = format!("collectors = [\"h\"]\nkey = \"{k}\"\nresponder = true\n");
+        let c = AgentConfig::parse(&format!("{base}responder_name = \" Sam Lee \"\n"), None).unwrap();
+        assert!(c.responder);
+        assert_eq!((c.heartbeat_secs, c.responder_name.as_str()), (RESPONDER_HEARTBEAT_SECS, "Sam Lee"));
+        let c = AgentConfig::parse(&format!("{base}heartbeat_secs = 45\n"), None).unwrap();
+        assert_eq!(c.heartbeat_secs, 45);
+        let e = AgentConfig::parse(&format!("{base}responder_name = \"a\\u0007b\"\n"), Some(Path::new("a.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key `responder_name`"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!
 //! Beside the alerts, two tasks: a rescan of the spool every [`RESCAN_EVERY`], which adopts
 //! what an earlier run or a `sos-agent send` left there (and sets aside what can never be sent),
-//! and reopens a spool that could not be used; and heartbeats to the collectors.
+//! and reopens a spool that could not be used; and the [`Listener`], which heartbeats to the
+//! collectors and takes what they push (responder popups, notices about this agent's alerts).
 //!
 //! When the spool cannot be used (a read-only or full home, a folder owned by someone else),
 //! the service still runs: alerts are sent from memory, and the UI is told why
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sos_shared::backoff::Backoff;
-use sos_shared::protocol::Sos;
+use sos_shared::protocol::{AlertBroadcast, RespondStatus, ResponderNotice, Sos};
 use sos_shared::{unix_now, AlertId};
 use tokio::task::AbortHandle;
 use tracing::{error, info, warn};
@@ -26,6 +27,7 @@ use tracing::{error, info, warn};
 use crate::config::AgentConfig;
 use crate::history::{Cancellation, CancelledFrom, DeliveredAlert, History};
 use crate::identity::Identity;
+use crate::responder::{Listener, News, Setup};
 use crate::send::{new_sos, Delivered, SendError, Sender};
 use crate::spool::Spool;
 
@@ -103,7 +105,21 @@ pub enum Report {
         /// Whether a collector confirmed it.
         confirmed: bool,
     },
+    /// A newer state of an alert to show on this responder desktop.
+    Popup(AlertBroadcast),
+    /// News about an alert this agent sent: someone is coming, nobody answered, resolved.
+    Notice(ResponderNotice),
+    /// The outcome of this responder's "I'm responding".
+    Responded {
+        /// The alert.
+        alert_id: AlertId,
+        /// The collector's answer, or why there was none.
+        outcome: Result<RespondStatus, String>,
+    },
 }
+
+/// How long "I'm responding" is tried.
+const RESPOND_DEADLINE: Duration = Duration::from_secs(60);
 
 type ReportFn = Arc<dyn Fn(Report) + Send + Sync>;
 
@@ -131,7 +147,18 @@ struct Inner {
     background: Mutex<Vec<AbortHandle>>,
     /// Alerts acknowledged during this run: never adopted again, even if their spool file
     /// could not be removed (else a file that cannot be deleted would be resent every scan).
-    acknowledged: Mutex<std::collections::HashSet<AlertId>>,
+    acknowledged: Arc<Mutex<std::collections::HashSet<AlertId>>>,
+    /// Heartbeats and pushes.
+    listener: Mutex<Option<Listener>>,
+}
+
+impl Inner {
+    /// See [`Listener::beat_now`].
+    fn beat_now(&self) {
+        if let Some(l) = self.listener.lock().ok().and_then(|l| l.clone()) {
+            l.beat_now();
+        }
+    }
 }
 
 impl std::fmt::Debug for Delivery {
@@ -164,17 +191,83 @@ impl Delivery {
             warn_after: Duration::from_secs(config.warn_after_secs),
             alerts: Mutex::default(),
             background: Mutex::default(),
-            acknowledged: Mutex::default(),
+            acknowledged: Arc::default(),
+            listener: Mutex::new(None),
         });
         let delivery = Delivery { inner };
-        let tasks = [
-            runtime.spawn(delivery.clone().rescans()).abort_handle(),
-            runtime.spawn(heartbeats(sender, Duration::from_secs(config.heartbeat_secs), report)).abort_handle(),
-        ];
+        let tasks = [runtime.spawn(delivery.clone().rescans()).abort_handle()];
         if let Ok(mut b) = delivery.inner.background.lock() {
             b.extend(tasks);
         }
+        let (news, connectivity) = (report.clone(), report);
+        let listener = Listener::start(
+            runtime,
+            Setup {
+                sender,
+                every: Duration::from_secs(config.heartbeat_secs),
+                responder: config.responder,
+                mine: delivery.sent_here(),
+                news: Arc::new(move |n| {
+                    news(match n {
+                        News::Popup(b) => Report::Popup(b),
+                        News::Notice(n) => Report::Notice(n),
+                    })
+                }),
+                connectivity: Arc::new(move |c| connectivity(Report::Connectivity(c))),
+            },
+        );
+        if let Ok(mut l) = delivery.inner.listener.lock() {
+            *l = Some(listener);
+        }
         delivery
+    }
+
+    /// Whether an alert was sent from here: this run sent it (or is sending it), it waits in
+    /// the spool, or the history records it.
+    fn sent_here(&self) -> Arc<dyn Fn(AlertId) -> bool + Send + Sync> {
+        let inner = Arc::downgrade(&self.inner);
+        Arc::new(move |id| {
+            let Some(inner) = inner.upgrade() else { return false };
+            let this_run = inner.acknowledged.lock().map(|a| a.contains(&id)).unwrap_or(false)
+                || inner.alerts.lock().map(|a| a.contains_key(&id)).unwrap_or(false);
+            this_run
+                || inner.history.get(id).is_some()
+                || inner
+                    .spool
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.clone())
+                    .is_some_and(|s| s.pending().unwrap_or_default().iter().any(|p| p.alert_id == id))
+        })
+    }
+
+    /// Heartbeat now: after this agent sent from another socket, the collector pushes to
+    /// the listener's again.
+    fn beat_now(&self) {
+        self.inner.beat_now();
+    }
+
+    /// "I'm responding" to `alert_id` (a responder desktop): sent until a collector answers
+    /// or a minute has passed; the outcome is returned and reported as [`Report::Responded`].
+    pub async fn respond(&self, alert_id: AlertId, note: String) -> Result<RespondStatus, String> {
+        let outcome = self
+            .inner
+            .sender
+            .respond(alert_id, &note, RESPOND_DEADLINE)
+            .await
+            .map(|(status, _)| status)
+            .map_err(|e| e.to_string());
+        self.beat_now();
+        (self.inner.report)(Report::Responded { alert_id, outcome: outcome.clone() });
+        outcome
+    }
+
+    /// As [`Self::respond`], without waiting for the outcome.
+    pub fn respond_later(&self, alert_id: AlertId, note: String) {
+        let this = self.clone();
+        self.inner.runtime.spawn(async move {
+            let _ = this.respond(alert_id, note).await;
+        });
     }
 
     /// Stop every task of the service (what is not delivered stays in the spool).
@@ -183,6 +276,9 @@ impl Delivery {
         let alerts = self.inner.alerts.lock().map(|mut a| std::mem::take(&mut *a)).unwrap_or_default();
         for h in background.into_iter().chain(alerts.into_values()) {
             h.abort();
+        }
+        if let Some(l) = self.inner.listener.lock().ok().and_then(|mut l| l.take()) {
+            l.stop();
         }
     }
 
@@ -221,9 +317,11 @@ impl Delivery {
     /// Withdraw a delivered alert (a false alarm); the outcome is recorded and reported as
     /// [`Report::Cancelled`].
     pub fn cancel(&self, alert_id: AlertId, from: CancelledFrom) {
-        let inner = self.inner.clone();
+        let this = self.clone();
         self.inner.runtime.spawn(async move {
+            let inner = &this.inner;
             let confirmed = cancel(&inner.sender, &inner.history, alert_id, from).await.is_ok();
+            this.beat_now();
             (inner.report)(Report::Cancelled { alert_id, confirmed });
         });
     }
@@ -373,6 +471,7 @@ async fn deliver(inner: Arc<Inner>, sos: Sos, spool_it: bool) {
                     (inner.history.clone(), sos.triggered_at, d.collector.to_string());
                 // The sender learns at once; the bookkeeping on disk follows, however slow.
                 report(Report::Delivered { alert_id, test, at: unix_now(), pressed_at, collector });
+                inner.beat_now();
                 let spool = spool.clone();
                 if let Some(put) = late_put {
                     let _ = put.await;
@@ -465,25 +564,6 @@ pub async fn cancel(
             warn!(%alert_id, error = %e, "the cancellation was not confirmed");
             Err(e)
         }
-    }
-}
-
-/// Heartbeat every `every`; report whether a collector answers.
-async fn heartbeats(sender: Sender, every: Duration, report: ReportFn) {
-    let identity = Identity::current();
-    let mut last: Option<Option<String>> = None;
-    loop {
-        let answer = sender.heartbeat(&identity, Duration::from_secs(5)).await.map(|(from, _)| from.to_string());
-        if last.as_ref() != Some(&answer) {
-            match &answer {
-                Some(c) => info!(collector = %c, "a collector answers"),
-                None => warn!("no collector answers heartbeats"),
-            }
-        }
-        // Every time: the tray's status line shows the last contact.
-        report(Report::Connectivity(answer.clone()));
-        last = Some(answer);
-        tokio::time::sleep(every).await;
     }
 }
 

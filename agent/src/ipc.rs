@@ -69,6 +69,15 @@ pub enum Request {
         /// The alert.
         alert_id: AlertId,
     },
+    /// "I'm responding" to someone's alert (`sos-agent respond`), as the popup's action does;
+    /// answered once a collector confirmed it (or a minute passed).
+    Respond {
+        /// The alert.
+        alert_id: AlertId,
+        /// A note for the sender and the other responders.
+        #[serde(default)]
+        note: String,
+    },
 }
 
 /// The running agent's state, as its tray icon shows it.
@@ -90,6 +99,8 @@ pub enum Response {
     Status(Status),
     /// Done (`true`), or nothing to do (`false`).
     Done(bool),
+    /// The collector's answer to "I'm responding".
+    Responded(sos_shared::protocol::RespondStatus),
     /// The request was not understood.
     Error(String),
 }

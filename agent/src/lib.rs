@@ -17,6 +17,8 @@
 //!   [`tray`] (icon and menu), [`hotkey`] / [`platform`] (the global hotkey), [`ipc`]
 //!   (`sos-agent trigger`) and [`delivery`] (spool, sending, heartbeats on a tokio runtime);
 //!   [`toast`] tells the person what happened, in the words of [`wording`].
+//! - [`responder`]: heartbeats from one socket per collector, and what collectors push there:
+//!   alarm popups on a responder desktop, "help is on the way" for the sender.
 //!
 //! [`cli`] holds the commands (`send`, `trigger`, `cancel`, `status`, `spool`, `enroll`);
 //! `main.rs` only parses, sets up logging and calls it.
@@ -32,6 +34,7 @@ pub mod ipc;
 pub mod keys;
 pub mod paths;
 pub mod platform;
+pub mod responder;
 pub mod run;
 pub mod send;
 pub mod spool;

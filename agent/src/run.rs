@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use sos_shared::protocol::{AlertBroadcast, BroadcastState, NoticeEvent, RespondStatus};
 use sos_shared::AlertId;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
@@ -24,9 +25,10 @@ use crate::history::CancelledFrom;
 use crate::hotkey::HotkeySpec;
 use crate::ipc::{self, Request, Response, Status};
 use crate::platform::Tray;
+use crate::responder::POPUPS_SHOWN;
 use crate::toast::{Action, Importance, Toast, Toasts, Topic};
-use crate::tray::{ids, Click, Clicks, TrayEvent, TrayState, TrayView};
-use crate::wording::Words;
+use crate::tray::{ids, Click, Clicks, TrayEvent, TrayState, TrayView, ALERTS_LISTED};
+use crate::wording::{MyResponse, Words};
 
 /// Presses of the same kind closer together than this are one alert (a held key, a double
 /// click).
@@ -62,6 +64,26 @@ pub enum UiEvent {
     AbortPress(u64),
     /// The double-click time after first click number `n` on the icon is over.
     ClickOver(u64),
+    /// The responder chose "I'm responding" on an alert's popup.
+    Respond(AlertId),
+    /// The responder chose "Details" on an alert's popup, or the alert in the tray menu.
+    PopupDetails(AlertId),
+}
+
+/// Closed alerts a responder desktop remembers (for their popups' last state); older ones are
+/// forgotten.
+const CLOSED_POPUPS_KEPT: usize = 200;
+
+/// Someone's alert on this responder desktop.
+#[derive(Debug, Clone)]
+struct Popup {
+    /// Its last state, as broadcast.
+    b: AlertBroadcast,
+    /// Whether this desktop responded.
+    mine: MyResponse,
+    /// Whether it has its own notification (the first [`POPUPS_SHOWN`] open alerts do; the
+    /// rest are counted in one and listed in the menu).
+    own: bool,
 }
 
 /// A press waiting out its cancel window.
@@ -156,6 +178,9 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         presses: 0,
         runtime: runtime.handle().clone(),
         shown: None,
+        popups: BTreeMap::new(),
+        more_shown: 0,
+        help: None,
     };
     info!("SOS agent running");
     event_loop.run_app(&mut app).context("the desktop event loop failed")?;
@@ -183,6 +208,13 @@ async fn answer(proxy: &Mutex<EventLoopProxy<UiEvent>>, delivery: &Delivery, req
             Response::Accepted(id)
         }
         Request::Discard { alert_id } => Response::Done(delivery.discard(alert_id)),
+        Request::Respond { alert_id, note } => {
+            // The popup (if shown here) follows through the report the delivery service sends.
+            match delivery.respond(alert_id, note).await {
+                Ok(status) => Response::Responded(status),
+                Err(e) => Response::Error(format!("the response was not confirmed: {e}")),
+            }
+        }
         Request::Cancelled { alert_id } => Response::Done(send(proxy, UiEvent::CancelledElsewhere(alert_id))),
         Request::Status => {
             let (tx, rx) = oneshot::channel();
@@ -238,6 +270,12 @@ struct App {
     toasts: Option<Toasts>,
     /// Clicks on the icon, turned into presses by the site's rule.
     clicks: Clicks,
+    /// Someone's alerts on this responder desktop.
+    popups: BTreeMap<AlertId, Popup>,
+    /// The count the "more open alerts" notification shows (0: none shown).
+    more_shown: usize,
+    /// The last news about this sender's alert: which alert, what, who.
+    help: Option<(AlertId, NoticeEvent, String)>,
 }
 
 impl App {
@@ -254,6 +292,10 @@ impl App {
         if !self.in_flight.is_empty() {
             return (TrayState::Sending, self.words.tip_sending());
         }
+        let open = self.open_popups();
+        if let Some(newest) = open.first() {
+            return (TrayState::Alarm, self.words.tip_alarm(open.len(), &crate::wording::who_where(&newest.b)));
+        }
         if let Some(p) = &self.spool_problem {
             return (
                 TrayState::Attention,
@@ -265,6 +307,16 @@ impl App {
         }
         if let Some(p) = &self.hotkey_problem {
             return (TrayState::Attention, self.words.tip_no_hotkey(p));
+        }
+        match &self.help {
+            Some((_, NoticeEvent::Acknowledged, name)) => {
+                return (TrayState::Acknowledged, self.words.tip_acknowledged(name))
+            }
+            Some((_, NoticeEvent::Unanswered, _)) => {
+                return (TrayState::Attention, self.words.tip_unanswered(&self.config.fallback))
+            }
+            Some((_, NoticeEvent::Resolved, name)) => return (TrayState::Delivered, format!("resolved by {name}")),
+            None => {}
         }
         if let Some((at, from)) = self.cancelled {
             return (TrayState::Delivered, format!("alert cancelled at {} from {}", local_time(at), from.words()));
@@ -288,7 +340,134 @@ impl App {
             detail,
             can_cancel: self.cancellable.is_some() || self.pending.is_some(),
             show_quit: self.config.show_quit,
+            alerts: self
+                .open_popups()
+                .iter()
+                .take(ALERTS_LISTED)
+                .map(|p| {
+                    let what = if p.b.test { "DRILL" } else { "SOS" };
+                    let state = match (p.b.state, p.b.responder.as_str()) {
+                        (BroadcastState::Acknowledged, "") => " — someone is responding".to_owned(),
+                        (BroadcastState::Acknowledged, name) => format!(" — {name} is responding"),
+                        _ => String::new(),
+                    };
+                    let label =
+                        format!("{what} {} — {}{state}", local_time(p.b.triggered_at), crate::wording::who_where(&p.b));
+                    (p.b.alert_id, crate::toast::summary_text(&label))
+                })
+                .collect(),
         }
+    }
+
+    /// The alerts on this responder desktop still open (waiting, or being responded to),
+    /// newest first.
+    fn open_popups(&self) -> Vec<&Popup> {
+        let mut open: Vec<&Popup> = self
+            .popups
+            .values()
+            .filter(|p| matches!(p.b.state, BroadcastState::Open | BroadcastState::Acknowledged))
+            .collect();
+        open.sort_by(|a, b| b.b.triggered_at.cmp(&a.b.triggered_at).then(b.b.alert_id.cmp(&a.b.alert_id)));
+        open
+    }
+
+    /// Show alert `id`'s popup in its current state (not in silent mode: the tray only).
+    fn show_popup(&mut self, id: AlertId, details: bool) {
+        if self.config.silent {
+            return;
+        }
+        let (Some(p), Some(t)) = (self.popups.get(&id), &mut self.toasts) else { return };
+        let toast = crate::wording::popup(&p.b, p.mine, details, &local_date_time(p.b.triggered_at));
+        let mut actions = Vec::new();
+        let can_respond = matches!(p.b.state, BroadcastState::Open | BroadcastState::Acknowledged)
+            && matches!(p.mine, MyResponse::None | MyResponse::Failed);
+        if can_respond {
+            let proxy = Mutex::new(self.proxy.clone());
+            actions.push(Action {
+                key: "respond",
+                label: "I'm responding".into(),
+                on_choose: Box::new(move || {
+                    send(&proxy, UiEvent::Respond(id));
+                }),
+            });
+        }
+        let proxy = Mutex::new(self.proxy.clone());
+        actions.push(Action {
+            key: "details",
+            label: "Details".into(),
+            on_choose: Box::new(move || {
+                send(&proxy, UiEvent::PopupDetails(id));
+            }),
+        });
+        t.offer(Topic::Popup(id), toast, actions);
+    }
+
+    /// A newer state of someone's alert, pushed to this responder desktop.
+    fn popup(&mut self, b: AlertBroadcast) {
+        let id = b.alert_id;
+        let own_open = self.open_popups().iter().filter(|p| p.own).count();
+        let popup = self.popups.entry(id).or_insert_with(|| Popup {
+            b: b.clone(),
+            mine: MyResponse::None,
+            own: own_open < POPUPS_SHOWN,
+        });
+        popup.b = b;
+        if popup.own {
+            self.show_popup(id, false);
+        }
+        // What has no popup of its own is counted in one notification.
+        let more = self.open_popups().iter().filter(|p| !p.own).count();
+        if more != self.more_shown && !self.config.silent {
+            if let Some(t) = &mut self.toasts {
+                if more > 0 {
+                    t.show(Topic::MorePopups, crate::wording::more_popups(more));
+                } else {
+                    t.show(Topic::MorePopups, Toast::new("No more open alerts", "", Importance::Normal));
+                }
+            }
+        }
+        self.more_shown = more;
+        // Forget the oldest closed alerts beyond the ones kept.
+        let closed: Vec<(u64, AlertId)> = self
+            .popups
+            .values()
+            .filter(|p| !matches!(p.b.state, BroadcastState::Open | BroadcastState::Acknowledged))
+            .map(|p| (p.b.triggered_at, p.b.alert_id))
+            .collect();
+        if closed.len() > CLOSED_POPUPS_KEPT {
+            let mut closed = closed;
+            closed.sort();
+            for (_, old) in closed.iter().take(closed.len() - CLOSED_POPUPS_KEPT) {
+                self.popups.remove(old);
+            }
+        }
+    }
+
+    /// The outcome of this desktop's "I'm responding".
+    fn responded(&mut self, alert_id: AlertId, outcome: Result<RespondStatus, String>) {
+        let mine = match &outcome {
+            Ok(RespondStatus::Acknowledged) => MyResponse::Responding,
+            Ok(RespondStatus::Already | RespondStatus::Closed) => MyResponse::None,
+            Err(_) => MyResponse::Failed,
+        };
+        info!(%alert_id, ?outcome, "response outcome");
+        if let Some(p) = self.popups.get_mut(&alert_id) {
+            p.mine = mine;
+            if p.own {
+                self.show_popup(alert_id, false);
+            }
+        }
+    }
+
+    /// News about an alert this agent sent.
+    fn notice(&mut self, n: sos_shared::protocol::ResponderNotice) {
+        let toast = match n.event {
+            NoticeEvent::Acknowledged => self.words.help_coming(&n.responder, &n.note),
+            NoticeEvent::Unanswered => self.words.unanswered(&self.config.fallback),
+            NoticeEvent::Resolved => self.words.resolved_by(&n.responder, &n.note),
+        };
+        self.help = Some((n.alert_id, n.event, n.responder.clone()));
+        self.toast(Topic::Alert(n.alert_id), toast);
     }
 
     fn refresh(&mut self) {
@@ -349,6 +528,7 @@ impl ApplicationHandler<UiEvent> for App {
                     alert_id: None,
                 },
                 TrayEvent::Menu(id) => UiEvent::Menu(id),
+                TrayEvent::Alert(id) => UiEvent::PopupDetails(id),
             };
             send(&p, event);
         }) {
@@ -462,6 +642,18 @@ impl ApplicationHandler<UiEvent> for App {
                 self.cancelled = Some((sos_shared::unix_now(), CancelledFrom::CommandLine));
                 self.toast(Topic::Alert(alert_id), self.words.cancelled());
             }
+            UiEvent::Respond(alert_id) => {
+                if let Some(p) = self.popups.get_mut(&alert_id) {
+                    if matches!(p.mine, MyResponse::Sending | MyResponse::Responding) {
+                        return;
+                    }
+                    p.mine = MyResponse::Sending;
+                    info!(%alert_id, "I'm responding: chosen on the popup");
+                    self.show_popup(alert_id, false);
+                    self.delivery.respond_later(alert_id, String::new());
+                }
+            }
+            UiEvent::PopupDetails(alert_id) => self.show_popup(alert_id, true),
             UiEvent::Status(reply) => {
                 let (state, detail) = self.state();
                 let _ = reply.send(Status { state: state.word().into(), detail });
@@ -501,12 +693,13 @@ impl App {
             t.offer(
                 Topic::Press(n),
                 self.words.countdown(window.as_secs_f32().ceil() as u64),
-                Action {
+                vec![Action {
+                    key: "stop",
                     label: self.words.stop_label().into(),
                     on_choose: Box::new(move || {
                         send(&proxy, UiEvent::AbortPress(n));
                     }),
-                },
+                }],
             );
         }
     }
@@ -538,6 +731,9 @@ impl App {
                 self.cancelled = None;
                 self.online = Some(Some(collector));
                 self.last_contact = Some(at);
+                if self.help.as_ref().is_some_and(|(id, _, _)| *id != alert_id) {
+                    self.help = None;
+                }
                 // A resent alert says when it was pressed, not only when it arrived.
                 let mut toast = self.words.delivered(test, &local_time(at));
                 if at.saturating_sub(pressed_at) >= 10 {
@@ -579,6 +775,7 @@ impl App {
             }
             Report::Cancelled { alert_id, confirmed: true } => {
                 info!(%alert_id, "cancellation confirmed");
+                self.help = None;
                 self.cancelled = Some((sos_shared::unix_now(), CancelledFrom::Tray));
                 self.toast(Topic::Alert(alert_id), self.words.cancelled());
             }
@@ -586,6 +783,9 @@ impl App {
                 let toast = self.words.cancel_not_confirmed(&alert_id.to_string(), &self.config.fallback);
                 self.toast(Topic::Alert(alert_id), toast);
             }
+            Report::Popup(b) => self.popup(b),
+            Report::Notice(n) => self.notice(n),
+            Report::Responded { alert_id, outcome } => self.responded(alert_id, outcome),
         }
     }
 }

@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sos_shared::backoff::Backoff;
-use sos_shared::protocol::{split_datagram, AckStatus, Cancel, Heartbeat, Sos, MAX_DATAGRAM, MAX_IP_TEXT};
+use sos_shared::protocol::{
+    split_datagram, AckStatus, Cancel, Heartbeat, Respond, RespondStatus, Sos, MAX_DATAGRAM, MAX_IP_TEXT,
+};
 use sos_shared::{unix_now, AlertId, Key, Message, TimeWindow};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -173,6 +175,8 @@ pub struct Sender {
     /// Seconds to add to this workstation's clock when sealing, learnt from a collector's
     /// time hint (shared by clones, so heartbeats and SOS benefit from each other's hints).
     clock_offset: Arc<AtomicI64>,
+    /// A responder desktop: its heartbeats say so.
+    responder: bool,
 }
 
 /// Which collectors get a round's transmissions.
@@ -194,12 +198,13 @@ impl Sender {
             collectors: config.collectors.clone(),
             schedule: default_schedule(),
             clock_offset: Arc::default(),
+            responder: config.responder,
         }
     }
 
     /// A sender with explicit collectors (`host:port`), key and schedule.
     pub fn with(key: Key, collectors: Vec<String>, schedule: Backoff) -> Self {
-        Sender { keys: Keyring::new(key, None), collectors, schedule, clock_offset: Arc::default() }
+        Sender { keys: Keyring::new(key, None), collectors, schedule, clock_offset: Arc::default(), responder: false }
     }
 
     /// The keys this sender seals with (shared by its clones).
@@ -213,13 +218,13 @@ impl Sender {
     }
 
     /// The time to seal with: this workstation's clock, corrected by the last time hint.
-    fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         unix_now().saturating_add_signed(self.clock_offset.load(Ordering::Relaxed))
     }
 
     /// If `datagram` is an authentic time hint about one of `sealed` (timestamps we sealed
     /// during this exchange), correct our clock by it and return `true`.
-    fn take_hint(&self, message: &Message, sealed: &[u64]) -> bool {
+    pub(crate) fn take_hint(&self, message: &Message, sealed: &[u64]) -> bool {
         let Message::TimeHint(h) = message else { return false };
         if !sealed.contains(&h.token_time) {
             return false;
@@ -273,6 +278,18 @@ impl Sender {
         self.heartbeat_to(&self.collectors, Rounds::Once, identity, timeout).await.ok().map(|(t, ex)| (ex.from, t))
     }
 
+    /// The heartbeat this agent sends from `local_ip`.
+    pub(crate) fn heartbeat_message(&self, identity: &Identity, local_ip: &str) -> Message {
+        Message::Heartbeat(Heartbeat {
+            user: identity.user.clone(),
+            host: identity.host.clone(),
+            ip: local_ip.to_owned(),
+            // Room for news in the answer (a reply is never larger than its request).
+            pad: "0".repeat(HEARTBEAT_PAD),
+            responder: self.responder,
+        })
+    }
+
     /// A round trip to `collector` that pages nobody (a heartbeat, retransmitted until
     /// answered or `timeout`): how long it took, or what became of it.
     ///
@@ -317,14 +334,7 @@ impl Sender {
             rounds,
             timeout,
             |link, _| {
-                Message::Heartbeat(Heartbeat {
-                    user: identity.user.clone(),
-                    host: identity.host.clone(),
-                    ip: link.local_ip.clone(),
-                    // Room for news in the answer (a reply is never larger than its request).
-                    pad: "0".repeat(HEARTBEAT_PAD),
-                    responder: false,
-                })
+                self.heartbeat_message(identity, &link.local_ip)
             },
             |m| match m {
                 Message::HeartbeatAck(ack) => {
@@ -367,6 +377,36 @@ impl Sender {
             .await?;
         info!(from = %ex.from, %alert_id, "cancellation confirmed");
         Ok(ex.from)
+    }
+
+    /// A responder says "I'm responding" to `alert_id`: send RESPOND (sealed with this agent's
+    /// own key) to every collector each round, with the same backoff as an SOS, until one
+    /// answers RESPOND-ACK or `deadline` passes. Returns the answer and who gave it.
+    ///
+    /// # Errors
+    /// [`SendError::NotAcknowledged`] if no collector answered in time: a collector also stays
+    /// silent when this agent is not a configured responder's desktop.
+    pub async fn respond(
+        &self,
+        alert_id: AlertId,
+        note: &str,
+        deadline: Duration,
+    ) -> Result<(RespondStatus, SocketAddr), SendError> {
+        let message = Message::Respond(Respond::padded(alert_id, note.to_owned()));
+        let (status, ex) = self
+            .exchange(
+                &self.collectors,
+                Rounds::All,
+                deadline,
+                |_, _| message.clone(),
+                |m| match m {
+                    Message::RespondAck(ack) if ack.alert_id == alert_id => Some(ack.status),
+                    _ => None,
+                },
+            )
+            .await?;
+        info!(from = %ex.from, %alert_id, ?status, "response recorded by a collector");
+        Ok((status, ex.from))
     }
 
     /// The send-and-wait loop: in rounds, seal `request` for each target collector and send it,

@@ -34,8 +34,10 @@ pub const APP_ID: &str = "org.sos-button.agent";
 
 /// How long a toast may take to reach the notification daemon before we stop waiting for it.
 const SHOW_TIMEOUT: Duration = Duration::from_secs(10);
-/// Topics whose notification is remembered; an older one's later state is a new toast.
-const TOPICS_KEPT: usize = 16;
+/// Topics whose notification is remembered; an older one's later state is a new toast. Above
+/// the responder popups a desktop shows at once ([`crate::responder::POPUPS_SHOWN`]) plus the
+/// sender's own alerts.
+const TOPICS_KEPT: usize = 32;
 
 /// How important a toast is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,9 @@ pub enum Importance {
     Normal,
     /// Needs the person's attention (not delivered): stays until dismissed where supported.
     Critical,
+    /// An alarm on a responder's desktop: urgency critical and never expires, until acted
+    /// upon or replaced.
+    Alarm,
 }
 
 /// What a toast speaks of. Each topic has one notification at a time, replaced in place.
@@ -56,6 +61,10 @@ pub enum Topic {
     Alert(AlertId),
     /// A hint about the button itself (e.g. a single click that sent nothing).
     Hint,
+    /// Someone else's alert on this responder desktop: its popup, replaced as the alert changes.
+    Popup(AlertId),
+    /// "More open alerts": the one notification for the alerts beyond those shown as popups.
+    MorePopups,
 }
 
 /// One state of a topic, as the person reads it.
@@ -76,8 +85,11 @@ impl Toast {
     }
 }
 
-/// A way out offered as an action of a toast, where the daemon supports actions.
+/// An action offered on a toast (a way out of a cancel window, "I'm responding"), where the
+/// daemon supports actions.
 pub struct Action {
+    /// The action's key on the bus (`respond`, `details`, `stop`).
+    pub key: &'static str,
     /// The button's label.
     pub label: String,
     /// Called once if the person chooses it.
@@ -86,13 +98,13 @@ pub struct Action {
 
 impl std::fmt::Debug for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Action").field("label", &self.label).finish_non_exhaustive()
+        f.debug_struct("Action").field("key", &self.key).field("label", &self.label).finish_non_exhaustive()
     }
 }
 
-/// A change to a topic's notification: show this state in its place, with an action if given.
+/// A change to a topic's notification: show this state in its place, with its actions.
 #[derive(Debug)]
-struct Change(Toast, Option<Action>);
+struct Change(Toast, Vec<Action>);
 
 /// The agent's toasts, one notification per [`Topic`]. Owned by the UI loop; nothing here
 /// blocks.
@@ -125,12 +137,13 @@ impl Toasts {
 
     /// Show `toast` as `topic`'s state, replacing what that topic showed.
     pub fn show(&mut self, topic: Topic, toast: Toast) {
-        self.change(topic, Change(toast, None));
+        self.change(topic, Change(toast, Vec::new()));
     }
 
-    /// As [`Self::show`], with `action` offered where the notification daemon supports actions.
-    pub fn offer(&mut self, topic: Topic, toast: Toast, action: Action) {
-        self.change(topic, Change(toast, Some(action)));
+    /// As [`Self::show`], with `actions` offered where the notification daemon supports
+    /// actions; the one chosen is called (once).
+    pub fn offer(&mut self, topic: Topic, toast: Toast, actions: Vec<Action>) {
+        self.change(topic, Change(toast, actions));
     }
 
     /// From now on `from`'s notification is `to`'s (a press that became an alert).
@@ -172,6 +185,22 @@ fn newest(first: Change, changes: &mut mpsc::UnboundedReceiver<Change>) -> Chang
     change
 }
 
+/// `text` fit for a toast's summary line, which is plain text but which some daemons render as
+/// markup (dunst's default format puts it in `<b>…</b>`): the markup characters become
+/// look-alikes, and control characters spaces, so that text from elsewhere (a sender's name, a
+/// location) can neither inject markup nor vanish as broken markup.
+pub fn summary_text(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '<' => '‹',
+            '>' => '›',
+            '&' => '＆',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect()
+}
+
 /// `text` with the characters freedesktop body markup gives a meaning escaped (a `fallback` such
 /// as "Call R&D <ext. 12>" must read as written, not vanish as broken markup).
 pub fn escape_markup(text: &str) -> String {
@@ -189,12 +218,9 @@ pub fn escape_markup(text: &str) -> String {
 
 #[cfg(all(unix, not(target_os = "macos")))]
 mod platform {
-    use notify_rust::{Notification, NotificationHandle, NotificationResponse, Urgency};
+    use notify_rust::{Notification, NotificationHandle, NotificationResponse, Timeout, Urgency};
 
     use super::*;
-
-    /// The action key of the way out offered on a toast.
-    const ACTION_KEY: &str = "stop";
     /// How often a toast is tried when the daemon refuses it or is not on the bus yet (an agent
     /// that starts with the session can resend a spooled alert before the daemon is up).
     const SHOW_ATTEMPTS: u32 = 3;
@@ -260,23 +286,28 @@ mod platform {
         let mut caps: Option<Capabilities> = None;
         let mut next = changes.recv().await;
         while let Some(first) = next {
-            let Change(toast, action) = newest(first, &mut changes);
+            let Change(toast, mut actions) = newest(first, &mut changes);
             if caps.is_none() {
                 caps = capabilities().await;
             }
             let caps = caps.unwrap_or_default();
-            let action = action.filter(|_| caps.actions);
+            if !caps.actions {
+                actions.clear();
+            }
             let mut n = Notification::new();
             n.appname(appname)
-                .summary(&toast.summary)
+                .summary(&summary_text(&toast.summary))
                 .body(&if caps.markup { escape_markup(&toast.body) } else { toast.body.clone() })
                 .urgency(match toast.importance {
                     Importance::Normal => Urgency::Normal,
-                    Importance::Critical => Urgency::Critical,
+                    Importance::Critical | Importance::Alarm => Urgency::Critical,
                 })
                 .id(id);
-            if let Some(a) = &action {
-                n.action(ACTION_KEY, &a.label);
+            if toast.importance == Importance::Alarm {
+                n.timeout(Timeout::Never);
+            }
+            for a in &actions {
+                n.action(a.key, &a.label);
             }
             let Some(handle) = send(&n).await else {
                 next = changes.recv().await;
@@ -284,22 +315,23 @@ mod platform {
             };
             debug!(id = handle.id(), replaces = id, summary = %toast.summary, "toast shown");
             id = handle.id();
-            next = match action {
+            next = if actions.is_empty() {
+                // Nothing to wait for on this toast: let its bus connection go.
+                drop(handle);
+                changes.recv().await
+            } else {
                 // Wait for the person's choice until the next change replaces this toast (and
-                // its action).
-                Some(a) => tokio::select! {
+                // its actions).
+                tokio::select! {
                     change = changes.recv() => change,
                     r = response(&handle) => {
-                        if r == Some(NotificationResponse::Action(ACTION_KEY.into())) {
-                            (a.on_choose)();
+                        if let Some(NotificationResponse::Action(key)) = r {
+                            if let Some(a) = actions.into_iter().find(|a| a.key == key) {
+                                (a.on_choose)();
+                            }
                         }
                         changes.recv().await
                     }
-                },
-                None => {
-                    // Nothing to wait for on this toast: let its bus connection go.
-                    drop(handle);
-                    changes.recv().await
                 }
             };
         }
@@ -357,5 +389,6 @@ mod tests {
     fn markup_is_escaped_and_plain_text_kept() {
         assert_eq!(escape_markup("Call R&D <ext. 12>, it's 555"), "Call R&amp;D &lt;ext. 12&gt;, it's 555");
         assert_eq!(escape_markup("Nothing was sent."), "Nothing was sent.");
+        assert_eq!(summary_text("<b>Bob</b> & co\u{7}"), "‹b›Bob‹/b› ＆ co ");
     }
 }

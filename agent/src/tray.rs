@@ -9,6 +9,8 @@
 
 use std::time::{Duration, Instant};
 
+use sos_shared::AlertId;
+
 use crate::wording::TrayClick;
 
 /// What the icon shows, in order of how much it needs the person's attention.
@@ -24,6 +26,10 @@ pub enum TrayState {
     Offline,
     /// Something the person must know: an SOS not delivered yet, or the hotkey unavailable.
     Attention,
+    /// The sender's last alert was acknowledged by a responder: help is on the way.
+    Acknowledged,
+    /// A responder desktop: someone's alert is open (the menu lists it).
+    Alarm,
 }
 
 impl TrayState {
@@ -35,17 +41,21 @@ impl TrayState {
             TrayState::Delivered => "delivered",
             TrayState::Offline => "offline",
             TrayState::Attention => "attention",
+            TrayState::Acknowledged => "acknowledged",
+            TrayState::Alarm => "alarm",
         }
     }
 
     /// Fill colour of the icon (RGB). Shapes differ too, for colour-blind users.
     fn colour(self) -> [u8; 3] {
         match self {
-            TrayState::Ready => [0x2e, 0x7d, 0x32],     // green
-            TrayState::Sending => [0xf9, 0xa8, 0x25],   // amber
-            TrayState::Delivered => [0x15, 0x65, 0xc0], // blue
-            TrayState::Offline => [0x75, 0x75, 0x75],   // grey
-            TrayState::Attention => [0xc6, 0x28, 0x28], // red
+            TrayState::Ready => [0x2e, 0x7d, 0x32],        // green
+            TrayState::Sending => [0xf9, 0xa8, 0x25],      // amber
+            TrayState::Delivered => [0x15, 0x65, 0xc0],    // blue
+            TrayState::Offline => [0x75, 0x75, 0x75],      // grey
+            TrayState::Attention => [0xc6, 0x28, 0x28],    // red
+            TrayState::Acknowledged => [0x00, 0x89, 0x7b], // teal
+            TrayState::Alarm => [0x8e, 0x24, 0xaa],        // purple
         }
     }
 }
@@ -54,7 +64,8 @@ impl TrayState {
 pub const ICON_SIZE: u32 = 32;
 
 /// A 32×32 RGBA icon: a filled disc in the state's colour with a white mark — a dot (ready), a
-/// ring (sending), a bar (delivered), nothing (offline), an exclamation mark (attention).
+/// ring (sending), a bar (delivered), nothing (offline), an exclamation mark (attention), a
+/// vertical bar (acknowledged), a cross (alarm).
 pub fn icon_rgba(state: TrayState) -> Vec<u8> {
     const N: i32 = 32;
     let [r, g, b] = state.colour();
@@ -73,6 +84,8 @@ pub fn icon_rgba(state: TrayState) -> Vec<u8> {
                 TrayState::Delivered => dy.abs() <= 3 && dx.abs() <= 16,
                 TrayState::Offline => false,
                 TrayState::Attention => dx.abs() <= 3 && ((-18..=6).contains(&dy) || (12..=18).contains(&dy)),
+                TrayState::Acknowledged => dx.abs() <= 3 && dy.abs() <= 16,
+                TrayState::Alarm => (dx.abs() <= 3 && dy.abs() <= 18) || (dy.abs() <= 3 && dx.abs() <= 18),
             };
             let i = ((y * N + x) * 4) as usize;
             let px = if mark { [0xff, 0xff, 0xff, 0xff] } else { [r, g, b, 0xff] };
@@ -103,6 +116,8 @@ pub enum TrayEvent {
     Click,
     /// A menu item, by its id in [`ids`].
     Menu(&'static str),
+    /// An open alert chosen in a responder desktop's menu.
+    Alert(AlertId),
 }
 
 /// What the tray shows; the platform renders it.
@@ -118,7 +133,13 @@ pub struct TrayView {
     pub can_cancel: bool,
     /// Whether the menu offers Quit.
     pub show_quit: bool,
+    /// A responder desktop's open alerts, newest first, as the menu lists them (at most
+    /// [`ALERTS_LISTED`]).
+    pub alerts: Vec<(AlertId, String)>,
 }
+
+/// How many open alerts the menu lists; the status line counts them all.
+pub const ALERTS_LISTED: usize = 10;
 
 /// One menu entry: id, label, enabled. `None` is a separator.
 pub fn menu(view: &TrayView) -> Vec<Option<(&'static str, String, bool)>> {

@@ -4,6 +4,8 @@
 
 use std::str::FromStr;
 
+use sos_shared::protocol::{AlertBroadcast, BroadcastState};
+
 use crate::toast::{Importance, Toast};
 
 /// How the tray agent speaks to the person.
@@ -207,6 +209,48 @@ impl Words {
         }
     }
 
+    /// A responder acknowledged the sender's alert: `name` is coming (and said `note`).
+    pub fn help_coming(&self, name: &str, note: &str) -> Toast {
+        let (summary, body) = if self.plain() {
+            (format!("Help is on the way — {name}"), "A responder has seen your alert and is coming.")
+        } else {
+            (format!("On the way — {name}"), "Someone has seen your request and is coming.")
+        };
+        Toast::new(summary, with_note(body, note), Importance::Normal)
+    }
+
+    /// Nobody acknowledged the sender's alert in time: the fallback, plainly (the person must
+    /// act).
+    pub fn unanswered(&self, fallback: &str) -> Toast {
+        let summary = if self.plain() { "Nobody has answered yet" } else { "No answer yet" };
+        Toast::new(summary, fallback, Importance::Critical)
+    }
+
+    /// A responder marked the sender's alert resolved.
+    pub fn resolved_by(&self, name: &str, note: &str) -> Toast {
+        Toast::new(format!("Resolved by {name}"), with_note("", note), Importance::Normal)
+    }
+
+    /// Tooltip: `name` is coming.
+    pub fn tip_acknowledged(&self, name: &str) -> String {
+        if self.plain() {
+            format!("help is on the way — {name}")
+        } else {
+            format!("on the way — {name}")
+        }
+    }
+
+    /// Tooltip of a responder desktop: `open` alerts wait for a responder, the newest `newest`.
+    pub fn tip_alarm(&self, open: usize, newest: &str) -> String {
+        format!("{open} open alert(s) — newest: {newest}. See the menu.")
+    }
+
+    /// Tooltip: nobody answered the sender's alert.
+    pub fn tip_unanswered(&self, fallback: &str) -> String {
+        let what = if self.plain() { "nobody has answered yet" } else { "no answer yet" };
+        format!("{what}. {fallback}")
+    }
+
     /// Tooltip: ready; `contact` is "collector C, last contact T" once known.
     pub fn tip_ready(&self, hotkey: &str, contact: Option<String>) -> String {
         let how = match (self.plain(), self.click) {
@@ -222,6 +266,108 @@ impl Words {
     }
 }
 
+/// `body`, then the responder's note, if any.
+fn with_note(body: &str, note: &str) -> String {
+    match (body.is_empty(), note.trim().is_empty()) {
+        (_, true) => body.to_owned(),
+        (true, false) => format!("“{}”", note.trim()),
+        (false, false) => format!("{body} “{}”", note.trim()),
+    }
+}
+
+/// How this responder desktop stands with an alert it shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MyResponse {
+    /// Not responded from here.
+    #[default]
+    None,
+    /// "I'm responding" is being sent.
+    Sending,
+    /// The collector recorded this desktop's response first.
+    Responding,
+    /// It could not be sent (no collector answered): the popup says so, the action stays.
+    Failed,
+}
+
+/// Who pressed and where, for a responder: "alice at Reception", or the workstation.
+pub fn who_where(b: &AlertBroadcast) -> String {
+    let who = if b.user.is_empty() { "someone" } else { b.user.as_str() };
+    let place = if !b.location.is_empty() {
+        b.location.as_str()
+    } else if !b.host.is_empty() {
+        b.host.as_str()
+    } else {
+        "an unknown place"
+    };
+    format!("{who} at {place}")
+}
+
+/// A responder's popup for the state `b` of someone's alert, in plain words (a responder must
+/// not have to decode it): SOS, or DRILL for a test alert. `details`: every field, not only
+/// the message. `time` is when it was pressed (local).
+pub fn popup(b: &AlertBroadcast, mine: MyResponse, details: bool, time: &str) -> Toast {
+    let what = if b.test { "DRILL" } else { "SOS" };
+    let who = who_where(b);
+    let summary = match (b.state, mine) {
+        (BroadcastState::Open | BroadcastState::Acknowledged, MyResponse::Responding) => {
+            format!("{what} — you are responding to {who}")
+        }
+        (BroadcastState::Open, MyResponse::Sending) => format!("{what} — {who} — sending your response…"),
+        (BroadcastState::Open, MyResponse::Failed) => {
+            format!("{what} — {who} — your response did NOT get through")
+        }
+        (BroadcastState::Open, _) if b.reminder => format!("{what} — {who} — still nobody responding"),
+        (BroadcastState::Open, _) => format!("{what} — {who}"),
+        (BroadcastState::Acknowledged, _) => {
+            let name = if b.responder.is_empty() { "Someone" } else { b.responder.as_str() };
+            format!("{name} is responding — {what} {who}")
+        }
+        (BroadcastState::Cancelled, _) => format!("Cancelled by the sender — check in person — {what} {who}"),
+        (BroadcastState::Resolved, _) => {
+            let name = if b.responder.is_empty() { "a responder" } else { b.responder.as_str() };
+            format!("Resolved by {name} — {what} {who}")
+        }
+    };
+    let mut body = Vec::new();
+    if !b.message.is_empty() {
+        body.push(format!("“{}”", b.message));
+    }
+    if !b.note.is_empty() {
+        let by = if b.responder.is_empty() { "Note" } else { b.responder.as_str() };
+        body.push(format!("{by}: “{}”", b.note));
+    }
+    if details || body.is_empty() {
+        let mut place = Vec::new();
+        for p in [&b.host, &b.ip] {
+            if !p.is_empty() {
+                place.push(p.as_str());
+            }
+        }
+        body.push(format!("Pressed at {time} on {}.", if place.is_empty() { "?".into() } else { place.join(", ") }));
+        if details {
+            body.push(format!("Alert {}", b.alert_id));
+        }
+    }
+    if mine == MyResponse::Failed {
+        body.push("No collector confirmed it: try again, or call.".into());
+    }
+    let importance = match b.state {
+        BroadcastState::Open => Importance::Alarm,
+        _ => Importance::Critical,
+    };
+    // One line: some daemons show only the first.
+    Toast::new(summary, body.join(" · "), importance)
+}
+
+/// The one notification for the open alerts beyond those shown as popups.
+pub fn more_popups(n: usize) -> Toast {
+    Toast::new(
+        format!("{n} more open alert(s)"),
+        "Too many alerts to show each: they are listed in the tray menu.",
+        Importance::Alarm,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +381,7 @@ mod tests {
         }
         t.extend([w.countdown(5), w.stopped(), w.not_saved(), w.cancelled(), w.lone_click("Ctrl+Alt+S")]);
         t.push(w.cancel_not_confirmed("x", "Call 555-0100"));
+        t.extend([w.help_coming("Sam", "2 min"), w.unanswered("Call 555-0100"), w.resolved_by("Sam", "")]);
         let mut all: Vec<String> = t.into_iter().flat_map(|t| [t.summary, t.body]).collect();
         all.extend([
             w.name().to_owned(),
@@ -247,6 +394,8 @@ mod tests {
             w.tip_delivered(true, "12:00:00"),
             w.tip_ready("Ctrl+Alt+S", None),
             w.tip_ready("Ctrl+Alt+S", Some("collector c".into())),
+            w.tip_acknowledged("Sam"),
+            w.tip_unanswered("Call 555-0100"),
         ]);
         all
     }
@@ -285,5 +434,51 @@ mod tests {
         assert!("loud".parse::<Wording>().unwrap_err().contains("\"discreet\" or \"plain\""));
         assert_eq!("single".parse::<TrayClick>(), Ok(TrayClick::Single));
         assert!("triple".parse::<TrayClick>().unwrap_err().contains("\"double\" or \"single\""));
+    }
+
+    #[test]
+    fn the_sender_reads_who_is_coming() {
+        let plain = Words { wording: Wording::Plain, click: TrayClick::Double };
+        assert_eq!(plain.help_coming("Sam Lee", "").summary, "Help is on the way — Sam Lee");
+        assert!(plain.help_coming("Sam Lee", "2 minutes").body.ends_with("“2 minutes”"));
+        assert_eq!(plain.unanswered("Call 555-0100").body, "Call 555-0100");
+        assert_eq!(plain.resolved_by("Sam Lee", "").summary, "Resolved by Sam Lee");
+        let discreet = Words { wording: Wording::Discreet, click: TrayClick::Double };
+        assert_eq!(discreet.help_coming("Sam Lee", "").summary, "On the way — Sam Lee");
+    }
+
+    #[test]
+    fn a_popup_follows_its_alert() {
+        let mut b = AlertBroadcast {
+            alert_id: sos_shared::AlertId::random(),
+            test: false,
+            triggered_at: 0,
+            user: "alice".into(),
+            host: "desk-7".into(),
+            ip: "10.0.0.7".into(),
+            location: "Reception".into(),
+            message: "visitor".into(),
+            state: BroadcastState::Open,
+            responder: String::new(),
+            note: String::new(),
+            seq: 1,
+            reminder: false,
+        };
+        let t = popup(&b, MyResponse::None, false, "12:00:00");
+        assert_eq!((t.summary.as_str(), t.importance), ("SOS — alice at Reception", Importance::Alarm));
+        assert!(t.body.contains("visitor"));
+        assert!(popup(&b, MyResponse::None, true, "12:00:00").body.contains("10.0.0.7"));
+        b.test = true;
+        assert!(popup(&b, MyResponse::None, false, "").summary.starts_with("DRILL"));
+        b.state = BroadcastState::Acknowledged;
+        b.responder = "Sam Lee".into();
+        assert!(popup(&b, MyResponse::None, false, "").summary.starts_with("Sam Lee is responding"));
+        assert!(popup(&b, MyResponse::Responding, false, "").summary.contains("you are responding"));
+        b.state = BroadcastState::Cancelled;
+        assert!(popup(&b, MyResponse::None, false, "")
+            .summary
+            .starts_with("Cancelled by the sender — check in person"));
+        b.state = BroadcastState::Resolved;
+        assert!(popup(&b, MyResponse::None, false, "").summary.starts_with("Resolved by Sam Lee"));
     }
 }

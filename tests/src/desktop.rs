@@ -239,6 +239,35 @@ impl Desktop {
         assert!(out.status.success(), "NotificationAction failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Choose action `key` of notification `id`, as the notification server reports a choice:
+    /// the `ActionInvoked(id, key)` signal on the bus (what dunst emits when the person picks
+    /// the action in its menu, without the menu program dunst would need for two actions).
+    pub fn invoke_action(&self, id: u32, key: &str) {
+        let out = self
+            .command("dbus-send")
+            .args(["--session", "--type=signal", "/org/freedesktop/Notifications"])
+            .arg("org.freedesktop.Notifications.ActionInvoked")
+            .arg(format!("uint32:{id}"))
+            .arg(format!("string:{key}"))
+            .output()
+            .expect("run dbus-send");
+        assert!(out.status.success(), "ActionInvoked failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Whether the `Notify` call whose summary starts with `summary` asked for urgency
+    /// critical (the `urgency` hint, byte 2).
+    pub fn notified_critical(&self, summary: &str) -> bool {
+        let t = self.toasts.text.lock().unwrap();
+        t.split("member=Notify").any(|call| {
+            call.contains(&format!("string \"{summary}"))
+                && call
+                    .split("string \"urgency\"")
+                    .nth(1)
+                    .and_then(|rest| rest.trim_start().lines().next())
+                    .is_some_and(|l| l.starts_with("variant") && l.ends_with("byte 2"))
+        })
+    }
+
     /// Left-click the toast dunst shows, on its window, as a person would.
     pub fn left_click_toast(&self) {
         let out = self

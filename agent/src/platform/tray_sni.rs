@@ -45,9 +45,26 @@ impl ksni::Tray for Sni {
     }
 
     fn menu(&self) -> Vec<ksni::MenuItem<Self>> {
-        menu(&self.view)
-            .into_iter()
-            .map(|entry| match entry {
+        // A responder desktop's open alerts first: choosing one shows its popup again.
+        let mut items: Vec<ksni::MenuItem<Self>> = self
+            .view
+            .alerts
+            .iter()
+            .map(|(id, label)| {
+                let id = *id;
+                ksni::menu::StandardItem {
+                    label: label.clone(),
+                    activate: Box::new(move |t: &mut Self| (t.on_event)(TrayEvent::Alert(id))),
+                    ..Default::default()
+                }
+                .into()
+            })
+            .collect();
+        if !items.is_empty() {
+            items.push(ksni::MenuItem::Separator);
+        }
+        items.extend(menu(&self.view).into_iter().map(|entry| {
+            match entry {
                 None => ksni::MenuItem::Separator,
                 Some((id, label, enabled)) => ksni::menu::StandardItem {
                     label,
@@ -56,8 +73,9 @@ impl ksni::Tray for Sni {
                     ..Default::default()
                 }
                 .into(),
-            })
-            .collect()
+            }
+        }));
+        items
     }
 }
 
@@ -65,6 +83,9 @@ impl ksni::Tray for Sni {
 pub struct Tray {
     handle: ksni::Handle<Sni>,
     runtime: tokio::runtime::Handle,
+    /// The newest view not yet applied: updates run as tasks that may finish in any order,
+    /// so each applies the newest, never its own (a burst of changes must end on the last).
+    latest: Arc<std::sync::Mutex<Option<TrayView>>>,
 }
 
 impl std::fmt::Debug for Tray {
@@ -88,14 +109,23 @@ impl Tray {
         let handle = runtime
             .block_on(sni.assume_sni_available(true).spawn())
             .map_err(|e| format!("cannot register the tray item on the session bus: {e}"))?;
-        Ok(Tray { handle, runtime: runtime.clone() })
+        Ok(Tray { handle, runtime: runtime.clone(), latest: Arc::default() })
     }
 
     /// Show `view` (without waiting for the bus).
     pub fn show(&mut self, view: TrayView) {
-        let handle = self.handle.clone();
+        if let Ok(mut l) = self.latest.lock() {
+            *l = Some(view);
+        }
+        let (handle, latest) = (self.handle.clone(), self.latest.clone());
         self.runtime.spawn(async move {
-            handle.update(move |t| t.view = view).await;
+            handle
+                .update(move |t| {
+                    if let Some(v) = latest.lock().ok().and_then(|mut l| l.take()) {
+                        t.view = v;
+                    }
+                })
+                .await;
         });
     }
 }
