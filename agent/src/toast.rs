@@ -91,7 +91,9 @@ impl std::fmt::Debug for Action {
 }
 
 /// A change to a topic's notification: show this state in its place, with an action if given.
+/// (Actions are shown on the Linux desktop only; elsewhere the tray menu is the way out.)
 #[derive(Debug)]
+#[cfg_attr(not(all(unix, not(target_os = "macos"))), allow(dead_code))]
 struct Change(Toast, Option<Action>);
 
 /// The agent's toasts, one notification per [`Topic`]. Owned by the UI loop; nothing here
