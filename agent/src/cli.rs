@@ -202,18 +202,10 @@ fn parse_id(text: &str) -> anyhow::Result<AlertId> {
     })
 }
 
-/// Ask the running tray agent, if any (Unix: its local socket).
+/// Ask the running tray agent, if any (its local socket or named pipe: `ipc`).
 fn ask_agent(req: &crate::ipc::Request, timeout: Duration) -> Result<crate::ipc::Response, String> {
-    #[cfg(unix)]
-    {
-        let rt = runtime().map_err(|e| e.to_string())?;
-        rt.block_on(crate::ipc::request(&crate::ipc::socket_path(), req, timeout)).map_err(|e| e.to_string())
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (req, timeout);
-        Err("the running agent cannot be reached from the command line on this platform yet".into())
-    }
+    let rt = runtime().map_err(|e| e.to_string())?;
+    rt.block_on(crate::ipc::request(&crate::ipc::endpoint(), req, timeout)).map_err(|e| e.to_string())
 }
 
 /// `sos-agent trigger`: through the running agent, else directly.

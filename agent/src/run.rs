@@ -114,9 +114,8 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
 
-    #[cfg(unix)]
     let listener = {
-        let path = ipc::socket_path();
+        let path = ipc::endpoint();
         match runtime.block_on(ipc::Listener::bind(&path)) {
             Ok(Some(l)) => Some(l),
             Ok(None) => {
@@ -142,7 +141,6 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         }),
     );
 
-    #[cfg(unix)]
     if let Some(listener) = listener {
         let ipc_proxy = Arc::new(Mutex::new(proxy.clone()));
         let ipc_delivery = delivery.clone();
@@ -189,7 +187,6 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
 }
 
 /// Answer one IPC request by asking the UI loop.
-#[cfg(unix)]
 async fn answer(proxy: &Mutex<EventLoopProxy<UiEvent>>, delivery: &Delivery, req: Request) -> Response {
     let gone = || Response::Error("the agent is shutting down".into());
     match req {

@@ -104,6 +104,7 @@ impl std::fmt::Debug for Action {
 
 /// A change to a topic's notification: show this state in its place, with its actions.
 #[derive(Debug)]
+#[cfg_attr(not(all(unix, not(target_os = "macos"))), allow(dead_code))]
 struct Change(Toast, Vec<Action>);
 
 /// The agent's toasts, one notification per [`Topic`]. Owned by the UI loop; nothing here

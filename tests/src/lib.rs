@@ -12,6 +12,7 @@
 //! - [`relay`]: [`Relay`], a UDP relay that loses, duplicates, delays and blacks out datagrams.
 //! - [`site`]: [`site::Site`], a key and configs in a temporary directory.
 //! - [`flood`]: [`flood::Flood`], junk for a bounded time from a socket or forged sources.
+//! - [`wine`]: the Windows binaries under Wine, a prefix per test.
 //!
 //! Waiting is always on an event with a deadline (a condition variable, a socket read
 //! timeout, or a state re-checked until the deadline), never a fixed sleep.
@@ -25,6 +26,7 @@ pub mod relay;
 pub mod site;
 pub mod slack;
 pub mod smtp;
+pub mod wine;
 
 pub use peer::Peer;
 pub use process::{agent_send, CollectorProcess};

@@ -1,7 +1,8 @@
 //! The installer files agree with the code: the identity toasts are shown under on Windows and
 //! macOS, and the configuration templates each platform installs (with their commented examples
 //! switched on) are configurations the binaries accept. The Debian packages themselves are
-//! installed for real in `install.rs`; the Windows and macOS builds cannot run here.
+//! installed for real in `install.rs`, the Windows MSI is built and read back in `msi.rs`; the
+//! macOS build cannot run here.
 
 use std::path::{Path, PathBuf};
 

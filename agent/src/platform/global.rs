@@ -26,7 +26,7 @@ pub fn register_hotkey(spec: HotkeySpec, on_press: impl Fn() + Send + Sync + 'st
         (spec.ctrl, Modifiers::CONTROL),
         (spec.alt, Modifiers::ALT),
         (spec.shift, Modifiers::SHIFT),
-        (spec.super_key, Modifiers::SUPER),
+        (spec.super_key, Modifiers::META),
     ] {
         if on {
             mods |= m;

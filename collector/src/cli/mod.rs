@@ -274,6 +274,9 @@ fn check_owner(config: &Config) -> anyhow::Result<()> {
             );
         }
     }
+    // Elsewhere (Windows) the collector is not a service and the check does not apply.
+    #[cfg(not(unix))]
+    let _ = config;
     Ok(())
 }
 
