@@ -393,6 +393,10 @@ impl Drop for Desktop {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Xvfb was killed: remove what it would have removed on a clean exit.
+        let n = self.display.trim_start_matches(':');
+        let _ = std::fs::remove_file(format!("/tmp/.X{n}-lock"));
+        let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{n}"));
     }
 }
 
@@ -406,8 +410,18 @@ fn start_xvfb() -> (Child, String) {
     static PICK: Mutex<()> = Mutex::new(());
     let _one_at_a_time = PICK.lock().unwrap_or_else(|e| e.into_inner());
     for n in 50..250 {
-        if Path::new(&format!("/tmp/.X{n}-lock")).exists() {
-            continue;
+        let lock = PathBuf::from(format!("/tmp/.X{n}-lock"));
+        if lock.exists() {
+            // A killed Xvfb leaves its lock behind: a lock whose process is gone is free again
+            // (otherwise runs that were killed use up every display number).
+            let pid = std::fs::read_to_string(&lock).ok().and_then(|t| t.trim().parse::<u32>().ok());
+            match pid {
+                Some(pid) if !Path::new(&format!("/proc/{pid}")).exists() => {
+                    let _ = std::fs::remove_file(&lock);
+                    let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{n}"));
+                }
+                _ => continue,
+            }
         }
         let display = format!(":{n}");
         let mut child = Command::new("Xvfb")
