@@ -37,6 +37,8 @@ struct RawConfig {
     outbox: RawOutbox,
     notify: RawNotify,
     security: RawSecurity,
+    agent_silent_after_secs: Option<u64>,
+    http: Option<crate::http::RawHttp>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +133,11 @@ pub struct Config {
     pub email: Option<EmailSettings>,
     /// Site key acceptance, key rotation, rate limits.
     pub security: SecuritySettings,
+    /// An enrolled agent that has sent nothing for this long is silent: its panic button may be
+    /// down, so the channels and the console are told once (and again when it returns).
+    pub agent_silent_after: Duration,
+    /// The web console, /metrics, /healthz and /readyz; `None` (no `[http]`): not served.
+    pub http: Option<crate::http::HttpSettings>,
 }
 
 /// Who may talk to the collector, and how much.
@@ -256,6 +263,8 @@ impl Default for Config {
             slack: None,
             email: None,
             security: SecuritySettings::default(),
+            agent_silent_after: Duration::from_secs(600),
+            http: None,
         }
     }
 }
@@ -312,6 +321,11 @@ impl Config {
         if let Some(v) = raw.shutdown_grace_secs {
             cfg.shutdown_grace = Duration::from_secs(within(file, "shutdown_grace_secs", v, 0, HOUR_SECS, "s")?);
         }
+        if let Some(v) = raw.agent_silent_after_secs {
+            cfg.agent_silent_after =
+                Duration::from_secs(within(file, "agent_silent_after_secs", v, 30, WEEK_SECS, "s")?);
+        }
+        cfg.http = raw.http.map(|h| h.validate(file, &rel)).transpose()?;
         if let Some(v) = raw.socket_buffer_bytes {
             if !(65_536..=1 << 30).contains(&v) {
                 return Err(ConfigError::at(

@@ -23,6 +23,8 @@
 //! - [`ratelimit`]: token buckets: per agent after authentication, and for enrollment.
 //! - [`refusal`]: what the receive path refuses, logged at a bounded rate.
 //! - [`stats`]: counters of what was received, dropped and sent.
+//! - [`http`]: the web console (live alerts, an alert, agents, history and export), /metrics,
+//!   /healthz and /readyz; [`silence`]: enrolled agents that stopped sending heartbeats.
 //! - The binary: `main.rs` parses arguments and sets up logging; the administrator commands
 //!   are in `cli/`.
 //!
@@ -32,12 +34,14 @@
 
 pub mod channel;
 pub mod config;
+pub mod http;
 pub mod integrity;
 pub mod outbox;
 pub mod ratelimit;
 pub mod refusal;
 pub mod registry;
 pub mod service;
+pub mod silence;
 pub mod stats;
 pub mod store;
 pub mod udp;

@@ -14,6 +14,7 @@ use sos_collector::Config;
 mod agents;
 mod alerts;
 pub mod check_config;
+mod console;
 mod serve;
 pub mod store;
 
@@ -69,6 +70,14 @@ pub enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// Console accounts: set a password, or make a one-time invitation link.
+    Responders {
+        /// The configuration file (TOML): the accounts and the data dir.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: RespondersAction,
+    },
     /// Make a one-time code that enrolls one workstation with its own key. Give the code to the
     /// person at the workstation (it is short enough to read over the phone); they run
     /// `sos-agent enroll CODE --collector HOST:PORT`.
@@ -82,6 +91,24 @@ pub enum Command {
         /// The configuration file (TOML), to find the data dir.
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RespondersAction {
+    /// Set the console password of NAME (an account of `[http] admins` or `[[responders]]`),
+    /// read from standard input: twice without echo on a terminal, else the first line.
+    Passwd {
+        /// The account name.
+        name: String,
+    },
+    /// Print a one-time link where NAME sets their own console password.
+    Invite {
+        /// The account name.
+        name: String,
+        /// How long the link stays valid, in hours.
+        #[arg(long, default_value_t = 72)]
+        expires_hours: u64,
     },
 }
 
@@ -147,6 +174,13 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
             Ok(())
+        }
+        Command::Responders { config, action } => {
+            let config = load(config.as_deref())?;
+            match action {
+                RespondersAction::Passwd { name } => console::passwd(&config, &name),
+                RespondersAction::Invite { name, expires_hours } => console::invite(&config, &name, expires_hours),
+            }
         }
         Command::Run { config } => {
             let flag = config.as_ref().map(|c| format!(" --config {}", c.display())).unwrap_or_default();
