@@ -323,6 +323,7 @@ impl Sender {
                     ip: link.local_ip.clone(),
                     // Room for news in the answer (a reply is never larger than its request).
                     pad: "0".repeat(HEARTBEAT_PAD),
+                    responder: false,
                 })
             },
             |m| match m {

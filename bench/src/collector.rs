@@ -91,6 +91,7 @@ impl Collector {
             host: "bench-ready".into(),
             ip: String::new(),
             pad: String::new(),
+            responder: false,
         });
         let deadline = Instant::now() + timeout;
         let mut buf = [0u8; 2048];

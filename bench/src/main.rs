@@ -354,6 +354,7 @@ async fn heartbeats(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
                             host: format!("ws-{s:03}-{j:03}"),
                             ip: String::new(),
                             pad: String::new(),
+                            responder: false,
                         });
                         if let Ok(d) = key.seal(&hb, unix_now()) {
                             let _ = socket.send_to(&d, to).await;
@@ -509,6 +510,7 @@ async fn nat(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
                             host: format!("ws-{i:05}"),
                             ip: String::new(),
                             pad: String::new(),
+                            responder: false,
                         });
                         if let Ok(d) = key.seal(&hb, unix_now()) {
                             let _ = socket.send_to(&d, to).await;

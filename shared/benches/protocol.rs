@@ -32,6 +32,7 @@ fn heartbeat() -> Message {
         host: "desk-12".into(),
         ip: "10.0.0.12".into(),
         pad: String::new(),
+        responder: false,
     })
 }
 

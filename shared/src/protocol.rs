@@ -63,6 +63,8 @@ pub const MIN_HEARTBEAT_PLAINTEXT: usize = 48;
 pub const MIN_HEARTBEAT_NEW_KEY_PLAINTEXT: usize = 112;
 /// Any authentic request refused for its timestamp → `time_hint`.
 pub const MIN_TIME_HINT_PLAINTEXT: usize = 64;
+/// `respond` → `respond_ack`. A smaller `respond` is not recorded at all (like `cancel`).
+pub const MIN_RESPOND_PLAINTEXT: usize = 112;
 
 /// The length of the datagram that a plaintext of `plaintext_len` bytes seals into.
 pub const fn sealed_len(plaintext_len: usize) -> usize {
@@ -168,10 +170,20 @@ pub enum Message {
     Heartbeat(Heartbeat),
     /// Collector → agent: answer to a heartbeat, with any news for the agent.
     HeartbeatAck(HeartbeatAck),
-    /// Collector → agent: a responder acknowledged the agent's alert.
+    /// Collector → agent (a push, and inside `heartbeat_ack`): news about the agent's alert
+    /// (a responder acknowledged it, resolved it, or nobody has answered yet).
     ResponderNotice(ResponderNotice),
-    /// Collector → responder agents: an alert to show on a responder's desktop.
+    /// Collector → responder agents (a push): an alert to show on a responder's desktop, or a
+    /// change of one already shown.
     AlertBroadcast(AlertBroadcast),
+    /// Responder agent → collector: "I'm responding" to an alert.
+    Respond(Respond),
+    /// Collector → responder agent: what became of a `respond`.
+    RespondAck(RespondAck),
+    /// Responder agent → collector: an `alert_broadcast` arrived (no reply).
+    BroadcastReceipt(BroadcastReceipt),
+    /// Agent → collector: a `responder_notice` arrived (no reply).
+    NoticeReceipt(NoticeReceipt),
     /// Collector → agent: an authentic request was refused for its timestamp; the collector's
     /// clock, so that the agent can reseal with a corrected time.
     TimeHint(TimeHint),
@@ -190,6 +202,10 @@ impl Message {
             Message::ResponderNotice(_) => "responder_notice",
             Message::AlertBroadcast(_) => "alert_broadcast",
             Message::TimeHint(_) => "time_hint",
+            Message::Respond(_) => "respond",
+            Message::RespondAck(_) => "respond_ack",
+            Message::BroadcastReceipt(_) => "broadcast_receipt",
+            Message::NoticeReceipt(_) => "notice_receipt",
         }
     }
 }
@@ -248,18 +264,9 @@ impl Sos {
                     3 => &mut self.host,
                     _ => &mut self.agent,
                 };
-                let body_len = if cut { f.len() - CUT_MARKER.len() } else { f.len() };
-                if body_len == 0 {
+                if !cut_to(f, excess, cut) {
                     break; // nothing left to cut here: the next field
                 }
-                // JSON may escape a character into up to 6 bytes: cutting `excess` bytes of
-                // text removes at least `excess` bytes of JSON; the loop measures again.
-                let mut keep = body_len.saturating_sub(excess + if cut { 0 } else { CUT_MARKER.len() });
-                while !f.is_char_boundary(keep) {
-                    keep -= 1;
-                }
-                f.truncate(keep);
-                f.push_str(CUT_MARKER);
                 cut = true;
             }
         }
@@ -368,6 +375,10 @@ pub struct Heartbeat {
     /// larger than their request).
     #[serde(default)]
     pub pad: String,
+    /// This desktop is a responder desktop (agent config `responder = true`): it heartbeats
+    /// more often and expects `alert_broadcast` pushes at the address it sends from.
+    #[serde(default)]
+    pub responder: bool,
 }
 
 /// Answer to a heartbeat.
@@ -395,21 +406,53 @@ impl fmt::Debug for HeartbeatAck {
     }
 }
 
-/// A responder acknowledged an alert.
+/// What a [`ResponderNotice`] tells the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeEvent {
+    /// A responder is coming (the default, as notices were before this field existed).
+    #[default]
+    Acknowledged,
+    /// A responder closed the alert.
+    Resolved,
+    /// Nobody could be reached or nobody answered: the sender should use the fallback.
+    Unanswered,
+}
+
+/// News for the sender about its alert: pushed to the agent's last authenticated address and
+/// repeated in `heartbeat_ack.notices` until the agent sends a [`NoticeReceipt`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponderNotice {
-    /// The alert the responder acknowledged.
+    /// The sender's alert.
     pub alert_id: AlertId,
-    /// Who is coming.
+    /// What happened.
+    #[serde(default)]
+    pub event: NoticeEvent,
+    /// Who (the configured responder name) for `acknowledged` and `resolved`; empty for
+    /// `unanswered`.
     pub responder: String,
     /// What they said, may be empty.
     #[serde(default)]
     pub note: String,
-    /// When they acknowledged, seconds since the Unix epoch.
+    /// When it happened, seconds since the Unix epoch.
     pub at: u64,
 }
 
-/// An alert for a responder's desktop.
+/// Where an alert shown on responders' desktops stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BroadcastState {
+    /// Nobody has acknowledged it yet.
+    Open,
+    /// A responder is coming (`responder` says who).
+    Acknowledged,
+    /// The sender cancelled it: somebody must still check in person.
+    Cancelled,
+    /// A responder closed it (`responder` says who).
+    Resolved,
+}
+
+/// An alert for a responder's desktop, or a change of one already shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertBroadcast {
     /// The alert.
@@ -434,6 +477,165 @@ pub struct AlertBroadcast {
     /// The sender's text.
     #[serde(default)]
     pub message: String,
+    /// Where the alert stands.
+    pub state: BroadcastState,
+    /// Who acknowledged or resolved it; empty otherwise.
+    #[serde(default)]
+    pub responder: String,
+    /// What they said, may be empty.
+    #[serde(default)]
+    pub note: String,
+    /// Grows with every change of this alert: an agent ignores a broadcast whose `seq` is not
+    /// above the last it applied for the alert (pushes may arrive late or twice).
+    pub seq: u64,
+    /// An escalation reminder: nobody has answered, show the alert again, louder.
+    #[serde(default)]
+    pub reminder: bool,
+}
+
+impl AlertBroadcast {
+    /// Shorten the free-text fields, least important first (message, location, user, host,
+    /// note, responder), until the JSON fits in [`MAX_PLAINTEXT`] **with `seq` at its largest**
+    /// (`u64::MAX`), as [`Sos::fit_to_datagram`] does. Cuts fall on character boundaries and
+    /// end with [`CUT_MARKER`].
+    pub fn fit_to_datagram(&mut self) {
+        for field in 0..6 {
+            let mut cut = false;
+            loop {
+                let excess = self.widest_json_len().saturating_sub(MAX_PLAINTEXT);
+                if excess == 0 {
+                    return;
+                }
+                let f = match field {
+                    0 => &mut self.message,
+                    1 => &mut self.location,
+                    2 => &mut self.user,
+                    3 => &mut self.host,
+                    4 => &mut self.note,
+                    _ => &mut self.responder,
+                };
+                if !cut_to(f, excess, cut) {
+                    break;
+                }
+                cut = true;
+            }
+        }
+        // Only `ip` is left to cut (it is checked when the alert arrives, so this is a limit
+        // that a real address never reaches).
+        while self.widest_json_len() > MAX_PLAINTEXT && !self.ip.is_empty() {
+            let excess = self.widest_json_len() - MAX_PLAINTEXT;
+            let mut keep = self.ip.len().saturating_sub(excess);
+            while !self.ip.is_char_boundary(keep) {
+                keep -= 1;
+            }
+            self.ip.truncate(keep);
+        }
+    }
+
+    /// The length of this broadcast's JSON with `seq` at its largest.
+    fn widest_json_len(&self) -> usize {
+        let mut widest = self.clone();
+        widest.seq = u64::MAX;
+        serde_json::to_vec(&Message::AlertBroadcast(widest)).map(|v| v.len()).unwrap_or(usize::MAX)
+    }
+}
+
+/// Cut about `excess` bytes off the end of `f` and mark it with [`CUT_MARKER`] (`cut`: it ends
+/// with the marker already). False when nothing is left to cut.
+fn cut_to(f: &mut String, excess: usize, cut: bool) -> bool {
+    let body_len = if cut { f.len() - CUT_MARKER.len() } else { f.len() };
+    if body_len == 0 {
+        return false;
+    }
+    // JSON may escape a character into up to 6 bytes: cutting `excess` bytes of text removes at
+    // least `excess` bytes of JSON; the caller measures again.
+    let mut keep = body_len.saturating_sub(excess + if cut { 0 } else { CUT_MARKER.len() });
+    while !f.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    f.truncate(keep);
+    f.push_str(CUT_MARKER);
+    true
+}
+
+/// A responder says "I'm responding". Sealed with the responder agent's own key; the collector
+/// attributes it to the responder configured for that agent, never to text in the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Respond {
+    /// The alert the responder takes.
+    pub alert_id: AlertId,
+    /// What the responder says, may be empty (e.g. "on my way, 2 minutes").
+    #[serde(default)]
+    pub note: String,
+    /// Filler that brings the request to [`MIN_RESPOND_PLAINTEXT`], so that the `respond_ack`
+    /// fits. Not sent when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pad: String,
+}
+
+impl Respond {
+    /// A `respond` for `alert_id`, padded to [`MIN_RESPOND_PLAINTEXT`]. A note too long for a
+    /// datagram is cut (ending with [`CUT_MARKER`]).
+    pub fn padded(alert_id: AlertId, note: String) -> Respond {
+        let mut r = Respond { alert_id, note, pad: String::new() };
+        let len = |r: &Respond| serde_json::to_vec(&Message::Respond(r.clone())).map(|v| v.len()).unwrap_or(0);
+        let mut cut = false;
+        loop {
+            let excess = len(&r).saturating_sub(MAX_PLAINTEXT);
+            if excess == 0 || !cut_to(&mut r.note, excess, cut) {
+                break;
+            }
+            cut = true;
+        }
+        let l = len(&r);
+        if l < MIN_RESPOND_PLAINTEXT {
+            // `,"pad":""` costs 9 bytes before the filler itself.
+            r.pad = "0".repeat((MIN_RESPOND_PLAINTEXT - l).saturating_sub(9).max(1));
+        }
+        r
+    }
+}
+
+/// What the collector did with a `respond`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RespondStatus {
+    /// This `respond` is the first: the alert is acknowledged by this responder now.
+    Acknowledged,
+    /// The alert was already acknowledged (by someone else, or by this responder before); the
+    /// broadcast says who.
+    Already,
+    /// The alert is cancelled or resolved.
+    Closed,
+}
+
+/// Answer to a `respond`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RespondAck {
+    /// The alert of the `respond`.
+    pub alert_id: AlertId,
+    /// What became of it.
+    pub status: RespondStatus,
+    /// The collector's clock, seconds since the Unix epoch.
+    pub server_time: u64,
+}
+
+/// A responder agent received an `alert_broadcast`: the collector stops repeating it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BroadcastReceipt {
+    /// The alert of the broadcast.
+    pub alert_id: AlertId,
+    /// The `seq` of the broadcast received.
+    pub seq: u64,
+}
+
+/// An agent received a `responder_notice`: the collector stops repeating it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeReceipt {
+    /// The alert of the notice.
+    pub alert_id: AlertId,
+    /// The event of the notice.
+    pub event: NoticeEvent,
 }
 
 /// The collector refused an authentic token for its timestamp (too old or too far ahead).
@@ -472,6 +674,8 @@ mod tests {
         assert_eq!(min_request_for(&Message::HeartbeatAck(with_key)), MIN_HEARTBEAT_NEW_KEY_PLAINTEXT);
         let hint = Message::TimeHint(TimeHint { server_time: t, token_time: t });
         assert_eq!(min_request_for(&hint), MIN_TIME_HINT_PLAINTEXT);
+        let respond_ack = RespondAck { alert_id: id, status: RespondStatus::Acknowledged, server_time: t };
+        assert_eq!(min_request_for(&Message::RespondAck(respond_ack)), MIN_RESPOND_PLAINTEXT);
     }
 
     #[test]
@@ -484,6 +688,75 @@ mod tests {
         }
         let plain = Cancel { alert_id: AlertId::from_u128(7), reason: String::new(), pad: String::new() };
         assert!(!serde_json::to_string(&Message::Cancel(plain)).unwrap().contains("pad"));
+    }
+
+    #[test]
+    fn a_padded_respond_is_just_long_enough_and_a_long_note_is_cut() {
+        for note in ["", "x", "on my way, 2 minutes", &"long note ".repeat(10)] {
+            let r = Message::Respond(Respond::padded(AlertId::from_u128(u128::MAX), note.into()));
+            let len = serde_json::to_vec(&r).unwrap().len();
+            assert!(len >= MIN_RESPOND_PLAINTEXT, "{note:?}: {len}");
+            assert!(len < MIN_RESPOND_PLAINTEXT + 16 || note.len() > 40, "{note:?}: {len}");
+        }
+        let r = Respond::padded(AlertId::from_u128(7), "é".repeat(1000));
+        assert!(r.note.ends_with(CUT_MARKER), "{r:?}");
+        assert!(serde_json::to_vec(&Message::Respond(r)).unwrap().len() <= MAX_PLAINTEXT);
+    }
+
+    #[test]
+    fn older_notices_and_heartbeats_decode_with_the_new_fields_defaulted() {
+        let json = r#"{"kind":"responder_notice","alert_id":"00000000000000000000000000000007",
+                       "responder":"Sam","at":5}"#;
+        match serde_json::from_str::<Message>(json).unwrap() {
+            Message::ResponderNotice(n) => assert_eq!((n.event, n.note.as_str()), (NoticeEvent::Acknowledged, "")),
+            other => panic!("decoded as {other:?}"),
+        }
+        match serde_json::from_str::<Message>(r#"{"kind":"heartbeat","pad":"00"}"#).unwrap() {
+            Message::Heartbeat(h) => assert!(!h.responder),
+            other => panic!("decoded as {other:?}"),
+        }
+        let json = r#"{"kind":"notice_receipt","alert_id":"00000000000000000000000000000007","event":"unanswered"}"#;
+        let m: Message = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            m,
+            Message::NoticeReceipt(NoticeReceipt { alert_id: AlertId::from_u128(7), event: NoticeEvent::Unanswered })
+        );
+        assert_eq!(serde_json::to_string(&m).unwrap(), json);
+    }
+
+    fn broadcast() -> AlertBroadcast {
+        AlertBroadcast {
+            alert_id: AlertId::from_u128(7),
+            test: false,
+            triggered_at: 1_700_000_000,
+            user: "alice".into(),
+            host: "desk-12".into(),
+            ip: "10.0.0.12".into(),
+            location: "Reception".into(),
+            message: String::new(),
+            state: BroadcastState::Open,
+            responder: String::new(),
+            note: String::new(),
+            seq: 1,
+            reminder: false,
+        }
+    }
+
+    #[test]
+    fn a_fitted_broadcast_fits_with_the_largest_seq() {
+        let mut b = broadcast();
+        b.message = "é".repeat(2000);
+        b.note = "\u{1}".repeat(40);
+        b.responder = "R".repeat(64);
+        b.fit_to_datagram();
+        b.seq = u64::MAX;
+        let len = serde_json::to_vec(&Message::AlertBroadcast(b.clone())).unwrap().len();
+        assert!(len <= MAX_PLAINTEXT, "{len}");
+        assert!(b.message.ends_with(CUT_MARKER), "{b:?}");
+        assert_eq!((b.user.as_str(), b.host.as_str()), ("alice", "desk-12"));
+        let mut short = broadcast();
+        short.fit_to_datagram();
+        assert_eq!(short, broadcast());
     }
 
     fn sos() -> Sos {

@@ -1,7 +1,9 @@
 //! Any input decodes to a value or an error, never a panic.
 
 use proptest::prelude::*;
-use sos_shared::protocol::{header, split_datagram, Sos, CUT_MARKER, MAX_DATAGRAM, MAX_IP_TEXT};
+use sos_shared::protocol::{
+    header, split_datagram, AlertBroadcast, BroadcastState, Sos, CUT_MARKER, MAX_DATAGRAM, MAX_IP_TEXT,
+};
 use sos_shared::{Key, Message, TimeWindow};
 
 fn key() -> Key {
@@ -83,6 +85,36 @@ proptest! {
         if sos.message != original {
             prop_assert!(sos.message.ends_with(CUT_MARKER), "{:?}", sos.message);
             prop_assert!(original.starts_with(&sos.message[..sos.message.len() - CUT_MARKER.len()]));
+        }
+    }
+
+    #[test]
+    fn a_fitted_broadcast_seals_with_the_largest_seq(
+        message in "\\PC{0,3000}|[\\x00-\\x1f\"\\\\]{0,2000}|😀{0,1000}",
+        location in "\\PC{0,1200}",
+        user in "\\PC{0,600}",
+        host in "\\PC{0,600}",
+        note in "\\PC{0,900}|[\\x00-\\x1f]{0,400}",
+        responder in "\\PC{0,300}",
+        ip in "[0-9a-f:.]{0,45}",
+        test in any::<bool>(),
+        reminder in any::<bool>(),
+        t in any::<u64>(),
+    ) {
+        let original = message.clone();
+        let mut b = AlertBroadcast {
+            alert_id: sos_shared::AlertId::random(), test, triggered_at: t, user, host, ip, location,
+            message, state: BroadcastState::Acknowledged, responder, note, seq: 0, reminder,
+        };
+        b.fit_to_datagram();
+        // The collector bumps seq with every change of the alert, after fitting.
+        b.seq = u64::MAX;
+        let d = key().seal(&Message::AlertBroadcast(b.clone()), u64::MAX / 2);
+        prop_assert!(d.is_ok(), "{:?}", d);
+        prop_assert!(d.unwrap().len() <= MAX_DATAGRAM);
+        if b.message != original {
+            prop_assert!(b.message.ends_with(CUT_MARKER), "{:?}", b.message);
+            prop_assert!(original.starts_with(&b.message[..b.message.len() - CUT_MARKER.len()]));
         }
     }
 }

@@ -364,6 +364,7 @@ fn heartbeats_are_answered_and_the_agent_is_listed_as_seen() {
         host: "desk-7".into(),
         ip: "10.1.2.3".into(),
         pad: "0".repeat(128),
+        responder: false,
     });
     peer.send(&hb);
     assert!(matches!(peer.open(&peer.recv_raw(WAIT).expect("heartbeat ack")), Some(Message::HeartbeatAck(_))));

@@ -544,6 +544,7 @@ fn a_full_disk_gets_no_ack_is_logged_loudly_and_recovers_without_a_restart() {
         host: "desk-7".into(),
         ip: "10.0.0.7".into(),
         pad: "0".repeat(128),
+        responder: false,
     });
     peer.send(&heartbeat);
     assert_eq!(peer.recv_raw(Duration::from_secs(2)), None, "a healthy answer from a failing store");

@@ -15,6 +15,7 @@ fn heartbeat(pad: usize) -> Message {
         host: "probe".into(),
         ip: String::new(),
         pad: "p".repeat(pad),
+        responder: false,
     })
 }
 

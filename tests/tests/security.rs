@@ -121,7 +121,13 @@ fn sos(host: &str) -> Sos {
 }
 
 fn heartbeat() -> Message {
-    Message::Heartbeat(Heartbeat { user: "u".into(), host: "h".into(), ip: String::new(), pad: "0".repeat(128) })
+    Message::Heartbeat(Heartbeat {
+        user: "u".into(),
+        host: "h".into(),
+        ip: String::new(),
+        pad: "0".repeat(128),
+        responder: false,
+    })
 }
 
 fn agent_ack(peer: &Peer, timeout: Duration) -> Option<Message> {

@@ -74,6 +74,11 @@ impl ChannelKind {
             ChannelKind::Email => "email",
         }
     }
+
+    /// The channel called `name` ([`ChannelKind::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        ChannelKind::ALL.into_iter().find(|k| k.name() == name)
+    }
 }
 
 /// A configured channel.

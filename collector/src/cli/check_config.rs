@@ -29,6 +29,16 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         c.data_dir.display(),
         c.channel_names().join(", ")
     );
+    let tiers =
+        |p: &[sos_collector::config::Tier]| p.iter().map(|t| format!("{} s", t.wait.as_secs())).collect::<Vec<_>>();
+    println!(
+        "responders: {}; escalation: emergency {} tier(s) [{}], drill {} tier(s) [{}]",
+        c.responders.len(),
+        c.escalation.emergency.len(),
+        tiers(&c.escalation.emergency).join(", "),
+        c.escalation.drill.len(),
+        tiers(&c.escalation.drill).join(", ")
+    );
     println!(
         "Not checked: that Slack and the SMTP server are reachable and accept the credentials (send a drill: \
          sos-agent send --test), and the store's integrity (sos-collector store check)."

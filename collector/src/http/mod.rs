@@ -64,10 +64,11 @@ pub enum Role {
 /// The accounts the configuration allows: `[http] admins` (administrators) and every configured
 /// responder. A name that is not here cannot log in, whatever the store holds.
 pub fn accounts(config: &Config) -> Vec<(String, Role)> {
-    let mut out: Vec<(String, Role)> = Vec::new();
-    if let Some(http) = &config.http {
-        for a in &http.admins {
-            out.push((a.clone(), Role::Admin));
+    let admins: &[String] = config.http.as_ref().map_or(&[], |h| &h.admins);
+    let mut out: Vec<(String, Role)> = admins.iter().map(|a| (a.clone(), Role::Admin)).collect();
+    for r in &config.responders {
+        if !admins.contains(&r.name) {
+            out.push((r.name.clone(), Role::Responder));
         }
     }
     out

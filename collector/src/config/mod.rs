@@ -12,6 +12,9 @@ pub use sos_shared::config::ConfigError;
 use sos_shared::config::{read_secret_file, secret, toml_error, write_secret_file, ExposeSecret as _, SecretString};
 use sos_shared::{Key, TimeWindow};
 
+mod response;
+pub use response::{EscalationSettings, ResponderConfig, Target, Tier};
+
 /// The file name of the key that `run` generates when none is configured.
 pub const GENERATED_KEY_FILE: &str = "collector.key";
 
@@ -37,6 +40,8 @@ struct RawConfig {
     outbox: RawOutbox,
     notify: RawNotify,
     security: RawSecurity,
+    responders: Vec<response::RawResponder>,
+    escalation: response::RawEscalation,
     agent_silent_after_secs: Option<u64>,
     http: Option<crate::http::RawHttp>,
 }
@@ -133,6 +138,11 @@ pub struct Config {
     pub email: Option<EmailSettings>,
     /// Site key acceptance, key rotation, rate limits.
     pub security: SecuritySettings,
+    /// The people who answer an alert (`[[responders]]`): named to the sender when they
+    /// acknowledge, mentioned and emailed when their tier fires, popups on their agents.
+    pub responders: Vec<ResponderConfig>,
+    /// Who is notified first, and who next when nobody acknowledges in time (`[escalation]`).
+    pub escalation: EscalationSettings,
     /// An enrolled agent that has sent nothing for this long is silent: its panic button may be
     /// down, so the channels and the console are told once (and again when it returns).
     pub agent_silent_after: Duration,
@@ -263,6 +273,8 @@ impl Default for Config {
             slack: None,
             email: None,
             security: SecuritySettings::default(),
+            responders: Vec::new(),
+            escalation: EscalationSettings::default_for(&[crate::channel::ChannelKind::Log]),
             agent_silent_after: Duration::from_secs(600),
             http: None,
         }
@@ -486,7 +498,20 @@ impl Config {
                 ),
             ));
         }
+        cfg.responders = response::responders(file, raw.responders)?;
+        cfg.escalation = response::escalation(file, raw.escalation, &cfg.responders, &cfg.channels())?;
         Ok(cfg)
+    }
+
+    /// The configured responder whose `agents` list the enrolled agent name `enrolled_name`
+    /// (an agent belongs to at most one responder: the configuration is refused otherwise).
+    pub fn responder_for_agent(&self, enrolled_name: &str) -> Option<&ResponderConfig> {
+        self.responders.iter().find(|r| r.agents.iter().any(|a| a == enrolled_name))
+    }
+
+    /// The configured responder called `name` (compared without regard to case).
+    pub fn responder(&self, name: &str) -> Option<&ResponderConfig> {
+        self.responders.iter().find(|r| r.name.eq_ignore_ascii_case(name.trim()))
     }
 
     /// What is allowed but risky in this configuration, one sentence each: `run` logs them at
@@ -568,8 +593,8 @@ impl Config {
     }
 }
 
-const HOUR_SECS: u64 = 3600;
-const DAY_SECS: u64 = 24 * HOUR_SECS;
+pub(crate) const HOUR_SECS: u64 = 3600;
+pub(crate) const DAY_SECS: u64 = 24 * HOUR_SECS;
 const WEEK_SECS: u64 = 7 * DAY_SECS;
 
 /// `v` if it is between `min` and `max` (in `unit`), else an error naming the key and the range.
