@@ -15,6 +15,9 @@
 //!   resends when an outcome is unknown, storm coalescing within each channel's limits. It is
 //!   sent by [`channel`] (log, Slack, email; [`channel::ChannelKind`] is the one list of
 //!   channel names).
+//! - Escalation leaves from [`response::escalation`]: the first tier of an alert fires in its
+//!   insert transaction; the engine fires each later tier at its durable deadline (the store's
+//!   `escalations`) unless someone acknowledged, and notices commits by `sos-collector alerts`.
 //! - [`service`]: [`run`] / [`Collector::run`] take a bound UDP socket and a shutdown future,
 //!   start every task and thread above and supervise them (one that dies ends the service).
 //! - [`config`]: the TOML configuration, its defaults and its validation.
@@ -40,6 +43,7 @@ pub mod outbox;
 pub mod ratelimit;
 pub mod refusal;
 pub mod registry;
+pub mod response;
 pub mod service;
 pub mod silence;
 pub mod stats;

@@ -160,7 +160,8 @@ pub async fn run_worker(
     // Attempts with an unknown outcome, per job still pending.
     let mut unknowns: HashMap<i64, u32> = HashMap::new();
     let max_wait_ms = schedule.longest_wait().as_millis() as i64;
-    match store.exec(move |db| db.rebase_outbox(name, outbox_clock_ms(), max_wait_ms)).await {
+    let clock = outbox_clock_ms();
+    match store.exec(move |db| db.rebase_outbox(name, clock, max_wait_ms)).await {
         Ok(0) => {}
         Ok(n) => info!(
             channel = name,
@@ -347,6 +348,8 @@ mod tests {
                 source: String::new(),
                 enrolled: None,
                 cancellation: None,
+                audience: Default::default(),
+                update: None,
             },
         }
     }

@@ -19,7 +19,7 @@ use crate::ratelimit::Limiter;
 use crate::refusal::Refusals;
 use crate::registry::SharedRegistry;
 use crate::stats::{Stats, StatsSnapshot};
-use crate::store::{Db, Store, StoreError};
+use crate::store::{Db, ResponsePlan, Store, StoreError};
 
 use crate::udp::{log_summary, Limits, Receiver, ENROLL_PER_CODE};
 
@@ -127,7 +127,7 @@ impl Collector {
                 }
             });
         }
-        let (store, writer) = Store::start(db, &names)?;
+        let (store, writer) = Store::start_planned(db, &names, ResponsePlan::from_config(&config))?;
         // Essential tasks: one that ends before shutdown (a panic) ends the service.
         let (died_tx, mut died) = tokio::sync::mpsc::unbounded_channel::<String>();
         let essential = |what: String, task: tokio::task::JoinHandle<()>| {
@@ -188,6 +188,14 @@ impl Collector {
                 ),
             );
         }
+        // Escalation: the next tier of every alert nobody acknowledged, at its deadline.
+        essential(
+            "the escalation engine".into(),
+            workers.spawn(
+                crate::response::escalation::run(store.clone(), stop_workers.clone())
+                    .instrument(info_span!("escalation")),
+            ),
+        );
         // Heartbeats reach the store in one transaction per PRESENCE_FLUSH, and once more at the end.
         {
             let store = store.clone();

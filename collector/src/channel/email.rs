@@ -159,6 +159,8 @@ mod tests {
             source: String::new(),
             enrolled: None,
             cancellation: None,
+            audience: Default::default(),
+            update: None,
         };
         let (s, b) = compose(std::slice::from_ref(&a));
         assert_eq!(s, "SOS: bob at Ward 3 (pc-7, 10.1.1.7)");

@@ -341,6 +341,8 @@ mod tests {
             source: String::new(),
             enrolled: None,
             cancellation: None,
+            audience: Default::default(),
+            update: None,
         }
     }
 

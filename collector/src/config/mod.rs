@@ -274,7 +274,7 @@ impl Default for Config {
             email: None,
             security: SecuritySettings::default(),
             responders: Vec::new(),
-            escalation: EscalationSettings::default_for(&[crate::channel::ChannelKind::Log]),
+            escalation: EscalationSettings::standard(),
             agent_silent_after: Duration::from_secs(600),
             http: None,
         }

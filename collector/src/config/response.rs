@@ -77,6 +77,9 @@ pub enum Target {
     Group(String),
     /// A configured notification channel (its message mentions the tier's responders).
     Channel(ChannelKind),
+    /// Every configured channel: the default policy's, so that a configuration built in code
+    /// (`Config { slack: Some(..), ..Config::default() }`) notifies the channels it has.
+    EveryChannel,
 }
 
 /// One step of an escalation policy.
@@ -103,13 +106,8 @@ pub struct EscalationSettings {
 impl EscalationSettings {
     /// The policy when `[escalation]` is absent: one tier, everyone and every channel, for
     /// alerts and drills alike.
-    pub fn default_for(channels: &[ChannelKind]) -> Self {
-        let tier = || {
-            vec![Tier {
-                notify: std::iter::once(Target::Everyone).chain(channels.iter().map(|c| Target::Channel(*c))).collect(),
-                wait: DEFAULT_TIER_WAIT,
-            }]
-        };
+    pub fn standard() -> Self {
+        let tier = || vec![Tier { notify: vec![Target::Everyone, Target::EveryChannel], wait: DEFAULT_TIER_WAIT }];
         EscalationSettings {
             responder_offline_after: DEFAULT_RESPONDER_OFFLINE_AFTER,
             emergency: tier(),
@@ -136,15 +134,19 @@ impl Tier {
                     Target::Everyone => true,
                     Target::Responder(name) => name == &r.name,
                     Target::Group(g) => r.groups.iter().any(|rg| rg == g),
-                    Target::Channel(_) => false,
+                    Target::Channel(_) | Target::EveryChannel => false,
                 })
             })
             .collect()
     }
 
-    /// The channels this tier notifies, in delivery order, each once.
-    pub fn channels(&self) -> Vec<ChannelKind> {
-        ChannelKind::ALL.into_iter().filter(|c| self.notify.contains(&Target::Channel(*c))).collect()
+    /// The channels this tier notifies among the `configured` ones, in delivery order, each once.
+    pub fn channels(&self, configured: &[ChannelKind]) -> Vec<ChannelKind> {
+        configured
+            .iter()
+            .copied()
+            .filter(|c| self.notify.iter().any(|t| *t == Target::Channel(*c) || *t == Target::EveryChannel))
+            .collect()
     }
 }
 
@@ -234,7 +236,7 @@ pub(super) fn escalation(
     responders: &[ResponderConfig],
     channels: &[ChannelKind],
 ) -> Result<EscalationSettings, ConfigError> {
-    let mut e = EscalationSettings::default_for(channels);
+    let mut e = EscalationSettings::standard();
     if let Some(v) = raw.responder_offline_after_secs {
         e.responder_offline_after =
             Duration::from_secs(within(file, "escalation.responder_offline_after_secs", v, 30, DAY_SECS, "s")?);
@@ -380,7 +382,7 @@ drill     = [ {{ notify = [\"group:drill\"] }} ]
         let names = |t: &Tier| t.responders(&c.responders).iter().map(|r| r.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&e.emergency[0]), ["Sam Lee", "Kim Park"]);
         assert_eq!(names(&e.emergency[1]), ["Sam Lee", "Kim Park", "Duty Manager"]);
-        assert_eq!(e.emergency[0].channels(), [ChannelKind::Slack]);
+        assert_eq!(e.emergency[0].channels(&c.channels()), [ChannelKind::Slack]);
         assert_eq!(e.drill, vec![Tier { notify: vec![Target::Group("drill".into())], wait: DEFAULT_TIER_WAIT }]);
         assert_eq!(e.policy(true), &e.drill[..]);
     }
@@ -392,15 +394,13 @@ drill     = [ {{ notify = [\"group:drill\"] }} ]
         assert_eq!(e.responder_offline_after, DEFAULT_RESPONDER_OFFLINE_AFTER);
         for p in [&e.emergency, &e.drill] {
             assert_eq!(p.len(), 1);
-            assert_eq!(
-                p[0].notify,
-                vec![Target::Everyone, Target::Channel(ChannelKind::Log), Target::Channel(ChannelKind::Slack)]
-            );
+            assert_eq!(p[0].notify, vec![Target::Everyone, Target::EveryChannel]);
+            assert_eq!(p[0].channels(&c.channels()), [ChannelKind::Log, ChannelKind::Slack]);
             assert_eq!(p[0].wait, Duration::from_secs(60));
         }
         let c = Config::parse("", None).unwrap();
         assert!(c.responders.is_empty());
-        assert_eq!(c.escalation.emergency[0].channels(), [ChannelKind::Log]);
+        assert_eq!(c.escalation.emergency[0].channels(&c.channels()), [ChannelKind::Log]);
     }
 
     #[test]

@@ -3,18 +3,37 @@
 use rusqlite::{params, OptionalExtension};
 use sos_shared::AlertId;
 
-use super::{enrolled_as, AlertRecord, Cancellation, Cancelled, Db, Delivery, NewAlert, StoreError, Stored};
+use super::{
+    enrolled_as, AlertRecord, Cancellation, Cancelled, Db, Delivery, NewAlert, ResponsePlan, StoreError, Stored,
+};
 
 impl Db {
-    /// Store alerts and their outbox jobs in one transaction. All or nothing. The jobs are due
-    /// at `jobs_at_ms` (on the [`outbox_clock_ms`](super::outbox_clock_ms) scale).
+    /// Store alerts with one outbox job per channel of `channels` (one tier, no responders):
+    /// [`Db::insert_alerts_planned`] with [`ResponsePlan::channels_only`].
     ///
     /// # Errors
     /// If the transaction fails; then nothing was stored.
     pub fn insert_alerts(
         &mut self,
         alerts: &[NewAlert],
-        channels: &[&str],
+        channels: &[&'static str],
+        jobs_at_ms: i64,
+    ) -> Result<Vec<Stored>, StoreError> {
+        self.insert_alerts_planned(alerts, &ResponsePlan::channels_only(channels), jobs_at_ms)
+    }
+
+    /// Store alerts in one transaction, all or nothing, each with its response started: its
+    /// state, its `received` event, and the first tier of its escalation policy fired (the
+    /// tier's outbox jobs, its deadline; every tier at once and the sender's `unanswered`
+    /// notice if nobody can be reached). The jobs and deadlines are on the
+    /// [`outbox_clock_ms`](super::outbox_clock_ms) scale, from `jobs_at_ms`.
+    ///
+    /// # Errors
+    /// If the transaction fails; then nothing was stored.
+    pub fn insert_alerts_planned(
+        &mut self,
+        alerts: &[NewAlert],
+        plan: &ResponsePlan,
         jobs_at_ms: i64,
     ) -> Result<Vec<Stored>, StoreError> {
         let tx = self.conn.transaction()?;
@@ -25,10 +44,6 @@ impl Db {
                                      location, message, agent, source, key_id, agent_id, agent_name, agent_host)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                  ON CONFLICT (alert_id) DO NOTHING",
-            )?;
-            let mut insert_job = tx.prepare_cached(
-                "INSERT INTO outbox (alert_id, channel, state, created_at_ms, next_attempt_at_ms)
-                 VALUES (?1, ?2, 'pending', ?3, ?3)",
             )?;
             for a in alerts {
                 let s = &a.sos;
@@ -51,9 +66,7 @@ impl Db {
                     a.enrolled.as_ref().map(|e| &e.host),
                 ])?;
                 if n == 1 {
-                    for ch in channels {
-                        insert_job.execute(params![id, ch, jobs_at_ms])?;
-                    }
+                    Db::start_response(&tx, plan, a, jobs_at_ms)?;
                     out.push(Stored::New);
                 } else {
                     out.push(Stored::Duplicate);
@@ -95,6 +108,8 @@ impl Db {
                         (Some(at_ms), reason) => Some(Cancellation { at_ms, reason: reason.unwrap_or_default() }),
                         (None, _) => None,
                     },
+                    audience: Default::default(),
+                    update: None,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -155,7 +170,7 @@ impl Db {
                     "UPDATE alerts SET cancelled_at_ms = ?2, cancel_reason = ?3 WHERE alert_id = ?1",
                     params![id, now_ms, reason],
                 )?;
-                for ch in channels {
+                for ch in Db::cancel_response(&tx, &id, reason, now_ms, channels)? {
                     tx.execute(
                         "INSERT INTO outbox (alert_id, channel, kind, state, created_at_ms, next_attempt_at_ms)
                          VALUES (?1, ?2, 'cancel', 'pending', ?3, ?3) ON CONFLICT DO NOTHING",

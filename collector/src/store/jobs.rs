@@ -2,7 +2,8 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::{enrolled_as, AlertRecord, Cancellation, Db, Job, JobOutcome, StoreError};
+use super::sqlite::response::{alert_record, ALERT_COLUMNS, DETAIL_SEP};
+use super::{AlertUpdate, Audience, Db, Job, JobOutcome, StoreError};
 
 impl Db {
     /// Pending jobs of `channel` due at `now_ms`, oldest first.
@@ -10,48 +11,38 @@ impl Db {
     /// # Errors
     /// If the query fails.
     pub fn due_jobs(&self, channel: &str, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT o.id, o.attempts, o.created_at_ms, a.alert_id, a.test, a.triggered_at,
-                    a.received_at_ms, a.user, a.host, a.ip, a.location, a.message, a.source,
-                    o.kind, a.cancelled_at_ms, a.cancel_reason, a.agent_id, a.agent_name, a.agent_host
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT o.id, o.attempts, o.created_at_ms, o.kind, o.tier, o.mentions, o.recipients, o.detail, {ALERT_COLUMNS}
              FROM outbox o JOIN alerts a ON a.alert_id = o.alert_id
              WHERE o.channel = ?1 AND o.state = 'pending' AND o.next_attempt_at_ms <= ?2
-               -- a cancellation never overtakes its alert on a channel
-               AND NOT (o.kind = 'cancel' AND EXISTS (
+               -- news about an alert (its cancellation, a reminder, who answered) never
+               -- overtakes the alert on a channel
+               AND NOT (o.kind <> 'alert' AND EXISTS (
                    SELECT 1 FROM outbox p WHERE p.alert_id = o.alert_id AND p.channel = o.channel
                                           AND p.kind = 'alert' AND p.state = 'pending'))
-             ORDER BY o.next_attempt_at_ms, o.id LIMIT ?3",
-        )?;
+             ORDER BY o.next_attempt_at_ms, o.id LIMIT ?3"
+        ))?;
         let rows = stmt.query_map(params![channel, now_ms, limit as i64], |r| {
-            let id: String = r.get(3)?;
-            Ok(Job {
-                id: r.get(0)?,
-                attempts: r.get(1)?,
-                created_at_ms: r.get(2)?,
-                alert: AlertRecord {
-                    alert_id: id.parse().map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
-                    })?,
-                    test: r.get(4)?,
-                    triggered_at: r.get(5)?,
-                    received_at_ms: r.get(6)?,
-                    user: r.get(7)?,
-                    host: r.get(8)?,
-                    ip: r.get(9)?,
-                    location: r.get(10)?,
-                    message: r.get(11)?,
-                    source: r.get(12)?,
-                    enrolled: enrolled_as(r, 16)?,
-                    cancellation: if r.get::<_, String>(13)? == "cancel" {
-                        Some(Cancellation {
-                            at_ms: r.get::<_, Option<i64>>(14)?.unwrap_or_default(),
-                            reason: r.get::<_, Option<String>>(15)?.unwrap_or_default(),
-                        })
-                    } else {
-                        None
-                    },
-                },
-            })
+            let kind: String = r.get(3)?;
+            let list = |at: usize| -> rusqlite::Result<Vec<String>> {
+                Ok(r.get::<_, String>(at)?.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect())
+            };
+            let mut alert = alert_record(r, 8)?;
+            alert.audience = Audience { tier: r.get::<_, i64>(4)?.max(1) as u32, mentions: list(5)?, emails: list(6)? };
+            let detail: String = r.get(7)?;
+            let mut fields = detail.split(DETAIL_SEP).map(str::to_owned);
+            let mut field = || fields.next().unwrap_or_default();
+            alert.update = match kind.as_str() {
+                "reminder" => Some(AlertUpdate::Reminder { after_secs: field().parse().unwrap_or(0) }),
+                "acknowledged" => Some(AlertUpdate::Acknowledged { by: field(), note: field() }),
+                "resolved" => Some(AlertUpdate::Resolved { by: field(), note: field(), outcome: field() }),
+                _ => None,
+            };
+            // Only a cancellation job is about the cancellation.
+            if kind != "cancel" {
+                alert.cancellation = None;
+            }
+            Ok(Job { id: r.get(0)?, attempts: r.get(1)?, created_at_ms: r.get(2)?, alert })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -68,7 +59,7 @@ impl Db {
             .query_row(
                 "SELECT MIN(o.next_attempt_at_ms) FROM outbox o
                  WHERE o.channel = ?1 AND o.state = 'pending'
-                   AND NOT (o.kind = 'cancel' AND EXISTS (
+                   AND NOT (o.kind <> 'alert' AND EXISTS (
                        SELECT 1 FROM outbox p WHERE p.alert_id = o.alert_id AND p.channel = o.channel
                                               AND p.kind = 'alert' AND p.state = 'pending'))",
                 params![channel],

@@ -25,10 +25,16 @@ mod db;
 mod health;
 mod jobs;
 mod presence;
+pub mod response;
 mod schema;
+mod sqlite;
 mod writer;
 
 pub use db::Db;
+pub use response::{
+    Acknowledged, AlertState, AlertUpdate, Audience, Event, PopupTarget, Response, ResponsePlan, Transition, Via,
+};
+pub use sqlite::response::clean_note;
 pub use writer::Store;
 
 /// How often heartbeats (presence) are written to the store. Presence is advisory: a crash
@@ -167,6 +173,12 @@ pub struct AlertRecord {
     /// Set when the sender cancelled the alert. In an outbox job it means the job is the
     /// cancellation notice, not the alert.
     pub cancellation: Option<Cancellation>,
+    /// In an outbox job: the escalation tier it belongs to and who it mentions or mails beyond
+    /// the channel's own audience. Default elsewhere.
+    pub audience: Audience,
+    /// In an outbox job: the job is this update of the alert (a reminder, "acknowledged by",
+    /// "resolved by"), not the alert itself. `None` elsewhere.
+    pub update: Option<AlertUpdate>,
 }
 
 /// The sender withdrew an alert (a false alarm).
@@ -281,14 +293,18 @@ pub fn now_ms() -> i64 {
 }
 
 /// The outbox's clock, in ms: the wall clock when the process first reads it, then advanced by
-/// the monotonic clock only. Every outbox deadline (when a job was created, when it is due) is
-/// on this scale, so a step of the wall clock neither delays a retry nor gives up early; the
-/// deadlines kept in the store are re-based on it when a worker starts
-/// ([`Db::rebase_outbox`]). Under paused tokio time it follows the paused clock.
+/// the monotonic clock only. Every outbox deadline (when a job was created, when it is due) and
+/// every escalation deadline is on this scale, so a step of the wall clock neither delays a
+/// retry or a tier nor fires it early; the deadlines kept in the store are re-based on it when
+/// a worker or the escalation engine starts ([`Db::rebase_outbox`], [`Db::rebase_escalations`]).
+/// Under paused tokio time it follows the paused clock of the runtime it is called from (the
+/// origin is a real instant, so runtimes paused at different times each see their own clock
+/// advance); called from a thread outside any runtime (the store's writer) it follows real
+/// time, so callers read it in their task and hand it to the writer.
 pub fn outbox_clock_ms() -> i64 {
-    static ORIGIN: std::sync::OnceLock<(tokio::time::Instant, i64)> = std::sync::OnceLock::new();
-    let (at, wall) = ORIGIN.get_or_init(|| (tokio::time::Instant::now(), now_ms()));
-    wall + tokio::time::Instant::now().saturating_duration_since(*at).as_millis() as i64
+    static ORIGIN: std::sync::OnceLock<(std::time::Instant, i64)> = std::sync::OnceLock::new();
+    let (at, wall) = ORIGIN.get_or_init(|| (std::time::Instant::now(), now_ms()));
+    wall + tokio::time::Instant::now().into_std().saturating_duration_since(*at).as_millis() as i64
 }
 
 #[cfg(test)]

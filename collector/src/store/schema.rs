@@ -122,9 +122,88 @@ CREATE TABLE IF NOT EXISTS registry_version (
 INSERT OR IGNORE INTO registry_version VALUES (0, 0);
 ";
 
+/// Version 4: the responder loop (issue 16). The outbox gains the kinds of the loop (a tier's
+/// notification, a reminder, "acknowledged by", "resolved by"), the tier a job belongs to, its
+/// audience (chat mentions and extra email recipients, fixed when the tier fired), and the
+/// state `stopped` (an acknowledgement stopped it before it went out). Per alert: its response
+/// state (`responses`), its append-only timeline (`alert_events`), its pending escalation
+/// deadline (`escalations`, on the outbox clock), and the notices owed to its sender
+/// (`sender_notices`). Alerts stored before this version get no response row: they never
+/// pop up on responders' desktops after an upgrade.
+const V4: &str = "
+CREATE TABLE outbox_v4 (
+    id                 INTEGER PRIMARY KEY,
+    alert_id           TEXT NOT NULL REFERENCES alerts(alert_id),
+    channel            TEXT NOT NULL,
+    kind               TEXT NOT NULL DEFAULT 'alert'
+                       CHECK (kind IN ('alert', 'cancel', 'reminder', 'acknowledged', 'resolved')),
+    tier               INTEGER NOT NULL DEFAULT 1,
+    state              TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed', 'stopped')),
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    created_at_ms      INTEGER NOT NULL,
+    next_attempt_at_ms INTEGER NOT NULL,
+    delivered_at_ms    INTEGER,
+    last_error         TEXT,
+    mentions           TEXT NOT NULL DEFAULT '',
+    recipients         TEXT NOT NULL DEFAULT '',
+    detail             TEXT NOT NULL DEFAULT '',
+    UNIQUE (alert_id, channel, kind, tier)
+);
+INSERT INTO outbox_v4 (id, alert_id, channel, kind, state, attempts, created_at_ms, next_attempt_at_ms, delivered_at_ms, last_error)
+    SELECT id, alert_id, channel, kind, state, attempts, created_at_ms, next_attempt_at_ms, delivered_at_ms, last_error FROM outbox;
+DROP TABLE outbox;
+ALTER TABLE outbox_v4 RENAME TO outbox;
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (channel, state, next_attempt_at_ms);
+CREATE INDEX IF NOT EXISTS outbox_alert ON outbox (alert_id);
+CREATE TABLE IF NOT EXISTS responses (
+    alert_id           TEXT PRIMARY KEY REFERENCES alerts(alert_id),
+    state              TEXT NOT NULL
+                       CHECK (state IN ('received', 'notified', 'acknowledged', 'resolved', 'cancelled', 'checked')),
+    seq                INTEGER NOT NULL DEFAULT 1,
+    tier               INTEGER NOT NULL DEFAULT 0,
+    reminder_seq       INTEGER NOT NULL DEFAULT 0,
+    by_responder       TEXT NOT NULL DEFAULT '',
+    note               TEXT NOT NULL DEFAULT '',
+    outcome            TEXT NOT NULL DEFAULT '',
+    responders         TEXT NOT NULL DEFAULT '',
+    acknowledged_at_ms INTEGER,
+    changed_at_ms      INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS responses_recent ON responses (changed_at_ms);
+CREATE TABLE IF NOT EXISTS alert_events (
+    id       INTEGER PRIMARY KEY,
+    alert_id TEXT NOT NULL REFERENCES alerts(alert_id),
+    at_ms    INTEGER NOT NULL,
+    kind     TEXT NOT NULL,
+    who      TEXT NOT NULL,
+    via      TEXT NOT NULL,
+    note     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_events_alert ON alert_events (alert_id, id);
+CREATE TABLE IF NOT EXISTS escalations (
+    alert_id  TEXT PRIMARY KEY REFERENCES alerts(alert_id),
+    next_tier INTEGER NOT NULL,
+    set_at_ms INTEGER NOT NULL,
+    due_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS escalations_due ON escalations (due_at_ms);
+CREATE TABLE IF NOT EXISTS sender_notices (
+    alert_id        TEXT NOT NULL REFERENCES alerts(alert_id),
+    event           TEXT NOT NULL CHECK (event IN ('acknowledged', 'resolved', 'unanswered')),
+    principal       TEXT NOT NULL,
+    responder       TEXT NOT NULL,
+    note            TEXT NOT NULL,
+    at_ms           INTEGER NOT NULL,
+    confirmed_at_ms INTEGER,
+    PRIMARY KEY (alert_id, event)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sender_notices_pending ON sender_notices (confirmed_at_ms);
+";
+
 /// The web console (collector/src/http): responders' password hashes, one-time invitations
-/// (only a hash of each token), the write probe of `/readyz`, and agents found silent (so that
-/// one notice is sent per silence, across restarts). Keep this the last migration.
+/// (only a hash of each token), the write probe of `/readyz`, agents found silent (so that one
+/// notice is sent per silence, across restarts), and an index of alerts by time (the history and
+/// its export walk it a page at a time). Keep this the last migration.
 const V_CONSOLE: &str = "
 CREATE TABLE IF NOT EXISTS console_accounts (
     name          TEXT PRIMARY KEY,
@@ -142,6 +221,7 @@ CREATE TABLE IF NOT EXISTS console_probe (
     id    INTEGER PRIMARY KEY CHECK (id = 0),
     at_ms INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS alerts_received ON alerts (received_at_ms, alert_id);
 CREATE TABLE IF NOT EXISTS silent_agents (
     agent_id        TEXT PRIMARY KEY,
     silent_since_ms INTEGER NOT NULL
@@ -149,7 +229,7 @@ CREATE TABLE IF NOT EXISTS silent_agents (
 ";
 
 /// Every migration, in order: the store's version is how many have run.
-const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3), M::up(V_CONSOLE)];
+const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V_CONSOLE)];
 
 /// The schema version this collector writes.
 pub const VERSION: usize = MIGRATIONS.len();

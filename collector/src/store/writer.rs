@@ -9,16 +9,18 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::health::{busy_clock_ms, Health, STALL_WARNING};
 use super::outbox_clock_ms;
-use super::{AgentSeen, Cancelled, Db, Job, JobOutcome, NewAlert, StoreError, Stored, MAX_GROUP};
+use super::{AgentSeen, Cancelled, Db, Job, JobOutcome, NewAlert, ResponsePlan, StoreError, Stored, MAX_GROUP};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Command {
-    Insert(Box<NewAlert>, Reply<Stored>),
+    /// An alert, with the outbox clock of the caller (jobs and deadlines are dated on it).
+    Insert(Box<NewAlert>, i64, Reply<Stored>),
     DueJobs(&'static str, i64, usize, Reply<Vec<Job>>),
     NextDue(&'static str, Reply<Option<i64>>),
     Finish(Vec<(i64, JobOutcome)>, i64, Reply<()>),
-    Cancel(AlertId, String, String, i64, Reply<Cancelled>),
+    /// A cancellation: alert, reason, principal, wall clock, the caller's outbox clock.
+    Cancel(AlertId, String, String, i64, i64, Reply<Cancelled>),
     /// Anything else the writer should do (the agent registry, say).
     Exec(Box<dyn FnOnce(&mut Db) + Send>),
     /// Heartbeats gathered since the last flush: one transaction.
@@ -43,6 +45,17 @@ pub struct Store {
     ended: tokio::sync::watch::Receiver<Option<String>>,
     /// See [`Health::busy_since_ms`].
     busy_since_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Notified after every commit that changes an alert's response state ([`Store::changes`]).
+    changes: Arc<Notify>,
+    /// The escalation policy every new alert starts with, and that the escalation engine fires.
+    plan: Arc<ResponsePlan>,
+}
+
+/// Wake every listener of [`Store::changes`] waiting now, and leave one permit for a listener
+/// between two waits.
+fn announce(changes: &Notify) {
+    changes.notify_waiters();
+    changes.notify_one();
 }
 
 impl std::fmt::Debug for Command {
@@ -99,7 +112,24 @@ impl Store {
     ///
     /// # Errors
     /// If the thread cannot be spawned.
-    pub fn start(mut db: Db, channels: &[&'static str]) -> std::io::Result<(Store, std::thread::JoinHandle<()>)> {
+    pub fn start(db: Db, channels: &[&'static str]) -> std::io::Result<(Store, std::thread::JoinHandle<()>)> {
+        Self::start_planned(db, channels, ResponsePlan::channels_only(channels))
+    }
+
+    /// [`Store::start`] with an escalation policy: every new alert fires the first tier of
+    /// `plan` (whose channels must be among `channels`, the ones with an outbox worker).
+    ///
+    /// # Errors
+    /// If the thread cannot be spawned.
+    pub fn start_planned(
+        mut db: Db,
+        channels: &[&'static str],
+        plan: ResponsePlan,
+    ) -> std::io::Result<(Store, std::thread::JoinHandle<()>)> {
+        let plan = Arc::new(plan);
+        let thread_plan = plan.clone();
+        let changes = Arc::new(Notify::new());
+        let thread_changes = changes.clone();
         let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
         let wakers: Arc<Vec<_>> = Arc::new(channels.iter().map(|c| (*c, Arc::new(Notify::new()))).collect());
         let thread_wakers = wakers.clone();
@@ -114,8 +144,9 @@ impl Store {
             let _checkpointer = checkpointer;
             // A panic here must not leave a process that refuses every SOS forever: it is
             // caught, and the service ends with the reason (see `Store::ended`).
-            let run =
-                std::panic::AssertUnwindSafe(|| Self::write(&mut db, &mut rx, &names, &thread_wakers, &mut health));
+            let run = std::panic::AssertUnwindSafe(|| {
+                Self::write(&mut db, &mut rx, &names, &thread_plan, &thread_wakers, &thread_changes, &mut health)
+            });
             let why = match std::panic::catch_unwind(run) {
                 Ok(None) => return,
                 Ok(Some(damage)) => {
@@ -134,7 +165,17 @@ impl Store {
             let _ = ended_tx.send(Some(why));
         })?;
         Ok((
-            Store { tx, wakers, stalled: Arc::default(), presence: Arc::default(), failing, ended, busy_since_ms },
+            Store {
+                tx,
+                wakers,
+                stalled: Arc::default(),
+                presence: Arc::default(),
+                failing,
+                ended,
+                busy_since_ms,
+                changes,
+                plan,
+            },
             handle,
         ))
     }
@@ -145,7 +186,9 @@ impl Store {
         db: &mut Db,
         rx: &mut mpsc::UnboundedReceiver<Command>,
         names: &[&'static str],
+        plan: &ResponsePlan,
         thread_wakers: &[(&'static str, Arc<Notify>)],
+        changes: &Notify,
         health: &mut Health,
     ) -> Option<String> {
         {
@@ -160,7 +203,7 @@ impl Store {
                 let mut next = Some(first);
                 while let Some(cmd) = next.take() {
                     match cmd {
-                        Command::Insert(a, r) => inserts.push((a, r)),
+                        Command::Insert(a, clock, r) => inserts.push((a, clock, r)),
                         Command::Seen(a) => seen.extend(a),
                         other => others.push(other),
                     }
@@ -169,8 +212,10 @@ impl Store {
                     }
                 }
                 if !inserts.is_empty() {
-                    let batch: Vec<NewAlert> = inserts.iter().map(|(a, _)| (**a).clone()).collect();
-                    let res = db.insert_alerts(&batch, names, outbox_clock_ms());
+                    let batch: Vec<NewAlert> = inserts.iter().map(|(a, _, _)| (**a).clone()).collect();
+                    // The earliest clock of the batch: nothing is dated later than its caller's now.
+                    let clock = inserts.iter().map(|(_, c, _)| *c).min().unwrap_or_else(outbox_clock_ms);
+                    let res = db.insert_alerts_planned(&batch, plan, clock);
                     health.observe(res.as_ref().err());
                     match res {
                         Ok(results) => {
@@ -178,13 +223,14 @@ impl Store {
                                 for (_, n) in thread_wakers.iter() {
                                     n.notify_one();
                                 }
+                                announce(changes);
                             }
-                            for ((_, reply), res) in inserts.into_iter().zip(results) {
+                            for ((_, _, reply), res) in inserts.into_iter().zip(results) {
                                 let _ = reply.send(Ok(res));
                             }
                         }
                         Err(e) => {
-                            for (_, reply) in inserts {
+                            for (_, _, reply) in inserts {
                                 let _ = reply.send(Err(e.clone()));
                             }
                         }
@@ -199,13 +245,14 @@ impl Store {
                 }
                 for cmd in others {
                     match cmd {
-                        Command::Cancel(id, reason, key_id, now, r) => {
-                            let res = db.cancel(id, &reason, &key_id, names, now, outbox_clock_ms());
+                        Command::Cancel(id, reason, key_id, now, clock, r) => {
+                            let res = db.cancel(id, &reason, &key_id, names, now, clock);
                             health.observe(res.as_ref().err());
                             if matches!(res, Ok(Cancelled::New)) {
                                 for (_, n) in thread_wakers.iter() {
                                     n.notify_one();
                                 }
+                                announce(changes);
                             }
                             let _ = r.send(res);
                         }
@@ -268,7 +315,8 @@ impl Store {
     /// # Errors
     /// If the commit failed: the alert is not stored and must not be acknowledged.
     pub async fn insert(&self, alert: NewAlert) -> Result<Stored, StoreError> {
-        self.call(|r| Command::Insert(Box::new(alert), r)).await
+        let clock = outbox_clock_ms();
+        self.call(|r| Command::Insert(Box::new(alert), clock, r)).await
     }
 
     /// See [`Db::due_jobs`].
@@ -306,7 +354,8 @@ impl Store {
         key_id: String,
         now_ms: i64,
     ) -> Result<Cancelled, StoreError> {
-        self.call(|r| Command::Cancel(alert_id, reason, key_id, now_ms, r)).await
+        let clock = outbox_clock_ms();
+        self.call(|r| Command::Cancel(alert_id, reason, key_id, now_ms, clock, r)).await
     }
 
     /// Run `f` on the writer thread, in order with every other write.
@@ -358,6 +407,35 @@ impl Store {
         match why {
             Ok(why) => why,
             Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Notified after every commit that changes an alert's response state: a new alert, a tier
+    /// fired, an acknowledgement, a resolve, a cancellation, a check, a notice confirmed — and
+    /// when the escalation engine sees a commit by another process (`sos-collector alerts ack`).
+    /// Each notification wakes every task waiting now and leaves one permit for the next.
+    pub fn changes(&self) -> Arc<Notify> {
+        self.changes.clone()
+    }
+
+    /// The escalation policy this store was started with.
+    pub fn plan(&self) -> Arc<ResponsePlan> {
+        self.plan.clone()
+    }
+
+    /// After a commit that changed an alert's response: wake [`Store::changes`]'s listeners
+    /// and, if it queued notifications (`jobs`), every outbox worker.
+    pub fn changed(&self, jobs: bool) {
+        if jobs {
+            self.wake_channels();
+        }
+        announce(&self.changes);
+    }
+
+    /// Wake every outbox worker (jobs were committed, here or by another process).
+    pub fn wake_channels(&self) {
+        for (_, n) in self.wakers.iter() {
+            n.notify_one();
         }
     }
 

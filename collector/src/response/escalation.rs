@@ -1,0 +1,322 @@
+//! The escalation engine: the next tier of an alert nobody acknowledged, at its deadline.
+//!
+//! - The first tier fires when the alert is stored, in the same transaction (see
+//!   [`Db::insert_alerts_planned`](crate::store::Db::insert_alerts_planned)); each tier sets the
+//!   deadline of the next in the store (`escalations`). This task fires the deadlines that are
+//!   due: the next tier's channels and responders are notified and the earlier tiers reminded,
+//!   all in one transaction per batch, at most [`BATCH`] alerts per transaction.
+//! - Deadlines are on the outbox clock ([`outbox_clock_ms`]): monotonic while the collector
+//!   runs, so a step of the wall clock neither fires a tier early nor holds it back. At start
+//!   the deadlines kept in the store are re-based on this run's clock
+//!   ([`Db::rebase_escalations`](crate::store::Db::rebase_escalations)): one set "in the
+//!   future" (the clock was stepped back while the collector was down) is due at most its wait
+//!   from now; one whose wait passed while the collector was down fires at once.
+//! - An acknowledgement deletes the deadline in its own transaction; a deadline whose alert was
+//!   acknowledged, resolved or cancelled in the meantime is dropped without firing (the store
+//!   serialises both, so a tier fired a moment before an acknowledgement has its jobs stopped by it).
+//! - The engine wakes at the next deadline, and at least every [`POLL`]: another process (the
+//!   CLI's `alerts ack`) may have changed the store. It notices such commits (SQLite's
+//!   `data_version`), re-bases the jobs they queued on this run's clock, wakes the outbox
+//!   workers and [`Store::changes`]' listeners. No busy loop: a full batch is followed at once
+//!   by the next, anything less sleeps.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::store::{now_ms, outbox_clock_ms, Store, StoreError};
+
+/// The longest the engine sleeps: how soon it notices a commit by another process.
+pub const POLL: Duration = Duration::from_secs(1);
+
+/// The most deadlines fired in one transaction.
+pub const BATCH: usize = 256;
+
+/// Fire due escalation deadlines until `shutdown`.
+pub async fn run(store: Store, shutdown: CancellationToken) {
+    let plan = store.plan();
+    let clock = outbox_clock_ms();
+    match store.exec(move |db| db.rebase_escalations(clock)).await {
+        Ok(0) => {}
+        Ok(n) => {
+            info!(deadlines = n, "escalation deadlines re-based on this run's clock (the clock was stepped back?)")
+        }
+        Err(e) => warn!(error = %e, "cannot re-base escalation deadlines"),
+    }
+    info!("escalation engine started");
+    let mut seen_version: Option<i64> = None;
+    let mut failing = false;
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let tick_plan = plan.clone();
+        // Read here, not on the writer's thread: under paused time (tests) that is the clock.
+        let (now, clock) = (now_ms(), outbox_clock_ms());
+        let tick = store
+            .exec(move |db| {
+                let version = db.data_version()?;
+                let (fired, next) = db.escalate_due(&tick_plan, now, clock, BATCH)?;
+                Ok((version, fired, next))
+            })
+            .await;
+        let wait = match tick {
+            Ok((version, fired, next)) => {
+                if failing {
+                    info!("escalation engine: the store answers again");
+                    failing = false;
+                }
+                if seen_version.is_some_and(|v| v != version) {
+                    // Another process committed (an acknowledgement from the command line): the
+                    // jobs it queued are dated on its clock; bring them onto ours and wake everyone.
+                    let clock = outbox_clock_ms();
+                    if let Err(e) = store.exec(move |db| db.rebase_foreign_jobs(clock)).await {
+                        warn!(error = %e, "cannot re-base jobs queued by another process");
+                    }
+                    store.changed(true);
+                }
+                seen_version = Some(version);
+                for (alert_id, tier) in &fired {
+                    warn!(%alert_id, tier, "nobody acknowledged in time: tier {tier} notified, earlier tiers reminded");
+                }
+                if !fired.is_empty() {
+                    store.changed(true);
+                }
+                if fired.len() >= BATCH {
+                    Duration::ZERO
+                } else {
+                    next.map_or(POLL, |t| Duration::from_millis((t - outbox_clock_ms()).max(0) as u64).min(POLL))
+                }
+            }
+            Err(StoreError::Closed) => break,
+            Err(e) => {
+                if !failing {
+                    error!(error = %e, "ESCALATION STALLED: cannot read or fire escalation deadlines; retrying every second");
+                }
+                failing = true;
+                POLL
+            }
+        };
+        if wait.is_zero() {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    info!("escalation engine stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use sos_shared::AlertId;
+
+    use super::*;
+    use crate::store::response::{PlannedResponder, ResponsePlan, TierPlan};
+    use crate::store::tests::alert;
+    use crate::store::{Db, Response as _, Transition, Via};
+
+    fn plan() -> ResponsePlan {
+        let who = |name: &str| PlannedResponder {
+            name: name.into(),
+            chat: None,
+            email: Some(format!("{name}@example.com")),
+            agents: vec![format!("{name}-desk")],
+        };
+        ResponsePlan {
+            emergency: vec![
+                TierPlan { channels: vec!["slack"], responders: vec![who("sam")], wait_ms: 60_000 },
+                TierPlan { channels: vec!["email"], responders: vec![who("kim")], wait_ms: 60_000 },
+            ],
+            drill: vec![],
+            offline_after_ms: 150_000,
+        }
+    }
+
+    struct Running {
+        store: Store,
+        writer: std::thread::JoinHandle<()>,
+        stop: CancellationToken,
+        engine: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(path: &Path) -> Running {
+        let (store, writer) =
+            Store::start_planned(Db::open(path).unwrap(), &["log", "slack", "email"], plan()).unwrap();
+        let stop = CancellationToken::new();
+        let engine = tokio::spawn(run(store.clone(), stop.clone()));
+        Running { store, writer, stop, engine }
+    }
+
+    impl Running {
+        /// Stop as a collector does: engine, then the store's writer.
+        async fn stop(self) {
+            self.stop.cancel();
+            self.engine.await.unwrap();
+            drop(self.store);
+            tokio::task::spawn_blocking(move || self.writer.join().unwrap()).await.unwrap();
+        }
+    }
+
+    /// Rows read by another connection, synchronously (no virtual time passes while reading).
+    fn rows(path: &Path, sql: &str) -> Vec<(String, String, String)> {
+        let db = Db::open_read_only(path).unwrap();
+        let mut s = db.conn.prepare(sql).unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+    }
+
+    fn tier2_jobs(path: &Path) -> Vec<(String, String, String)> {
+        rows(path, "SELECT channel, kind, state FROM outbox WHERE channel = 'email' OR kind = 'reminder' ORDER BY id")
+    }
+
+    fn deadline(path: &Path) -> Option<i64> {
+        Db::open_read_only(path).unwrap().next_escalation().unwrap()
+    }
+
+    /// Sleep in small steps until tier 2 fires; returns the outbox clock at which the engine
+    /// fired it (the date of its jobs). Virtual time also runs while a task waits for the
+    /// store's writer thread (real time), so the bound on lateness is loose; firing early is
+    /// what must never happen.
+    async fn wait_for_tier2(path: &Path, due: i64) -> i64 {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let fired: Vec<(String, String, String)> = rows(
+                path,
+                "SELECT channel, kind, CAST(created_at_ms AS TEXT) FROM outbox WHERE channel = 'email' AND kind = 'alert'",
+            );
+            if let Some((_, _, at)) = fired.first() {
+                return at.parse().unwrap();
+            }
+            let now = outbox_clock_ms();
+            assert!(now < due + 30_000, "tier 2 not notified 30 s after its deadline: now {now}, due {due}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_tier_1_notifies_tier_2_after_60_s() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        let c = start(&path);
+        let inserted = outbox_clock_ms();
+        c.store.insert(alert(1)).await.unwrap();
+        let due = deadline(&path).unwrap();
+        assert!((inserted + 60_000..=inserted + 61_000).contains(&due), "{due} vs {inserted}");
+        let fired = wait_for_tier2(&path, due).await;
+        assert!(fired >= due, "tier 2 fired early: {fired} < {due}");
+        assert!(fired <= due + 5_000, "tier 2 fired late: {fired} > {due} + 5 s");
+        assert_eq!(
+            tier2_jobs(&path),
+            vec![
+                ("slack".into(), "reminder".into(), "pending".into()),
+                ("email".into(), "alert".into(), "pending".into())
+            ]
+        );
+        assert_eq!(deadline(&path), None, "the last tier stays open");
+        c.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_acknowledgement_during_tier_1_means_tier_2_is_never_notified() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        let c = start(&path);
+        c.store.insert(alert(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let r = c.store.acknowledge(AlertId::from_u128(1), "sam".into(), Via::Popup, String::new()).await.unwrap();
+        assert!(matches!(r, Transition::New { .. }), "{r:?}");
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(tier2_jobs(&path).is_empty(), "{:?}", tier2_jobs(&path));
+        assert_eq!(deadline(&path), None);
+        assert_eq!(
+            rows(&path, "SELECT channel, kind, state FROM outbox ORDER BY id"),
+            vec![
+                ("slack".into(), "alert".into(), "stopped".into()),
+                ("slack".into(), "acknowledged".into(), "pending".into())
+            ]
+        );
+        c.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_collector_restarted_mid_escalation_continues_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        let c = start(&path);
+        c.store.insert(alert(1)).await.unwrap();
+        let due = deadline(&path).unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        c.stop().await;
+        assert!(tier2_jobs(&path).is_empty());
+        // Down for 10 s, then a new service on the same store.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let c = start(&path);
+        assert_eq!(deadline(&path), Some(due), "the deadline survived the restart unchanged");
+        let fired = wait_for_tier2(&path, due).await;
+        assert!(fired >= due, "fired early after the restart: {fired} < {due}");
+        assert!(fired <= due + 5_000, "fired late after the restart: {fired} > {due} + 5 s");
+        c.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_acknowledgement_from_another_process_is_noticed_and_stops_the_escalation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        let c = start(&path);
+        c.store.insert(alert(1)).await.unwrap();
+        let changes = c.store.changes();
+        let due = deadline(&path).unwrap();
+        // Right at the deadline, as `sos-collector alerts ack` does it: its own connection,
+        // its own clock. Whichever commits first, nothing of tier 2 goes out.
+        let until = Duration::from_millis((due - outbox_clock_ms()).max(0) as u64);
+        tokio::time::sleep(until).await;
+        let mut cli = Db::open(&path).unwrap();
+        let r = cli.acknowledge(AlertId::from_u128(1), "sam", Via::CommandLine, "", now_ms(), now_ms()).unwrap();
+        assert!(matches!(r, Transition::New { .. }), "{r:?}");
+        drop(cli);
+        tokio::time::timeout(Duration::from_secs(3), changes.notified()).await.expect("the service noticed");
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        let pending = rows(
+            &path,
+            "SELECT channel, kind, state FROM outbox WHERE state = 'pending' AND kind IN ('alert', 'reminder')",
+        );
+        assert!(pending.is_empty(), "{pending:?}");
+        assert_eq!(deadline(&path), None);
+        c.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_thousand_alerts_escalate_together_in_bounded_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        let alerts: Vec<_> = (1..=1000u128).map(alert).collect();
+        Db::open(&path).unwrap().insert_alerts_planned(&alerts, &plan(), outbox_clock_ms()).unwrap();
+        let due = deadline(&path).unwrap();
+        let c = start(&path);
+        // Virtual time runs on while the writer commits (real time): bound the wait in real time.
+        let started = std::time::Instant::now();
+        loop {
+            let emails = rows(&path, "SELECT channel, kind, state FROM outbox WHERE channel = 'email'").len();
+            if emails == 1000 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "{emails} of 1000 escalated after a minute");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(deadline(&path), None);
+        // Each transaction fired at most BATCH alerts: the jobs carry at most BATCH per date.
+        let per_tick = rows(
+            &path,
+            "SELECT CAST(COUNT(*) AS TEXT), '', '' FROM outbox WHERE channel = 'email' GROUP BY created_at_ms",
+        );
+        assert!(per_tick.iter().all(|(n, _, _)| n.parse::<usize>().unwrap() <= BATCH), "{per_tick:?}");
+        let first: Vec<(String, String, String)> =
+            rows(&path, "SELECT CAST(MIN(created_at_ms) AS TEXT), '', '' FROM outbox WHERE channel = 'email'");
+        assert!(first[0].0.parse::<i64>().unwrap() >= due, "escalated before the deadline");
+        c.stop().await;
+    }
+}

@@ -1,0 +1,953 @@
+//! The responder loop in SQL: response state, timeline events, tiers and their deadlines,
+//! acknowledgements, sender notices. Every transition is one transaction.
+
+use rusqlite::{params, OptionalExtension, Transaction};
+use sos_shared::protocol::{NoticeEvent, ResponderNotice};
+use sos_shared::AlertId;
+
+use crate::store::response::{AlertState, Event, PopupTarget, ResponsePlan, Transition, Via};
+use crate::store::{enrolled_as, AlertRecord, Audience, Cancellation, Db, NewAlert, StoreError};
+
+/// The alert columns [`alert_record`] reads, from `alerts a`.
+pub(crate) const ALERT_COLUMNS: &str = "a.alert_id, a.test, a.triggered_at, a.received_at_ms, a.user, a.host, a.ip, \
+     a.location, a.message, a.source, a.cancelled_at_ms, a.cancel_reason, a.agent_id, a.agent_name, a.agent_host";
+
+/// How many columns [`ALERT_COLUMNS`] is.
+pub(crate) const ALERT_COLUMN_COUNT: usize = 15;
+
+/// Alerts that changed within this long still go to responder desktops (so that a closed
+/// alert's popup is replaced), ms.
+pub const POPUP_RECENT_MS: i64 = 3600 * 1000;
+
+/// The most alerts [`Db::popup_targets`] returns, newest first.
+pub const MAX_POPUP_TARGETS: usize = 500;
+
+/// The most notices [`Db::pending_notices`] returns, newest first.
+pub const MAX_PENDING_NOTICES: usize = 1000;
+
+/// The longest note, outcome or reason kept, in characters.
+pub const MAX_NOTE: usize = 500;
+
+/// The alert in the columns from `at` ([`ALERT_COLUMNS`]), as a record of the alert itself.
+pub(crate) fn alert_record(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<AlertRecord> {
+    let id: String = r.get(at)?;
+    Ok(AlertRecord {
+        alert_id: id
+            .parse()
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(at, rusqlite::types::Type::Text, Box::new(e)))?,
+        test: r.get(at + 1)?,
+        triggered_at: r.get(at + 2)?,
+        received_at_ms: r.get(at + 3)?,
+        user: r.get(at + 4)?,
+        host: r.get(at + 5)?,
+        ip: r.get(at + 6)?,
+        location: r.get(at + 7)?,
+        message: r.get(at + 8)?,
+        source: r.get(at + 9)?,
+        enrolled: enrolled_as(r, at + 12)?,
+        cancellation: match (r.get::<_, Option<i64>>(at + 10)?, r.get::<_, Option<String>>(at + 11)?) {
+            (Some(at_ms), reason) => Some(Cancellation { at_ms, reason: reason.unwrap_or_default() }),
+            (None, _) => None,
+        },
+        audience: Audience::default(),
+        update: None,
+    })
+}
+
+/// `text` without control characters (newlines become spaces), trimmed, at most [`MAX_NOTE`]
+/// characters: what a responder or a sender typed, made safe for one line of a timeline.
+pub fn clean_note(text: &str) -> String {
+    let one_line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    one_line.trim().chars().take(MAX_NOTE).collect()
+}
+
+/// The separator of the fields of an outbox job's `detail` (no configured name or cleaned note
+/// holds a control character).
+pub(crate) const DETAIL_SEP: char = '\u{1f}';
+
+fn event(
+    tx: &Transaction<'_>,
+    id: &str,
+    at_ms: i64,
+    kind: &str,
+    who: &str,
+    via: Via,
+    note: &str,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO alert_events (alert_id, at_ms, kind, who, via, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![id, at_ms, kind, who, via.name(), note])?;
+    Ok(())
+}
+
+/// The response row of `id`: (state, by), creating it for an alert stored before the responder
+/// loop (as `notified`: its channels were). `None`: no such alert.
+fn response_state(tx: &Transaction<'_>, id: &str, now_ms: i64) -> rusqlite::Result<Option<(AlertState, String)>> {
+    let row: Option<(String, String)> = tx
+        .query_row("SELECT state, by_responder FROM responses WHERE alert_id = ?1", params![id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    if let Some((state, by)) = row {
+        return Ok(Some((AlertState::from_name(&state), by)));
+    }
+    let cancelled: Option<Option<i64>> =
+        tx.query_row("SELECT cancelled_at_ms FROM alerts WHERE alert_id = ?1", params![id], |r| r.get(0)).optional()?;
+    let Some(cancelled) = cancelled else { return Ok(None) };
+    let state = if cancelled.is_some() { AlertState::Cancelled } else { AlertState::Notified };
+    tx.execute(
+        "INSERT INTO responses (alert_id, state, tier, changed_at_ms) VALUES (?1, ?2, 1, ?3)",
+        params![id, state.name(), now_ms],
+    )?;
+    Ok(Some((state, String::new())))
+}
+
+/// Stop what an answered or withdrawn alert must no longer do: its pending tier deadline and
+/// its pending notifications and reminders (`kinds` of jobs). Returns the jobs stopped.
+fn stop_pending(tx: &Transaction<'_>, id: &str, kinds: &[&str]) -> rusqlite::Result<usize> {
+    tx.execute("DELETE FROM escalations WHERE alert_id = ?1", params![id])?;
+    let mut n = 0;
+    for kind in kinds {
+        n += tx.execute(
+            "UPDATE outbox SET state = 'stopped' WHERE alert_id = ?1 AND kind = ?2 AND state = 'pending'",
+            params![id, kind],
+        )?;
+    }
+    Ok(n)
+}
+
+/// The channels that were told of the alert (a job of its notification exists, in any state:
+/// one stopped may have been in flight), in the order they were first told.
+fn notified_channels(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT channel FROM outbox WHERE alert_id = ?1 AND kind = 'alert' GROUP BY channel ORDER BY MIN(id)",
+    )?;
+    let rows = stmt.query_map(params![id], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// Queue a job of `kind` about the alert to each of `channels`, due at `jobs_at_ms`.
+fn queue(
+    tx: &Transaction<'_>,
+    id: &str,
+    channels: &[String],
+    kind: &str,
+    detail: &str,
+    jobs_at_ms: i64,
+) -> rusqlite::Result<()> {
+    for ch in channels {
+        tx.prepare_cached(
+            "INSERT INTO outbox (alert_id, channel, kind, tier, state, created_at_ms, next_attempt_at_ms, detail)
+             VALUES (?1, ?2, ?3, 1, 'pending', ?4, ?4, ?5) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![id, ch, kind, jobs_at_ms, detail])?;
+    }
+    Ok(())
+}
+
+/// Owe the alert's sender a notice (once per event).
+fn owe_notice(
+    tx: &Transaction<'_>,
+    id: &str,
+    event: NoticeEvent,
+    responder: &str,
+    note: &str,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO sender_notices (alert_id, event, principal, responder, note, at_ms)
+         SELECT alert_id, ?2, COALESCE('agent:' || agent_id, key_id), ?3, ?4, ?5 FROM alerts WHERE alert_id = ?1
+         ON CONFLICT DO NOTHING",
+        params![id, notice_name(event), responder, note, now_ms],
+    )?;
+    Ok(())
+}
+
+fn notice_name(e: NoticeEvent) -> &'static str {
+    match e {
+        NoticeEvent::Acknowledged => "acknowledged",
+        NoticeEvent::Resolved => "resolved",
+        NoticeEvent::Unanswered => "unanswered",
+    }
+}
+
+fn notice_event(name: &str) -> NoticeEvent {
+    match name {
+        "resolved" => NoticeEvent::Resolved,
+        "unanswered" => NoticeEvent::Unanswered,
+        _ => NoticeEvent::Acknowledged,
+    }
+}
+
+/// Whether an agent of `agents` (enrolled names, not revoked) sent an authentic datagram since
+/// `since_ms` (as presence recorded it).
+fn any_online(tx: &Transaction<'_>, agents: &[String], since_ms: i64) -> rusqlite::Result<bool> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM enrolled WHERE name = ?1 AND revoked_at_ms IS NULL AND last_seen_ms >= ?2)",
+    )?;
+    for a in agents {
+        if stmt.query_row(params![a, since_ms], |r| r.get::<_, bool>(0))? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Fire tier `index` (0-based) of the alert's policy: its channels' jobs, its responders added
+/// to those notified, earlier tiers' channels reminded, the next deadline set (none after the
+/// last tier). Returns whether anyone can be reached through it: a channel other than the log,
+/// or one of its responders' agents online.
+#[allow(clippy::too_many_arguments)]
+fn fire_tier(
+    tx: &Transaction<'_>,
+    plan: &ResponsePlan,
+    id: &str,
+    test: bool,
+    received_at_ms: i64,
+    index: usize,
+    now_ms: i64,
+    jobs_at_ms: i64,
+) -> Result<bool, StoreError> {
+    let tiers = plan.policy(test);
+    let Some(tier) = tiers.get(index) else {
+        tx.execute("DELETE FROM escalations WHERE alert_id = ?1", params![id])?;
+        return Ok(false);
+    };
+    let number = index as i64 + 1;
+    let mentions: Vec<&str> = tier.responders.iter().filter_map(|r| r.chat.as_deref()).collect();
+    let emails: Vec<&str> = tier.responders.iter().filter_map(|r| r.email.as_deref()).collect();
+    let after_secs = ((now_ms - received_at_ms).max(0) / 1000).to_string();
+    if index > 0 {
+        let earlier = notified_channels(tx, id)?;
+        for ch in earlier.iter().filter(|c| !tier.channels.contains(&c.as_str())) {
+            tx.prepare_cached(
+                "INSERT INTO outbox (alert_id, channel, kind, tier, state, created_at_ms, next_attempt_at_ms, detail)
+                 VALUES (?1, ?2, 'reminder', ?3, 'pending', ?4, ?4, ?5) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![id, ch, number, jobs_at_ms, after_secs])?;
+        }
+    }
+    for ch in &tier.channels {
+        tx.prepare_cached(
+            "INSERT INTO outbox (alert_id, channel, kind, tier, state, created_at_ms, next_attempt_at_ms,
+                                 mentions, recipients)
+             VALUES (?1, ?2, 'alert', ?3, 'pending', ?4, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![id, ch, number, jobs_at_ms, mentions.join("\n"), emails.join("\n")])?;
+    }
+    let before: String =
+        tx.query_row("SELECT responders FROM responses WHERE alert_id = ?1", params![id], |r| r.get(0))?;
+    let mut names: Vec<String> = before.lines().map(str::to_owned).collect();
+    for r in &tier.responders {
+        if !names.contains(&r.name) {
+            names.push(r.name.clone());
+        }
+    }
+    tx.execute(
+        "UPDATE responses SET state = CASE state WHEN 'received' THEN 'notified' ELSE state END,
+                tier = ?2, seq = seq + 1, reminder_seq = reminder_seq + ?3, responders = ?4, changed_at_ms = ?5
+         WHERE alert_id = ?1",
+        params![id, number, i64::from(index > 0), names.join("\n"), now_ms],
+    )?;
+    let targets: Vec<&str> =
+        tier.responders.iter().map(|r| r.name.as_str()).chain(tier.channels.iter().copied()).collect();
+    event(tx, id, now_ms, "notified", "collector", Via::Collector, &format!("tier {number}: {}", targets.join(", ")))?;
+    if index > 0 {
+        let note = format!(
+            "tier{} 1{} still unanswered after {after_secs} s",
+            if index > 1 { "s" } else { "" },
+            if index > 1 { format!("–{index}") } else { String::new() }
+        );
+        event(tx, id, now_ms, "reminded", "collector", Via::Collector, &note)?;
+    }
+    match tiers.get(index + 1) {
+        Some(_) => {
+            tx.execute(
+                "INSERT INTO escalations (alert_id, next_tier, set_at_ms, due_at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (alert_id) DO UPDATE SET next_tier = excluded.next_tier, set_at_ms = excluded.set_at_ms,
+                                                      due_at_ms = excluded.due_at_ms",
+                params![id, index as i64 + 1, jobs_at_ms, jobs_at_ms + tier.wait_ms],
+            )?;
+        }
+        None => {
+            tx.execute("DELETE FROM escalations WHERE alert_id = ?1", params![id])?;
+        }
+    }
+    let agents: Vec<String> = tier.responders.iter().flat_map(|r| r.agents.iter().cloned()).collect();
+    Ok(tier.channels.iter().any(|c| *c != "log") || any_online(tx, &agents, now_ms - plan.offline_after_ms)?)
+}
+
+/// Fire tier `index`; if nobody can be reached through it, tell the sender plainly (the
+/// `unanswered` notice) and fire every remaining tier at once, up to the last.
+#[allow(clippy::too_many_arguments)]
+fn escalate(
+    tx: &Transaction<'_>,
+    plan: &ResponsePlan,
+    id: &str,
+    test: bool,
+    received_at_ms: i64,
+    index: usize,
+    now_ms: i64,
+    jobs_at_ms: i64,
+) -> Result<(), StoreError> {
+    if fire_tier(tx, plan, id, test, received_at_ms, index, now_ms, jobs_at_ms)? {
+        return Ok(());
+    }
+    owe_notice(tx, id, NoticeEvent::Unanswered, "", "", now_ms)?;
+    event(
+        tx,
+        id,
+        now_ms,
+        "unanswered",
+        "collector",
+        Via::Collector,
+        &format!("nobody reachable in tier {}", index + 1),
+    )?;
+    for next in index + 1..plan.policy(test).len() {
+        fire_tier(tx, plan, id, test, received_at_ms, next, now_ms, jobs_at_ms)?;
+    }
+    Ok(())
+}
+
+/// Who sent an alert, as its timeline names them.
+fn sender_name(a: &NewAlert) -> String {
+    match &a.enrolled {
+        Some(e) => format!("{}@{} (agent {})", a.sos.user, a.sos.host, e.name),
+        None => format!("{}@{}", a.sos.user, a.sos.host),
+    }
+}
+
+/// What [`Db::escalate_due`] did: the alerts escalated with the tier fired (1-based), and when
+/// the next deadline is due (outbox clock).
+pub type Escalated = (Vec<(AlertId, u32)>, Option<i64>);
+
+impl Db {
+    /// Start the response of a newly stored alert, inside its insert transaction: its state,
+    /// its `received` event, and its first tier fired (see [`Db::insert_alerts_planned`]).
+    pub(crate) fn start_response(
+        tx: &Transaction<'_>,
+        plan: &ResponsePlan,
+        a: &NewAlert,
+        jobs_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let id = a.sos.alert_id.to_string();
+        let now_ms = a.received_at_ms;
+        tx.prepare_cached("INSERT INTO responses (alert_id, state, changed_at_ms) VALUES (?1, 'received', ?2)")?
+            .execute(params![id, now_ms])?;
+        event(tx, &id, now_ms, "received", &sender_name(a), Via::Sender, &clean_note(&a.sos.message))?;
+        escalate(tx, plan, &id, a.sos.test, a.received_at_ms, 0, now_ms, jobs_at_ms)
+    }
+
+    /// Fire the escalation deadlines due at `clock_ms` (outbox clock), at most `limit` of them,
+    /// in one transaction: for each alert still unanswered, its next tier. Returns the alerts
+    /// escalated (with the tier fired, 1-based) and when the next deadline is due.
+    ///
+    /// # Errors
+    /// If the transaction fails; then nothing fired and the deadlines stay.
+    pub fn escalate_due(
+        &mut self,
+        plan: &ResponsePlan,
+        now_ms: i64,
+        clock_ms: i64,
+        limit: usize,
+    ) -> Result<Escalated, StoreError> {
+        let tx = self.conn.transaction()?;
+        let due: Vec<(String, i64, bool, i64, Option<String>)> = tx
+            .prepare_cached(
+                "SELECT e.alert_id, e.next_tier, a.test, a.received_at_ms, r.state
+                 FROM escalations e JOIN alerts a ON a.alert_id = e.alert_id
+                 LEFT JOIN responses r ON r.alert_id = e.alert_id
+                 WHERE e.due_at_ms <= ?1 ORDER BY e.due_at_ms, e.alert_id LIMIT ?2",
+            )?
+            .query_map(params![clock_ms, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut fired = Vec::new();
+        for (id, next_tier, test, received_at_ms, state) in due {
+            let unanswered = state.as_deref().map(AlertState::from_name).is_some_and(AlertState::unanswered);
+            if !unanswered {
+                tx.execute("DELETE FROM escalations WHERE alert_id = ?1", params![id])?;
+                continue;
+            }
+            escalate(&tx, plan, &id, test, received_at_ms, next_tier as usize, now_ms, clock_ms)?;
+            if let Ok(alert_id) = id.parse() {
+                fired.push((alert_id, next_tier as u32 + 1));
+            }
+        }
+        tx.commit()?;
+        Ok((fired, self.next_escalation()?))
+    }
+
+    /// When the next escalation deadline is due (outbox clock).
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub fn next_escalation(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.conn.query_row("SELECT MIN(due_at_ms) FROM escalations", [], |r| r.get(0))?)
+    }
+
+    /// Re-base the escalation deadlines on this run's outbox clock: a deadline set "in the
+    /// future" (the wall clock was stepped back since it was set) moves back with it, so that it
+    /// is due at most its tier's wait from `clock_ms`. A deadline set in the past stays (due at
+    /// once if its wait is over: a collector that was down owes those tiers). Returns how many
+    /// deadlines changed.
+    ///
+    /// # Errors
+    /// If the update fails.
+    pub fn rebase_escalations(&mut self, clock_ms: i64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE escalations SET due_at_ms = due_at_ms - (set_at_ms - ?1), set_at_ms = ?1 WHERE set_at_ms > ?1",
+            params![clock_ms],
+        )?)
+    }
+
+    /// A responder acknowledges `alert_id` (see [`crate::store::Response::acknowledge`]).
+    /// `now_ms` is the wall clock (the event's time), `jobs_at_ms` the outbox clock.
+    ///
+    /// # Errors
+    /// If the transaction fails; then nothing changed.
+    pub fn acknowledge(
+        &mut self,
+        alert_id: AlertId,
+        responder: &str,
+        via: Via,
+        note: &str,
+        now_ms: i64,
+        jobs_at_ms: i64,
+    ) -> Result<Transition, StoreError> {
+        let tx = self.conn.transaction()?;
+        let id = alert_id.to_string();
+        let note = clean_note(note);
+        let out = match response_state(&tx, &id, now_ms)? {
+            None => Transition::Unknown,
+            Some((AlertState::Acknowledged, by)) => Transition::Already { by },
+            Some((state, _)) if !state.unanswered() => Transition::Closed(state),
+            Some(_) => {
+                tx.execute(
+                    "UPDATE responses SET state = 'acknowledged', by_responder = ?2, note = ?3, seq = seq + 1,
+                            acknowledged_at_ms = ?4, changed_at_ms = ?4 WHERE alert_id = ?1",
+                    params![id, responder, note, now_ms],
+                )?;
+                event(&tx, &id, now_ms, "acknowledged", responder, via, &note)?;
+                stop_pending(&tx, &id, &["alert", "reminder"])?;
+                let detail = format!("{responder}{DETAIL_SEP}{note}");
+                queue(&tx, &id, &notified_channels(&tx, &id)?, "acknowledged", &detail, jobs_at_ms)?;
+                owe_notice(&tx, &id, NoticeEvent::Acknowledged, responder, &note, now_ms)?;
+                Transition::New { at_ms: now_ms }
+            }
+        };
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// A responder resolves `alert_id` with `outcome` (see [`crate::store::Response::resolve`]).
+    /// An alert never acknowledged counts as acknowledged by the same responder now.
+    ///
+    /// # Errors
+    /// If the transaction fails; then nothing changed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn resolve(
+        &mut self,
+        alert_id: AlertId,
+        responder: &str,
+        via: Via,
+        outcome: &str,
+        note: &str,
+        now_ms: i64,
+        jobs_at_ms: i64,
+    ) -> Result<Transition, StoreError> {
+        let tx = self.conn.transaction()?;
+        let id = alert_id.to_string();
+        let (outcome, note) = (clean_note(outcome), clean_note(note));
+        let out = match response_state(&tx, &id, now_ms)? {
+            None => Transition::Unknown,
+            Some((AlertState::Resolved, by)) => Transition::Already { by },
+            Some((AlertState::Checked, _)) => Transition::Closed(AlertState::Checked),
+            Some(_) => {
+                tx.execute(
+                    "UPDATE responses SET state = 'resolved', by_responder = ?2, outcome = ?3, note = ?4, seq = seq + 1,
+                            acknowledged_at_ms = COALESCE(acknowledged_at_ms, ?5), changed_at_ms = ?5
+                     WHERE alert_id = ?1",
+                    params![id, responder, outcome, note, now_ms],
+                )?;
+                let text = match (outcome.is_empty(), note.is_empty()) {
+                    (false, false) => format!("{outcome} — {note}"),
+                    (false, true) => outcome.clone(),
+                    _ => note.clone(),
+                };
+                event(&tx, &id, now_ms, "resolved", responder, via, &text)?;
+                stop_pending(&tx, &id, &["alert", "reminder"])?;
+                let detail = format!("{responder}{DETAIL_SEP}{note}{DETAIL_SEP}{outcome}");
+                queue(&tx, &id, &notified_channels(&tx, &id)?, "resolved", &detail, jobs_at_ms)?;
+                owe_notice(&tx, &id, NoticeEvent::Resolved, responder, &text, now_ms)?;
+                Transition::New { at_ms: now_ms }
+            }
+        };
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// A responder checked a cancelled alert in person: it is closed. Any other state is
+    /// [`Transition::Closed`] with that state (only a cancelled alert needs a check).
+    ///
+    /// # Errors
+    /// If the transaction fails; then nothing changed.
+    pub fn mark_checked(
+        &mut self,
+        alert_id: AlertId,
+        responder: &str,
+        via: Via,
+        note: &str,
+        now_ms: i64,
+    ) -> Result<Transition, StoreError> {
+        let tx = self.conn.transaction()?;
+        let id = alert_id.to_string();
+        let note = clean_note(note);
+        let out = match response_state(&tx, &id, now_ms)? {
+            None => Transition::Unknown,
+            Some((AlertState::Checked, by)) => Transition::Already { by },
+            Some((AlertState::Cancelled, _)) => {
+                tx.execute(
+                    "UPDATE responses SET state = 'checked', by_responder = ?2, note = ?3, seq = seq + 1,
+                            changed_at_ms = ?4 WHERE alert_id = ?1",
+                    params![id, responder, note, now_ms],
+                )?;
+                event(&tx, &id, now_ms, "checked", responder, via, &note)?;
+                Transition::New { at_ms: now_ms }
+            }
+            Some((state, _)) => Transition::Closed(state),
+        };
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// The response side of a cancellation by the sender, inside its transaction: the state
+    /// (unless already resolved or checked), the event, the escalation and pending reminders
+    /// stopped. Returns the channels to tell: every channel that was notified (all of
+    /// `fallback` for an alert stored before the responder loop).
+    pub(crate) fn cancel_response(
+        tx: &Transaction<'_>,
+        id: &str,
+        reason: &str,
+        now_ms: i64,
+        fallback: &[&str],
+    ) -> Result<Vec<String>, StoreError> {
+        if let Some((state, _)) = response_state(tx, id, now_ms)? {
+            if state.open() && state != AlertState::Cancelled {
+                tx.execute(
+                    "UPDATE responses SET state = 'cancelled', seq = seq + 1, changed_at_ms = ?2 WHERE alert_id = ?1",
+                    params![id, now_ms],
+                )?;
+            }
+        }
+        event(tx, id, now_ms, "cancelled", "sender", Via::Sender, &clean_note(reason))?;
+        stop_pending(tx, id, &["reminder"])?;
+        let channels = notified_channels(tx, id)?;
+        Ok(if channels.is_empty() { fallback.iter().map(|c| (*c).to_owned()).collect() } else { channels })
+    }
+
+    /// See [`crate::store::Response::popup_targets`]: open alerts and those changed within
+    /// [`POPUP_RECENT_MS`] of `now_ms`, newest first, at most [`MAX_POPUP_TARGETS`].
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub fn popup_targets(&self, now_ms: i64) -> Result<Vec<PopupTarget>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {ALERT_COLUMNS}, r.state, r.by_responder, r.note, r.outcome, r.seq, r.responders, r.reminder_seq
+             FROM responses r JOIN alerts a ON a.alert_id = r.alert_id
+             WHERE r.state IN ('received', 'notified', 'acknowledged', 'cancelled') OR r.changed_at_ms >= ?1
+             ORDER BY a.received_at_ms DESC, a.alert_id LIMIT ?2"
+        ))?;
+        let n = ALERT_COLUMN_COUNT;
+        let rows = stmt.query_map(params![now_ms - POPUP_RECENT_MS, MAX_POPUP_TARGETS as i64], |r| {
+            let state = AlertState::from_name(&r.get::<_, String>(n)?);
+            let (note, outcome): (String, String) = (r.get(n + 2)?, r.get(n + 3)?);
+            Ok(PopupTarget {
+                alert: alert_record(r, 0)?,
+                state,
+                by: r.get(n + 1)?,
+                note: match (state, outcome.is_empty(), note.is_empty()) {
+                    (AlertState::Resolved, false, false) => format!("{outcome} — {note}"),
+                    (AlertState::Resolved, false, true) => outcome,
+                    _ => note,
+                },
+                seq: r.get::<_, i64>(n + 4)?.max(0) as u64,
+                responders: r.get::<_, String>(n + 5)?.lines().map(str::to_owned).collect(),
+                reminder_seq: r.get::<_, i64>(n + 6)?.max(0) as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// See [`crate::store::Response::pending_notices`]: newest first, at most
+    /// [`MAX_PENDING_NOTICES`].
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub fn pending_notices(&self) -> Result<Vec<(AlertId, String, ResponderNotice)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT alert_id, principal, event, responder, note, at_ms FROM sender_notices
+             WHERE confirmed_at_ms IS NULL ORDER BY at_ms DESC, alert_id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![MAX_PENDING_NOTICES as i64], |r| {
+            let id: String = r.get(0)?;
+            let alert_id: AlertId = id
+                .parse()
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?;
+            let event = notice_event(&r.get::<_, String>(2)?);
+            Ok((
+                alert_id,
+                r.get(1)?,
+                ResponderNotice {
+                    alert_id,
+                    event,
+                    responder: r.get(3)?,
+                    note: r.get(4)?,
+                    at: (r.get::<_, i64>(5)?.max(0) / 1000) as u64,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The sender's agent confirmed a notice: it is not sent again. Returns whether it was
+    /// pending (a repeated receipt changes nothing).
+    ///
+    /// # Errors
+    /// If the transaction fails.
+    pub fn confirm_notice(
+        &mut self,
+        alert_id: AlertId,
+        event_kind: NoticeEvent,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let id = alert_id.to_string();
+        let n = tx.execute(
+            "UPDATE sender_notices SET confirmed_at_ms = ?3 WHERE alert_id = ?1 AND event = ?2 AND confirmed_at_ms IS NULL",
+            params![id, notice_name(event_kind), now_ms],
+        )?;
+        if n > 0 {
+            event(&tx, &id, now_ms, "notice_seen", "sender", Via::Sender, notice_name(event_kind))?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// Append an event to the alert's timeline; nothing for an unknown alert.
+    ///
+    /// # Errors
+    /// If the transaction fails.
+    pub fn record_event(
+        &mut self,
+        alert_id: AlertId,
+        kind: &str,
+        who: &str,
+        via: Via,
+        note: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let id = alert_id.to_string();
+        let known: bool =
+            tx.query_row("SELECT EXISTS (SELECT 1 FROM alerts WHERE alert_id = ?1)", params![id], |r| r.get(0))?;
+        if known {
+            event(&tx, &id, now_ms, kind, &clean_note(who), via, &clean_note(note))?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// An alert, its state and its timeline (oldest event first).
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub fn timeline(&self, alert_id: AlertId) -> Result<Option<(AlertRecord, AlertState, Vec<Event>)>, StoreError> {
+        let id = alert_id.to_string();
+        let row = self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {ALERT_COLUMNS}, r.state FROM alerts a LEFT JOIN responses r ON r.alert_id = a.alert_id
+                     WHERE a.alert_id = ?1"
+                ),
+                params![id],
+                |r| Ok((alert_record(r, 0)?, r.get::<_, Option<String>>(ALERT_COLUMN_COUNT)?)),
+            )
+            .optional()?;
+        let Some((alert, state)) = row else { return Ok(None) };
+        let state = match state {
+            Some(s) => AlertState::from_name(&s),
+            None if alert.cancellation.is_some() => AlertState::Cancelled,
+            None => AlertState::Notified,
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT at_ms, kind, who, via, note FROM alert_events WHERE alert_id = ?1 ORDER BY id")?;
+        let events = stmt
+            .query_map(params![id], |r| {
+                Ok(Event {
+                    at_ms: r.get(0)?,
+                    kind: r.get(1)?,
+                    who: r.get(2)?,
+                    via: Via::from_name(&r.get::<_, String>(3)?),
+                    note: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(Some((alert, state, events)))
+    }
+
+    /// Bring jobs that another process queued (`sos-collector alerts ack`: dated on its own
+    /// clock) onto this run's outbox clock `clock_ms`: an untried job dated after `clock_ms`
+    /// is due now and its age counts from now. Returns how many changed.
+    ///
+    /// # Errors
+    /// If the update fails.
+    pub fn rebase_foreign_jobs(&mut self, clock_ms: i64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE outbox SET created_at_ms = ?1, next_attempt_at_ms = MIN(next_attempt_at_ms, ?1)
+             WHERE state = 'pending' AND attempts = 0 AND created_at_ms > ?1",
+            params![clock_ms],
+        )?)
+    }
+
+    /// SQLite's `data_version` on this connection: it changes when another connection (another
+    /// process: `sos-collector alerts ack`) commits.
+    ///
+    /// # Errors
+    /// If the pragma fails.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.pragma_query_value(None, "data_version", |r| r.get(0))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::response::{PlannedResponder, TierPlan};
+    use crate::store::tests::alert;
+    use crate::store::{AlertUpdate, Cancelled, JobOutcome};
+
+    fn responder(name: &str, agent: &str) -> PlannedResponder {
+        PlannedResponder {
+            name: name.into(),
+            chat: Some(format!("<@{name}>")),
+            email: Some(format!("{}@example.com", name.to_lowercase())),
+            agents: vec![agent.into()],
+        }
+    }
+
+    /// Tier 1: Sam and Slack, 60 s; tier 2: Kim and email.
+    fn plan() -> ResponsePlan {
+        let t1 = TierPlan { channels: vec!["slack"], responders: vec![responder("Sam", "sam-desk")], wait_ms: 60_000 };
+        let t2 = TierPlan { channels: vec!["email"], responders: vec![responder("Kim", "kim-desk")], wait_ms: 60_000 };
+        ResponsePlan { emergency: vec![t1, t2], drill: vec![], offline_after_ms: 150_000 }
+    }
+
+    fn open() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("sos.db")).unwrap();
+        (dir, db)
+    }
+
+    fn count(db: &Db, sql: &str) -> i64 {
+        db.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    fn jobs(db: &Db) -> Vec<(String, String, i64, String)> {
+        let mut s = db.conn.prepare("SELECT channel, kind, tier, state FROM outbox ORDER BY id").unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().map(Result::unwrap).collect()
+    }
+
+    fn j(ch: &str, kind: &str, tier: i64, state: &str) -> (String, String, i64, String) {
+        (ch.into(), kind.into(), tier, state.into())
+    }
+
+    const ID: u128 = 1;
+
+    #[test]
+    fn a_silent_tier_escalates_at_its_deadline_and_reminds_the_earlier_one() {
+        let (_d, mut db) = open();
+        db.insert_alerts_planned(&[alert(ID)], &plan(), 10_000).unwrap();
+        assert_eq!(jobs(&db), vec![j("slack", "alert", 1, "pending")]);
+        let due = db.due_jobs("slack", 10_000, 10).unwrap();
+        assert_eq!(due[0].alert.audience.mentions, ["<@Sam>"]);
+        assert_eq!(db.next_escalation().unwrap(), Some(70_000));
+        // Sam is offline and Slack reaches people: no unanswered notice.
+        assert!(db.pending_notices().unwrap().is_empty());
+
+        let (fired, _) = db.escalate_due(&plan(), 60_000, 69_999, 100).unwrap();
+        assert!(fired.is_empty(), "not before its deadline");
+        let (fired, next) = db.escalate_due(&plan(), 61_000, 70_000, 100).unwrap();
+        assert_eq!(fired, vec![(AlertId::from_u128(ID), 2)]);
+        assert_eq!(next, None, "the last tier stays open");
+        assert_eq!(
+            jobs(&db),
+            vec![
+                j("slack", "alert", 1, "pending"),
+                j("slack", "reminder", 2, "pending"),
+                j("email", "alert", 2, "pending")
+            ]
+        );
+        let email = db.due_jobs("email", 70_000, 10).unwrap();
+        assert_eq!(email[0].alert.audience.emails, ["kim@example.com"]);
+        assert_eq!(email[0].alert.audience.tier, 2);
+        // The reminder waits behind Slack's pending alert, then says how long it has been.
+        assert_eq!(db.due_jobs("slack", 70_000, 10).unwrap().len(), 1);
+        let first = db.due_jobs("slack", 70_000, 10).unwrap().remove(0);
+        db.finish(&[(first.id, JobOutcome::Delivered)], 0).unwrap();
+        let reminder = db.due_jobs("slack", 70_000, 10).unwrap().remove(0);
+        assert_eq!(reminder.alert.update, Some(AlertUpdate::Reminder { after_secs: 60 }));
+        let t = &db.popup_targets(61_000).unwrap()[0];
+        assert_eq!(
+            (t.state, t.reminder_seq, t.responders.clone()),
+            (AlertState::Notified, 1, vec!["Sam".into(), "Kim".into()])
+        );
+    }
+
+    #[test]
+    fn an_acknowledgement_stops_every_page_and_deadline_in_one_transaction() {
+        let (_d, mut db) = open();
+        db.insert_alerts_planned(&[alert(ID)], &plan(), 10_000).unwrap();
+        let id = AlertId::from_u128(ID);
+        let r = db.acknowledge(id, "Sam", Via::CommandLine, "on my way\n", 20_000, 20_000).unwrap();
+        assert_eq!(r, Transition::New { at_ms: 20_000 });
+        assert_eq!(db.next_escalation().unwrap(), None, "no deadline left");
+        assert_eq!(jobs(&db), vec![j("slack", "alert", 1, "stopped"), j("slack", "acknowledged", 1, "pending")]);
+        let ack = db.due_jobs("slack", 20_000, 10).unwrap().remove(0);
+        assert_eq!(ack.alert.update, Some(AlertUpdate::Acknowledged { by: "Sam".into(), note: "on my way".into() }));
+        // The deadline is gone: nothing escalates, ever.
+        assert!(db.escalate_due(&plan(), 1_000_000, i64::MAX / 2, 100).unwrap().0.is_empty());
+        assert_eq!(count(&db, "SELECT count(*) FROM outbox WHERE channel = 'email'"), 0);
+        assert_eq!(
+            db.acknowledge(id, "Kim", Via::Popup, "", 21_000, 21_000).unwrap(),
+            Transition::Already { by: "Sam".into() }
+        );
+        let notices = db.pending_notices().unwrap();
+        assert_eq!(notices.len(), 1);
+        assert_eq!((notices[0].1.as_str(), notices[0].2.responder.as_str()), ("00", "Sam"));
+        assert_eq!(notices[0].2.event, NoticeEvent::Acknowledged);
+        assert!(db.confirm_notice(id, NoticeEvent::Acknowledged, 22_000).unwrap());
+        assert!(!db.confirm_notice(id, NoticeEvent::Acknowledged, 22_001).unwrap(), "a repeated receipt");
+        assert!(db.pending_notices().unwrap().is_empty());
+        assert_eq!(db.acknowledge(AlertId::from_u128(9), "Sam", Via::Popup, "", 0, 0).unwrap(), Transition::Unknown);
+
+        let r = db.resolve(id, "Sam", Via::CommandLine, "false alarm", "", 30_000, 30_000).unwrap();
+        assert_eq!(r, Transition::New { at_ms: 30_000 });
+        let (_, state, events) = db.timeline(id).unwrap().unwrap();
+        assert_eq!(state, AlertState::Resolved);
+        let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["received", "notified", "acknowledged", "notice_seen", "resolved"]);
+        assert_eq!(
+            (events[2].who.as_str(), events[2].via, events[2].note.as_str()),
+            ("Sam", Via::CommandLine, "on my way")
+        );
+    }
+
+    #[test]
+    fn nobody_reachable_tells_the_sender_and_fires_every_tier_at_once() {
+        let (_d, mut db) = open();
+        let mut p = plan();
+        p.emergency[0].channels.clear();
+        db.insert_alerts_planned(&[alert(ID)], &p, 10_000).unwrap();
+        assert_eq!(jobs(&db), vec![j("email", "alert", 2, "pending")]);
+        assert_eq!(db.next_escalation().unwrap(), None);
+        let n = db.pending_notices().unwrap();
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].2.event, NoticeEvent::Unanswered);
+
+        // With Sam's desk online, tier 1 reaches him: no notice, a deadline.
+        let (_d, mut db) = open();
+        db.conn
+            .execute(
+                "INSERT INTO enrolled (agent_id, name, host, enrolled_at_ms, key, last_seen_ms)
+                 VALUES ('a1', 'sam-desk', 'desk', 0, 'k', 900)",
+                [],
+            )
+            .unwrap();
+        db.insert_alerts_planned(&[alert(ID)], &p, 10_000).unwrap();
+        assert!(db.pending_notices().unwrap().is_empty());
+        assert_eq!(db.next_escalation().unwrap(), Some(70_000));
+    }
+
+    #[test]
+    fn a_cancellation_mid_escalation_stops_it_and_stays_open_until_checked() {
+        let (_d, mut db) = open();
+        db.insert_alerts_planned(&[alert(ID)], &plan(), 10_000).unwrap();
+        let id = AlertId::from_u128(ID);
+        assert_eq!(db.cancel(id, "oops", "00", &["log", "slack", "email"], 20_000, 20_000).unwrap(), Cancelled::New);
+        assert_eq!(db.next_escalation().unwrap(), None);
+        assert_eq!(
+            jobs(&db),
+            vec![j("slack", "alert", 1, "pending"), j("slack", "cancel", 1, "pending")],
+            "only Slack was told"
+        );
+        let t = &db.popup_targets(20_000).unwrap()[0];
+        assert_eq!(t.state, AlertState::Cancelled);
+        assert_eq!(
+            db.acknowledge(id, "Sam", Via::Popup, "", 21_000, 21_000).unwrap(),
+            Transition::Closed(AlertState::Cancelled)
+        );
+        assert_eq!(
+            db.mark_checked(id, "Sam", Via::CommandLine, "she is fine", 22_000).unwrap(),
+            Transition::New { at_ms: 22_000 }
+        );
+        assert_eq!(
+            db.mark_checked(id, "Kim", Via::CommandLine, "", 23_000).unwrap(),
+            Transition::Already { by: "Sam".into() }
+        );
+        assert!(db.popup_targets(22_000 + POPUP_RECENT_MS + 1).unwrap().is_empty(), "closed and old");
+        assert_eq!(db.popup_targets(22_000).unwrap().len(), 1, "closed but recent: popups get replaced");
+    }
+
+    #[test]
+    fn a_store_failing_mid_acknowledgement_changes_nothing() {
+        let (_d, mut db) = open();
+        db.insert_alerts_planned(&[alert(ID)], &plan(), 10_000).unwrap();
+        // The last write of the transaction fails, as a full disk would.
+        db.conn
+            .execute_batch(
+                "CREATE TRIGGER full BEFORE INSERT ON sender_notices BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+            )
+            .unwrap();
+        let id = AlertId::from_u128(ID);
+        assert!(db.acknowledge(id, "Sam", Via::Popup, "", 20_000, 20_000).is_err());
+        assert_eq!(db.next_escalation().unwrap(), Some(70_000), "the deadline stays");
+        assert_eq!(jobs(&db), vec![j("slack", "alert", 1, "pending")]);
+        assert_eq!(db.timeline(id).unwrap().unwrap().1, AlertState::Notified);
+        db.conn.execute_batch("DROP TRIGGER full").unwrap();
+        assert!(matches!(db.acknowledge(id, "Sam", Via::Popup, "", 20_000, 20_000).unwrap(), Transition::New { .. }));
+    }
+
+    #[test]
+    fn deadlines_set_before_a_clock_step_back_are_rebased() {
+        let (_d, mut db) = open();
+        // Set at 3_600_000 (an hour ahead of this run's clock), due 60 s later.
+        db.insert_alerts_planned(&[alert(ID)], &plan(), 3_600_000).unwrap();
+        assert_eq!(db.rebase_escalations(1000).unwrap(), 1);
+        assert_eq!(db.next_escalation().unwrap(), Some(61_000), "due one wait after now, not an hour late");
+        assert_eq!(db.rebase_escalations(1000).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_thousand_alerts_escalate_in_bounded_batches() {
+        let (_d, mut db) = open();
+        let alerts: Vec<_> = (1..=1000).map(alert).collect();
+        db.insert_alerts_planned(&alerts, &plan(), 0).unwrap();
+        let mut rounds = 0;
+        loop {
+            let (fired, _) = db.escalate_due(&plan(), 60_000, 60_000, 256).unwrap();
+            assert!(fired.len() <= 256);
+            if fired.is_empty() {
+                break;
+            }
+            rounds += 1;
+        }
+        assert_eq!(rounds, 4);
+        assert_eq!(count(&db, "SELECT count(*) FROM outbox WHERE channel = 'email'"), 1000);
+        assert_eq!(count(&db, "SELECT count(*) FROM escalations"), 0);
+    }
+}
