@@ -285,7 +285,9 @@ fn expected_csrf(console: &Console, path: &str, headers: &HeaderMap) -> Option<S
 /// Refuse (403) every request that is not GET or HEAD unless its urlencoded form carries the
 /// right `csrf` field; bodies over 16 KiB are refused (413).
 pub async fn csrf_guard(State(console): State<Arc<Console>>, req: Request, next: Next) -> Response {
-    if matches!(*req.method(), Method::GET | Method::HEAD) {
+    // A CSP violation report changes nothing but a counter, and browsers send it without the
+    // page's form.
+    if matches!(*req.method(), Method::GET | Method::HEAD) || req.uri().path() == "/csp-report" {
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();

@@ -34,7 +34,7 @@ pub fn csv_cell(text: &str) -> String {
     format!("\"{}\"", neutral.replace('"', "\"\""))
 }
 
-const HEADER: [&str; 13] = [
+const HEADER: [&str; 14] = [
     "alert_id",
     "received_utc",
     "type",
@@ -48,9 +48,10 @@ const HEADER: [&str; 13] = [
     "source",
     "cancelled_utc",
     "cancel_reason",
+    "responder",
 ];
 
-fn fields(a: &ConsoleAlert) -> [String; 13] {
+fn fields(a: &ConsoleAlert) -> [String; 14] {
     let r = &a.record;
     [
         r.alert_id.to_string(),
@@ -66,6 +67,7 @@ fn fields(a: &ConsoleAlert) -> [String; 13] {
         r.source.clone(),
         r.cancellation.as_ref().map(|c| when_utc(c.at_ms / 1000)).unwrap_or_default(),
         r.cancellation.as_ref().map(|c| c.reason.clone()).unwrap_or_default(),
+        a.by.clone(),
     ]
 }
 

@@ -14,6 +14,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::Console;
@@ -39,6 +40,11 @@ pub struct Metrics {
     pub logins: Family<Labels, Counter>,
     /// POSTs refused for a missing or wrong CSRF token.
     pub csrf_refused: Counter,
+    /// Content-Security-Policy violations browsers reported.
+    pub csp_violations: Counter,
+    time_to_ack: Histogram,
+    /// The time of the last acknowledgement observed in `time_to_ack`.
+    acks_seen_until: std::sync::Mutex<i64>,
 }
 
 impl Default for Metrics {
@@ -57,6 +63,9 @@ impl Default for Metrics {
             build: Family::default(),
             logins: Family::default(),
             csrf_refused: Counter::default(),
+            csp_violations: Counter::default(),
+            time_to_ack: Histogram::new([5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0].into_iter()),
+            acks_seen_until: std::sync::Mutex::new(0),
         };
         let r = &mut m.registry;
         r.register("sos_alerts", "Alerts in the store by type (emergency, drill) and state", m.alerts.clone());
@@ -79,6 +88,16 @@ impl Default for Metrics {
             "Console requests refused for a missing or wrong CSRF token",
             m.csrf_refused.clone(),
         );
+        r.register(
+            "sos_console_csp_violations",
+            "Content-Security-Policy violations reported by browsers",
+            m.csp_violations.clone(),
+        );
+        r.register(
+            "sos_time_to_acknowledge_seconds",
+            "From an alert's receipt to its acknowledgement by a responder",
+            m.time_to_ack.clone(),
+        );
         m.build.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_owned())]).set(1);
         m
     }
@@ -95,6 +114,17 @@ pub async fn metrics(State(console): State<Arc<Console>>) -> Response {
         .read(|db| Ok((db.alert_counts()?, db.notification_counts()?, db.enrolled_agents()?, db.silent_agents()?)))
         .await;
     let m = &console.metrics;
+    // Every acknowledgement in the store is observed once, by this console.
+    let since = *m.acks_seen_until.lock().unwrap_or_else(|e| e.into_inner());
+    if let Ok(acks) = console.read(move |db| db.acknowledgements_after(since, 100_000)).await {
+        let mut seen = m.acks_seen_until.lock().unwrap_or_else(|e| e.into_inner());
+        for (at, ms) in acks {
+            if at > *seen {
+                m.time_to_ack.observe(ms.max(0) as f64 / 1000.0);
+                *seen = at;
+            }
+        }
+    }
     let s = console.stats.snapshot();
     set(&m.received, s.received);
     set(&m.stored, s.sos_stored);
@@ -180,4 +210,13 @@ pub async fn readyz(State(console): State<Arc<Console>>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; "))).into_response()
     }
+}
+
+/// `POST /csp-report`: a browser reports a Content-Security-Policy violation (an injection
+/// attempt, or a bug of ours). Counted; the report (at most 16 KiB, untrusted) is logged at
+/// debug level only, so that anyone cannot fill the log.
+pub async fn csp_report(State(console): State<Arc<Console>>, body: axum::body::Bytes) -> StatusCode {
+    console.metrics.csp_violations.inc();
+    tracing::debug!(report = %String::from_utf8_lossy(&body[..body.len().min(2048)]), "console: CSP violation reported");
+    StatusCode::NO_CONTENT
 }

@@ -31,6 +31,9 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/alerts", get(live_page))
         .route("/alerts/live", get(live_fragment))
         .route("/alerts/{id}", get(alert_page))
+        .route("/alerts/{id}/ack", post(acknowledge))
+        .route("/alerts/{id}/resolve", post(resolve))
+        .route("/alerts/{id}/checked", post(checked))
         .route("/events", get(live::events))
         .route("/agents", get(agents_page))
         .route("/agents/enroll", post(enroll))
@@ -42,10 +45,12 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(metrics::healthz))
         .route("/readyz", get(metrics::readyz))
+        .route("/csp-report", post(metrics::csp_report))
         .route("/static/console.js", get(|| async { asset("text/javascript; charset=utf-8", CONSOLE_JS) }))
         .route("/static/console.css", get(|| async { asset("text/css; charset=utf-8", CONSOLE_CSS) }))
         .fallback(|| async { message(StatusCode::NOT_FOUND, None, "Not found", "There is no such page.") })
         .layer(from_fn_with_state(console.clone(), auth::csrf_guard))
+        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
         .layer(from_fn(server::request_timeout))
         .layer(from_fn(move |req, next| server::security_headers(secure, req, next)))
         .with_state(console)
@@ -103,6 +108,14 @@ pub struct AlertView {
     source: String,
     cancelled: String,
     cancel_reason: String,
+    by: String,
+}
+
+impl AlertView {
+    /// Nobody acknowledged it yet and it is not withdrawn.
+    pub fn unanswered(&self) -> bool {
+        self.state == "received" || self.state == "notified"
+    }
 }
 
 impl From<&ConsoleAlert> for AlertView {
@@ -123,6 +136,7 @@ impl From<&ConsoleAlert> for AlertView {
             source: r.source.clone(),
             cancelled: r.cancellation.as_ref().map(|c| when_utc(c.at_ms / 1000)).unwrap_or_default(),
             cancel_reason: r.cancellation.as_ref().map(|c| c.reason.clone()).unwrap_or_default(),
+            by: a.by.clone(),
         }
     }
 }
@@ -306,6 +320,7 @@ struct SilentView {
 #[template(path = "live.html")]
 struct LivePage {
     viewer: Option<Viewer>,
+    csrf: String,
     alerts: Vec<AlertView>,
     unacked: usize,
     silent: Vec<SilentView>,
@@ -314,6 +329,7 @@ struct LivePage {
 #[derive(Template)]
 #[template(path = "live_list.html")]
 struct LiveList {
+    csrf: String,
     alerts: Vec<AlertView>,
     unacked: usize,
     silent: Vec<SilentView>,
@@ -321,15 +337,25 @@ struct LiveList {
 
 /// The most open alerts the live page lists.
 const LIVE_LIMIT: usize = 200;
+/// The live page lists open alerts received within this long (older open ones: the history,
+/// state "open"), so that it reads a bounded part of the store however long its history is.
+const LIVE_WINDOW_MS: i64 = 7 * 86_400_000;
 
 async fn live_data(console: &Arc<Console>) -> Result<(Vec<AlertView>, usize, Vec<SilentView>), StoreError> {
     console
         .read(|db| {
-            let filter = AlertFilter { state: Some("open".into()), ..AlertFilter::default() };
+            let filter = AlertFilter {
+                state: Some("open".into()),
+                from_ms: Some(now_ms() - LIVE_WINDOW_MS),
+                ..AlertFilter::default()
+            };
             let open = db.console_alerts(&filter, None, LIVE_LIMIT)?;
             let silent = db.silent_agents()?;
             let agents = db.enrolled_agents()?;
             let unacked = open.iter().filter(|a| a.state == "received" || a.state == "notified").count();
+            // Unanswered first, then the rest, newest first within each.
+            let mut open = open;
+            open.sort_by_key(|a| !(a.state == "received" || a.state == "notified"));
             let silent = silent
                 .into_iter()
                 .filter_map(|(id, since)| {
@@ -345,7 +371,8 @@ async fn live_data(console: &Arc<Console>) -> Result<(Vec<AlertView>, usize, Vec
 async fn live_page(State(console): State<Arc<Console>>, viewer: Viewer) -> Response {
     match live_data(&console).await {
         Ok((alerts, unacked, silent)) => {
-            page(StatusCode::OK, LivePage { viewer: Some(viewer), alerts, unacked, silent })
+            let csrf = viewer.csrf.clone();
+            page(StatusCode::OK, LivePage { viewer: Some(viewer), csrf, alerts, unacked, silent })
         }
         Err(e) => store_failed(Some(viewer), e),
     }
@@ -353,7 +380,7 @@ async fn live_page(State(console): State<Arc<Console>>, viewer: Viewer) -> Respo
 
 async fn live_fragment(State(console): State<Arc<Console>>, viewer: Viewer) -> Response {
     match live_data(&console).await {
-        Ok((alerts, unacked, silent)) => page(StatusCode::OK, LiveList { alerts, unacked, silent }),
+        Ok((alerts, unacked, silent)) => page(StatusCode::OK, LiveList { csrf: viewer.csrf, alerts, unacked, silent }),
         Err(e) => store_failed(Some(viewer), e),
     }
 }
@@ -373,6 +400,10 @@ struct TimelineEntry {
 #[template(path = "alert.html")]
 struct AlertPage {
     viewer: Option<Viewer>,
+    csrf: String,
+    outcome: String,
+    note: String,
+    outcomes: &'static [&'static str],
     alert: AlertView,
     deliveries: Vec<Delivery>,
     timeline: Vec<TimelineEntry>,
@@ -421,14 +452,131 @@ async fn alert_page(State(console): State<Arc<Console>>, viewer: Viewer, Path(id
     let Ok(alert_id) = id.parse::<AlertId>() else {
         return message(StatusCode::NOT_FOUND, Some(viewer), "Alert", "There is no such alert.");
     };
-    match console.read(move |db| db.console_alert(alert_id)).await {
-        Ok(Some((a, deliveries))) => {
-            let timeline = timeline_of(&a, &deliveries);
-            page(StatusCode::OK, AlertPage { viewer: Some(viewer), alert: AlertView::from(&a), deliveries, timeline })
+    let read = console.read(move |db| Ok((db.console_alert(alert_id)?, db.console_response(alert_id)?))).await;
+    match read {
+        Ok((Some((a, deliveries)), (response, events))) => {
+            // The responder loop's timeline; for an alert from before it, what the store shows.
+            let timeline = if events.is_empty() {
+                timeline_of(&a, &deliveries)
+            } else {
+                events
+                    .into_iter()
+                    .map(|e| TimelineEntry {
+                        when: when_utc(e.at_ms / 1000),
+                        what: format!("{} (via {})", e.kind.replace('_', " "), e.via.replace('_', " ")),
+                        who: e.who,
+                        note: e.note,
+                    })
+                    .collect()
+            };
+            let (outcome, note) = response.map(|r| (r.outcome, r.note)).unwrap_or_default();
+            let csrf = viewer.csrf.clone();
+            page(
+                StatusCode::OK,
+                AlertPage {
+                    viewer: Some(viewer),
+                    csrf,
+                    outcome,
+                    note,
+                    outcomes: OUTCOMES,
+                    alert: AlertView::from(&a),
+                    deliveries,
+                    timeline,
+                },
+            )
         }
-        Ok(None) => message(StatusCode::NOT_FOUND, Some(viewer), "Alert", "There is no such alert."),
+        Ok((None, _)) => message(StatusCode::NOT_FOUND, Some(viewer), "Alert", "There is no such alert."),
         Err(e) => store_failed(Some(viewer), e),
     }
+}
+
+/// The outcomes a responder picks from when resolving.
+const OUTCOMES: &[&str] = &["help given", "false alarm", "nobody found", "handed to emergency services", "other"];
+/// The longest note kept (characters).
+const MAX_NOTE: usize = 500;
+
+#[derive(Deserialize)]
+struct ActionForm {
+    #[serde(default)]
+    note: String,
+    #[serde(default)]
+    outcome: String,
+    #[serde(default)]
+    back: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Acknowledge,
+    Resolve,
+    Check,
+}
+
+/// Acknowledge, resolve or mark checked through the responder loop's store (one transaction
+/// each: the event, the state, pending pages stopped, the sender's notice), as the logged-in
+/// person, via the console.
+async fn act(console: Arc<Console>, viewer: Viewer, id: String, f: ActionForm, action: Action) -> Response {
+    use crate::store::response::{Response as _, Transition, Via};
+    let Ok(alert_id) = id.parse::<AlertId>() else {
+        return message(StatusCode::NOT_FOUND, Some(viewer), "Alert", "There is no such alert.");
+    };
+    let note: String = f.note.trim().chars().filter(|c| !c.is_control()).take(MAX_NOTE).collect();
+    let who = viewer.name.clone();
+    let store = &console.store;
+    let done = match action {
+        Action::Acknowledge => store.acknowledge(alert_id, who, Via::Console, note).await,
+        Action::Resolve => {
+            if !OUTCOMES.contains(&f.outcome.as_str()) {
+                return message(StatusCode::BAD_REQUEST, Some(viewer), "Resolve", "Pick an outcome.");
+            }
+            store.resolve(alert_id, who, Via::Console, f.outcome, note).await
+        }
+        Action::Check => store.mark_checked(alert_id, who, Via::Console, note).await,
+    };
+    let back = if f.back == "live" { "/alerts".to_owned() } else { format!("/alerts/{alert_id}") };
+    match done {
+        Ok(Transition::New { .. }) => {
+            tracing::info!(account = %viewer.name, alert = %alert_id, ?action, "console: alert {action:?}");
+            Redirect::to(&back).into_response()
+        }
+        Ok(Transition::Already { by }) => {
+            let text = format!("{by} already acknowledged this alert.");
+            message(StatusCode::CONFLICT, Some(viewer), "Already acknowledged", &text)
+        }
+        Ok(Transition::Closed(state)) => {
+            let text = format!("This alert is {}: nothing to do.", state.name());
+            message(StatusCode::CONFLICT, Some(viewer), "Alert closed", &text)
+        }
+        Ok(Transition::Unknown) => message(StatusCode::NOT_FOUND, Some(viewer), "Alert", "There is no such alert."),
+        Err(e) => store_failed(Some(viewer), e),
+    }
+}
+
+async fn acknowledge(
+    State(console): State<Arc<Console>>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Form(f): Form<ActionForm>,
+) -> Response {
+    act(console, viewer, id, f, Action::Acknowledge).await
+}
+
+async fn resolve(
+    State(console): State<Arc<Console>>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Form(f): Form<ActionForm>,
+) -> Response {
+    act(console, viewer, id, f, Action::Resolve).await
+}
+
+async fn checked(
+    State(console): State<Arc<Console>>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Form(f): Form<ActionForm>,
+) -> Response {
+    act(console, viewer, id, f, Action::Check).await
 }
 
 // ---- agents ----

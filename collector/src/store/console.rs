@@ -7,11 +7,13 @@ use sos_shared::AlertId;
 
 use super::{enrolled_as, AlertRecord, Cancellation, Db, Delivery, StoreError};
 
-/// An alert's state as the console shows it, in SQL, from what the store records: cancelled by
-/// the sender, notified (some channel delivered it), or received.
-const STATE_SQL: &str = "CASE WHEN a.cancelled_at_ms IS NOT NULL THEN 'cancelled'
-     WHEN EXISTS (SELECT 1 FROM outbox o WHERE o.alert_id = a.alert_id AND o.state = 'delivered') THEN 'notified'
-     ELSE 'received' END";
+/// An alert's state as the console shows it, in SQL: the responder loop's state (`responses`);
+/// for an alert stored before it (no row there), cancelled by the sender or else notified (as
+/// [`crate::store::response::AlertState::from_name`] reads it).
+const STATE_SQL: &str = "COALESCE((SELECT r.state FROM responses r WHERE r.alert_id = a.alert_id),
+     CASE WHEN a.cancelled_at_ms IS NOT NULL THEN 'cancelled' ELSE 'notified' END)";
+
+const BY_SQL: &str = "COALESCE((SELECT r.by_responder FROM responses r WHERE r.alert_id = a.alert_id), '')";
 
 const COLUMNS: &str = "a.alert_id, a.test, a.triggered_at, a.received_at_ms, a.user, a.host, a.ip, a.location,
      a.message, a.source, a.cancelled_at_ms, a.cancel_reason, a.agent_id, a.agent_name, a.agent_host";
@@ -19,8 +21,9 @@ const COLUMNS: &str = "a.alert_id, a.test, a.triggered_at, a.received_at_ms, a.u
 /// The states an alert can be in, as the console's filters name them.
 pub const STATES: &[&str] = &["received", "notified", "acknowledged", "resolved", "cancelled", "checked"];
 
-/// States in which an alert still needs someone.
-pub const OPEN_STATES: &[&str] = &["received", "notified", "cancelled"];
+/// States in which an alert still needs someone: unanswered, acknowledged but not resolved,
+/// cancelled but not checked in person.
+pub const OPEN_STATES: &[&str] = &["received", "notified", "acknowledged", "cancelled"];
 
 /// An alert and its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +32,8 @@ pub struct ConsoleAlert {
     pub record: AlertRecord,
     /// One of [`STATES`].
     pub state: String,
+    /// The responder who acknowledged (then resolved or checked) it; empty if nobody yet.
+    pub by: String,
 }
 
 /// Which alerts the history shows. Every field narrows; `None` does not.
@@ -44,6 +49,34 @@ pub struct AlertFilter {
     pub test: Option<bool>,
     /// One of [`STATES`], or `open` for [`OPEN_STATES`].
     pub state: Option<String>,
+}
+
+/// Who acknowledged or resolved an alert, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseRow {
+    /// The responder who acknowledged (then resolved or checked) it; empty if nobody yet.
+    pub by: String,
+    /// The outcome given at resolve.
+    pub outcome: String,
+    /// The last note.
+    pub note: String,
+    /// When it was acknowledged, ms since the Unix epoch.
+    pub acknowledged_at_ms: Option<i64>,
+}
+
+/// One event of an alert's timeline, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    /// When, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// What (`received`, `notified`, `acknowledged`…).
+    pub kind: String,
+    /// Who.
+    pub who: String,
+    /// Through what (`popup`, `console`…).
+    pub via: String,
+    /// A note, an outcome, a tier's targets.
+    pub note: String,
 }
 
 fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRecord> {
@@ -66,6 +99,8 @@ fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRecord> {
             (Some(at_ms), reason) => Some(Cancellation { at_ms, reason: reason.unwrap_or_default() }),
             (None, _) => None,
         },
+        audience: Default::default(),
+        update: None,
     })
 }
 
@@ -82,12 +117,12 @@ impl Db {
         limit: usize,
     ) -> Result<Vec<ConsoleAlert>, StoreError> {
         let sql = format!(
-            "SELECT * FROM (SELECT {COLUMNS}, {STATE_SQL} AS state FROM alerts a
+            "SELECT * FROM (SELECT {COLUMNS}, {STATE_SQL} AS state, {BY_SQL} AS by_responder FROM alerts a
                WHERE (?1 IS NULL OR a.received_at_ms >= ?1) AND (?2 IS NULL OR a.received_at_ms < ?2)
                  AND (?3 IS NULL OR instr(lower(a.location), lower(?3)) > 0)
                  AND (?4 IS NULL OR a.test = ?4)
                  AND (?6 IS NULL OR a.received_at_ms < ?6 OR (a.received_at_ms = ?6 AND a.alert_id > ?7)))
-             WHERE (?5 IS NULL OR state = ?5 OR (?5 = 'open' AND state IN ('received', 'notified', 'cancelled')))
+             WHERE (?5 IS NULL OR state = ?5 OR (?5 = 'open' AND state IN ('received', 'notified', 'acknowledged', 'cancelled')))
              ORDER BY received_at_ms DESC, alert_id LIMIT ?8"
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
@@ -103,7 +138,7 @@ impl Db {
                 after_id,
                 limit as i64
             ],
-            |r| Ok(ConsoleAlert { record: alert_from_row(r)?, state: r.get(15)? }),
+            |r| Ok(ConsoleAlert { record: alert_from_row(r)?, state: r.get(15)?, by: r.get(16)? }),
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -113,11 +148,11 @@ impl Db {
     /// # Errors
     /// If the query fails.
     pub fn console_alert(&self, id: AlertId) -> Result<Option<(ConsoleAlert, Vec<Delivery>)>, StoreError> {
-        let sql = format!("SELECT {COLUMNS}, {STATE_SQL} FROM alerts a WHERE a.alert_id = ?1");
+        let sql = format!("SELECT {COLUMNS}, {STATE_SQL}, {BY_SQL} FROM alerts a WHERE a.alert_id = ?1");
         let alert = self
             .conn
             .query_row(&sql, params![id.to_string()], |r| {
-                Ok(ConsoleAlert { record: alert_from_row(r)?, state: r.get(15)? })
+                Ok(ConsoleAlert { record: alert_from_row(r)?, state: r.get(15)?, by: r.get(16)? })
             })
             .optional()?;
         let Some(alert) = alert else { return Ok(None) };
@@ -145,12 +180,63 @@ impl Db {
     /// If the query fails.
     pub fn console_version(&self) -> Result<i64, StoreError> {
         Ok(self.conn.query_row(
-            "SELECT (SELECT COUNT(*) FROM alerts) * 7919
-                  + (SELECT COUNT(*) FROM alerts WHERE cancelled_at_ms IS NOT NULL) * 104729
-                  + (SELECT COUNT(*) FROM outbox WHERE state != 'pending') * 15485863",
+            // Each term is one index lookup: new alerts (alerts_received), new outbox jobs (cancellations of
+            // alerts from before the responder loop), new timeline events, state changes.
+            "SELECT COALESCE((SELECT MAX(received_at_ms) FROM alerts), 0) * 7919
+                  + COALESCE((SELECT MAX(id) FROM outbox), 0) * 104729
+                  + COALESCE((SELECT MAX(id) FROM alert_events), 0) * 15485863
+                  + COALESCE((SELECT MAX(changed_at_ms) FROM responses), 0)",
             [],
             |r| r.get(0),
         )?)
+    }
+
+    /// The responder loop's record of an alert: who acknowledged or resolved it, the outcome and
+    /// note, and its timeline (at_ms, kind, who, via, note), oldest first. Empty for an alert
+    /// stored before the responder loop.
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub fn console_response(&self, id: AlertId) -> Result<(Option<ResponseRow>, Vec<EventRow>), StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT by_responder, outcome, note, acknowledged_at_ms FROM responses WHERE alert_id = ?1",
+                params![id.to_string()],
+                |r| {
+                    Ok(ResponseRow {
+                        by: r.get(0)?,
+                        outcome: r.get(1)?,
+                        note: r.get(2)?,
+                        acknowledged_at_ms: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT at_ms, kind, who, via, note FROM alert_events WHERE alert_id = ?1 ORDER BY at_ms, id LIMIT 1000",
+        )?;
+        let events = stmt
+            .query_map(params![id.to_string()], |r| {
+                Ok(EventRow { at_ms: r.get(0)?, kind: r.get(1)?, who: r.get(2)?, via: r.get(3)?, note: r.get(4)? })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok((row, events))
+    }
+
+    /// Acknowledgements after `after_ms` (their time, and the time from receipt to them, ms),
+    /// oldest first, at most `limit`: the time-to-acknowledge histogram of /metrics.
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub fn acknowledgements_after(&self, after_ms: i64, limit: usize) -> Result<Vec<(i64, i64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT r.acknowledged_at_ms, r.acknowledged_at_ms - a.received_at_ms FROM responses r
+             JOIN alerts a ON a.alert_id = r.alert_id
+             WHERE r.acknowledged_at_ms > ?1 ORDER BY r.acknowledged_at_ms LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after_ms, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// How many alerts there are by (drill, state), for /metrics.
@@ -158,8 +244,9 @@ impl Db {
     /// # Errors
     /// If the query fails.
     pub fn alert_counts(&self) -> Result<Vec<(bool, String, u64)>, StoreError> {
-        let sql = format!("SELECT a.test, {STATE_SQL} AS state, COUNT(*) FROM alerts a GROUP BY a.test, state");
-        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let sql = "SELECT a.test, COALESCE(r.state, CASE WHEN a.cancelled_at_ms IS NOT NULL THEN 'cancelled' ELSE 'notified' END),
+                          COUNT(*) FROM alerts a LEFT JOIN responses r ON r.alert_id = a.alert_id GROUP BY 1, 2";
+        let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
