@@ -283,7 +283,7 @@ impl Collector {
                 config.database_path(),
                 store.clone(),
                 config.agent_silent_after,
-                move |subject, text| tell(subject, text),
+                tell,
                 stop_workers.clone(),
             ));
             essential("the silent agent watch".into(), task);

@@ -169,8 +169,7 @@ fn parse(raw: &[u8]) -> Reply {
     if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
         let mut out = Vec::new();
         let mut rest = &body[..];
-        loop {
-            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else { break };
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
             let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16).unwrap_or(0);
             if size == 0 {
                 break;

@@ -64,7 +64,7 @@ impl Default for Metrics {
             logins: Family::default(),
             csrf_refused: Counter::default(),
             csp_violations: Counter::default(),
-            time_to_ack: Histogram::new([5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0].into_iter()),
+            time_to_ack: Histogram::new([5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]),
             acks_seen_until: std::sync::Mutex::new(0),
         };
         let r = &mut m.registry;

@@ -105,8 +105,8 @@ fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRecord> {
 }
 
 impl Db {
-    /// Alerts matching `filter`, newest first, at most `limit`, strictly after `after` (the
-    /// `(received_at_ms, alert_id)` of the last row of the previous page) when given.
+    /// Alerts matching `filter`, newest first (then by id, descending), at most `limit`, strictly
+    /// after `after` (the `(received_at_ms, alert_id)` of the last row of the previous page).
     ///
     /// # Errors
     /// If the query fails.
@@ -116,30 +116,52 @@ impl Db {
         after: Option<(i64, String)>,
         limit: usize,
     ) -> Result<Vec<ConsoleAlert>, StoreError> {
+        // Only the conditions that apply, so that SQLite walks the `alerts_received` index over
+        // the range they give (a condition like `?1 IS NULL OR …` would make it scan from the
+        // newest alert for every page of an export).
+        let mut conds = vec!["1".to_owned()];
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut arg = |conds: &mut Vec<String>, sql: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            conds.push(sql.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(t) = filter.from_ms {
+            arg(&mut conds, "a.received_at_ms >= ?", t.into());
+        }
+        if let Some(t) = filter.to_ms {
+            arg(&mut conds, "a.received_at_ms < ?", t.into());
+        }
+        if let Some(l) = &filter.location {
+            arg(&mut conds, "instr(lower(a.location), lower(?)) > 0", l.clone().into());
+        }
+        if let Some(t) = filter.test {
+            arg(&mut conds, "a.test = ?", i64::from(t).into());
+        }
+        if let Some((t, id)) = after {
+            args.push(t.into());
+            args.push(id.into());
+            conds.push(format!("(a.received_at_ms, a.alert_id) < (?{}, ?{})", args.len() - 1, args.len()));
+        }
+        let state = match filter.state.as_deref() {
+            None => "1".to_owned(),
+            Some("open") => "state IN ('received', 'notified', 'acknowledged', 'cancelled')".to_owned(),
+            Some(s) => {
+                args.push(s.to_owned().into());
+                format!("state = ?{}", args.len())
+            }
+        };
+        args.push((limit as i64).into());
         let sql = format!(
             "SELECT * FROM (SELECT {COLUMNS}, {STATE_SQL} AS state, {BY_SQL} AS by_responder FROM alerts a
-               WHERE (?1 IS NULL OR a.received_at_ms >= ?1) AND (?2 IS NULL OR a.received_at_ms < ?2)
-                 AND (?3 IS NULL OR instr(lower(a.location), lower(?3)) > 0)
-                 AND (?4 IS NULL OR a.test = ?4)
-                 AND (?6 IS NULL OR a.received_at_ms < ?6 OR (a.received_at_ms = ?6 AND a.alert_id > ?7)))
-             WHERE (?5 IS NULL OR state = ?5 OR (?5 = 'open' AND state IN ('received', 'notified', 'acknowledged', 'cancelled')))
-             ORDER BY received_at_ms DESC, alert_id LIMIT ?8"
+               WHERE {})
+             WHERE {state} ORDER BY received_at_ms DESC, alert_id DESC LIMIT ?{}",
+            conds.join(" AND "),
+            args.len()
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let (after_ms, after_id) = after.map_or((None, None), |(t, id)| (Some(t), Some(id)));
-        let rows = stmt.query_map(
-            params![
-                filter.from_ms,
-                filter.to_ms,
-                filter.location,
-                filter.test,
-                filter.state,
-                after_ms,
-                after_id,
-                limit as i64
-            ],
-            |r| Ok(ConsoleAlert { record: alert_from_row(r)?, state: r.get(15)?, by: r.get(16)? }),
-        )?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+            Ok(ConsoleAlert { record: alert_from_row(r)?, state: r.get(15)?, by: r.get(16)? })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
