@@ -30,6 +30,8 @@
 //! - [`ratelimit`]: token buckets: per agent after authentication, and for enrollment.
 //! - [`refusal`]: what the receive path refuses, logged at a bounded rate.
 //! - [`stats`]: counters of what was received, dropped and sent.
+//! - [`http`]: the web console (live alerts, an alert, agents, history and export), /metrics,
+//!   /healthz and /readyz; [`silence`]: enrolled agents that stopped sending heartbeats.
 //! - The binary: `main.rs` parses arguments and sets up logging; the administrator commands
 //!   are in `cli/`.
 //!
@@ -39,6 +41,7 @@
 
 pub mod channel;
 pub mod config;
+pub mod http;
 pub mod integrity;
 pub mod outbox;
 pub mod ratelimit;
@@ -46,6 +49,7 @@ pub mod refusal;
 pub mod registry;
 pub mod response;
 pub mod service;
+pub mod silence;
 pub mod stats;
 pub mod store;
 pub mod udp;

@@ -45,6 +45,9 @@ pub enum CollectorError {
     /// the process must end non-zero so that the service manager restarts it.
     #[error("the collector stopped: {0}")]
     Died(String),
+    /// The web console could not start (its address, TLS certificate or key).
+    #[error("{0}")]
+    Http(String),
     /// An operating system error.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -273,6 +276,25 @@ impl Collector {
                 }
             });
             essential("the registry refresh".into(), task);
+        }
+        // Enrolled agents that stop sending heartbeats: told once, and again when back.
+        {
+            let tell = tell.clone();
+            let task = workers.spawn(crate::silence::watch(
+                config.database_path(),
+                store.clone(),
+                config.agent_silent_after,
+                tell,
+                stop_workers.clone(),
+            ));
+            essential("the silent agent watch".into(), task);
+        }
+        // The web console, /metrics, /healthz, /readyz.
+        if config.http.is_some() {
+            let (_, task) = crate::http::start(&config, store.clone(), stats.clone(), stop_workers.clone())
+                .await
+                .map_err(|e| CollectorError::Http(e.to_string()))?;
+            essential("the web console".into(), task);
         }
         workers.close();
 

@@ -51,13 +51,16 @@ fn demo() -> anyhow::Result<()> {
     let slack = SlackStandIn::start(vec![]);
     let smtp = SmtpServer::start(vec![]);
 
-    // Embedded defaults, plus the two stand-in channels and a store in the temporary directory.
+    // Embedded defaults, plus the two stand-in channels, a store in the temporary directory, and
+    // the web console on a free loopback port.
+    let console = std::net::SocketAddr::from(([127, 0, 0, 1], sos_e2e::console::free_tcp_port()));
     let mut config = Config::parse(
         &format!(
             "listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\n\
              [notify.slack]\nwebhook_url = \"{slack}\"\n\
              [notify.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {smtp}\ntls = \"none\"\n\
-             from = \"sos@demo.invalid\"\nto = [\"security@demo.invalid\"]\n",
+             from = \"sos@demo.invalid\"\nto = [\"security@demo.invalid\"]\n\
+             [http]\nlisten = \"{console}\"\nadmins = [\"Demo Admin\"]\n",
             data = dir.path().join("sos-data").display().to_string(),
             slack = slack.url,
             smtp = smtp.port,
@@ -155,6 +158,19 @@ fn demo() -> anyhow::Result<()> {
         println!("\nstore      alert {id}:");
         for d in &deliveries {
             println!("           {:<6} {} after {} attempt(s)", d.channel, d.state, d.attempts);
+        }
+
+        // The console: ready, and its metrics count the alert.
+        let (ready, metrics) = tokio::task::spawn_blocking(move || {
+            let ready = sos_e2e::console::http(console, "GET", "/readyz", "", &[]);
+            let metrics = sos_e2e::console::http(console, "GET", "/metrics", "", &[]);
+            (ready, metrics)
+        })
+        .await?;
+        println!("\nconsole    http://{console}/ (log in after `sos-collector responders passwd NAME`)");
+        println!("           /readyz: {} {}", ready.status, ready.body.trim());
+        for line in metrics.body.lines().filter(|l| l.starts_with("sos_alerts_stored_total")) {
+            println!("           /metrics: {line}");
         }
 
         let _ = stop.send(());

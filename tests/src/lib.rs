@@ -18,6 +18,7 @@
 //! timeout, or a state re-checked until the deadline), never a fixed sleep.
 
 pub mod bin;
+pub mod console;
 pub mod desktop;
 pub mod flood;
 pub mod peer;

@@ -15,6 +15,7 @@ use sos_collector::Config;
 mod agents;
 mod alerts;
 pub mod check_config;
+mod console;
 mod responders;
 mod serve;
 pub mod store;
@@ -58,7 +59,8 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<AlertsAction>,
     },
-    /// The configured responders: list them with their agents and whether each is online.
+    /// The configured responders: list them with their agents and whether each is online (the
+    /// default); set a console password, or make a one-time invitation link.
     Responders {
         /// The configuration file (TOML): where responders are configured.
         #[arg(long, short, global = true)]
@@ -150,6 +152,20 @@ pub enum AlertsAction {
 pub enum RespondersAction {
     /// Each responder with its groups, its agents, and whether each agent is online.
     List,
+    /// Set the console password of NAME (an account of `[http] admins` or `[[responders]]`),
+    /// read from standard input: twice without echo on a terminal, else the first line.
+    Passwd {
+        /// The account name.
+        name: String,
+    },
+    /// Print a one-time link where NAME sets their own console password.
+    Invite {
+        /// The account name.
+        name: String,
+        /// How long the link stays valid, in hours.
+        #[arg(long, default_value_t = 72)]
+        expires_hours: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,6 +223,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             let c = load(config.as_deref())?;
             match action.unwrap_or(RespondersAction::List) {
                 RespondersAction::List => responders::list(&c),
+                RespondersAction::Passwd { name } => console::passwd(&c, &name),
+                RespondersAction::Invite { name, expires_hours } => console::invite(&c, &name, expires_hours),
             }
         }
         Command::Agents { config, action } => {

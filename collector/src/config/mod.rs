@@ -42,6 +42,8 @@ struct RawConfig {
     security: RawSecurity,
     responders: Vec<response::RawResponder>,
     escalation: response::RawEscalation,
+    agent_silent_after_secs: Option<u64>,
+    http: Option<crate::http::RawHttp>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +143,11 @@ pub struct Config {
     pub responders: Vec<ResponderConfig>,
     /// Who is notified first, and who next when nobody acknowledges in time (`[escalation]`).
     pub escalation: EscalationSettings,
+    /// An enrolled agent that has sent nothing for this long is silent: its panic button may be
+    /// down, so the channels and the console are told once (and again when it returns).
+    pub agent_silent_after: Duration,
+    /// The web console, /metrics, /healthz and /readyz; `None` (no `[http]`): not served.
+    pub http: Option<crate::http::HttpSettings>,
 }
 
 /// Who may talk to the collector, and how much.
@@ -268,6 +275,8 @@ impl Default for Config {
             security: SecuritySettings::default(),
             responders: Vec::new(),
             escalation: EscalationSettings::standard(),
+            agent_silent_after: Duration::from_secs(600),
+            http: None,
         }
     }
 }
@@ -324,6 +333,11 @@ impl Config {
         if let Some(v) = raw.shutdown_grace_secs {
             cfg.shutdown_grace = Duration::from_secs(within(file, "shutdown_grace_secs", v, 0, HOUR_SECS, "s")?);
         }
+        if let Some(v) = raw.agent_silent_after_secs {
+            cfg.agent_silent_after =
+                Duration::from_secs(within(file, "agent_silent_after_secs", v, 30, WEEK_SECS, "s")?);
+        }
+        cfg.http = raw.http.map(|h| h.validate(file, &rel)).transpose()?;
         if let Some(v) = raw.socket_buffer_bytes {
             if !(65_536..=1 << 30).contains(&v) {
                 return Err(ConfigError::at(

@@ -22,6 +22,7 @@ use sos_shared::protocol::Sos;
 use sos_shared::AlertId;
 
 mod alerts;
+pub mod console;
 mod db;
 mod health;
 mod jobs;

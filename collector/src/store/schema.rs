@@ -200,8 +200,36 @@ CREATE TABLE IF NOT EXISTS sender_notices (
 CREATE INDEX IF NOT EXISTS sender_notices_pending ON sender_notices (confirmed_at_ms);
 ";
 
+/// The web console (collector/src/http): responders' password hashes, one-time invitations
+/// (only a hash of each token), the write probe of `/readyz`, agents found silent (so that one
+/// notice is sent per silence, across restarts), and an index of alerts by time (the history and
+/// its export walk it a page at a time). Keep this the last migration.
+const V_CONSOLE: &str = "
+CREATE TABLE IF NOT EXISTS console_accounts (
+    name          TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS console_invitations (
+    token_hash    TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    used_at_ms    INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS console_probe (
+    id    INTEGER PRIMARY KEY CHECK (id = 0),
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_received ON alerts (received_at_ms, alert_id);
+CREATE TABLE IF NOT EXISTS silent_agents (
+    agent_id        TEXT PRIMARY KEY,
+    silent_since_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 /// Every migration, in order: the store's version is how many have run.
-const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3), M::up(V4)];
+const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V_CONSOLE)];
 
 /// The schema version this collector writes.
 pub const VERSION: usize = MIGRATIONS.len();

@@ -1,0 +1,120 @@
+//! `[http]`: where the console listens, TLS or a reverse proxy in front, who administers.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sos_shared::config::ConfigError;
+
+/// `[http]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    behind_proxy: Option<bool>,
+    public_url: Option<String>,
+    #[serde(default)]
+    admins: Vec<String>,
+    max_connections: Option<usize>,
+    max_live_clients: Option<usize>,
+}
+
+/// The console's settings, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// The TCP address of the console, /metrics, /healthz and /readyz.
+    pub listen: SocketAddr,
+    /// Certificate chain and private key (PEM files): serve HTTPS. `None`: plain HTTP, for
+    /// loopback or behind a reverse proxy that terminates TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// A reverse proxy terminates TLS in front of the console: cookies are marked Secure and
+    /// HSTS is sent as under TLS, and the client's address for login rate limits is the last
+    /// entry of `X-Forwarded-For` (the one the proxy added).
+    pub behind_proxy: bool,
+    /// The address people reach the console at, for invitation links (default from `listen`).
+    pub public_url: String,
+    /// Account names with the administrator role (enrollment codes, revoke, rotate). Every
+    /// other account is a responder.
+    pub admins: Vec<String>,
+    /// The most connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// The most live pages (server-sent event streams) at once; more are answered 503.
+    pub max_live_clients: usize,
+}
+
+impl HttpSettings {
+    /// Whether the browser reaches the console over HTTPS (directly or through the proxy).
+    pub fn secure(&self) -> bool {
+        self.tls.is_some() || self.behind_proxy
+    }
+}
+
+impl RawHttp {
+    /// Check `[http]`, naming the key and the file on error; `rel` resolves relative paths.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key that is wrong.
+    pub fn validate(self, file: Option<&Path>, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<HttpSettings, ConfigError> {
+        let listen_text = self.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            ConfigError::at(
+                file,
+                "http.listen",
+                format!("{listen_text:?} is not an IP address and port, e.g. \"127.0.0.1:8080\""),
+            )
+        })?;
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(c), Some(k)) => Some((rel(c), rel(k))),
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError::at(file, "http.tls_key", "tls_cert is set but tls_key is not")),
+            (None, Some(_)) => {
+                return Err(ConfigError::at(file, "http.tls_cert", "tls_key is set but tls_cert is not"))
+            }
+        };
+        let behind_proxy = self.behind_proxy.unwrap_or(false);
+        if behind_proxy && tls.is_some() {
+            return Err(ConfigError::at(
+                file,
+                "http.behind_proxy",
+                "set either tls_cert/tls_key (the console serves HTTPS) or behind_proxy (a proxy does), not both",
+            ));
+        }
+        let scheme = if tls.is_some() || behind_proxy { "https" } else { "http" };
+        let public_url = match self.public_url {
+            Some(u) if u.starts_with("https://") || u.starts_with("http://") => u.trim_end_matches('/').to_owned(),
+            Some(u) => {
+                return Err(ConfigError::at(
+                    file,
+                    "http.public_url",
+                    format!("{u:?} does not start with https:// or http://"),
+                ))
+            }
+            None => format!("{scheme}://{listen}"),
+        };
+        for (i, a) in self.admins.iter().enumerate() {
+            if a.trim().is_empty() || a.chars().count() > 64 || a.chars().any(char::is_control) {
+                return Err(ConfigError::at(
+                    file,
+                    &format!("http.admins[{i}]"),
+                    format!("{a:?} is not a name of 1 to 64 printable characters"),
+                ));
+            }
+        }
+        let bounded = |key: &str, v: Option<usize>, default: usize, max: usize| match v {
+            None => Ok(default),
+            Some(v) if (1..=max).contains(&v) => Ok(v),
+            Some(v) => Err(ConfigError::at(file, key, format!("{v} is not between 1 and {max}"))),
+        };
+        Ok(HttpSettings {
+            listen,
+            tls,
+            behind_proxy,
+            public_url,
+            admins: self.admins,
+            max_connections: bounded("http.max_connections", self.max_connections, 1024, 65_536)?,
+            max_live_clients: bounded("http.max_live_clients", self.max_live_clients, 256, 16_384)?,
+        })
+    }
+}
