@@ -250,26 +250,13 @@ impl Sos {
     /// and per retransmission, can never make the SOS too long to seal. Cuts fall on character
     /// boundaries and end with [`CUT_MARKER`], so a reader sees that text is missing.
     pub fn fit_to_datagram(&mut self) {
-        for field in 0..5 {
-            let mut cut = false;
-            loop {
-                let excess = self.widest_json_len().saturating_sub(MAX_PLAINTEXT);
-                if excess == 0 {
-                    return;
-                }
-                let f = match field {
-                    0 => &mut self.message,
-                    1 => &mut self.location,
-                    2 => &mut self.user,
-                    3 => &mut self.host,
-                    _ => &mut self.agent,
-                };
-                if !cut_to(f, excess, cut) {
-                    break; // nothing left to cut here: the next field
-                }
-                cut = true;
-            }
-        }
+        cut_fields_to_fit(self, 5, Sos::widest_json_len, |s, field| match field {
+            0 => &mut s.message,
+            1 => &mut s.location,
+            2 => &mut s.user,
+            3 => &mut s.host,
+            _ => &mut s.agent,
+        });
     }
 
     /// The length of this SOS's JSON with `ip` and `attempt` at their largest.
@@ -499,27 +486,14 @@ impl AlertBroadcast {
     /// (`u64::MAX`), as [`Sos::fit_to_datagram`] does. Cuts fall on character boundaries and
     /// end with [`CUT_MARKER`].
     pub fn fit_to_datagram(&mut self) {
-        for field in 0..6 {
-            let mut cut = false;
-            loop {
-                let excess = self.widest_json_len().saturating_sub(MAX_PLAINTEXT);
-                if excess == 0 {
-                    return;
-                }
-                let f = match field {
-                    0 => &mut self.message,
-                    1 => &mut self.location,
-                    2 => &mut self.user,
-                    3 => &mut self.host,
-                    4 => &mut self.note,
-                    _ => &mut self.responder,
-                };
-                if !cut_to(f, excess, cut) {
-                    break;
-                }
-                cut = true;
-            }
-        }
+        cut_fields_to_fit(self, 6, AlertBroadcast::widest_json_len, |b, field| match field {
+            0 => &mut b.message,
+            1 => &mut b.location,
+            2 => &mut b.user,
+            3 => &mut b.host,
+            4 => &mut b.note,
+            _ => &mut b.responder,
+        });
         // Only `ip` is left to cut (it is checked when the alert arrives, so this is a limit
         // that a real address never reaches).
         while self.widest_json_len() > MAX_PLAINTEXT && !self.ip.is_empty() {
@@ -537,6 +511,29 @@ impl AlertBroadcast {
         let mut widest = self.clone();
         widest.seq = u64::MAX;
         serde_json::to_vec(&Message::AlertBroadcast(widest)).map(|v| v.len()).unwrap_or(usize::MAX)
+    }
+}
+
+/// Cut the first `fields` text fields of `msg` (`field(msg, i)` is the i-th, least important
+/// first), each to nothing before the next, until `widest_len(msg)` fits in [`MAX_PLAINTEXT`].
+fn cut_fields_to_fit<T>(
+    msg: &mut T,
+    fields: usize,
+    widest_len: fn(&T) -> usize,
+    field: fn(&mut T, usize) -> &mut String,
+) {
+    for i in 0..fields {
+        let mut cut = false;
+        loop {
+            let excess = widest_len(msg).saturating_sub(MAX_PLAINTEXT);
+            if excess == 0 {
+                return;
+            }
+            if !cut_to(field(msg, i), excess, cut) {
+                break; // nothing left to cut here: the next field
+            }
+            cut = true;
+        }
     }
 }
 
