@@ -38,7 +38,9 @@ fn read_secret(prompt: &str) -> anyhow::Result<String> {
     };
     #[cfg(not(unix))]
     if tty {
+        // The collector is a Linux service; elsewhere the password echoes.
         eprint!("{prompt}");
+        let _ = std::io::stderr().flush();
     }
     let mut line = String::new();
     let read = stdin.lock().read_line(&mut line);

@@ -87,32 +87,7 @@ impl Db {
                     cancelled_at_ms, cancel_reason, agent_id, agent_name, agent_host
              FROM alerts ORDER BY received_at_ms DESC, alert_id LIMIT ?1",
         )?;
-        let alerts = stmt
-            .query_map(params![limit as i64], |r| {
-                let id: String = r.get(0)?;
-                Ok(AlertRecord {
-                    alert_id: id.parse().map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-                    })?,
-                    test: r.get(1)?,
-                    triggered_at: r.get(2)?,
-                    received_at_ms: r.get(3)?,
-                    user: r.get(4)?,
-                    host: r.get(5)?,
-                    ip: r.get(6)?,
-                    location: r.get(7)?,
-                    message: r.get(8)?,
-                    source: r.get(9)?,
-                    enrolled: enrolled_as(r, 12)?,
-                    cancellation: match (r.get::<_, Option<i64>>(10)?, r.get::<_, Option<String>>(11)?) {
-                        (Some(at_ms), reason) => Some(Cancellation { at_ms, reason: reason.unwrap_or_default() }),
-                        (None, _) => None,
-                    },
-                    audience: Default::default(),
-                    update: None,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+        let alerts = stmt.query_map(params![limit as i64], alert_from_row)?.collect::<Result<Vec<_>, _>>()?;
         let mut out = Vec::with_capacity(alerts.len());
         for a in alerts {
             let d = self.deliveries(a.alert_id)?;
@@ -197,4 +172,32 @@ impl Db {
         tx.commit()?;
         Ok(outcome)
     }
+}
+
+/// An alert from a row whose first 15 columns are `alert_id, test, triggered_at, received_at_ms,
+/// user, host, ip, location, message, source, cancelled_at_ms, cancel_reason, agent_id,
+/// agent_name, agent_host`.
+pub(crate) fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRecord> {
+    let id: String = r.get(0)?;
+    Ok(AlertRecord {
+        alert_id: id
+            .parse()
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?,
+        test: r.get(1)?,
+        triggered_at: r.get(2)?,
+        received_at_ms: r.get(3)?,
+        user: r.get(4)?,
+        host: r.get(5)?,
+        ip: r.get(6)?,
+        location: r.get(7)?,
+        message: r.get(8)?,
+        source: r.get(9)?,
+        enrolled: enrolled_as(r, 12)?,
+        cancellation: match (r.get::<_, Option<i64>>(10)?, r.get::<_, Option<String>>(11)?) {
+            (Some(at_ms), reason) => Some(Cancellation { at_ms, reason: reason.unwrap_or_default() }),
+            (None, _) => None,
+        },
+        audience: Default::default(),
+        update: None,
+    })
 }

@@ -5,7 +5,7 @@
 use rusqlite::{params, OptionalExtension as _};
 use sos_shared::AlertId;
 
-use super::{enrolled_as, AlertRecord, Cancellation, Db, Delivery, StoreError};
+use super::{AlertRecord, Db, Delivery, StoreError};
 
 /// An alert's state as the console shows it, in SQL: the responder loop's state (`responses`);
 /// for an alert stored before it (no row there), cancelled by the sender or else notified (as
@@ -79,31 +79,6 @@ pub struct EventRow {
     pub note: String,
 }
 
-fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRecord> {
-    let id: String = r.get(0)?;
-    Ok(AlertRecord {
-        alert_id: id
-            .parse()
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?,
-        test: r.get(1)?,
-        triggered_at: r.get(2)?,
-        received_at_ms: r.get(3)?,
-        user: r.get(4)?,
-        host: r.get(5)?,
-        ip: r.get(6)?,
-        location: r.get(7)?,
-        message: r.get(8)?,
-        source: r.get(9)?,
-        enrolled: enrolled_as(r, 12)?,
-        cancellation: match (r.get::<_, Option<i64>>(10)?, r.get::<_, Option<String>>(11)?) {
-            (Some(at_ms), reason) => Some(Cancellation { at_ms, reason: reason.unwrap_or_default() }),
-            (None, _) => None,
-        },
-        audience: Default::default(),
-        update: None,
-    })
-}
-
 impl Db {
     /// Alerts matching `filter`, newest first (then by id, descending), at most `limit`, strictly
     /// after `after` (the `(received_at_ms, alert_id)` of the last row of the previous page).
@@ -160,7 +135,7 @@ impl Db {
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-            Ok(ConsoleAlert { record: alert_from_row(r)?, state: r.get(15)?, by: r.get(16)? })
+            Ok(ConsoleAlert { record: super::alerts::alert_from_row(r)?, state: r.get(15)?, by: r.get(16)? })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -174,25 +149,11 @@ impl Db {
         let alert = self
             .conn
             .query_row(&sql, params![id.to_string()], |r| {
-                Ok(ConsoleAlert { record: alert_from_row(r)?, state: r.get(15)?, by: r.get(16)? })
+                Ok(ConsoleAlert { record: super::alerts::alert_from_row(r)?, state: r.get(15)?, by: r.get(16)? })
             })
             .optional()?;
         let Some(alert) = alert else { return Ok(None) };
-        let mut jobs = self.conn.prepare_cached(
-            "SELECT channel || CASE kind WHEN 'cancel' THEN ' (cancel)' ELSE '' END,
-                    state, attempts, last_error, delivered_at_ms FROM outbox WHERE alert_id = ?1 ORDER BY id",
-        )?;
-        let deliveries = jobs
-            .query_map(params![id.to_string()], |r| {
-                Ok(Delivery {
-                    channel: r.get(0)?,
-                    state: r.get(1)?,
-                    attempts: r.get(2)?,
-                    last_error: r.get(3)?,
-                    delivered_at_ms: r.get(4)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
+        let deliveries = self.deliveries(id)?;
         Ok(Some((alert, deliveries)))
     }
 
