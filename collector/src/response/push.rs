@@ -4,8 +4,8 @@
 //! [`Pushes`] is what the receive path and the push task share, in memory:
 //! - where every agent was last heard from ([`Pushes::seen`]): the source address of its last
 //!   authentic datagram, the key that sealed it, and whether it is a responder desktop. Only a
-//!   token newer than the one that set the address may move it, so a replayed datagram from a
-//!   forged source cannot redirect pushes. (The presence the store records is only what
+//!   newer message may move it (a later timestamp, or a message not yet seen in the same
+//!   second), so a replayed datagram from a forged source cannot redirect pushes. (The presence the store records is only what
 //!   `agents list` shows; a restarted collector waits for each agent's next datagram.)
 //! - what responder desktops should show ([`Showing`]) and the notices owed to senders
 //!   ([`PendingNotice`]), both read from the store by [`run`] on every change and every
@@ -103,13 +103,20 @@ impl Recipient {
     }
 }
 
+/// The most messages of one second that may move an agent's address (bounds a burst of
+/// retransmissions sealed in one second).
+const MAX_TAGS: usize = 8;
+
 /// Where an agent was last heard from.
 #[derive(Debug, Clone)]
 struct Seen {
     /// The source of its last authentic datagram (of any kind): pushes go there only.
     addr: SocketAddr,
-    /// The timestamp of the token that set `addr`: only a newer token moves it.
+    /// The timestamp of the token that set `addr`: only a newer token moves it, or a new
+    /// message of the same second.
     token_time: u64,
+    /// The digests of the messages of second `token_time` (at most [`MAX_TAGS`]).
+    tags: Vec<u64>,
     /// When it was last heard from (any authentic datagram, even one that did not move `addr`).
     at: Instant,
     /// Since when it has been online without a gap: a track pushed before is pushed at once again.
@@ -260,6 +267,9 @@ pub struct Heard<'a> {
     pub addr: SocketAddr,
     /// Its token's timestamp.
     pub token_time: u64,
+    /// A digest of its message: tells two messages sealed in the same second apart, and a
+    /// replay (the same message again) from one.
+    pub message_tag: u64,
     /// The key that sealed it.
     pub key: &'a Key,
     /// The configured responder of an enrolled agent (`Config::responder_for_agent`).
@@ -307,7 +317,7 @@ impl Pushes {
 
     /// An authentic datagram arrived (see [`Heard`]).
     pub fn seen(&self, heard: Heard<'_>, now: Instant) {
-        let Heard { who, addr, token_time, key, responder, declares_responder } = heard;
+        let Heard { who, addr, token_time, message_tag, key, responder, declares_responder } = heard;
         let offline_after = self.offline_after;
         let mut st = self.state();
         if let Some(s) = st.presence.get_mut(&who) {
@@ -315,12 +325,24 @@ impl Pushes {
                 s.online_since = now;
             }
             s.at = now;
-            // Only a newer token moves the address: a replay (same or older timestamp) from a
-            // forged source cannot redirect pushes. NAT rebinding moves it with the next
-            // datagram the agent seals.
-            if token_time > s.token_time || (token_time == s.token_time && addr == s.addr) {
+            // Only a newer message moves the address: a replay (an older timestamp, or a message
+            // already seen in this second) from a forged source cannot redirect pushes. NAT
+            // rebinding moves it with the next datagram the agent seals, and so does an agent's
+            // heartbeat from its listening socket sent in the same second as an SOS or respond
+            // from another socket (timestamps are whole seconds).
+            if token_time > s.token_time {
                 s.addr = addr;
                 s.token_time = token_time;
+                s.tags.clear();
+                s.tags.push(message_tag);
+                s.key = key.clone();
+            } else if token_time == s.token_time && !s.tags.contains(&message_tag) {
+                if s.tags.len() < MAX_TAGS {
+                    s.tags.push(message_tag);
+                    s.addr = addr;
+                    s.key = key.clone();
+                }
+            } else if token_time == s.token_time && addr == s.addr {
                 s.key = key.clone();
             }
             s.responder = responder;
@@ -348,6 +370,7 @@ impl Pushes {
         let seen = Seen {
             addr,
             token_time,
+            tags: vec![message_tag],
             at: now,
             online_since: now,
             key: key.clone(),
@@ -678,6 +701,7 @@ mod tests {
                 who: Recipient::Agent(id.into()),
                 addr: addr(port),
                 token_time: t,
+                message_tag: 0,
                 key: &key(),
                 responder: Some(name.into()),
                 declares_responder: Some(true),
@@ -702,6 +726,7 @@ mod tests {
                 who: Recipient::Agent("a3".into()),
                 addr: addr(7003),
                 token_time: 100,
+                message_tag: 0,
                 key: &key(),
                 responder: None,
                 declares_responder: Some(false),
@@ -788,6 +813,29 @@ mod tests {
     }
 
     #[test]
+    fn a_new_message_of_the_same_second_moves_the_address_and_its_replay_does_not_move_it_back() {
+        // An agent sends `respond` from a short-lived socket and heartbeats from its listening
+        // socket in the same second: the heartbeat's address is where pushes must go.
+        let p = pushes();
+        let t0 = Instant::now();
+        let k = key();
+        let heard = |port: u16, tag: u64| Heard {
+            who: Recipient::Agent("a1".into()),
+            addr: addr(port),
+            token_time: 100,
+            message_tag: tag,
+            key: &k,
+            responder: Some("Sam".into()),
+            declares_responder: Some(true),
+        };
+        p.seen(heard(7001, 1), t0); // respond, short-lived socket
+        p.seen(heard(7002, 2), t0); // heartbeat, listening socket, same second
+        p.seen(heard(7001, 1), t0); // the respond replayed (or duplicated by the network)
+        p.update(vec![showing(1, 1, BroadcastState::Open, &["Sam"])], vec![]);
+        assert_eq!(p.due(t0)[0].to, addr(7002));
+    }
+
+    #[test]
     fn a_closed_alert_is_not_shown_to_a_desktop_that_never_showed_it() {
         let p = pushes();
         let t0 = Instant::now();
@@ -845,6 +893,7 @@ mod tests {
                 who: sender.clone(),
                 addr: addr(7100),
                 token_time: 100,
+                message_tag: 0,
                 key: &key(),
                 responder: None,
                 declares_responder: Some(false),
@@ -856,6 +905,7 @@ mod tests {
                 who: Recipient::Agent("other".into()),
                 addr: addr(7101),
                 token_time: 100,
+                message_tag: 0,
                 key: &key(),
                 responder: None,
                 declares_responder: Some(false),
@@ -908,6 +958,7 @@ mod tests {
                     who,
                     addr: addr(7200),
                     token_time: 100,
+                    message_tag: 0,
                     key: &key(),
                     responder: None,
                     declares_responder: None,
@@ -922,6 +973,7 @@ mod tests {
                 who: Recipient::Agent("a".into()),
                 addr: addr(7201),
                 token_time: 100,
+                message_tag: 0,
                 key: &key(),
                 responder: None,
                 declares_responder: None,

@@ -60,6 +60,16 @@ pub(crate) struct Receiver {
     pub(crate) pushes: Arc<Pushes>,
 }
 
+/// A digest of a message: equal for a replay, different for another message sealed in the same
+/// second (see `response::push`). The plaintext, not the token text, is digested: a token's
+/// text could be altered without changing what it authenticates.
+fn message_tag(message: &Message) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(message).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
 /// The rate limiters of the receive path. No limit applies to a datagram before it is
 /// authenticated, except to enrollment, which cannot be checked cheaply (docs/SECURITY.md).
 #[derive(Debug)]
@@ -321,6 +331,7 @@ impl Receiver {
                 who,
                 addr: from,
                 token_time: opened.timestamp,
+                message_tag: message_tag(&opened.message),
                 key: &key,
                 responder: responder.clone(),
                 declares_responder,
