@@ -76,6 +76,9 @@ pub(super) async fn respond_and_ack(store: Store, alert_id: AlertId, responder: 
             );
             RespondStatus::Acknowledged
         }
+        // This responder's own acknowledgement, retransmitted because its answer was lost:
+        // the answer it missed, not "someone else is responding".
+        Ok(Transition::Already { by }) if by == responder => RespondStatus::Acknowledged,
         Ok(Transition::Already { by }) => {
             debug!(%by, "respond for an alert acknowledged already");
             RespondStatus::Already
