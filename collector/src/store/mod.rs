@@ -220,6 +220,8 @@ pub struct AgentSeen {
     pub last_seen_ms: i64,
     /// The enrolled agent whose key sealed it, if any.
     pub agent_id: Option<String>,
+    /// Its heartbeat said it is a responder desktop (it shows popups).
+    pub responder: bool,
 }
 
 /// One pending delivery of one alert to one channel.
@@ -416,6 +418,7 @@ pub(crate) mod tests {
             key_id: "00".into(),
             agent_id: None,
             last_seen_ms: at,
+            responder: false,
         };
         db.record_agents(&[seen("alice", 10), seen("bob", 20), seen("alice", 30), seen("alice", 25)]).unwrap();
         let agents = db.agents().unwrap();
@@ -440,6 +443,7 @@ pub(crate) mod tests {
                     key_id: "00".into(),
                     agent_id: None,
                     last_seen_ms: round,
+                    responder: false,
                 });
             }
         }

@@ -18,12 +18,15 @@ impl Db {
                      key_id = excluded.key_id, last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)",
             )?;
             let mut enrolled = tx.prepare_cached(
-                "UPDATE enrolled SET last_seen_ms = MAX(COALESCE(last_seen_ms, 0), ?2) WHERE agent_id = ?1",
+                "UPDATE enrolled SET last_seen_ms = MAX(COALESCE(last_seen_ms, 0), ?2),
+                     responder_seen_ms = CASE WHEN ?3 THEN MAX(COALESCE(responder_seen_ms, 0), ?2)
+                                              ELSE responder_seen_ms END
+                 WHERE agent_id = ?1",
             )?;
             for a in seen {
                 upsert.execute(params![a.host, a.user, a.ip, a.source, a.key_id, a.last_seen_ms])?;
                 if let Some(id) = &a.agent_id {
-                    enrolled.execute(params![id, a.last_seen_ms])?;
+                    enrolled.execute(params![id, a.last_seen_ms, a.responder])?;
                 }
             }
         }
@@ -48,6 +51,7 @@ impl Db {
                 key_id: r.get(4)?,
                 last_seen_ms: r.get(5)?,
                 agent_id: None,
+                responder: false,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -153,6 +153,7 @@ INSERT INTO outbox_v4 (id, alert_id, channel, kind, state, attempts, created_at_
     SELECT id, alert_id, channel, kind, state, attempts, created_at_ms, next_attempt_at_ms, delivered_at_ms, last_error FROM outbox;
 DROP TABLE outbox;
 ALTER TABLE outbox_v4 RENAME TO outbox;
+ALTER TABLE enrolled ADD COLUMN responder_seen_ms INTEGER;
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (channel, state, next_attempt_at_ms);
 CREATE INDEX IF NOT EXISTS outbox_alert ON outbox (alert_id);
 CREATE TABLE IF NOT EXISTS responses (

@@ -378,7 +378,10 @@ impl Store {
     /// service flushes every [`PRESENCE_FLUSH`](super::PRESENCE_FLUSH) and when it stops).
     pub fn seen(&self, agent: AgentSeen) {
         let key = (agent.host.clone(), agent.user.clone());
-        self.presence.lock().unwrap_or_else(|e| e.into_inner()).insert(key, agent);
+        let mut presence = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        // A responder desktop's SOS (which carries no flag) does not hide its heartbeat's flag.
+        let responder = agent.responder || presence.get(&key).is_some_and(|a| a.responder);
+        presence.insert(key, AgentSeen { responder, ..agent });
     }
 
     /// Write the heartbeats noted since the last flush, in one transaction (not waited for).

@@ -356,6 +356,7 @@ impl Receiver {
                         key_id: key_id.to_string(),
                         last_seen_ms: now_ms(),
                         agent_id: Some(e.agent_id.clone()),
+                        responder: false,
                     });
                 }
                 let alert =
@@ -383,6 +384,7 @@ impl Receiver {
                     key_id: key_id.to_string(),
                     last_seen_ms: now_ms(),
                     agent_id: enrolled.as_ref().map(|e| e.agent_id.clone()),
+                    responder: hb.responder,
                 });
                 if self.store.is_failing() {
                     // No healthy answer while no SOS can be stored: the agent shows it is not

@@ -180,11 +180,14 @@ fn notice_event(name: &str) -> NoticeEvent {
     }
 }
 
-/// Whether an agent of `agents` (enrolled names, not revoked) sent an authentic datagram since
-/// `since_ms` (as presence recorded it).
+/// Whether an agent of `agents` (enrolled names, not revoked) heartbeated as a responder
+/// desktop (`responder = true` in its config: it shows popups) since `since_ms`, as presence
+/// recorded it. An agent listed for a responder whose config lacks `responder = true` gets no
+/// broadcasts, so it reaches nobody.
 fn any_online(tx: &Transaction<'_>, agents: &[String], since_ms: i64) -> rusqlite::Result<bool> {
     let mut stmt = tx.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM enrolled WHERE name = ?1 AND revoked_at_ms IS NULL AND last_seen_ms >= ?2)",
+        "SELECT EXISTS (SELECT 1 FROM enrolled
+                        WHERE name = ?1 AND revoked_at_ms IS NULL AND responder_seen_ms >= ?2)",
     )?;
     for a in agents {
         if stmt.query_row(params![a, since_ms], |r| r.get::<_, bool>(0))? {
@@ -887,12 +890,25 @@ mod tests {
         assert_eq!(n.len(), 1);
         assert_eq!(n[0].2.event, NoticeEvent::Unanswered);
 
-        // With Sam's desk online, tier 1 reaches him: no notice, a deadline.
+        // Sam's desk online but not a responder desktop (no `responder = true`: it shows no
+        // popups): nobody is reached.
         let (_d, mut db) = open();
         db.conn
             .execute(
                 "INSERT INTO enrolled (agent_id, name, host, enrolled_at_ms, key, last_seen_ms)
                  VALUES ('a1', 'sam-desk', 'desk', 0, 'k', 900)",
+                [],
+            )
+            .unwrap();
+        db.insert_alerts_planned(&[alert(ID)], &p, 10_000).unwrap();
+        assert_eq!(db.pending_notices().unwrap()[0].2.event, NoticeEvent::Unanswered);
+
+        // With Sam's responder desktop online, tier 1 reaches him: no notice, a deadline.
+        let (_d, mut db) = open();
+        db.conn
+            .execute(
+                "INSERT INTO enrolled (agent_id, name, host, enrolled_at_ms, key, last_seen_ms, responder_seen_ms)
+                 VALUES ('a1', 'sam-desk', 'desk', 0, 'k', 900, 900)",
                 [],
             )
             .unwrap();
