@@ -290,11 +290,22 @@ impl Collector {
             essential("the silent agent watch".into(), task);
         }
         // The web console, /metrics, /healthz, /readyz.
+        // It is optional: when it cannot start (its port taken, a certificate unreadable after a
+        // renewal), SOS are still received, acknowledged and notified; administrators are told.
         if config.http.is_some() {
-            let (_, task) = crate::http::start(&config, store.clone(), stats.clone(), stop_workers.clone())
-                .await
-                .map_err(|e| CollectorError::Http(e.to_string()))?;
-            essential("the web console".into(), task);
+            match crate::http::start(&config, store.clone(), stats.clone(), stop_workers.clone()).await {
+                Ok((_, task)) => essential("the web console".into(), task),
+                Err(e) => {
+                    let e = CollectorError::Http(e.to_string());
+                    error!(error = %e, "THE WEB CONSOLE DID NOT START; SOS are still received and notified");
+                    tokio::spawn(tell(
+                        "SOS collector: web console down",
+                        format!(
+                            "its web console did not start ({e}); SOS are still received, acknowledged and notified."
+                        ),
+                    ));
+                }
+            }
         }
         workers.close();
 

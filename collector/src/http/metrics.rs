@@ -191,16 +191,55 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// What /readyz last learnt of the store. The probe is a write (an fsync) on the writer thread
+/// that commits every SOS: unauthenticated requests must not queue them, so one probe runs at a
+/// time, its answer serves every request for a second, and a probe still waiting in the
+/// writer's queue (a hung disk) is not joined by another.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+    queued: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Readiness {
+    /// The store's answer to a write, at most a second old.
+    async fn check(&self, store: &crate::store::Store) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        let mut last = self.last.lock().await;
+        if let Some((_, answer)) = last.as_ref().filter(|(at, _)| at.elapsed() < std::time::Duration::from_secs(1)) {
+            return answer.clone();
+        }
+        let answer = if self.queued.swap(true, Ordering::AcqRel) {
+            Err("the store has not answered an earlier probe yet".to_owned())
+        } else {
+            let queued = self.queued.clone();
+            let probe = store.exec(move |db| {
+                let r = db.probe_write(crate::store::now_ms());
+                queued.store(false, Ordering::Release);
+                r
+            });
+            match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
+                Ok(Ok(())) if !store.is_failing() => Ok(()),
+                Ok(Ok(())) => Err("the store is failing".to_owned()),
+                Ok(Err(e)) => {
+                    // Ran and failed, or never ran (the writer has ended): nothing is queued.
+                    self.queued.store(false, Ordering::Release);
+                    Err(format!("the store does not take writes: {e}"))
+                }
+                Err(_) => Err("the store did not answer within 3 s".to_owned()),
+            }
+        };
+        *last = Some((std::time::Instant::now(), answer.clone()));
+        answer
+    }
+}
+
 /// `GET /readyz`: 200 when the store takes a write now and at least one channel besides the log
 /// is configured; 503 naming what is wrong otherwise.
 pub async fn readyz(State(console): State<Arc<Console>>) -> Response {
     let mut problems = Vec::new();
-    let probe = console.store.exec(|db| db.probe_write(crate::store::now_ms()));
-    match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
-        Ok(Ok(())) if !console.store.is_failing() => {}
-        Ok(Ok(())) => problems.push("the store is failing".to_owned()),
-        Ok(Err(e)) => problems.push(format!("the store does not take writes: {e}")),
-        Err(_) => problems.push("the store did not answer within 3 s".to_owned()),
+    if let Err(problem) = console.readiness.check(&console.store).await {
+        problems.push(problem);
     }
     if console.config.channel_names().iter().all(|c| *c == "log") {
         problems.push("no notification channel is configured (only the log)".to_owned());

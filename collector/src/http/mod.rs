@@ -95,6 +95,8 @@ pub struct Console {
     live_clients: Arc<Semaphore>,
     /// /metrics.
     metrics: metrics::Metrics,
+    /// /readyz's last store probe: one at a time, its answer kept for a second.
+    readiness: metrics::Readiness,
 }
 
 impl Console {
@@ -116,6 +118,7 @@ impl Console {
             stats,
             live,
             metrics: metrics::Metrics::default(),
+            readiness: metrics::Readiness::default(),
         })
     }
 
