@@ -330,6 +330,7 @@ impl Pushes {
             // rebinding moves it with the next datagram the agent seals, and so does an agent's
             // heartbeat from its listening socket sent in the same second as an SOS or respond
             // from another socket (timestamps are whole seconds).
+            let moved_from = s.addr;
             if token_time > s.token_time {
                 s.addr = addr;
                 s.token_time = token_time;
@@ -348,6 +349,18 @@ impl Pushes {
             s.responder = responder;
             if let Some(d) = declares_responder {
                 s.declares_responder = d;
+            }
+            // A desk heard from a new socket may be a restarted agent that has forgotten what
+            // it confirmed: what it should show is pushed again (an agent that still shows it
+            // confirms the repeat and changes nothing).
+            if s.addr != moved_from {
+                if let Recipient::Agent(id) = &who {
+                    for ((agent, _), track) in st.broadcasts.iter_mut() {
+                        if agent == id && track.confirmed > 0 {
+                            *track = Track::new(now);
+                        }
+                    }
+                }
             }
             return;
         }
@@ -833,6 +846,23 @@ mod tests {
         p.seen(heard(7001, 1), t0); // the respond replayed (or duplicated by the network)
         p.update(vec![showing(1, 1, BroadcastState::Open, &["Sam"])], vec![]);
         assert_eq!(p.due(t0)[0].to, addr(7002));
+    }
+
+    #[test]
+    fn a_desk_heard_from_a_new_socket_gets_what_it_confirmed_again() {
+        // A responder agent restarted within the offline threshold has forgotten its popups.
+        let p = pushes();
+        let t0 = Instant::now();
+        desk(&p, "a1", "Sam", 7001, 100, t0);
+        p.update(vec![showing(1, 1, BroadcastState::Open, &["Sam"])], vec![]);
+        assert_eq!(p.due(t0).len(), 1);
+        p.broadcast_received("a1", AlertId::from_u128(1), 1);
+        assert!(p.due(t0 + Duration::from_secs(5)).is_empty(), "confirmed");
+        desk(&p, "a1", "Sam", 7009, 101, t0 + Duration::from_secs(6));
+        let again = p.due(t0 + Duration::from_secs(6));
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].to, addr(7009));
+        assert!(matches!(opened(&again[0]), Message::AlertBroadcast(b) if b.seq == 1));
     }
 
     #[test]
