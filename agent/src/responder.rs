@@ -420,7 +420,10 @@ async fn take(
                     Err(e) => warn!("key rotation not applied: {e}"),
                 }
             }
-            if let Some(r) = round.as_mut().filter(|r| !r.answered) {
+            // Only a fresh answer shows the collector reachable: an old one replayed by whoever
+            // blocks the collector must not keep the tray "ready". (The collector answers only a
+            // heartbeat within its time window, so a real answer is always fresh.)
+            if let Some(r) = round.as_mut().filter(|r| !r.answered && fresh) {
                 r.answered = true;
                 answered = Some(line.addr.map(|a| a.to_string()).unwrap_or_else(|| line.name.clone()));
             }
