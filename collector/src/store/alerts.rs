@@ -160,10 +160,13 @@ impl Db {
                     params![id, now_ms, reason],
                 )?;
                 for ch in Db::cancel_response(&tx, &id, reason, now_ms, channels)? {
+                    // The responders it was emailed to are told too ("check in person").
+                    let recipients = super::sqlite::response::notified_recipients(&tx, &id, &ch)?;
                     tx.execute(
-                        "INSERT INTO outbox (alert_id, channel, kind, state, created_at_ms, next_attempt_at_ms)
-                         VALUES (?1, ?2, 'cancel', 'pending', ?3, ?3) ON CONFLICT DO NOTHING",
-                        params![id, ch, jobs_at_ms],
+                        "INSERT INTO outbox (alert_id, channel, kind, state, created_at_ms, next_attempt_at_ms,
+                                             recipients)
+                         VALUES (?1, ?2, 'cancel', 'pending', ?3, ?3, ?4) ON CONFLICT DO NOTHING",
+                        params![id, ch, jobs_at_ms, recipients],
                     )?;
                 }
                 Cancelled::New

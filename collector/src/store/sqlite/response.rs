@@ -137,13 +137,33 @@ fn queue(
     jobs_at_ms: i64,
 ) -> rusqlite::Result<()> {
     for ch in channels {
+        let recipients = notified_recipients(tx, id, ch)?;
         tx.prepare_cached(
-            "INSERT INTO outbox (alert_id, channel, kind, tier, state, created_at_ms, next_attempt_at_ms, detail)
-             VALUES (?1, ?2, ?3, 1, 'pending', ?4, ?4, ?5) ON CONFLICT DO NOTHING",
+            "INSERT INTO outbox (alert_id, channel, kind, tier, state, created_at_ms, next_attempt_at_ms, detail,
+                                 recipients)
+             VALUES (?1, ?2, ?3, 1, 'pending', ?4, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
         )?
-        .execute(params![id, ch, kind, jobs_at_ms, detail])?;
+        .execute(params![id, ch, kind, jobs_at_ms, detail, recipients])?;
     }
     Ok(())
+}
+
+/// The extra recipients (responders' email addresses) the alert's notifications on `channel`
+/// went to, every tier, each once: what happens next (a reminder, an acknowledgement, the
+/// resolution, a cancellation) goes to them too.
+pub(crate) fn notified_recipients(tx: &Transaction<'_>, id: &str, channel: &str) -> rusqlite::Result<String> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT recipients FROM outbox WHERE alert_id = ?1 AND channel = ?2 AND kind = 'alert' ORDER BY id",
+    )?;
+    let mut all: Vec<String> = Vec::new();
+    for r in stmt.query_map(params![id, channel], |r| r.get::<_, String>(0))? {
+        for address in r?.lines() {
+            if !address.is_empty() && !all.iter().any(|a| a == address) {
+                all.push(address.to_owned());
+            }
+        }
+    }
+    Ok(all.join("\n"))
 }
 
 /// Owe the alert's sender a notice (once per event).
@@ -233,12 +253,13 @@ fn fire_tier(
         }
         let earlier = notified_channels(tx, id)?;
         for ch in earlier.iter().filter(|c| !tier.channels.contains(&c.as_str())) {
+            let recipients = notified_recipients(tx, id, ch)?;
             tx.prepare_cached(
                 "INSERT INTO outbox (alert_id, channel, kind, tier, state, created_at_ms, next_attempt_at_ms,
-                                     detail, mentions)
-                 VALUES (?1, ?2, 'reminder', ?3, 'pending', ?4, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                                     detail, mentions, recipients)
+                 VALUES (?1, ?2, 'reminder', ?3, 'pending', ?4, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
             )?
-            .execute(params![id, ch, number, jobs_at_ms, after_secs, reminded.join("\n")])?;
+            .execute(params![id, ch, number, jobs_at_ms, after_secs, reminded.join("\n"), recipients])?;
         }
     }
     for ch in &tier.channels {
@@ -876,6 +897,35 @@ mod tests {
             (events[2].who.as_str(), events[2].via, events[2].note.as_str()),
             ("Sam", Via::CommandLine, "on my way")
         );
+    }
+
+    #[test]
+    fn the_responders_emailed_by_a_tier_are_told_what_happens_next() {
+        // Tier 2 emails Kim; Kim acknowledges: the "acknowledged" email goes to Kim too, and so
+        // do the resolution and a cancellation of another alert emailed to Kim.
+        let (_d, mut db) = open();
+        let mut p = plan();
+        p.emergency[0].wait_ms = 0;
+        db.insert_alerts_planned(&[alert(ID), alert(2)], &p, 10_000).unwrap();
+        db.escalate_due(&p, 10_000, 10_000, 100).unwrap();
+        let recipients = |db: &Db, kind: &str, id: u128| -> String {
+            db.conn
+                .query_row(
+                    "SELECT recipients FROM outbox WHERE channel = 'email' AND kind = ?1 AND alert_id = ?2",
+                    params![kind, AlertId::from_u128(id).to_string()],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        assert_eq!(recipients(&db, "alert", ID), "kim@example.com");
+        let id = AlertId::from_u128(ID);
+        db.acknowledge(id, "Kim", Via::Popup, "", 20_000, 20_000).unwrap();
+        assert_eq!(recipients(&db, "acknowledged", ID), "kim@example.com");
+        db.resolve(id, "Kim", Via::Popup, "handled", "", 30_000, 30_000).unwrap();
+        assert_eq!(recipients(&db, "resolved", ID), "kim@example.com");
+        let c = db.cancel(AlertId::from_u128(2), "pressed by accident", "00", &["slack", "email"], 40_000, 40_000);
+        assert_eq!(c.unwrap(), Cancelled::New);
+        assert_eq!(recipients(&db, "cancel", 2), "kim@example.com");
     }
 
     #[test]
