@@ -187,6 +187,25 @@ fn every_page_carries_the_security_headers_and_health_answers() {
     assert_eq!(http(c.http, "GET", "/history/export.csv", "", &[]).status, 303);
 }
 
+#[test]
+fn a_console_that_cannot_start_does_not_stop_the_collector() {
+    // Its port is taken: SOS are still acknowledged and notified, and administrators are told.
+    let site = sos_e2e::site::Site::new();
+    let slack = sos_e2e::SlackStandIn::start(vec![]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = format!(
+        "{}\n[http]\nlisten = \"{}\"\nadmins = [\"{ADMIN}\"]\n",
+        site.collector_config(Some(&slack), None),
+        taken.local_addr().unwrap()
+    );
+    let collector = site.start_with(&config);
+    collector.wait_log(WAIT, "THE WEB CONSOLE DID NOT START");
+    slack.wait_for_text(WAIT, "web console");
+    let out = agent_send(&site.agent_config(), &["--message", "console down"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    slack.wait_for_text(WAIT, "console down");
+}
+
 /// A TLS client (rustls) that trusts the test CA, for one request.
 fn https_get(addr: SocketAddr, path: &str) -> String {
     use rustls::pki_types::pem::PemObject as _;
