@@ -307,10 +307,12 @@ pub async fn csrf_guard(State(console): State<Arc<Console>>, req: Request, next:
 }
 
 /// The client's address for rate limits: the TCP peer, or behind a proxy the last
-/// `X-Forwarded-For` entry (the one the proxy added).
+/// `X-Forwarded-For` entry (the one the proxy added). The header is believed only from a proxy
+/// on this host (a loopback peer): anyone who reaches the console's port directly could
+/// otherwise name any address and escape the per-source login limit.
 pub fn source(console: &Console, parts_headers: &HeaderMap, peer: Option<std::net::SocketAddr>) -> IpAddr {
     let direct = peer.map(|p| p.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    if !console.settings.behind_proxy {
+    if !console.settings.behind_proxy || !direct.is_loopback() {
         return direct;
     }
     parts_headers
