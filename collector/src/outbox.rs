@@ -350,6 +350,7 @@ mod tests {
                 cancellation: None,
                 audience: Default::default(),
                 update: None,
+                site: None,
             },
         }
     }

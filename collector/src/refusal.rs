@@ -79,6 +79,9 @@ pub enum Cause {
     /// An authentic `respond` from an agent that is not a responder desktop (the site key, or
     /// an enrolled agent listed in no responder's `agents`).
     NotAResponder,
+    /// An authentic `forward_sos` or `forward_update` not from an enrolled site collector, or an
+    /// update for an alert that site did not forward.
+    NotASite,
 }
 
 impl Cause {
@@ -115,6 +118,9 @@ impl Cause {
             Cause::ReplyFailed => "cannot send a reply",
             Cause::NotAResponder => {
                 "refused respond: not sealed by an enrolled agent listed in a responder's agents; not recorded, not answered"
+            }
+            Cause::NotASite => {
+                "refused a forwarded alert or update: not sealed by an enrolled site collector (enroll --site), or about an alert that site did not forward; not recorded, not answered"
             }
         }
     }

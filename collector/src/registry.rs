@@ -45,6 +45,8 @@ pub struct AgentRecord {
     pub revoked_at_ms: Option<i64>,
     /// The last datagram from it, ms since the Unix epoch.
     pub last_seen_ms: Option<i64>,
+    /// A site collector enrolled to forward its alerts here (`enroll --site`), not a workstation.
+    pub site: bool,
 }
 
 /// What became of an `enroll_start` for a code id.
@@ -108,18 +110,33 @@ impl Db {
     /// # Errors
     /// If the store fails.
     pub fn create_enrollment(&mut self, name: &str, ttl_ms: i64, now_ms: i64) -> Result<Code, StoreError> {
+        self.create_enrollment_of(name, false, ttl_ms, now_ms)
+    }
+
+    /// A new one-time code that enrolls `name`: a workstation, or with `site` a site collector
+    /// that forwards its alerts here (`sos-collector enroll --site`).
+    ///
+    /// # Errors
+    /// If the store fails.
+    pub fn create_enrollment_of(
+        &mut self,
+        name: &str,
+        site: bool,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<Code, StoreError> {
         let tx = self.conn.transaction()?;
         let code = loop {
             let code = Code::generate();
             // A code id may be reused once its earlier code is used or expired.
             let n = tx.execute(
-                "INSERT INTO enrollments (code_id, secret, name, created_at_ms, expires_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (code_id) DO UPDATE SET secret = excluded.secret, name = excluded.name,
+                "INSERT INTO enrollments (code_id, secret, name, created_at_ms, expires_at_ms, site)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?7)
+                 ON CONFLICT (code_id) DO UPDATE SET secret = excluded.secret, name = excluded.name, site = excluded.site,
                      created_at_ms = excluded.created_at_ms, expires_at_ms = excluded.expires_at_ms,
                      attempts = 0, used_at_ms = NULL, agent_id = NULL
                  WHERE used_at_ms IS NOT NULL OR expires_at_ms <= ?4 OR attempts >= ?6",
-                params![code.id(), code.secret(), name, now_ms, now_ms + ttl_ms, MAX_CODE_ATTEMPTS],
+                params![code.id(), code.secret(), name, now_ms, now_ms + ttl_ms, MAX_CODE_ATTEMPTS, site],
             )?;
             if n == 1 {
                 break code;
@@ -171,19 +188,19 @@ impl Db {
         now_ms: i64,
     ) -> Result<Option<EnrolledKey>, StoreError> {
         let tx = self.conn.transaction()?;
-        let name: Option<String> = tx
+        let row: Option<(String, bool)> = tx
             .query_row(
-                "SELECT name FROM enrollments WHERE code_id = ?1 AND used_at_ms IS NULL AND expires_at_ms > ?2",
+                "SELECT name, site FROM enrollments WHERE code_id = ?1 AND used_at_ms IS NULL AND expires_at_ms > ?2",
                 params![code_id, now_ms],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let Some(name) = name else { return Ok(None) };
+        let Some((name, site)) = row else { return Ok(None) };
         let agent_id = new_agent_id();
         let key = Key::generate();
         tx.execute(
-            "INSERT INTO enrolled (agent_id, name, host, enrolled_at_ms, key) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![agent_id, name, host, now_ms, key],
+            "INSERT INTO enrolled (agent_id, name, host, enrolled_at_ms, key, site) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![agent_id, name, host, now_ms, key, site],
         )?;
         tx.execute(
             "UPDATE enrollments SET used_at_ms = ?2, agent_id = ?3 WHERE code_id = ?1",
@@ -209,7 +226,7 @@ impl Db {
     pub fn enrolled_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT agent_id, name, host, enrolled_at_ms, key, rotated_at_ms, next_key IS NOT NULL,
-                    prev_until_ms, prev_key IS NOT NULL, revoked_at_ms, last_seen_ms
+                    prev_until_ms, prev_key IS NOT NULL, revoked_at_ms, last_seen_ms, site
              FROM enrolled ORDER BY name, agent_id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -224,6 +241,7 @@ impl Db {
                 previous_key_until_ms: if r.get(8)? { r.get(7)? } else { None },
                 revoked_at_ms: r.get(9)?,
                 last_seen_ms: r.get(10)?,
+                site: r.get(11)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -329,7 +347,7 @@ impl Db {
     pub fn load_registry(&self) -> Result<Registry, StoreError> {
         let version = self.registry_version()?;
         let mut stmt = self.conn.prepare(
-            "SELECT agent_id, name, host, key, prev_key, prev_until_ms, next_key, revoked_at_ms FROM enrolled",
+            "SELECT agent_id, name, host, key, prev_key, prev_until_ms, next_key, revoked_at_ms, site FROM enrolled",
         )?;
         let mut by_key = HashMap::new();
         let mut rows = stmt.query([])?;
@@ -342,6 +360,7 @@ impl Db {
                 who: EnrolledAs { agent_id: agent_id.clone(), name: r.get(1)?, host: r.get(2)? },
                 revoked: r.get::<_, Option<i64>>(7)?.is_some(),
                 next_key: next.clone().map(Into::into),
+                site: r.get(8)?,
             });
             let mut add = |text: &str, slot: Slot| match Key::from_base64(text) {
                 Ok(k) => {
@@ -384,6 +403,9 @@ pub struct AgentEntry {
     pub revoked: bool,
     /// The key a pending rotation gives it, sent in heartbeat answers until it is used.
     pub next_key: Option<secrecy::SecretString>,
+    /// A site collector that forwards its alerts here (its `forward_sos`, `forward_update` are
+    /// accepted; its name is the site's name), not a workstation.
+    pub site: bool,
 }
 
 /// A key of an enrolled agent.

@@ -81,6 +81,11 @@ counters! {
     /// `respond` refused: not sealed with an enrolled agent's key, or the agent is not listed
     /// in any responder's `agents`.
     not_a_responder,
+    /// Alerts forwarded by a site collector and stored here (a centre), first arrivals only.
+    forwarded_in,
+    /// `forward_sos` / `forward_update` refused: not sealed by an enrolled site, or an update
+    /// for an alert that site did not forward.
+    forward_refused,
     /// Receipts (`broadcast_receipt`, `notice_receipt`) received.
     receipts,
     /// Pushes sent (`alert_broadcast`, `responder_notice`).

@@ -21,6 +21,8 @@ pub mod backoff;
 pub mod config;
 pub mod crypto;
 pub mod enroll;
+#[cfg(feature = "client")]
+pub mod enroll_client;
 pub mod protocol;
 
 pub use alert::AlertId;

@@ -65,6 +65,10 @@ pub const MIN_HEARTBEAT_NEW_KEY_PLAINTEXT: usize = 112;
 pub const MIN_TIME_HINT_PLAINTEXT: usize = 64;
 /// `respond` → `respond_ack`. A smaller `respond` is not recorded at all (like `cancel`).
 pub const MIN_RESPOND_PLAINTEXT: usize = 112;
+/// `forward_update` → `forward_update_ack`. A smaller `forward_update` is not recorded at all.
+/// A site collector pads every request it sends its centre to at least this (`forward_sos`,
+/// `cancel`, `forward_update`), which covers every answer it can get.
+pub const MIN_FORWARD_UPDATE_PLAINTEXT: usize = 112;
 
 /// The length of the datagram that a plaintext of `plaintext_len` bytes seals into.
 pub const fn sealed_len(plaintext_len: usize) -> usize {
@@ -187,6 +191,13 @@ pub enum Message {
     /// Collector → agent: an authentic request was refused for its timestamp; the collector's
     /// clock, so that the agent can reseal with a corrected time.
     TimeHint(TimeHint),
+    /// Site collector → centre (sealed with the site's enrolled key): an alert the site
+    /// stored, forwarded with its id and its sender's identity. Answered with `sos_ack`.
+    ForwardSos(ForwardSos),
+    /// Site collector → centre: the alert was acknowledged or resolved at the site.
+    ForwardUpdate(ForwardUpdate),
+    /// Centre → site collector: the `forward_update` is recorded.
+    ForwardUpdateAck(ForwardUpdateAck),
 }
 
 impl Message {
@@ -206,6 +217,9 @@ impl Message {
             Message::RespondAck(_) => "respond_ack",
             Message::BroadcastReceipt(_) => "broadcast_receipt",
             Message::NoticeReceipt(_) => "notice_receipt",
+            Message::ForwardSos(_) => "forward_sos",
+            Message::ForwardUpdate(_) => "forward_update",
+            Message::ForwardUpdateAck(_) => "forward_update_ack",
         }
     }
 }
@@ -635,6 +649,152 @@ pub struct NoticeReceipt {
     pub event: NoticeEvent,
 }
 
+/// An alert forwarded by a site collector to its centre, sealed with the site's own key (the
+/// site enrolled at the centre as a site). The fields of the `sos` the site stored, plus who the
+/// sender's key was enrolled as at the site. The site's name is not in it: the centre takes it
+/// from the enrollment of the key that sealed the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardSos {
+    /// The alert's id, as the sender chose it (the centre deduplicates by it).
+    pub alert_id: AlertId,
+    /// A drill.
+    #[serde(default)]
+    pub test: bool,
+    /// When the button was pressed, by the sender's clock.
+    pub triggered_at: u64,
+    /// As in `sos`.
+    #[serde(default)]
+    pub user: String,
+    /// As in `sos`.
+    #[serde(default)]
+    pub host: String,
+    /// As in `sos` (the sender's address on its route to the site).
+    #[serde(default)]
+    pub ip: String,
+    /// As in `sos`.
+    #[serde(default)]
+    pub location: String,
+    /// As in `sos`.
+    #[serde(default)]
+    pub message: String,
+    /// As in `sos` (the sender's software).
+    #[serde(default)]
+    pub agent: String,
+    /// The name the sender's key was enrolled under at the site; empty for a site-key sender.
+    #[serde(default)]
+    pub sender: String,
+    /// The host the sender's key was enrolled on at the site; empty for a site-key sender.
+    #[serde(default)]
+    pub sender_host: String,
+    /// Filler up to [`MIN_FORWARD_UPDATE_PLAINTEXT`]; ignored. Not sent when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pad: String,
+}
+
+impl ForwardSos {
+    /// The `sos` it carries (`attempt` 0), as the centre stores it.
+    pub fn to_sos(&self) -> Sos {
+        Sos {
+            alert_id: self.alert_id,
+            test: self.test,
+            triggered_at: self.triggered_at,
+            attempt: 0,
+            user: self.user.clone(),
+            host: self.host.clone(),
+            ip: self.ip.clone(),
+            location: self.location.clone(),
+            message: self.message.clone(),
+            agent: self.agent.clone(),
+        }
+    }
+
+    /// Shorten free text, least important first (message, location, user, host, agent,
+    /// sender, sender_host, then ip) until the JSON fits in [`MAX_PLAINTEXT`], then pad it to
+    /// [`MIN_FORWARD_UPDATE_PLAINTEXT`].
+    pub fn fit_to_datagram(&mut self) {
+        self.pad.clear();
+        cut_fields_to_fit(self, 7, ForwardSos::json_len, |f, field| match field {
+            0 => &mut f.message,
+            1 => &mut f.location,
+            2 => &mut f.user,
+            3 => &mut f.host,
+            4 => &mut f.agent,
+            5 => &mut f.sender,
+            _ => &mut f.sender_host,
+        });
+        while self.json_len() > MAX_PLAINTEXT && !self.ip.is_empty() {
+            let keep = self.ip.len().saturating_sub(self.json_len() - MAX_PLAINTEXT);
+            let keep = (0..=keep).rev().find(|k| self.ip.is_char_boundary(*k)).unwrap_or(0);
+            self.ip.truncate(keep);
+        }
+        let len = self.json_len();
+        if len < MIN_FORWARD_UPDATE_PLAINTEXT {
+            // `,"pad":""` costs 9 bytes before the filler itself.
+            self.pad = "0".repeat((MIN_FORWARD_UPDATE_PLAINTEXT - len).saturating_sub(9).max(1));
+        }
+    }
+
+    fn json_len(&self) -> usize {
+        serde_json::to_vec(&Message::ForwardSos(self.clone())).map(|v| v.len()).unwrap_or(usize::MAX)
+    }
+}
+
+/// What a [`ForwardUpdate`] says happened to an alert at the site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardEvent {
+    /// A responder at the site acknowledged it.
+    Acknowledged,
+    /// A responder at the site resolved it.
+    Resolved,
+}
+
+/// Site collector → centre: an alert the site forwarded was acknowledged or resolved there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardUpdate {
+    /// The forwarded alert.
+    pub alert_id: AlertId,
+    /// What happened.
+    pub event: ForwardEvent,
+    /// Who, as the site names its responder.
+    pub responder: String,
+    /// What they said (for `resolved`: the outcome, then the note); may be empty.
+    #[serde(default)]
+    pub note: String,
+    /// Filler up to [`MIN_FORWARD_UPDATE_PLAINTEXT`]; ignored. Not sent when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pad: String,
+}
+
+impl ForwardUpdate {
+    /// An update, its text cut to fit a datagram (note first, then responder) and padded to
+    /// [`MIN_FORWARD_UPDATE_PLAINTEXT`].
+    pub fn padded(alert_id: AlertId, event: ForwardEvent, responder: String, note: String) -> ForwardUpdate {
+        let mut u = ForwardUpdate { alert_id, event, responder, note, pad: String::new() };
+        let len = |u: &ForwardUpdate| {
+            serde_json::to_vec(&Message::ForwardUpdate(u.clone())).map(|v| v.len()).unwrap_or(usize::MAX)
+        };
+        cut_fields_to_fit(&mut u, 2, len, |u, field| if field == 0 { &mut u.note } else { &mut u.responder });
+        let l = len(&u);
+        if l < MIN_FORWARD_UPDATE_PLAINTEXT {
+            u.pad = "0".repeat((MIN_FORWARD_UPDATE_PLAINTEXT - l).saturating_sub(9).max(1));
+        }
+        u
+    }
+}
+
+/// Centre → site collector: a `forward_update` is recorded (or was already, or the alert was
+/// closed at the centre before: the site need not send it again in any case).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardUpdateAck {
+    /// The alert of the update.
+    pub alert_id: AlertId,
+    /// The update's event.
+    pub event: ForwardEvent,
+    /// The centre's clock, seconds since the Unix epoch.
+    pub server_time: u64,
+}
+
 /// The collector refused an authentic token for its timestamp (too old or too far ahead).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimeHint {
@@ -673,6 +833,45 @@ mod tests {
         assert_eq!(min_request_for(&hint), MIN_TIME_HINT_PLAINTEXT);
         let respond_ack = RespondAck { alert_id: id, status: RespondStatus::Acknowledged, server_time: t };
         assert_eq!(min_request_for(&Message::RespondAck(respond_ack)), MIN_RESPOND_PLAINTEXT);
+        let update_ack = ForwardUpdateAck { alert_id: id, event: ForwardEvent::Acknowledged, server_time: t };
+        assert_eq!(min_request_for(&Message::ForwardUpdateAck(update_ack)), MIN_FORWARD_UPDATE_PLAINTEXT);
+        assert!(
+            MIN_FORWARD_UPDATE_PLAINTEXT >= MIN_SOS_PLAINTEXT && MIN_FORWARD_UPDATE_PLAINTEXT >= MIN_CANCEL_PLAINTEXT
+        );
+    }
+
+    #[test]
+    fn forwarded_messages_fit_and_are_padded_for_their_answers() {
+        let mut f = ForwardSos {
+            alert_id: AlertId::from_u128(u128::MAX),
+            test: false,
+            triggered_at: 1_700_000_000,
+            user: String::new(),
+            host: String::new(),
+            ip: String::new(),
+            location: String::new(),
+            message: String::new(),
+            agent: String::new(),
+            sender: String::new(),
+            sender_host: String::new(),
+            pad: String::new(),
+        };
+        f.fit_to_datagram();
+        let len = serde_json::to_vec(&Message::ForwardSos(f.clone())).unwrap().len();
+        assert!((MIN_FORWARD_UPDATE_PLAINTEXT..MIN_FORWARD_UPDATE_PLAINTEXT + 16).contains(&len), "{len}");
+        f.message = "é".repeat(2000);
+        f.sender = "S".repeat(300);
+        f.ip = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".into();
+        f.fit_to_datagram();
+        let len = serde_json::to_vec(&Message::ForwardSos(f.clone())).unwrap().len();
+        assert!(len <= MAX_PLAINTEXT, "{len}");
+        assert!(f.message.ends_with(CUT_MARKER) && f.pad.is_empty(), "{f:?}");
+        assert_eq!(f.to_sos().alert_id, f.alert_id);
+        for note in ["", "on my way", &"x".repeat(3000)] {
+            let u = ForwardUpdate::padded(AlertId::from_u128(1), ForwardEvent::Resolved, "R".repeat(900), note.into());
+            let len = serde_json::to_vec(&Message::ForwardUpdate(u)).unwrap().len();
+            assert!((MIN_FORWARD_UPDATE_PLAINTEXT..=MAX_PLAINTEXT).contains(&len), "{len}");
+        }
     }
 
     #[test]

@@ -66,6 +66,7 @@ fn fill(db_path: &Path) {
             source: "127.0.0.1:40000".parse().unwrap(),
             key_id: "0011223344556677".into(),
             enrolled: None,
+            site: None,
         })
         .collect();
     db.insert_alerts(&alerts, &["log"], now).unwrap();

@@ -175,6 +175,7 @@ mod tests {
             cancellation: None,
             audience: Default::default(),
             update: None,
+            site: None,
         };
         let (s, b) = compose(std::slice::from_ref(&a));
         assert_eq!(s, "SOS: bob at Ward 3 (pc-7, 10.1.1.7)");
@@ -202,6 +203,7 @@ mod tests {
             cancellation: None,
             audience: Audience { tier: 2, mentions: vec![], emails: vec!["kim@example.com".into()] },
             update: None,
+            site: None,
         };
         let subject = |a: &AlertRecord| compose(std::slice::from_ref(a)).0;
         let body = |a: &AlertRecord| compose(std::slice::from_ref(a)).1;

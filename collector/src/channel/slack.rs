@@ -403,6 +403,7 @@ mod tests {
             cancellation: None,
             audience: Default::default(),
             update: None,
+            site: None,
         }
     }
 

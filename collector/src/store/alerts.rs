@@ -41,8 +41,8 @@ impl Db {
         {
             let mut insert_alert = tx.prepare_cached(
                 "INSERT INTO alerts (alert_id, received_at_ms, triggered_at, test, user, host, ip,
-                                     location, message, agent, source, key_id, agent_id, agent_name, agent_host)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                                     location, message, agent, source, key_id, agent_id, agent_name, agent_host, site)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                  ON CONFLICT (alert_id) DO NOTHING",
             )?;
             for a in alerts {
@@ -64,6 +64,7 @@ impl Db {
                     a.enrolled.as_ref().map(|e| &e.agent_id),
                     a.enrolled.as_ref().map(|e| &e.name),
                     a.enrolled.as_ref().map(|e| &e.host),
+                    a.site,
                 ])?;
                 if n == 1 {
                     Db::start_response(&tx, plan, a, jobs_at_ms)?;
@@ -84,10 +85,10 @@ impl Db {
     pub fn recent_alerts(&self, limit: usize) -> Result<Vec<(AlertRecord, Vec<Delivery>)>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT alert_id, test, triggered_at, received_at_ms, user, host, ip, location, message, source,
-                    cancelled_at_ms, cancel_reason, agent_id, agent_name, agent_host
+                    cancelled_at_ms, cancel_reason, agent_id, agent_name, agent_host, site
              FROM alerts ORDER BY received_at_ms DESC, alert_id LIMIT ?1",
         )?;
-        let alerts = stmt.query_map(params![limit as i64], alert_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        let alerts = stmt.query_map(params![limit as i64], alert_with_site)?.collect::<Result<Vec<_>, _>>()?;
         let mut out = Vec::with_capacity(alerts.len());
         for a in alerts {
             let d = self.deliveries(a.alert_id)?;
@@ -179,7 +180,7 @@ impl Db {
 
 /// An alert from a row whose first 15 columns are `alert_id, test, triggered_at, received_at_ms,
 /// user, host, ip, location, message, source, cancelled_at_ms, cancel_reason, agent_id,
-/// agent_name, agent_host`.
+/// agent_name, agent_host` (`site` is not read: see [`alert_with_site`]).
 pub(crate) fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRecord> {
     let id: String = r.get(0)?;
     Ok(AlertRecord {
@@ -202,5 +203,11 @@ pub(crate) fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRec
         },
         audience: Default::default(),
         update: None,
+        site: None,
     })
+}
+
+/// [`alert_from_row`] with the `site` column 16th.
+fn alert_with_site(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRecord> {
+    Ok(AlertRecord { site: r.get(15)?, ..alert_from_row(r)? })
 }

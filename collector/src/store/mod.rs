@@ -113,8 +113,13 @@ pub struct NewAlert {
     pub source: SocketAddr,
     /// The key that sealed it.
     pub key_id: String,
-    /// The enrolled agent whose key sealed it; `None` for the shared site key.
+    /// The enrolled agent whose key sealed it; `None` for the shared site key. For an alert
+    /// forwarded by a site: the site's enrollment id with the name and host the sender's key
+    /// was enrolled under at the site (empty for a site-key sender there).
     pub enrolled: Option<EnrolledAs>,
+    /// The enrolled name of the site collector that forwarded it; `None` when a workstation
+    /// sent it here directly.
+    pub site: Option<String>,
 }
 
 /// Who a key was enrolled for, as the collector's registry knows it (not what the agent claims).
@@ -181,6 +186,9 @@ pub struct AlertRecord {
     /// In an outbox job: the job is this update of the alert (a reminder, "acknowledged by",
     /// "resolved by"), not the alert itself. `None` elsewhere.
     pub update: Option<AlertUpdate>,
+    /// The site collector that forwarded it (its enrolled name); `None` for an alert sent here
+    /// directly.
+    pub site: Option<String>,
 }
 
 /// The sender withdrew an alert (a false alarm).
@@ -336,6 +344,7 @@ pub(crate) mod tests {
             source: "127.0.0.1:9".parse().unwrap(),
             key_id: "00".into(),
             enrolled: None,
+            site: None,
         }
     }
 

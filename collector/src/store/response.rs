@@ -30,12 +30,24 @@ pub enum Via {
     Sender,
     /// The collector itself (received, tiers fired, reminders).
     Collector,
+    /// At a site collector that forwarded the alert here (a centre): its `forward_update`.
+    Site,
+    /// At the centre this site forwarded the alert to: its `responder_notice` to the site.
+    Centre,
 }
 
 impl Via {
     /// Every value, for parsing.
-    pub const ALL: [Via; 6] =
-        [Via::Popup, Via::Console, Via::CommandLine, Via::ChannelLink, Via::Sender, Via::Collector];
+    pub const ALL: [Via; 8] = [
+        Via::Popup,
+        Via::Console,
+        Via::CommandLine,
+        Via::ChannelLink,
+        Via::Sender,
+        Via::Collector,
+        Via::Site,
+        Via::Centre,
+    ];
 
     /// The name in the store and in `alerts show`.
     pub const fn name(self) -> &'static str {
@@ -46,6 +58,8 @@ impl Via {
             Via::ChannelLink => "channel_link",
             Via::Sender => "sender",
             Via::Collector => "collector",
+            Via::Site => "site",
+            Via::Centre => "centre",
         }
     }
 

@@ -229,8 +229,17 @@ CREATE TABLE IF NOT EXISTS silent_agents (
 ) WITHOUT ROWID;
 ";
 
+/// Forwarding from sites to a centre (issue 19 §2): which codes enroll a site collector rather
+/// than an agent (`enroll --site`), which enrolled keys are sites, and, per alert, the site it
+/// was forwarded from (the site's enrolled name, never a name the site sends).
+const V_FORWARD: &str = "
+ALTER TABLE enrollments ADD COLUMN site INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE enrolled ADD COLUMN site INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE alerts ADD COLUMN site TEXT;
+";
+
 /// Every migration, in order: the store's version is how many have run.
-const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V_CONSOLE)];
+const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V_CONSOLE), M::up(V_FORWARD)];
 
 /// The schema version this collector writes.
 pub const VERSION: usize = MIGRATIONS.len();

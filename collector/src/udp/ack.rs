@@ -1,11 +1,13 @@
 //! Acknowledgements sent once the store has committed (an SOS, a cancellation).
 
-use sos_shared::protocol::{AckStatus, CancelAck, NoticeEvent, RespondAck, RespondStatus, SosAck};
+use sos_shared::protocol::{
+    AckStatus, CancelAck, ForwardEvent, ForwardUpdate, ForwardUpdateAck, NoticeEvent, RespondAck, RespondStatus, SosAck,
+};
 use sos_shared::{unix_now, AlertId, Message};
 use tracing::{debug, error, info, warn};
 
 use crate::stats::Stats;
-use crate::store::{now_ms, Cancelled, NewAlert, Response as _, Store, Stored, Transition, Via};
+use crate::store::{now_ms, Cancelled, EnrolledAs, NewAlert, Response as _, Store, Stored, Transition, Via};
 
 use super::Reply;
 
@@ -114,4 +116,56 @@ pub(super) async fn confirm_notice(store: Store, alert_id: AlertId, event: Notic
         // Not confirmed: the notice is pushed again after a while, and confirmed again.
         debug!(%alert_id, error = %e, "cannot record a notice receipt");
     }
+}
+
+/// A site collector's `forward_update`: recorded only for an alert that site forwarded (the
+/// alert's enrolled identity is the site's), as an acknowledgement or resolution made at the
+/// site (`Via::Site`, the responder named "NAME (at site SITE)"), then answered. Recording it
+/// stops the centre's escalation of the alert like any acknowledgement.
+pub(super) async fn forward_update_and_ack(
+    store: Store,
+    update: ForwardUpdate,
+    site: EnrolledAs,
+    stats: std::sync::Arc<Stats>,
+    reply: Reply,
+) {
+    let alert_id = update.alert_id;
+    let forwarded_by_site = match store.timeline(alert_id).await {
+        Ok(Some((alert, _, _))) => {
+            alert.site.is_some() && alert.enrolled.as_ref().is_some_and(|e| e.agent_id == site.agent_id)
+        }
+        Ok(None) => false,
+        Err(e) => {
+            Stats::bump(&stats.store_errors);
+            error!(error = %e, "cannot read the alert of a forward_update; not answered, the site will retry");
+            return;
+        }
+    };
+    if !forwarded_by_site {
+        Stats::bump(&stats.forward_refused);
+        warn!(site = %site.name, "{}", crate::refusal::Cause::NotASite.text());
+        return;
+    }
+    let responder = format!("{} (at site {})", crate::store::clean_note(&update.responder), site.name);
+    let note = crate::store::clean_note(&update.note);
+    let outcome = match update.event {
+        ForwardEvent::Acknowledged => store.acknowledge(alert_id, responder.clone(), Via::Site, note).await,
+        ForwardEvent::Resolved => store.resolve(alert_id, responder.clone(), Via::Site, note, String::new()).await,
+    };
+    match outcome {
+        Ok(Transition::New { .. }) => {
+            info!(event = ?update.event, %responder, "the site recorded a response to a forwarded alert; recorded here too")
+        }
+        Ok(Transition::Already { .. } | Transition::Closed(_)) => {
+            debug!(event = ?update.event, "forward_update for an alert answered here already")
+        }
+        Ok(Transition::Unknown) => return,
+        Err(e) => {
+            Stats::bump(&stats.store_errors);
+            error!(error = %e, "cannot record a forward_update; not answered, the site will retry");
+            return;
+        }
+    }
+    let ack = Message::ForwardUpdateAck(ForwardUpdateAck { alert_id, event: update.event, server_time: unix_now() });
+    reply.send(&ack).await;
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sos_shared::enroll::{CollectorSession, ENROLL_KEY_ID};
 use sos_shared::protocol::{
-    split_datagram, CancelAck, HeartbeatAck, RespondAck, RespondStatus, TimeHint, MAX_DATAGRAM,
+    split_datagram, CancelAck, ForwardUpdateAck, HeartbeatAck, RespondAck, RespondStatus, TimeHint, MAX_DATAGRAM,
 };
 use sos_shared::{unix_now, Key, KeyId, Message, OpenError};
 use tokio::net::UdpSocket;
@@ -31,7 +31,7 @@ mod enroll;
 mod reply;
 mod socket;
 
-use ack::{cancel_and_ack, confirm_notice, popup_shown, respond_and_ack, store_and_ack};
+use ack::{cancel_and_ack, confirm_notice, forward_update_and_ack, popup_shown, respond_and_ack, store_and_ack};
 use reply::Reply;
 pub use socket::{size_socket_buffers, SocketBuffers};
 
@@ -359,8 +359,14 @@ impl Receiver {
                         responder: false,
                     });
                 }
-                let alert =
-                    NewAlert { sos, received_at_ms: now_ms(), source: from, key_id: key_id.to_string(), enrolled };
+                let alert = NewAlert {
+                    sos,
+                    received_at_ms: now_ms(),
+                    source: from,
+                    key_id: key_id.to_string(),
+                    enrolled,
+                    site: None,
+                };
                 let Some(waiting) = self.store_waiter() else { return };
                 let ctx = reply(&key);
                 let store = self.store.clone();
@@ -504,9 +510,82 @@ impl Receiver {
                     confirm_notice(store, receipt.alert_id, receipt.event).await
                 });
             }
+            Message::ForwardSos(f) => {
+                // Only an enrolled site: the site's name is its enrollment's, never the payload's.
+                let Some(site) = self.site_peer(entry.as_ref(), from, key_id) else { return };
+                Stats::bump(&self.stats.forwarded_in);
+                let clean = |t: &str| t.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>();
+                let mut sos = f.to_sos();
+                sos.sanitize();
+                let alert = NewAlert {
+                    sos,
+                    received_at_ms: now_ms(),
+                    source: from,
+                    key_id: key_id.to_string(),
+                    enrolled: Some(crate::store::EnrolledAs {
+                        agent_id: site.who.agent_id.clone(),
+                        name: clean(&f.sender),
+                        host: clean(&f.sender_host),
+                    }),
+                    site: Some(site.who.name.clone()),
+                };
+                let Some(waiting) = self.store_waiter() else { return };
+                let ctx = reply(&key);
+                let store = self.store.clone();
+                let span = info_span!("forwarded_sos", alert_id = %alert.sos.alert_id, site = %site.who.name, %from);
+                self.in_flight.spawn(
+                    async move {
+                        let _waiting = waiting;
+                        store_and_ack(store, alert, ctx).await
+                    }
+                    .instrument(span),
+                );
+            }
+            Message::ForwardUpdate(u) => {
+                let Some(site) = self.site_peer(entry.as_ref(), from, key_id) else { return };
+                let ctx = reply(&key);
+                let widest = ForwardUpdateAck { alert_id: u.alert_id, event: u.event, server_time: unix_now() };
+                if !ctx.fits(&Message::ForwardUpdateAck(widest)) {
+                    Stats::bump(&self.stats.replies_suppressed);
+                    warn!(%from, %key_id, request = request_len, min_plaintext = sos_shared::protocol::MIN_FORWARD_UPDATE_PLAINTEXT,
+                          "forward_update not recorded: too small for its acknowledgement (pad it, PROTOCOL.md 6.3)");
+                    return;
+                }
+                let Some(waiting) = self.store_waiter() else { return };
+                let store = self.store.clone();
+                let stats = self.stats.clone();
+                let span = info_span!("forward_update", alert_id = %u.alert_id, site = %site.who.name, %from);
+                self.in_flight.spawn(
+                    async move {
+                        let _waiting = waiting;
+                        forward_update_and_ack(store, u, site.who.clone(), stats, ctx).await
+                    }
+                    .instrument(span),
+                );
+            }
             other => {
                 Stats::bump(&self.stats.unexpected);
                 debug!(%from, kind = other.kind(), "dropped a message kind the collector does not accept");
+            }
+        }
+    }
+
+    /// The enrolled site collector that sealed a forwarded message, or `None` (counted, told at
+    /// the bounded rate) when the key is the site key or a workstation's.
+    fn site_peer(
+        &self,
+        entry: Option<&Entry>,
+        from: SocketAddr,
+        key_id: KeyId,
+    ) -> Option<Arc<crate::registry::AgentEntry>> {
+        match entry.filter(|e| e.agent.site) {
+            Some(e) => Some(e.agent.clone()),
+            None => {
+                self.refuse(Cause::NotASite, &self.stats.forward_refused, |before| {
+                    warn!(%from, %key_id, agent = entry.map(|e| e.agent.who.name.as_str()).unwrap_or("(site key)"),
+                          before, "{}", Cause::NotASite.text());
+                });
+                None
             }
         }
     }

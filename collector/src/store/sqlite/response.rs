@@ -10,10 +10,10 @@ use crate::store::{enrolled_as, AlertRecord, Audience, Cancellation, Db, NewAler
 
 /// The alert columns [`alert_record`] reads, from `alerts a`.
 pub(crate) const ALERT_COLUMNS: &str = "a.alert_id, a.test, a.triggered_at, a.received_at_ms, a.user, a.host, a.ip, \
-     a.location, a.message, a.source, a.cancelled_at_ms, a.cancel_reason, a.agent_id, a.agent_name, a.agent_host";
+     a.location, a.message, a.source, a.cancelled_at_ms, a.cancel_reason, a.agent_id, a.agent_name, a.agent_host, a.site";
 
 /// How many columns [`ALERT_COLUMNS`] is.
-pub(crate) const ALERT_COLUMN_COUNT: usize = 15;
+pub(crate) const ALERT_COLUMN_COUNT: usize = 16;
 
 /// Alerts that changed within this long still go to responder desktops (so that a closed
 /// alert's popup is replaced), ms.
@@ -51,6 +51,7 @@ pub(crate) fn alert_record(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result
         },
         audience: Audience::default(),
         update: None,
+        site: r.get(at + 15)?,
     })
 }
 
