@@ -27,6 +27,8 @@
 //! - [`config`]: the TOML configuration, its defaults and its validation.
 //! - [`integrity`]: the store's check at start, `store check` and `store recover`.
 //! - [`registry`]: enrolled agents and their keys, one-time codes, rotation, revocation.
+//! - [`forward`]: a site collector's link to its centre (the `forward` channel's requests, its
+//!   heartbeats, the centre's acknowledgements coming back).
 //! - [`ratelimit`]: token buckets: per agent after authentication, and for enrollment.
 //! - [`refusal`]: what the receive path refuses, logged at a bounded rate.
 //! - [`stats`]: counters of what was received, dropped and sent.
@@ -41,6 +43,7 @@
 
 pub mod channel;
 pub mod config;
+pub mod forward;
 pub mod http;
 pub mod integrity;
 pub mod outbox;

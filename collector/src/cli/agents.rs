@@ -6,7 +6,7 @@ use sos_collector::Config;
 use super::{open_store, open_store_rw};
 
 /// `enroll`: a one-time code on stdout, how to use it on stderr.
-pub fn enroll(config: &Config, name: &str, expires_minutes: u64) -> anyhow::Result<()> {
+pub fn enroll(config: &Config, name: &str, expires_minutes: u64, site: bool) -> anyhow::Result<()> {
     let name = name.trim();
     if name.is_empty() || name.len() > sos_shared::enroll::MAX_NAME_LEN || name.chars().any(char::is_control) {
         anyhow::bail!(
@@ -19,7 +19,7 @@ pub fn enroll(config: &Config, name: &str, expires_minutes: u64) -> anyhow::Resu
     }
     let (mut db, _) = open_store_rw(config)?;
     let now = sos_collector::store::now_ms();
-    let code = db.create_enrollment(name, expires_minutes as i64 * 60_000, now)?;
+    let code = db.create_enrollment_of(name, site, expires_minutes as i64 * 60_000, now)?;
     let until = when_utc((now + expires_minutes as i64 * 60_000) / 1000);
     let addr = if config.listen.ip().is_unspecified() {
         format!("THIS-HOST:{}", config.listen.port())
@@ -27,6 +27,16 @@ pub fn enroll(config: &Config, name: &str, expires_minutes: u64) -> anyhow::Resu
         config.listen.to_string()
     };
     println!("{code}");
+    if site {
+        eprintln!(
+            "\nOne-time code for the site \"{name}\", valid once until {until} ({expires_minutes} min).\n\
+             On the site's collector (with `[forward] centre = \"{addr}\"` in its config), run:\n\n    \
+             sos-collector forward enroll --code {code}\n\n\
+             Its alerts will show here as from site \"{name}\". A wrong code tried {} times burns it.",
+            sos_collector::registry::MAX_CODE_ATTEMPTS
+        );
+        return Ok(());
+    }
     eprintln!(
         "\nOne-time code for \"{name}\", valid once until {until} ({expires_minutes} min).\n\
          On the workstation, run:\n\n    sos-agent enroll {code} --collector {addr}\n\n\
@@ -106,5 +116,55 @@ pub fn rotate(config: &Config, agent: &str) -> anyhow::Result<()> {
                         a.name,
                         humantime::format_duration(config.security.rotation_grace)
                     );
+    Ok(())
+}
+
+/// `forward enroll`: this site's key at its centre, by one-time code (the agent's enrollment
+/// client), written to the forward key file (0600).
+pub fn forward_enroll(
+    config: &Config,
+    code: &str,
+    centre: Option<String>,
+    force: bool,
+    timeout_secs: u64,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let settings = config.forward.as_ref();
+    let centre = centre.or_else(|| settings.map(|f| f.centre.clone())).context(
+        "no centre: pass --centre HOST:PORT, or set `[forward] centre = \"HOST:PORT\"` in the configuration",
+    )?;
+    let path =
+        settings.map(|f| f.key_file.clone()).unwrap_or_else(|| config.data_dir.join(sos_collector::forward::KEY_FILE));
+    if path.exists() && !force {
+        anyhow::bail!(
+            "{} exists: this site is enrolled already (pass --force to replace the enrollment)",
+            path.display()
+        );
+    }
+    let code = sos_shared::enroll::Code::parse(code)?;
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (key, addr) = runtime.block_on(sos_shared::enroll_client::enroll(
+        &code,
+        &centre,
+        &host,
+        std::time::Duration::from_secs(timeout_secs.max(1)),
+    ))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let text = serde_json::to_string(&key).context("cannot encode the enrollment")?;
+    // Written beside, then renamed over: never a half-written key file.
+    let tmp = path.with_extension("new");
+    let _ = std::fs::remove_file(&tmp);
+    sos_shared::config::write_secret_file(&tmp, &format!("{text}\n"))
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("Enrolled at the centre {addr} as the site \"{}\" (id {}).", key.name, key.agent_id);
+    eprintln!(
+        "The key is in {} (mode 0600). A running collector starts forwarding within 30 s; check with \
+         `sos-collector alerts` at the centre after a test alert (`sos-agent send --test`).",
+        path.display()
+    );
     Ok(())
 }

@@ -95,7 +95,43 @@ pub enum Command {
         /// How long the code stays valid, in minutes.
         #[arg(long, default_value_t = 10)]
         expires_minutes: u64,
+        /// The code enrolls a site collector that forwards its alerts here (this is the
+        /// centre), not a workstation; `--name` is the site's name, shown with each of its
+        /// alerts. On the site: `sos-collector forward enroll --code CODE`.
+        #[arg(long)]
+        site: bool,
         /// The configuration file (TOML), to find the data dir.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Forwarding to a central collector (`[forward] centre` in this site's config).
+    Forward {
+        #[command(subcommand)]
+        action: ForwardAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ForwardAction {
+    /// Enroll this site collector at its centre with a one-time code the centre's
+    /// administrator made (`sos-collector enroll --site --name SITE`); the site's key is
+    /// written to `[forward] key_file` (default `data_dir/forward.key`, mode 0600). A running
+    /// collector starts forwarding within 30 s.
+    Enroll {
+        /// The one-time code.
+        #[arg(long)]
+        code: String,
+        /// The centre's UDP address, `HOST:PORT` (default: `[forward] centre` from the config).
+        #[arg(long)]
+        centre: Option<String>,
+        /// Replace an existing enrollment (the old key stays valid at the centre until revoked
+        /// there with `sos-collector agents revoke`).
+        #[arg(long)]
+        force: bool,
+        /// How long to try, in seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// The configuration file (TOML).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -235,8 +271,11 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 AgentsAction::Rotate { agent } => agents::rotate(&config, &agent),
             }
         }
-        Command::Enroll { name, expires_minutes, config } => {
-            agents::enroll(&load(config.as_deref())?, &name, expires_minutes)
+        Command::Enroll { name, expires_minutes, site, config } => {
+            agents::enroll(&load(config.as_deref())?, &name, expires_minutes, site)
+        }
+        Command::Forward { action: ForwardAction::Enroll { code, centre, force, timeout, config } } => {
+            agents::forward_enroll(&load(config.as_deref())?, &code, centre, force, timeout)
         }
         Command::Store { config, action } => {
             let c = load(config.as_deref())?;

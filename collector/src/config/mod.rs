@@ -44,6 +44,7 @@ struct RawConfig {
     escalation: response::RawEscalation,
     agent_silent_after_secs: Option<u64>,
     http: Option<crate::http::RawHttp>,
+    forward: Option<crate::forward::RawForward>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -148,6 +149,9 @@ pub struct Config {
     pub agent_silent_after: Duration,
     /// The web console, /metrics, /healthz and /readyz; `None` (no `[http]`): not served.
     pub http: Option<crate::http::HttpSettings>,
+    /// A site collector forwards every alert to this central collector (`[forward]`); `None`:
+    /// not a site.
+    pub forward: Option<crate::forward::ForwardSettings>,
 }
 
 /// Who may talk to the collector, and how much.
@@ -277,6 +281,7 @@ impl Default for Config {
             escalation: EscalationSettings::standard(),
             agent_silent_after: Duration::from_secs(600),
             http: None,
+            forward: None,
         }
     }
 }
@@ -338,6 +343,7 @@ impl Config {
                 Duration::from_secs(within(file, "agent_silent_after_secs", v, 30, WEEK_SECS, "s")?);
         }
         cfg.http = raw.http.map(|h| h.validate(file, &rel)).transpose()?;
+        cfg.forward = raw.forward.map(|f| f.validate(file, &cfg.data_dir, &rel)).transpose()?;
         if let Some(v) = raw.socket_buffer_bytes {
             if !(65_536..=1 << 30).contains(&v) {
                 return Err(ConfigError::at(
