@@ -14,8 +14,8 @@
 //! - A notification leaves from [`outbox`]: one worker per channel, woken by the store when a
 //!   job is committed; retries with backoff and jitter on a monotonic clock, give-up, bounded
 //!   resends when an outcome is unknown, storm coalescing within each channel's limits. It is
-//!   sent by [`channel`] (log, Slack, email; [`channel::ChannelKind`] is the one list of
-//!   channel names).
+//!   sent by [`channel`] (each a [`channel::Notifier`]; [`channel::NAMES`] is the one list of
+//!   channel names, [`channel::build`] the one place channels are made).
 //! - Pushes leave from [`response::push`]: `alert_broadcast` to responder desktops and
 //!   `responder_notice` to senders, at their last authenticated address, repeated until their
 //!   receipt, rate-bounded (the only datagrams that are not replies).

@@ -9,14 +9,14 @@
 //!   schedule), never sooner than a `Retry-After`; permanent failures are not retried; after
 //!   `give_up_after` a job is recorded as failed and logged as an error.
 //! - Outcome unknown (the request was sent, no answer in time; what a timeout means is the
-//!   channel's call, [`Channel::timed_out`]): the channel may have shown it,
+//!   channel's call, [`Notifier::timed_out`](crate::channel::Notifier::timed_out)): the channel may have shown it,
 //!   so the retry waits at least [`UNKNOWN_PACE`] × `attempt_timeout`, and after
 //!   [`MAX_UNKNOWN_OUTCOMES`] such attempts the job is recorded as failed: a slow channel shows
 //!   an alert at most that many times.
 //! - Storm coalescing: the first alert goes out at once. After each message the worker waits
 //!   `coalesce_window` (at least the channel's rate limit) before the next, and what became due
 //!   meanwhile goes out together, as many alerts per message as the channel's limits allow
-//!   ([`Channel::fits`]). A message of several alerts that the channel refuses is split (the
+//!   ([`Notifier::fits`](crate::channel::Notifier::fits)). A message of several alerts that the channel refuses is split (the
 //!   next messages carry half as many); only an alert refused alone fails.
 //! - Workers are independent: one failing channel never holds up another.
 //! - Jobs live in the store, so whatever is pending at a crash or shutdown resumes on the next
@@ -144,7 +144,7 @@ fn decide(
 /// comes is allowed to end (each attempt is bounded by the channel's timeout).
 /// `wake` is the channel's [`Store::waker`].
 pub async fn run_worker(
-    channel: Arc<Channel>,
+    channel: Channel,
     store: Store,
     wake: Arc<Notify>,
     settings: OutboxSettings,

@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument as _};
 
-use crate::channel::{Channel, ChannelKind, Email, Slack};
 use crate::config::Config;
 use crate::outbox;
 use crate::ratelimit::Limiter;
@@ -112,22 +111,8 @@ impl Collector {
                       "notifications are pending for a channel that is no longer configured; they stay pending until it is configured again");
             }
         }
-        let mut channels = Vec::new();
-        for kind in config.channels() {
-            let setting_up = |message: String| CollectorError::Channel { channel: kind.name(), message };
-            channels.push(match kind {
-                ChannelKind::Log => Channel::Log,
-                ChannelKind::Slack => {
-                    let s = config.slack.clone().ok_or_else(|| setting_up("not configured".into()))?;
-                    Channel::Slack(Slack::new(s, config.outbox.attempt_timeout).map_err(|e| setting_up(e.to_string()))?)
-                }
-                ChannelKind::Email => {
-                    let e = config.email.clone().ok_or_else(|| setting_up("not configured".into()))?;
-                    let email = Email::new(e, config.outbox.attempt_timeout).map_err(|e| setting_up(e.to_string()))?;
-                    Channel::Email(Box::new(email))
-                }
-            });
-        }
+        let channels = crate::channel::build(&config, &crate::channel::Context::default())
+            .map_err(|e| CollectorError::Channel { channel: e.channel, message: e.message })?;
         let (store, writer) = Store::start_planned(db, &names, ResponsePlan::from_config(&config))?;
         // Essential tasks: one that ends before shutdown (a panic) ends the service.
         let (died_tx, mut died) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -154,7 +139,6 @@ impl Collector {
 
         let workers = TaskTracker::new();
         let stop_workers = CancellationToken::new();
-        let channels: Vec<Arc<Channel>> = channels.into_iter().map(Arc::new).collect();
         let tell = {
             let channels = channels.clone();
             let timeout = config.outbox.attempt_timeout;

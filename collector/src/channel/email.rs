@@ -8,7 +8,7 @@ use lettre::transport::smtp::client::{Certificate, Tls as LettreTls, TlsParamete
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::format::{describe, details};
-use super::DeliveryError;
+use super::{BoxFuture, DeliveryError, Notifier};
 use crate::config::{EmailSettings, Tls};
 use crate::store::AlertRecord;
 
@@ -51,7 +51,7 @@ impl Email {
         Ok(Email { transport: builder.build(), settings })
     }
 
-    pub(crate) async fn deliver(&self, alerts: &[AlertRecord]) -> Result<(), DeliveryError> {
+    async fn send(&self, alerts: &[AlertRecord]) -> Result<(), DeliveryError> {
         let (subject, body) = compose(alerts);
         let mut b =
             Message::builder().from(self.settings.from.clone()).subject(subject).header(ContentType::TEXT_PLAIN);
@@ -78,7 +78,7 @@ impl Email {
             Err(e) if e.is_permanent() => {
                 Err(DeliveryError::Permanent { reason: format!("email {server}: {}", flatten(&e)) })
             }
-            // A timeout is retried at the usual pace: see `Channel::timed_out`.
+            // A timeout is retried at the usual pace: see `Notifier::timed_out` (the default).
             Err(e) => Err(DeliveryError::transient(format!("email {server}: {}", flatten(&e)))),
         }
     }
@@ -86,7 +86,7 @@ impl Email {
 
 impl Email {
     /// A message about the collector itself (not an alert), once, without retry.
-    pub(crate) async fn notice(&self, subject: &str, text: &str) -> Result<(), String> {
+    async fn send_notice(&self, subject: &str, text: &str) -> Result<(), String> {
         let mut b = Message::builder()
             .from(self.settings.from.clone())
             .subject(subject.to_owned())
@@ -96,6 +96,26 @@ impl Email {
         }
         let email = b.body(text.to_owned()).map_err(|e| e.to_string())?;
         self.transport.send(email).await.map(drop).map_err(|e| flatten(&e))
+    }
+}
+
+/// A timeout is almost always a server stalled mid-session, before it took the message
+/// (lettre does not say at which step): retried at the usual pace (the default `timed_out`).
+impl Notifier for Email {
+    fn name(&self) -> &'static str {
+        "email"
+    }
+
+    fn fits(&self, alerts: &[AlertRecord]) -> usize {
+        fits(alerts)
+    }
+
+    fn deliver<'a>(&'a self, alerts: &'a [AlertRecord]) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(self.send(alerts))
+    }
+
+    fn notice<'a>(&'a self, subject: &'a str, text: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(self.send_notice(subject, text))
     }
 }
 

@@ -1,20 +1,25 @@
 //! Notification channels: where an alert goes once stored.
 //!
-//! Each channel delivers a batch of one or more alerts as one message (several only during a
-//! storm, see [`crate::outbox`]) and says whether a failure is worth retrying. Each says how
-//! many alerts one message can carry within the service's limits ([`Channel::fits`]) and how
-//! often it may send ([`Channel::min_interval`]).
+//! Every channel implements [`Notifier`]: it delivers a batch of one or more alerts as one
+//! message (several only during a storm, see [`crate::outbox`]) and says whether a failure is
+//! worth retrying. Each says how many alerts one message can carry within the service's limits
+//! ([`Notifier::fits`]) and how often it may send ([`Notifier::min_interval`]).
+//!
+//! Adding a channel: its own file implementing [`Notifier`], its `[notify.NAME]` section in
+//! `config/channels.rs`, and one line in [`build`] (and its name in [`NAMES`]).
 
 mod email;
 mod format;
 mod slack;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use email::Email;
 pub use format::{describe, enrolled_line, identity_warning, when_utc};
 pub use slack::Slack;
 
+use crate::config::Config;
 use crate::store::AlertRecord;
 
 /// Why a delivery did not happen.
@@ -50,139 +55,120 @@ impl DeliveryError {
     }
 }
 
-/// The channels a collector can notify, in the order each alert is delivered: the one list of
-/// channel names (the store's `outbox.channel`, `sos-collector alerts`, the configuration summary).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ChannelKind {
-    /// The collector's own log, always on.
-    Log,
-    /// A Slack incoming webhook (`[notify.slack]`).
-    Slack,
-    /// SMTP email (`[notify.email]`).
-    Email,
-}
+/// A future a [`Notifier`] returns (the trait stays object-safe).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
-impl ChannelKind {
-    /// Every channel, in delivery order.
-    pub const ALL: [ChannelKind; 3] = [ChannelKind::Log, ChannelKind::Slack, ChannelKind::Email];
+/// One way to reach responders. Adding a channel: its own file implementing this, plus its
+/// config section; [`build`] is the one place channels are made.
+pub trait Notifier: Send + Sync + std::fmt::Debug {
+    /// The name in the store (`outbox.channel`), in config (`[notify.NAME]`, `channel:NAME`),
+    /// in `/metrics` and in `sos-collector alerts`.
+    fn name(&self) -> &'static str;
 
-    /// The name used in the store and in `sos-collector alerts`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            ChannelKind::Log => "log",
-            ChannelKind::Slack => "slack",
-            ChannelKind::Email => "email",
-        }
+    /// How many of `alerts`, from the first, one message can carry (at least 1). Default: all.
+    fn fits(&self, alerts: &[AlertRecord]) -> usize {
+        alerts.len()
     }
 
-    /// The channel called `name` ([`ChannelKind::name`]).
-    pub fn from_name(name: &str) -> Option<Self> {
-        ChannelKind::ALL.into_iter().find(|k| k.name() == name)
-    }
-}
-
-/// A configured channel.
-#[derive(Debug)]
-pub enum Channel {
-    /// The collector's own log, always on.
-    Log,
-    /// A Slack incoming webhook.
-    Slack(Slack),
-    /// SMTP email (boxed: the transport is large and there is one per collector).
-    Email(Box<Email>),
-}
-
-impl Channel {
-    /// Which channel this is.
-    pub fn kind(&self) -> ChannelKind {
-        match self {
-            Channel::Log => ChannelKind::Log,
-            Channel::Slack(_) => ChannelKind::Slack,
-            Channel::Email(_) => ChannelKind::Email,
-        }
+    /// Least time between two messages (the service's rate limit). Default: zero.
+    fn min_interval(&self) -> Duration {
+        Duration::ZERO
     }
 
-    /// The name used in the store and in `sos-collector alerts` ([`ChannelKind::name`]).
-    pub fn name(&self) -> &'static str {
-        self.kind().name()
-    }
-
-    /// How many of `alerts`, from the first, one message can carry within the service's limits
-    /// (at least one).
-    pub fn fits(&self, alerts: &[AlertRecord]) -> usize {
-        let n = match self {
-            Channel::Log => alerts.len(),
-            Channel::Slack(_) => Slack::fits(alerts),
-            Channel::Email(_) => email::fits(alerts),
-        };
-        n.clamp(1, alerts.len().max(1))
-    }
-
-    /// The least time between two messages (the service's rate limit).
-    pub fn min_interval(&self) -> Duration {
-        match self {
-            Channel::Slack(_) => slack::MIN_INTERVAL,
-            Channel::Log | Channel::Email(_) => Duration::ZERO,
-        }
-    }
-
-    /// What an attempt cut off after `after` means. Slack: the post was sent, so it may have
-    /// been shown ([`DeliveryError::Unknown`]). Email: almost always a server stalled
-    /// mid-session, before it took the message (lettre does not say at which step), so it is
-    /// retried at the usual pace.
-    pub fn timed_out(&self, after: Duration) -> DeliveryError {
-        let reason = format!("{}: no answer within {} s", self.name(), after.as_secs());
-        match self {
-            Channel::Slack(_) => DeliveryError::Unknown { reason },
-            Channel::Log | Channel::Email(_) => DeliveryError::transient(reason),
-        }
-    }
-
-    /// Tell the people behind this channel something about the collector itself (its store is
-    /// failing, it is stopping): once, bounded by the channel's attempt timeout, retried only
-    /// when the service asks to wait (Slack 429).
-    /// The log channel logs it.
-    ///
-    /// # Errors
-    /// Why the channel did not take it.
-    pub async fn notice(&self, subject: &str, text: &str) -> Result<(), String> {
-        match self {
-            Channel::Log => {
-                tracing::error!(target: "sos::collector", "{subject}: {text}");
-                Ok(())
-            }
-            Channel::Slack(s) => s.notice(&format!("⚠️ {subject}\n{text}")).await,
-            Channel::Email(e) => e.notice(subject, text).await,
-        }
+    /// What an attempt cut off after `after` means (default: Transient, retried at the usual
+    /// pace). A channel whose request may have been shown says [`DeliveryError::Unknown`].
+    fn timed_out(&self, after: Duration) -> DeliveryError {
+        DeliveryError::transient(format!("{}: no answer within {} s", self.name(), after.as_secs()))
     }
 
     /// Deliver `alerts` as one message.
-    ///
-    /// # Errors
-    /// A [`DeliveryError`] saying whether to retry.
-    pub async fn deliver(&self, alerts: &[AlertRecord]) -> Result<(), DeliveryError> {
-        match self {
-            Channel::Log => {
-                for a in alerts {
-                    tracing::warn!(
-                        target: "sos::alert",
-                        alert_id = %a.alert_id,
-                        test = a.test,
-                        user = ?a.user,
-                        host = ?a.host,
-                        ip = ?a.ip,
-                        location = ?a.location,
-                        text = ?a.message,
-                        enrolled = %format::enrolled_line(a),
-                        triggered_at = %when_utc(a.triggered_at),
-                        "{}",
-                        describe(a)
-                    );
-                }
-                Ok(())
-            }
-            Channel::Slack(s) => s.deliver(alerts).await,
-            Channel::Email(e) => e.deliver(alerts).await,
+    fn deliver<'a>(&'a self, alerts: &'a [AlertRecord]) -> BoxFuture<'a, Result<(), DeliveryError>>;
+
+    /// An administrative notice (store failing, endpoint disabled, agent silent…): once,
+    /// bounded by the caller's timeout, retried only when the service asks to wait.
+    fn notice<'a>(&'a self, subject: &'a str, text: &'a str) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// A configured channel.
+pub type Channel = Arc<dyn Notifier>;
+
+/// What channels need from the rest of the collector, given to every channel when it is made.
+#[derive(Clone, Debug, Default)]
+pub struct Context {
+    // Signed acknowledge links (issue 17 §4), when `[http] public_url` is set: comes with
+    // `crate::links` (w-console).
+    // pub links: Option<crate::links::AckLinks>,
+}
+
+/// Every channel name, in delivery order: the one list of channel names (the store's
+/// `outbox.channel`, `channel:NAME` in `[escalation]`, `sos-collector alerts`, /metrics).
+pub const NAMES: &[&str] = &["log", "slack", "email"];
+
+/// A channel that could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the {channel} channel: {message}")]
+pub struct SetupError {
+    /// Which channel.
+    pub channel: &'static str,
+    /// What went wrong (never a secret).
+    pub message: String,
+}
+
+/// The configured channels, in delivery order (the log first, always): the one place channels
+/// are made.
+///
+/// # Errors
+/// A [`SetupError`] naming the channel that cannot be set up.
+pub fn build(config: &Config, _ctx: &Context) -> Result<Vec<Channel>, SetupError> {
+    let timeout = config.outbox.attempt_timeout;
+    let n = &config.notify;
+    let fail = |channel: &'static str| move |e: String| SetupError { channel, message: e };
+    let mut out: Vec<Channel> = vec![Arc::new(Log)];
+    if let Some(s) = &n.slack {
+        out.push(Arc::new(Slack::new(s.clone(), timeout).map_err(|e| fail("slack")(e.to_string()))?));
+    }
+    if let Some(s) = &n.email {
+        out.push(Arc::new(Email::new(s.clone(), timeout).map_err(|e| fail("email")(e.to_string()))?));
+    }
+    debug_assert_eq!(
+        out.iter().map(|c| c.name()).collect::<Vec<_>>(),
+        config.channel_names(),
+        "build and Config::channel_names list the same channels"
+    );
+    Ok(out)
+}
+
+/// The collector's own log, always on.
+#[derive(Debug)]
+pub struct Log;
+
+impl Notifier for Log {
+    fn name(&self) -> &'static str {
+        "log"
+    }
+
+    fn deliver<'a>(&'a self, alerts: &'a [AlertRecord]) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        for a in alerts {
+            tracing::warn!(
+                target: "sos::alert",
+                alert_id = %a.alert_id,
+                test = a.test,
+                user = ?a.user,
+                host = ?a.host,
+                ip = ?a.ip,
+                location = ?a.location,
+                text = ?a.message,
+                enrolled = %format::enrolled_line(a),
+                triggered_at = %when_utc(a.triggered_at),
+                "{}",
+                describe(a)
+            );
         }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn notice<'a>(&'a self, subject: &'a str, text: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        tracing::error!(target: "sos::collector", "{subject}: {text}");
+        Box::pin(std::future::ready(Ok(())))
     }
 }

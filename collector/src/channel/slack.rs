@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::format::{describe, enrolled_line, identity_warning, or_dash, when_utc};
-use super::DeliveryError;
+use super::{BoxFuture, DeliveryError, Notifier};
 use crate::config::SlackSettings;
 use crate::store::{AlertRecord, AlertUpdate};
 
@@ -129,7 +129,7 @@ impl Slack {
         n.max(1)
     }
 
-    pub(crate) async fn deliver(&self, alerts: &[AlertRecord]) -> Result<(), DeliveryError> {
+    async fn post(&self, alerts: &[AlertRecord]) -> Result<(), DeliveryError> {
         let body = payload(alerts);
         // The URL is a secret: errors name the host only.
         let host = self.settings.webhook_url.host_str().unwrap_or("?").to_owned();
@@ -167,7 +167,7 @@ impl Slack {
 
 impl Slack {
     /// A message about the collector itself (not an alert), once, without retry.
-    pub(crate) async fn notice(&self, text: &str) -> Result<(), String> {
+    async fn post_notice(&self, text: &str) -> Result<(), String> {
         let host = self.settings.webhook_url.host_str().unwrap_or("?").to_owned();
         let body = serde_json::json!({ "text": esc(text, LIMITS.text) });
         // A notice often follows an alert's post within the second: when Slack asks to wait
@@ -201,7 +201,34 @@ impl Slack {
     }
 }
 
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+impl Notifier for Slack {
+    fn name(&self) -> &'static str {
+        "slack"
+    }
+
+    fn fits(&self, alerts: &[AlertRecord]) -> usize {
+        Slack::fits(alerts)
+    }
+
+    fn min_interval(&self) -> Duration {
+        MIN_INTERVAL
+    }
+
+    /// The post was sent, so Slack may have shown it.
+    fn timed_out(&self, after: Duration) -> DeliveryError {
+        DeliveryError::Unknown { reason: format!("slack: no answer within {} s", after.as_secs()) }
+    }
+
+    fn deliver<'a>(&'a self, alerts: &'a [AlertRecord]) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(self.post(alerts))
+    }
+
+    fn notice<'a>(&'a self, subject: &'a str, text: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { self.post_notice(&format!("⚠️ {subject}\n{text}")).await })
+    }
+}
+
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
         cur = next;

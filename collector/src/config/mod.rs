@@ -12,7 +12,9 @@ pub use sos_shared::config::ConfigError;
 use sos_shared::config::{read_secret_file, secret, toml_error, write_secret_file, ExposeSecret as _, SecretString};
 use sos_shared::{Key, TimeWindow};
 
+mod channels;
 mod response;
+pub use channels::{EmailSettings, NotifySettings, SlackSettings, Tls};
 pub use response::{EscalationSettings, ResponderConfig, Target, Tier};
 
 /// The file name of the key that `run` generates when none is configured.
@@ -38,7 +40,7 @@ struct RawConfig {
     shutdown_grace_secs: Option<u64>,
     socket_buffer_bytes: Option<u64>,
     outbox: RawOutbox,
-    notify: RawNotify,
+    notify: channels::RawNotify,
     security: RawSecurity,
     responders: Vec<response::RawResponder>,
     escalation: response::RawEscalation,
@@ -69,51 +71,6 @@ struct RawOutbox {
     coalesce_window_ms: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawNotify {
-    slack: Option<RawSlack>,
-    email: Option<RawEmail>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSlack {
-    webhook_url: Option<SecretString>,
-    webhook_url_file: Option<PathBuf>,
-    webhook_url_env: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEmail {
-    smtp_host: String,
-    smtp_port: Option<u16>,
-    #[serde(default)]
-    tls: Tls,
-    username: Option<String>,
-    password: Option<SecretString>,
-    password_env: Option<String>,
-    password_file: Option<PathBuf>,
-    from: String,
-    to: Vec<String>,
-    ca_file: Option<PathBuf>,
-    allow_plaintext_auth: Option<bool>,
-}
-
-/// How the SMTP connection is secured.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tls {
-    /// Plain connection upgraded with STARTTLS, which the server must offer (port 587).
-    #[default]
-    Starttls,
-    /// TLS from the first byte (port 465).
-    Tls,
-    /// No encryption: only for a relay on the same host or a trusted network (port 25).
-    None,
-}
-
 /// A validated configuration with every secret resolved.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -133,10 +90,8 @@ pub struct Config {
     pub socket_buffer_bytes: usize,
     /// Retry schedule and batching of the outbox.
     pub outbox: OutboxSettings,
-    /// Slack, if configured.
-    pub slack: Option<SlackSettings>,
-    /// Email, if configured.
-    pub email: Option<EmailSettings>,
+    /// The notification channels configured beside the log (`[notify.*]`).
+    pub notify: NotifySettings,
     /// Site key acceptance, key rotation, rate limits.
     pub security: SecuritySettings,
     /// The people who answer an alert (`[[responders]]`): named to the sender when they
@@ -216,53 +171,6 @@ impl Default for OutboxSettings {
     }
 }
 
-/// A Slack incoming webhook.
-#[derive(Clone)]
-pub struct SlackSettings {
-    /// The webhook URL. A secret: whoever has it can post to the channel.
-    pub webhook_url: reqwest::Url,
-}
-
-impl std::fmt::Debug for SlackSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SlackSettings").field("webhook_host", &self.webhook_url.host_str()).finish_non_exhaustive()
-    }
-}
-
-/// An SMTP server and the message envelope.
-#[derive(Clone)]
-pub struct EmailSettings {
-    /// The SMTP server's host name.
-    pub smtp_host: String,
-    /// Its port.
-    pub smtp_port: u16,
-    /// How the connection is secured.
-    pub tls: Tls,
-    /// User name and password, if the server wants them.
-    pub credentials: Option<(String, SecretString)>,
-    /// The sender address.
-    pub from: lettre::message::Mailbox,
-    /// The responders' addresses.
-    pub to: Vec<lettre::message::Mailbox>,
-    /// Extra certificate authorities (DER) trusted for this server, beside the system's: for a
-    /// relay with a certificate from a private CA.
-    pub ca_certs: Vec<Vec<u8>>,
-}
-
-impl std::fmt::Debug for EmailSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmailSettings")
-            .field("smtp_host", &self.smtp_host)
-            .field("smtp_port", &self.smtp_port)
-            .field("tls", &self.tls)
-            .field("username", &self.credentials.as_ref().map(|c| &c.0))
-            .field("from", &self.from)
-            .field("to", &self.to)
-            .field("ca_certs", &self.ca_certs.len())
-            .finish()
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -274,8 +182,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             socket_buffer_bytes: DEFAULT_SOCKET_BUFFER,
             outbox: OutboxSettings::default(),
-            slack: None,
-            email: None,
+            notify: NotifySettings::default(),
             security: SecuritySettings::default(),
             responders: Vec::new(),
             escalation: EscalationSettings::standard(),
@@ -396,103 +303,7 @@ impl Config {
         rate("security.enroll_rate", sec.enroll_rate, &mut cs.enroll.per_sec)?;
         cs.enroll.burst = cs.enroll.per_sec * 2.0;
 
-        if let Some(s) = raw.notify.slack {
-            let (key, url) = secret(
-                file,
-                "notify.slack.webhook_url",
-                s.webhook_url,
-                s.webhook_url_file.map(&rel),
-                s.webhook_url_env,
-            )?
-            .ok_or_else(|| {
-                ConfigError::at(
-                    file,
-                    "notify.slack.webhook_url",
-                    "[notify.slack] needs webhook_url, webhook_url_file or webhook_url_env",
-                )
-            })?;
-            let url = reqwest::Url::parse(url.expose_secret().trim())
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-                .ok_or_else(|| {
-                    ConfigError::at(file, &key, "not an http(s) URL (the value is not shown: it is a secret)")
-                })?;
-            cfg.slack = Some(SlackSettings { webhook_url: url });
-        }
-
-        if let Some(e) = raw.notify.email {
-            if e.smtp_host.trim().is_empty() {
-                return Err(ConfigError::at(file, "notify.email.smtp_host", "must not be empty"));
-            }
-            let password =
-                secret(file, "notify.email.password", e.password, e.password_file.map(&rel), e.password_env)?;
-            let credentials = match (e.username, password) {
-                (Some(u), Some((_, p))) => {
-                    Some((u, SecretString::from(p.expose_secret().trim_end_matches(['\r', '\n']))))
-                }
-                (None, None) => None,
-                (Some(_), None) => {
-                    return Err(ConfigError::at(
-                        file,
-                        "notify.email.username",
-                        "a username needs a password (password, password_env or password_file)",
-                    ))
-                }
-                (None, Some(_)) => {
-                    return Err(ConfigError::at(file, "notify.email.username", "a password needs a username"))
-                }
-            };
-            let from = e.from.parse().map_err(|err| {
-                ConfigError::at(file, "notify.email.from", format!("{:?} is not an email address: {err}", e.from))
-            })?;
-            if e.to.is_empty() {
-                return Err(ConfigError::at(file, "notify.email.to", "needs at least one address"));
-            }
-            let to =
-                e.to.iter()
-                    .map(|a| {
-                        a.parse().map_err(|err| {
-                            ConfigError::at(file, "notify.email.to", format!("{a:?} is not an email address: {err}"))
-                        })
-                    })
-                    .collect::<Result<_, _>>()?;
-            if credentials.is_some() && e.tls == Tls::None && e.allow_plaintext_auth != Some(true) {
-                return Err(ConfigError::at(
-                    file,
-                    "notify.email.tls",
-                    "\"none\" would send the SMTP password unencrypted; use \"starttls\" or \"tls\", or, for a relay \
-                     on this host or a network you trust, set notify.email.allow_plaintext_auth = true",
-                ));
-            }
-            let smtp_port = e.smtp_port.unwrap_or(match e.tls {
-                Tls::Starttls => 587,
-                Tls::Tls => 465,
-                Tls::None => 25,
-            });
-            let ca_certs = match &e.ca_file {
-                None => Vec::new(),
-                Some(_) if e.tls == Tls::None => {
-                    return Err(ConfigError::at(file, "notify.email.ca_file", "needs tls = \"starttls\" or \"tls\""))
-                }
-                Some(path) => {
-                    use rustls::pki_types::{pem::PemObject as _, CertificateDer};
-                    let path = rel(path.clone());
-                    let bad = |why: String| ConfigError::at(file, "notify.email.ca_file", why);
-                    let pem =
-                        std::fs::read(&path).map_err(|err| bad(format!("cannot read {}: {err}", path.display())))?;
-                    let certs = CertificateDer::pem_slice_iter(&pem)
-                        .map(|c| c.map(|c| c.to_vec()))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|err| bad(format!("{} is not valid PEM: {err:?}", path.display())))?;
-                    if certs.is_empty() {
-                        return Err(bad(format!("{} holds no PEM certificate", path.display())));
-                    }
-                    certs
-                }
-            };
-            cfg.email =
-                Some(EmailSettings { smtp_host: e.smtp_host, smtp_port, tls: e.tls, credentials, from, to, ca_certs });
-        }
+        cfg.notify = channels::notify(file, raw.notify, &rel)?;
         if cfg.outbox.first_retry > cfg.outbox.max_retry {
             return Err(ConfigError::at(
                 file,
@@ -505,7 +316,7 @@ impl Config {
             ));
         }
         cfg.responders = response::responders(file, raw.responders)?;
-        cfg.escalation = response::escalation(file, raw.escalation, &cfg.responders, &cfg.channels())?;
+        cfg.escalation = response::escalation(file, raw.escalation, &cfg.responders, &cfg.channel_names())?;
         Ok(cfg)
     }
 
@@ -518,55 +329,6 @@ impl Config {
     /// The configured responder called `name` (compared without regard to case).
     pub fn responder(&self, name: &str) -> Option<&ResponderConfig> {
         self.responders.iter().find(|r| r.name.eq_ignore_ascii_case(name.trim()))
-    }
-
-    /// What is allowed but risky in this configuration, one sentence each: `run` logs them at
-    /// start and `check-config` prints them.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut w = Vec::new();
-        if self.slack.is_none() && self.email.is_none() {
-            w.push(
-                "NO NOTIFICATION CHANNEL: alerts only reach the collector's own log, and nobody is paged; \
-                 configure [notify.slack] or [notify.email]"
-                    .to_owned(),
-            );
-        }
-        if let Some(s) = &self.slack {
-            if s.webhook_url.scheme() == "http" {
-                w.push(format!(
-                    "notify.slack.webhook_url is plain http (host {}): alerts and the webhook's secret path travel \
-                     unencrypted; use https unless this is a relay on this host",
-                    s.webhook_url.host_str().unwrap_or("?")
-                ));
-            }
-        }
-        if let Some(e) = &self.email {
-            if e.tls == Tls::None && e.credentials.is_some() {
-                w.push(format!(
-                    "notify.email: the SMTP password is sent unencrypted to {}:{} (tls = \"none\", allow_plaintext_auth = true)",
-                    e.smtp_host, e.smtp_port
-                ));
-            }
-        }
-        w
-    }
-
-    /// The channels every alert is delivered to, in order. The log is always on.
-    pub fn channels(&self) -> Vec<crate::channel::ChannelKind> {
-        use crate::channel::ChannelKind;
-        ChannelKind::ALL
-            .into_iter()
-            .filter(|kind| match kind {
-                ChannelKind::Log => true,
-                ChannelKind::Slack => self.slack.is_some(),
-                ChannelKind::Email => self.email.is_some(),
-            })
-            .collect()
-    }
-
-    /// The names of [`Config::channels`], in order.
-    pub fn channel_names(&self) -> Vec<&'static str> {
-        self.channels().into_iter().map(crate::channel::ChannelKind::name).collect()
     }
 
     /// Where the store lives.
@@ -657,8 +419,7 @@ to = ["security@example.com", "Duty Manager <duty@example.com>"]
         let c = Config::parse(&text, None).unwrap();
         assert_eq!(c.window.ttl_secs, 300);
         assert_eq!(c.channel_names(), vec!["log", "slack", "email"]);
-        assert_eq!(c.channels(), crate::channel::ChannelKind::ALL);
-        let e = c.email.unwrap();
+        let e = c.notify.email.unwrap();
         assert_eq!(e.smtp_port, 465);
         assert_eq!(e.to.len(), 2);
     }
@@ -703,7 +464,7 @@ to = ["security@example.com", "Duty Manager <duty@example.com>"]
         let e = Config::parse(&email("tls = \"none\"\nca_file = \"ca.pem\"\n"), Some(&f)).unwrap_err().to_string();
         assert!(e.contains("notify.email.ca_file") && e.contains("tls"), "{e}");
         let c = Config::parse(&email("ca_file = \"ca.pem\"\n"), Some(&f)).unwrap();
-        assert_eq!(c.email.unwrap().ca_certs, vec![vec![0u8, 0, 0]]);
+        assert_eq!(c.notify.email.unwrap().ca_certs, vec![vec![0u8, 0, 0]]);
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{within, ConfigError, DAY_SECS};
-use crate::channel::ChannelKind;
 
 /// The longest responder name: it is shown to the sender in one line of a toast.
 pub const MAX_RESPONDER_NAME: usize = 64;
@@ -76,7 +75,7 @@ pub enum Target {
     /// Every responder in this group.
     Group(String),
     /// A configured notification channel (its message mentions the tier's responders).
-    Channel(ChannelKind),
+    Channel(&'static str),
     /// Every configured channel: the default policy's, so that a configuration built in code
     /// (`Config { slack: Some(..), ..Config::default() }`) notifies the channels it has.
     EveryChannel,
@@ -141,11 +140,11 @@ impl Tier {
     }
 
     /// The channels this tier notifies among the `configured` ones, in delivery order, each once.
-    pub fn channels(&self, configured: &[ChannelKind]) -> Vec<ChannelKind> {
+    pub fn channels(&self, configured: &[&'static str]) -> Vec<&'static str> {
         configured
             .iter()
             .copied()
-            .filter(|c| self.notify.iter().any(|t| *t == Target::Channel(*c) || *t == Target::EveryChannel))
+            .filter(|c| self.notify.iter().any(|t| *t == Target::Channel(c) || *t == Target::EveryChannel))
             .collect()
     }
 }
@@ -234,7 +233,7 @@ pub(super) fn escalation(
     file: Option<&Path>,
     raw: RawEscalation,
     responders: &[ResponderConfig],
-    channels: &[ChannelKind],
+    channels: &[&'static str],
 ) -> Result<EscalationSettings, ConfigError> {
     let mut e = EscalationSettings::standard();
     if let Some(v) = raw.responder_offline_after_secs {
@@ -255,7 +254,7 @@ fn policy(
     key: &str,
     raw: Vec<RawTier>,
     responders: &[ResponderConfig],
-    channels: &[ChannelKind],
+    channels: &[&'static str],
 ) -> Result<Vec<Tier>, ConfigError> {
     if raw.is_empty() {
         return Err(ConfigError::at(file, key, "needs at least one tier, e.g. [ { notify = [\"everyone\"] } ]"));
@@ -294,7 +293,7 @@ fn target(
     key: &str,
     v: &str,
     responders: &[ResponderConfig],
-    channels: &[ChannelKind],
+    channels: &[&'static str],
 ) -> Result<Target, ConfigError> {
     if v == "everyone" {
         return Ok(Target::Everyone);
@@ -306,9 +305,9 @@ fn target(
         return Ok(Target::Group(g.to_owned()));
     }
     if let Some(c) = v.strip_prefix("channel:") {
-        let kind = ChannelKind::from_name(c).ok_or_else(|| {
-            let known: Vec<_> = ChannelKind::ALL.iter().map(|k| k.name()).collect();
-            ConfigError::at(file, key, format!("{v:?}: there is no channel {c:?} (channels: {})", known.join(", ")))
+        let kind = crate::channel::NAMES.iter().copied().find(|n| *n == c).ok_or_else(|| {
+            let known = crate::channel::NAMES.join(", ");
+            ConfigError::at(file, key, format!("{v:?}: there is no channel {c:?} (channels: {known})"))
         })?;
         if !channels.contains(&kind) {
             return Err(ConfigError::at(
@@ -377,12 +376,12 @@ drill     = [ {{ notify = [\"group:drill\"] }} ]
         let e = &c.escalation;
         assert_eq!(e.responder_offline_after, Duration::from_secs(120));
         assert_eq!(e.emergency.len(), 2);
-        assert_eq!(e.emergency[0].notify, vec![Target::Group("security".into()), Target::Channel(ChannelKind::Slack)]);
+        assert_eq!(e.emergency[0].notify, vec![Target::Group("security".into()), Target::Channel("slack")]);
         assert_eq!(e.emergency[1].wait, Duration::from_secs(90));
         let names = |t: &Tier| t.responders(&c.responders).iter().map(|r| r.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&e.emergency[0]), ["Sam Lee", "Kim Park"]);
         assert_eq!(names(&e.emergency[1]), ["Sam Lee", "Kim Park", "Duty Manager"]);
-        assert_eq!(e.emergency[0].channels(&c.channels()), [ChannelKind::Slack]);
+        assert_eq!(e.emergency[0].channels(&c.channel_names()), ["slack"]);
         assert_eq!(e.drill, vec![Tier { notify: vec![Target::Group("drill".into())], wait: DEFAULT_TIER_WAIT }]);
         assert_eq!(e.policy(true), &e.drill[..]);
     }
@@ -395,12 +394,12 @@ drill     = [ {{ notify = [\"group:drill\"] }} ]
         for p in [&e.emergency, &e.drill] {
             assert_eq!(p.len(), 1);
             assert_eq!(p[0].notify, vec![Target::Everyone, Target::EveryChannel]);
-            assert_eq!(p[0].channels(&c.channels()), [ChannelKind::Log, ChannelKind::Slack]);
+            assert_eq!(p[0].channels(&c.channel_names()), ["log", "slack"]);
             assert_eq!(p[0].wait, Duration::from_secs(60));
         }
         let c = Config::parse("", None).unwrap();
         assert!(c.responders.is_empty());
-        assert_eq!(c.escalation.emergency[0].channels(&c.channels()), [ChannelKind::Log]);
+        assert_eq!(c.escalation.emergency[0].channels(&c.channel_names()), ["log"]);
     }
 
     #[test]

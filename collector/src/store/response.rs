@@ -224,12 +224,12 @@ pub struct PlannedResponder {
 impl ResponsePlan {
     /// The plan of a collector configuration.
     pub fn from_config(config: &Config) -> ResponsePlan {
-        let configured = config.channels();
+        let configured = config.channel_names();
         let tiers = |policy: &[crate::config::Tier]| {
             policy
                 .iter()
                 .map(|t| TierPlan {
-                    channels: t.channels(&configured).into_iter().map(crate::channel::ChannelKind::name).collect(),
+                    channels: t.channels(&configured),
                     responders: t
                         .responders(&config.responders)
                         .into_iter()
