@@ -111,7 +111,9 @@ impl Collector {
                       "notifications are pending for a channel that is no longer configured; they stay pending until it is configured again");
             }
         }
-        let channels = crate::channel::build(&config, &crate::channel::Context::default())
+        let forwarder = config.forward.clone().map(crate::forward::Forwarder::new);
+        let context = crate::channel::Context::default().forwarding(forwarder.clone());
+        let channels = crate::channel::build(&config, &context)
             .map_err(|e| CollectorError::Channel { channel: e.channel, message: e.message })?;
         let (store, writer) = Store::start_planned(db, &names, ResponsePlan::from_config(&config))?;
         // Essential tasks: one that ends before shutdown (a panic) ends the service.
@@ -181,6 +183,13 @@ impl Collector {
                     .instrument(info_span!("escalation")),
             ),
         );
+        // A site: its link to the centre (heartbeats, the centre's acknowledgements coming back).
+        if let Some(f) = forwarder {
+            essential(
+                "the forwarder".into(),
+                workers.spawn(f.run(store.clone(), stop_workers.clone()).instrument(info_span!("forward"))),
+            );
+        }
         // Heartbeats reach the store in one transaction per PRESENCE_FLUSH, and once more at the end.
         {
             let store = store.clone();

@@ -10,6 +10,7 @@
 
 mod email;
 mod format;
+mod forward;
 mod slack;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 pub use email::Email;
 pub use format::{describe, enrolled_line, identity_warning, when_utc};
+pub use forward::Forward;
 pub use slack::Slack;
 
 use crate::config::Config;
@@ -98,11 +100,21 @@ pub struct Context {
     // Signed acknowledge links (issue 17 §4), when `[http] public_url` is set: comes with
     // `crate::links` (w-console).
     // pub links: Option<crate::links::AckLinks>,
+    /// A site's link to its centre, when `[forward]` is configured: the `forward` channel.
+    pub forwarder: Option<Arc<crate::forward::Forwarder>>,
+}
+
+impl Context {
+    /// This context with the site's link to its centre (`None`: not a site).
+    pub fn forwarding(mut self, forwarder: Option<Arc<crate::forward::Forwarder>>) -> Self {
+        self.forwarder = forwarder;
+        self
+    }
 }
 
 /// Every channel name, in delivery order: the one list of channel names (the store's
 /// `outbox.channel`, `channel:NAME` in `[escalation]`, `sos-collector alerts`, /metrics).
-pub const NAMES: &[&str] = &["log", "slack", "email"];
+pub const NAMES: &[&str] = &["log", "slack", "email", "forward"];
 
 /// A channel that could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +131,7 @@ pub struct SetupError {
 ///
 /// # Errors
 /// A [`SetupError`] naming the channel that cannot be set up.
-pub fn build(config: &Config, _ctx: &Context) -> Result<Vec<Channel>, SetupError> {
+pub fn build(config: &Config, ctx: &Context) -> Result<Vec<Channel>, SetupError> {
     let timeout = config.outbox.attempt_timeout;
     let n = &config.notify;
     let fail = |channel: &'static str| move |e: String| SetupError { channel, message: e };
@@ -129,6 +141,9 @@ pub fn build(config: &Config, _ctx: &Context) -> Result<Vec<Channel>, SetupError
     }
     if let Some(s) = &n.email {
         out.push(Arc::new(Email::new(s.clone(), timeout).map_err(|e| fail("email")(e.to_string()))?));
+    }
+    if let Some(f) = &ctx.forwarder {
+        out.push(Arc::new(Forward::new(f.clone())));
     }
     debug_assert_eq!(
         out.iter().map(|c| c.name()).collect::<Vec<_>>(),

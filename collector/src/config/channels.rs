@@ -247,6 +247,7 @@ impl Config {
             "log" => true,
             "slack" => n.slack.is_some(),
             "email" => n.email.is_some(),
+            "forward" => self.forward.is_some(),
             _ => false,
         };
         crate::channel::NAMES.iter().copied().filter(|name| configured(name)).collect()
