@@ -151,7 +151,10 @@ pub async fn run_worker(
     shutdown: CancellationToken,
 ) {
     let name = channel.name();
-    let schedule = RetrySchedule::new(&settings);
+    let mut schedule = RetrySchedule::new(&settings);
+    if !channel.gives_up() {
+        schedule.give_up_after = Duration::MAX;
+    }
     let pace = settings.coalesce_window.max(channel.min_interval());
     let mut rng = fastrand::Rng::new();
     // The most alerts in the next message: halved when the channel refuses a message of several,

@@ -20,9 +20,14 @@ pub(crate) fn or_dash(s: &str) -> &str {
 /// What a message says about its alert, before who and where: `SOS`, `TEST SOS (DRILL)` for a
 /// drill, `SOS (escalated: tier 2)`, `STILL UNANSWERED after 60 s — SOS`, `Acknowledged by Sam
 /// Lee — SOS`, `Resolved by Sam Lee: false alarm — SOS`, `CANCELLED by sender — check in
-/// person — SOS`. Drills say DRILL in every one.
+/// person — SOS`. Drills say DRILL in every one. An alert forwarded by a site says so:
+/// `SOS from site Branch A`.
 pub fn headline(a: &AlertRecord) -> String {
     let sos = if a.test { "TEST SOS (DRILL)" } else { "SOS" };
+    let sos = match &a.site {
+        Some(site) => format!("{sos} from site {}", or_dash(site)),
+        None => sos.to_owned(),
+    };
     match (&a.update, &a.cancellation) {
         (Some(AlertUpdate::Reminder { after_secs }), _) => format!("STILL UNANSWERED after {after_secs} s — {sos}"),
         (Some(AlertUpdate::Acknowledged { by, .. }), _) => format!("Acknowledged by {} — {sos}", or_dash(by)),
@@ -31,7 +36,7 @@ pub fn headline(a: &AlertRecord) -> String {
         }
         (None, Some(_)) => format!("CANCELLED by sender — check in person — {sos}"),
         (None, None) if a.audience.tier > 1 => format!("{sos} (escalated: tier {})", a.audience.tier),
-        (None, None) => sos.to_owned(),
+        (None, None) => sos,
     }
 }
 
@@ -96,6 +101,14 @@ pub fn identity_warning(a: &AlertRecord) -> Option<String> {
 
 /// Who the collector knows sent it: the enrolled agent, or the shared site key.
 pub fn enrolled_line(a: &AlertRecord) -> String {
+    if let Some(site) = &a.site {
+        return match &a.enrolled {
+            Some(e) if !e.name.is_empty() => {
+                format!("{} (enrolled at site {site} on host {})", e.name, or_dash(&e.host))
+            }
+            _ => format!("— (site {site}'s shared site key: who and where are as the workstation claims)"),
+        };
+    }
     match &a.enrolled {
         Some(e) => format!("{} (agent {}, enrolled on host {})", e.name, e.agent_id, or_dash(&e.host)),
         None => "— (shared site key: who and where are as the workstation claims)".to_owned(),

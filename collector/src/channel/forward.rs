@@ -39,6 +39,11 @@ impl Notifier for Forward {
         ))
     }
 
+    /// Never given up: a centre down for hours gets every alert when it is back.
+    fn gives_up(&self) -> bool {
+        false
+    }
+
     /// Each alert of a storm travels as its own datagram, all at once; the message is
     /// delivered when the centre answered every one (a partial failure sends them all again,
     /// which the centre answers `duplicate`).

@@ -89,6 +89,13 @@ pub trait Notifier: Send + Sync + std::fmt::Debug {
     /// An administrative notice (store failing, endpoint disabled, agent silent…): once,
     /// bounded by the caller's timeout, retried only when the service asks to wait.
     fn notice<'a>(&'a self, subject: &'a str, text: &'a str) -> BoxFuture<'a, Result<(), String>>;
+
+    /// Whether the outbox gives up on this channel's jobs after `[outbox] give_up_after`
+    /// (default: yes). The `forward` channel does not: the centre must get every alert, and it
+    /// answers a repeat `duplicate`.
+    fn gives_up(&self) -> bool {
+        true
+    }
 }
 
 /// A configured channel.

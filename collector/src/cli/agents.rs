@@ -64,6 +64,7 @@ pub fn list(config: &Config) -> anyhow::Result<()> {
             (None, None, Some(t)) if t > now => format!("active; previous key valid until {}", when_utc(t / 1000)),
             _ => "active".to_owned(),
         };
+        let state = if a.site { format!("{state}; SITE collector (forwards its alerts here)") } else { state };
         let seen = a.last_seen_ms.map(|t| when_utc(t / 1000)).unwrap_or_else(|| "never".into());
         println!(
             "{}  {:<24} host {:<20} key {}  enrolled {}  last seen {}  {}",

@@ -29,6 +29,9 @@ pub fn run(config: &Config, limit: usize) -> anyhow::Result<()> {
         if !a.message.is_empty() {
             println!("    message: {}", a.message);
         }
+        if let Some(site) = &a.site {
+            println!("    from site: {site}");
+        }
         println!("    enrolled as: {}", sos_collector::channel::enrolled_line(&a));
         if let Some((_, state, events)) = db.timeline(a.alert_id)? {
             let by = events.iter().rev().find(|e| e.kind == state.name()).map(|e| format!(" by {}", e.who));
@@ -89,6 +92,9 @@ pub fn show(config: &Config, id: &str) -> anyhow::Result<()> {
     println!("{}", sos_collector::channel::describe(&a));
     println!("alert id:   {}", a.alert_id);
     println!("state:      {}", state.name());
+    if let Some(site) = &a.site {
+        println!("from site:  {site} (forwarded by that site's collector)");
+    }
     println!("pressed:    {} (the workstation's clock)", when_utc(a.triggered_at));
     println!("received:   {}", when_ms(a.received_at_ms));
     if !a.message.is_empty() {
