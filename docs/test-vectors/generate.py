@@ -58,6 +58,14 @@ messages = [
     ("broadcast_receipt", {"kind": "broadcast_receipt", "alert_id": ALERT, "seq": 3}),
     ("notice_receipt", {"kind": "notice_receipt", "alert_id": ALERT, "event": "acknowledged"}),
     ("time_hint", {"kind": "time_hint", "server_time": 1700000000, "token_time": 1699999400}),
+    ("forward_sos", {"kind": "forward_sos", "alert_id": ALERT, "test": False, "triggered_at": 1699999998,
+                     "user": "alice", "host": "desk-12", "ip": "10.0.0.12",
+                     "location": "Building A, floor 2, reception", "message": "aggressive visitor",
+                     "agent": "", "sender": "Reception desk 12", "sender_host": "desk-12"}),
+    ("forward_update", {"kind": "forward_update", "alert_id": ALERT, "event": "acknowledged",
+                        "responder": "Sam (security)", "note": "on my way", "pad": "0" * 8}),
+    ("forward_update_ack", {"kind": "forward_update_ack", "alert_id": ALERT, "event": "acknowledged",
+                            "server_time": 1700000001}),
 ]
 
 f = Fernet(KEY)
