@@ -454,3 +454,53 @@ impl Forwarder {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    #[test]
+    fn forward_settings_are_checked_and_default_into_the_data_dir() {
+        let c = Config::parse("data_dir = \"/var/lib/sos\"\n[forward]\ncentre = \"centre.example.com:5000\"\n", None)
+            .unwrap();
+        let f = c.forward.clone().unwrap();
+        assert_eq!(f.key_file, std::path::Path::new("/var/lib/sos/forward.key"));
+        assert_eq!(f.heartbeat, super::DEFAULT_HEARTBEAT);
+        assert!(c.channel_names().contains(&"forward"));
+        for (text, key) in [
+            ("[forward]\n", "forward.centre"),
+            ("[forward]\ncentre = \"centre.example.com\"\n", "forward.centre"),
+            ("[forward]\ncentre = \"c:5000\"\nheartbeat_secs = 600\n", "forward.heartbeat_secs"),
+            ("[forward]\ncentre = \"c:5000\"\ncenter = \"x\"\n", "center"),
+        ] {
+            let e = Config::parse(text, None).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let e = Config::parse("[escalation]\nemergency = [ { notify = [\"channel:forward\"] } ]\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("forward"), "channel:forward needs [forward]: {e}");
+        Config::parse(
+            "[forward]\ncentre = \"c:5000\"\n[escalation]\nemergency = [ { notify = [\"channel:forward\"] } ]\n",
+            None,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_site_code_enrolls_a_site_and_an_agent_code_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = crate::store::Db::open(&dir.path().join("sos.db")).unwrap();
+        let site = db.create_enrollment_of("Branch A", true, 600_000, 1_000).unwrap();
+        let desk = db.create_enrollment("desk-1", 600_000, 1_000).unwrap();
+        let s = db.complete_enrollment(site.id(), "site-host", 2_000).unwrap().unwrap();
+        let d = db.complete_enrollment(desk.id(), "desk-1", 2_000).unwrap().unwrap();
+        let r = db.load_registry().unwrap();
+        let key = |k: &str| sos_shared::Key::from_base64(k).unwrap().id();
+        assert!(r.get(key(&s.key)).unwrap().agent.site);
+        assert!(!r.get(key(&d.key)).unwrap().agent.site);
+        let listed = db.enrolled_agents().unwrap();
+        assert!(listed.iter().any(|a| a.name == "Branch A" && a.site));
+        assert!(listed.iter().any(|a| a.name == "desk-1" && !a.site));
+    }
+}
