@@ -69,6 +69,9 @@ pub const MIN_RESPOND_PLAINTEXT: usize = 112;
 /// A site collector pads every request it sends its centre to at least this (`forward_sos`,
 /// `cancel`, `forward_update`), which covers every answer it can get.
 pub const MIN_FORWARD_UPDATE_PLAINTEXT: usize = 112;
+// Padding a site's requests to it covers the answers to `forward_sos` and `cancel` too.
+const _: () =
+    assert!(MIN_FORWARD_UPDATE_PLAINTEXT >= MIN_SOS_PLAINTEXT && MIN_FORWARD_UPDATE_PLAINTEXT >= MIN_CANCEL_PLAINTEXT);
 
 /// The length of the datagram that a plaintext of `plaintext_len` bytes seals into.
 pub const fn sealed_len(plaintext_len: usize) -> usize {
@@ -835,9 +838,6 @@ mod tests {
         assert_eq!(min_request_for(&Message::RespondAck(respond_ack)), MIN_RESPOND_PLAINTEXT);
         let update_ack = ForwardUpdateAck { alert_id: id, event: ForwardEvent::Acknowledged, server_time: t };
         assert_eq!(min_request_for(&Message::ForwardUpdateAck(update_ack)), MIN_FORWARD_UPDATE_PLAINTEXT);
-        assert!(
-            MIN_FORWARD_UPDATE_PLAINTEXT >= MIN_SOS_PLAINTEXT && MIN_FORWARD_UPDATE_PLAINTEXT >= MIN_CANCEL_PLAINTEXT
-        );
     }
 
     #[test]
