@@ -10,14 +10,23 @@
 
 mod email;
 mod format;
+mod http;
+mod ntfy;
 mod slack;
+mod sms;
+mod teams;
+mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use email::Email;
 pub use format::{describe, enrolled_line, identity_warning, when_utc};
+pub use ntfy::Ntfy;
 pub use slack::Slack;
+pub use sms::Sms;
+pub use teams::Teams;
+pub use webhook::{sign as sign_webhook, Webhook};
 
 use crate::config::Config;
 use crate::store::AlertRecord;
@@ -95,14 +104,27 @@ pub type Channel = Arc<dyn Notifier>;
 /// What channels need from the rest of the collector, given to every channel when it is made.
 #[derive(Clone, Debug, Default)]
 pub struct Context {
-    // Signed acknowledge links (issue 17 §4), when `[http] public_url` is set: comes with
-    // `crate::links` (w-console).
-    // pub links: Option<crate::links::AckLinks>,
+    /// Signed acknowledge links (issue 17 §4), when `[http] public_url` is set.
+    pub links: Option<crate::links::AckLinks>,
+    /// Where a channel tells administrators about itself (an endpoint that asked to be
+    /// disabled): the service passes it on through every other channel.
+    pub admin: Option<tokio::sync::mpsc::UnboundedSender<AdminNotice>>,
+}
+
+/// Something a channel must tell administrators through the other channels.
+#[derive(Debug, Clone)]
+pub struct AdminNotice {
+    /// The channel it is about (not told through it).
+    pub from: &'static str,
+    /// Its subject.
+    pub subject: &'static str,
+    /// What happened and what to do (never a secret).
+    pub text: String,
 }
 
 /// Every channel name, in delivery order: the one list of channel names (the store's
 /// `outbox.channel`, `channel:NAME` in `[escalation]`, `sos-collector alerts`, /metrics).
-pub const NAMES: &[&str] = &["log", "slack", "email"];
+pub const NAMES: &[&str] = &["log", "slack", "email", "sms", "teams", "ntfy", "webhook"];
 
 /// A channel that could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +141,7 @@ pub struct SetupError {
 ///
 /// # Errors
 /// A [`SetupError`] naming the channel that cannot be set up.
-pub fn build(config: &Config, _ctx: &Context) -> Result<Vec<Channel>, SetupError> {
+pub fn build(config: &Config, ctx: &Context) -> Result<Vec<Channel>, SetupError> {
     let timeout = config.outbox.attempt_timeout;
     let n = &config.notify;
     let fail = |channel: &'static str| move |e: String| SetupError { channel, message: e };
@@ -129,6 +151,19 @@ pub fn build(config: &Config, _ctx: &Context) -> Result<Vec<Channel>, SetupError
     }
     if let Some(s) = &n.email {
         out.push(Arc::new(Email::new(s.clone(), timeout).map_err(|e| fail("email")(e.to_string()))?));
+    }
+    if let Some(s) = &n.sms {
+        out.push(Arc::new(Sms::new(s.clone(), timeout, ctx).map_err(fail("sms"))?));
+    }
+    if let Some(s) = &n.teams {
+        out.push(Arc::new(Teams::new(s.clone(), timeout, ctx).map_err(fail("teams"))?));
+    }
+    if let Some(s) = &n.ntfy {
+        out.push(Arc::new(Ntfy::new(s.clone(), timeout, ctx).map_err(fail("ntfy"))?));
+    }
+    if let Some(s) = &n.webhook {
+        let w = Webhook::new(s.clone(), timeout, config.data_dir.clone(), ctx).map_err(fail("webhook"))?;
+        out.push(Arc::new(w));
     }
     debug_assert_eq!(
         out.iter().map(|c| c.name()).collect::<Vec<_>>(),
@@ -170,5 +205,30 @@ impl Notifier for Log {
     fn notice<'a>(&'a self, subject: &'a str, text: &'a str) -> BoxFuture<'a, Result<(), String>> {
         tracing::error!(target: "sos::collector", "{subject}: {text}");
         Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use crate::store::AlertRecord;
+
+    /// An ordinary alert, for the channels' tests.
+    pub(crate) fn alert(i: u128) -> AlertRecord {
+        AlertRecord {
+            alert_id: sos_shared::AlertId::from_u128(i),
+            test: false,
+            triggered_at: 1_700_000_000,
+            received_at_ms: 1_700_000_000_000,
+            user: "alice".into(),
+            host: "desk-12".into(),
+            ip: "10.0.0.12".into(),
+            location: "Reception".into(),
+            message: String::new(),
+            source: String::new(),
+            enrolled: None,
+            cancellation: None,
+            audience: Default::default(),
+            update: None,
+        }
     }
 }
