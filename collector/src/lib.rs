@@ -33,7 +33,9 @@
 //! - [`refusal`]: what the receive path refuses, logged at a bounded rate.
 //! - [`stats`]: counters of what was received, dropped and sent.
 //! - [`http`]: the web console (live alerts, an alert, agents, history and export), /metrics,
-//!   /healthz and /readyz; [`silence`]: enrolled agents that stopped sending heartbeats.
+//!   /healthz and /readyz; [`silence`]: enrolled agents that stopped sending heartbeats;
+//!   [`links`]: the signed, expiring, single-use acknowledge links that channels put in
+//!   their messages and the console's `/ack/{token}` page accepts.
 //! - The binary: `main.rs` parses arguments and sets up logging; the administrator commands
 //!   are in `cli/`.
 //!
@@ -46,6 +48,7 @@ pub mod config;
 pub mod forward;
 pub mod http;
 pub mod integrity;
+pub mod links;
 pub mod outbox;
 pub mod ratelimit;
 pub mod refusal;

@@ -111,8 +111,12 @@ impl Collector {
                       "notifications are pending for a channel that is no longer configured; they stay pending until it is configured again");
             }
         }
+        // Channels tell administrators through the others (an endpoint disabled): `admin`.
+        let (admin, admin_notices) = tokio::sync::mpsc::unbounded_channel();
+        let links = crate::links::AckLinks::from_config(&config).map_err(|e| CollectorError::Http(e.to_string()))?;
+        // A site: its link to its centre, the `forward` channel.
         let forwarder = config.forward.clone().map(crate::forward::Forwarder::new);
-        let context = crate::channel::Context::default().forwarding(forwarder.clone());
+        let context = crate::channel::Context { links, admin: Some(admin), forwarder: forwarder.clone() };
         let channels = crate::channel::build(&config, &context)
             .map_err(|e| CollectorError::Channel { channel: e.channel, message: e.message })?;
         let (store, writer) = Store::start_planned(db, &names, ResponsePlan::from_config(&config))?;
@@ -159,6 +163,32 @@ impl Collector {
                 }
             }
         };
+        // What a channel tells administrators about itself goes out through every other channel.
+        {
+            let channels = channels.clone();
+            let timeout = config.outbox.attempt_timeout;
+            let listen = config.listen;
+            let stop = stop_workers.clone();
+            let mut notices = admin_notices;
+            workers.spawn(async move {
+                loop {
+                    let n = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        n = notices.recv() => match n { Some(n) => n, None => return },
+                    };
+                    let text = format!("The SOS collector listening on {listen}: {}", n.text);
+                    for ch in channels.iter().filter(|c| c.name() != n.from) {
+                        match tokio::time::timeout(timeout, ch.notice(n.subject, &text)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                warn!(channel = ch.name(), error = %e, "cannot tell this channel: {}", n.subject)
+                            }
+                            Err(_) => warn!(channel = ch.name(), "cannot tell this channel (timed out): {}", n.subject),
+                        }
+                    }
+                }
+            });
+        }
         for ch in channels.iter().cloned() {
             let span = info_span!("outbox", channel = ch.name());
             let name = format!("the {} outbox worker", ch.name());

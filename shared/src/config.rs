@@ -7,7 +7,7 @@ pub use secrecy::{ExposeSecret, SecretString};
 
 /// The names of keys that hold a secret, as the last part of a dotted key: an error about one of
 /// them never shows its value, whatever its type.
-pub const SECRET_KEYS: [&str; 3] = ["key", "password", "webhook_url"];
+pub const SECRET_KEYS: [&str; 7] = ["key", "password", "webhook_url", "url", "secret", "auth_token", "token"];
 
 /// Whether the dotted `key` holds a secret.
 pub fn is_secret_key(key: &str) -> bool {

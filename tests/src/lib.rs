@@ -7,6 +7,8 @@
 //! - [`slack`]: [`SlackStandIn`], scripted answers (200 `ok`, 4xx, 429 + `Retry-After`, 5xx, hang,
 //!   slow), then Slack's own: its message limits (`400 invalid_blocks`) and rate (429).
 //! - [`smtp`]: [`SmtpServer`], scripted answers to the end of DATA (250, 451, 550…).
+//! - [`standins`]: [`standins::StandIn`] for Twilio, Teams, ntfy and a Standard Webhooks
+//!   receiver that verifies signatures independently; each holds its service's limits.
 //! - [`process`]: [`CollectorProcess`] and [`agent_send`].
 //! - [`peer`]: [`Peer`], a raw UDP protocol peer for hand-made datagrams.
 //! - [`relay`]: [`Relay`], a UDP relay that loses, duplicates, delays and blacks out datagrams.
@@ -27,6 +29,7 @@ pub mod relay;
 pub mod site;
 pub mod slack;
 pub mod smtp;
+pub mod standins;
 pub mod wine;
 
 pub use peer::Peer;

@@ -83,10 +83,15 @@ fn the_collector_template_is_a_valid_config_as_shipped_and_with_its_examples() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("collector.key");
     sos_shared::config::write_secret_file(&key, &sos_shared::Key::generate()).unwrap();
-    for secret in ["slack.url", "smtp.password"] {
+    for secret in ["slack.url", "smtp.password", "teams.url", "webhook.url", "twilio.token", "ntfy.token"] {
         sos_shared::config::write_secret_file(&dir.path().join(secret), "https://hooks.slack.com/services/T/B/x")
             .unwrap();
     }
+    sos_shared::config::write_secret_file(
+        &dir.path().join("webhook.secret"),
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n",
+    )
+    .unwrap();
     let template = installer("debian/collector.toml").replace("/etc/sos/", &format!("{}/", dir.path().display()));
     let file: PathBuf = dir.path().join("collector.toml");
     let c = sos_collector::config::Config::parse(&template, Some(&file)).unwrap_or_else(|e| panic!("as shipped: {e}"));
@@ -94,5 +99,5 @@ fn the_collector_template_is_a_valid_config_as_shipped_and_with_its_examples() {
     assert_eq!(c.data_dir, Path::new("/var/lib/sos"));
     let all = sos_collector::config::Config::parse(&uncommented(&template), Some(&file))
         .unwrap_or_else(|e| panic!("with its examples: {e}\n{}", uncommented(&template)));
-    assert_eq!(all.channel_names(), vec!["log", "slack", "email"]);
+    assert_eq!(all.channel_names(), vec!["log", "slack", "email", "sms", "teams", "ntfy", "webhook"]);
 }

@@ -11,7 +11,12 @@
 mod email;
 mod format;
 mod forward;
+mod http;
+mod ntfy;
 mod slack;
+mod sms;
+mod teams;
+mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +24,11 @@ use std::time::Duration;
 pub use email::Email;
 pub use format::{describe, enrolled_line, identity_warning, when_utc};
 pub use forward::Forward;
+pub use ntfy::Ntfy;
 pub use slack::Slack;
+pub use sms::Sms;
+pub use teams::Teams;
+pub use webhook::{sign as sign_webhook, Webhook};
 
 use crate::config::Config;
 use crate::store::AlertRecord;
@@ -104,24 +113,29 @@ pub type Channel = Arc<dyn Notifier>;
 /// What channels need from the rest of the collector, given to every channel when it is made.
 #[derive(Clone, Debug, Default)]
 pub struct Context {
-    // Signed acknowledge links (issue 17 §4), when `[http] public_url` is set: comes with
-    // `crate::links` (w-console).
-    // pub links: Option<crate::links::AckLinks>,
+    /// Signed acknowledge links (issue 17 §4), when `[http] public_url` is set.
+    pub links: Option<crate::links::AckLinks>,
+    /// Where a channel tells administrators about itself (an endpoint that asked to be
+    /// disabled): the service passes it on through every other channel.
+    pub admin: Option<tokio::sync::mpsc::UnboundedSender<AdminNotice>>,
     /// A site's link to its centre, when `[forward]` is configured: the `forward` channel.
     pub forwarder: Option<Arc<crate::forward::Forwarder>>,
 }
 
-impl Context {
-    /// This context with the site's link to its centre (`None`: not a site).
-    pub fn forwarding(mut self, forwarder: Option<Arc<crate::forward::Forwarder>>) -> Self {
-        self.forwarder = forwarder;
-        self
-    }
+/// Something a channel must tell administrators through the other channels.
+#[derive(Debug, Clone)]
+pub struct AdminNotice {
+    /// The channel it is about (not told through it).
+    pub from: &'static str,
+    /// Its subject.
+    pub subject: &'static str,
+    /// What happened and what to do (never a secret).
+    pub text: String,
 }
 
 /// Every channel name, in delivery order: the one list of channel names (the store's
 /// `outbox.channel`, `channel:NAME` in `[escalation]`, `sos-collector alerts`, /metrics).
-pub const NAMES: &[&str] = &["log", "slack", "email", "forward"];
+pub const NAMES: &[&str] = &["log", "slack", "email", "sms", "teams", "ntfy", "webhook", "forward"];
 
 /// A channel that could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +162,19 @@ pub fn build(config: &Config, ctx: &Context) -> Result<Vec<Channel>, SetupError>
     }
     if let Some(s) = &n.email {
         out.push(Arc::new(Email::new(s.clone(), timeout).map_err(|e| fail("email")(e.to_string()))?));
+    }
+    if let Some(s) = &n.sms {
+        out.push(Arc::new(Sms::new(s.clone(), timeout, ctx).map_err(fail("sms"))?));
+    }
+    if let Some(s) = &n.teams {
+        out.push(Arc::new(Teams::new(s.clone(), timeout, ctx).map_err(fail("teams"))?));
+    }
+    if let Some(s) = &n.ntfy {
+        out.push(Arc::new(Ntfy::new(s.clone(), timeout, ctx).map_err(fail("ntfy"))?));
+    }
+    if let Some(s) = &n.webhook {
+        let w = Webhook::new(s.clone(), timeout, config.data_dir.clone(), ctx).map_err(fail("webhook"))?;
+        out.push(Arc::new(w));
     }
     if let Some(f) = &ctx.forwarder {
         out.push(Arc::new(Forward::new(f.clone())));
@@ -192,5 +219,30 @@ impl Notifier for Log {
     fn notice<'a>(&'a self, subject: &'a str, text: &'a str) -> BoxFuture<'a, Result<(), String>> {
         tracing::error!(target: "sos::collector", "{subject}: {text}");
         Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use crate::store::AlertRecord;
+
+    /// An ordinary alert, for the channels' tests.
+    pub(crate) fn alert(i: u128) -> AlertRecord {
+        AlertRecord {
+            alert_id: sos_shared::AlertId::from_u128(i),
+            test: false,
+            triggered_at: 1_700_000_000,
+            received_at_ms: 1_700_000_000_000,
+            user: "alice".into(),
+            host: "desk-12".into(),
+            ip: "10.0.0.12".into(),
+            location: "Reception".into(),
+            message: String::new(),
+            source: String::new(),
+            enrolled: None,
+            cancellation: None,
+            audience: Default::default(),
+            update: None,
+        }
     }
 }

@@ -135,12 +135,14 @@ impl Slack {
         let host = self.settings.webhook_url.host_str().unwrap_or("?").to_owned();
         let resp = self.http.post(self.settings.webhook_url.clone()).json(&body).send().await.map_err(|e| {
             if e.is_connect() {
-                DeliveryError::transient(format!("slack {host}: cannot connect: {}", root_cause(&e)))
+                DeliveryError::transient(format!("slack {host}: cannot connect: {}", super::http::safe_error(&e)))
             } else if e.is_timeout() {
                 // Connected and sent: Slack may have posted it.
-                DeliveryError::Unknown { reason: format!("slack {host}: no answer in time: {}", root_cause(&e)) }
+                DeliveryError::Unknown {
+                    reason: format!("slack {host}: no answer in time: {}", super::http::safe_error(&e)),
+                }
             } else {
-                DeliveryError::transient(format!("slack {host}: request failed: {}", root_cause(&e)))
+                DeliveryError::transient(format!("slack {host}: request failed: {}", super::http::safe_error(&e)))
             }
         })?;
         let status = resp.status();
@@ -180,7 +182,7 @@ impl Slack {
                 .json(&body)
                 .send()
                 .await
-                .map_err(|e| format!("slack {host}: {}", root_cause(&e)))?;
+                .map_err(|e| format!("slack {host}: {}", super::http::safe_error(&e)))?;
             let status = resp.status();
             if status.is_success() {
                 return Ok(());
@@ -226,14 +228,6 @@ impl Notifier for Slack {
     fn notice<'a>(&'a self, subject: &'a str, text: &'a str) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move { self.post_notice(&format!("⚠️ {subject}\n{text}")).await })
     }
-}
-
-pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 /// Escape the three characters Slack's mrkdwn treats as control, so a sender's text cannot

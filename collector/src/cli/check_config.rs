@@ -40,7 +40,8 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         tiers(&c.escalation.drill).join(", ")
     );
     println!(
-        "Not checked: that Slack and the SMTP server are reachable and accept the credentials (send a drill: \
+        "Not checked: that the channels (Slack, SMTP, Twilio, Teams, ntfy, the webhook) are reachable and accept the \
+         credentials (send a drill: \
          sos-agent send --test), and the store's integrity (sos-collector store check)."
     );
     Ok(())

@@ -13,6 +13,10 @@ use super::{Config, ConfigError};
 pub(super) struct RawNotify {
     slack: Option<RawSlack>,
     email: Option<RawEmail>,
+    sms: Option<RawSms>,
+    teams: Option<RawTeams>,
+    ntfy: Option<RawNtfy>,
+    webhook: Option<RawWebhook>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +64,14 @@ pub struct NotifySettings {
     pub slack: Option<SlackSettings>,
     /// Email, if configured.
     pub email: Option<EmailSettings>,
+    /// SMS through Twilio, if configured.
+    pub sms: Option<SmsSettings>,
+    /// Microsoft Teams, if configured.
+    pub teams: Option<TeamsSettings>,
+    /// ntfy, if configured.
+    pub ntfy: Option<NtfySettings>,
+    /// A Standard Webhooks endpoint, if configured.
+    pub webhook: Option<WebhookSettings>,
 }
 
 /// A Slack incoming webhook.
@@ -203,7 +215,284 @@ pub(super) fn notify(
         out.email =
             Some(EmailSettings { smtp_host: e.smtp_host, smtp_port, tls: e.tls, credentials, from, to, ca_certs });
     }
+    out.sms = raw.sms.map(|s| sms(file, s, rel)).transpose()?;
+    out.teams = raw.teams.map(|t| teams(file, t, rel)).transpose()?;
+    out.ntfy = raw.ntfy.map(|n| ntfy(file, n, rel)).transpose()?;
+    out.webhook = raw.webhook.map(|w| webhook(file, w, rel)).transpose()?;
     Ok(out)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebhook {
+    url: Option<SecretString>,
+    url_file: Option<PathBuf>,
+    url_env: Option<String>,
+    secret: Option<SecretString>,
+    secret_file: Option<PathBuf>,
+    secret_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSms {
+    account_sid: String,
+    auth_token: Option<SecretString>,
+    auth_token_file: Option<PathBuf>,
+    auth_token_env: Option<String>,
+    from: String,
+    #[serde(default)]
+    to: Vec<String>,
+    api_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTeams {
+    webhook_url: Option<SecretString>,
+    webhook_url_file: Option<PathBuf>,
+    webhook_url_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNtfy {
+    server: String,
+    topic: String,
+    token: Option<SecretString>,
+    token_file: Option<PathBuf>,
+    token_env: Option<String>,
+}
+
+/// A Standard Webhooks signing secret (`whsec_<base64>`, 24 to 64 bytes): never shown,
+/// wiped from memory when dropped.
+#[derive(Clone)]
+pub struct WebhookSecret(std::sync::Arc<secrecy::SecretSlice<u8>>);
+
+impl WebhookSecret {
+    /// The secret of `whsec_<base64>` (the prefix may be left out).
+    ///
+    /// # Errors
+    /// What is wrong with it, without its value.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        use base64::Engine as _;
+        let b64 = text.trim();
+        let b64 = b64.strip_prefix("whsec_").unwrap_or(b64);
+        let key = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| {
+            "not a Standard Webhooks secret: \"whsec_\" then base64 (the value is not shown)".to_owned()
+        })?;
+        if !(24..=64).contains(&key.len()) {
+            return Err(format!(
+                "a secret of {} bytes; Standard Webhooks secrets are 24 to 64 random bytes (make one with \
+                 echo whsec_$(head -c 32 /dev/urandom | base64))",
+                key.len()
+            ));
+        }
+        Ok(WebhookSecret(std::sync::Arc::new(key.into())))
+    }
+
+    /// The key's bytes.
+    pub fn key(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(..)")
+    }
+}
+
+/// A Standard Webhooks endpoint.
+#[derive(Clone)]
+pub struct WebhookSettings {
+    /// Where to post. May carry a secret (a token in its path or query): never shown whole.
+    pub url: reqwest::Url,
+    /// The signing secret.
+    pub secret: WebhookSecret,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings").field("host", &self.url.host_str()).finish_non_exhaustive()
+    }
+}
+
+/// SMS through Twilio's Messages API (or a service answering like it).
+#[derive(Clone)]
+pub struct SmsSettings {
+    /// The account (`AC` and 32 hex digits): in the API's path, not a secret.
+    pub account_sid: String,
+    /// The auth token: a secret.
+    pub auth_token: SecretString,
+    /// The sender: a phone number in E.164 form, or a messaging service (`MG…`).
+    pub from: String,
+    /// Numbers that get every SMS (E.164), beside the responders of the firing tier.
+    pub to: Vec<String>,
+    /// The API's base URL (`https://api.twilio.com`).
+    pub api_url: reqwest::Url,
+}
+
+impl std::fmt::Debug for SmsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmsSettings")
+            .field("account_sid", &self.account_sid)
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("api_url", &self.api_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A Microsoft Teams Workflows webhook ("Post to a channel when a webhook request is received").
+#[derive(Clone)]
+pub struct TeamsSettings {
+    /// The workflow's URL: a secret (its `sig` parameter authorises posting).
+    pub webhook_url: reqwest::Url,
+}
+
+impl std::fmt::Debug for TeamsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TeamsSettings").field("webhook_host", &self.webhook_url.host_str()).finish_non_exhaustive()
+    }
+}
+
+/// An ntfy topic.
+#[derive(Clone)]
+pub struct NtfySettings {
+    /// The server (`https://ntfy.sh`).
+    pub server: reqwest::Url,
+    /// The topic. On a public server whoever knows it can read it: choose one hard to guess.
+    pub topic: String,
+    /// An access token (`tk_…`) for a protected topic.
+    pub token: Option<SecretString>,
+}
+
+impl std::fmt::Debug for NtfySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NtfySettings")
+            .field("server", &self.server.host_str())
+            .field("token", &self.token.as_ref().map(|_| ".."))
+            .finish_non_exhaustive()
+    }
+}
+
+/// An http(s) URL from a secret, or an error naming `key` without the value.
+fn secret_url(file: Option<&Path>, key: &str, text: &SecretString) -> Result<reqwest::Url, ConfigError> {
+    reqwest::Url::parse(text.expose_secret().trim())
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| ConfigError::at(file, key, "not an http(s) URL (the value is not shown: it is a secret)"))
+}
+
+/// A phone number as Twilio wants it (E.164: `+` and digits), from what a person wrote
+/// (`+44 20 7946-0000`, `(555) 010 2030`).
+pub fn e164(number: &str) -> Option<String> {
+    let digits: String = number.chars().filter(char::is_ascii_digit).collect();
+    let allowed = number.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c));
+    let plus = number.trim_start().starts_with('+');
+    (allowed && (3..=15).contains(&digits.len())).then(|| if plus { format!("+{digits}") } else { digits })
+}
+
+fn webhook(
+    file: Option<&Path>,
+    w: RawWebhook,
+    rel: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<WebhookSettings, ConfigError> {
+    let (key, url) = secret(file, "notify.webhook.url", w.url, w.url_file.map(rel), w.url_env)?.ok_or_else(|| {
+        ConfigError::at(file, "notify.webhook.url", "[notify.webhook] needs url, url_file or url_env")
+    })?;
+    let url = secret_url(file, &key, &url)?;
+    let (key, s) =
+        secret(file, "notify.webhook.secret", w.secret, w.secret_file.map(rel), w.secret_env)?.ok_or_else(|| {
+            ConfigError::at(
+                file,
+                "notify.webhook.secret",
+                "[notify.webhook] needs secret, secret_file or secret_env (whsec_ and base64 of 24 to 64 random bytes)",
+            )
+        })?;
+    let secret = WebhookSecret::parse(s.expose_secret()).map_err(|m| ConfigError::at(file, &key, m))?;
+    Ok(WebhookSettings { url, secret })
+}
+
+fn sms(file: Option<&Path>, s: RawSms, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<SmsSettings, ConfigError> {
+    let sid = s.account_sid.trim();
+    if !(sid.len() == 34 && sid.starts_with("AC") && sid[2..].chars().all(|c| c.is_ascii_hexdigit())) {
+        return Err(ConfigError::at(
+            file,
+            "notify.sms.account_sid",
+            format!("{sid:?} is not a Twilio account SID (AC and 32 hex digits)"),
+        ));
+    }
+    let (_, token) = secret(file, "notify.sms.auth_token", s.auth_token, s.auth_token_file.map(rel), s.auth_token_env)?
+        .ok_or_else(|| {
+            ConfigError::at(
+                file,
+                "notify.sms.auth_token",
+                "[notify.sms] needs auth_token, auth_token_file or auth_token_env",
+            )
+        })?;
+    let token = SecretString::from(token.expose_secret().trim());
+    if token.expose_secret().is_empty() {
+        return Err(ConfigError::at(file, "notify.sms.auth_token", "is empty"));
+    }
+    let from = s.from.trim();
+    let from = if from.starts_with("MG") && from.len() == 34 {
+        from.to_owned()
+    } else {
+        e164(from).filter(|f| f.starts_with('+')).ok_or_else(|| {
+            ConfigError::at(
+                file,
+                "notify.sms.from",
+                format!(
+                    "{from:?} is not a phone number in E.164 form (+ and digits) nor a messaging service SID (MG…)"
+                ),
+            )
+        })?
+    };
+    let to = s
+        .to
+        .iter()
+        .map(|n| e164(n).ok_or_else(|| ConfigError::at(file, "notify.sms.to", format!("{n:?} is not a phone number"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let api = s.api_url.as_deref().unwrap_or("https://api.twilio.com");
+    let api_url = reqwest::Url::parse(api)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| ConfigError::at(file, "notify.sms.api_url", format!("{api:?} is not an http(s) URL")))?;
+    Ok(SmsSettings { account_sid: sid.to_owned(), auth_token: token, from, to, api_url })
+}
+
+fn teams(file: Option<&Path>, t: RawTeams, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<TeamsSettings, ConfigError> {
+    let (key, url) =
+        secret(file, "notify.teams.webhook_url", t.webhook_url, t.webhook_url_file.map(rel), t.webhook_url_env)?
+            .ok_or_else(|| {
+                ConfigError::at(
+                    file,
+                    "notify.teams.webhook_url",
+                    "[notify.teams] needs webhook_url, webhook_url_file or webhook_url_env",
+                )
+            })?;
+    Ok(TeamsSettings { webhook_url: secret_url(file, &key, &url)? })
+}
+
+fn ntfy(file: Option<&Path>, n: RawNtfy, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<NtfySettings, ConfigError> {
+    let server = reqwest::Url::parse(n.server.trim())
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| ConfigError::at(file, "notify.ntfy.server", format!("{:?} is not an http(s) URL", n.server)))?;
+    let topic = n.topic.trim();
+    if topic.is_empty() || topic.len() > 64 || !topic.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ConfigError::at(
+            file,
+            "notify.ntfy.topic",
+            "must be 1 to 64 letters, digits, - or _ (ntfy's topic names)",
+        ));
+    }
+    let token = secret(file, "notify.ntfy.token", n.token, n.token_file.map(rel), n.token_env)?
+        .map(|(_, t)| SecretString::from(t.expose_secret().trim()));
+    Ok(NtfySettings { server, topic: topic.to_owned(), token })
 }
 
 impl Config {
@@ -211,12 +500,32 @@ impl Config {
     /// start and `check-config` prints them.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
-        if self.notify.slack.is_none() && self.notify.email.is_none() {
+        if self.channel_names().len() == 1 {
             w.push(
                 "NO NOTIFICATION CHANNEL: alerts only reach the collector's own log, and nobody is paged; \
-                 configure [notify.slack] or [notify.email]"
+                 configure [notify.slack], [notify.email], [notify.sms], [notify.teams], [notify.ntfy] or [notify.webhook]"
                     .to_owned(),
             );
+        }
+        let plain = [
+            ("notify.sms.api_url", self.notify.sms.as_ref().map(|s| &s.api_url)),
+            ("notify.teams.webhook_url", self.notify.teams.as_ref().map(|s| &s.webhook_url)),
+            ("notify.ntfy.server", self.notify.ntfy.as_ref().map(|s| &s.server)),
+            ("notify.webhook.url", self.notify.webhook.as_ref().map(|s| &s.url)),
+        ];
+        for (key, url) in plain {
+            if let Some(u) = url.filter(|u| u.scheme() == "http") {
+                w.push(format!(
+                    "{key} is plain http (host {}): alerts and credentials travel unencrypted; use https unless this \
+                     is a relay on this host",
+                    u.host_str().unwrap_or("?")
+                ));
+            }
+        }
+        if let Some(s) = &self.notify.sms {
+            if s.to.is_empty() && !self.responders.iter().any(|r| r.phone.is_some()) {
+                w.push("notify.sms: no number to text: notify.sms.to is empty and no responder has a phone".to_owned());
+            }
         }
         if let Some(s) = &self.notify.slack {
             if s.webhook_url.scheme() == "http" {
@@ -247,9 +556,98 @@ impl Config {
             "log" => true,
             "slack" => n.slack.is_some(),
             "email" => n.email.is_some(),
+            "sms" => n.sms.is_some(),
+            "teams" => n.teams.is_some(),
+            "ntfy" => n.ntfy.is_some(),
+            "webhook" => n.webhook.is_some(),
             "forward" => self.forward.is_some(),
             _ => false,
         };
         crate::channel::NAMES.iter().copied().filter(|name| configured(name)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SID: &str = "AC0123456789abcdef0123456789abcdef";
+    const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn err(text: &str) -> String {
+        Config::parse(text, Some(Path::new("/etc/sos/collector.toml"))).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn every_channel_parses_and_is_listed_in_delivery_order() {
+        let c = Config::parse(
+            &format!(
+                "[notify.webhook]\nurl = \"https://hooks.example/x\"\nsecret = \"{WHSEC}\"\n\
+                 [notify.ntfy]\nserver = \"https://ntfy.sh\"\ntopic = \"sos-x1\"\n\
+                 [notify.teams]\nwebhook_url = \"https://prod.example/workflows/x?sig=y\"\n\
+                 [notify.sms]\naccount_sid = \"{SID}\"\nauth_token = \"t\"\nfrom = \"+44 20 7946 0000\"\nto = [\"+1 (555) 010-2030\"]\n"
+            ),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.channel_names(), ["log", "sms", "teams", "ntfy", "webhook"]);
+        let sms = c.notify.sms.unwrap();
+        assert_eq!((sms.from.as_str(), sms.to.as_slice()), ("+442079460000", &["+15550102030".to_owned()][..]));
+        assert_eq!(sms.api_url.as_str(), "https://api.twilio.com/");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_never_the_secret() {
+        let e =
+            err(&format!("[notify.sms]\naccount_sid = \"AC12\"\nauth_token = \"s3cr3t\"\nfrom = \"+15550000000\"\n"));
+        assert!(e.contains("notify.sms.account_sid") && !e.contains("s3cr3t"), "{e}");
+        let e = err(&format!("[notify.sms]\naccount_sid = \"{SID}\"\nfrom = \"+15550000000\"\n"));
+        assert!(e.contains("notify.sms.auth_token"), "{e}");
+        let e = err(&format!("[notify.sms]\naccount_sid = \"{SID}\"\nauth_token = \"s3cr3t\"\nfrom = \"me\"\n"));
+        assert!(e.contains("notify.sms.from") && !e.contains("s3cr3t"), "{e}");
+        let e = err(&format!(
+            "[notify.sms]\naccount_sid = \"{SID}\"\nauth_token = \"s3cr3t\"\nfrom = \"+15550000000\"\nto = [\"x\"]\n"
+        ));
+        assert!(e.contains("notify.sms.to"), "{e}");
+        let e = err("[notify.webhook]\nurl = \"https://h.example/s3cr3tpath\"\nsecret = \"whsec_c2hvcnQ=\"\n");
+        assert!(e.contains("notify.webhook.secret") && e.contains("24 to 64") && !e.contains("s3cr3t"), "{e}");
+        let e = err("[notify.webhook]\nurl = \"https://h.example/x\"\nsecret = \"whsec_not base64 s3cr3t\"\n");
+        assert!(e.contains("notify.webhook.secret") && !e.contains("s3cr3t"), "{e}");
+        let e = err(&format!("[notify.webhook]\nurl = \"s3cr3t\"\nsecret = \"{WHSEC}\"\n"));
+        assert!(e.contains("notify.webhook.url") && !e.contains("s3cr3t"), "{e}");
+        let e = err("[notify.teams]\nwebhook_url = \"ftp://s3cr3t\"\n");
+        assert!(e.contains("notify.teams.webhook_url") && !e.contains("s3cr3t"), "{e}");
+        let e = err("[notify.ntfy]\nserver = \"https://ntfy.sh\"\ntopic = \"a/b\"\n");
+        assert!(e.contains("notify.ntfy.topic"), "{e}");
+        let e = err("[notify.ntfy]\nserver = \"https://ntfy.sh\"\ntopic = \"t\"\ntoken = 123456789\n");
+        assert!(e.contains("token") && !e.contains("123456789"), "{e}");
+        let e =
+            err("[notify.ntfy]\nserver = \"https://ntfy.sh\"\ntopic = \"t\"\ntoken_env = \"SOS_TEST_SURELY_UNSET\"\n");
+        assert!(e.contains("notify.ntfy.token_env"), "{e}");
+        let e = err("[notify.pager]\nx = 1\n");
+        assert!(e.contains("pager"), "{e}");
+        // channel:NAME names every channel, and asks for the section of one not configured.
+        let e = err("[escalation]\nemergency = [ { notify = [\"channel:sms\"] } ]\n");
+        assert!(e.contains("[notify.sms]"), "{e}");
+        let e = err("[escalation]\nemergency = [ { notify = [\"channel:fax\"] } ]\n");
+        assert!(e.contains("sms, teams, ntfy, webhook"), "{e}");
+    }
+
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let c = Config::parse(
+            &format!(
+                "[notify.webhook]\nurl = \"https://hooks.example/p4thsecret\"\nsecret = \"{WHSEC}\"\n\
+                 [notify.ntfy]\nserver = \"https://ntfy.sh\"\ntopic = \"sos-x1\"\ntoken = \"tk_t0ken\"\n\
+                 [notify.teams]\nwebhook_url = \"https://prod.example/workflows/x?sig=s1gsecret\"\n\
+                 [notify.sms]\naccount_sid = \"{SID}\"\nauth_token = \"authT0ken\"\nfrom = \"+15550000000\"\n"
+            ),
+            None,
+        )
+        .unwrap();
+        let d = format!("{c:?}");
+        for s in ["p4thsecret", "MfKQ9r8", "tk_t0ken", "s1gsecret", "authT0ken"] {
+            assert!(!d.contains(s), "{s} in {d}");
+        }
     }
 }

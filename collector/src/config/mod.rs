@@ -14,7 +14,10 @@ use sos_shared::{Key, TimeWindow};
 
 mod channels;
 mod response;
-pub use channels::{EmailSettings, NotifySettings, SlackSettings, Tls};
+pub use channels::{
+    e164, EmailSettings, NotifySettings, NtfySettings, SlackSettings, SmsSettings, TeamsSettings, Tls, WebhookSecret,
+    WebhookSettings,
+};
 pub use response::{EscalationSettings, ResponderConfig, Target, Tier};
 
 /// The file name of the key that `run` generates when none is configured.

@@ -19,6 +19,7 @@ pub struct RawHttp {
     admins: Vec<String>,
     max_connections: Option<usize>,
     max_live_clients: Option<usize>,
+    ack_link_ttl_secs: Option<u64>,
 }
 
 /// The console's settings, validated.
@@ -35,6 +36,13 @@ pub struct HttpSettings {
     pub behind_proxy: bool,
     /// The address people reach the console at, for invitation links (default from `listen`).
     pub public_url: String,
+    /// `public_url` was set: Slack and email messages carry signed acknowledge links
+    /// ([`crate::links::AckLinks`]). Without it nobody off this host could open them.
+    pub links: bool,
+    /// How long an acknowledge link stays valid (`ack_link_ttl_secs`, default 24 h): long
+    /// enough for someone asleep to act on it, short enough that an old message forwarded
+    /// around cannot acknowledge a later reading of the same alert's page.
+    pub ack_link_ttl: std::time::Duration,
     /// Account names with the administrator role (enrollment codes, revoke, rotate). Every
     /// other account is a responder.
     pub admins: Vec<String>,
@@ -82,6 +90,7 @@ impl RawHttp {
             ));
         }
         let scheme = if tls.is_some() || behind_proxy { "https" } else { "http" };
+        let links = self.public_url.is_some();
         let public_url = match self.public_url {
             Some(u) if u.starts_with("https://") || u.starts_with("http://") => u.trim_end_matches('/').to_owned(),
             Some(u) => {
@@ -112,6 +121,18 @@ impl RawHttp {
             tls,
             behind_proxy,
             public_url,
+            links,
+            ack_link_ttl: std::time::Duration::from_secs(match self.ack_link_ttl_secs {
+                None => crate::links::DEFAULT_TTL.as_secs(),
+                Some(v) if (60..=7 * 86_400).contains(&v) => v,
+                Some(v) => {
+                    return Err(ConfigError::at(
+                        file,
+                        "http.ack_link_ttl_secs",
+                        format!("{v} is not between 60 and 604800 (seconds)"),
+                    ))
+                }
+            }),
             admins: self.admins,
             max_connections: bounded("http.max_connections", self.max_connections, 1024, 65_536)?,
             max_live_clients: bounded("http.max_live_clients", self.max_live_clients, 256, 16_384)?,

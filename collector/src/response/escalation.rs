@@ -123,6 +123,7 @@ mod tests {
 
     fn plan() -> ResponsePlan {
         let who = |name: &str| PlannedResponder {
+            phone: None,
             name: name.into(),
             chat: None,
             email: Some(format!("{name}@example.com")),

@@ -217,8 +217,22 @@ pub struct PlannedResponder {
     pub chat: Option<String>,
     /// The email address, if any.
     pub email: Option<String>,
+    /// The phone number, if any (the SMS channel's).
+    pub phone: Option<String>,
     /// Enrolled agent names of this responder's desktops.
     pub agents: Vec<String>,
+}
+
+impl PlannedResponder {
+    /// Where `channel` reaches this responder, if it can: the email channel mails `email`, the
+    /// SMS channel texts `phone`; the others reach a channel, not a person.
+    pub fn address(&self, channel: &str) -> Option<&str> {
+        match channel {
+            "email" => self.email.as_deref(),
+            "sms" => self.phone.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 impl ResponsePlan {
@@ -237,6 +251,7 @@ impl ResponsePlan {
                             name: r.name.clone(),
                             chat: r.chat.clone(),
                             email: r.email.clone(),
+                            phone: r.phone.clone(),
                             agents: r.agents.clone(),
                         })
                         .collect(),
@@ -274,7 +289,9 @@ pub struct Audience {
     pub tier: u32,
     /// Chat mentions of the tier's responders (Slack).
     pub mentions: Vec<String>,
-    /// Email addresses of the tier's responders, in addition to the configured `to`.
+    /// The tier's responders as this job's channel reaches them, in addition to the channel's
+    /// own recipients ([`PlannedResponder::address`]): email addresses for email, phone numbers
+    /// for SMS, none for the others.
     pub emails: Vec<String>,
 }
 

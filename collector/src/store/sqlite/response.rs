@@ -240,7 +240,7 @@ fn fire_tier(
     };
     let number = index as i64 + 1;
     let mentions: Vec<&str> = tier.responders.iter().filter_map(|r| r.chat.as_deref()).collect();
-    let emails: Vec<&str> = tier.responders.iter().filter_map(|r| r.email.as_deref()).collect();
+    let recipients = |ch: &str| tier.responders.iter().filter_map(|r| r.address(ch)).collect::<Vec<_>>().join("\n");
     let after_secs = ((now_ms - received_at_ms).max(0) / 1000).to_string();
     if index > 0 {
         // The earlier tiers' channels remind the earlier tiers' responders.
@@ -269,7 +269,7 @@ fn fire_tier(
                                  mentions, recipients)
              VALUES (?1, ?2, 'alert', ?3, 'pending', ?4, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
         )?
-        .execute(params![id, ch, number, jobs_at_ms, mentions.join("\n"), emails.join("\n")])?;
+        .execute(params![id, ch, number, jobs_at_ms, mentions.join("\n"), recipients(ch)])?;
     }
     let before: String =
         tx.query_row("SELECT responders FROM responses WHERE alert_id = ?1", params![id], |r| r.get(0))?;
@@ -785,6 +785,7 @@ mod tests {
 
     fn responder(name: &str, agent: &str) -> PlannedResponder {
         PlannedResponder {
+            phone: None,
             name: name.into(),
             chat: Some(format!("<@{name}>")),
             email: Some(format!("{}@example.com", name.to_lowercase())),
