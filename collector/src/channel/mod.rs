@@ -243,6 +243,7 @@ pub(crate) mod tests {
             cancellation: None,
             audience: Default::default(),
             update: None,
+            site: None,
         }
     }
 }
