@@ -1,6 +1,11 @@
-//! Live updates: one task reads the store's change counter every second and publishes it; each
-//! live page holds a server-sent event stream that says "change" when it moves, and then
-//! fetches its list again (so every byte of agent text is rendered, escaped, by the server).
+//! Live updates: one task waits on the store's [`Store::changes`] (notified after every commit
+//! that changes an alert's response state, and when an agent falls silent or comes back) and
+//! publishes a change count; each live page holds a server-sent event stream that says
+//! "change" when it moves, and then fetches its list again (so every byte of agent text is
+//! rendered, escaped, by the server). A storm of commits is published at most once per
+//! [`MIN_GAP`]: each publication makes every live page read the store.
+//!
+//! [`Store::changes`]: crate::store::Store::changes
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,23 +21,26 @@ use tokio_util::sync::CancellationToken;
 use super::auth::Viewer;
 use super::Console;
 
-/// How often the change counter is read.
-const POLL: Duration = Duration::from_secs(1);
+/// The least time between two publications.
+pub const MIN_GAP: Duration = Duration::from_millis(250);
 
-/// Publish the store's change counter on `changed` until `stop`.
+/// Publish a count of the store's changes on `changed` until `stop`.
 pub async fn watch_changes(console: Arc<Console>, changed: watch::Sender<i64>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let changes = console.store.changes();
+    // A `Notified` completes on any broadcast after it was made, polled or not, without taking
+    // the one permit that a change also leaves (the push task may need it): the next one is
+    // made before publishing, so a commit during the gap is published at its end.
+    let mut next = Box::pin(changes.notified());
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = next.as_mut() => {}
         }
-        match console.read(|db| db.console_version()).await {
-            Ok(v) => {
-                changed.send_if_modified(|old| std::mem::replace(old, v) != v);
-            }
-            Err(e) => tracing::debug!(error = %e, "console: cannot read the change counter"),
+        next = Box::pin(changes.notified());
+        changed.send_modify(|n| *n += 1);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(MIN_GAP) => {}
         }
     }
 }
