@@ -153,6 +153,15 @@ impl AckLinks {
         self.url_at(alert, channel, SystemTime::now())
     }
 
+    /// The link to put in a message of `channel` about `alert`, if the message asks someone to
+    /// act: a new alert, an escalation, a reminder (not an acknowledgement, a resolution or a
+    /// cancellation).
+    pub fn for_alert(&self, alert: &crate::store::AlertRecord, channel: &str) -> Option<String> {
+        let asks = alert.cancellation.is_none()
+            && matches!(alert.update, None | Some(crate::store::AlertUpdate::Reminder { .. }));
+        asks.then(|| self.url(&alert.alert_id, channel))
+    }
+
     /// [`AckLinks::url`] as if made at `now`.
     pub fn url_at(&self, alert: &AlertId, channel: &str, now: SystemTime) -> String {
         format!("{}/ack/{}", self.public_url, self.token_at(alert, channel, now))

@@ -112,6 +112,12 @@ impl Collector {
                       "notifications are pending for a channel that is no longer configured; they stay pending until it is configured again");
             }
         }
+        // Acknowledge links (issue 17 §4): one key for the channels that put them in messages and
+        // the console that checks them. Without them alerts are notified all the same.
+        let links = crate::links::AckLinks::from_config(&config).unwrap_or_else(|e| {
+            error!(error = %e, "ACKNOWLEDGE LINKS ARE OFF: messages go out without them");
+            None
+        });
         let mut channels = Vec::new();
         for kind in config.channels() {
             let setting_up = |message: String| CollectorError::Channel { channel: kind.name(), message };
@@ -119,11 +125,15 @@ impl Collector {
                 ChannelKind::Log => Channel::Log,
                 ChannelKind::Slack => {
                     let s = config.slack.clone().ok_or_else(|| setting_up("not configured".into()))?;
-                    Channel::Slack(Slack::new(s, config.outbox.attempt_timeout).map_err(|e| setting_up(e.to_string()))?)
+                    Channel::Slack(
+                        Slack::new(s, config.outbox.attempt_timeout, links.clone())
+                            .map_err(|e| setting_up(e.to_string()))?,
+                    )
                 }
                 ChannelKind::Email => {
                     let e = config.email.clone().ok_or_else(|| setting_up("not configured".into()))?;
-                    let email = Email::new(e, config.outbox.attempt_timeout).map_err(|e| setting_up(e.to_string()))?;
+                    let email = Email::new(e, config.outbox.attempt_timeout, links.clone())
+                        .map_err(|e| setting_up(e.to_string()))?;
                     Channel::Email(Box::new(email))
                 }
             });
@@ -293,7 +303,7 @@ impl Collector {
         // It is optional: when it cannot start (its port taken, a certificate unreadable after a
         // renewal), SOS are still received, acknowledged and notified; administrators are told.
         if config.http.is_some() {
-            match crate::http::start(&config, store.clone(), stats.clone(), stop_workers.clone()).await {
+            match crate::http::start(&config, store.clone(), stats.clone(), links.clone(), stop_workers.clone()).await {
                 Ok((_, task)) => essential("the web console".into(), task),
                 Err(e) => {
                     let e = CollectorError::Http(e.to_string());
