@@ -138,8 +138,16 @@ impl AckLinks {
     /// If the key file cannot be made or read, is readable by others, or is not a key.
     pub fn from_config(config: &Config) -> Result<Option<Self>, KeyError> {
         let Some(http) = config.http.as_ref().filter(|h| h.links) else { return Ok(None) };
-        let key = load_or_make_key(&config.data_dir)?;
-        Ok(Some(AckLinks::new(&http.public_url, key, http.ack_link_ttl)))
+        AckLinks::open(&config.data_dir, &http.public_url, http.ack_link_ttl).map(Some)
+    }
+
+    /// Links under `public_url`, valid for `ttl`, signed with the key of the data dir `dir`
+    /// (`ack-link.key`, made if it does not exist).
+    ///
+    /// # Errors
+    /// As [`AckLinks::from_config`].
+    pub fn open(dir: &Path, public_url: &str, ttl: Duration) -> Result<Self, KeyError> {
+        Ok(AckLinks::new(public_url, load_or_make_key(dir)?, ttl))
     }
 
     /// How long a link is valid after it was made.
