@@ -62,3 +62,40 @@ pub async fn events(State(console): State<Arc<Console>>, _viewer: Viewer) -> Res
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::{Db, Store};
+
+    #[tokio::test(start_paused = true)]
+    async fn every_change_of_the_store_is_published_also_one_during_the_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n", dir.path().display().to_string());
+        let config = Config::parse(&text, None).unwrap();
+        let (store, _writer) = Store::start(Db::open(&config.database_path()).unwrap(), &["log"]).unwrap();
+        let (tx, mut rx) = watch::channel(0);
+        let console = Arc::new(Console::new(config, store.clone(), Arc::default(), rx.clone(), None).unwrap());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(watch_changes(console, tx, stop.clone()));
+        tokio::task::yield_now().await;
+        store.changed(false);
+        rx.changed().await.unwrap();
+        assert_eq!(*rx.borrow_and_update(), 1);
+        // A change during the gap after a publication: published at its end, not lost.
+        store.changed(false);
+        let before = tokio::time::Instant::now();
+        rx.changed().await.unwrap();
+        assert_eq!(*rx.borrow_and_update(), 2);
+        assert!(before.elapsed() <= MIN_GAP, "{:?}", before.elapsed());
+        // Nothing changes: at most one more publication (each change also leaves one permit for
+        // a listener that was busy; this task may be the one that takes it), then none: no polling.
+        if tokio::time::timeout(Duration::from_secs(60), rx.changed()).await.is_ok() {
+            assert_eq!(*rx.borrow_and_update(), 3);
+        }
+        assert!(tokio::time::timeout(Duration::from_secs(600), rx.changed()).await.is_err());
+        stop.cancel();
+        task.await.unwrap();
+    }
+}

@@ -275,3 +275,38 @@ pub async fn csp_report(State(console): State<Arc<Console>>, body: axum::body::B
     tracing::debug!(report = %String::from_utf8_lossy(&body[..body.len().min(2048)]), "console: CSP violation reported");
     StatusCode::NO_CONTENT
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::{Db, Store};
+
+    async fn store_up(console: &Arc<Console>) -> Option<String> {
+        let body = axum::body::to_bytes(metrics(State(console.clone())).await.into_body(), usize::MAX).await.unwrap();
+        String::from_utf8(body.to_vec()).unwrap().lines().find(|l| l.starts_with("sos_store_up ")).map(str::to_owned)
+    }
+
+    fn console(config: &Config, store: &Store) -> Arc<Console> {
+        let (_, live) = tokio::sync::watch::channel(0);
+        Arc::new(Console::new(config.clone(), store.clone(), Arc::default(), live, None).unwrap())
+    }
+
+    #[tokio::test]
+    async fn store_up_follows_the_write_probe_not_the_writers_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n", dir.path().display().to_string());
+        let config = Config::parse(&text, None).unwrap();
+        let (store, _writer) = Store::start(Db::open(&config.database_path()).unwrap(), &["log"]).unwrap();
+        assert_eq!(store_up(&console(&config, &store)).await.as_deref(), Some("sos_store_up 1"));
+        // The store refuses writes from now on (as a disk that refuses them) while reads work and
+        // no SOS has failed yet, so the writer's own flag still says all is well.
+        store.exec(|db| Ok(db.conn.execute_batch("PRAGMA query_only = ON")?)).await.unwrap();
+        assert!(!store.is_failing());
+        // A new console: no probe answer cached from before.
+        let c = console(&config, &store);
+        assert_eq!(store_up(&c).await.as_deref(), Some("sos_store_up 0"));
+        let ready = readyz(State(c)).await;
+        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
