@@ -138,8 +138,16 @@ impl AckLinks {
     /// If the key file cannot be made or read, is readable by others, or is not a key.
     pub fn from_config(config: &Config) -> Result<Option<Self>, KeyError> {
         let Some(http) = config.http.as_ref().filter(|h| h.links) else { return Ok(None) };
-        let key = load_or_make_key(&config.data_dir)?;
-        Ok(Some(AckLinks::new(&http.public_url, key, http.ack_link_ttl)))
+        AckLinks::open(&config.data_dir, &http.public_url, http.ack_link_ttl).map(Some)
+    }
+
+    /// Links under `public_url`, valid for `ttl`, signed with the key of the data dir `dir`
+    /// (`ack-link.key`, made if it does not exist).
+    ///
+    /// # Errors
+    /// As [`AckLinks::from_config`].
+    pub fn open(dir: &Path, public_url: &str, ttl: Duration) -> Result<Self, KeyError> {
+        Ok(AckLinks::new(public_url, load_or_make_key(dir)?, ttl))
     }
 
     /// How long a link is valid after it was made.
@@ -151,6 +159,15 @@ impl AckLinks {
     /// [`AckLinks::ttl`] from now, single-use. `{public_url}/ack/{token}`.
     pub fn url(&self, alert: &AlertId, channel: &str) -> String {
         self.url_at(alert, channel, SystemTime::now())
+    }
+
+    /// The link to put in a message of `channel` about `alert`, if the message asks someone to
+    /// act: a new alert, an escalation, a reminder (not an acknowledgement, a resolution or a
+    /// cancellation).
+    pub fn for_alert(&self, alert: &crate::store::AlertRecord, channel: &str) -> Option<String> {
+        let asks = alert.cancellation.is_none()
+            && matches!(alert.update, None | Some(crate::store::AlertUpdate::Reminder { .. }));
+        asks.then(|| self.url(&alert.alert_id, channel))
     }
 
     /// [`AckLinks::url`] as if made at `now`.

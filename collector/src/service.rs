@@ -113,10 +113,15 @@ impl Collector {
         }
         // Channels tell administrators through the others (an endpoint disabled): `admin`.
         let (admin, admin_notices) = tokio::sync::mpsc::unbounded_channel();
-        let links = crate::links::AckLinks::from_config(&config).map_err(|e| CollectorError::Http(e.to_string()))?;
+        // Acknowledge links (issue 17 §4): one key for the channels that put them in messages and
+        // the console that checks them. Without them alerts are notified all the same.
+        let links = crate::links::AckLinks::from_config(&config).unwrap_or_else(|e| {
+            error!(error = %e, "ACKNOWLEDGE LINKS ARE OFF: messages go out without them");
+            None
+        });
         // A site: its link to its centre, the `forward` channel.
         let forwarder = config.forward.clone().map(crate::forward::Forwarder::new);
-        let context = crate::channel::Context { links, admin: Some(admin), forwarder: forwarder.clone() };
+        let context = crate::channel::Context { links: links.clone(), admin: Some(admin), forwarder: forwarder.clone() };
         let channels = crate::channel::build(&config, &context)
             .map_err(|e| CollectorError::Channel { channel: e.channel, message: e.message })?;
         let (store, writer) = Store::start_planned(db, &names, ResponsePlan::from_config(&config))?;
@@ -316,7 +321,7 @@ impl Collector {
         // It is optional: when it cannot start (its port taken, a certificate unreadable after a
         // renewal), SOS are still received, acknowledged and notified; administrators are told.
         if config.http.is_some() {
-            match crate::http::start(&config, store.clone(), stats.clone(), stop_workers.clone()).await {
+            match crate::http::start(&config, store.clone(), stats.clone(), links.clone(), stop_workers.clone()).await {
                 Ok((_, task)) => essential("the web console".into(), task),
                 Err(e) => {
                     let e = CollectorError::Http(e.to_string());

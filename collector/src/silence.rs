@@ -77,6 +77,8 @@ pub async fn check(
                 Ok(())
             })
             .await?;
+        // The console's live page lists silent agents: it refreshes on the store's changes.
+        store.changed(false);
     }
     Ok(change)
 }

@@ -40,9 +40,21 @@ pub struct ConsoleSite {
 impl ConsoleSite {
     /// Start it; `extra_http` is added to the `[http]` table.
     pub fn start(extra_http: &str) -> Self {
+        Self::start_for(|_| extra_http.to_owned())
+    }
+
+    /// Start it with acknowledge links: `public_url` is the console's address; `extra_http` is
+    /// added to the `[http]` table.
+    pub fn start_linked(extra_http: &str) -> Self {
+        Self::start_for(|http| format!("public_url = \"http://{http}\"\n{extra_http}"))
+    }
+
+    /// Start it; `extra_http(listen)` is added to the `[http]` table.
+    fn start_for(extra_http: impl FnOnce(SocketAddr) -> String) -> Self {
         let site = Site::new();
         let slack = SlackStandIn::start(vec![]);
         let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        let extra_http = extra_http(http);
         let config = format!(
             "{}\n[http]\nlisten = \"{http}\"\nadmins = [\"{ADMIN}\"]\n{extra_http}\n",
             site.collector_config(Some(&slack), None)
@@ -53,6 +65,15 @@ impl ConsoleSite {
         let collector = site.start_with(&config);
         collector.wait_log(Duration::from_secs(10), "console listening");
         ConsoleSite { site, slack, http, collector }
+    }
+
+    /// The acknowledge link in the Slack post about `alert_id` (waits for the post).
+    pub fn slack_ack_link(&self, alert_id: &str) -> String {
+        let post = self.slack.wait_for_text(Duration::from_secs(20), alert_id).text();
+        let at = post.find("/ack/").unwrap_or_else(|| panic!("no acknowledge link in the Slack post: {post}"));
+        let token: String =
+            post[at + 5..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+        format!("{}/ack/{token}", self.url())
     }
 
     /// The console's base URL.

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::json;
-use sos_e2e::console::{free_tcp_port, http, metric, parse_metrics, ConsoleSite, ADMIN, PASSWORD};
+use sos_e2e::console::{free_tcp_port, http, metric, parse_metrics, ConsoleSite, Reply, ADMIN, PASSWORD};
 use sos_e2e::process::alert_id_of;
 use sos_e2e::{agent_send, eventually, Peer};
-use sos_shared::protocol::Sos;
+use sos_shared::protocol::{NoticeEvent, Sos};
 use sos_shared::{unix_now, AlertId, Message};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -510,4 +510,200 @@ async fn the_live_page_shows_an_sos_without_reload_and_agent_text_never_runs() {
     assert_eq!(status, json!(403));
     assert_inert(&b, &c).await;
     b.close().await.unwrap();
+}
+
+// ---- acknowledge links (issue 17 §4) ----
+
+/// The next message `peer` receives within `timeout` that `want` accepts (others are skipped).
+fn next<T>(peer: &Peer, timeout: Duration, mut want: impl FnMut(Message) -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let d = peer.recv_raw(left)?;
+        if let Some(t) = peer.open(&d).and_then(&mut want) {
+            return Some(t);
+        }
+    }
+}
+
+/// An SOS from a hand-made sender with the site key, hostile text in it; waits for its SOS-ACK.
+fn raise(sender: &Peer) -> AlertId {
+    let id = AlertId::random();
+    sender.send(&Message::Sos(Sos {
+        alert_id: id,
+        test: false,
+        triggered_at: unix_now(),
+        attempt: 0,
+        user: "alice".into(),
+        host: "reception".into(),
+        ip: "10.0.0.12".into(),
+        location: FORMULA_LOCATION.into(),
+        message: XSS.into(),
+        agent: "hand-made".into(),
+    }));
+    next(sender, WAIT, |m| matches!(m, Message::SosAck(a) if a.alert_id == id).then_some(())).expect("sos_ack");
+    id
+}
+
+/// (state, acknowledged events, used links) of `id` in the store.
+fn ack_state(c: &ConsoleSite, id: AlertId) -> (String, i64, i64) {
+    let db = c.site.db();
+    let id = id.to_string();
+    let state = db.query_row("SELECT state FROM responses WHERE alert_id = ?1", [&id], |r| r.get(0)).unwrap();
+    let acks = db
+        .query_row("SELECT COUNT(*) FROM alert_events WHERE alert_id = ?1 AND kind = 'acknowledged'", [&id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let used = db.query_row("SELECT COUNT(*) FROM ack_links_used WHERE alert_id = ?1", [&id], |r| r.get(0)).unwrap();
+    (state, acks, used)
+}
+
+/// The path of a link (`/ack/TOKEN`).
+fn path_of(link: &str) -> &str {
+    &link[link.find("/ack/").unwrap()..]
+}
+
+fn get(c: &ConsoleSite, path: &str) -> Reply {
+    http(c.http, "GET", path, "", &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slack_link_opened_in_the_browser_acknowledges_once_and_the_sender_is_told() {
+    let Some(driver) = driver() else { return };
+    let c = ConsoleSite::start_linked("");
+    let sender = Peer::new(c.site.addr, c.site.key());
+    let id = raise(&sender);
+    let link = c.slack_ack_link(&id.to_string());
+
+    // A link scanner or an unfurler fetches it: the page, and nothing changes.
+    let scanned = get(&c, path_of(&link));
+    assert_eq!(scanned.status, 200, "{}", scanned.body);
+    assert!(scanned.body.contains("id=\"ack\""), "a confirm button: {}", scanned.body);
+    assert_eq!(ack_state(&c, id), ("notified".into(), 0, 0), "a GET changed nothing");
+
+    // A responder opens it, not logged in: the alert as text, a confirm button.
+    let b = browser(&driver).await;
+    b.goto(&link).await.unwrap();
+    probe(&b).await;
+    assert_eq!(b.find(Locator::Id("alert-message")).await.unwrap().text().await.unwrap(), XSS);
+    assert_eq!(ack_state(&c, id), ("notified".into(), 0, 0), "opening the page changed nothing");
+    b.find(Locator::Id("ack-name")).await.unwrap().send_keys("Pat <b>Night</b>").await.unwrap();
+    b.find(Locator::Id("ack")).await.unwrap().click().await.unwrap();
+    let done = b.wait().at_most(WAIT).for_element(Locator::Id("ack-done")).await.unwrap().text().await.unwrap();
+    let who = "Pat <b>Night</b> (via slack link)";
+    assert!(done.starts_with(&format!("Acknowledged by {who} at ")), "{done}");
+    assert_eq!(ack_state(&c, id), ("acknowledged".into(), 1, 1));
+    let (by, via): (String, String) = c
+        .site
+        .db()
+        .query_row(
+            "SELECT who, via FROM alert_events WHERE alert_id = ?1 AND kind = 'acknowledged'",
+            [id.to_string()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((by.as_str(), via.as_str()), (who, "channel_link"));
+
+    // The sender's agent is told someone is coming.
+    let notice = next(&sender, WAIT, |m| match m {
+        Message::ResponderNotice(n) if n.alert_id == id && n.event == NoticeEvent::Acknowledged => Some(n),
+        _ => None,
+    })
+    .expect("responder_notice pushed to the sender");
+    assert_eq!(notice.responder, who);
+    // Slack is told who acknowledged, without a link this time.
+    let update = c.slack.wait_for_text(WAIT, "Acknowledged by Pat");
+    assert!(!update.text().contains("/ack/"), "{}", update.text());
+
+    // The second use: the page says by whom and when; a POST changes nothing.
+    b.goto(&link).await.unwrap();
+    probe(&b).await;
+    let again = b.find(Locator::Id("ack-done")).await.unwrap().text().await.unwrap();
+    assert!(again.starts_with(&format!("This link was used already: acknowledged by {who} at ")), "{again}");
+    assert!(b.find(Locator::Id("ack")).await.is_err(), "no confirm button on a used link");
+    let replay = http(c.http, "POST", path_of(&link), "", &[("name", "Mallory")]);
+    assert_eq!(replay.status, 409, "{}", replay.body);
+    assert!(replay.body.contains("used already"), "{}", replay.body);
+    assert_eq!(ack_state(&c, id), ("acknowledged".into(), 1, 1));
+    assert_inert(&b, &c).await;
+    screenshot("console-ack-link.png", &b.screenshot().await.unwrap());
+    b.close().await.unwrap();
+}
+
+#[test]
+fn acknowledge_links_refuse_forged_expired_and_replayed_tokens_and_two_posts_at_once_acknowledge_once() {
+    let c = ConsoleSite::start_linked("ack_link_ttl_secs = 600");
+    let sender = Peer::new(c.site.addr, c.site.key());
+    let id = raise(&sender);
+    let link = c.slack_ack_link(&id.to_string());
+    let path = path_of(&link).to_owned();
+    let token = path.trim_start_matches("/ack/").to_owned();
+
+    // Tampered: every position changed in turn is refused (403), nothing changes.
+    for i in [0, token.len() / 2, token.len() - 1] {
+        let mut t: Vec<char> = token.chars().collect();
+        t[i] = if t[i] == 'A' { 'B' } else { 'A' };
+        let forged: String = t.into_iter().collect();
+        for method in ["GET", "POST"] {
+            let r = http(c.http, method, &format!("/ack/{forged}"), "", &[]);
+            assert!(r.status == 403 || r.status == 404, "{method} position {i}: {} {}", r.status, r.body);
+            assert!(r.body.contains("Nothing was acknowledged"), "{}", r.body);
+        }
+    }
+    // Huge and strange tokens: refused, the console still answers.
+    for bad in ["A".repeat(5000), "%3Cscript%3E".into(), "..%2F..%2Fetc%2Fpasswd".into()] {
+        let r = http(c.http, "POST", &format!("/ack/{bad}"), "", &[]);
+        assert!((400..500).contains(&r.status), "{}: {}", r.status, r.body);
+    }
+    // Expired: made with the collector's own key an hour ago (valid 10 minutes).
+    let links = sos_collector::links::AckLinks::open(&c.site.data_dir(), &c.url(), Duration::from_secs(600)).unwrap();
+    let old = links.token_at(&id, "slack", std::time::SystemTime::now() - Duration::from_secs(3600));
+    for method in ["GET", "POST"] {
+        let r = http(c.http, method, &format!("/ack/{old}"), "", &[]);
+        assert_eq!(r.status, 410, "{}", r.body);
+        assert!(r.body.contains("expired"), "{}", r.body);
+    }
+    assert_eq!(ack_state(&c, id), ("notified".into(), 0, 0), "nothing changed");
+
+    // The same link posted eight times at once: exactly one acknowledgement.
+    let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let posts: Vec<_> = (0..8)
+        .map(|i| {
+            let (start, addr, path) = (start.clone(), c.http, path.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                http(addr, "POST", &path, "", &[("name", &format!("racer {i}"))]).status
+            })
+        })
+        .collect();
+    let mut statuses: Vec<u16> = posts.into_iter().map(|t| t.join().unwrap()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![200, 409, 409, 409, 409, 409, 409, 409]);
+    assert_eq!(ack_state(&c, id), ("acknowledged".into(), 1, 1));
+    let notices: i64 = c
+        .site
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM sender_notices WHERE alert_id = ?1 AND event = 'acknowledged'",
+            [id.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(notices, 1);
+    // Another valid link to the same alert (an email's) now says who acknowledged, and when.
+    let email_link = links.token_at(&id, "email", std::time::SystemTime::now());
+    let r = http(c.http, "POST", &format!("/ack/{email_link}"), "", &[]);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("Already acknowledged by racer"), "{}", r.body);
+
+    // Counted in /metrics.
+    let m = metrics(&c);
+    assert_eq!(metric(&m, "sos_console_ack_links_total", &[("result", "acknowledged")]), Some(1.0));
+    assert_eq!(metric(&m, "sos_console_ack_links_total", &[("result", "used")]), Some(7.0));
+    assert_eq!(metric(&m, "sos_console_ack_links_total", &[("result", "expired")]), Some(2.0));
+
+    // A source that keeps trying is limited (429), as logins are.
+    let limited = (0..40).map(|_| get(&c, "/ack/forged").status).filter(|s| *s == 429).count();
+    assert!(limited > 0, "no request of 40 was limited");
 }

@@ -10,6 +10,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use super::format::{describe, details};
 use super::{BoxFuture, DeliveryError, Notifier};
 use crate::config::{EmailSettings, Tls};
+use crate::links::AckLinks;
 use crate::store::AlertRecord;
 
 /// SMTP email to the configured responders.
@@ -17,14 +18,21 @@ use crate::store::AlertRecord;
 pub struct Email {
     settings: EmailSettings,
     transport: AsyncSmtpTransport<Tokio1Executor>,
+    /// Acknowledge links for the messages, when `[http] public_url` is set.
+    links: Option<AckLinks>,
 }
 
 impl Email {
-    /// A channel sending through the configured server, each attempt bounded by `timeout`.
+    /// A channel sending through the configured server, each attempt bounded by `timeout`; its
+    /// messages about alerts that need someone carry an acknowledge link when `links` is set.
     ///
     /// # Errors
     /// If the host name is not usable for TLS.
-    pub fn new(settings: EmailSettings, timeout: Duration) -> Result<Self, lettre::transport::smtp::Error> {
+    pub fn new(
+        settings: EmailSettings,
+        timeout: Duration,
+        links: Option<AckLinks>,
+    ) -> Result<Self, lettre::transport::smtp::Error> {
         let host = settings.smtp_host.as_str();
         let tls = |wrap: fn(TlsParameters) -> LettreTls| -> Result<Option<LettreTls>, lettre::transport::smtp::Error> {
             let mut params = TlsParameters::builder(host.to_owned());
@@ -48,11 +56,11 @@ impl Email {
             use secrecy::ExposeSecret as _;
             builder = builder.credentials(Credentials::new(user.clone(), pass.expose_secret().to_owned()));
         }
-        Ok(Email { transport: builder.build(), settings })
+        Ok(Email { transport: builder.build(), settings, links })
     }
 
     async fn send(&self, alerts: &[AlertRecord]) -> Result<(), DeliveryError> {
-        let (subject, body) = compose(alerts);
+        let (subject, body) = compose_with(alerts, self.links.as_ref());
         let mut b =
             Message::builder().from(self.settings.from.clone()).subject(subject).header(ContentType::TEXT_PLAIN);
         for to in &self.settings.to {
@@ -148,8 +156,15 @@ pub(crate) fn fits(alerts: &[AlertRecord]) -> usize {
     n.max(1)
 }
 
-/// Subject and body. The subject alone must let a responder act from a phone's lock screen.
+/// Subject and body, without acknowledge links (what [`fits`] measures: a link adds about
+/// 200 bytes per alert, far within the margin of [`MAX_BODY_BYTES`]).
 pub(crate) fn compose(alerts: &[AlertRecord]) -> (String, String) {
+    compose_with(alerts, None)
+}
+
+/// Subject and body; each alert that needs someone ends with its acknowledge link when `links`
+/// is set. The subject alone must let a responder act from a phone's lock screen.
+pub(crate) fn compose_with(alerts: &[AlertRecord], links: Option<&AckLinks>) -> (String, String) {
     let subject = match alerts {
         [a] => describe(a),
         [first, ..] => {
@@ -168,6 +183,12 @@ pub(crate) fn compose(alerts: &[AlertRecord]) -> (String, String) {
             body.push_str("\n----------------------------------------\n\n");
         }
         body.push_str(&details(a));
+        if let Some(url) = links.and_then(|l| l.for_alert(a, "email")) {
+            let hours = links.map_or(0, |l| l.ttl().as_secs().div_ceil(3600));
+            body.push_str(&format!(
+                "\nAcknowledge (I'm responding), without logging in:\n{url}\n(one use, valid {hours} h; opening it changes nothing until you confirm on the page)\n"
+            ));
+        }
     }
     body.push_str("\n-- \nSent by sos-collector. Reply to your team, not to this address.\n");
     (subject, body)
@@ -177,6 +198,35 @@ pub(crate) fn compose(alerts: &[AlertRecord]) -> (String, String) {
 mod tests {
     use super::*;
     use sos_shared::AlertId;
+
+    #[test]
+    fn an_alert_that_needs_someone_carries_its_acknowledge_link() {
+        use crate::store::AlertUpdate;
+        let links = AckLinks::new("https://sos.example.org", [9u8; 32], crate::links::DEFAULT_TTL);
+        let mut a = AlertRecord {
+            alert_id: AlertId::from_u128(5),
+            test: false,
+            triggered_at: 0,
+            received_at_ms: 0,
+            user: "bob".into(),
+            host: "pc-7".into(),
+            ip: "10.1.1.7".into(),
+            location: "Ward 3".into(),
+            message: String::new(),
+            source: String::new(),
+            enrolled: None,
+            cancellation: None,
+            audience: Default::default(),
+            update: None,
+        };
+        let (_, body) = compose_with(std::slice::from_ref(&a), Some(&links));
+        let url = body.lines().find(|l| l.starts_with("https://sos.example.org/ack/")).expect(&body);
+        let t = links.verify(url.rsplit('/').next().unwrap(), std::time::SystemTime::now()).unwrap();
+        assert_eq!((t.alert, t.channel.as_str()), (a.alert_id, "email"));
+        assert!(!compose(std::slice::from_ref(&a)).1.contains("/ack/"));
+        a.update = Some(AlertUpdate::Resolved { by: "Sam".into(), outcome: "ok".into(), note: String::new() });
+        assert!(!compose_with(std::slice::from_ref(&a), Some(&links)).1.contains("/ack/"));
+    }
 
     #[test]
     fn subject_is_actionable_and_tests_are_marked() {

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::format::{describe, enrolled_line, identity_warning, or_dash, when_utc};
 use super::{BoxFuture, DeliveryError, Notifier};
 use crate::config::SlackSettings;
+use crate::links::AckLinks;
 use crate::store::{AlertRecord, AlertUpdate};
 
 /// Slack's documented limits for an incoming-webhook message (Block Kit reference, "Rate
@@ -102,35 +103,40 @@ pub fn check(payload: &Value) -> Result<(), String> {
 pub struct Slack {
     settings: SlackSettings,
     http: reqwest::Client,
+    /// Acknowledge links for the messages, when `[http] public_url` is set.
+    links: Option<AckLinks>,
 }
 
 impl Slack {
-    /// A channel posting to the configured webhook, each request bounded by `timeout`.
+    /// A channel posting to the configured webhook, each request bounded by `timeout`; its
+    /// messages about alerts that need someone carry an acknowledge link when `links` is set.
     ///
     /// # Errors
     /// If the HTTP client cannot be built (no TLS roots on the system).
-    pub fn new(settings: SlackSettings, timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub fn new(settings: SlackSettings, timeout: Duration, links: Option<AckLinks>) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("sos-collector/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Slack { settings, http })
+        Ok(Slack { settings, http, links })
     }
 
     /// How many of `alerts`, from the first, one message can carry within [`LIMITS`] (at
-    /// least one: a single alert's message is always within them).
+    /// least one: a single alert's message is always within them). Acknowledge links change
+    /// no count: one alert's message has room for one more block, and in a message of several
+    /// each link goes in its alert's section, which has room for it.
     pub(crate) fn fits(alerts: &[AlertRecord]) -> usize {
         let mut n = alerts.len().min(MAX_ALERTS_PER_MESSAGE);
-        while n > 1 && check(&payload(&alerts[..n])).is_err() {
+        while n > 1 && check(&payload(&alerts[..n], None)).is_err() {
             n -= 1;
         }
         n.max(1)
     }
 
     async fn post(&self, alerts: &[AlertRecord]) -> Result<(), DeliveryError> {
-        let body = payload(alerts);
+        let body = payload(alerts, self.links.as_ref());
         // The URL is a secret: errors name the host only.
         let host = self.settings.webhook_url.host_str().unwrap_or("?").to_owned();
         let resp = self.http.post(self.settings.webhook_url.clone()).json(&body).send().await.map_err(|e| {
@@ -322,15 +328,34 @@ fn quote(a: &AlertRecord, max: usize) -> String {
     format!(">{}", esc(a.message.trim(), max).replace('\n', "\n>"))
 }
 
+/// How long links are valid, for the message: "24 h", "90 min".
+fn valid_for(links: Option<&AckLinks>) -> String {
+    let secs = links.map_or(0, |l| l.ttl().as_secs());
+    if secs.is_multiple_of(3600) {
+        format!("{} h", secs / 3600)
+    } else {
+        format!("{} min", secs.div_ceil(60))
+    }
+}
+
 fn when(a: &AlertRecord) -> String {
     format!("<!date^{}^{{date_short_pretty}} {{time_secs}}|{}>", a.triggered_at.max(0), when_utc(a.triggered_at))
 }
 
+/// The acknowledge link of `a`, as a mrkdwn link, if there is one (see [`AckLinks::for_alert`]).
+fn ack_link(a: &AlertRecord, links: Option<&AckLinks>, label: &str) -> Option<String> {
+    // The URL is ours (the configured public_url and a base64url token); escaped as Slack asks,
+    // and without a `|`, which would end the URL part.
+    let url = links?.for_alert(a, "slack")?;
+    Some(format!("<{}|{label}>", esc(&url, 1000).replace('|', "%7C")))
+}
+
 /// The Block Kit message, with `text` as the notification and accessibility fallback. One
-/// alert gets a section per kind of detail (at most 4 blocks); several get a header and one
-/// section each. Every text is clipped so that each block is within [`LIMITS`] (an `&` escaped
-/// as `&amp;` counts 5: the clips leave room for it).
-pub(crate) fn payload(alerts: &[AlertRecord]) -> Value {
+/// alert gets a section per kind of detail (at most 5 blocks, the last its acknowledge link);
+/// several get a header and one section each (each with its link). Every text is clipped so
+/// that each block is within [`LIMITS`] (an `&` escaped as `&amp;` counts 5: the clips leave
+/// room for it).
+pub(crate) fn payload(alerts: &[AlertRecord], links: Option<&AckLinks>) -> Value {
     let icon = |a: &AlertRecord| match (&a.update, &a.cancellation) {
         (Some(AlertUpdate::Reminder { .. }), _) => "⏰",
         (Some(AlertUpdate::Acknowledged { .. }), _) => "🙋",
@@ -361,6 +386,10 @@ pub(crate) fn payload(alerts: &[AlertRecord]) -> Value {
         if !a.message.trim().is_empty() {
             blocks.push(json!({"type": "section", "text": {"type": "mrkdwn",
                 "text": format!("*Message*\n{}", quote(a, 1000))}}));
+        }
+        if let Some(link) = ack_link(a, links, "Acknowledge: I'm responding") {
+            let text = format!("👉 *{link}* (single use, valid {})", valid_for(links));
+            blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": text}}));
         }
         let text = format!("{} {}", icon(a), line(a));
         if ping.is_empty() {
@@ -395,6 +424,9 @@ pub(crate) fn payload(alerts: &[AlertRecord]) -> Value {
                 s.push('\n');
                 s.push_str(&quote(a, 300));
             }
+            if let Some(link) = ack_link(a, links, "Acknowledge") {
+                s.push_str(&format!("\n👉 *{link}*"));
+            }
             blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": s}}));
             text.push_str(&format!("\n• {}", line(a)));
         }
@@ -407,6 +439,44 @@ pub(crate) fn payload(alerts: &[AlertRecord]) -> Value {
 mod tests {
     use super::*;
     use sos_shared::AlertId;
+
+    fn payload_(alerts: &[AlertRecord]) -> Value {
+        payload(alerts, None)
+    }
+
+    fn links() -> AckLinks {
+        AckLinks::new("https://sos.example.org/console", [3u8; 32], crate::links::DEFAULT_TTL)
+    }
+
+    #[test]
+    fn alerts_that_need_someone_carry_an_acknowledge_link_and_updates_do_not() {
+        let l = links();
+        let p = payload(&[a(false)], Some(&l));
+        let blocks = p["blocks"].as_array().unwrap();
+        let last = blocks.last().unwrap()["text"]["text"].as_str().unwrap();
+        assert!(last.contains("<https://sos.example.org/console/ack/") && last.contains("|Acknowledge"), "{last}");
+        assert!(last.contains("single use, valid 24 h"), "{last}");
+        let token = last.split("/ack/").nth(1).unwrap().split('|').next().unwrap();
+        let t = l.verify(token, std::time::SystemTime::now()).unwrap();
+        assert_eq!((t.alert, t.channel.as_str()), (AlertId::from_u128(0xabc), "slack"));
+        assert_eq!(check(&p), Ok(()));
+        // No link without links configured.
+        assert!(!payload_(&[a(false)]).to_string().contains("/ack/"));
+        // A reminder carries one; an acknowledgement, a resolution and a cancellation do not.
+        let mut r = a(false);
+        r.update = Some(AlertUpdate::Reminder { after_secs: 60 });
+        assert!(payload(&[r], Some(&l)).to_string().contains("/ack/"));
+        let mut ack = a(false);
+        ack.update = Some(AlertUpdate::Acknowledged { by: "Sam".into(), note: String::new() });
+        assert!(!payload(&[ack], Some(&l)).to_string().contains("/ack/"));
+        let mut c = a(false);
+        c.cancellation = Some(crate::store::Cancellation { at_ms: 0, reason: "oops".into() });
+        assert!(!payload(&[c], Some(&l)).to_string().contains("/ack/"));
+        // Several alerts: one link each, in its own section.
+        let many: Vec<_> = (1..=3).map(|i| AlertRecord { alert_id: AlertId::from_u128(i), ..a(false) }).collect();
+        let p = payload(&many, Some(&l));
+        assert_eq!(p.to_string().matches("/ack/").count(), 3, "{p}");
+    }
 
     fn a(test: bool) -> AlertRecord {
         AlertRecord {
@@ -430,7 +500,7 @@ mod tests {
 
     #[test]
     fn payload_carries_every_field_and_escapes_control_text() {
-        let p = payload(&[a(false)]).to_string();
+        let p = payload_(&[a(false)]).to_string();
         for needle in ["alice", "desk-12", "10.0.0.12", "00000000000000000000000000000abc", "2023-11-14 22:13:20 UTC"] {
             assert!(p.contains(needle), "{needle} missing in {p}");
         }
@@ -441,7 +511,7 @@ mod tests {
     fn a_cancellation_says_so_and_asks_to_check_in_person() {
         let mut c = a(false);
         c.cancellation = Some(crate::store::Cancellation { at_ms: 0, reason: "pressed by accident".into() });
-        let p = payload(&[c]);
+        let p = payload_(&[c]);
         let text = p["text"].as_str().unwrap();
         assert!(text.starts_with("✅ CANCELLED by sender"), "{text}");
         assert!(p.to_string().contains("pressed by accident") && p.to_string().contains("in person"), "{p}");
@@ -449,11 +519,11 @@ mod tests {
 
     #[test]
     fn tests_are_marked_and_batches_counted() {
-        let p = payload(&[a(true)]).to_string();
+        let p = payload_(&[a(true)]).to_string();
         assert!(p.contains("TEST"), "{p}");
-        let p = payload(&[a(false), a(true), a(false)]);
+        let p = payload_(&[a(false), a(true), a(false)]);
         assert!(p["text"].as_str().unwrap().starts_with("🚨 3 SOS alerts (1 of them TEST, DRILL)"));
-        assert!(payload(&[a(true)]).to_string().contains("DRILL"));
+        assert!(payload_(&[a(true)]).to_string().contains("DRILL"));
     }
 
     #[test]
@@ -461,25 +531,25 @@ mod tests {
         use crate::store::{AlertUpdate, Audience};
         let mut t2 = a(false);
         t2.audience = Audience { tier: 2, mentions: vec!["<@U1>".into(), "<@U2>".into()], emails: vec![] };
-        let p = payload(std::slice::from_ref(&t2));
+        let p = payload_(std::slice::from_ref(&t2));
         let text = p["text"].as_str().unwrap();
         assert!(text.starts_with("<@U1> <@U2> 🚨"), "{text}");
         assert!(p["blocks"][0]["text"]["text"].as_str().unwrap().starts_with("<@U1> <@U2>\n"), "{p}");
         assert!(p.to_string().contains("escalated: tier 2"), "{p}");
         let mut r = t2.clone();
         r.update = Some(AlertUpdate::Reminder { after_secs: 120 });
-        assert!(payload(&[r]).to_string().contains("STILL UNANSWERED after 120 s"));
+        assert!(payload_(&[r]).to_string().contains("STILL UNANSWERED after 120 s"));
         let mut ack = a(true);
         ack.update = Some(AlertUpdate::Acknowledged { by: "Sam <!here>".into(), note: String::new() });
-        let p = payload(&[ack]).to_string();
+        let p = payload_(&[ack]).to_string();
         assert!(p.contains("Acknowledged by Sam &lt;!here&gt;") && p.contains("DRILL"), "{p}");
         let mut res = a(false);
         res.update = Some(AlertUpdate::Resolved { by: "Sam".into(), outcome: "all clear".into(), note: String::new() });
-        assert!(payload(&[res]).to_string().contains("Resolved by Sam*: all clear"));
+        assert!(payload_(&[res]).to_string().contains("Resolved by Sam*: all clear"));
         // Mentions take a block: a storm message still fits Slack's limits.
         let storm: Vec<_> = (0..100).map(|_| t2.clone()).collect();
         let n = Slack::fits(&storm);
-        assert_eq!(check(&payload(&storm[..n])), Ok(()));
+        assert_eq!(check(&payload_(&storm[..n])), Ok(()));
         assert_eq!(n, MAX_ALERTS_PER_MESSAGE - 1);
     }
 
@@ -506,8 +576,15 @@ mod tests {
             let mut rest = alerts.as_slice();
             while !rest.is_empty() {
                 let n = Slack::fits(rest);
-                let p = payload(&rest[..n]);
+                let p = payload_(&rest[..n]);
                 assert_eq!(check(&p), Ok(()), "{n} alerts");
+                // With acknowledge links (a long public_url) too.
+                let long = AckLinks::new(
+                    &format!("https://{}.example.org", "x".repeat(200)),
+                    [1; 32],
+                    crate::links::DEFAULT_TTL,
+                );
+                assert_eq!(check(&payload(&rest[..n], Some(&long))), Ok(()), "{n} alerts with links");
                 rest = &rest[n..];
             }
         }
@@ -522,7 +599,7 @@ mod tests {
                 Some(crate::store::EnrolledAs { agent_id: "a".into(), name: "pc-9".into(), host: "pc-9".into() });
         }
         assert_eq!(Slack::fits(&storm), MAX_ALERTS_PER_MESSAGE);
-        let p = payload(&storm[..MAX_ALERTS_PER_MESSAGE]);
+        let p = payload_(&storm[..MAX_ALERTS_PER_MESSAGE]);
         assert_eq!(p["blocks"].as_array().unwrap().len(), LIMITS.blocks);
         let text = p.to_string();
         assert!(text.contains("IDENTITY MISMATCH") && text.contains("help"), "{text}");

@@ -94,6 +94,8 @@ pub struct Auth {
     accounts: HashMap<String, Role>,
     sessions: Mutex<HashMap<String, Session>>,
     sources: Mutex<Limiter<IpAddr>>,
+    /// Requests to acknowledge links, per source address ([`super::ack::ACK_RATE`]).
+    ack_sources: Mutex<Limiter<IpAddr>>,
     failures: Mutex<HashMap<String, Failures>>,
     hashing: Semaphore,
     /// A hash to verify against when the name is unknown, so that timing does not tell.
@@ -117,10 +119,16 @@ impl Auth {
             accounts: accounts.into_iter().collect(),
             sessions: Mutex::default(),
             sources: Mutex::new(Limiter::new(SOURCE_RATE, 100_000)),
+            ack_sources: Mutex::new(Limiter::new(super::ack::ACK_RATE, 100_000)),
             failures: Mutex::default(),
             hashing: Semaphore::new(2),
             decoy: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether `source` may make one more request to an acknowledge link now.
+    pub fn allow_ack(&self, source: IpAddr) -> bool {
+        self.ack_sources.lock().unwrap_or_else(|e| e.into_inner()).allow(source, Instant::now())
     }
 
     /// Whether `name` is an account the configuration allows.
@@ -252,6 +260,14 @@ pub struct Viewer {
 }
 
 impl Viewer {
+    /// The logged-in person, if the request carries a valid session cookie; `None` is not an
+    /// error (pages that anyone may open).
+    pub fn optional(console: &Console, headers: &HeaderMap) -> Option<Viewer> {
+        let (name, _) = cookie_names(console.settings.secure());
+        let s = console.auth.session(cookie(headers, name)?)?;
+        Some(Viewer { name: s.name, role: s.role, csrf: s.csrf })
+    }
+
     /// Whether this person is an administrator.
     pub fn admin(&self) -> bool {
         self.role == Role::Admin
@@ -286,8 +302,11 @@ fn expected_csrf(console: &Console, path: &str, headers: &HeaderMap) -> Option<S
 /// right `csrf` field; bodies over 16 KiB are refused (413).
 pub async fn csrf_guard(State(console): State<Arc<Console>>, req: Request, next: Next) -> Response {
     // A CSP violation report changes nothing but a counter, and browsers send it without the
-    // page's form.
-    if matches!(*req.method(), Method::GET | Method::HEAD) || req.uri().path() == "/csp-report" {
+    // page's form. An acknowledge link's POST is authorised by its token (see `ack.rs`).
+    if matches!(*req.method(), Method::GET | Method::HEAD)
+        || req.uri().path() == "/csp-report"
+        || req.uri().path().starts_with("/ack/")
+    {
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();

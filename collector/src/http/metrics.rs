@@ -42,6 +42,9 @@ pub struct Metrics {
     pub csrf_refused: Counter,
     /// Content-Security-Policy violations browsers reported.
     pub csp_violations: Counter,
+    /// Requests to acknowledge links by result (`acknowledged`, `used`, `already`, `closed`,
+    /// `malformed`, `forged`, `expired`, `limited`, `off`).
+    pub ack_links: Family<Labels, Counter>,
     time_to_ack: Histogram,
     /// The time of the last acknowledgement observed in `time_to_ack`.
     acks_seen_until: std::sync::Mutex<i64>,
@@ -64,6 +67,7 @@ impl Default for Metrics {
             logins: Family::default(),
             csrf_refused: Counter::default(),
             csp_violations: Counter::default(),
+            ack_links: Family::default(),
             time_to_ack: Histogram::new([5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]),
             acks_seen_until: std::sync::Mutex::new(0),
         };
@@ -80,7 +84,11 @@ impl Default for Metrics {
         r.register("sos_alert_retransmissions", "SOS retransmissions recognised as stored", m.retransmissions.clone());
         r.register("sos_store_errors", "SOS not acknowledged because the store failed", m.store_errors.clone());
         r.register("sos_agents", "Enrolled agents by state (online, silent, never_seen, revoked)", m.agents.clone());
-        r.register("sos_store_up", "1 while the store takes writes, 0 while it fails", m.store_up.clone());
+        r.register(
+            "sos_store_up",
+            "1 while the store takes writes (the /readyz probe), 0 while it fails",
+            m.store_up.clone(),
+        );
         r.register("sos_build_info", "The collector's version", m.build.clone());
         r.register("sos_console_logins", "Console logins by result (ok, wrong, limited)", m.logins.clone());
         r.register(
@@ -92,6 +100,11 @@ impl Default for Metrics {
             "sos_console_csp_violations",
             "Content-Security-Policy violations reported by browsers",
             m.csp_violations.clone(),
+        );
+        r.register(
+            "sos_console_ack_links",
+            "Acknowledge link requests by result (acknowledged, used, already, closed, malformed, forged, expired, limited)",
+            m.ack_links.clone(),
         );
         r.register(
             "sos_time_to_acknowledge_seconds",
@@ -144,7 +157,10 @@ pub async fn metrics(State(console): State<Arc<Console>>) -> Response {
     ] {
         set(&m.refused.get_or_create(&vec![("reason", reason.to_owned())]), v);
     }
-    m.store_up.set(i64::from(!console.store.is_failing() && read.is_ok()));
+    // The same probe as /readyz (a write, at most one a second, shared): a store that takes
+    // no writes is down even while reads work.
+    let writable = console.readiness.check(&console.store).await.is_ok();
+    m.store_up.set(i64::from(writable && read.is_ok()));
     if let Ok((alerts, notifications, agents, silent)) = read {
         for t in ["emergency", "drill"] {
             for st in STATES {
@@ -258,4 +274,39 @@ pub async fn csp_report(State(console): State<Arc<Console>>, body: axum::body::B
     console.metrics.csp_violations.inc();
     tracing::debug!(report = %String::from_utf8_lossy(&body[..body.len().min(2048)]), "console: CSP violation reported");
     StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::{Db, Store};
+
+    async fn store_up(console: &Arc<Console>) -> Option<String> {
+        let body = axum::body::to_bytes(metrics(State(console.clone())).await.into_body(), usize::MAX).await.unwrap();
+        String::from_utf8(body.to_vec()).unwrap().lines().find(|l| l.starts_with("sos_store_up ")).map(str::to_owned)
+    }
+
+    fn console(config: &Config, store: &Store) -> Arc<Console> {
+        let (_, live) = tokio::sync::watch::channel(0);
+        Arc::new(Console::new(config.clone(), store.clone(), Arc::default(), live, None).unwrap())
+    }
+
+    #[tokio::test]
+    async fn store_up_follows_the_write_probe_not_the_writers_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n", dir.path().display().to_string());
+        let config = Config::parse(&text, None).unwrap();
+        let (store, _writer) = Store::start(Db::open(&config.database_path()).unwrap(), &["log"]).unwrap();
+        assert_eq!(store_up(&console(&config, &store)).await.as_deref(), Some("sos_store_up 1"));
+        // The store refuses writes from now on (as a disk that refuses them) while reads work and
+        // no SOS has failed yet, so the writer's own flag still says all is well.
+        store.exec(|db| Ok(db.conn.execute_batch("PRAGMA query_only = ON")?)).await.unwrap();
+        assert!(!store.is_failing());
+        // A new console: no probe answer cached from before.
+        let c = console(&config, &store);
+        assert_eq!(store_up(&c).await.as_deref(), Some("sos_store_up 0"));
+        let ready = readyz(State(c)).await;
+        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
 }

@@ -6,6 +6,7 @@
 //! - `auth.rs`: accounts (argon2id), sessions in memory, the CSRF check of every POST, login
 //!   rate limits.
 //! - `pages.rs`: the pages (live alerts, an alert, agents, history) and their actions;
+//!   `ack.rs`: `/ack/{token}`, where a channel's acknowledge link leads;
 //!   `live.rs`: the server-sent events that tell live pages to refresh; `export.rs`: the
 //!   history as CSV and JSON, streamed; `metrics.rs`: /metrics and the health endpoints.
 //!
@@ -21,6 +22,7 @@ use crate::config::Config;
 use crate::stats::Stats;
 use crate::store::{Db, Store, StoreError};
 
+mod ack;
 mod auth;
 mod export;
 mod live;
@@ -97,6 +99,8 @@ pub struct Console {
     metrics: metrics::Metrics,
     /// /readyz's last store probe: one at a time, its answer kept for a second.
     readiness: metrics::Readiness,
+    /// Acknowledge links (`/ack/{token}`); `None` without `[http] public_url`.
+    links: Option<crate::links::AckLinks>,
 }
 
 impl Console {
@@ -105,7 +109,13 @@ impl Console {
     ///
     /// # Errors
     /// If the store cannot be opened for reading.
-    fn new(config: Config, store: Store, stats: Arc<Stats>, live: watch::Receiver<i64>) -> Result<Self, HttpError> {
+    fn new(
+        config: Config,
+        store: Store,
+        stats: Arc<Stats>,
+        live: watch::Receiver<i64>,
+        links: Option<crate::links::AckLinks>,
+    ) -> Result<Self, HttpError> {
         let settings = config.http.clone().ok_or_else(|| HttpError::Tls("no [http] section".into()))?;
         let reader = Db::open_read_only(&config.database_path())?;
         Ok(Console {
@@ -119,6 +129,7 @@ impl Console {
             live,
             metrics: metrics::Metrics::default(),
             readiness: metrics::Readiness::default(),
+            links,
         })
     }
 
@@ -138,7 +149,8 @@ impl Console {
 }
 
 /// Start the console: bind `[http] listen`, set up TLS if configured, and return the task that
-/// serves until `stop` is cancelled.
+/// serves until `stop` is cancelled. `links` (the same as the channels') verifies the
+/// acknowledge links of `/ack/{token}`.
 ///
 /// # Errors
 /// If the address cannot be bound, the certificate or key cannot be used, or the store cannot
@@ -147,6 +159,7 @@ pub async fn start(
     config: &Config,
     store: Store,
     stats: Arc<Stats>,
+    links: Option<crate::links::AckLinks>,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), HttpError> {
     let settings = config.http.clone().ok_or_else(|| HttpError::Tls("no [http] section".into()))?;
@@ -156,7 +169,7 @@ pub async fn start(
         .map_err(|source| HttpError::Bind { addr: settings.listen, source })?;
     let addr = listener.local_addr().map_err(|source| HttpError::Bind { addr: settings.listen, source })?;
     let (changed, live) = watch::channel(0);
-    let console = Arc::new(Console::new(config.clone(), store, stats, live)?);
+    let console = Arc::new(Console::new(config.clone(), store, stats, live, links)?);
     let watcher = tokio::spawn(live::watch_changes(console.clone(), changed, stop.clone()));
     let app = pages::router(console.clone());
     let max = settings.max_connections;

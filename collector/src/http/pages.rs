@@ -15,7 +15,7 @@ use sos_shared::AlertId;
 use super::auth::{self, cookie, cookie_names, set_cookie, Login, Viewer};
 use super::export::{self, Format};
 use super::server::{self, Peer};
-use super::{live, metrics, Console, Role};
+use super::{ack, live, metrics, Console, Role};
 use crate::channel::when_utc;
 use crate::store::console::{AlertFilter, ConsoleAlert, STATES};
 use crate::store::{now_ms, Delivery, StoreError};
@@ -34,6 +34,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/alerts/{id}/ack", post(acknowledge))
         .route("/alerts/{id}/resolve", post(resolve))
         .route("/alerts/{id}/checked", post(checked))
+        .route("/ack/{token}", get(ack::ack_page).post(ack::ack))
         .route("/events", get(live::events))
         .route("/agents", get(agents_page))
         .route("/agents/enroll", post(enroll))
@@ -63,7 +64,7 @@ fn asset(ctype: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, ctype), (header::CACHE_CONTROL, "private, max-age=300")], body).into_response()
 }
 
-fn page(status: StatusCode, t: impl Template) -> Response {
+pub(super) fn page(status: StatusCode, t: impl Template) -> Response {
     match t.render() {
         Ok(html) => (status, Html(html)).into_response(),
         Err(e) => {
@@ -73,7 +74,7 @@ fn page(status: StatusCode, t: impl Template) -> Response {
     }
 }
 
-fn store_failed(viewer: Option<Viewer>, e: StoreError) -> Response {
+pub(super) fn store_failed(viewer: Option<Viewer>, e: StoreError) -> Response {
     tracing::warn!(error = %e, "console: the store failed");
     message(StatusCode::SERVICE_UNAVAILABLE, viewer, "Store unavailable", &format!("The store cannot be read now: {e}"))
 }
@@ -87,28 +88,28 @@ struct MessagePage<'a> {
     code: Option<String>,
 }
 
-fn message(status: StatusCode, viewer: Option<Viewer>, title: &str, text: &str) -> Response {
+pub(super) fn message(status: StatusCode, viewer: Option<Viewer>, title: &str, text: &str) -> Response {
     page(status, MessagePage { viewer, title, text, code: None })
 }
 
 /// An alert as pages show it; every text field is the agent's, untrusted (askama escapes it).
 #[derive(Debug, Clone, Serialize)]
 pub struct AlertView {
-    id: String,
-    when: String,
-    triggered: String,
-    drill: bool,
-    state: String,
-    user: String,
-    host: String,
-    ip: String,
-    location: String,
-    message: String,
-    agent: String,
-    source: String,
-    cancelled: String,
-    cancel_reason: String,
-    by: String,
+    pub(super) id: String,
+    pub(super) when: String,
+    pub(super) triggered: String,
+    pub(super) drill: bool,
+    pub(super) state: String,
+    pub(super) user: String,
+    pub(super) host: String,
+    pub(super) ip: String,
+    pub(super) location: String,
+    pub(super) message: String,
+    pub(super) agent: String,
+    pub(super) source: String,
+    pub(super) cancelled: String,
+    pub(super) cancel_reason: String,
+    pub(super) by: String,
 }
 
 impl AlertView {

@@ -139,3 +139,28 @@ impl RawHttp {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<HttpSettings, ConfigError> {
+        let raw: RawHttp = toml::from_str(text).unwrap();
+        raw.validate(None, &|p| p)
+    }
+
+    #[test]
+    fn acknowledge_links_need_a_public_url_and_their_ttl_is_bounded() {
+        let plain = parse("").unwrap();
+        assert!(!plain.links, "no public_url: no links");
+        assert_eq!(plain.ack_link_ttl, crate::links::DEFAULT_TTL);
+        let linked = parse("public_url = \"https://sos.example.org/\"\nack_link_ttl_secs = 3600").unwrap();
+        assert!(linked.links);
+        assert_eq!(linked.public_url, "https://sos.example.org");
+        assert_eq!(linked.ack_link_ttl, std::time::Duration::from_secs(3600));
+        for bad in [0, 59, 604_801] {
+            let e = parse(&format!("ack_link_ttl_secs = {bad}")).unwrap_err().to_string();
+            assert!(e.contains("http.ack_link_ttl_secs") && e.contains("between 60 and 604800"), "{e}");
+        }
+    }
+}

@@ -179,22 +179,41 @@ mod tests {
         Db::open_read_only(path).unwrap().next_escalation().unwrap()
     }
 
-    /// Let virtual time pass by `step`, and real time too: virtual time jumps to the next
-    /// timer whenever every task waits, also while one waits for the store's writer thread
-    /// (real time). Blocking this thread a little per step bounds how far virtual time runs
-    /// ahead of the writer (about `step` per 2 ms of real time).
-    async fn pass(step: Duration) {
+    /// Let virtual time pass by `step`, then wait (blocking this thread, so that no virtual
+    /// time passes) until the store's writer has run everything queued so far: the engine's
+    /// tick, if it woke within the step. Virtual time jumps to the next timer whenever every
+    /// task waits, also while the engine waits for the writer (real time); without this the
+    /// clock would run ahead of the engine and fire tiers late.
+    async fn pass(store: &Store, step: Duration) {
         tokio::time::sleep(step).await;
-        std::thread::sleep(Duration::from_millis(2));
+        // Let a task woken by the same timer queue its work first.
+        tokio::task::yield_now().await;
+        writer_caught_up(store);
+    }
+
+    /// Block until the writer has run a marker queued now, i.e. everything queued before it (it
+    /// runs commands in order), within a real-time deadline.
+    fn writer_caught_up(store: &Store) {
+        use futures_util::FutureExt as _;
+        let (done, ran) = std::sync::mpsc::channel();
+        // One poll queues the marker; its answer is not awaited (the marker says it ran).
+        let _ = store
+            .exec(move |_| {
+                let _ = done.send(());
+                Ok(())
+            })
+            .now_or_never();
+        ran.recv_timeout(Duration::from_secs(30)).expect("the store's writer ran the marker within 30 s");
     }
 
     /// Pass time in small steps until tier 2 fires; returns the outbox clock at which the engine
     /// fired it (the date of its jobs).
-    async fn wait_for_tier2(path: &Path, due: i64) -> i64 {
+    async fn wait_for_tier2(store: &Store, path: &Path, due: i64) -> i64 {
         loop {
             // Far from the deadline one jump (nothing can fire before it), then small steps.
             let before = due - 2_000 - outbox_clock_ms();
-            pass(if before > 0 { Duration::from_millis(before as u64) } else { Duration::from_millis(10) }).await;
+            pass(store, if before > 0 { Duration::from_millis(before as u64) } else { Duration::from_millis(10) })
+                .await;
             let fired: Vec<(String, String, String)> = rows(
                 path,
                 "SELECT channel, kind, CAST(created_at_ms AS TEXT) FROM outbox WHERE channel = 'email' AND kind = 'alert'",
@@ -216,7 +235,7 @@ mod tests {
         c.store.insert(alert(1)).await.unwrap();
         let due = deadline(&path).unwrap();
         assert!((inserted + 60_000..=inserted + 61_000).contains(&due), "{due} vs {inserted}");
-        let fired = wait_for_tier2(&path, due).await;
+        let fired = wait_for_tier2(&c.store, &path, due).await;
         assert!(fired >= due, "tier 2 fired early: {fired} < {due}");
         assert!(fired <= due + 2_000, "tier 2 fired late: {fired} > {due} + 2 s");
         assert_eq!(
@@ -266,7 +285,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(10)).await;
         let c = start(&path);
         assert_eq!(deadline(&path), Some(due), "the deadline survived the restart unchanged");
-        let fired = wait_for_tier2(&path, due).await;
+        let fired = wait_for_tier2(&c.store, &path, due).await;
         assert!(fired >= due, "fired early after the restart: {fired} < {due}");
         assert!(fired <= due + 2_000, "fired late after the restart: {fired} > {due} + 2 s");
         c.stop().await;

@@ -5,6 +5,7 @@
 use rusqlite::{params, OptionalExtension as _};
 use sos_shared::AlertId;
 
+use super::response::{Transition, Via};
 use super::{AlertRecord, Db, Delivery, StoreError};
 
 /// An alert's state as the console shows it, in SQL: the responder loop's state (`responses`);
@@ -24,6 +25,37 @@ pub const STATES: &[&str] = &["received", "notified", "acknowledged", "resolved"
 /// States in which an alert still needs someone: unanswered, acknowledged but not resolved,
 /// cancelled but not checked in person.
 pub const OPEN_STATES: &[&str] = &["received", "notified", "acknowledged", "cancelled"];
+
+/// What became of a POST from an acknowledge link's page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkUse {
+    /// This link was used already (nothing changed): by whom and when, ms since the epoch.
+    Used {
+        /// The responder recorded at that use.
+        by: String,
+        /// When.
+        at_ms: i64,
+    },
+    /// What the acknowledgement came to. Only [`Transition::New`] records the link as used.
+    Ack(Transition),
+}
+
+/// One use of an acknowledge link, as [`Db::acknowledge_by_link`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkAck {
+    /// The link's nonce, hex ([`crate::links::AckToken::nonce_hex`]).
+    pub nonce: String,
+    /// The alert it is for.
+    pub alert: AlertId,
+    /// The channel whose message carried it.
+    pub channel: String,
+    /// When the link expires, ms since the epoch.
+    pub expires_at_ms: i64,
+    /// Who acknowledges: the logged-in account, else a name typed in or "via CHANNEL link".
+    pub responder: String,
+    /// A note typed in.
+    pub note: String,
+}
 
 /// An alert and its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,23 +187,6 @@ impl Db {
         let Some(alert) = alert else { return Ok(None) };
         let deliveries = self.deliveries(id)?;
         Ok(Some((alert, deliveries)))
-    }
-
-    /// A number that changes whenever an alert arrives or changes state, for the live page.
-    ///
-    /// # Errors
-    /// If the query fails.
-    pub fn console_version(&self) -> Result<i64, StoreError> {
-        Ok(self.conn.query_row(
-            // Each term is one index lookup: new alerts (alerts_received), new outbox jobs (cancellations of
-            // alerts from before the responder loop), new timeline events, state changes.
-            "SELECT COALESCE((SELECT MAX(received_at_ms) FROM alerts), 0) * 7919
-                  + COALESCE((SELECT MAX(id) FROM outbox), 0) * 104729
-                  + COALESCE((SELECT MAX(id) FROM alert_events), 0) * 15485863
-                  + COALESCE((SELECT MAX(changed_at_ms) FROM responses), 0)",
-            [],
-            |r| r.get(0),
-        )?)
     }
 
     /// The responder loop's record of an alert: who acknowledged or resolved it, the outcome and
@@ -333,6 +348,51 @@ impl Db {
         Ok(name)
     }
 
+    /// Acknowledge through a link, once: in one transaction, refuse a link whose nonce was
+    /// used, else acknowledge ([`Db::acknowledge`], via `channel_link`) and, if that changed
+    /// the alert, record the nonce. Rows of links expired for a day are deleted on the way.
+    /// `now_ms` is the wall clock, `jobs_at_ms` the outbox clock.
+    ///
+    /// # Errors
+    /// If the transaction fails; then nothing changed.
+    pub fn acknowledge_by_link(&mut self, link: &LinkAck, now_ms: i64, jobs_at_ms: i64) -> Result<LinkUse, StoreError> {
+        let tx = self.write()?;
+        tx.execute("DELETE FROM ack_links_used WHERE expires_at_ms < ?1", params![now_ms - 86_400_000])?;
+        let used: Option<(String, i64)> = tx
+            .query_row(
+                "SELECT by_responder, used_at_ms FROM ack_links_used WHERE nonce = ?1",
+                params![link.nonce],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((by, at_ms)) = used {
+            return Ok(LinkUse::Used { by, at_ms });
+        }
+        let t = Db::acknowledge_in(&tx, link.alert, &link.responder, Via::ChannelLink, &link.note, now_ms, jobs_at_ms)?;
+        if matches!(t, Transition::New { .. }) {
+            tx.execute(
+                "INSERT INTO ack_links_used (nonce, alert_id, channel, by_responder, used_at_ms, expires_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![link.nonce, link.alert.to_string(), link.channel, link.responder, now_ms, link.expires_at_ms],
+            )?;
+            tx.commit()?;
+        }
+        Ok(LinkUse::Ack(t))
+    }
+
+    /// Who used the acknowledge link whose nonce is `nonce`, and when (ms); `None` if unused.
+    ///
+    /// # Errors
+    /// If the query fails.
+    pub fn link_used(&self, nonce: &str) -> Result<Option<(String, i64)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT by_responder, used_at_ms FROM ack_links_used WHERE nonce = ?1", params![nonce], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
+    }
+
     /// Write one row: proves the store takes writes now (`/readyz`).
     ///
     /// # Errors
@@ -369,5 +429,69 @@ impl Db {
             None => self.conn.execute("DELETE FROM silent_agents WHERE agent_id = ?1", params![agent_id])?,
         };
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::response::ResponsePlan;
+    use crate::store::tests::alert;
+
+    fn link(nonce: &str) -> LinkAck {
+        LinkAck {
+            nonce: nonce.repeat(16),
+            alert: AlertId::from_u128(1),
+            channel: "slack".into(),
+            expires_at_ms: 10_000_000,
+            responder: "via slack link".into(),
+            note: String::new(),
+        }
+    }
+
+    fn count(db: &Db, sql: &str) -> i64 {
+        db.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_link_acknowledges_once_in_the_same_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("sos.db")).unwrap();
+        db.insert_alerts_planned(&[alert(1)], &ResponsePlan::channels_only(&["log", "slack"]), 0).unwrap();
+        let first = db.acknowledge_by_link(&link("aa"), 5_000, 5_000).unwrap();
+        assert_eq!(first, LinkUse::Ack(Transition::New { at_ms: 5_000 }));
+        assert_eq!(
+            db.acknowledge_by_link(&link("aa"), 6_000, 6_000).unwrap(),
+            LinkUse::Used { by: "via slack link".into(), at_ms: 5_000 }
+        );
+        // Another link to the same alert: nothing changes, and it is not spent.
+        let other = db.acknowledge_by_link(&link("bb"), 7_000, 7_000).unwrap();
+        assert_eq!(other, LinkUse::Ack(Transition::Already { by: "via slack link".into() }));
+        assert_eq!(count(&db, "SELECT COUNT(*) FROM ack_links_used"), 1);
+        assert_eq!(count(&db, "SELECT COUNT(*) FROM alert_events WHERE kind = 'acknowledged'"), 1);
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) FROM alert_events WHERE kind = 'acknowledged' AND via = 'channel_link'"),
+            1
+        );
+        // An unknown alert records nothing.
+        let mut unknown = link("cc");
+        unknown.alert = AlertId::from_u128(2);
+        assert_eq!(db.acknowledge_by_link(&unknown, 8_000, 8_000).unwrap(), LinkUse::Ack(Transition::Unknown));
+        assert_eq!(count(&db, "SELECT COUNT(*) FROM ack_links_used"), 1);
+    }
+
+    #[test]
+    fn used_links_are_forgotten_a_day_after_they_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("sos.db")).unwrap();
+        let plan = ResponsePlan::channels_only(&["log"]);
+        db.insert_alerts_planned(&[alert(1), alert(2)], &plan, 0).unwrap();
+        db.acknowledge_by_link(&link("aa"), 5_000, 5_000).unwrap();
+        let mut later = link("bb");
+        later.alert = AlertId::from_u128(2);
+        later.expires_at_ms = 200_000_000;
+        let r = db.acknowledge_by_link(&later, 10_000_000 + 86_400_001, 0).unwrap();
+        assert_eq!(r, LinkUse::Ack(Transition::New { at_ms: 10_000_000 + 86_400_001 }));
+        assert_eq!(count(&db, "SELECT COUNT(*) FROM ack_links_used"), 1, "the expired link's row is gone");
     }
 }

@@ -238,8 +238,24 @@ ALTER TABLE enrolled ADD COLUMN site INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE alerts ADD COLUMN site TEXT;
 ";
 
+/// Acknowledge links (issue 17 §4, `links.rs`): the nonce of every link that acknowledged an
+/// alert, recorded in the same transaction as the acknowledgement, so that a link works once.
+/// A row is kept until its link expired (a day later it is deleted: nothing can replay it).
+const V_ACK_LINKS: &str = "
+CREATE TABLE IF NOT EXISTS ack_links_used (
+    nonce         TEXT PRIMARY KEY,
+    alert_id      TEXT NOT NULL,
+    channel       TEXT NOT NULL,
+    by_responder  TEXT NOT NULL,
+    used_at_ms    INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ack_links_used_expiry ON ack_links_used (expires_at_ms);
+";
+
 /// Every migration, in order: the store's version is how many have run.
-const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V_CONSOLE), M::up(V_FORWARD)];
+const MIGRATIONS: &[M<'static>] =
+    &[M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V_CONSOLE), M::up(V_FORWARD), M::up(V_ACK_LINKS)];
 
 /// The schema version this collector writes.
 pub const VERSION: usize = MIGRATIONS.len();

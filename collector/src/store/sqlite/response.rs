@@ -470,9 +470,28 @@ impl Db {
         jobs_at_ms: i64,
     ) -> Result<Transition, StoreError> {
         let tx = self.write()?;
+        let out = Self::acknowledge_in(&tx, alert_id, responder, via, note, now_ms, jobs_at_ms)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// [`Db::acknowledge`] inside the caller's transaction `tx` (an acknowledge link records
+    /// its use in the same one).
+    ///
+    /// # Errors
+    /// If a statement fails; then the caller must not commit.
+    pub(crate) fn acknowledge_in(
+        tx: &Transaction<'_>,
+        alert_id: AlertId,
+        responder: &str,
+        via: Via,
+        note: &str,
+        now_ms: i64,
+        jobs_at_ms: i64,
+    ) -> Result<Transition, StoreError> {
         let id = alert_id.to_string();
         let note = clean_note(note);
-        let out = match response_state(&tx, &id, now_ms)? {
+        Ok(match response_state(tx, &id, now_ms)? {
             None => Transition::Unknown,
             Some((AlertState::Acknowledged, by)) => Transition::Already { by },
             Some((state, _)) if !state.unanswered() => Transition::Closed(state),
@@ -482,16 +501,14 @@ impl Db {
                             acknowledged_at_ms = ?4, changed_at_ms = ?4 WHERE alert_id = ?1",
                     params![id, responder, note, now_ms],
                 )?;
-                event(&tx, &id, now_ms, "acknowledged", responder, via, &note)?;
-                stop_pending(&tx, &id, &["alert", "reminder"])?;
+                event(tx, &id, now_ms, "acknowledged", responder, via, &note)?;
+                stop_pending(tx, &id, &["alert", "reminder"])?;
                 let detail = format!("{responder}{DETAIL_SEP}{note}");
-                queue(&tx, &id, &notified_channels(&tx, &id)?, "acknowledged", &detail, jobs_at_ms)?;
-                owe_notice(&tx, &id, NoticeEvent::Acknowledged, responder, &note, now_ms)?;
+                queue(tx, &id, &notified_channels(tx, &id)?, "acknowledged", &detail, jobs_at_ms)?;
+                owe_notice(tx, &id, NoticeEvent::Acknowledged, responder, &note, now_ms)?;
                 Transition::New { at_ms: now_ms }
             }
-        };
-        tx.commit()?;
-        Ok(out)
+        })
     }
 
     /// A responder resolves `alert_id` with `outcome` (see [`crate::store::Response::resolve`]).
