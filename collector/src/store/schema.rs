@@ -229,8 +229,17 @@ CREATE TABLE IF NOT EXISTS silent_agents (
 ) WITHOUT ROWID;
 ";
 
+/// A leaner store (issue 18 §3): two indexes that another index already covers, each of which
+/// cost every alert a write at a random place (`outbox_alert` is the first column of the
+/// outbox's `UNIQUE (alert_id, channel, kind, tier)` index; `alerts_recent` is the first column
+/// of `alerts_received`).
+const V_LEAN: &str = "
+DROP INDEX IF EXISTS outbox_alert;
+DROP INDEX IF EXISTS alerts_recent;
+";
+
 /// Every migration, in order: the store's version is how many have run.
-const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V_CONSOLE)];
+const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V_CONSOLE), M::up(V_LEAN)];
 
 /// The schema version this collector writes.
 pub const VERSION: usize = MIGRATIONS.len();
