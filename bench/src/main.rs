@@ -695,6 +695,8 @@ async fn crash(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
     let window = cli.window;
     let wal_path = c.store_path().with_extension("db-wal");
     let wal = store::SizeWatch::start(wal_path.clone());
+    // `agents` starts its agents 200 ms after it is called.
+    let load_start = Instant::now() + Duration::from_millis(200);
     let load = tokio::spawn(agents(
         cli.agents,
         0,
@@ -707,6 +709,7 @@ async fn crash(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
     let len = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let (wal_at_kill, store_at_kill) = (len(&wal_path), len(&c.store_path()));
     let killed = c.kill_and_restart()?;
+    let kill_offset = Instant::now().saturating_duration_since(load_start);
     let killed_at = std::time::SystemTime::now();
     let socket = tokio::net::UdpSocket::bind((load::agent_ip(PROBE + 1), 0)).await?;
     let id = sos_shared::AlertId::random().as_u128();
@@ -733,10 +736,18 @@ async fn crash(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
         eprintln!("  {line}");
     }
     let t = totals(&out, Duration::MAX);
+    // The first ACK the load's agents received after the kill (their retransmissions).
+    let first_any = out
+        .iter()
+        .flat_map(|o| o.acked.iter().map(|(at, _)| *at))
+        .filter(|at| *at > kill_offset)
+        .min()
+        .map_or(Duration::MAX, |at| at - kill_offset);
     println!(
-        "| crash: SIGKILL after {} s of max load ({} agents × {window}), restarted at once on the same store | first ACK {} after the kill | {} | WAL at the kill {} (peak {}), store {} | |",
+        "| crash: SIGKILL after {} s of max load ({} agents × {window}), restarted at once on the same store | first ACK {} after the kill (of a new SOS: {}) | {} | WAL at the kill {} (peak {}), store {} | |",
         cli.secs,
         cli.agents,
+        ms(first_any),
         ms(first),
         t.loss(),
         store::size(wal_at_kill as f64),

@@ -4,7 +4,8 @@ use rusqlite::{params, OptionalExtension};
 use sos_shared::AlertId;
 
 use super::{
-    enrolled_as, AlertRecord, Cancellation, Cancelled, Db, Delivery, NewAlert, ResponsePlan, StoreError, Stored,
+    enrolled_as, AlertRecord, Cancellation, Cancelled, Db, Delivery, JobOutcome, NewAlert, ResponsePlan, StoreError,
+    Stored,
 };
 
 impl Db {
@@ -37,43 +38,81 @@ impl Db {
         jobs_at_ms: i64,
     ) -> Result<Vec<Stored>, StoreError> {
         let tx = self.conn.transaction()?;
-        let mut out = Vec::with_capacity(alerts.len());
-        {
-            let mut insert_alert = tx.prepare_cached(
-                "INSERT INTO alerts (alert_id, received_at_ms, triggered_at, test, user, host, ip,
-                                     location, message, agent, source, key_id, agent_id, agent_name, agent_host)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-                 ON CONFLICT (alert_id) DO NOTHING",
-            )?;
-            for a in alerts {
-                let s = &a.sos;
-                let id = s.alert_id.to_string();
-                let n = insert_alert.execute(params![
-                    id,
-                    a.received_at_ms,
-                    s.triggered_at as i64,
-                    s.test,
-                    s.user,
-                    s.host,
-                    s.ip,
-                    s.location,
-                    s.message,
-                    s.agent,
-                    a.source.to_string(),
-                    a.key_id,
-                    a.enrolled.as_ref().map(|e| &e.agent_id),
-                    a.enrolled.as_ref().map(|e| &e.name),
-                    a.enrolled.as_ref().map(|e| &e.host),
-                ])?;
-                if n == 1 {
-                    Db::start_response(&tx, plan, a, jobs_at_ms)?;
-                    out.push(Stored::New);
-                } else {
-                    out.push(Stored::Duplicate);
-                }
+        let out = Db::insert_in(&tx, alerts, plan, jobs_at_ms)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// One group commit of the writer: `alerts` stored as [`Db::insert_alerts_planned`] does,
+    /// and each set of delivery outcomes recorded as [`Db::finish`] does, in one transaction,
+    /// so one sync of the WAL for both. Each set of outcomes is a savepoint of its own: one that
+    /// fails is rolled back alone (its error in the second list; the outbox worker tries again)
+    /// and takes nothing else with it.
+    ///
+    /// # Errors
+    /// If storing the alerts or the commit fails; then nothing was stored or recorded.
+    pub(crate) fn commit_group(
+        &mut self,
+        alerts: &[NewAlert],
+        plan: &ResponsePlan,
+        jobs_at_ms: i64,
+        outcomes: &[(&[(i64, JobOutcome)], i64)],
+    ) -> Result<(Vec<Stored>, Vec<Result<(), StoreError>>), StoreError> {
+        let mut tx = self.conn.transaction()?;
+        let stored = Db::insert_in(&tx, alerts, plan, jobs_at_ms)?;
+        let mut finished = Vec::with_capacity(outcomes.len());
+        for (set, now_ms) in outcomes {
+            let sp = tx.savepoint()?;
+            match Db::finish_in(&sp, set, *now_ms) {
+                Ok(()) => finished.push(sp.commit().map_err(StoreError::from)),
+                // Dropping the savepoint rolls it back.
+                Err(e) => finished.push(Err(e)),
             }
         }
         tx.commit()?;
+        Ok((stored, finished))
+    }
+
+    fn insert_in(
+        tx: &rusqlite::Transaction<'_>,
+        alerts: &[NewAlert],
+        plan: &ResponsePlan,
+        jobs_at_ms: i64,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut out = Vec::with_capacity(alerts.len());
+        let mut insert_alert = tx.prepare_cached(
+            "INSERT INTO alerts (alert_id, received_at_ms, triggered_at, test, user, host, ip,
+                                 location, message, agent, source, key_id, agent_id, agent_name, agent_host)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+             ON CONFLICT (alert_id) DO NOTHING",
+        )?;
+        for a in alerts {
+            let s = &a.sos;
+            let id = s.alert_id.to_string();
+            let n = insert_alert.execute(params![
+                id,
+                a.received_at_ms,
+                s.triggered_at as i64,
+                s.test,
+                s.user,
+                s.host,
+                s.ip,
+                s.location,
+                s.message,
+                s.agent,
+                a.source.to_string(),
+                a.key_id,
+                a.enrolled.as_ref().map(|e| &e.agent_id),
+                a.enrolled.as_ref().map(|e| &e.name),
+                a.enrolled.as_ref().map(|e| &e.host),
+            ])?;
+            if n == 1 {
+                Db::start_response(tx, plan, a, jobs_at_ms)?;
+                out.push(Stored::New);
+            } else {
+                out.push(Stored::Duplicate);
+            }
+        }
         Ok(out)
     }
 

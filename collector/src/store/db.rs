@@ -12,12 +12,6 @@ pub struct Db {
     pub(crate) conn: Connection,
 }
 
-/// The page size of a new store, bytes. Every alert changes a leaf page at a random place in
-/// the few indexes keyed by its (random) alert id, and each such page is written whole to the
-/// WAL at the commit and again into the file at the checkpoint: smaller pages, fewer bytes per
-/// alert (docs/PERFORMANCE.md). Below 1024 an alert's row no longer fits a page of its table.
-pub(super) const PAGE_SIZE: i64 = 1024;
-
 /// Switch the file to WAL. SQLite answers "locked" at once, without waiting, while another
 /// process makes the same new store (the service and a CLI command starting together): wait for
 /// it, 20 ms at a time, for as long as the busy timeout (5 s).
@@ -60,9 +54,6 @@ impl Db {
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        // Only a new, empty file takes it (the page size is fixed when the first page is
-        // written); a store made by an earlier collector keeps its 4096.
-        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         set_wal(&conn)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         // A WAL that grew under load is cut back to this when it starts over (see the
