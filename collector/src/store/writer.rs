@@ -80,7 +80,7 @@ impl std::fmt::Debug for Command {
 ///
 /// Under sustained load a passive checkpoint never catches up: the writer appends while it
 /// copies, so the WAL is never wholly in the database, and SQLite starts a WAL over from its
-/// beginning only then. The WAL grew without bound (3.5 GB in a minute), and a restart after a
+/// beginning only then. The WAL grew without bound (to gigabytes), and a restart after a
 /// crash reads all of it. So when a commit leaves more than [`WAL_CATCH_UP_BYTES`] in the WAL,
 /// the writer waits for one checkpoint to finish ([`Checkpointer::catch_up`]; it has little
 /// left to copy), and its next commit starts the WAL over; `journal_size_limit` then cuts the
