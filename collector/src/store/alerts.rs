@@ -243,3 +243,49 @@ pub(crate) fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRec
         update: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::alert;
+    use super::*;
+
+    #[test]
+    fn a_group_commit_stores_its_alerts_and_outcomes_together_and_a_failing_set_of_outcomes_alone_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        let mut db = Db::open(&path).unwrap();
+        db.insert_alerts(&[alert(1), alert(2)], &["slack"], 1000).unwrap();
+        let jobs = db.due_jobs("slack", 1000, 10).unwrap();
+        let (first, second) = (jobs[0].id, jobs[1].id);
+        // The store refuses any change to the second job (as a failing write would).
+        db.conn
+            .execute_batch(&format!(
+                "CREATE TRIGGER refuse BEFORE UPDATE ON outbox WHEN old.id = {second}
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;"
+            ))
+            .unwrap();
+        let delivered = [(first, JobOutcome::Delivered)];
+        let refused = [(second, JobOutcome::Delivered)];
+        let (stored, finished) = db
+            .commit_group(
+                &[alert(3)],
+                &ResponsePlan::channels_only(&["slack"]),
+                2000,
+                &[(&delivered, 2000), (&refused, 2000)],
+            )
+            .unwrap();
+        assert_eq!(stored, [Stored::New]);
+        assert!(finished[0].is_ok(), "{finished:?}");
+        assert!(finished[1].is_err(), "{finished:?}");
+        drop(db);
+        // After reopening: the new alert and its job, the first outcome; the refused one undone.
+        let db = Db::open(&path).unwrap();
+        let state = |id: i64| -> String {
+            db.conn.query_row("SELECT state FROM outbox WHERE id = ?1", [id], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(state(first), "delivered");
+        assert_eq!(state(second), "pending");
+        let pending: Vec<AlertId> = db.due_jobs("slack", 3000, 10).unwrap().iter().map(|j| j.alert.alert_id).collect();
+        assert_eq!(pending, [AlertId::from_u128(2), AlertId::from_u128(3)]);
+    }
+}
