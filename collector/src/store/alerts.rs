@@ -8,6 +8,10 @@ use super::{
     Stored,
 };
 
+/// What [`Db::commit_group`] did: each alert stored or a duplicate, and each set of outcomes
+/// recorded or why not.
+pub(crate) type GroupCommitted = (Vec<Stored>, Vec<Result<(), StoreError>>);
+
 impl Db {
     /// Store alerts with one outbox job per channel of `channels` (one tier, no responders):
     /// [`Db::insert_alerts_planned`] with [`ResponsePlan::channels_only`].
@@ -57,7 +61,7 @@ impl Db {
         plan: &ResponsePlan,
         jobs_at_ms: i64,
         outcomes: &[(&[(i64, JobOutcome)], i64)],
-    ) -> Result<(Vec<Stored>, Vec<Result<(), StoreError>>), StoreError> {
+    ) -> Result<GroupCommitted, StoreError> {
         let mut tx = self.conn.transaction()?;
         let stored = Db::insert_in(&tx, alerts, plan, jobs_at_ms)?;
         let mut finished = Vec::with_capacity(outcomes.len());
