@@ -12,6 +12,8 @@ use sos_shared::Key;
 /// A running collector; killed on drop.
 pub struct Collector {
     child: Child,
+    /// The program, for [`Collector::kill_and_restart`].
+    bin: PathBuf,
     /// Where it listens.
     pub addr: SocketAddr,
     /// The site key agents seal with.
@@ -78,7 +80,7 @@ impl Collector {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
-        let c = Collector { child, addr, key, _dir: dir };
+        let c = Collector { child, bin: bin.clone(), addr, key, _dir: dir };
         c.wait_ready(Duration::from_secs(20))?;
         Ok(c)
     }
@@ -118,6 +120,45 @@ impl Collector {
             .find(|l| l.contains("collector stopped"))
             .map(str::to_owned)
             .with_context(|| format!("no final counters in the collector's log:\n{log}"))
+    }
+
+    /// SIGKILL it (a crash), and start it again at once on the same store and port without
+    /// waiting for it: the instant of the kill.
+    pub fn kill_and_restart(&mut self) -> anyhow::Result<Instant> {
+        let killed = Instant::now();
+        self.child.kill()?;
+        self.child.wait()?;
+        let log = std::fs::OpenOptions::new().append(true).open(self._dir.path().join("collector.log"))?;
+        self.child = Command::new(&self.bin)
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.bin.display()))?;
+        Ok(killed)
+    }
+
+    /// What it has logged (with `kill_and_restart`, both runs).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("collector.log")).unwrap_or_default()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its store file.
+    pub fn store_path(&self) -> PathBuf {
+        self._dir.path().join("data").join("sos.db")
+    }
+
+    /// Its temporary directory (on the same filesystem as the store).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     /// Its configuration file (for `sos-collector enroll --config`).

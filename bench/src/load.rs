@@ -134,7 +134,7 @@ pub async fn agent(
     }
 }
 
-async fn transmit(socket: &UdpSocket, mode: &Mode, to: SocketAddr, id: u128, attempt: u32, host: &str) {
+pub async fn transmit(socket: &UdpSocket, mode: &Mode, to: SocketAddr, id: u128, attempt: u32, host: &str) {
     let datagram = match mode {
         Mode::Sos(key) => {
             let sos = Sos {
@@ -163,7 +163,7 @@ async fn transmit(socket: &UdpSocket, mode: &Mode, to: SocketAddr, id: u128, att
 }
 
 /// The request id an answer acknowledges, if it is an authentic acknowledgement.
-fn answer(mode: &Mode, datagram: &[u8]) -> Option<u128> {
+pub fn answer(mode: &Mode, datagram: &[u8]) -> Option<u128> {
     match mode {
         Mode::Sos(key) => {
             let (key_id, token) = split_datagram(datagram).ok()?;

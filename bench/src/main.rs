@@ -12,6 +12,8 @@
 //!   SMTP server (`sos-e2e`).
 //!
 //! - [`responder`]: the responder loop's latencies (pushes) with enrolled hand-made agents.
+//! - [`store`]: the disk's fsync in the same run, the ideal durable server, bytes written per
+//!   alert, the WAL's size, and the restart after a SIGKILL (`durable`, `crash`).
 //!
 //! Run: `cargo run --release -p sos-bench` (all scenarios), or name some:
 //! `cargo run --release -p sos-bench -- burst flood`.
@@ -19,9 +21,11 @@
 mod collector;
 mod load;
 mod responder;
+mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -104,6 +108,13 @@ enum Scenario {
     /// `--alerts` alerts, one after another, with two enrolled responder desktops and a sender:
     /// press → broadcast on a desk, and respond → the sender's notice.
     Responder,
+    /// The same load as `max` against an ideal durable server (same crypto, one append +
+    /// fdatasync per batch), then against the collector: the ratio, the bytes the collector
+    /// writes per alert, its WAL's largest size, and the disk's fsync in the same run.
+    Durable,
+    /// `max` load for `--secs`, then SIGKILL and an immediate restart on the same store: the
+    /// first ACK after the kill, and nothing lost.
+    Crash,
 }
 
 /// Percentiles of durations.
@@ -308,6 +319,7 @@ async fn steady(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::
     let n = cli.burst_agents;
     let secs = Duration::from_secs(cli.secs);
     let period = Duration::from_secs_f64(n as f64 / cli.rate as f64);
+    let probe = store::FsyncProbe::start(c.dir())?;
     let cpu0 = c.cpu();
     let out = agents(
         n,
@@ -319,9 +331,10 @@ async fn steady(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::
     )
     .await;
     let cpu = c.cpu() - cpu0;
+    let fsync = probe.finish();
     let t = totals(&out, Duration::MAX);
     println!(
-        "| steady: {} SOS/s from {n} agents for {} s, default limits | {:.0} SOS/s | {} | {} | p99 = {}; collector CPU {:.0} % of a core |",
+        "| steady: {} SOS/s from {n} agents for {} s, default limits | {:.0} SOS/s | {} | {} | p99 = {}; collector CPU {:.0} % of a core; same run: {}, ACK p99 = {:.2}× fsync p99 |",
         cli.rate,
         cli.secs,
         t.acked as f64 / secs.as_secs_f64(),
@@ -329,6 +342,8 @@ async fn steady(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::
         t.latencies(),
         rtts(t.latency.p(0.99), ceiling),
         cpu.as_secs_f64() / secs.as_secs_f64() * 100.0,
+        store::fsync_summary(&fsync),
+        t.latency.p(0.99).as_secs_f64() / fsync.p(0.99).as_secs_f64().max(1e-9),
     );
     Ok(())
 }
@@ -612,6 +627,136 @@ async fn storm(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same load as `max` against the ideal durable server, then against the collector, each
+/// with the disk's fsync probed in the same run.
+async fn durable(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
+    let secs = Duration::from_secs(cli.secs);
+    let window = cli.window;
+    let plan = move |_| Plan::Window { window, until: secs };
+    let dir = tempfile::tempdir()?;
+    let key = Key::from_base64(&Key::generate())?;
+    let probe = store::FsyncProbe::start(dir.path())?;
+    let ideal = store::Ideal::start(key.clone(), dir.path())?;
+    let out = agents(cli.agents, 0, Mode::Sos(key), ideal.addr, plan, secs + Duration::from_secs(30)).await;
+    let (bytes, alerts) = (ideal.bytes.load(Ordering::Relaxed), ideal.alerts.load(Ordering::Relaxed));
+    let syncs = ideal.finish();
+    let fsync = probe.finish();
+    let t = totals(&out, secs);
+    let ideal_rate = t.acked_in as f64 / secs.as_secs_f64();
+    println!(
+        "| durable-ideal: same crypto, one append + fdatasync per batch, {} agents × {window} outstanding | {ideal_rate:.0} SOS/s | lost {} of {} | p50 {} p99 {} | written per alert {}; batch append+fdatasync p50 {} p99 {} (n={}); probe {} |",
+        cli.agents,
+        t.sent - t.acked,
+        t.sent,
+        ms(t.latency.p(0.5)),
+        ms(t.latency.p(0.99)),
+        store::size(bytes as f64 / alerts.max(1) as f64),
+        ms(syncs.p(0.5)),
+        ms(syncs.p(0.99)),
+        syncs.0.len(),
+        store::fsync_summary(&fsync),
+    );
+    let c = Collector::start(bin, Limits::Raised)?;
+    let probe = store::FsyncProbe::start(c.dir())?;
+    let wal = store::SizeWatch::start(c.store_path().with_extension("db-wal"));
+    let (w0, d0) = store::written(c.pid());
+    let cpu0 = c.cpu();
+    let out = agents(cli.agents, 0, Mode::Sos(c.key.clone()), c.addr, plan, secs + Duration::from_secs(30)).await;
+    let cpu = c.cpu() - cpu0;
+    let (w1, d1) = store::written(c.pid());
+    let wal_peak = wal.finish();
+    let fsync = probe.finish();
+    let t = totals(&out, secs);
+    let rate = t.acked_in as f64 / secs.as_secs_f64();
+    let per = |b: u64| store::size(b as f64 / t.acked.max(1) as f64);
+    println!(
+        "| durable: the collector, same load, limits raised | {rate:.0} SOS/s = {:.2} of the ideal | lost {} of {} | p50 {} p99 {} | written per alert {} (write calls), {} (to the disk); WAL peak {}; store {}; collector CPU {:.0} % of a core; probe {} |",
+        rate / ideal_rate.max(1e-9),
+        t.sent - t.acked,
+        t.sent,
+        ms(t.latency.p(0.5)),
+        ms(t.latency.p(0.99)),
+        per(w1 - w0),
+        per(d1 - d0),
+        store::size(wal_peak as f64),
+        store::size(std::fs::metadata(c.store_path()).map(|m| m.len()).unwrap_or(0) as f64),
+        cpu.as_secs_f64() / (secs.as_secs_f64() + t.last_ack.saturating_sub(secs).as_secs_f64()) * 100.0,
+        store::fsync_summary(&fsync),
+    );
+    Ok(())
+}
+
+/// `max` load for `--secs`, then SIGKILL and a restart at once on the same store, the load
+/// going on (the agents retransmit what the kill left unacknowledged): the time from the kill
+/// to the first ACK of a new SOS sent every 5 ms from the kill on.
+async fn crash(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
+    let mut c = Collector::start(bin, Limits::Raised)?;
+    let secs = Duration::from_secs(cli.secs);
+    let window = cli.window;
+    let wal_path = c.store_path().with_extension("db-wal");
+    let wal = store::SizeWatch::start(wal_path.clone());
+    // `agents` starts its agents 200 ms after it is called.
+    let load_start = Instant::now() + Duration::from_millis(200);
+    let load = tokio::spawn(agents(
+        cli.agents,
+        0,
+        Mode::Sos(c.key.clone()),
+        c.addr,
+        move |_| Plan::Window { window, until: secs * 2 },
+        secs * 2 + Duration::from_secs(60),
+    ));
+    tokio::time::sleep(secs + Duration::from_millis(200)).await;
+    let len = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let (wal_at_kill, store_at_kill) = (len(&wal_path), len(&c.store_path()));
+    let killed = c.kill_and_restart()?;
+    let kill_offset = Instant::now().saturating_duration_since(load_start);
+    let killed_at = std::time::SystemTime::now();
+    let socket = tokio::net::UdpSocket::bind((load::agent_ip(PROBE + 1), 0)).await?;
+    let id = sos_shared::AlertId::random().as_u128();
+    let mode = Mode::Sos(c.key.clone());
+    let mut buf = vec![0u8; 2048];
+    let first = loop {
+        anyhow::ensure!(killed.elapsed() < Duration::from_secs(60), "no ACK within 60 s of the restart");
+        load::transmit(&socket, &mode, c.addr, id, 0, "bench-crash").await;
+        match tokio::time::timeout(Duration::from_millis(5), socket.recv_from(&mut buf)).await {
+            Ok(Ok((n, _))) if load::answer(&mode, &buf[..n]) == Some(id) => break killed.elapsed(),
+            _ => {}
+        }
+    };
+    let out = load.await?;
+    let wal_peak = wal.finish();
+    // What the restarted collector said, with its times, to see where a slow start goes.
+    eprintln!(
+        "crash: killed at {} s after the epoch; the restarted collector's log:",
+        killed_at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+    );
+    let log = c.log();
+    let restarted = log.rfind("NO NOTIFICATION CHANNEL").map_or(log.as_str(), |at| &log[at..]);
+    for line in restarted.lines().filter(|l| !l.contains("sos::alert")).take(12) {
+        eprintln!("  {line}");
+    }
+    let t = totals(&out, Duration::MAX);
+    // The first ACK the load's agents received after the kill (their retransmissions).
+    let first_any = out
+        .iter()
+        .flat_map(|o| o.acked.iter().map(|(at, _)| *at))
+        .filter(|at| *at > kill_offset)
+        .min()
+        .map_or(Duration::MAX, |at| at - kill_offset);
+    println!(
+        "| crash: SIGKILL after {} s of max load ({} agents × {window}), restarted at once on the same store | first ACK {} after the kill (of a new SOS: {}) | {} | WAL at the kill {} (peak {}), store {} | |",
+        cli.secs,
+        cli.agents,
+        ms(first_any),
+        ms(first),
+        t.loss(),
+        store::size(wal_at_kill as f64),
+        store::size(wal_peak as f64),
+        store::size(store_at_kill as f64),
+    );
+    Ok(())
+}
+
 /// A thousand agents are a thousand sockets: lift the soft open-files limit to the hard one.
 fn raise_fd_limit() {
     #[cfg(unix)]
@@ -656,6 +801,8 @@ fn main() -> anyhow::Result<()> {
                 Scenario::Nat => nat(&cli, &bin).await?,
                 Scenario::Storm => storm(&cli, &bin).await?,
                 Scenario::Responder => responder::responder(&bin, cli.alerts).await?,
+                Scenario::Durable => durable(&cli, &bin).await?,
+                Scenario::Crash => crash(&cli, &bin).await?,
             }
         }
         Ok(())

@@ -8,7 +8,7 @@ use std::process::Command;
 #[test]
 fn sos_bench_runs_every_kind_of_load_and_loses_nothing_on_small_numbers() {
     let out = Command::new(env!("CARGO_BIN_EXE_sos-bench"))
-        .args(["ceiling", "max", "burst", "steady", "flood", "flood-own", "nat"])
+        .args(["ceiling", "max", "burst", "steady", "flood", "flood-own", "nat", "durable", "crash"])
         .args(["--secs", "1", "--agents", "4", "--window", "2", "--burst-agents", "20", "--burst-each", "3"])
         .args(["--rate", "100", "--hb-interval", "5", "--nat-agents", "5000"])
         .output()
@@ -32,4 +32,10 @@ fn sos_bench_runs_every_kind_of_load_and_loses_nothing_on_small_numbers() {
     assert!(row("flood-own").contains("| 20 of 20 SOS ACKed |"), "{stdout}");
     // 5,000 agents behind one address, a heartbeat each every 5 s (1,000/s): none refused.
     assert!(row("nat").contains("| refused 0 "), "{stdout}");
+    // The same run's fsync, the ideal durable server and the collector against it.
+    assert!(row("steady").contains("fsync p50 "), "{stdout}");
+    assert!(row("durable-ideal").contains("lost 0 of "), "{stdout}");
+    assert!(row("durable").contains("of the ideal | lost 0 of "), "{stdout}");
+    // Killed under load and restarted: acknowledged again, and every SOS acknowledged in the end.
+    assert!(row("crash").contains("first ACK ") && row("crash").contains("| lost 0 of "), "{stdout}");
 }

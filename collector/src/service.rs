@@ -89,8 +89,11 @@ impl Collector {
         let Collector { config, key, stats } = self;
         let path = config.database_path();
         if path.exists() {
+            let checking = Instant::now();
             match crate::integrity::check(&path, false, Some(crate::integrity::START_CHECK_BUDGET))? {
-                crate::integrity::Integrity::Ok => {}
+                crate::integrity::Integrity::Ok => {
+                    info!(took_ms = checking.elapsed().as_millis() as u64, "store checked");
+                }
                 crate::integrity::Integrity::Damaged(problems) => {
                     return Err(StoreError::Damaged { path, problems }.into())
                 }

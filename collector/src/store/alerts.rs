@@ -4,8 +4,13 @@ use rusqlite::{params, OptionalExtension};
 use sos_shared::AlertId;
 
 use super::{
-    enrolled_as, AlertRecord, Cancellation, Cancelled, Db, Delivery, NewAlert, ResponsePlan, StoreError, Stored,
+    enrolled_as, AlertRecord, Cancellation, Cancelled, Db, Delivery, JobOutcome, NewAlert, ResponsePlan, StoreError,
+    Stored,
 };
+
+/// What [`Db::commit_group`] did: each alert stored or a duplicate, and each set of outcomes
+/// recorded or why not.
+pub(crate) type GroupCommitted = (Vec<Stored>, Vec<Result<(), StoreError>>);
 
 impl Db {
     /// Store alerts with one outbox job per channel of `channels` (one tier, no responders):
@@ -37,44 +42,82 @@ impl Db {
         jobs_at_ms: i64,
     ) -> Result<Vec<Stored>, StoreError> {
         let tx = self.conn.transaction()?;
-        let mut out = Vec::with_capacity(alerts.len());
-        {
-            let mut insert_alert = tx.prepare_cached(
-                "INSERT INTO alerts (alert_id, received_at_ms, triggered_at, test, user, host, ip,
-                                     location, message, agent, source, key_id, agent_id, agent_name, agent_host, site)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
-                 ON CONFLICT (alert_id) DO NOTHING",
-            )?;
-            for a in alerts {
-                let s = &a.sos;
-                let id = s.alert_id.to_string();
-                let n = insert_alert.execute(params![
-                    id,
-                    a.received_at_ms,
-                    s.triggered_at as i64,
-                    s.test,
-                    s.user,
-                    s.host,
-                    s.ip,
-                    s.location,
-                    s.message,
-                    s.agent,
-                    a.source.to_string(),
-                    a.key_id,
-                    a.enrolled.as_ref().map(|e| &e.agent_id),
-                    a.enrolled.as_ref().map(|e| &e.name),
-                    a.enrolled.as_ref().map(|e| &e.host),
-                    a.site,
-                ])?;
-                if n == 1 {
-                    Db::start_response(&tx, plan, a, jobs_at_ms)?;
-                    out.push(Stored::New);
-                } else {
-                    out.push(Stored::Duplicate);
-                }
+        let out = Db::insert_in(&tx, alerts, plan, jobs_at_ms)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// One group commit of the writer: `alerts` stored as [`Db::insert_alerts_planned`] does,
+    /// and each set of delivery outcomes recorded as [`Db::finish`] does, in one transaction,
+    /// so one sync of the WAL for both. Each set of outcomes is a savepoint of its own: one that
+    /// fails is rolled back alone (its error in the second list; the outbox worker tries again)
+    /// and takes nothing else with it.
+    ///
+    /// # Errors
+    /// If storing the alerts or the commit fails; then nothing was stored or recorded.
+    pub(crate) fn commit_group(
+        &mut self,
+        alerts: &[NewAlert],
+        plan: &ResponsePlan,
+        jobs_at_ms: i64,
+        outcomes: &[(&[(i64, JobOutcome)], i64)],
+    ) -> Result<GroupCommitted, StoreError> {
+        let mut tx = self.conn.transaction()?;
+        let stored = Db::insert_in(&tx, alerts, plan, jobs_at_ms)?;
+        let mut finished = Vec::with_capacity(outcomes.len());
+        for (set, now_ms) in outcomes {
+            let sp = tx.savepoint()?;
+            match Db::finish_in(&sp, set, *now_ms) {
+                Ok(()) => finished.push(sp.commit().map_err(StoreError::from)),
+                // Dropping the savepoint rolls it back.
+                Err(e) => finished.push(Err(e)),
             }
         }
         tx.commit()?;
+        Ok((stored, finished))
+    }
+
+    fn insert_in(
+        tx: &rusqlite::Transaction<'_>,
+        alerts: &[NewAlert],
+        plan: &ResponsePlan,
+        jobs_at_ms: i64,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut out = Vec::with_capacity(alerts.len());
+        let mut insert_alert = tx.prepare_cached(
+            "INSERT INTO alerts (alert_id, received_at_ms, triggered_at, test, user, host, ip,
+                                 location, message, agent, source, key_id, agent_id, agent_name, agent_host, site)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+             ON CONFLICT (alert_id) DO NOTHING",
+        )?;
+        for a in alerts {
+            let s = &a.sos;
+            let id = s.alert_id.to_string();
+            let n = insert_alert.execute(params![
+                id,
+                a.received_at_ms,
+                s.triggered_at as i64,
+                s.test,
+                s.user,
+                s.host,
+                s.ip,
+                s.location,
+                s.message,
+                s.agent,
+                a.source.to_string(),
+                a.key_id,
+                a.enrolled.as_ref().map(|e| &e.agent_id),
+                a.enrolled.as_ref().map(|e| &e.name),
+                a.enrolled.as_ref().map(|e| &e.host),
+                a.site,
+            ])?;
+            if n == 1 {
+                Db::start_response(tx, plan, a, jobs_at_ms)?;
+                out.push(Stored::New);
+            } else {
+                out.push(Stored::Duplicate);
+            }
+        }
         Ok(out)
     }
 
@@ -210,4 +253,50 @@ pub(crate) fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRec
 /// [`alert_from_row`] with the `site` column 16th.
 fn alert_with_site(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRecord> {
     Ok(AlertRecord { site: r.get(15)?, ..alert_from_row(r)? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::alert;
+    use super::*;
+
+    #[test]
+    fn a_group_commit_stores_its_alerts_and_outcomes_together_and_a_failing_set_of_outcomes_alone_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        let mut db = Db::open(&path).unwrap();
+        db.insert_alerts(&[alert(1), alert(2)], &["slack"], 1000).unwrap();
+        let jobs = db.due_jobs("slack", 1000, 10).unwrap();
+        let (first, second) = (jobs[0].id, jobs[1].id);
+        // The store refuses any change to the second job (as a failing write would).
+        db.conn
+            .execute_batch(&format!(
+                "CREATE TRIGGER refuse BEFORE UPDATE ON outbox WHEN old.id = {second}
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;"
+            ))
+            .unwrap();
+        let delivered = [(first, JobOutcome::Delivered)];
+        let refused = [(second, JobOutcome::Delivered)];
+        let (stored, finished) = db
+            .commit_group(
+                &[alert(3)],
+                &ResponsePlan::channels_only(&["slack"]),
+                2000,
+                &[(&delivered, 2000), (&refused, 2000)],
+            )
+            .unwrap();
+        assert_eq!(stored, [Stored::New]);
+        assert!(finished[0].is_ok(), "{finished:?}");
+        assert!(finished[1].is_err(), "{finished:?}");
+        drop(db);
+        // After reopening: the new alert and its job, the first outcome; the refused one undone.
+        let db = Db::open(&path).unwrap();
+        let state = |id: i64| -> String {
+            db.conn.query_row("SELECT state FROM outbox WHERE id = ?1", [id], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(state(first), "delivered");
+        assert_eq!(state(second), "pending");
+        let pending: Vec<AlertId> = db.due_jobs("slack", 3000, 10).unwrap().iter().map(|j| j.alert.alert_id).collect();
+        assert_eq!(pending, [AlertId::from_u128(2), AlertId::from_u128(3)]);
+    }
 }

@@ -56,6 +56,9 @@ impl Db {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         set_wal(&conn)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // A WAL that grew under load is cut back to this when it starts over (see the
+        // checkpointer in `writer.rs`): a bounded file, and a bounded recovery after a crash.
+        conn.pragma_update(None, "journal_size_limit", super::writer::WAL_SIZE_LIMIT)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         schema::migrate(&mut conn)?;
         Ok(Db { conn })

@@ -92,26 +92,39 @@ impl Db {
     /// If the transaction fails; then nothing was recorded and the jobs will be tried again.
     pub fn finish(&mut self, outcomes: &[(i64, JobOutcome)], now_ms: i64) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
+        Db::finish_in(&tx, outcomes, now_ms)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// [`Db::finish`] inside the caller's transaction.
+    pub(crate) fn finish_in(
+        conn: &rusqlite::Connection,
+        outcomes: &[(i64, JobOutcome)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         for (id, outcome) in outcomes {
             match outcome {
-                JobOutcome::Delivered => tx.execute(
-                    "UPDATE outbox SET state = 'delivered', attempts = attempts + 1,
-                            delivered_at_ms = ?2, last_error = NULL WHERE id = ?1",
-                    params![id, now_ms],
-                )?,
-                JobOutcome::Retry { next_attempt_at_ms, error } => tx.execute(
-                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at_ms = ?2,
-                            last_error = ?3 WHERE id = ?1",
-                    params![id, next_attempt_at_ms, error],
-                )?,
-                JobOutcome::Failed { error } => tx.execute(
-                    "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?2
-                     WHERE id = ?1",
-                    params![id, error],
-                )?,
+                JobOutcome::Delivered => conn
+                    .prepare_cached(
+                        "UPDATE outbox SET state = 'delivered', attempts = attempts + 1,
+                                delivered_at_ms = ?2, last_error = NULL WHERE id = ?1",
+                    )?
+                    .execute(params![id, now_ms])?,
+                JobOutcome::Retry { next_attempt_at_ms, error } => conn
+                    .prepare_cached(
+                        "UPDATE outbox SET attempts = attempts + 1, next_attempt_at_ms = ?2,
+                                last_error = ?3 WHERE id = ?1",
+                    )?
+                    .execute(params![id, next_attempt_at_ms, error])?,
+                JobOutcome::Failed { error } => conn
+                    .prepare_cached(
+                        "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?2
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![id, error])?,
             };
         }
-        tx.commit()?;
         Ok(())
     }
 }

@@ -204,7 +204,7 @@ CREATE INDEX IF NOT EXISTS sender_notices_pending ON sender_notices (confirmed_a
 /// The web console (collector/src/http): responders' password hashes, one-time invitations
 /// (only a hash of each token), the write probe of `/readyz`, agents found silent (so that one
 /// notice is sent per silence, across restarts), and an index of alerts by time (the history and
-/// its export walk it a page at a time). Keep this the last migration.
+/// its export walk it a page at a time).
 const V_CONSOLE: &str = "
 CREATE TABLE IF NOT EXISTS console_accounts (
     name          TEXT PRIMARY KEY,
@@ -253,9 +253,26 @@ CREATE TABLE IF NOT EXISTS ack_links_used (
 CREATE INDEX IF NOT EXISTS ack_links_used_expiry ON ack_links_used (expires_at_ms);
 ";
 
+/// A leaner store (issue 18 §3): two indexes that another index already covers, each of which
+/// cost every alert a write at a random place (`outbox_alert` is the first column of the
+/// outbox's `UNIQUE (alert_id, channel, kind, tier)` index; `alerts_recent` is the first column
+/// of `alerts_received`).
+const V_LEAN: &str = "
+DROP INDEX IF EXISTS outbox_alert;
+DROP INDEX IF EXISTS alerts_recent;
+";
+
 /// Every migration, in order: the store's version is how many have run.
-const MIGRATIONS: &[M<'static>] =
-    &[M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V_CONSOLE), M::up(V_FORWARD), M::up(V_ACK_LINKS)];
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(V1),
+    M::up(V2),
+    M::up(V3),
+    M::up(V4),
+    M::up(V_CONSOLE),
+    M::up(V_FORWARD),
+    M::up(V_ACK_LINKS),
+    M::up(V_LEAN),
+];
 
 /// The schema version this collector writes.
 pub const VERSION: usize = MIGRATIONS.len();

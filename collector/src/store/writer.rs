@@ -76,33 +76,137 @@ impl std::fmt::Debug for Command {
 /// that the writer never stops to copy pages into the database while alerts wait for their
 /// commit (SQLite's automatic checkpoint runs inside the commit that crosses 1000 pages, and
 /// was the tail of the ACK latency: docs/PERFORMANCE.md). A passive checkpoint never blocks
-/// the writer. Dropping this ends the thread after one last checkpoint.
+/// the writer.
+///
+/// Under sustained load a passive checkpoint never catches up: the writer appends while it
+/// copies, so the WAL is never wholly in the database, and SQLite starts a WAL over from its
+/// beginning only then. The WAL grew without bound (to gigabytes), and a restart after a
+/// crash reads all of it. So when a commit leaves more than [`WAL_CATCH_UP_BYTES`] in the WAL,
+/// the writer waits for one checkpoint to finish ([`Checkpointer::catch_up`]; it has little
+/// left to copy), and its next commit starts the WAL over; `journal_size_limit` then cuts the
+/// file back. A reader that holds an old snapshot of the store (a long query by the console or
+/// the CLI) keeps the frames it reads in the WAL until it ends: the WAL then grows past the
+/// bound for as long, and the writer does not wait for it again until the WAL has grown by
+/// another [`WAL_CATCH_UP_BYTES`].
+///
+/// Dropping this ends the thread after one last checkpoint, which also empties the WAL file.
 struct Checkpointer {
-    _stop: std::sync::mpsc::Sender<()>,
+    asks: Option<std::sync::mpsc::SyncSender<Ask>>,
+    /// The WAL's frames (pages) after which the writer next asks for a catch-up.
+    next_catch_up: i64,
+    /// [`WAL_CATCH_UP_BYTES`] in pages of this store.
+    catch_up_pages: i64,
 }
 
 /// How often the WAL is checkpointed.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How much the WAL may hold before the writer waits for a checkpoint to catch up, bytes.
+const WAL_CATCH_UP_BYTES: i64 = 32 << 20;
+
+/// What a WAL file is cut back to when it starts over (`PRAGMA journal_size_limit`), bytes.
+pub(super) const WAL_SIZE_LIMIT: i64 = 32 << 20;
+
+/// The longest the writer waits for a catch-up (the checkpoint goes on after it).
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the writer asks of the checkpointer.
+enum Ask {
+    /// A checkpoint now rather than at the next tick: the WAL is filling.
+    Soon,
+    /// A checkpoint now, and whether it copied the whole WAL.
+    CatchUp(std::sync::mpsc::SyncSender<bool>),
+}
+
+thread_local! {
+    /// The pages in the WAL after the last commit on this thread (SQLite's WAL hook says it).
+    static WAL_PAGES: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+}
+
+/// SQLite's WAL hook: called after each commit with the number of pages in the WAL.
+fn note_wal_pages(_: &rusqlite::hooks::Wal, pages: std::os::raw::c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.with(|p| p.set(i64::from(pages)));
+    Ok(())
+}
+
+/// One passive checkpoint: whether the whole WAL is now in the database.
+fn checkpoint(conn: &Connection) -> bool {
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))) {
+        Ok((log, done)) => log == done,
+        Err(e) => {
+            tracing::debug!(error = %e, "WAL checkpoint");
+            false
+        }
+    }
+}
+
 impl Checkpointer {
     fn start(db: &Db) -> std::io::Result<Checkpointer> {
         let path = db.conn.path().map(std::path::PathBuf::from).filter(|p| !p.as_os_str().is_empty());
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (asks, asked) = std::sync::mpsc::sync_channel::<Ask>(1);
         // In memory (tests) or unopenable: keep SQLite's automatic checkpoints.
-        let Some(conn) = path.and_then(|p| Connection::open(p).ok()) else { return Ok(Checkpointer { _stop: stop }) };
+        let Some(conn) = path.and_then(|p| Connection::open(p).ok()) else {
+            return Ok(Checkpointer { asks: None, next_catch_up: i64::MAX, catch_up_pages: i64::MAX });
+        };
         let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
         let _ = db.conn.pragma_update(None, "wal_autocheckpoint", 0);
+        // After the pragma above, which removes any WAL hook.
+        db.conn.wal_hook(Some(note_wal_pages));
         std::thread::Builder::new().name("sos-checkpoint".into()).spawn(move || loop {
-            let last =
-                matches!(stopped.recv_timeout(CHECKPOINT_EVERY), Err(std::sync::mpsc::RecvTimeoutError::Disconnected));
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::debug!(error = %e, "WAL checkpoint");
-            }
-            if last {
-                return;
+            match asked.recv_timeout(CHECKPOINT_EVERY) {
+                Ok(Ask::CatchUp(reply)) => {
+                    let _ = reply.try_send(checkpoint(&conn));
+                }
+                Ok(Ask::Soon) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    checkpoint(&conn);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    // The writer has ended: leave an empty WAL (a quick start next time).
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                        tracing::debug!(error = %e, "last WAL checkpoint");
+                    }
+                    return;
+                }
             }
         })?;
-        Ok(Checkpointer { _stop: stop })
+        let page_size: i64 = db.conn.pragma_query_value(None, "page_size", |r| r.get(0)).unwrap_or(4096);
+        let catch_up_pages = WAL_CATCH_UP_BYTES / page_size.max(512);
+        Ok(Checkpointer { asks: Some(asks), next_catch_up: catch_up_pages, catch_up_pages })
+    }
+
+    /// After a commit on the writer's thread: if the WAL holds too many pages, wait (at most
+    /// [`CATCH_UP_WAIT`]) for a checkpoint to copy it all into the database, so that the next
+    /// commit starts it over.
+    fn catch_up(&mut self) {
+        let Some(asks) = &self.asks else { return };
+        let pages = WAL_PAGES.with(std::cell::Cell::get);
+        if pages < self.catch_up_pages {
+            // Started over since the last catch-up (or never grew).
+            self.next_catch_up = self.catch_up_pages;
+            if pages >= self.catch_up_pages / 8 {
+                // Keep the checkpoint close behind, so that a catch-up has little left to copy
+                // (at most one checkpoint is asked for at a time).
+                let _ = asks.try_send(Ask::Soon);
+            }
+            return;
+        }
+        if pages < self.next_catch_up {
+            return;
+        }
+        let (reply, replied) = std::sync::mpsc::sync_channel(1);
+        let complete = asks.send(Ask::CatchUp(reply)).is_ok() && replied.recv_timeout(CATCH_UP_WAIT).unwrap_or(false);
+        if complete {
+            self.next_catch_up = self.catch_up_pages;
+        } else {
+            // A reader holds old frames (or the disk is slow): do not wait for it on every
+            // commit; try again when the WAL has grown by as much again.
+            tracing::warn!(
+                wal_pages = pages,
+                "the WAL could not be emptied into the store (a long read of the store, by the console or the CLI?); \
+                 it grows until that read ends"
+            );
+            self.next_catch_up = pages + self.catch_up_pages;
+        }
     }
 }
 
@@ -141,11 +245,20 @@ impl Store {
         let mut health = Health { failing: failing.clone(), busy_since_ms: busy_since_ms.clone(), ..Health::default() };
         let handle = std::thread::Builder::new().name("sos-store".into()).spawn(move || {
             // Ends the checkpointer (after a last checkpoint) when the writer ends.
-            let _checkpointer = checkpointer;
+            let mut checkpointer = checkpointer;
             // A panic here must not leave a process that refuses every SOS forever: it is
             // caught, and the service ends with the reason (see `Store::ended`).
             let run = std::panic::AssertUnwindSafe(|| {
-                Self::write(&mut db, &mut rx, &names, &thread_plan, &thread_wakers, &thread_changes, &mut health)
+                Self::write(
+                    &mut db,
+                    &mut rx,
+                    &names,
+                    &thread_plan,
+                    &thread_wakers,
+                    &thread_changes,
+                    &mut health,
+                    &mut checkpointer,
+                )
             });
             let why = match std::panic::catch_unwind(run) {
                 Ok(None) => return,
@@ -182,6 +295,7 @@ impl Store {
 
     /// The writer's loop: until every handle is gone (`None`) or the file is found damaged
     /// (`Some(what SQLite said)`).
+    #[allow(clippy::too_many_arguments)]
     fn write(
         db: &mut Db,
         rx: &mut mpsc::UnboundedReceiver<Command>,
@@ -190,6 +304,7 @@ impl Store {
         thread_wakers: &[(&'static str, Arc<Notify>)],
         changes: &Notify,
         health: &mut Health,
+        checkpointer: &mut Checkpointer,
     ) -> Option<String> {
         {
             while let Some(first) = {
@@ -198,12 +313,14 @@ impl Store {
             } {
                 health.busy_since_ms.store(busy_clock_ms(), std::sync::atomic::Ordering::SeqCst);
                 let mut inserts = Vec::new();
+                let mut finishes = Vec::new();
                 let mut seen = Vec::new();
                 let mut others = Vec::new();
                 let mut next = Some(first);
                 while let Some(cmd) = next.take() {
                     match cmd {
                         Command::Insert(a, clock, r) => inserts.push((a, clock, r)),
+                        Command::Finish(outcomes, now, r) => finishes.push((outcomes, now, r)),
                         Command::Seen(a) => seen.extend(a),
                         other => others.push(other),
                     }
@@ -211,14 +328,17 @@ impl Store {
                         next = rx.try_recv().ok();
                     }
                 }
-                if !inserts.is_empty() {
+                // New alerts and delivery outcomes in one transaction: one sync of the WAL.
+                if !inserts.is_empty() || !finishes.is_empty() {
                     let batch: Vec<NewAlert> = inserts.iter().map(|(a, _, _)| (**a).clone()).collect();
                     // The earliest clock of the batch: nothing is dated later than its caller's now.
                     let clock = inserts.iter().map(|(_, c, _)| *c).min().unwrap_or_else(outbox_clock_ms);
-                    let res = db.insert_alerts_planned(&batch, plan, clock);
+                    let sets: Vec<(&[(i64, JobOutcome)], i64)> =
+                        finishes.iter().map(|(o, now, _)| (o.as_slice(), *now)).collect();
+                    let res = db.commit_group(&batch, plan, clock, &sets);
                     health.observe(res.as_ref().err());
                     match res {
-                        Ok(results) => {
+                        Ok((results, finished)) => {
                             if results.contains(&Stored::New) {
                                 for (_, n) in thread_wakers.iter() {
                                     n.notify_one();
@@ -228,9 +348,16 @@ impl Store {
                             for ((_, _, reply), res) in inserts.into_iter().zip(results) {
                                 let _ = reply.send(Ok(res));
                             }
+                            for ((_, _, reply), res) in finishes.into_iter().zip(finished) {
+                                health.observe(res.as_ref().err());
+                                let _ = reply.send(res);
+                            }
                         }
                         Err(e) => {
                             for (_, _, reply) in inserts {
+                                let _ = reply.send(Err(e.clone()));
+                            }
+                            for (_, _, reply) in finishes {
                                 let _ = reply.send(Err(e.clone()));
                             }
                         }
@@ -268,17 +395,14 @@ impl Store {
                             health.observe_read(res.as_ref().err());
                             let _ = r.send(res);
                         }
-                        Command::Finish(outcomes, now, r) => {
-                            let res = db.finish(&outcomes, now);
-                            health.observe(res.as_ref().err());
-                            let _ = r.send(res);
-                        }
-                        Command::Insert(..) => unreachable!("inserts are batched above"),
+                        Command::Insert(..) | Command::Finish(..) => unreachable!("committed as a group above"),
                     }
                 }
                 if let Some(damage) = health.fatal.take() {
                     return Some(damage);
                 }
+                // The batch's callers have their answers: a wait here delays only what queued.
+                checkpointer.catch_up();
             }
         }
         None
@@ -446,5 +570,32 @@ impl Store {
     /// store was not started with that channel (no jobs are made for it, none would wake it).
     pub fn waker(&self, channel: &str) -> Option<Arc<Notify>> {
         self.wakers.iter().find(|(c, _)| *c == channel).map(|(_, n)| n.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn under_back_to_back_commits_the_wal_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        let db = Db::open(&path).unwrap();
+        let mut checkpointer = Checkpointer::start(&db).unwrap();
+        db.conn.execute_batch("CREATE TABLE filler (x BLOB)").unwrap();
+        let wal = path.with_extension("db-wal");
+        let bound = (WAL_CATCH_UP_BYTES + (1 << 20)) as u64;
+        let mut largest = 0;
+        // 64 MiB of commits of 128 KiB each, one after another as the writer makes them under
+        // load: a passive checkpoint alone never finds the WAL wholly copied between two.
+        for _ in 0..512 {
+            db.conn.execute("INSERT INTO filler VALUES (randomblob(131072))", []).unwrap();
+            checkpointer.catch_up();
+            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        }
+        assert!(largest <= bound, "the WAL reached {largest} bytes (bound {bound})");
+        let rows: i64 = db.conn.query_row("SELECT count(*) FROM filler", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 512);
     }
 }
