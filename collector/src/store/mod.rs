@@ -14,6 +14,12 @@
 //! `sqlite/response.rs` (response state, timeline, escalation deadlines, sender notices).
 //! The writer thread and the [`Store`] handle: `writer.rs`; write health: `health.rs`. The
 //! agent registry's SQL is in [`crate::registry`].
+//!
+//! Two backends: [`backend`] is the seam (the [`Backend`] trait: alerts once by id, outbox claims
+//! under a lease, changes), implemented by [`Store`] (SQLite, one collector) and by
+//! [`PgStore`] in `postgres/` (several collectors on one PostgreSQL: `FOR UPDATE SKIP LOCKED`
+//! leases, LISTEN/NOTIFY, its own migrations). The service runs on SQLite; `database_url` is
+//! refused at config check until the rest of the service runs on PostgreSQL too.
 
 use std::net::SocketAddr;
 use std::path::Path;
