@@ -260,6 +260,18 @@ mod tests {
         assert!(!store.is_failing());
     }
 
+    async fn an_sos_with_a_nul_in_its_text_is_stored_not_refused_forever(store: &dyn Backend) {
+        let mut a = alert(1);
+        a.sos.message = "help\0me".into();
+        a.sos.user = "\0".into();
+        assert_eq!(store.insert(a).await.unwrap(), Stored::New);
+        assert_eq!(store.cancel(AlertId::from_u128(1), "a\0b".into(), "00".into(), 5).await.unwrap(), Cancelled::New);
+        let recent = store.recent_alerts(1).await.unwrap();
+        let stored = &recent[0].0;
+        assert!(stored.message.starts_with("help") && stored.message.ends_with("me"), "{:?}", stored.message);
+        assert_eq!(stored.cancellation.as_ref().map(|c| c.reason.chars().count()), Some(3));
+    }
+
     macro_rules! both {
         ($($case:ident),* $(,)?) => {
             mod sqlite {
@@ -294,6 +306,7 @@ mod tests {
         a_cancellation_is_recorded_once_and_waits_behind_its_alert,
         recent_alerts_show_each_channels_delivery,
         a_commit_wakes_the_workers_and_the_change_listeners,
+        an_sos_with_a_nul_in_its_text_is_stored_not_refused_forever,
     );
 
     /// Two collectors on one cluster, their claims leased for `lease`.

@@ -292,17 +292,17 @@ impl PgStore {
                                 &alert.received_at_ms,
                                 &(s.triggered_at as i64),
                                 &s.test,
-                                &s.user,
-                                &s.host,
-                                &s.ip,
-                                &s.location,
-                                &s.message,
-                                &s.agent,
+                                &text(&s.user),
+                                &text(&s.host),
+                                &text(&s.ip),
+                                &text(&s.location),
+                                &text(&s.message),
+                                &text(&s.agent),
                                 &alert.source.to_string(),
                                 &alert.key_id,
-                                &e.map(|e| e.agent_id.as_str()),
-                                &e.map(|e| e.name.as_str()),
-                                &e.map(|e| e.host.as_str()),
+                                &e.map(|e| text(&e.agent_id)),
+                                &e.map(|e| text(&e.name)),
+                                &e.map(|e| text(&e.host)),
                             ],
                         )
                         .await
@@ -358,7 +358,7 @@ impl PgStore {
                         Some((_, None)) => {
                             tx.execute(
                                 "UPDATE alerts SET cancelled_at_ms = $2, cancel_reason = $3 WHERE alert_id = $1",
-                                &[&id, &now_ms, &reason],
+                                &[&id, &now_ms, &text(&reason)],
                             )
                             .await
                             .map_err(pg_error)?;
@@ -583,6 +583,17 @@ async fn queue(
     .await
     .map_err(pg_error)?;
     Ok(())
+}
+
+/// `s` as PostgreSQL can store it: its text type cannot hold NUL, which SQLite's can and an
+/// agent may send; refusing the insert would refuse the SOS forever (the agent retries the same
+/// datagram), so each NUL is stored as U+FFFD.
+fn text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{fffd}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
 }
 
 /// An alert from a row whose columns from `at` are [`ALERT_COLUMNS`].
