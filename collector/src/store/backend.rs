@@ -68,7 +68,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'_, Result<Cancelled, StoreError>>;
 
     /// Take up to `limit` jobs of `channel` due at `now_ms` (outbox clock), oldest first. On
-    /// PostgreSQL they are leased: no other collector gets them until the lease ends.
+    /// PostgreSQL they are leased: no other collector gets them until the lease ends, so a
+    /// worker claims only what it delivers within the lease (the next message, as the channel's
+    /// `fits` allows), not a backlog it would work through for longer than the lease: what is
+    /// still held when the lease ends is taken over, and may be sent twice.
+    ///
+    /// Due times are on each collector's outbox clock (its wall clock at start, then monotonic):
+    /// between collectors a retry is due earlier or later by the difference of their wall
+    /// clocks at start. Leases are on the database's clock, the same for all.
     ///
     /// # Errors
     /// If the query failed.
