@@ -18,6 +18,7 @@ pub use channels::{
     e164, EmailSettings, NotifySettings, NtfySettings, SlackSettings, SmsSettings, TeamsSettings, Tls, WebhookSecret,
     WebhookSettings,
 };
+mod store;
 pub use response::{EscalationSettings, ResponderConfig, Target, Tier};
 
 /// The file name of the key that `run` generates when none is configured.
@@ -35,6 +36,7 @@ pub const DEFAULT_SOCKET_BUFFER: usize = 16 << 20;
 struct RawConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    database_url: Option<SecretString>,
     key: Option<SecretString>,
     key_file: Option<PathBuf>,
     key_env: Option<String>,
@@ -233,6 +235,9 @@ impl Config {
         }
         if let Some(d) = raw.data_dir {
             cfg.data_dir = rel(d);
+        }
+        if let Some(url) = &raw.database_url {
+            store::database_url(file, url)?;
         }
         cfg.key = secret(file, "key", raw.key, raw.key_file.map(&rel), raw.key_env)?
             .map(|(k, text)| {
