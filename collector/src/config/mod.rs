@@ -13,6 +13,7 @@ use sos_shared::config::{read_secret_file, secret, toml_error, write_secret_file
 use sos_shared::{Key, TimeWindow};
 
 mod response;
+mod store;
 pub use response::{EscalationSettings, ResponderConfig, Target, Tier};
 
 /// The file name of the key that `run` generates when none is configured.
@@ -30,6 +31,7 @@ pub const DEFAULT_SOCKET_BUFFER: usize = 16 << 20;
 struct RawConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    database_url: Option<SecretString>,
     key: Option<SecretString>,
     key_file: Option<PathBuf>,
     key_env: Option<String>,
@@ -318,6 +320,9 @@ impl Config {
         }
         if let Some(d) = raw.data_dir {
             cfg.data_dir = rel(d);
+        }
+        if let Some(url) = &raw.database_url {
+            store::database_url(file, url)?;
         }
         cfg.key = secret(file, "key", raw.key, raw.key_file.map(&rel), raw.key_env)?
             .map(|(k, text)| {

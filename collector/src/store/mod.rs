@@ -14,6 +14,12 @@
 //! `sqlite/response.rs` (response state, timeline, escalation deadlines, sender notices).
 //! The writer thread and the [`Store`] handle: `writer.rs`; write health: `health.rs`. The
 //! agent registry's SQL is in [`crate::registry`].
+//!
+//! Two backends: [`backend`] is the seam (the [`Backend`] trait: alerts once by id, outbox claims
+//! under a lease, changes), implemented by [`Store`] (SQLite, one collector) and by
+//! [`PgStore`] in `postgres/` (several collectors on one PostgreSQL: `FOR UPDATE SKIP LOCKED`
+//! leases, LISTEN/NOTIFY, its own migrations). The service runs on SQLite; `database_url` is
+//! refused at config check until the rest of the service runs on PostgreSQL too.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,17 +28,21 @@ use sos_shared::protocol::Sos;
 use sos_shared::AlertId;
 
 mod alerts;
+pub mod backend;
 pub mod console;
 mod db;
 mod health;
 mod jobs;
+pub mod postgres;
 mod presence;
 pub mod response;
 mod schema;
 mod sqlite;
 mod writer;
 
+pub use backend::{Backend, Claim, Lease};
 pub use db::Db;
+pub use postgres::PgStore;
 pub use response::{
     Acknowledged, AlertState, AlertUpdate, Audience, Event, PopupTarget, Response, ResponsePlan, Transition, Via,
 };
@@ -78,6 +88,13 @@ pub enum StoreError {
     /// The writer thread is gone (the service is shutting down).
     #[error("store: the writer has stopped")]
     Closed,
+    /// PostgreSQL refused an operation (a constraint, a schema newer than this collector).
+    #[error("store (PostgreSQL): {0}")]
+    Postgres(String),
+    /// PostgreSQL cannot be reached now (connection lost or refused, no answer in time): the
+    /// collector acknowledges nothing until it returns.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

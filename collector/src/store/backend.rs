@@ -1,0 +1,426 @@
+//! The store seam: what alerts and their outbox need from a store, with two implementations,
+//! the embedded SQLite writer ([`Store`], one collector) and PostgreSQL
+//! ([`PgStore`](super::postgres::PgStore), several collectors sharing one database).
+//!
+//! The difference that matters is the outbox claim. On SQLite one process owns the file and one
+//! worker per channel reads its due jobs: a claim takes nothing and needs no lease. On
+//! PostgreSQL several collectors read the same jobs, so a claim takes them under a **lease**
+//! (`FOR UPDATE SKIP LOCKED`, about 30 s): nobody else claims them until it ends, and their
+//! outcome is recorded only by the holder of the lease ([`Backend::finish`] refuses the others).
+//! A collector killed in the middle of a delivery leaves its lease to run out, and another
+//! collector takes the job over then — the one case where a channel can be notified twice
+//! (docs/RELIABILITY.md).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sos_shared::AlertId;
+use tokio::sync::Notify;
+
+use super::{AlertRecord, Cancelled, Delivery, Job, JobOutcome, NewAlert, Store, StoreError, Stored};
+
+/// A boxed future, for the object-safe [`Backend`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Recent alerts, each with every channel's delivery.
+pub type RecentAlerts = Vec<(AlertRecord, Vec<Delivery>)>;
+
+/// The lease under which a claim's jobs were taken: only its holder may record their outcome.
+/// SQLite's single process takes no lease ([`Lease::NONE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease(pub i64);
+
+impl Lease {
+    /// No lease: the SQLite backend, where one process owns the outbox.
+    pub const NONE: Lease = Lease(0);
+}
+
+/// Jobs taken by [`Backend::claim`], with the lease they were taken under.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The lease; pass it back to [`Backend::finish`].
+    pub lease: Lease,
+    /// The jobs, oldest due first.
+    pub jobs: Vec<Job>,
+}
+
+/// What alerts and the outbox need from a store. One implementation per database engine; the
+/// same test suite runs against both (`store::backend::tests`).
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Store an alert with one outbox job per channel, once by alert id; resolves after the
+    /// commit, and only then may the SOS be acknowledged.
+    ///
+    /// # Errors
+    /// If the commit failed or the database cannot be reached: the alert is not stored.
+    fn insert(&self, alert: NewAlert) -> BoxFuture<'_, Result<Stored, StoreError>>;
+
+    /// The sender withdrew `alert_id`; `principal` is who may (see [`super::principal`]).
+    ///
+    /// # Errors
+    /// If the transaction failed.
+    fn cancel(
+        &self,
+        alert_id: AlertId,
+        reason: String,
+        principal: String,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Cancelled, StoreError>>;
+
+    /// Take up to `limit` jobs of `channel` due at `now_ms` (outbox clock), oldest first. On
+    /// PostgreSQL they are leased: no other collector gets them until the lease ends.
+    ///
+    /// # Errors
+    /// If the query failed.
+    fn claim(&self, channel: &'static str, now_ms: i64, limit: usize) -> BoxFuture<'_, Result<Claim, StoreError>>;
+
+    /// Record the outcomes of jobs taken under `lease`, in one transaction. Returns the ids
+    /// whose outcome was **refused** because their lease was lost (it ran out and another
+    /// collector claimed them): that collector records them.
+    ///
+    /// # Errors
+    /// If the transaction failed: nothing was recorded.
+    fn finish(
+        &self,
+        lease: Lease,
+        outcomes: Vec<(i64, JobOutcome)>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Vec<i64>, StoreError>>;
+
+    /// When the next job of `channel` that [`Backend::claim`] would take is due (outbox clock).
+    ///
+    /// # Errors
+    /// If the query failed.
+    fn next_due(&self, channel: &'static str) -> BoxFuture<'_, Result<Option<i64>, StoreError>>;
+
+    /// The most recent alerts, newest first, with each channel's delivery.
+    ///
+    /// # Errors
+    /// If the query failed.
+    fn recent_alerts(&self, limit: usize) -> BoxFuture<'_, Result<RecentAlerts, StoreError>>;
+
+    /// Whether the store is failing now: the service then acknowledges no SOS and answers no
+    /// heartbeat, and /readyz says so.
+    fn is_failing(&self) -> bool;
+
+    /// Notified after every commit that changes an alert (on PostgreSQL: by any collector).
+    fn changes(&self) -> Arc<Notify>;
+
+    /// Wakes `channel`'s outbox worker when jobs are committed (on PostgreSQL: by any collector).
+    fn waker(&self, channel: &str) -> Option<Arc<Notify>>;
+}
+
+impl Backend for Store {
+    fn insert(&self, alert: NewAlert) -> BoxFuture<'_, Result<Stored, StoreError>> {
+        Box::pin(Store::insert(self, alert))
+    }
+
+    fn cancel(
+        &self,
+        alert_id: AlertId,
+        reason: String,
+        principal: String,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Cancelled, StoreError>> {
+        Box::pin(Store::cancel(self, alert_id, reason, principal, now_ms))
+    }
+
+    fn claim(&self, channel: &'static str, now_ms: i64, limit: usize) -> BoxFuture<'_, Result<Claim, StoreError>> {
+        // One process owns the file and one worker each channel: nothing to lease.
+        Box::pin(async move { Ok(Claim { lease: Lease::NONE, jobs: self.due_jobs(channel, now_ms, limit).await? }) })
+    }
+
+    fn finish(
+        &self,
+        _lease: Lease,
+        outcomes: Vec<(i64, JobOutcome)>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Vec<i64>, StoreError>> {
+        Box::pin(async move { Store::finish(self, outcomes, now_ms).await.map(|()| Vec::new()) })
+    }
+
+    fn next_due(&self, channel: &'static str) -> BoxFuture<'_, Result<Option<i64>, StoreError>> {
+        Box::pin(Store::next_due(self, channel))
+    }
+
+    fn recent_alerts(&self, limit: usize) -> BoxFuture<'_, Result<RecentAlerts, StoreError>> {
+        Box::pin(self.exec(move |db| db.recent_alerts(limit)))
+    }
+
+    fn is_failing(&self) -> bool {
+        Store::is_failing(self)
+    }
+
+    fn changes(&self) -> Arc<Notify> {
+        Store::changes(self)
+    }
+
+    fn waker(&self, channel: &str) -> Option<Arc<Notify>> {
+        Store::waker(self, channel)
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    //! The same cases against SQLite and PostgreSQL (a real cluster: `postgres/cluster.rs`),
+    //! then what only several collectors on PostgreSQL have: leases, LISTEN/NOTIFY, outages.
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::postgres::cluster::Cluster;
+    use crate::store::postgres::PgStore;
+    use crate::store::tests::alert;
+    use crate::store::{outbox_clock_ms, Db};
+
+    const CHANNELS: &[&str] = &["log", "slack"];
+    /// The longest any awaited event may take before the test fails.
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+        tokio::time::timeout(DEADLINE, f).await.unwrap_or_else(|_| panic!("{what}: not within {DEADLINE:?}"))
+    }
+
+    async fn alert_stored_once_by_id_with_one_job_per_channel(store: &dyn Backend) {
+        assert_eq!(store.insert(alert(1)).await.unwrap(), Stored::New);
+        assert_eq!(store.insert(alert(1)).await.unwrap(), Stored::Duplicate, "a retry or a failover");
+        let now = outbox_clock_ms();
+        for channel in CHANNELS {
+            let claim = store.claim(channel, now, 10).await.unwrap();
+            assert_eq!(claim.jobs.len(), 1, "{channel}: one job");
+            assert_eq!(claim.jobs[0].alert.alert_id, AlertId::from_u128(1));
+            assert!(store
+                .finish(claim.lease, vec![(claim.jobs[0].id, JobOutcome::Delivered)], 1)
+                .await
+                .unwrap()
+                .is_empty());
+        }
+        assert!(store.claim("slack", now, 10).await.unwrap().jobs.is_empty(), "delivered: never again");
+        assert_eq!(store.next_due("slack").await.unwrap(), None);
+    }
+
+    async fn a_retry_comes_due_at_its_time(store: &dyn Backend) {
+        store.insert(alert(1)).await.unwrap();
+        let now = outbox_clock_ms();
+        let later = now + 3_600_000;
+        let claim = store.claim("slack", now, 10).await.unwrap();
+        let retry = JobOutcome::Retry { next_attempt_at_ms: later, error: "HTTP 500".into() };
+        assert!(store.finish(claim.lease, vec![(claim.jobs[0].id, retry)], 1).await.unwrap().is_empty());
+        assert!(store.claim("slack", now, 10).await.unwrap().jobs.is_empty(), "not due yet");
+        assert_eq!(store.next_due("slack").await.unwrap(), Some(later));
+        let again = store.claim("slack", later, 10).await.unwrap();
+        assert_eq!(again.jobs.len(), 1);
+        assert_eq!(again.jobs[0].attempts, 1);
+    }
+
+    async fn a_cancellation_is_recorded_once_and_waits_behind_its_alert(store: &dyn Backend) {
+        store.insert(alert(1)).await.unwrap();
+        let id = AlertId::from_u128(1);
+        let cancel = |who: &str| store.cancel(id, "oops".into(), who.into(), 2000);
+        assert_eq!(cancel("ff").await.unwrap(), Cancelled::Unknown, "only its sender may");
+        assert_eq!(
+            store.cancel(AlertId::from_u128(9), String::new(), "00".into(), 2000).await.unwrap(),
+            Cancelled::Unknown
+        );
+        assert_eq!(cancel("00").await.unwrap(), Cancelled::New);
+        assert_eq!(cancel("00").await.unwrap(), Cancelled::Already);
+        let now = outbox_clock_ms();
+        let first = store.claim("slack", now, 10).await.unwrap();
+        assert_eq!(first.jobs.len(), 1, "the alert goes first: {:?}", first.jobs);
+        assert!(first.jobs[0].alert.cancellation.is_none());
+        store.finish(first.lease, vec![(first.jobs[0].id, JobOutcome::Delivered)], 1).await.unwrap();
+        let next = store.claim("slack", now, 10).await.unwrap();
+        assert_eq!(next.jobs.len(), 1);
+        assert_eq!(next.jobs[0].alert.cancellation.as_ref().map(|c| c.reason.as_str()), Some("oops"));
+    }
+
+    async fn recent_alerts_show_each_channels_delivery(store: &dyn Backend) {
+        store.insert(alert(1)).await.unwrap();
+        let claim = store.claim("slack", outbox_clock_ms(), 10).await.unwrap();
+        store
+            .finish(claim.lease, vec![(claim.jobs[0].id, JobOutcome::Failed { error: "404".into() })], 1)
+            .await
+            .unwrap();
+        let recent = store.recent_alerts(10).await.unwrap();
+        assert_eq!(recent.len(), 1);
+        assert_eq!(recent[0].0.user, "alice");
+        let states: Vec<_> =
+            recent[0].1.iter().map(|d| (d.channel.as_str(), d.state.as_str(), d.last_error.as_deref())).collect();
+        assert_eq!(states, vec![("log", "pending", None), ("slack", "failed", Some("404"))]);
+    }
+
+    async fn a_commit_wakes_the_workers_and_the_change_listeners(store: &dyn Backend) {
+        assert!(store.waker("email").is_none(), "no jobs are made for email");
+        let slack = store.waker("slack").unwrap();
+        let changes = store.changes();
+        let (woken, changed) = (slack.notified(), changes.notified());
+        store.insert(alert(1)).await.unwrap();
+        within("slack's worker woken", woken).await;
+        within("a change announced", changed).await;
+        assert!(!store.is_failing());
+    }
+
+    macro_rules! both {
+        ($($case:ident),* $(,)?) => {
+            mod sqlite {
+                $(
+                    #[tokio::test]
+                    async fn $case() {
+                        let dir = tempfile::tempdir().unwrap();
+                        let (store, writer) = crate::store::Store::start(
+                            super::Db::open(&dir.path().join("sos.db")).unwrap(), super::CHANNELS).unwrap();
+                        super::$case(&store).await;
+                        drop(store);
+                        writer.join().unwrap();
+                    }
+                )*
+            }
+            mod postgres {
+                $(
+                    #[tokio::test]
+                    async fn $case() {
+                        let Some(cluster) = super::Cluster::start() else { return };
+                        let store = super::PgStore::open(&cluster.url(), super::CHANNELS).await.unwrap();
+                        super::$case(&store).await;
+                    }
+                )*
+            }
+        };
+    }
+
+    both!(
+        alert_stored_once_by_id_with_one_job_per_channel,
+        a_retry_comes_due_at_its_time,
+        a_cancellation_is_recorded_once_and_waits_behind_its_alert,
+        recent_alerts_show_each_channels_delivery,
+        a_commit_wakes_the_workers_and_the_change_listeners,
+    );
+
+    /// Two collectors on one cluster, their claims leased for `lease`.
+    async fn two(cluster: &Cluster, lease: Duration) -> (PgStore, PgStore) {
+        let a = PgStore::open_with_lease(&cluster.url(), CHANNELS, lease).await.unwrap();
+        let b = PgStore::open_with_lease(&cluster.url(), CHANNELS, lease).await.unwrap();
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_claimer_never_finishes_is_taken_over_when_its_lease_ends_and_the_stale_claim_is_refused() {
+        let Some(cluster) = Cluster::start() else { return };
+        let (a, b) = two(&cluster, Duration::from_secs(1)).await;
+        a.insert(alert(1)).await.unwrap();
+        let held = a.claim("slack", outbox_clock_ms(), 10).await.unwrap();
+        assert_eq!(held.jobs.len(), 1);
+        assert!(b.claim("slack", outbox_clock_ms(), 10).await.unwrap().jobs.is_empty(), "leased by the other");
+        // B's worker: sleep until the next job is due (the lease's end), then claim.
+        let taken = within("the other collector takes the job over", async {
+            loop {
+                let claim = b.claim("slack", outbox_clock_ms(), 10).await.unwrap();
+                if !claim.jobs.is_empty() {
+                    return claim;
+                }
+                let due = b.next_due("slack").await.unwrap().expect("the leased job is still pending");
+                tokio::time::sleep(Duration::from_millis((due - outbox_clock_ms()).clamp(1, 1000) as u64)).await;
+            }
+        })
+        .await;
+        assert_eq!(taken.jobs[0].id, held.jobs[0].id);
+        assert_ne!(taken.lease, held.lease);
+        // A wakes up late: its outcome is refused, B's is recorded.
+        let late = a.finish(held.lease, vec![(held.jobs[0].id, JobOutcome::Delivered)], 1).await.unwrap();
+        assert_eq!(late, vec![held.jobs[0].id], "a completion under a stolen lease is refused");
+        let done = b.finish(taken.lease, vec![(taken.jobs[0].id, JobOutcome::Delivered)], 2).await.unwrap();
+        assert!(done.is_empty());
+        let recent = a.recent_alerts(1).await.unwrap();
+        let slack = recent[0].1.iter().find(|d| d.channel == "slack").unwrap();
+        assert_eq!((slack.state.as_str(), slack.attempts, slack.delivered_at_ms), ("delivered", 1, Some(2)));
+    }
+
+    #[tokio::test]
+    async fn an_sos_received_by_two_collectors_is_stored_once_and_each_job_claimed_once() {
+        let Some(cluster) = Cluster::start() else { return };
+        let (a, b) = two(&cluster, Duration::from_secs(30)).await;
+        for id in 1..=20 {
+            let (x, y) = tokio::join!(a.insert(alert(id)), b.insert(alert(id)));
+            let mut got = [x.unwrap(), y.unwrap()];
+            got.sort_by_key(|s| *s == Stored::New);
+            assert_eq!(got, [Stored::Duplicate, Stored::New], "alert {id}");
+        }
+        let now = outbox_clock_ms();
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let (x, y) = tokio::join!(a.claim("slack", now, 3), b.claim("slack", now, 3));
+            ids.extend(x.unwrap().jobs.into_iter().chain(y.unwrap().jobs).map(|j| j.id));
+        }
+        let mut unique = ids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!((ids.len(), unique.len()), (20, 20), "every job claimed once: {ids:?}");
+    }
+
+    #[tokio::test]
+    async fn a_commit_on_one_collector_wakes_the_workers_and_consoles_of_another() {
+        let Some(cluster) = Cluster::start() else { return };
+        let (a, b) = two(&cluster, Duration::from_secs(30)).await;
+        let slack = Backend::waker(&b, "slack").unwrap();
+        let changes = b.changes();
+        let (woken, changed) = (slack.notified(), changes.notified());
+        a.insert(alert(1)).await.unwrap();
+        within("the other collector's slack worker woken (NOTIFY sos_jobs)", woken).await;
+        within("the other collector's console told (NOTIFY sos_changes)", changed).await;
+        let changed = changes.notified();
+        assert_eq!(a.cancel(AlertId::from_u128(1), String::new(), "00".into(), 5).await.unwrap(), Cancelled::New);
+        within("a cancellation on the other collector announced", changed).await;
+    }
+
+    #[tokio::test]
+    async fn an_outage_fails_at_once_and_the_store_resumes_losing_and_duplicating_nothing() {
+        let Some(cluster) = Cluster::start() else { return };
+        let store = PgStore::open(&cluster.url(), CHANNELS).await.unwrap();
+        assert_eq!(store.insert(alert(1)).await.unwrap(), Stored::New);
+        cluster.stop();
+        let refused = store.insert(alert(2)).await;
+        assert!(matches!(refused, Err(StoreError::Unavailable(_))), "not acknowledged: {refused:?}");
+        assert!(store.is_failing(), "failing at once: no SOS acknowledged, no heartbeat answered");
+        cluster.start_server();
+        // The agent keeps retrying; the store takes it once the connection is made again.
+        let stored = within("the store resumes", async {
+            loop {
+                match store.insert(alert(2)).await {
+                    Ok(s) => return s,
+                    Err(StoreError::Unavailable(_)) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        })
+        .await;
+        assert_eq!(stored, Stored::New);
+        assert!(!store.is_failing());
+        assert_eq!(store.insert(alert(1)).await.unwrap(), Stored::Duplicate, "what was acknowledged is there");
+        let ids: Vec<_> = store.recent_alerts(10).await.unwrap().into_iter().map(|(a, _)| a.alert_id).collect();
+        assert_eq!(ids.len(), 2);
+        let now = outbox_clock_ms();
+        assert_eq!(store.claim("slack", now, 10).await.unwrap().jobs.len(), 2, "one job each, none lost or doubled");
+    }
+
+    #[tokio::test]
+    async fn migrations_run_once_and_a_newer_schema_is_refused() {
+        let Some(cluster) = Cluster::start() else { return };
+        let url = cluster.url();
+        let (a, b) = tokio::join!(PgStore::open(&url, CHANNELS), PgStore::open(&url, CHANNELS));
+        let (a, _b) = (a.unwrap(), b.unwrap());
+        a.run(|c| {
+            Box::pin(async move {
+                let n: i64 = c.query_one("SELECT COUNT(*) FROM schema_version", &[]).await.unwrap().get(0);
+                assert_eq!(n, 1, "two collectors starting together migrate once");
+                c.execute("INSERT INTO schema_version VALUES (99)", &[]).await.unwrap();
+                Ok(())
+            })
+        })
+        .await
+        .unwrap();
+        let e = PgStore::open(&cluster.url(), CHANNELS).await.unwrap_err().to_string();
+        assert!(e.contains("version 99") && e.contains("newer"), "{e}");
+    }
+}

@@ -1,0 +1,739 @@
+//! The PostgreSQL store: several collectors sharing one database (issue 18).
+//!
+//! - **Alerts once by alert id**: `INSERT … ON CONFLICT (alert_id) DO NOTHING` with the outbox
+//!   jobs in the same transaction; [`PgStore::insert`] resolves after the `COMMIT`, and only
+//!   then is the SOS acknowledged. An SOS that two collectors receive (agents fail over) is
+//!   stored once; the second is told [`Stored::Duplicate`] and pages nobody.
+//! - **Outbox claims under a lease**: `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)`
+//!   sets a `lease_id` (a sequence) and `lease_until` (the database's clock + [`LEASE`]); the
+//!   outcome is recorded only `WHERE lease_id = $lease` (see [`super::backend`]). A collector
+//!   killed during a delivery leaves its lease to run out; another takes the job over then.
+//! - **Live across collectors**: every commit that makes jobs sends `NOTIFY sos_jobs` (the
+//!   channel's name) and every change of an alert `NOTIFY sos_changes`; each collector
+//!   `LISTEN`s on its connection and wakes its outbox workers and [`PgStore::changes`].
+//! - **Outage**: one connection, driven by a supervisor task. When it is lost (or an operation
+//!   gets no answer within [`ANSWER_WITHIN`]) the store is failing at once — no SOS is
+//!   acknowledged, heartbeats go unanswered so agents fail over, an error is logged — and the
+//!   supervisor reconnects with backoff; on return the workers are woken to resume. What was
+//!   acknowledged was committed; an insert whose commit was cut off is not acknowledged, the
+//!   agent retries and finds it stored or stores it (never twice: the alert id).
+//! - **No TLS**: the connection is plain (`sslmode=disable`, or `prefer`, which falls back to
+//!   plain); use a local socket or a trusted network. `sslmode=require` is refused at
+//!   configuration check ([`crate::config`]).
+//!
+//! Migrations: `schema.rs`. The lease cases and the suite shared with SQLite:
+//! `store::backend`'s tests, against a real cluster (`cluster.rs`).
+
+use std::str::FromStr as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use sos_shared::AlertId;
+use tokio::sync::{Mutex, Notify};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::backend::{Backend, BoxFuture, Claim, Lease, RecentAlerts};
+use super::{
+    outbox_clock_ms, AlertRecord, Cancellation, Cancelled, Delivery, EnrolledAs, Job, JobOutcome, NewAlert, StoreError,
+    Stored,
+};
+
+#[cfg(all(test, unix))]
+pub(crate) mod cluster;
+mod schema;
+
+/// How long a claim holds its jobs: longer than any delivery attempt (their timeout is ten
+/// seconds by default), short enough that a page held by a dead collector goes out soon.
+pub const LEASE: Duration = Duration::from_secs(30);
+
+/// An operation that gets no answer within this long fails, and the store is failing until the
+/// connection is made again (a database that hangs instead of refusing).
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+/// The longest wait between two attempts to reconnect.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The columns of an alert, as [`alert_from`] reads them from `at`.
+const ALERT_COLUMNS: &str = "a.alert_id, a.test, a.triggered_at, a.received_at_ms, a.\"user\", a.host, a.ip, \
+     a.location, a.message, a.source, a.cancelled_at_ms, a.cancel_reason, a.agent_id, a.agent_name, a.agent_host";
+
+/// A held-back job (a cancellation) waits while its alert's job of the same channel is pending.
+const NOT_HELD: &str = "NOT (o.kind <> 'alert' AND EXISTS (
+        SELECT 1 FROM outbox p WHERE p.alert_id = o.alert_id AND p.channel = o.channel
+                               AND p.kind = 'alert' AND p.state = 'pending'))";
+
+/// `e` from PostgreSQL as a store error: a lost or refused connection is [`StoreError::Unavailable`].
+pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    // Connection exceptions (class 08) and the server shutting down (57P01–57P03).
+    let server_gone = e.as_db_error().is_some_and(|d| {
+        let code = d.code().code();
+        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+    });
+    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || io || server_gone {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Postgres(e.to_string())
+    }
+}
+
+/// A collector's handle to the shared PostgreSQL store. Cheap to clone; the connection's
+/// supervisor ends when the last handle is dropped.
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The one connection and its generation, `None` while it is being made again. One
+    /// operation at a time.
+    client: Arc<Mutex<Option<(u64, Client)>>>,
+    /// Set while the database cannot be reached or its last operation failed.
+    failing: Arc<AtomicBool>,
+    /// Channels that get a job for every new alert, with their workers' wakers.
+    wakers: Arc<Vec<(&'static str, Arc<Notify>)>>,
+    /// See [`PgStore::changes`].
+    changes: Arc<Notify>,
+    /// How long a claim holds its jobs.
+    lease: Duration,
+    /// Ends the supervisor when the last handle goes.
+    stop: CancellationToken,
+    /// Asks the supervisor to drop connection N and make a new one (an operation on it hung).
+    reconnect: tokio::sync::mpsc::UnboundedSender<u64>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Wake every listener of a change now, and leave one permit.
+fn announce(changes: &Notify) {
+    changes.notify_waiters();
+    changes.notify_one();
+}
+
+/// What the connection's driver needs to route notifications.
+#[derive(Clone)]
+struct Routes {
+    wakers: Arc<Vec<(&'static str, Arc<Notify>)>>,
+    changes: Arc<Notify>,
+}
+
+impl Routes {
+    fn wake_all(&self) {
+        for (_, n) in self.wakers.iter() {
+            n.notify_one();
+        }
+        announce(&self.changes);
+    }
+}
+
+/// Connect, `LISTEN`, and drive the connection in a task that ends (with the error) when the
+/// connection is lost or the client dropped.
+async fn connect(
+    config: &tokio_postgres::Config,
+    routes: &Routes,
+) -> Result<(Client, tokio::task::JoinHandle<Option<tokio_postgres::Error>>), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let routes = routes.clone();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => match n.channel() {
+                    "sos_jobs" => {
+                        for (_, w) in routes.wakers.iter().filter(|(c, _)| n.payload().is_empty() || *c == n.payload())
+                        {
+                            w.notify_one();
+                        }
+                    }
+                    _ => announce(&routes.changes),
+                },
+                Ok(AsyncMessage::Notice(n)) => tracing::debug!(notice = %n, "PostgreSQL"),
+                Ok(_) => {}
+                Err(e) => return Some(e),
+            }
+        }
+        None
+    });
+    client.batch_execute("LISTEN sos_jobs; LISTEN sos_changes").await?;
+    Ok((client, driver))
+}
+
+impl PgStore {
+    /// Connect to `url`, bring the schema up to date, and start the connection's supervisor.
+    /// Every new alert gets one job per channel of `channels`.
+    ///
+    /// # Errors
+    /// If `url` is not a PostgreSQL URL, the database cannot be reached now, or a migration fails.
+    pub async fn open(url: &str, channels: &[&'static str]) -> Result<PgStore, StoreError> {
+        Self::open_with_lease(url, channels, LEASE).await
+    }
+
+    /// [`PgStore::open`] with claims held for `lease` instead of [`LEASE`] (tests).
+    ///
+    /// # Errors
+    /// As [`PgStore::open`].
+    pub async fn open_with_lease(url: &str, channels: &[&'static str], lease: Duration) -> Result<PgStore, StoreError> {
+        let mut config = tokio_postgres::Config::from_str(url)
+            // The message of a URL that does not parse names the option, never the password.
+            .map_err(|e| StoreError::Postgres(format!("database_url is not a PostgreSQL URL: {e}")))?;
+        config.connect_timeout(ANSWER_WITHIN);
+        let routes = Routes {
+            wakers: Arc::new(channels.iter().map(|c| (*c, Arc::new(Notify::new()))).collect()),
+            changes: Arc::new(Notify::new()),
+        };
+        let (mut client, driver) = connect(&config, &routes).await.map_err(|e| {
+            StoreError::Unavailable(format!("cannot connect to PostgreSQL at {}: {e}", where_is(&config)))
+        })?;
+        schema::migrate(&mut client).await?;
+        let (reconnect, hung) = tokio::sync::mpsc::unbounded_channel();
+        let inner = Inner {
+            client: Arc::new(Mutex::new(Some((0, client)))),
+            failing: Arc::default(),
+            wakers: routes.wakers.clone(),
+            changes: routes.changes.clone(),
+            lease,
+            stop: CancellationToken::new(),
+            reconnect,
+        };
+        tokio::spawn(supervise(
+            config,
+            routes,
+            driver,
+            inner.client.clone(),
+            inner.failing.clone(),
+            hung,
+            inner.stop.clone(),
+        ));
+        Ok(PgStore { inner: Arc::new(inner) })
+    }
+
+    /// Run `op` on the connection, within [`ANSWER_WITHIN`]. A lost connection or no answer
+    /// makes the store failing (and asks for a new connection); a success clears it.
+    pub(crate) async fn run<T>(
+        &self,
+        op: impl for<'c> FnOnce(&'c mut Client) -> BoxFuture<'c, Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let inner = &self.inner;
+        let generation = std::sync::atomic::AtomicU64::new(u64::MAX);
+        let answer = tokio::time::timeout(ANSWER_WITHIN, async {
+            let mut slot = inner.client.lock().await;
+            let Some((n, client)) = slot.as_mut() else {
+                return Err(StoreError::Unavailable("the connection to PostgreSQL is being made again".into()));
+            };
+            generation.store(*n, Ordering::SeqCst);
+            op(client).await
+        })
+        .await
+        .unwrap_or_else(|_| {
+            // No answer (a hung server, a dead link without a reset): that connection is dropped.
+            let _ = inner.reconnect.send(generation.load(Ordering::SeqCst));
+            Err(StoreError::Unavailable(format!("PostgreSQL did not answer within {} s", ANSWER_WITHIN.as_secs())))
+        });
+        match &answer {
+            Ok(_) => {
+                if inner.failing.swap(false, Ordering::SeqCst) {
+                    info!("PostgreSQL store answering again");
+                }
+            }
+            Err(StoreError::Unavailable(why)) => {
+                if !inner.failing.swap(true, Ordering::SeqCst) {
+                    error!(
+                        problem = %why,
+                        "STORE UNAVAILABLE: PostgreSQL cannot be reached; no SOS is acknowledged until it \
+                         returns, agents keep retrying and fail over"
+                    );
+                }
+            }
+            Err(_) => {}
+        }
+        answer
+    }
+
+    /// Notified after every commit that changes an alert, by this collector or another.
+    pub fn changes(&self) -> Arc<Notify> {
+        self.inner.changes.clone()
+    }
+
+    /// Whether the store is failing now (see [`Backend::is_failing`]).
+    pub fn is_failing(&self) -> bool {
+        self.inner.failing.load(Ordering::SeqCst)
+    }
+
+    /// Store an alert once by alert id with one job per channel; resolves after the commit.
+    ///
+    /// # Errors
+    /// If the commit failed or did not answer: the alert must not be acknowledged.
+    pub async fn insert(&self, alert: NewAlert) -> Result<Stored, StoreError> {
+        let channels: Vec<&'static str> = self.inner.wakers.iter().map(|(c, _)| *c).collect();
+        let jobs_at = outbox_clock_ms();
+        let stored = self
+            .run(move |c| {
+                Box::pin(async move {
+                    let tx = c.transaction().await.map_err(pg_error)?;
+                    let s = &alert.sos;
+                    let e = alert.enrolled.as_ref();
+                    let n = tx
+                        .execute(
+                            "INSERT INTO alerts (alert_id, received_at_ms, triggered_at, test, \"user\", host, ip,
+                                 location, message, agent, source, key_id, agent_id, agent_name, agent_host)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                             ON CONFLICT (alert_id) DO NOTHING",
+                            &[
+                                &s.alert_id.to_string(),
+                                &alert.received_at_ms,
+                                &(s.triggered_at as i64),
+                                &s.test,
+                                &s.user,
+                                &s.host,
+                                &s.ip,
+                                &s.location,
+                                &s.message,
+                                &s.agent,
+                                &alert.source.to_string(),
+                                &alert.key_id,
+                                &e.map(|e| e.agent_id.as_str()),
+                                &e.map(|e| e.name.as_str()),
+                                &e.map(|e| e.host.as_str()),
+                            ],
+                        )
+                        .await
+                        .map_err(pg_error)?;
+                    if n == 0 {
+                        tx.commit().await.map_err(pg_error)?;
+                        return Ok(Stored::Duplicate);
+                    }
+                    queue(&tx, &s.alert_id.to_string(), "alert", &channels, jobs_at).await?;
+                    tx.commit().await.map_err(pg_error)?;
+                    Ok(Stored::New)
+                })
+            })
+            .await?;
+        if stored == Stored::New {
+            // This collector's own workers at once; the others by the NOTIFY.
+            Routes { wakers: self.inner.wakers.clone(), changes: self.inner.changes.clone() }.wake_all();
+        }
+        Ok(stored)
+    }
+
+    /// See [`Backend::cancel`].
+    ///
+    /// # Errors
+    /// If the transaction failed.
+    pub async fn cancel(
+        &self,
+        alert_id: AlertId,
+        reason: String,
+        principal: String,
+        now_ms: i64,
+    ) -> Result<Cancelled, StoreError> {
+        let channels: Vec<&'static str> = self.inner.wakers.iter().map(|(c, _)| *c).collect();
+        let jobs_at = outbox_clock_ms();
+        let outcome = self
+            .run(move |c| {
+                Box::pin(async move {
+                    let tx = c.transaction().await.map_err(pg_error)?;
+                    let id = alert_id.to_string();
+                    // FOR UPDATE: the same cancellation received by two collectors is recorded once.
+                    let row = tx
+                        .query_opt(
+                            "SELECT COALESCE('agent:' || agent_id, key_id), cancelled_at_ms FROM alerts
+                             WHERE alert_id = $1 FOR UPDATE",
+                            &[&id],
+                        )
+                        .await
+                        .map_err(pg_error)?;
+                    let outcome = match row.map(|r| (r.get::<_, String>(0), r.get::<_, Option<i64>>(1))) {
+                        None => Cancelled::Unknown,
+                        Some((who, _)) if who != principal => Cancelled::Unknown,
+                        Some((_, Some(_))) => Cancelled::Already,
+                        Some((_, None)) => {
+                            tx.execute(
+                                "UPDATE alerts SET cancelled_at_ms = $2, cancel_reason = $3 WHERE alert_id = $1",
+                                &[&id, &now_ms, &reason],
+                            )
+                            .await
+                            .map_err(pg_error)?;
+                            queue(&tx, &id, "cancel", &channels, jobs_at).await?;
+                            Cancelled::New
+                        }
+                    };
+                    tx.commit().await.map_err(pg_error)?;
+                    Ok(outcome)
+                })
+            })
+            .await?;
+        if outcome == Cancelled::New {
+            Routes { wakers: self.inner.wakers.clone(), changes: self.inner.changes.clone() }.wake_all();
+        }
+        Ok(outcome)
+    }
+
+    /// See [`Backend::claim`]: the jobs are leased for the store's lease.
+    ///
+    /// # Errors
+    /// If the query failed.
+    pub async fn claim(&self, channel: &'static str, now_ms: i64, limit: usize) -> Result<Claim, StoreError> {
+        let lease_ms = self.inner.lease.as_millis() as i64;
+        self.run(move |c| {
+            Box::pin(async move {
+                let lease: i64 = c.query_one("SELECT nextval('outbox_leases')", &[]).await.map_err(pg_error)?.get(0);
+                let rows = c
+                    .query(
+                        &format!(
+                            "UPDATE outbox AS o SET lease_id = $4,
+                                    lease_until = clock_timestamp() + $5::bigint * interval '1 millisecond'
+                             FROM alerts a
+                             WHERE a.alert_id = o.alert_id AND o.id IN (
+                                 SELECT o.id FROM outbox o
+                                 WHERE o.channel = $1 AND o.state = 'pending' AND o.next_attempt_at_ms <= $2
+                                   AND (o.lease_until IS NULL OR o.lease_until <= clock_timestamp())
+                                   AND {NOT_HELD}
+                                 ORDER BY o.next_attempt_at_ms, o.id LIMIT $3
+                                 FOR UPDATE OF o SKIP LOCKED)
+                             RETURNING o.id, o.attempts, o.created_at_ms, o.kind, o.next_attempt_at_ms, {ALERT_COLUMNS}"
+                        ),
+                        &[&channel, &now_ms, &(limit as i64), &lease, &lease_ms],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let mut jobs = rows
+                    .iter()
+                    .map(|r| {
+                        let mut alert = alert_from(r, 5)?;
+                        if r.get::<_, String>(3) != "cancel" {
+                            alert.cancellation = None;
+                        }
+                        let job = Job {
+                            id: r.get(0),
+                            attempts: r.get::<_, i32>(1).max(0) as u32,
+                            created_at_ms: r.get(2),
+                            alert,
+                        };
+                        Ok((r.get::<_, i64>(4), job))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                jobs.sort_by_key(|(due, job)| (*due, job.id));
+                Ok(Claim { lease: Lease(lease), jobs: jobs.into_iter().map(|(_, j)| j).collect() })
+            })
+        })
+        .await
+    }
+
+    /// See [`Backend::finish`]: only the jobs still held under `lease` are recorded.
+    ///
+    /// # Errors
+    /// If the transaction failed: nothing was recorded.
+    pub async fn finish(
+        &self,
+        lease: Lease,
+        outcomes: Vec<(i64, JobOutcome)>,
+        now_ms: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        self.run(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(pg_error)?;
+                let mut refused = Vec::new();
+                for (id, outcome) in &outcomes {
+                    let n = match outcome {
+                        JobOutcome::Delivered => {
+                            tx.execute(
+                                "UPDATE outbox SET state = 'delivered', attempts = attempts + 1,
+                                        delivered_at_ms = $3, last_error = NULL, lease_id = NULL, lease_until = NULL
+                                 WHERE id = $1 AND lease_id = $2",
+                                &[id, &lease.0, &now_ms],
+                            )
+                            .await
+                        }
+                        JobOutcome::Retry { next_attempt_at_ms, error } => {
+                            tx.execute(
+                                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at_ms = $3, last_error = $4,
+                                        lease_id = NULL, lease_until = NULL
+                                 WHERE id = $1 AND lease_id = $2",
+                                &[id, &lease.0, next_attempt_at_ms, error],
+                            )
+                            .await
+                        }
+                        JobOutcome::Failed { error } => {
+                            tx.execute(
+                                "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = $3,
+                                        lease_id = NULL, lease_until = NULL
+                                 WHERE id = $1 AND lease_id = $2",
+                                &[id, &lease.0, error],
+                            )
+                            .await
+                        }
+                    }
+                    .map_err(pg_error)?;
+                    if n == 0 {
+                        refused.push(*id);
+                    }
+                }
+                tx.commit().await.map_err(pg_error)?;
+                Ok(refused)
+            })
+        })
+        .await
+    }
+
+    /// See [`Backend::next_due`]. A job leased by someone is due when its lease ends (on this
+    /// collector's outbox clock: the lease's remaining time added to now).
+    ///
+    /// # Errors
+    /// If the query failed.
+    pub async fn next_due(&self, channel: &'static str) -> Result<Option<i64>, StoreError> {
+        let now = outbox_clock_ms();
+        self.run(move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_one(
+                        &format!(
+                            "SELECT MIN(CASE WHEN o.lease_until > clock_timestamp()
+                                        THEN GREATEST(o.next_attempt_at_ms, $2 + CEIL(EXTRACT(EPOCH FROM
+                                             (o.lease_until - clock_timestamp())) * 1000)::bigint)
+                                        ELSE o.next_attempt_at_ms END)::bigint
+                             FROM outbox o WHERE o.channel = $1 AND o.state = 'pending' AND {NOT_HELD}"
+                        ),
+                        &[&channel, &now],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                Ok(row.get::<_, Option<i64>>(0))
+            })
+        })
+        .await
+    }
+
+    /// See [`Backend::recent_alerts`].
+    ///
+    /// # Errors
+    /// If the query failed.
+    pub async fn recent_alerts(&self, limit: usize) -> Result<Vec<(AlertRecord, Vec<Delivery>)>, StoreError> {
+        self.run(move |c| {
+            Box::pin(async move {
+                let alerts = c
+                    .query(
+                        &format!(
+                            "SELECT {ALERT_COLUMNS} FROM alerts a ORDER BY a.received_at_ms DESC, a.alert_id LIMIT $1"
+                        ),
+                        &[&(limit as i64)],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let mut out = Vec::with_capacity(alerts.len());
+                for row in &alerts {
+                    let alert = alert_from(row, 0)?;
+                    let jobs = c
+                        .query(
+                            "SELECT channel || CASE WHEN kind = 'alert' THEN '' ELSE ' (' || kind || ')' END,
+                                    state, attempts, last_error, delivered_at_ms
+                             FROM outbox WHERE alert_id = $1 ORDER BY id",
+                            &[&alert.alert_id.to_string()],
+                        )
+                        .await
+                        .map_err(pg_error)?;
+                    let deliveries = jobs
+                        .iter()
+                        .map(|r| Delivery {
+                            channel: r.get(0),
+                            state: r.get(1),
+                            attempts: r.get::<_, i32>(2).max(0) as u32,
+                            last_error: r.get(3),
+                            delivered_at_ms: r.get(4),
+                        })
+                        .collect();
+                    out.push((alert, deliveries));
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
+}
+
+/// Queue one job of `kind` per channel for alert `id`, and tell every collector's workers.
+async fn queue(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: &str,
+    kind: &str,
+    channels: &[&str],
+    jobs_at: i64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO outbox (alert_id, channel, kind, state, created_at_ms, next_attempt_at_ms)
+         SELECT $1, ch, $3, 'pending', $4, $4 FROM unnest($2::text[]) AS ch
+         ON CONFLICT DO NOTHING",
+        &[&id, &channels, &kind, &jobs_at],
+    )
+    .await
+    .map_err(pg_error)?;
+    // Delivered at the commit, to every collector listening (this one too).
+    tx.execute(
+        "SELECT pg_notify('sos_jobs', ch) FROM unnest($1::text[]) AS ch UNION ALL SELECT pg_notify('sos_changes', '')",
+        &[&channels],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(())
+}
+
+/// An alert from a row whose columns from `at` are [`ALERT_COLUMNS`].
+fn alert_from(r: &Row, at: usize) -> Result<AlertRecord, StoreError> {
+    let id: String = r.get(at);
+    Ok(AlertRecord {
+        alert_id: id.parse().map_err(|e| StoreError::Postgres(format!("alert id {id:?} in the store: {e}")))?,
+        test: r.get(at + 1),
+        triggered_at: r.get(at + 2),
+        received_at_ms: r.get(at + 3),
+        user: r.get(at + 4),
+        host: r.get(at + 5),
+        ip: r.get(at + 6),
+        location: r.get(at + 7),
+        message: r.get(at + 8),
+        source: r.get(at + 9),
+        cancellation: r
+            .get::<_, Option<i64>>(at + 10)
+            .map(|at_ms| Cancellation { at_ms, reason: r.get::<_, Option<String>>(at + 11).unwrap_or_default() }),
+        enrolled: r.get::<_, Option<String>>(at + 12).map(|agent_id| EnrolledAs {
+            agent_id,
+            name: r.get::<_, Option<String>>(at + 13).unwrap_or_default(),
+            host: r.get::<_, Option<String>>(at + 14).unwrap_or_default(),
+        }),
+        audience: Default::default(),
+        update: None,
+    })
+}
+
+/// Host and port (or socket directory) of `config`, for messages: never the password.
+fn where_is(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}
+
+/// Keep the connection: when it is lost (or an operation hung), the store is failing and a new
+/// one is made with backoff; on return every worker and listener is woken (jobs may have been
+/// committed, alerts changed, leases run out while this collector was away).
+async fn supervise(
+    config: tokio_postgres::Config,
+    routes: Routes,
+    mut driver: tokio::task::JoinHandle<Option<tokio_postgres::Error>>,
+    client: Arc<Mutex<Option<(u64, Client)>>>,
+    failing: Arc<AtomicBool>,
+    mut hung: tokio::sync::mpsc::UnboundedReceiver<u64>,
+    stop: CancellationToken,
+) {
+    let mut generation = 0;
+    loop {
+        let why = tokio::select! {
+            _ = stop.cancelled() => break,
+            ended = &mut driver => match ended {
+                Ok(Some(e)) => e.to_string(),
+                Ok(None) => "the connection was closed".to_owned(),
+                Err(e) => format!("the connection's task ended: {e}"),
+            },
+            Some(n) = hung.recv() => {
+                if n != generation {
+                    continue; // An earlier connection's: already replaced.
+                }
+                "an operation got no answer".to_owned()
+            }
+        };
+        // Dropping the client closes the connection: a transaction cut off is rolled back.
+        client.lock().await.take();
+        driver.abort();
+        if !failing.swap(true, Ordering::SeqCst) {
+            error!(
+                problem = %why,
+                "STORE UNAVAILABLE: lost the connection to PostgreSQL; no SOS is acknowledged until it returns, \
+                 agents keep retrying and fail over"
+            );
+        } else {
+            warn!(problem = %why, "PostgreSQL connection lost again");
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            match connect(&config, &routes).await {
+                Ok((c, d)) => {
+                    generation += 1;
+                    *client.lock().await = Some((generation, c));
+                    driver = d;
+                    failing.store(false, Ordering::SeqCst);
+                    info!("PostgreSQL store answering again: SOS are acknowledged again");
+                    routes.wake_all();
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "PostgreSQL: cannot reconnect yet");
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+impl Backend for PgStore {
+    fn insert(&self, alert: NewAlert) -> BoxFuture<'_, Result<Stored, StoreError>> {
+        Box::pin(PgStore::insert(self, alert))
+    }
+
+    fn cancel(
+        &self,
+        alert_id: AlertId,
+        reason: String,
+        principal: String,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Cancelled, StoreError>> {
+        Box::pin(PgStore::cancel(self, alert_id, reason, principal, now_ms))
+    }
+
+    fn claim(&self, channel: &'static str, now_ms: i64, limit: usize) -> BoxFuture<'_, Result<Claim, StoreError>> {
+        Box::pin(PgStore::claim(self, channel, now_ms, limit))
+    }
+
+    fn finish(
+        &self,
+        lease: Lease,
+        outcomes: Vec<(i64, JobOutcome)>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Vec<i64>, StoreError>> {
+        Box::pin(PgStore::finish(self, lease, outcomes, now_ms))
+    }
+
+    fn next_due(&self, channel: &'static str) -> BoxFuture<'_, Result<Option<i64>, StoreError>> {
+        Box::pin(PgStore::next_due(self, channel))
+    }
+
+    fn recent_alerts(&self, limit: usize) -> BoxFuture<'_, Result<RecentAlerts, StoreError>> {
+        Box::pin(PgStore::recent_alerts(self, limit))
+    }
+
+    fn is_failing(&self) -> bool {
+        PgStore::is_failing(self)
+    }
+
+    fn changes(&self) -> Arc<Notify> {
+        PgStore::changes(self)
+    }
+
+    fn waker(&self, channel: &str) -> Option<Arc<Notify>> {
+        self.inner.wakers.iter().find(|(c, _)| *c == channel).map(|(_, n)| n.clone())
+    }
+}
