@@ -13,6 +13,10 @@
 //!   could record the delivery, so another collector posted again once the lease ran out. The
 //!   test counts those and prints them; a second post outside that window fails it.
 //!
+//! Ignored until the service accepts `database_url` (today `check-config` and `run` refuse it:
+//! escalation, the responder loop, the registry, presence and the console are not on PostgreSQL
+//! yet); `cargo test --release -p sos-e2e --test postgres_cluster -- --ignored --nocapture`.
+//!
 //! The disruptions are driven by events (so many acknowledgements, a post by the collector about
 //! to be killed), never by sleeps. Random choices print their seed (`SOS_FAULT_SEED` replays it).
 
@@ -390,6 +394,7 @@ impl Fleet {
 }
 
 #[test]
+#[ignore = "database_url is refused until the whole service runs on PostgreSQL (issue 18); run with --ignored once it is accepted"]
 fn collectors_killed_at_random_during_a_burst_lose_nothing_and_page_once() {
     if !postgres::available() {
         return;
@@ -420,6 +425,7 @@ fn collectors_killed_at_random_during_a_burst_lose_nothing_and_page_once() {
 }
 
 #[test]
+#[ignore = "database_url is refused until the whole service runs on PostgreSQL (issue 18); run with --ignored once it is accepted"]
 fn postgresql_restarted_mid_burst_loses_nothing_and_pages_once() {
     if !postgres::available() {
         return;
@@ -450,6 +456,7 @@ fn postgresql_restarted_mid_burst_loses_nothing_and_pages_once() {
 }
 
 #[test]
+#[ignore = "database_url is refused until the whole service runs on PostgreSQL (issue 18); run with --ignored once it is accepted"]
 fn a_collector_cut_off_from_postgresql_loses_nothing_and_pages_once() {
     if !postgres::available() {
         return;
