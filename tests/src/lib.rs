@@ -15,6 +15,9 @@
 //! - [`site`]: [`site::Site`], a key and configs in a temporary directory.
 //! - [`flood`]: [`flood::Flood`], junk for a bounded time from a socket or forged sources.
 //! - [`wine`]: the Windows binaries under Wine, a prefix per test.
+//! - [`postgres`]: [`postgres::PgCluster`], a PostgreSQL cluster of the test's own (initdb and
+//!   pg_ctl in a temporary directory, an unprivileged user, a free port).
+//! - [`tcpproxy`]: [`tcpproxy::TcpProxy`], a loopback TCP proxy that can blackhole a connection.
 //!
 //! Waiting is always on an event with a deadline (a condition variable, a socket read
 //! timeout, or a state re-checked until the deadline), never a fixed sleep.
@@ -24,12 +27,14 @@ pub mod console;
 pub mod desktop;
 pub mod flood;
 pub mod peer;
+pub mod postgres;
 pub mod process;
 pub mod relay;
 pub mod site;
 pub mod slack;
 pub mod smtp;
 pub mod standins;
+pub mod tcpproxy;
 pub mod wine;
 
 pub use peer::Peer;

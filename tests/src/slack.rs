@@ -48,6 +48,8 @@ pub struct Received {
     pub body: serde_json::Value,
     /// The status answered (0 for [`Answer::Hang`]).
     pub status: u16,
+    /// The webhook's path: collectors sharing the stand-in can each be given their own.
+    pub path: String,
 }
 
 impl Received {
@@ -197,6 +199,7 @@ fn refusal(body: &serde_json::Value, max_blocks: usize) -> Option<&'static str> 
 }
 
 async fn handle(req: Request<hyper::body::Incoming>, st: Arc<State>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_owned();
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     let now = Instant::now();
@@ -220,7 +223,7 @@ async fn handle(req: Request<hyper::body::Incoming>, st: Arc<State>) -> Result<R
     };
     {
         let mut r = st.received.lock().unwrap();
-        r.push(Received { at: now, body: json, status });
+        r.push(Received { at: now, body: json, status, path });
         st.changed.notify_all();
     }
     match answer {
