@@ -218,6 +218,7 @@ mod tests {
             cancellation: None,
             audience: Default::default(),
             update: None,
+            site: None,
         };
         let (_, body) = compose_with(std::slice::from_ref(&a), Some(&links));
         let url = body.lines().find(|l| l.starts_with("https://sos.example.org/ack/")).expect(&body);

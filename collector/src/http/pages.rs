@@ -106,6 +106,8 @@ pub struct AlertView {
     pub(super) location: String,
     pub(super) message: String,
     pub(super) agent: String,
+    /// The site it was forwarded from (a centre's alert), or empty.
+    pub(super) site: String,
     pub(super) source: String,
     pub(super) cancelled: String,
     pub(super) cancel_reason: String,
@@ -134,6 +136,7 @@ impl From<&ConsoleAlert> for AlertView {
             location: r.location.clone(),
             message: r.message.clone(),
             agent: r.enrolled.as_ref().map(|e| e.name.clone()).unwrap_or_default(),
+            site: r.site.clone().unwrap_or_default(),
             source: r.source.clone(),
             cancelled: r.cancellation.as_ref().map(|c| when_utc(c.at_ms / 1000)).unwrap_or_default(),
             cancel_reason: r.cancellation.as_ref().map(|c| c.reason.clone()).unwrap_or_default(),

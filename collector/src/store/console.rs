@@ -17,7 +17,7 @@ const STATE_SQL: &str = "COALESCE((SELECT r.state FROM responses r WHERE r.alert
 const BY_SQL: &str = "COALESCE((SELECT r.by_responder FROM responses r WHERE r.alert_id = a.alert_id), '')";
 
 const COLUMNS: &str = "a.alert_id, a.test, a.triggered_at, a.received_at_ms, a.user, a.host, a.ip, a.location,
-     a.message, a.source, a.cancelled_at_ms, a.cancel_reason, a.agent_id, a.agent_name, a.agent_host";
+     a.message, a.source, a.cancelled_at_ms, a.cancel_reason, a.agent_id, a.agent_name, a.agent_host, a.site";
 
 /// The states an alert can be in, as the console's filters name them.
 pub const STATES: &[&str] = &["received", "notified", "acknowledged", "resolved", "cancelled", "checked"];
@@ -167,7 +167,7 @@ impl Db {
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-            Ok(ConsoleAlert { record: super::alerts::alert_from_row(r)?, state: r.get(15)?, by: r.get(16)? })
+            Ok(ConsoleAlert { record: super::sqlite::response::alert_record(r, 0)?, state: r.get(16)?, by: r.get(17)? })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -181,7 +181,7 @@ impl Db {
         let alert = self
             .conn
             .query_row(&sql, params![id.to_string()], |r| {
-                Ok(ConsoleAlert { record: super::alerts::alert_from_row(r)?, state: r.get(15)?, by: r.get(16)? })
+                Ok(ConsoleAlert { record: super::sqlite::response::alert_record(r, 0)?, state: r.get(16)?, by: r.get(17)? })
             })
             .optional()?;
         let Some(alert) = alert else { return Ok(None) };
@@ -493,5 +493,21 @@ mod tests {
         let r = db.acknowledge_by_link(&later, 10_000_000 + 86_400_001, 0).unwrap();
         assert_eq!(r, LinkUse::Ack(Transition::New { at_ms: 10_000_000 + 86_400_001 }));
         assert_eq!(count(&db, "SELECT COUNT(*) FROM ack_links_used"), 1, "the expired link's row is gone");
+    }
+
+    #[test]
+    fn a_forwarded_alert_shows_its_site_and_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("sos.db")).unwrap();
+        let mut forwarded = alert(1);
+        forwarded.site = Some("Branch A".into());
+        db.insert_alerts_planned(&[forwarded, alert(2)], &ResponsePlan::channels_only(&["log"]), 0).unwrap();
+        db.acknowledge_by_link(&link("aa"), 5_000, 5_000).unwrap();
+        let (one, _) = db.console_alert(AlertId::from_u128(1)).unwrap().unwrap();
+        assert_eq!(one.record.site.as_deref(), Some("Branch A"));
+        assert_eq!((one.state.as_str(), one.by.as_str()), ("acknowledged", "via slack link"));
+        let all = db.console_alerts(&AlertFilter::default(), None, 10).unwrap();
+        let site = |n: u128| all.iter().find(|a| a.record.alert_id == AlertId::from_u128(n)).unwrap().record.site.clone();
+        assert_eq!((site(1).as_deref(), site(2)), (Some("Branch A"), None));
     }
 }

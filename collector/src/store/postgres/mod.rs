@@ -59,7 +59,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The columns of an alert, as [`alert_from`] reads them from `at`.
 const ALERT_COLUMNS: &str = "a.alert_id, a.test, a.triggered_at, a.received_at_ms, a.\"user\", a.host, a.ip, \
-     a.location, a.message, a.source, a.cancelled_at_ms, a.cancel_reason, a.agent_id, a.agent_name, a.agent_host";
+     a.location, a.message, a.source, a.cancelled_at_ms, a.cancel_reason, a.agent_id, a.agent_name, a.agent_host, a.site";
 
 /// A held-back job (a cancellation) waits while its alert's job of the same channel is pending.
 const NOT_HELD: &str = "NOT (o.kind <> 'alert' AND EXISTS (
@@ -284,8 +284,8 @@ impl PgStore {
                     let n = tx
                         .execute(
                             "INSERT INTO alerts (alert_id, received_at_ms, triggered_at, test, \"user\", host, ip,
-                                 location, message, agent, source, key_id, agent_id, agent_name, agent_host)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                                 location, message, agent, source, key_id, agent_id, agent_name, agent_host, site)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
                              ON CONFLICT (alert_id) DO NOTHING",
                             &[
                                 &s.alert_id.to_string(),
@@ -303,6 +303,7 @@ impl PgStore {
                                 &e.map(|e| text(&e.agent_id)),
                                 &e.map(|e| text(&e.name)),
                                 &e.map(|e| text(&e.host)),
+                                &alert.site.as_deref().map(text),
                             ],
                         )
                         .await
@@ -620,6 +621,7 @@ fn alert_from(r: &Row, at: usize) -> Result<AlertRecord, StoreError> {
         }),
         audience: Default::default(),
         update: None,
+        site: r.get(at + 15),
     })
 }
 

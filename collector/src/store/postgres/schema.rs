@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
         agent_id TEXT,
         agent_name TEXT,
         agent_host TEXT,
+        site TEXT,
         cancelled_at_ms BIGINT,
         cancel_reason TEXT
      );
