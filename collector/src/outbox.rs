@@ -108,11 +108,15 @@ fn decide(
 ) -> JobOutcome {
     let attempts = job.attempts + 1;
     let age = Duration::from_millis((done_at - job.created_at_ms).max(0) as u64);
-    let retry = |delay: Duration, error: String| {
-        if age + delay > schedule.give_up_after {
+    // Given up only once `give_up_after` has passed: a wait that would end beyond it (a long
+    // `Retry-After`, a webhook's schedule) is cut short so that the last attempt is made at the
+    // deadline, not skipped.
+    let retry = |delay: Duration, error: String| match schedule.give_up_after.checked_sub(age) {
+        Some(left) if !left.is_zero() => {
+            JobOutcome::Retry { next_attempt_at_ms: done_at + delay.min(left).as_millis() as i64, error }
+        }
+        _ => {
             JobOutcome::Failed { error: format!("gave up after {attempts} attempts over {} s: {error}", age.as_secs()) }
-        } else {
-            JobOutcome::Retry { next_attempt_at_ms: done_at + delay.as_millis() as i64, error }
         }
     };
     match result {
@@ -204,7 +208,7 @@ pub async fn run_worker(
 
         let started = tokio::time::Instant::now();
         let mut alerts: Vec<_> = jobs.iter().map(|j| j.alert.clone()).collect();
-        let n = channel.fits(&alerts).min(limit).max(1);
+        let n = channel.fits(&alerts).min(limit).min(alerts.len()).max(1);
         alerts.truncate(n);
         let jobs = &jobs[..n];
         let ids: Vec<String> = alerts.iter().map(|a| a.alert_id.to_string()).collect();
@@ -395,5 +399,28 @@ mod tests {
             decide(&job(), &refused, Verdict::AsAnswered, 0, 5000, &s, &mut rng),
             JobOutcome::Failed { .. }
         ));
+    }
+
+    #[test]
+    fn a_wait_past_the_deadline_is_cut_to_one_last_attempt_at_it_and_only_then_given_up() {
+        let settings = OutboxSettings { give_up_after: Duration::from_secs(3600), ..OutboxSettings::default() };
+        let s = RetrySchedule::new(&settings);
+        let mut rng = fastrand::Rng::with_seed(2);
+        // A webhook's 2 h step (or a long Retry-After) 35 min into the hour.
+        let later =
+            Err(DeliveryError::Transient { reason: "HTTP 503".into(), retry_after: Some(Duration::from_secs(7200)) });
+        let at = 35 * 60 * 1000;
+        match decide(&job(), &later, Verdict::AsAnswered, 0, at, &s, &mut rng) {
+            JobOutcome::Retry { next_attempt_at_ms, .. } => assert_eq!(next_attempt_at_ms, 3_600_000),
+            other => panic!("given up 25 minutes early: {other:?}"),
+        }
+        // At the deadline: given up, with the reason.
+        match decide(&job(), &later, Verdict::AsAnswered, 0, 3_600_000, &s, &mut rng) {
+            JobOutcome::Failed { error } => assert!(error.contains("HTTP 503"), "{error}"),
+            other => panic!("{other:?}"),
+        }
+        // A huge Retry-After never overflows.
+        let huge = Err(DeliveryError::Transient { reason: "429".into(), retry_after: Some(Duration::MAX) });
+        assert!(matches!(decide(&job(), &huge, Verdict::AsAnswered, 0, 1000, &s, &mut rng), JobOutcome::Retry { .. }));
     }
 }

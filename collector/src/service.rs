@@ -124,7 +124,8 @@ impl Collector {
         });
         // A site: its link to its centre, the `forward` channel.
         let forwarder = config.forward.clone().map(crate::forward::Forwarder::new);
-        let context = crate::channel::Context { links: links.clone(), admin: Some(admin), forwarder: forwarder.clone() };
+        let context =
+            crate::channel::Context { links: links.clone(), admin: Some(admin), forwarder: forwarder.clone() };
         let channels = crate::channel::build(&config, &context)
             .map_err(|e| CollectorError::Channel { channel: e.channel, message: e.message })?;
         let (store, writer) = Store::start_planned(db, &names, ResponsePlan::from_config(&config))?;

@@ -66,8 +66,8 @@ pub const MIN_TIME_HINT_PLAINTEXT: usize = 64;
 /// `respond` → `respond_ack`. A smaller `respond` is not recorded at all (like `cancel`).
 pub const MIN_RESPOND_PLAINTEXT: usize = 112;
 /// `forward_update` → `forward_update_ack`. A smaller `forward_update` is not recorded at all.
-/// A site collector pads every request it sends its centre to at least this (`forward_sos`,
-/// `cancel`, `forward_update`), which covers every answer it can get.
+/// A site collector pads `forward_sos` and `forward_update` to at least this (its `cancel` is
+/// padded as an agent's), which covers every answer it can get.
 pub const MIN_FORWARD_UPDATE_PLAINTEXT: usize = 112;
 // Padding a site's requests to it covers the answers to `forward_sos` and `cancel` too.
 const _: () =

@@ -158,10 +158,14 @@ pub fn build(config: &Config, ctx: &Context) -> Result<Vec<Channel>, SetupError>
     let fail = |channel: &'static str| move |e: String| SetupError { channel, message: e };
     let mut out: Vec<Channel> = vec![Arc::new(Log)];
     if let Some(s) = &n.slack {
-        out.push(Arc::new(Slack::new(s.clone(), timeout, ctx.links.clone()).map_err(|e| fail("slack")(e.to_string()))?));
+        out.push(Arc::new(
+            Slack::new(s.clone(), timeout, ctx.links.clone()).map_err(|e| fail("slack")(e.to_string()))?,
+        ));
     }
     if let Some(s) = &n.email {
-        out.push(Arc::new(Email::new(s.clone(), timeout, ctx.links.clone()).map_err(|e| fail("email")(e.to_string()))?));
+        out.push(Arc::new(
+            Email::new(s.clone(), timeout, ctx.links.clone()).map_err(|e| fail("email")(e.to_string()))?,
+        ));
     }
     if let Some(s) = &n.sms {
         out.push(Arc::new(Sms::new(s.clone(), timeout, ctx).map_err(fail("sms"))?));

@@ -67,9 +67,8 @@ impl Ntfy {
     }
 
     fn ack_url(&self, a: &AlertRecord) -> Option<String> {
-        (a.update.is_none() && a.cancellation.is_none())
-            .then(|| self.ctx.links.as_ref().map(|l| l.url(&a.alert_id, "ntfy")))
-            .flatten()
+        // New alerts and reminders ("still unanswered"), where one tap matters most.
+        self.ctx.links.as_ref()?.for_alert(a, "ntfy")
     }
 
     /// The JSON publish for `alerts`: the full text when it fits, else one line per alert.

@@ -152,12 +152,7 @@ impl Slack {
             }
         })?;
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = super::http::retry_after(resp.headers());
         let text = resp.text().await.unwrap_or_default();
         let text: String = text.chars().take(200).collect();
         if status.is_success() {

@@ -186,7 +186,13 @@ impl Sms {
             (401 | 403 | 404, _) | (_, 20003 | 20404 | 21212 | 21603 | 21606 | 21659 | 21660) => {
                 Outcome::AllRefused(reason)
             }
-            _ => Outcome::NumberRefused(reason),
+            // This number cannot get an SMS (invalid, not mobile, unsubscribed, unreachable,
+            // blocked): the others still get it.
+            (_, 21211 | 21214 | 21217 | 21408 | 21610 | 21612 | 21614) => Outcome::NumberRefused(reason),
+            // Anything else (a full sending queue, 21611, in a storm; a code this version does
+            // not know; a gateway's error page without a code) is retried, then given up with
+            // the reason: refusing an SOS for an error we cannot read would be worse.
+            _ => Outcome::Retry(DeliveryError::Transient { reason, retry_after: wait }),
         }
     }
 
@@ -202,8 +208,13 @@ impl Sms {
         let done: HashSet<String> =
             self.sent.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned().unwrap_or_default();
         let (mut retry, mut refused, mut sent_now) = (None::<DeliveryError>, Vec::new(), 0usize);
-        for n in numbers.iter().filter(|n| !done.contains(*n)) {
-            match self.send_one(n, &body).await {
+        // Every number at once: one that hangs must not use up the attempt of the others (the
+        // outbox cuts an attempt at `attempt_timeout`); each is recorded as it succeeds.
+        let todo: Vec<&String> = numbers.iter().filter(|n| !done.contains(*n)).collect();
+        let mut sends: futures_util::stream::FuturesUnordered<_> =
+            todo.iter().map(|n| async { (*n, self.send_one(n, &body).await) }).collect();
+        while let Some((n, outcome)) = futures_util::StreamExt::next(&mut sends).await {
+            match outcome {
                 Outcome::Sent => {
                     // Recorded at once: an attempt cut off later must not send it to this number again.
                     sent_now += 1;

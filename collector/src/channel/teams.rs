@@ -122,9 +122,8 @@ impl Teams {
     }
 
     fn ack_url(&self, a: &AlertRecord) -> Option<String> {
-        (a.update.is_none() && a.cancellation.is_none())
-            .then(|| self.ctx.links.as_ref().map(|l| l.url(&a.alert_id, "teams")))
-            .flatten()
+        // New alerts and reminders ("still unanswered"), where one tap matters most.
+        self.ctx.links.as_ref()?.for_alert(a, "teams")
     }
 
     async fn post(&self, body: &Value) -> Result<(), DeliveryError> {

@@ -131,7 +131,7 @@ impl Webhook {
     /// If the HTTP client cannot be built.
     pub fn new(settings: WebhookSettings, timeout: Duration, data_dir: PathBuf, ctx: &Context) -> Result<Self, String> {
         let fingerprint = hex(&Sha256::digest(settings.url.as_str().as_bytes())[..16]);
-        Ok(Webhook {
+        let webhook = Webhook {
             http: client(timeout)?,
             settings,
             disabled_file: data_dir.join(DISABLED_FILE),
@@ -139,7 +139,26 @@ impl Webhook {
             failures: Mutex::default(),
             gone_unrecorded: std::sync::atomic::AtomicBool::new(false),
             admin: ctx.admin.clone(),
-        })
+        };
+        // Still disabled from an earlier run: said again at every start, so that an
+        // administrator who missed the first notice hears of it.
+        if let Some(since) = webhook.disabled_since() {
+            tracing::error!(channel = "webhook", since = %since, file = %webhook.disabled_file.display(),
+                            "THE WEBHOOK ENDPOINT IS DISABLED (it answered 410 Gone): nothing is sent to it");
+            if let Some(admin) = &webhook.admin {
+                let _ = admin.send(AdminNotice {
+                    from: "webhook",
+                    subject: "SOS collector: webhook endpoint still disabled",
+                    text: format!(
+                        "the webhook endpoint ({}) is disabled since {since} (it answered 410 Gone) and receives no \
+                         alerts. To enable it again, delete {} or change notify.webhook.url.",
+                        webhook.host(),
+                        webhook.disabled_file.display()
+                    ),
+                });
+            }
+        }
+        Ok(webhook)
     }
 
     fn host(&self) -> String {

@@ -130,6 +130,8 @@ pub fn forward_enroll(
     timeout_secs: u64,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    // As root it would write a key file the service cannot read, and use up the code.
+    super::check_owner(config)?;
     let settings = config.forward.as_ref();
     let centre = centre.or_else(|| settings.map(|f| f.centre.clone())).context(
         "no centre: pass --centre HOST:PORT, or set `[forward] centre = \"HOST:PORT\"` in the configuration",
@@ -163,7 +165,8 @@ pub fn forward_enroll(
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
     println!("Enrolled at the centre {addr} as the site \"{}\" (id {}).", key.name, key.agent_id);
     eprintln!(
-        "The key is in {} (mode 0600). A running collector starts forwarding within 30 s; check with \
+        "The key is in {} (mode 0600). A running collector that had no key starts forwarding within 30 s; \
+         one that had another key (--force) keeps it until restarted: restart it. Check with \
          `sos-collector alerts` at the centre after a test alert (`sos-agent send --test`).",
         path.display()
     );

@@ -385,13 +385,14 @@ fn secret_url(file: Option<&Path>, key: &str, text: &SecretString) -> Result<req
         .ok_or_else(|| ConfigError::at(file, key, "not an http(s) URL (the value is not shown: it is a secret)"))
 }
 
-/// A phone number as Twilio wants it (E.164: `+` and digits), from what a person wrote
-/// (`+44 20 7946-0000`, `(555) 010 2030`).
+/// A phone number as Twilio wants it (E.164: `+`, the country code and at most 15 digits), from
+/// what a person wrote (`+44 20 7946-0000`, `+1 (555) 010 2030`). A number without its `+` and
+/// country code (`07700 900123`) is not one: every SMS to it would be refused.
 pub fn e164(number: &str) -> Option<String> {
     let digits: String = number.chars().filter(char::is_ascii_digit).collect();
     let allowed = number.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c));
-    let plus = number.trim_start().starts_with('+');
-    (allowed && (3..=15).contains(&digits.len())).then(|| if plus { format!("+{digits}") } else { digits })
+    let plus = number.trim_start().starts_with('+') && number.matches('+').count() == 1;
+    (allowed && plus && (3..=15).contains(&digits.len())).then(|| format!("+{digits}"))
 }
 
 fn webhook(
@@ -450,11 +451,18 @@ fn sms(file: Option<&Path>, s: RawSms, rel: &dyn Fn(PathBuf) -> PathBuf) -> Resu
             )
         })?
     };
-    let to = s
-        .to
-        .iter()
-        .map(|n| e164(n).ok_or_else(|| ConfigError::at(file, "notify.sms.to", format!("{n:?} is not a phone number"))))
-        .collect::<Result<Vec<_>, _>>()?;
+    let to =
+        s.to.iter()
+            .map(|n| {
+                e164(n).ok_or_else(|| {
+                    ConfigError::at(
+                        file,
+                        "notify.sms.to",
+                        format!("{n:?} is not an international phone number (+, country code, number)"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
     let api = s.api_url.as_deref().unwrap_or("https://api.twilio.com");
     let api_url = reqwest::Url::parse(api)
         .ok()
@@ -481,6 +489,18 @@ fn ntfy(file: Option<&Path>, n: RawNtfy, rel: &dyn Fn(PathBuf) -> PathBuf) -> Re
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
         .ok_or_else(|| ConfigError::at(file, "notify.ntfy.server", format!("{:?} is not an http(s) URL", n.server)))?;
+    // ntfy takes a JSON publish only at its root: posted to a topic's URL it would show the JSON
+    // as the text of a normal-priority message (no sound through Do Not Disturb), and answer 200.
+    if server.path() != "/" || server.query().is_some() {
+        return Err(ConfigError::at(
+            file,
+            "notify.ntfy.server",
+            format!(
+                "{:?}: give the server's root (https://ntfy.example.org); the topic goes in notify.ntfy.topic",
+                n.server
+            ),
+        ));
+    }
     let topic = n.topic.trim();
     if topic.is_empty() || topic.len() > 64 || !topic.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
@@ -519,6 +539,15 @@ impl Config {
                     "{key} is plain http (host {}): alerts and credentials travel unencrypted; use https unless this \
                      is a relay on this host",
                     u.host_str().unwrap_or("?")
+                ));
+            }
+        }
+        if let Some(n) = &self.notify.ntfy {
+            if n.token.is_none() && n.topic.len() < 20 {
+                w.push(format!(
+                    "notify.ntfy: the topic {:?} is short and there is no token: anyone who guesses it reads every alert \
+                     (and its acknowledge link, if [http] public_url is set); use a long random topic or an access token",
+                    n.topic
                 ));
             }
         }

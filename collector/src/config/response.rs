@@ -192,12 +192,12 @@ pub(super) fn responders(file: Option<&Path>, raw: Vec<RawResponder>) -> Result<
                 .map_err(|err| ConfigError::at(file, &key("email"), format!("{e:?} is not an email address: {err}")))?;
         }
         if let Some(p) = &r.phone {
-            let digits = p.chars().filter(char::is_ascii_digit).count();
-            if !p.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c)) || !(3..=20).contains(&digits) {
+            // The SMS channel texts it: international form, or it would be refused at alert time.
+            if crate::config::e164(p).is_none() {
                 return Err(ConfigError::at(
                     file,
                     &key("phone"),
-                    format!("{p:?} is not a phone number (digits, +, spaces, dashes, parentheses)"),
+                    format!("{p:?} is not an international phone number (+, country code, number; spaces, dashes, parentheses allowed)"),
                 ));
             }
         }

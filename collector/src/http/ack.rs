@@ -52,6 +52,8 @@ struct AckPage {
     done: String,
     /// The logged-in account, if the browser sent its session.
     account: String,
+    /// That session's CSRF token: the POST is recorded under the account only with it.
+    csrf: String,
 }
 
 /// The logged-in person, if the request carries a session (a same-site request: the cookie is
@@ -60,20 +62,10 @@ fn viewer_of(console: &Console, headers: &HeaderMap) -> Option<Viewer> {
     Viewer::optional(console, headers)
 }
 
-/// Check the source's limit and the token; the page to answer with when refused.
+/// Check the token (and, for a refused one, the source's limit); the page to answer with when refused.
 fn admit(console: &Console, headers: &HeaderMap, peer: Peer, token: &str) -> Result<AckToken, Box<Response>> {
     let source = super::auth::source(console, headers, Some(peer.0));
     let refused = |result: &str| console.metrics.ack_links.get_or_create(&vec![("result", result.to_owned())]).inc();
-    if !console.auth.allow_ack(source) {
-        refused("limited");
-        tracing::warn!(%source, "console: acknowledge link requests limited");
-        return Err(Box::new(message(
-            StatusCode::TOO_MANY_REQUESTS,
-            None,
-            "Too many requests",
-            "Too many requests from your address. Wait a few seconds and reload this page.",
-        )));
-    }
     let Some(links) = console.links.as_ref() else {
         refused("off");
         return Err(Box::new(message(
@@ -83,7 +75,27 @@ fn admit(console: &Console, headers: &HeaderMap, peer: Peer, token: &str) -> Res
             "Acknowledge links are not enabled on this collector. Log in to the console to acknowledge.",
         )));
     };
-    links.verify(token, SystemTime::now()).map_err(|e| {
+    // Refused tokens are charged to the source's limit, valid ones to their own link's: behind a
+    // proxy on another host every responder (and every mail scanner fetching the links) shares
+    // one address, and must not be locked out of acknowledging in an incident by junk.
+    let verified = links.verify(token, SystemTime::now());
+    let allowed = match &verified {
+        // A valid link has a budget of its own (a used one replayed in a loop must not queue
+        // work on the writer thread that commits SOS).
+        Ok(t) => console.auth.allow_ack_link(t.nonce),
+        Err(_) => console.auth.allow_ack(source),
+    };
+    if !allowed {
+        refused("limited");
+        tracing::warn!(%source, "console: acknowledge link requests limited");
+        return Err(Box::new(message(
+            StatusCode::TOO_MANY_REQUESTS,
+            None,
+            "Too many requests",
+            "Too many requests from your address. Wait a few seconds and reload this page.",
+        )));
+    }
+    verified.map_err(|e| {
         // The token is not logged: a valid one is an authority.
         tracing::warn!(%source, reason = %e, "console: acknowledge link refused");
         let (status, result, text) = match &e {
@@ -146,6 +158,7 @@ async fn show(
         None => format!("This alert is {}: nothing to acknowledge.", alert.state),
     });
     let account = viewer.as_ref().map(|v| v.name.clone()).unwrap_or_default();
+    let csrf = viewer.as_ref().map(|v| v.csrf.clone()).unwrap_or_default();
     page(
         status,
         AckPage {
@@ -155,6 +168,7 @@ async fn show(
             expires: when_utc(unix_secs(token.expires)),
             done,
             account,
+            csrf,
         },
     )
 }
@@ -180,11 +194,21 @@ pub struct AckForm {
     name: String,
     #[serde(default)]
     note: String,
+    /// The session's CSRF token, sent by the page when it was shown to a logged-in person.
+    #[serde(default)]
+    csrf: String,
 }
 
 /// Printable text of at most `max` characters, trimmed.
 fn clean(text: &str, max: usize) -> String {
-    text.trim().chars().filter(|c| !c.is_control()).take(max).collect::<String>().trim().to_owned()
+    text.trim().chars().filter(|c| !c.is_control() && !invisible(*c)).take(max).collect::<String>().trim().to_owned()
+}
+
+/// Format characters that change how the text around them is shown (bidirectional overrides
+/// and isolates, zero-width characters): they could hide or reverse "(via slack link)" after a
+/// typed name in the sender's toast, Slack and email.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{061C}' | '\u{FEFF}')
 }
 
 /// `POST /ack/{token}`: acknowledge, once.
@@ -199,7 +223,10 @@ pub async fn ack(
         Ok(t) => t,
         Err(r) => return *r,
     };
-    let viewer = viewer_of(&console, &headers);
+    // The account's name only with its session's CSRF token (the page shows it to that session):
+    // SameSite is per site, so a sibling subdomain holding a link could otherwise post under a
+    // logged-in person's name.
+    let viewer = viewer_of(&console, &headers).filter(|v| super::auth::same(&f.csrf, &v.csrf));
     let responder = match (&viewer, clean(&f.name, MAX_NAME)) {
         (Some(v), _) => v.name.clone(),
         (None, name) if name.is_empty() => format!("via {} link", t.channel),

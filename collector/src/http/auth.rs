@@ -69,7 +69,7 @@ pub fn token_hash(token: &str) -> String {
     sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn same(a: &str, b: &str) -> bool {
+pub(super) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -96,6 +96,8 @@ pub struct Auth {
     sources: Mutex<Limiter<IpAddr>>,
     /// Requests to acknowledge links, per source address ([`super::ack::ACK_RATE`]).
     ack_sources: Mutex<Limiter<IpAddr>>,
+    /// Requests per valid acknowledge link (its nonce): a used link replayed in a loop.
+    ack_links: Mutex<Limiter<[u8; 16]>>,
     failures: Mutex<HashMap<String, Failures>>,
     hashing: Semaphore,
     /// A hash to verify against when the name is unknown, so that timing does not tell.
@@ -120,6 +122,7 @@ impl Auth {
             sessions: Mutex::default(),
             sources: Mutex::new(Limiter::new(SOURCE_RATE, 100_000)),
             ack_sources: Mutex::new(Limiter::new(super::ack::ACK_RATE, 100_000)),
+            ack_links: Mutex::new(Limiter::new(super::ack::ACK_RATE, 100_000)),
             failures: Mutex::default(),
             hashing: Semaphore::new(2),
             decoy: std::sync::OnceLock::new(),
@@ -129,6 +132,11 @@ impl Auth {
     /// Whether `source` may make one more request to an acknowledge link now.
     pub fn allow_ack(&self, source: IpAddr) -> bool {
         self.ack_sources.lock().unwrap_or_else(|e| e.into_inner()).allow(source, Instant::now())
+    }
+
+    /// Whether one more request with the valid acknowledge link of `nonce` is allowed now.
+    pub fn allow_ack_link(&self, nonce: [u8; 16]) -> bool {
+        self.ack_links.lock().unwrap_or_else(|e| e.into_inner()).allow(nonce, Instant::now())
     }
 
     /// Whether `name` is an account the configuration allows.

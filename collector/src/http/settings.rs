@@ -92,7 +92,20 @@ impl RawHttp {
         let scheme = if tls.is_some() || behind_proxy { "https" } else { "http" };
         let links = self.public_url.is_some();
         let public_url = match self.public_url {
-            Some(u) if u.starts_with("https://") || u.starts_with("http://") => u.trim_end_matches('/').to_owned(),
+            Some(u)
+                if (u.starts_with("https://") || u.starts_with("http://"))
+                    && reqwest::Url::parse(&u).is_ok_and(|p| p.host().is_some() && p.query().is_none() && p.fragment().is_none())
+                    && u.len() <= 200 =>
+            {
+                u.trim_end_matches('/').to_owned()
+            }
+            Some(u) if u.starts_with("https://") || u.starts_with("http://") => {
+                return Err(ConfigError::at(
+                    file,
+                    "http.public_url",
+                    format!("{u:?} is not a URL the console can be reached at (a host, no query or fragment, at most 200 characters)"),
+                ))
+            }
             Some(u) => {
                 return Err(ConfigError::at(
                     file,

@@ -66,11 +66,19 @@ impl Db {
         let stored = Db::insert_in(&tx, alerts, plan, jobs_at_ms)?;
         let mut finished = Vec::with_capacity(outcomes.len());
         for (set, now_ms) in outcomes {
-            let sp = tx.savepoint()?;
-            match Db::finish_in(&sp, set, *now_ms) {
-                Ok(()) => finished.push(sp.commit().map_err(StoreError::from)),
-                // Dropping the savepoint rolls it back.
-                Err(e) => finished.push(Err(e)),
+            {
+                let sp = tx.savepoint()?;
+                match Db::finish_in(&sp, set, *now_ms) {
+                    Ok(()) => finished.push(sp.commit().map_err(StoreError::from)),
+                    // Dropping the savepoint rolls it back.
+                    Err(e) => finished.push(Err(e)),
+                }
+            }
+            // An error that ended the whole transaction (disk full, I/O) rolled the alerts back
+            // too: nothing of the group may be reported stored, nor a later savepoint start a
+            // transaction of its own.
+            if tx.is_autocommit() {
+                return Err(StoreError::Sqlite("the group's transaction was rolled back".into()));
             }
         }
         tx.commit()?;

@@ -181,7 +181,11 @@ impl Db {
         let alert = self
             .conn
             .query_row(&sql, params![id.to_string()], |r| {
-                Ok(ConsoleAlert { record: super::sqlite::response::alert_record(r, 0)?, state: r.get(16)?, by: r.get(17)? })
+                Ok(ConsoleAlert {
+                    record: super::sqlite::response::alert_record(r, 0)?,
+                    state: r.get(16)?,
+                    by: r.get(17)?,
+                })
             })
             .optional()?;
         let Some(alert) = alert else { return Ok(None) };
@@ -507,7 +511,8 @@ mod tests {
         assert_eq!(one.record.site.as_deref(), Some("Branch A"));
         assert_eq!((one.state.as_str(), one.by.as_str()), ("acknowledged", "via slack link"));
         let all = db.console_alerts(&AlertFilter::default(), None, 10).unwrap();
-        let site = |n: u128| all.iter().find(|a| a.record.alert_id == AlertId::from_u128(n)).unwrap().record.site.clone();
+        let site =
+            |n: u128| all.iter().find(|a| a.record.alert_id == AlertId::from_u128(n)).unwrap().record.site.clone();
         assert_eq!((site(1).as_deref(), site(2)), (Some("Branch A"), None));
     }
 }

@@ -259,9 +259,23 @@ impl ResponsePlan {
                 })
                 .collect()
         };
+        // A site forwards every alert to its centre at once, whatever its escalation names: in
+        // the first tier of both policies, and only there (a policy that left it out would
+        // forward drills but not real alerts, or only after the first tier's wait).
+        let forwarding = |mut plan: Vec<TierPlan>| {
+            if configured.contains(&"forward") {
+                for (i, t) in plan.iter_mut().enumerate() {
+                    t.channels.retain(|c| *c != "forward");
+                    if i == 0 {
+                        t.channels.push("forward");
+                    }
+                }
+            }
+            plan
+        };
         ResponsePlan {
-            emergency: tiers(&config.escalation.emergency),
-            drill: tiers(&config.escalation.drill),
+            emergency: forwarding(tiers(&config.escalation.emergency)),
+            drill: forwarding(tiers(&config.escalation.drill)),
             offline_after_ms: config.escalation.responder_offline_after.as_millis() as i64,
         }
     }

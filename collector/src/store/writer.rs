@@ -194,7 +194,10 @@ impl Checkpointer {
             return;
         }
         let (reply, replied) = std::sync::mpsc::sync_channel(1);
-        let complete = asks.send(Ask::CatchUp(reply)).is_ok() && replied.recv_timeout(CATCH_UP_WAIT).unwrap_or(false);
+        // Never blocks on the request itself: a checkpoint under way holds the one slot, and the
+        // writer must not wait for it beyond CATCH_UP_WAIT (skipped now, tried after the next commit).
+        let complete =
+            asks.try_send(Ask::CatchUp(reply)).is_ok() && replied.recv_timeout(CATCH_UP_WAIT).unwrap_or(false);
         if complete {
             self.next_catch_up = self.catch_up_pages;
         } else {

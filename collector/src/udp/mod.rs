@@ -284,7 +284,7 @@ impl Receiver {
             if let Some(why) = refused {
                 let who = &e.agent.who;
                 // Bounded: a captured datagram of a revoked agent can be replayed at any rate.
-                let sos = matches!(opened.message, Message::Sos(_));
+                let sos = matches!(opened.message, Message::Sos(_) | Message::ForwardSos(_));
                 let cause = if sos { Cause::RevokedSos } else { Cause::Revoked };
                 self.refuse(cause, &self.stats.revoked, |before| {
                     if sos {
