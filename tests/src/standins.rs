@@ -284,7 +284,7 @@ fn as_service(service: &Service, path: &str, headers: &HashMap<String, String>, 
             let f = form(body);
             let to = f.get("To").cloned().unwrap_or_default();
             let text = f.get("Body").cloned().unwrap_or_default();
-            if f.get("From").is_none() && f.get("MessagingServiceSid").is_none() {
+            if !f.contains_key("From") && !f.contains_key("MessagingServiceSid") {
                 return err(400, 21603, "A 'From' or 'MessagingServiceSid' parameter is required");
             }
             let e164 =

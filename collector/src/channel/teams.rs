@@ -89,7 +89,7 @@ pub fn payload(alerts: &[AlertRecord], ack_url: &dyn Fn(&AlertRecord) -> Option<
     }
     if !several {
         if let Some(a) = alerts.first() {
-            body.insert(1, plain(&super::format::update_paragraph(a).trim().to_owned()));
+            body.insert(1, plain(super::format::update_paragraph(a).trim()));
         }
     }
     let mut card = json!({

@@ -627,8 +627,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_and_never_the_secret() {
-        let e =
-            err(&format!("[notify.sms]\naccount_sid = \"AC12\"\nauth_token = \"s3cr3t\"\nfrom = \"+15550000000\"\n"));
+        let e = err("[notify.sms]\naccount_sid = \"AC12\"\nauth_token = \"s3cr3t\"\nfrom = \"+15550000000\"\n");
         assert!(e.contains("notify.sms.account_sid") && !e.contains("s3cr3t"), "{e}");
         let e = err(&format!("[notify.sms]\naccount_sid = \"{SID}\"\nfrom = \"+15550000000\"\n"));
         assert!(e.contains("notify.sms.auth_token"), "{e}");
