@@ -53,6 +53,133 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX outbox_due ON outbox (channel, state, next_attempt_at_ms);
      CREATE SEQUENCE outbox_leases;",
+    // Version 2: the rest of the SQLite store's tables, mirrored one to one (same tables, same
+    // columns, INTEGER as BIGINT, 0/1 flags as BIGINT too): the responder loop (the outbox's
+    // kinds, tiers and audiences; responses, the timeline, escalation deadlines, sender notices),
+    // presence, the agent registry, the console, acknowledge links.
+    "ALTER TABLE outbox DROP CONSTRAINT outbox_alert_id_channel_kind_key;
+     ALTER TABLE outbox ADD COLUMN tier BIGINT NOT NULL DEFAULT 1;
+     ALTER TABLE outbox ADD COLUMN mentions TEXT NOT NULL DEFAULT '';
+     ALTER TABLE outbox ADD COLUMN recipients TEXT NOT NULL DEFAULT '';
+     ALTER TABLE outbox ADD COLUMN detail TEXT NOT NULL DEFAULT '';
+     ALTER TABLE outbox ADD CONSTRAINT outbox_job UNIQUE (alert_id, channel, kind, tier);
+     ALTER TABLE outbox ADD CONSTRAINT outbox_kind
+        CHECK (kind IN ('alert', 'cancel', 'reminder', 'acknowledged', 'resolved'));
+     ALTER TABLE outbox ADD CONSTRAINT outbox_state CHECK (state IN ('pending', 'delivered', 'failed', 'stopped'));
+     CREATE TABLE responses (
+        alert_id           TEXT PRIMARY KEY REFERENCES alerts (alert_id),
+        state              TEXT NOT NULL
+                           CHECK (state IN ('received', 'notified', 'acknowledged', 'resolved', 'cancelled', 'checked')),
+        seq                BIGINT NOT NULL DEFAULT 1,
+        tier               BIGINT NOT NULL DEFAULT 0,
+        reminder_seq       BIGINT NOT NULL DEFAULT 0,
+        by_responder       TEXT NOT NULL DEFAULT '',
+        note               TEXT NOT NULL DEFAULT '',
+        outcome            TEXT NOT NULL DEFAULT '',
+        responders         TEXT NOT NULL DEFAULT '',
+        acknowledged_at_ms BIGINT,
+        changed_at_ms      BIGINT NOT NULL
+     );
+     CREATE INDEX responses_recent ON responses (changed_at_ms);
+     CREATE TABLE alert_events (
+        id       BIGSERIAL PRIMARY KEY,
+        alert_id TEXT NOT NULL REFERENCES alerts (alert_id),
+        at_ms    BIGINT NOT NULL,
+        kind     TEXT NOT NULL,
+        who      TEXT NOT NULL,
+        via      TEXT NOT NULL,
+        note     TEXT NOT NULL
+     );
+     CREATE INDEX alert_events_alert ON alert_events (alert_id, id);
+     CREATE TABLE escalations (
+        alert_id  TEXT PRIMARY KEY REFERENCES alerts (alert_id),
+        next_tier BIGINT NOT NULL,
+        set_at_ms BIGINT NOT NULL,
+        due_at_ms BIGINT NOT NULL
+     );
+     CREATE INDEX escalations_due ON escalations (due_at_ms);
+     CREATE TABLE sender_notices (
+        alert_id        TEXT NOT NULL REFERENCES alerts (alert_id),
+        event           TEXT NOT NULL CHECK (event IN ('acknowledged', 'resolved', 'unanswered')),
+        principal       TEXT NOT NULL,
+        responder       TEXT NOT NULL,
+        note            TEXT NOT NULL,
+        at_ms           BIGINT NOT NULL,
+        confirmed_at_ms BIGINT,
+        PRIMARY KEY (alert_id, event)
+     );
+     CREATE INDEX sender_notices_pending ON sender_notices (confirmed_at_ms);
+     CREATE TABLE agents (
+        host         TEXT NOT NULL,
+        \"user\"       TEXT NOT NULL,
+        ip           TEXT NOT NULL,
+        source       TEXT NOT NULL,
+        key_id       TEXT NOT NULL,
+        last_seen_ms BIGINT NOT NULL,
+        PRIMARY KEY (host, \"user\")
+     );
+     CREATE TABLE enrolled (
+        agent_id          TEXT PRIMARY KEY,
+        name              TEXT NOT NULL,
+        host              TEXT NOT NULL,
+        enrolled_at_ms    BIGINT NOT NULL,
+        key               TEXT NOT NULL,
+        prev_key          TEXT,
+        prev_until_ms     BIGINT,
+        next_key          TEXT,
+        rotated_at_ms     BIGINT,
+        revoked_at_ms     BIGINT,
+        last_seen_ms      BIGINT,
+        responder_seen_ms BIGINT,
+        site              BIGINT NOT NULL DEFAULT 0
+     );
+     CREATE TABLE enrollments (
+        code_id       TEXT PRIMARY KEY,
+        secret        TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL,
+        attempts      BIGINT NOT NULL DEFAULT 0,
+        used_at_ms    BIGINT,
+        agent_id      TEXT,
+        site          BIGINT NOT NULL DEFAULT 0
+     );
+     CREATE TABLE registry_version (
+        id      BIGINT PRIMARY KEY CHECK (id = 0),
+        version BIGINT NOT NULL
+     );
+     INSERT INTO registry_version VALUES (0, 0);
+     CREATE TABLE console_accounts (
+        name          TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        updated_at_ms BIGINT NOT NULL
+     );
+     CREATE TABLE console_invitations (
+        token_hash    TEXT PRIMARY KEY,
+        name          TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL,
+        used_at_ms    BIGINT
+     );
+     CREATE TABLE console_probe (
+        id    BIGINT PRIMARY KEY CHECK (id = 0),
+        at_ms BIGINT NOT NULL
+     );
+     DROP INDEX alerts_received;
+     CREATE INDEX alerts_received ON alerts (received_at_ms, alert_id);
+     CREATE TABLE silent_agents (
+        agent_id        TEXT PRIMARY KEY,
+        silent_since_ms BIGINT NOT NULL
+     );
+     CREATE TABLE ack_links_used (
+        nonce         TEXT PRIMARY KEY,
+        alert_id      TEXT NOT NULL,
+        channel       TEXT NOT NULL,
+        by_responder  TEXT NOT NULL,
+        used_at_ms    BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL
+     );
+     CREATE INDEX ack_links_used_expiry ON ack_links_used (expires_at_ms);",
 ];
 
 /// The schema version this collector writes.
