@@ -1,5 +1,5 @@
 //! The store seam: what alerts and their outbox need from a store, with two implementations,
-//! the embedded SQLite writer ([`Store`], one collector) and PostgreSQL
+//! the embedded SQLite writer ([`SqliteStore`], one collector) and PostgreSQL
 //! ([`PgStore`](super::postgres::PgStore), several collectors sharing one database).
 //!
 //! The difference that matters is the outbox claim. On SQLite one process owns the file and one
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use sos_shared::AlertId;
 use tokio::sync::Notify;
 
-use super::{AlertRecord, Cancelled, Delivery, Job, JobOutcome, NewAlert, Store, StoreError, Stored};
+use super::{AlertRecord, Cancelled, Delivery, Job, JobOutcome, NewAlert, SqliteStore, StoreError, Stored};
 
 /// A boxed future, for the object-safe [`Backend`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -48,7 +48,7 @@ pub struct Claim {
 /// What alerts and the outbox need from a store. One implementation per database engine; the
 /// same test suite runs against both (`store::backend::tests`).
 pub trait Backend: Send + Sync + std::fmt::Debug {
-    /// Store an alert with one outbox job per channel, once by alert id; resolves after the
+    /// SqliteStore an alert with one outbox job per channel, once by alert id; resolves after the
     /// commit, and only then may the SOS be acknowledged.
     ///
     /// # Errors
@@ -117,9 +117,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn waker(&self, channel: &str) -> Option<Arc<Notify>>;
 }
 
-impl Backend for Store {
+impl Backend for SqliteStore {
     fn insert(&self, alert: NewAlert) -> BoxFuture<'_, Result<Stored, StoreError>> {
-        Box::pin(Store::insert(self, alert))
+        Box::pin(SqliteStore::insert(self, alert))
     }
 
     fn cancel(
@@ -129,7 +129,7 @@ impl Backend for Store {
         principal: String,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<Cancelled, StoreError>> {
-        Box::pin(Store::cancel(self, alert_id, reason, principal, now_ms))
+        Box::pin(SqliteStore::cancel(self, alert_id, reason, principal, now_ms))
     }
 
     fn claim(&self, channel: &'static str, now_ms: i64, limit: usize) -> BoxFuture<'_, Result<Claim, StoreError>> {
@@ -143,11 +143,11 @@ impl Backend for Store {
         outcomes: Vec<(i64, JobOutcome)>,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<Vec<i64>, StoreError>> {
-        Box::pin(async move { Store::finish(self, outcomes, now_ms).await.map(|()| Vec::new()) })
+        Box::pin(async move { SqliteStore::finish(self, outcomes, now_ms).await.map(|()| Vec::new()) })
     }
 
     fn next_due(&self, channel: &'static str) -> BoxFuture<'_, Result<Option<i64>, StoreError>> {
-        Box::pin(Store::next_due(self, channel))
+        Box::pin(SqliteStore::next_due(self, channel))
     }
 
     fn recent_alerts(&self, limit: usize) -> BoxFuture<'_, Result<RecentAlerts, StoreError>> {
@@ -155,15 +155,15 @@ impl Backend for Store {
     }
 
     fn is_failing(&self) -> bool {
-        Store::is_failing(self)
+        SqliteStore::is_failing(self)
     }
 
     fn changes(&self) -> Arc<Notify> {
-        Store::changes(self)
+        SqliteStore::changes(self)
     }
 
     fn waker(&self, channel: &str) -> Option<Arc<Notify>> {
-        Store::waker(self, channel)
+        SqliteStore::waker(self, channel)
     }
 }
 
@@ -286,7 +286,7 @@ mod tests {
                     #[tokio::test]
                     async fn $case() {
                         let dir = tempfile::tempdir().unwrap();
-                        let (store, writer) = crate::store::Store::start(
+                        let (store, writer) = crate::store::SqliteStore::start(
                             super::Db::open(&dir.path().join("sos.db")).unwrap(), super::CHANNELS).unwrap();
                         super::$case(&store).await;
                         drop(store);

@@ -13,12 +13,12 @@ pub(super) const STALL_WARNING: std::time::Duration = std::time::Duration::from_
 pub(super) struct Health {
     pub(super) failing_since: Option<std::time::Instant>,
     pub(super) failures: u64,
-    /// Shared with every [`Store`](super::Store) handle: see [`Store::is_failing`](super::Store::is_failing).
+    /// Shared with every [`SqliteStore`](super::SqliteStore) handle: see [`SqliteStore::is_failing`](super::SqliteStore::is_failing).
     pub(super) failing: Arc<std::sync::atomic::AtomicBool>,
     /// The first error that means the file is damaged: the writer stops after the current batch.
     pub(super) fatal: Option<String>,
     /// Since when (see [`busy_clock_ms`]) the writer works on its current batch; 0 while it
-    /// waits for work. Shared with every [`Store`](super::Store) handle: a batch that takes
+    /// waits for work. Shared with every [`SqliteStore`](super::SqliteStore) handle: a batch that takes
     /// longer than the stall warning (a frozen or hung disk) makes the store failing, even when
     /// no request waits on it.
     pub(super) busy_since_ms: Arc<std::sync::atomic::AtomicU64>,

@@ -1,6 +1,6 @@
 //! The durable store: alerts and their outbox, in one SQLite file (WAL, synchronous=FULL).
 //!
-//! [`Db`] holds every SQL statement and is used directly by the CLI. [`Store`] is the handle
+//! [`Db`] holds every SQL statement and is used directly by the CLI. [`SqliteStore`] is the handle
 //! the service uses: one named writer thread owns a [`Db`] and takes commands over a channel.
 //! Alerts that queue up while a commit is running are committed together in the next
 //! transaction (group commit), so a storm costs one fsync per batch, not per datagram.
@@ -12,11 +12,11 @@
 //! cancelling, listing alerts), `jobs.rs` (the outbox's queries), `presence.rs` (heartbeats),
 //! `response.rs` (the responder loop's types and the [`Response`] trait) with its SQL in
 //! `sqlite/response.rs` (response state, timeline, escalation deadlines, sender notices).
-//! The writer thread and the [`Store`] handle: `writer.rs`; write health: `health.rs`. The
+//! The writer thread and the [`SqliteStore`] handle: `writer.rs`; write health: `health.rs`. The
 //! agent registry's SQL is in [`crate::registry`].
 //!
 //! Two backends: [`backend`] is the seam (the [`Backend`] trait: alerts once by id, outbox claims
-//! under a lease, changes), implemented by [`Store`] (SQLite, one collector) and by
+//! under a lease, changes), implemented by [`SqliteStore`] (SQLite, one collector) and by
 //! [`PgStore`] in `postgres/` (several collectors on one PostgreSQL: `FOR UPDATE SKIP LOCKED`
 //! leases, LISTEN/NOTIFY, its own migrations). The service runs on SQLite; `database_url` is
 //! refused at config check until the rest of the service runs on PostgreSQL too.
@@ -47,7 +47,10 @@ pub use response::{
     Acknowledged, AlertState, AlertUpdate, Audience, Event, PopupTarget, Response, ResponsePlan, Transition, Via,
 };
 pub use sqlite::response::clean_note;
-pub use writer::Store;
+pub use writer::SqliteStore;
+/// The service's handle to its store. For now the SQLite writer only; becomes the enum over
+/// both backends (issue 18).
+pub type Store = SqliteStore;
 
 /// How often heartbeats (presence) are written to the store. Presence is advisory: a crash
 /// loses at most this much of it, and the next heartbeat restores it.
@@ -457,7 +460,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn heartbeats_wait_in_memory_one_per_agent_and_a_flush_writes_them_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = Store::start(Db::open(&dir.path().join("sos.db")).unwrap(), &["log"]).unwrap();
+        let (store, writer) = SqliteStore::start(Db::open(&dir.path().join("sos.db")).unwrap(), &["log"]).unwrap();
         // 100 agents heartbeating 50 times each: 100 entries in memory, nothing written yet.
         for round in 0..50 {
             for agent in 0..100 {
@@ -488,7 +491,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_panic_on_the_writer_thread_is_reported_not_left_to_refuse_every_sos() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = Store::start(Db::open(&dir.path().join("sos.db")).unwrap(), &["log"]).unwrap();
+        let (store, writer) = SqliteStore::start(Db::open(&dir.path().join("sos.db")).unwrap(), &["log"]).unwrap();
         let panicked = store.exec(|_| -> Result<(), StoreError> { panic!("registry invariant broken") }).await;
         assert!(matches!(panicked, Err(StoreError::Closed)), "{panicked:?}");
         let why = tokio::time::timeout(std::time::Duration::from_secs(10), store.ended()).await.unwrap();
@@ -513,7 +516,7 @@ pub(crate) mod tests {
             f.seek(std::io::SeekFrom::Start((root - 1) * page_size)).unwrap();
             f.write_all(&vec![0xA5; page_size as usize]).unwrap();
         }
-        let (store, writer) = Store::start(Db::open(&path).unwrap(), &["log"]).unwrap();
+        let (store, writer) = SqliteStore::start(Db::open(&path).unwrap(), &["log"]).unwrap();
         let res = store.insert(alert(2)).await;
         assert!(matches!(res, Err(StoreError::Corrupt(_))), "not acknowledged: {res:?}");
         let why = tokio::time::timeout(std::time::Duration::from_secs(10), store.ended()).await.unwrap();
@@ -525,7 +528,8 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_committed_alert_wakes_each_channel_and_an_unknown_channel_has_no_waker() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = Store::start(Db::open(&dir.path().join("sos.db")).unwrap(), &["log", "slack"]).unwrap();
+        let (store, writer) =
+            SqliteStore::start(Db::open(&dir.path().join("sos.db")).unwrap(), &["log", "slack"]).unwrap();
         assert!(store.waker("email").is_none(), "no jobs are made for email, nothing would wake it");
         let slack = store.waker("slack").unwrap();
         let woken = slack.notified();
@@ -538,7 +542,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_writer_that_ends_normally_is_not_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = Store::start(Db::open(&dir.path().join("sos.db")).unwrap(), &["log"]).unwrap();
+        let (store, writer) = SqliteStore::start(Db::open(&dir.path().join("sos.db")).unwrap(), &["log"]).unwrap();
         let watcher = store.clone();
         let watch = tokio::spawn(async move { watcher.ended().await });
         drop(store);

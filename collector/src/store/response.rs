@@ -3,16 +3,16 @@
 //! escalation deadlines, and the notices owed to senders.
 //!
 //! [`Response`] is the trait the rest of the collector uses (the UDP path and pushes, the
-//! escalation engine); [`Store`] implements it over the SQLite writer thread (the SQL is in
+//! escalation engine); [`SqliteStore`] implements it over the SQLite writer thread (the SQL is in
 //! `sqlite/response.rs`). Every method that changes an alert's response state notifies
-//! [`Store::changes`] after its commit.
+//! [`SqliteStore::changes`] after its commit.
 
 use std::future::Future;
 
 use sos_shared::protocol::{NoticeEvent, ResponderNotice};
 use sos_shared::AlertId;
 
-use super::{AlertRecord, Store, StoreError};
+use super::{AlertRecord, SqliteStore, StoreError};
 use crate::config::Config;
 
 /// Through what a transition was made: the `via` of a timeline event.
@@ -335,7 +335,7 @@ pub enum AlertUpdate {
     },
 }
 
-/// The response store: what the responder loop reads and writes. Implemented by [`Store`]
+/// The response store: what the responder loop reads and writes. Implemented by [`SqliteStore`]
 /// (SQLite); a PostgreSQL implementation comes later.
 pub trait Response {
     /// A responder acknowledges: in one transaction, the event, the state, every pending tier
@@ -403,7 +403,7 @@ pub trait Response {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-impl Response for Store {
+impl Response for SqliteStore {
     async fn acknowledge(
         &self,
         alert_id: AlertId,

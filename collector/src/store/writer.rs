@@ -1,4 +1,4 @@
-//! The writer thread and the service's handle to it ([`Store`]): group commit, presence
+//! The writer thread and the service's handle to it ([`SqliteStore`]): group commit, presence
 //! flushes, the WAL checkpointer, and how the thread's end is reported.
 
 use std::sync::Arc;
@@ -29,9 +29,9 @@ enum Command {
 
 /// The service's handle to the store's writer thread. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Store {
+pub struct SqliteStore {
     tx: mpsc::UnboundedSender<Command>,
-    /// Heartbeats since the last [`Store::flush_presence`], the latest per (host, user): memory
+    /// Heartbeats since the last [`SqliteStore::flush_presence`], the latest per (host, user): memory
     /// proportional to the agents, and one transaction per flush instead of one per heartbeat.
     pub(super) presence: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), AgentSeen>>>,
     /// Whether a request has been waiting longer than [`STALL_WARNING`] (announced once).
@@ -45,13 +45,13 @@ pub struct Store {
     ended: tokio::sync::watch::Receiver<Option<String>>,
     /// See [`Health::busy_since_ms`].
     busy_since_ms: Arc<std::sync::atomic::AtomicU64>,
-    /// Notified after every commit that changes an alert's response state ([`Store::changes`]).
+    /// Notified after every commit that changes an alert's response state ([`SqliteStore::changes`]).
     changes: Arc<Notify>,
     /// The escalation policy every new alert starts with, and that the escalation engine fires.
     plan: Arc<ResponsePlan>,
 }
 
-/// Wake every listener of [`Store::changes`] waiting now, and leave one permit for a listener
+/// Wake every listener of [`SqliteStore::changes`] waiting now, and leave one permit for a listener
 /// between two waits.
 fn announce(changes: &Notify) {
     changes.notify_waiters();
@@ -213,17 +213,17 @@ impl Checkpointer {
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Start the writer thread on `db`. Every new alert gets one job per channel in `channels`.
     /// The thread ends when the last handle is dropped; `join` it with the returned handle.
     ///
     /// # Errors
     /// If the thread cannot be spawned.
-    pub fn start(db: Db, channels: &[&'static str]) -> std::io::Result<(Store, std::thread::JoinHandle<()>)> {
+    pub fn start(db: Db, channels: &[&'static str]) -> std::io::Result<(SqliteStore, std::thread::JoinHandle<()>)> {
         Self::start_planned(db, channels, ResponsePlan::channels_only(channels))
     }
 
-    /// [`Store::start`] with an escalation policy: every new alert fires the first tier of
+    /// [`SqliteStore::start`] with an escalation policy: every new alert fires the first tier of
     /// `plan` (whose channels must be among `channels`, the ones with an outbox worker).
     ///
     /// # Errors
@@ -232,7 +232,7 @@ impl Store {
         mut db: Db,
         channels: &[&'static str],
         plan: ResponsePlan,
-    ) -> std::io::Result<(Store, std::thread::JoinHandle<()>)> {
+    ) -> std::io::Result<(SqliteStore, std::thread::JoinHandle<()>)> {
         let plan = Arc::new(plan);
         let thread_plan = plan.clone();
         let changes = Arc::new(Notify::new());
@@ -250,7 +250,7 @@ impl Store {
             // Ends the checkpointer (after a last checkpoint) when the writer ends.
             let mut checkpointer = checkpointer;
             // A panic here must not leave a process that refuses every SOS forever: it is
-            // caught, and the service ends with the reason (see `Store::ended`).
+            // caught, and the service ends with the reason (see `SqliteStore::ended`).
             let run = std::panic::AssertUnwindSafe(|| {
                 Self::write(
                     &mut db,
@@ -281,7 +281,7 @@ impl Store {
             let _ = ended_tx.send(Some(why));
         })?;
         Ok((
-            Store {
+            SqliteStore {
                 tx,
                 wakers,
                 stalled: Arc::default(),
@@ -437,7 +437,7 @@ impl Store {
         answer.map_err(|_| StoreError::Closed)?
     }
 
-    /// Store an alert durably with its outbox jobs; resolves once committed.
+    /// SqliteStore an alert durably with its outbox jobs; resolves once committed.
     ///
     /// # Errors
     /// If the commit failed: the alert is not stored and must not be acknowledged.
@@ -501,7 +501,7 @@ impl Store {
         .await
     }
 
-    /// Note a heartbeat; it reaches the store with the next [`Store::flush_presence`] (the
+    /// Note a heartbeat; it reaches the store with the next [`SqliteStore::flush_presence`] (the
     /// service flushes every [`PRESENCE_FLUSH`](super::PRESENCE_FLUSH) and when it stops).
     pub fn seen(&self, agent: AgentSeen) {
         let key = (agent.host.clone(), agent.user.clone());
@@ -553,7 +553,7 @@ impl Store {
         self.plan.clone()
     }
 
-    /// After a commit that changed an alert's response: wake [`Store::changes`]'s listeners
+    /// After a commit that changed an alert's response: wake [`SqliteStore::changes`]'s listeners
     /// and, if it queued notifications (`jobs`), every outbox worker.
     pub fn changed(&self, jobs: bool) {
         if jobs {
