@@ -13,7 +13,7 @@ use super::{
 pub(crate) type GroupCommitted = (Vec<Stored>, Vec<Result<(), StoreError>>);
 
 impl Db {
-    /// SqliteStore alerts with one outbox job per channel of `channels` (one tier, no responders):
+    /// Store alerts with one outbox job per channel of `channels` (one tier, no responders):
     /// [`Db::insert_alerts_planned`] with [`ResponsePlan::channels_only`].
     ///
     /// # Errors
@@ -27,7 +27,7 @@ impl Db {
         self.insert_alerts_planned(alerts, &ResponsePlan::channels_only(channels), jobs_at_ms)
     }
 
-    /// SqliteStore alerts in one transaction, all or nothing, each with its response started: its
+    /// Store alerts in one transaction, all or nothing, each with its response started: its
     /// state, its `received` event, and the first tier of its escalation policy fired (the
     /// tier's outbox jobs, its deadline; every tier at once and the sender's `unanswered`
     /// notice if nobody can be reached). The jobs and deadlines are on the

@@ -48,7 +48,7 @@ pub struct Claim {
 /// What alerts and the outbox need from a store. One implementation per database engine; the
 /// same test suite runs against both (`store::backend::tests`).
 pub trait Backend: Send + Sync + std::fmt::Debug {
-    /// SqliteStore an alert with one outbox job per channel, once by alert id; resolves after the
+    /// Store an alert with one outbox job per channel, once by alert id; resolves after the
     /// commit, and only then may the SOS be acknowledged.
     ///
     /// # Errors

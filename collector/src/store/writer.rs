@@ -437,7 +437,7 @@ impl SqliteStore {
         answer.map_err(|_| StoreError::Closed)?
     }
 
-    /// SqliteStore an alert durably with its outbox jobs; resolves once committed.
+    /// Store an alert durably with its outbox jobs; resolves once committed.
     ///
     /// # Errors
     /// If the commit failed: the alert is not stored and must not be acknowledged.

@@ -268,7 +268,7 @@ impl PgStore {
         self.inner.failing.load(Ordering::SeqCst)
     }
 
-    /// SqliteStore an alert once by alert id with one job per channel; resolves after the commit.
+    /// Store an alert once by alert id with one job per channel; resolves after the commit.
     ///
     /// # Errors
     /// If the commit failed or did not answer: the alert must not be acknowledged.
