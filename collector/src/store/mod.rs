@@ -31,6 +31,7 @@ mod alerts;
 pub mod backend;
 pub mod console;
 mod db;
+mod handle;
 mod health;
 mod jobs;
 pub mod postgres;
@@ -47,10 +48,8 @@ pub use response::{
     Acknowledged, AlertState, AlertUpdate, Audience, Event, PopupTarget, Response, ResponsePlan, Transition, Via,
 };
 pub use sqlite::response::clean_note;
+pub use handle::{Postgres, Sqlite, Store};
 pub use writer::SqliteStore;
-/// The service's handle to its store. For now the SQLite writer only; becomes the enum over
-/// both backends (issue 18).
-pub type Store = SqliteStore;
 
 /// How often heartbeats (presence) are written to the store. Presence is advisory: a crash
 /// loses at most this much of it, and the next heartbeat restores it.

@@ -45,6 +45,7 @@ use super::{
 #[cfg(all(test, unix))]
 pub(crate) mod cluster;
 mod schema;
+mod stubs;
 
 /// How long a claim holds its jobs: longer than any delivery attempt (their timeout is ten
 /// seconds by default), short enough that a page held by a dead collector goes out soon.
