@@ -168,7 +168,7 @@ pub async fn run_worker(
     let mut unknowns: HashMap<i64, u32> = HashMap::new();
     let max_wait_ms = schedule.longest_wait().as_millis() as i64;
     let clock = outbox_clock_ms();
-    match store.exec(move |db| db.rebase_outbox(name, clock, max_wait_ms)).await {
+    match store.rebase_outbox(name, clock, max_wait_ms).await {
         Ok(0) => {}
         Ok(n) => info!(
             channel = name,
@@ -182,8 +182,8 @@ pub async fn run_worker(
         if shutdown.is_cancelled() {
             break;
         }
-        let jobs = match store.due_jobs(name, outbox_clock_ms(), READ_AT_ONCE).await {
-            Ok(j) => j,
+        let claim = match store.claim(name, outbox_clock_ms(), READ_AT_ONCE).await {
+            Ok(c) => c,
             Err(e) => {
                 error!(channel = name, error = %e, "cannot read the outbox; retrying in 1 s");
                 tokio::select! {
@@ -192,6 +192,7 @@ pub async fn run_worker(
                 }
             }
         };
+        let (lease, jobs) = (claim.lease, claim.jobs);
         if jobs.is_empty() {
             let wait = match store.next_due(name).await {
                 Ok(Some(t)) => Duration::from_millis((t - outbox_clock_ms()).max(0) as u64),
@@ -210,6 +211,14 @@ pub async fn run_worker(
         let mut alerts: Vec<_> = jobs.iter().map(|j| j.alert.clone()).collect();
         let n = channel.fits(&alerts).min(limit).min(alerts.len()).max(1);
         alerts.truncate(n);
+        // What does not go in this message is let go at once (on PostgreSQL its lease is
+        // released, so that it is not held for a lease's length), and claimed again next time.
+        if jobs.len() > n {
+            let rest: Vec<i64> = jobs[n..].iter().map(|j| j.id).collect();
+            if let Err(e) = store.release(lease, &rest).await {
+                debug!(channel = name, error = %e, "cannot release the jobs left for the next message");
+            }
+        }
         let jobs = &jobs[..n];
         let ids: Vec<String> = alerts.iter().map(|a| a.alert_id.to_string()).collect();
         debug!(channel = name, alerts = ?ids, "delivering");
@@ -274,17 +283,27 @@ pub async fn run_worker(
         // stops the attempts early (after a few more tries); the job then stays pending and is
         // sent again after the restart: the documented duplicate window.
         let mut tries: u32 = 0;
-        while let Err(e) = store.finish(outcomes.clone(), now_ms()).await {
+        let recorded = loop {
+            let e = match store.finish(lease, outcomes.clone(), now_ms()).await {
+                Ok(refused) => break refused,
+                Err(e) => e,
+            };
             tries += 1;
             if matches!(e, crate::store::StoreError::Closed) || (shutdown.is_cancelled() && tries >= 10) {
                 error!(channel = name, error = %e, "cannot record delivery outcome; the alert may be sent again after a restart");
-                break;
+                break Vec::new();
             }
             if tries == 1 || tries.is_power_of_two() {
                 error!(channel = name, error = %e, tries, "cannot record delivery outcome; retrying until the store accepts it");
             }
             let pause = Duration::from_millis(200u64.saturating_mul(u64::from(tries.min(25))));
             tokio::time::sleep(pause).await;
+        };
+        if !recorded.is_empty() {
+            // PostgreSQL: the lease ran out before the outcome could be recorded, and another
+            // collector claimed these jobs: it records them (and may send them again: the
+            // documented window of docs/RELIABILITY.md).
+            warn!(channel = name, jobs = ?recorded, "outcome not recorded: the lease ran out and another collector took these jobs over");
         }
         if tries > 0 {
             info!(channel = name, tries, "delivery outcome recorded after store errors");

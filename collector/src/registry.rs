@@ -12,14 +12,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use rusqlite::{params, OptionalExtension};
 use sos_shared::enroll::{Code, EnrolledKey};
 use sos_shared::{Key, KeyId};
 
-use crate::store::{Db, EnrolledAs, StoreError};
+use crate::store::{Db, EnrolledAs, Store, StoreError};
 
 /// How many times a code may be tried (each `enroll_start` counts) before it is burnt.
 pub const MAX_CODE_ATTEMPTS: i64 = 5;
@@ -449,30 +448,28 @@ impl Registry {
     }
 }
 
-/// The service's registry: the current copy, and a connection of its own to reload it.
+/// The service's registry: the current copy, reloaded from the store when it changes (by this
+/// collector, the command line, or another collector on the same PostgreSQL).
 #[derive(Debug)]
 pub struct SharedRegistry {
     current: RwLock<Arc<Registry>>,
     /// Ids of the codes pending enrollment, as of the last refresh.
     pending: RwLock<Arc<HashSet<String>>>,
-    reader: Mutex<Db>,
-    path: PathBuf,
+    store: Store,
 }
 
 impl SharedRegistry {
-    /// Load the registry of the store at `path`.
+    /// Load the registry from `store`.
     ///
     /// # Errors
     /// If the store cannot be read.
-    pub fn open(path: &Path) -> Result<Arc<Self>, StoreError> {
-        let reader = Db::open_read_only(path)?;
-        let registry = reader.load_registry()?;
-        let pending = reader.pending_codes(crate::store::now_ms())?;
+    pub async fn open(store: Store) -> Result<Arc<Self>, StoreError> {
+        let registry = store.load_registry().await?;
+        let pending = store.pending_codes(crate::store::now_ms()).await?;
         Ok(Arc::new(SharedRegistry {
             current: RwLock::new(Arc::new(registry)),
             pending: RwLock::new(Arc::new(pending)),
-            reader: Mutex::new(reader),
-            path: path.to_path_buf(),
+            store,
         }))
     }
 
@@ -486,31 +483,28 @@ impl SharedRegistry {
         self.pending.read().unwrap_or_else(|e| e.into_inner()).contains(code_id)
     }
 
-    /// Reload the pending codes, and the registry if it changed (blocking: call from a blocking
-    /// thread). Returns the new registry when it changed.
+    /// Reload the pending codes, and the registry if it changed. Returns the new registry when
+    /// it changed.
     ///
     /// # Errors
     /// If the store cannot be read; the old copy stays in use.
-    pub fn refresh(&self) -> Result<Option<Arc<Registry>>, StoreError> {
-        let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-        let pending = reader.pending_codes(crate::store::now_ms())?;
+    pub async fn refresh(&self) -> Result<Option<Arc<Registry>>, StoreError> {
+        let pending = self.store.pending_codes(crate::store::now_ms()).await?;
         *self.pending.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(pending);
-        let version = reader.registry_version()?;
+        let version = self.store.registry_version().await?;
         if version == self.snapshot().version {
             return Ok(None);
         }
-        let fresh = Arc::new(reader.load_registry()?);
+        let fresh = Arc::new(self.store.load_registry().await?);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
         Ok(Some(fresh))
     }
 
-    /// Reload now if it changed, from async code.
+    /// Reload now if it changed, logging what happened.
     pub async fn refresh_async(self: &Arc<Self>) {
-        let me = self.clone();
-        match tokio::task::spawn_blocking(move || me.refresh()).await {
-            Ok(Ok(Some(r))) => tracing::info!(version = r.version, keys = r.len(), "agent registry reloaded"),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, store = %self.path.display(), "cannot reload the agent registry"),
+        match self.refresh().await {
+            Ok(Some(r)) => tracing::info!(version = r.version, keys = r.len(), "agent registry reloaded"),
+            Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot reload the agent registry"),
         }
     }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sos_shared::config::ExposeSecret as _;
 use sos_shared::Key;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +20,7 @@ use crate::refusal::Refusals;
 use crate::registry::SharedRegistry;
 use crate::response::push::{self, Pushes};
 use crate::stats::{Stats, StatsSnapshot};
-use crate::store::{Db, ResponsePlan, Store, StoreError};
+use crate::store::{Db, PgStore, ResponsePlan, SqliteStore, Store, StoreError};
 
 use crate::udp::{log_summary, Limits, Receiver, ENROLL_PER_CODE};
 
@@ -88,7 +89,7 @@ impl Collector {
     ) -> Result<StatsSnapshot, CollectorError> {
         let Collector { config, key, stats } = self;
         let path = config.database_path();
-        if path.exists() {
+        if path.exists() && config.database_url.is_none() {
             let checking = Instant::now();
             match crate::integrity::check(&path, false, Some(crate::integrity::START_CHECK_BUDGET))? {
                 crate::integrity::Integrity::Ok => {
@@ -104,16 +105,7 @@ impl Collector {
                 ),
             }
         }
-        let db = Db::open(&path)?;
         let names = config.channel_names();
-        for (channel, n) in db.pending_by_channel()? {
-            if names.contains(&channel.as_str()) {
-                info!(channel = %channel, pending = n, "resuming notifications pending from before the restart");
-            } else {
-                warn!(channel = %channel, pending = n,
-                      "notifications are pending for a channel that is no longer configured; they stay pending until it is configured again");
-            }
-        }
         // Channels tell administrators through the others (an endpoint disabled): `admin`.
         let (admin, admin_notices) = tokio::sync::mpsc::unbounded_channel();
         // Acknowledge links (issue 17 §4): one key for the channels that put them in messages and
@@ -128,7 +120,30 @@ impl Collector {
             crate::channel::Context { links: links.clone(), admin: Some(admin), forwarder: forwarder.clone() };
         let channels = crate::channel::build(&config, &context)
             .map_err(|e| CollectorError::Channel { channel: e.channel, message: e.message })?;
-        let (store, writer) = Store::start_planned(db, &names, ResponsePlan::from_config(&config))?;
+        let plan = ResponsePlan::from_config(&config);
+        let (store, writer) = match &config.database_url {
+            None => {
+                let (w, thread) = SqliteStore::start_planned(Db::open(&path)?, &names, plan)?;
+                info!(store = %path.display(), "store: SQLite");
+                (Store::sqlite(w, Some(&path)), Some(thread))
+            }
+            Some(url) => {
+                let database = crate::config::store::redacted(url);
+                let pg = PgStore::open_planned(url.expose_secret(), plan)
+                    .await
+                    .map_err(|e| CollectorError::Died(format!("cannot use the PostgreSQL store {database}: {e}")))?;
+                info!(%database, "store: PostgreSQL, shared with the other collectors on it");
+                (Store::postgres(pg), None)
+            }
+        };
+        for (channel, n) in store.pending_by_channel().await? {
+            if names.contains(&channel.as_str()) {
+                info!(channel = %channel, pending = n, "resuming notifications pending from before the restart");
+            } else {
+                warn!(channel = %channel, pending = n,
+                      "notifications are pending for a channel that is no longer configured; they stay pending until it is configured again");
+            }
+        }
         // Essential tasks: one that ends before shutdown (a panic) ends the service.
         let (died_tx, mut died) = tokio::sync::mpsc::unbounded_channel::<String>();
         let essential = |what: String, task: tokio::task::JoinHandle<()>| {
@@ -142,7 +157,7 @@ impl Collector {
                 let _ = died.send(why);
             });
         };
-        let registry = SharedRegistry::open(&config.database_path())?;
+        let registry = SharedRegistry::open(store.clone()).await?;
         {
             let r = registry.snapshot();
             if !config.security.accept_site_key && r.is_empty() {
@@ -252,7 +267,16 @@ impl Collector {
             let store = store.clone();
             let stop = stop_workers.clone();
             let tell = tell.clone();
-            let path = config.database_path();
+            let what = match &config.database_url {
+                None => format!(
+                    "its store {} is failing (disk full, read-only or damaged?)",
+                    config.database_path().display()
+                ),
+                Some(url) => format!(
+                    "its PostgreSQL store {} cannot be reached or refuses writes",
+                    crate::config::store::redacted(url)
+                ),
+            };
             let task = workers.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -267,9 +291,8 @@ impl Collector {
                             if since.get_or_insert_with(Instant::now).elapsed() >= STORE_FAILING_NOTICE_AFTER {
                                 told = true;
                                 let text = format!(
-                                    "its store {} is failing (disk full, read-only or damaged?). SOS are NOT being \
-                                     acknowledged; agents keep retrying and fail over to another collector if they have one.",
-                                    path.display()
+                                    "{what}. SOS are NOT being acknowledged here; agents keep retrying and fail over \
+                                     to another collector if they have one."
                                 );
                                 tell("SOS collector: STORE FAILING", text).await;
                             }
@@ -277,7 +300,11 @@ impl Collector {
                         (false, true) => {
                             told = false;
                             since = None;
-                            tell("SOS collector: store recovered", "its store works again; SOS are acknowledged.".into()).await;
+                            tell(
+                                "SOS collector: store recovered",
+                                "its store works again; SOS are acknowledged.".into(),
+                            )
+                            .await;
                         }
                         (false, false) => since = None,
                         (true, true) => {}
@@ -313,7 +340,6 @@ impl Collector {
         {
             let tell = tell.clone();
             let task = workers.spawn(crate::silence::watch(
-                config.database_path(),
                 store.clone(),
                 config.agent_silent_after,
                 tell,
@@ -406,8 +432,10 @@ impl Collector {
         drop(store);
         // The writer ends once every handle is gone; a worker abandoned after the grace period
         // may still hold one, so do not wait for it forever.
-        let joined = tokio::task::spawn_blocking(move || writer.join());
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), joined).await;
+        if let Some(writer) = writer {
+            let joined = tokio::task::spawn_blocking(move || writer.join());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), joined).await;
+        }
         let snapshot = stats.snapshot();
         info!(%snapshot, "collector stopped");
         match fatal {

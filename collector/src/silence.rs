@@ -8,14 +8,12 @@
 //! collector was down, nobody could reach it).
 
 use std::future::Future;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::when_utc;
-use crate::store::{now_ms, Db, Store, StoreError};
+use crate::store::{now_ms, Store, StoreError};
 
 /// How often agents are checked.
 pub const CHECK_EVERY: Duration = Duration::from_secs(15);
@@ -33,20 +31,8 @@ pub struct Change {
 ///
 /// # Errors
 /// If the store cannot be read or written.
-pub async fn check(
-    reader: &Arc<Mutex<Db>>,
-    store: &Store,
-    silent_after: Duration,
-    started_ms: i64,
-    now_ms: i64,
-) -> Result<Change, StoreError> {
-    let r = reader.clone();
-    let (agents, silent) = tokio::task::spawn_blocking(move || {
-        let db = r.lock().unwrap_or_else(|e| e.into_inner());
-        Ok::<_, StoreError>((db.enrolled_agents()?, db.silent_agents()?))
-    })
-    .await
-    .map_err(|e| StoreError::Sqlite(e.to_string()))??;
+pub async fn check(store: &Store, silent_after: Duration, started_ms: i64, now_ms: i64) -> Result<Change, StoreError> {
+    let (agents, silent) = (store.enrolled_agents().await?, store.silent_agents().await?);
     let limit = silent_after.as_millis() as i64;
     let mut change = Change::default();
     let mut writes = Vec::new();
@@ -69,14 +55,9 @@ pub async fn check(
         }
     }
     if !writes.is_empty() {
-        store
-            .exec(move |db| {
-                for (id, since) in &writes {
-                    db.set_silent(id, *since)?;
-                }
-                Ok(())
-            })
-            .await?;
+        for (id, since) in &writes {
+            store.set_silent(id, *since).await?;
+        }
         // The console's live page lists silent agents: it refreshes on the store's changes.
         store.changed(false);
     }
@@ -96,18 +77,11 @@ fn list(agents: &[(String, String, i64)]) -> String {
 }
 
 /// Check every [`CHECK_EVERY`] until `stop`, telling the channels through `tell`.
-pub async fn watch<F, Fut>(path: PathBuf, store: Store, silent_after: Duration, tell: F, stop: CancellationToken)
+pub async fn watch<F, Fut>(store: Store, silent_after: Duration, tell: F, stop: CancellationToken)
 where
     F: Fn(&'static str, String) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let reader = match Db::open_read_only(&path) {
-        Ok(db) => Arc::new(Mutex::new(db)),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch for silent agents");
-            return;
-        }
-    };
     let started = now_ms();
     let started_at = Instant::now();
     let mut tick = tokio::time::interval(CHECK_EVERY);
@@ -118,7 +92,7 @@ where
             _ = tick.tick() => {}
         }
         let now = started + started_at.elapsed().as_millis() as i64;
-        match check(&reader, &store, silent_after, started, now.max(now_ms())).await {
+        match check(&store, silent_after, started, now.max(now_ms())).await {
             Ok(change) => {
                 if !change.silent.is_empty() {
                     let names = list(&change.silent);

@@ -18,7 +18,7 @@ pub use channels::{
     e164, EmailSettings, NotifySettings, NtfySettings, SlackSettings, SmsSettings, TeamsSettings, Tls, WebhookSecret,
     WebhookSettings,
 };
-mod store;
+pub mod store;
 pub use response::{EscalationSettings, ResponderConfig, Target, Tier};
 
 /// The file name of the key that `run` generates when none is configured.
@@ -83,6 +83,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the store (and a generated key) live.
     pub data_dir: PathBuf,
+    /// PostgreSQL shared by several collectors, instead of the SQLite store in `data_dir`
+    /// (`database_url`). It may hold a password: show it only through [`store::redacted`].
+    pub database_url: Option<SecretString>,
     /// The site key agents seal with. `None` until [`Config::ensure_key`] generates one.
     pub key: Option<Key>,
     /// Token age limit and future clock skew that incoming datagrams must respect.
@@ -182,6 +185,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], sos_shared::protocol::DEFAULT_PORT)),
             // Relative to the current directory, shown resolved.
             data_dir: resolved(Path::new("sos-data")),
+            database_url: None,
             key: None,
             window: TimeWindow::default(),
             shutdown_grace: Duration::from_secs(10),
@@ -236,8 +240,9 @@ impl Config {
         if let Some(d) = raw.data_dir {
             cfg.data_dir = rel(d);
         }
-        if let Some(url) = &raw.database_url {
-            store::database_url(file, url)?;
+        if let Some(url) = raw.database_url {
+            store::database_url(file, &url)?;
+            cfg.database_url = Some(url);
         }
         cfg.key = secret(file, "key", raw.key, raw.key_file.map(&rel), raw.key_env)?
             .map(|(k, text)| {

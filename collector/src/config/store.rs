@@ -6,18 +6,12 @@ use std::str::FromStr as _;
 
 use sos_shared::config::{ConfigError, ExposeSecret as _, SecretString};
 
-/// What is not yet on PostgreSQL: the store has alerts, the leased outbox and live changes
-/// there ([`crate::store::PgStore`]), but these parts of the service still need SQLite.
-const NOT_YET: &str = "the escalation engine, the responder loop (acknowledgements, notices, popups), \
-     the agent registry (enrollment, rotation, revocation), presence and the console";
-
 /// Check `database_url`: a PostgreSQL URL this collector can use (no TLS: `sslmode=disable`,
-/// or `prefer`, which falls back to plain), then refuse it, naming what does not run on
-/// PostgreSQL yet, rather than run half the service on one database and half on another.
-/// Messages never repeat the URL (it may hold a password).
+/// or `prefer`, which falls back to plain). Messages never repeat the URL (it may hold a
+/// password).
 ///
 /// # Errors
-/// Always, naming the key: what is wrong with the URL, or what is not yet supported.
+/// What is wrong with the URL, naming the key.
 pub(super) fn database_url(file: Option<&Path>, url: &SecretString) -> Result<(), ConfigError> {
     let url = url.expose_secret();
     let err = |m: String| ConfigError::at(file, "database_url", m);
@@ -33,9 +27,28 @@ pub(super) fn database_url(file: Option<&Path>, url: &SecretString) -> Result<()
              socket or a trusted network with sslmode=disable"
             .into()));
     }
-    Err(err(format!(
-        "PostgreSQL: not yet supported for {NOT_YET}; remove database_url to use the embedded SQLite store in data_dir"
-    )))
+    if config.get_dbname().is_none() {
+        return Err(err("names no database: add it after the host, \"postgres://USER@HOST:PORT/DATABASE\"".into()));
+    }
+    Ok(())
+}
+
+/// `url` as logs and messages may show it: user, hosts, ports and database, never the password.
+pub fn redacted(url: &SecretString) -> String {
+    let Ok(c) = tokio_postgres::Config::from_str(url.expose_secret()) else {
+        return "postgresql://(invalid URL)".into();
+    };
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .zip(c.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(h, p)| match h {
+            tokio_postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => format!("{}:{p}", path.display()),
+        })
+        .collect();
+    format!("postgresql://{}@{}/{}", c.get_user().unwrap_or(""), hosts.join(","), c.get_dbname().unwrap_or(""))
 }
 
 #[cfg(test)]
@@ -49,10 +62,14 @@ mod tests {
     }
 
     #[test]
-    fn a_postgresql_url_is_refused_clearly_until_the_whole_service_runs_on_it() {
-        let e = refused("postgres://sos:hunter2@127.0.0.1:5432/sos?sslmode=disable");
-        assert!(e.contains("not yet supported") && e.contains("agent registry"), "{e}");
-        assert!(!e.contains("hunter2"), "never the password: {e}");
+    fn a_postgresql_url_is_taken_and_shown_without_its_password() {
+        let c = Config::parse("database_url = \"postgres://sos:hunter2@127.0.0.1:5433/sos?sslmode=disable\"", None)
+            .unwrap();
+        let url = c.database_url.as_ref().expect("kept");
+        let shown = super::redacted(url);
+        assert_eq!(shown, "postgresql://sos@127.0.0.1:5433/sos");
+        assert!(!format!("{c:?}").contains("hunter2"), "never the password, not even in Debug");
+        assert!(refused("postgres://sos@127.0.0.1:5432").contains("names no database"));
     }
 
     #[test]

@@ -140,9 +140,12 @@ async fn show(
     done: Option<String>,
 ) -> Response {
     let (alert_id, nonce) = (token.alert, token.nonce_hex());
-    let read = console
-        .read(move |db| Ok((db.console_alert(alert_id)?, db.console_response(alert_id)?.0, db.link_used(&nonce)?)))
-        .await;
+    let read = async {
+        let alert = console.store.console_alert(alert_id).await?;
+        let response = console.store.console_response(alert_id).await?.0;
+        Ok::<_, crate::store::StoreError>((alert, response, console.store.link_used(&nonce).await?))
+    }
+    .await;
     let (alert, response, used) = match read {
         Ok((Some((a, _)), response, used)) => (AlertView::from(&a), response, used),
         Ok((None, ..)) => return message(StatusCode::NOT_FOUND, viewer, "Alert", "There is no such alert."),
@@ -242,7 +245,7 @@ pub async fn ack(
         note: clean(&f.note, MAX_NOTE),
     };
     let (now, clock) = (now_ms(), outbox_clock_ms());
-    let done = console.store.exec(move |db| db.acknowledge_by_link(&link, now, clock)).await;
+    let done = console.store.acknowledge_by_link(&link, now, clock).await;
     let count = |r: &str| console.metrics.ack_links.get_or_create(&vec![("result", r.to_owned())]).inc();
     match done {
         Ok(LinkUse::Ack(Transition::New { at_ms })) => {

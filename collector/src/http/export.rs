@@ -113,7 +113,7 @@ pub fn export(console: Arc<Console>, filter: AlertFilter, format: Format) -> Res
                     Some((Ok::<_, std::io::Error>(Bytes::from(head)), Step::Page(None, true)))
                 }
                 Step::Page(after, first) => {
-                    let rows = console.read(move |db| db.console_alerts(&filter, after, PAGE)).await;
+                    let rows = console.store.console_alerts(&filter, after, PAGE).await;
                     match rows {
                         Ok(rows) if rows.is_empty() => Some((Ok(Bytes::new()), Step::End)),
                         Ok(rows) => {

@@ -67,14 +67,15 @@ pub async fn events(State(console): State<Arc<Console>>, _viewer: Viewer) -> Res
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::store::{Db, Store};
+    use crate::store::{Db, SqliteStore, Store};
 
     #[tokio::test(start_paused = true)]
     async fn every_change_of_the_store_is_published_also_one_during_the_gap() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!("data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n", dir.path().display().to_string());
         let config = Config::parse(&text, None).unwrap();
-        let (store, _writer) = Store::start(Db::open(&config.database_path()).unwrap(), &["log"]).unwrap();
+        let (w, _writer) = SqliteStore::start(Db::open(&config.database_path()).unwrap(), &["log"]).unwrap();
+        let store = Store::sqlite(w, Some(&config.database_path()));
         let (tx, mut rx) = watch::channel(0);
         let console = Arc::new(Console::new(config, store.clone(), Arc::default(), rx.clone(), None).unwrap());
         let stop = CancellationToken::new();

@@ -123,13 +123,20 @@ fn set(c: &Counter, v: u64) {
 /// `GET /metrics`.
 pub async fn metrics(State(console): State<Arc<Console>>) -> Response {
     let silent_after = console.config.agent_silent_after.as_millis() as i64;
-    let read = console
-        .read(|db| Ok((db.alert_counts()?, db.notification_counts()?, db.enrolled_agents()?, db.silent_agents()?)))
-        .await;
+    let store = &console.store;
+    let read = async {
+        Ok::<_, crate::store::StoreError>((
+            store.alert_counts().await?,
+            store.notification_counts().await?,
+            store.enrolled_agents().await?,
+            store.silent_agents().await?,
+        ))
+    }
+    .await;
     let m = &console.metrics;
     // Every acknowledgement in the store is observed once, by this console.
     let since = *m.acks_seen_until.lock().unwrap_or_else(|e| e.into_inner());
-    if let Ok(acks) = console.read(move |db| db.acknowledgements_after(since, 100_000)).await {
+    if let Ok(acks) = console.store.acknowledgements_after(since, 100_000).await {
         let mut seen = m.acks_seen_until.lock().unwrap_or_else(|e| e.into_inner());
         for (at, ms) in acks {
             if at > *seen {
@@ -229,11 +236,11 @@ impl Readiness {
             Err("the store has not answered an earlier probe yet".to_owned())
         } else {
             let queued = self.queued.clone();
-            let probe = store.exec(move |db| {
-                let r = db.probe_write(crate::store::now_ms());
+            let probe = async move {
+                let r = store.probe_write(crate::store::now_ms()).await;
                 queued.store(false, Ordering::Release);
                 r
-            });
+            };
             match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
                 Ok(Ok(())) if !store.is_failing() => Ok(()),
                 Ok(Ok(())) => Err("the store is failing".to_owned()),
@@ -280,7 +287,7 @@ pub async fn csp_report(State(console): State<Arc<Console>>, body: axum::body::B
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::store::{Db, Store};
+    use crate::store::{Db, SqliteStore, Store};
 
     async fn store_up(console: &Arc<Console>) -> Option<String> {
         let body = axum::body::to_bytes(metrics(State(console.clone())).await.into_body(), usize::MAX).await.unwrap();
@@ -297,11 +304,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let text = format!("data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n", dir.path().display().to_string());
         let config = Config::parse(&text, None).unwrap();
-        let (store, _writer) = Store::start(Db::open(&config.database_path()).unwrap(), &["log"]).unwrap();
+        let (w, _writer) = SqliteStore::start(Db::open(&config.database_path()).unwrap(), &["log"]).unwrap();
+        let store = Store::sqlite(w, Some(&config.database_path()));
         assert_eq!(store_up(&console(&config, &store)).await.as_deref(), Some("sos_store_up 1"));
         // The store refuses writes from now on (as a disk that refuses them) while reads work and
         // no SOS has failed yet, so the writer's own flag still says all is well.
-        store.exec(|db| Ok(db.conn.execute_batch("PRAGMA query_only = ON")?)).await.unwrap();
+        let writer = store.as_sqlite().unwrap();
+        writer.exec(|db| Ok(db.conn.execute_batch("PRAGMA query_only = ON")?)).await.unwrap();
         assert!(!store.is_failing());
         // A new console: no probe answer cached from before.
         let c = console(&config, &store);

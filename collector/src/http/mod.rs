@@ -14,13 +14,13 @@
 //! CSP without inline script or style, and CSV cells that a spreadsheet would read as a formula
 //! are neutralised.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
 use crate::stats::Stats;
-use crate::store::{Db, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 mod ack;
 mod auth;
@@ -83,10 +83,8 @@ pub struct Console {
     settings: HttpSettings,
     /// The whole configuration (channels, silence threshold, accounts).
     config: Config,
-    /// The store, for writes (through its writer thread, in order with alerts).
+    /// The store.
     store: Store,
-    /// A read-only connection of the console's own, used from blocking threads.
-    reader: Mutex<Db>,
     /// The collector's counters.
     stats: Arc<Stats>,
     /// Logged-in sessions, login limits.
@@ -104,7 +102,7 @@ pub struct Console {
 }
 
 impl Console {
-    /// A console over the store at `config.database_path()`; `live` is the change counter that
+    /// A console over `store`; `live` is the change counter that
     /// [`live::watch_changes`] feeds.
     ///
     /// # Errors
@@ -117,34 +115,18 @@ impl Console {
         links: Option<crate::links::AckLinks>,
     ) -> Result<Self, HttpError> {
         let settings = config.http.clone().ok_or_else(|| HttpError::Tls("no [http] section".into()))?;
-        let reader = Db::open_read_only(&config.database_path())?;
         Ok(Console {
             live_clients: Arc::new(Semaphore::new(settings.max_live_clients)),
             auth: auth::Auth::new(accounts(&config)),
             settings,
             config,
             store,
-            reader: Mutex::new(reader),
             stats,
             live,
             metrics: metrics::Metrics::default(),
             readiness: metrics::Readiness::default(),
             links,
         })
-    }
-
-    /// Run `f` on the console's read connection, on a blocking thread.
-    async fn read<T: Send + 'static>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let db = me.reader.lock().unwrap_or_else(|e| e.into_inner());
-            f(&db)
-        })
-        .await
-        .map_err(|e| StoreError::Sqlite(format!("console read: {e}")))?
     }
 }
 

@@ -196,12 +196,8 @@ async fn login(
 ) -> Response {
     let source = auth::source(&console, &headers, Some(peer.0));
     let name = f.name.trim().to_owned();
-    let stored = if console.auth.allows(&name) {
-        let n = name.clone();
-        console.read(move |db| db.password_hash(&n)).await.ok().flatten()
-    } else {
-        None
-    };
+    let stored =
+        if console.auth.allows(&name) { console.store.password_hash(&name).await.ok().flatten() } else { None };
     let (csrf, _) = pre_session(&console, &headers);
     let result = console.auth.login(source, &name, &f.password, stored).await;
     let count = |r: &str| console.metrics.logins.get_or_create(&vec![("result", r.to_owned())]).inc();
@@ -250,7 +246,7 @@ struct InvitePage {
 
 async fn invitation_name(console: &Arc<Console>, token: &str) -> Option<String> {
     let h = auth::token_hash(token);
-    let name = console.read(move |db| db.invitation(&h, now_ms())).await.ok().flatten()?;
+    let name = console.store.invitation(&h, now_ms()).await.ok().flatten()?;
     console.auth.allows(&name).then_some(name)
 }
 
@@ -293,7 +289,7 @@ async fn invite(
         return message(StatusCode::INTERNAL_SERVER_ERROR, None, "Invitation", "The password could not be hashed.");
     };
     let h = auth::token_hash(&token);
-    match console.store.exec(move |db| db.accept_invitation(&h, &hash, now_ms())).await {
+    match console.store.accept_invitation(&h, &hash, now_ms()).await {
         Ok(Some(name)) => {
             let role = console.auth.role(&name).unwrap_or(Role::Responder);
             tracing::info!(account = %name, "console: invitation accepted, password set");
@@ -346,16 +342,14 @@ const LIVE_LIMIT: usize = 200;
 const LIVE_WINDOW_MS: i64 = 7 * 86_400_000;
 
 async fn live_data(console: &Arc<Console>) -> Result<(Vec<AlertView>, usize, Vec<SilentView>), StoreError> {
-    console
-        .read(|db| {
-            let filter = AlertFilter {
-                state: Some("open".into()),
-                from_ms: Some(now_ms() - LIVE_WINDOW_MS),
-                ..AlertFilter::default()
-            };
-            let open = db.console_alerts(&filter, None, LIVE_LIMIT)?;
-            let silent = db.silent_agents()?;
-            let agents = db.enrolled_agents()?;
+    let filter =
+        AlertFilter { state: Some("open".into()), from_ms: Some(now_ms() - LIVE_WINDOW_MS), ..AlertFilter::default() };
+    let store = &console.store;
+    let open = store.console_alerts(&filter, None, LIVE_LIMIT).await?;
+    let silent = store.silent_agents().await?;
+    let agents = store.enrolled_agents().await?;
+    {
+        {
             let unacked = open.iter().filter(|a| a.state == "received" || a.state == "notified").count();
             // Unanswered first, then the rest, newest first within each.
             let mut open = open;
@@ -368,8 +362,8 @@ async fn live_data(console: &Arc<Console>) -> Result<(Vec<AlertView>, usize, Vec
                 })
                 .collect();
             Ok((open.iter().map(AlertView::from).collect(), unacked, silent))
-        })
-        .await
+        }
+    }
 }
 
 async fn live_page(State(console): State<Arc<Console>>, viewer: Viewer) -> Response {
@@ -456,7 +450,13 @@ async fn alert_page(State(console): State<Arc<Console>>, viewer: Viewer, Path(id
     let Ok(alert_id) = id.parse::<AlertId>() else {
         return message(StatusCode::NOT_FOUND, Some(viewer), "Alert", "There is no such alert.");
     };
-    let read = console.read(move |db| Ok((db.console_alert(alert_id)?, db.console_response(alert_id)?))).await;
+    let read = async {
+        Ok::<_, StoreError>((
+            console.store.console_alert(alert_id).await?,
+            console.store.console_response(alert_id).await?,
+        ))
+    }
+    .await;
     match read {
         Ok((Some((a, deliveries)), (response, events))) => {
             // The responder loop's timeline; for an alert from before it, what the store shows.
@@ -615,7 +615,11 @@ struct AgentsPage {
 
 async fn agents_page(State(console): State<Arc<Console>>, viewer: Viewer) -> Response {
     let silent_after = console.config.agent_silent_after.as_millis() as i64;
-    let read = console.read(|db| Ok((db.enrolled_agents()?, db.agents()?, db.silent_agents()?))).await;
+    let store = &console.store;
+    let read = async {
+        Ok::<_, StoreError>((store.enrolled_agents().await?, store.agents().await?, store.silent_agents().await?))
+    }
+    .await;
     let (enrolled, seen, silent) = match read {
         Ok(r) => r,
         Err(e) => return store_failed(Some(viewer), e),
@@ -697,8 +701,7 @@ async fn enroll(State(console): State<Arc<Console>>, viewer: Viewer, Form(f): Fo
         return message(StatusCode::BAD_REQUEST, Some(viewer), "Enrollment", "Minutes must be between 1 and 10080.");
     }
     let ttl = f.minutes as i64 * 60_000;
-    let n = name.clone();
-    match console.store.exec(move |db| db.create_enrollment(&n, ttl, now_ms())).await {
+    match console.store.create_enrollment(&name, ttl, now_ms()).await {
         Ok(code) => {
             tracing::info!(account = %viewer.name, agent = %name, "console: enrollment code made");
             let listen = console.config.listen;
@@ -725,19 +728,16 @@ async fn registry_action(console: Arc<Console>, viewer: Viewer, id: String, rota
     if let Some(r) = admin_only(&viewer) {
         return r;
     }
-    let who = id.clone();
-    let done = console
-        .store
-        .exec(move |db| Ok(if rotate { db.rotate(&who, now_ms()) } else { db.revoke(&who, now_ms()) }))
-        .await;
+    let done =
+        if rotate { console.store.rotate(&id, now_ms()).await } else { console.store.revoke(&id, now_ms()).await };
     let what = if rotate { "rotate" } else { "revoke" };
     match done {
-        Ok(Ok(a)) => {
+        Ok(a) => {
             tracing::info!(account = %viewer.name, agent = %a.agent_id, "console: {what}");
             Redirect::to("/agents").into_response()
         }
-        Ok(Err(e)) => message(StatusCode::BAD_REQUEST, Some(viewer), "Agents", &format!("Cannot {what}: {e}")),
-        Err(e) => store_failed(Some(viewer), e),
+        Err(crate::registry::RegistryError::Store(e)) => store_failed(Some(viewer), e),
+        Err(e) => message(StatusCode::BAD_REQUEST, Some(viewer), "Agents", &format!("Cannot {what}: {e}")),
     }
 }
 
@@ -819,7 +819,7 @@ async fn history_page(State(console): State<Arc<Console>>, viewer: Viewer, Query
         Ok(f) => f,
         Err(e) => return message(StatusCode::BAD_REQUEST, Some(viewer), "History", &e),
     };
-    match console.read(move |db| db.console_alerts(&filter, None, HISTORY_LIMIT)).await {
+    match console.store.console_alerts(&filter, None, HISTORY_LIMIT).await {
         Ok(rows) => {
             let query = serde_urlencoded::to_string(&q).unwrap_or_default();
             let alerts = rows.iter().map(AlertView::from).collect();

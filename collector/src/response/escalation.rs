@@ -37,7 +37,7 @@ pub const BATCH: usize = 256;
 pub async fn run(store: Store, shutdown: CancellationToken) {
     let plan = store.plan();
     let clock = outbox_clock_ms();
-    match store.exec(move |db| db.rebase_escalations(clock)).await {
+    match store.rebase_escalations(clock).await {
         Ok(0) => {}
         Ok(n) => {
             info!(deadlines = n, "escalation deadlines re-based on this run's clock (the clock was stepped back?)")
@@ -54,13 +54,7 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
         let tick_plan = plan.clone();
         // Read here, not on the writer's thread: under paused time (tests) that is the clock.
         let (now, clock) = (now_ms(), outbox_clock_ms());
-        let tick = store
-            .exec(move |db| {
-                let version = db.data_version()?;
-                let (fired, next) = db.escalate_due(&tick_plan, now, clock, BATCH)?;
-                Ok((version, fired, next))
-            })
-            .await;
+        let tick = store.escalation_tick(tick_plan, now, clock, BATCH).await.map(|(v, (f, n))| (v, f, n));
         let wait = match tick {
             Ok((version, fired, next)) => {
                 if failing {
@@ -71,7 +65,7 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
                     // Another process committed (an acknowledgement from the command line): the
                     // jobs it queued are dated on its clock; bring them onto ours and wake everyone.
                     let clock = outbox_clock_ms();
-                    if let Err(e) = store.exec(move |db| db.rebase_foreign_jobs(clock)).await {
+                    if let Err(e) = store.rebase_foreign_jobs(clock).await {
                         warn!(error = %e, "cannot re-base jobs queued by another process");
                     }
                     store.changed(true);
@@ -119,7 +113,7 @@ mod tests {
     use super::*;
     use crate::store::response::{PlannedResponder, ResponsePlan, TierPlan};
     use crate::store::tests::alert;
-    use crate::store::{Db, Response as _, Transition, Via};
+    use crate::store::{Db, Response as _, SqliteStore, Transition, Via};
 
     fn plan() -> ResponsePlan {
         let who = |name: &str| PlannedResponder {
@@ -147,8 +141,9 @@ mod tests {
     }
 
     fn start(path: &Path) -> Running {
-        let (store, writer) =
-            Store::start_planned(Db::open(path).unwrap(), &["log", "slack", "email"], plan()).unwrap();
+        let (w, writer) =
+            SqliteStore::start_planned(Db::open(path).unwrap(), &["log", "slack", "email"], plan()).unwrap();
+        let store = Store::sqlite(w, Some(path));
         let stop = CancellationToken::new();
         let engine = tokio::spawn(run(store.clone(), stop.clone()));
         Running { store, writer, stop, engine }
@@ -198,6 +193,8 @@ mod tests {
         let (done, ran) = std::sync::mpsc::channel();
         // One poll queues the marker; its answer is not awaited (the marker says it ran).
         let _ = store
+            .as_sqlite()
+            .unwrap()
             .exec(move |_| {
                 let _ = done.send(());
                 Ok(())

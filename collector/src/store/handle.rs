@@ -204,6 +204,19 @@ impl Store {
         }
     }
 
+    /// Let go of jobs claimed under `lease` that this worker will not attempt now (they did not
+    /// fit in its next message): on PostgreSQL their lease ends at once, so that they are not
+    /// held for a lease's length; on SQLite there is nothing to let go.
+    ///
+    /// # Errors
+    /// If the update failed (the lease then runs out by itself).
+    pub async fn release(&self, lease: Lease, ids: &[i64]) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(p) => p.db.release(lease, ids).await,
+        }
+    }
+
     /// When the next job of `channel` is due (outbox clock).
     ///
     /// # Errors
@@ -219,7 +232,12 @@ impl Store {
     ///
     /// # Errors
     /// If the transaction failed.
-    pub async fn rebase_outbox(&self, channel: &'static str, now_ms: i64, max_wait_ms: i64) -> Result<usize, StoreError> {
+    pub async fn rebase_outbox(
+        &self,
+        channel: &'static str,
+        now_ms: i64,
+        max_wait_ms: i64,
+    ) -> Result<usize, StoreError> {
         match self {
             Store::Sqlite(s) => s.write(move |db| db.rebase_outbox(channel, now_ms, max_wait_ms)).await,
             Store::Postgres(p) => p.db.rebase_outbox(channel, now_ms, max_wait_ms).await,
@@ -377,6 +395,28 @@ use super::backend::Backend;
 
 /// The escalation engine's operations.
 impl Store {
+    /// One tick of the escalation engine: the store's data version (SQLite: it changes when
+    /// another process commits, read on the writer's connection) and [`Store::escalate_due`].
+    ///
+    /// # Errors
+    /// If the transaction failed; nothing fired.
+    pub async fn escalation_tick(
+        &self,
+        plan: Arc<ResponsePlan>,
+        now_ms: i64,
+        clock_ms: i64,
+        limit: usize,
+    ) -> Result<(i64, Escalated), StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.write(move |db| Ok((db.data_version()?, db.escalate_due(&plan, now_ms, clock_ms, limit)?))).await
+            }
+            Store::Postgres(p) => {
+                Ok((p.db.data_version().await?, p.db.escalate_due(&plan, now_ms, clock_ms, limit).await?))
+            }
+        }
+    }
+
     /// See [`Db::escalate_due`].
     ///
     /// # Errors
@@ -750,7 +790,12 @@ impl Store {
     ///
     /// # Errors
     /// If the transaction failed.
-    pub async fn acknowledge_by_link(&self, link: &LinkAck, now_ms: i64, jobs_at_ms: i64) -> Result<LinkUse, StoreError> {
+    pub async fn acknowledge_by_link(
+        &self,
+        link: &LinkAck,
+        now_ms: i64,
+        jobs_at_ms: i64,
+    ) -> Result<LinkUse, StoreError> {
         let used = match self {
             Store::Sqlite(s) => {
                 let link = link.clone();
@@ -895,7 +940,11 @@ impl super::Response for Store {
         }
     }
 
-    async fn confirm_notice(&self, alert_id: AlertId, event: sos_shared::protocol::NoticeEvent) -> Result<(), StoreError> {
+    async fn confirm_notice(
+        &self,
+        alert_id: AlertId,
+        event: sos_shared::protocol::NoticeEvent,
+    ) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.writer.confirm_notice(alert_id, event).await,
             Store::Postgres(p) => {

@@ -43,12 +43,12 @@ mod writer;
 
 pub use backend::{Backend, Claim, Lease};
 pub use db::Db;
+pub use handle::{Postgres, Sqlite, Store};
 pub use postgres::PgStore;
 pub use response::{
     Acknowledged, AlertState, AlertUpdate, Audience, Event, PopupTarget, Response, ResponsePlan, Transition, Via,
 };
 pub use sqlite::response::clean_note;
-pub use handle::{Postgres, Sqlite, Store};
 pub use writer::SqliteStore;
 
 /// How often heartbeats (presence) are written to the store. Presence is advisory: a crash

@@ -72,8 +72,7 @@ impl Receiver {
                 let refusals = self.refusals.clone();
                 let ctx = self.reply_to(&self.key, from, request_len);
                 self.in_flight.spawn(async move {
-                    let id = code_id.clone();
-                    let attempt = match store.exec(move |db| db.enroll_attempt(&id, now_ms())).await {
+                    let attempt = match store.enroll_attempt(&code_id, now_ms()).await {
                         Ok(a) => a,
                         Err(e) => {
                             Stats::bump(&stats.enroll_refused);
@@ -148,9 +147,7 @@ impl Receiver {
                 let registry = self.registry.clone();
                 let ctx = self.reply_to(&self.key, from, request_len);
                 self.in_flight.spawn(async move {
-                    let id = code_id.clone();
-                    let h = host.clone();
-                    let enrolled = match store.exec(move |db| db.complete_enrollment(&id, &h, now_ms())).await {
+                    let enrolled = match store.complete_enrollment(&code_id, &host, now_ms()).await {
                         Ok(Some(k)) => k,
                         Ok(None) => {
                             Stats::bump(&stats.enroll_refused);

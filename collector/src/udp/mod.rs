@@ -606,8 +606,7 @@ impl Receiver {
         let grace = self.config.security.rotation_grace;
         self.in_flight.spawn(async move {
             let until = now_ms() + grace.as_millis() as i64;
-            let id = agent_id.clone();
-            match store.exec(move |db| db.promote(&id, &key_id.to_string(), until)).await {
+            match store.promote(&agent_id, &key_id.to_string(), until).await {
                 Ok(true) => {
                     info!(%agent_id, %name, %key_id, grace_secs = grace.as_secs(),
                           "key rotation complete: the agent uses its new key; the old one is accepted for the grace period");

@@ -30,13 +30,24 @@ impl PgStore {
 
     pub fn wake_channels(&self) {}
 
+    pub async fn release(&self, lease: crate::store::Lease, ids: &[i64]) -> Result<(), StoreError> {
+        let _ = (lease, ids);
+        Ok(())
+    }
+
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
     pub async fn create_enrollment(&self, name: &str, ttl_ms: i64, now_ms: i64) -> Result<Code, StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn create_enrollment_of(&self, name: &str, site: bool, ttl_ms: i64, now_ms: i64) -> Result<Code, StoreError> {
+    pub async fn create_enrollment_of(
+        &self,
+        name: &str,
+        site: bool,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<Code, StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
@@ -46,7 +57,12 @@ impl PgStore {
     }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn complete_enrollment(&self, code_id: &str, host: &str, now_ms: i64) -> Result<Option<EnrolledKey>, StoreError> {
+    pub async fn complete_enrollment(
+        &self,
+        code_id: &str,
+        host: &str,
+        now_ms: i64,
+    ) -> Result<Option<EnrolledKey>, StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
@@ -86,7 +102,12 @@ impl PgStore {
     }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn console_alerts(&self, filter: &AlertFilter, after: Option<(i64, String)>, limit: usize) -> Result<Vec<ConsoleAlert>, StoreError> {
+    pub async fn console_alerts(
+        &self,
+        filter: &AlertFilter,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<ConsoleAlert>, StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
@@ -126,7 +147,13 @@ impl PgStore {
     }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn create_invitation(&self, name: &str, token_hash: &str, now_ms: i64, expires_at_ms: i64) -> Result<(), StoreError> {
+    pub async fn create_invitation(
+        &self,
+        name: &str,
+        token_hash: &str,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
@@ -136,12 +163,22 @@ impl PgStore {
     }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn accept_invitation(&self, token_hash: &str, hash: &str, now_ms: i64) -> Result<Option<String>, StoreError> {
+    pub async fn accept_invitation(
+        &self,
+        token_hash: &str,
+        hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn acknowledge_by_link(&self, link: &LinkAck, now_ms: i64, jobs_at_ms: i64) -> Result<LinkUse, StoreError> {
+    pub async fn acknowledge_by_link(
+        &self,
+        link: &LinkAck,
+        now_ms: i64,
+        jobs_at_ms: i64,
+    ) -> Result<LinkUse, StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
@@ -171,7 +208,13 @@ impl PgStore {
     }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn escalate_due(&self, plan: &ResponsePlan, now_ms: i64, clock_ms: i64, limit: usize) -> Result<Escalated, StoreError> {
+    pub async fn escalate_due(
+        &self,
+        plan: &ResponsePlan,
+        now_ms: i64,
+        clock_ms: i64,
+        limit: usize,
+    ) -> Result<Escalated, StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
@@ -186,17 +229,41 @@ impl PgStore {
     }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn acknowledge(&self, alert_id: AlertId, responder: &str, via: Via, note: &str, now_ms: i64, jobs_at_ms: i64) -> Result<Transition, StoreError> {
+    pub async fn acknowledge(
+        &self,
+        alert_id: AlertId,
+        responder: &str,
+        via: Via,
+        note: &str,
+        now_ms: i64,
+        jobs_at_ms: i64,
+    ) -> Result<Transition, StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn resolve(&self, alert_id: AlertId, responder: &str, via: Via, outcome: &str, note: &str, now_ms: i64, jobs_at_ms: i64) -> Result<Transition, StoreError> {
+    pub async fn resolve(
+        &self,
+        alert_id: AlertId,
+        responder: &str,
+        via: Via,
+        outcome: &str,
+        note: &str,
+        now_ms: i64,
+        jobs_at_ms: i64,
+    ) -> Result<Transition, StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn mark_checked(&self, alert_id: AlertId, responder: &str, via: Via, note: &str, now_ms: i64) -> Result<Transition, StoreError> {
+    pub async fn mark_checked(
+        &self,
+        alert_id: AlertId,
+        responder: &str,
+        via: Via,
+        note: &str,
+        now_ms: i64,
+    ) -> Result<Transition, StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
@@ -211,17 +278,33 @@ impl PgStore {
     }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn confirm_notice(&self, alert_id: AlertId, event_kind: NoticeEvent, now_ms: i64) -> Result<bool, StoreError> {
+    pub async fn confirm_notice(
+        &self,
+        alert_id: AlertId,
+        event_kind: NoticeEvent,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn record_event(&self, alert_id: AlertId, kind: &str, who: &str, via: Via, note: &str, now_ms: i64) -> Result<(), StoreError> {
+    pub async fn record_event(
+        &self,
+        alert_id: AlertId,
+        kind: &str,
+        who: &str,
+        via: Via,
+        note: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn timeline(&self, alert_id: AlertId) -> Result<Option<(AlertRecord, AlertState, Vec<Event>)>, StoreError> {
+    pub async fn timeline(
+        &self,
+        alert_id: AlertId,
+    ) -> Result<Option<(AlertRecord, AlertState, Vec<Event>)>, StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
