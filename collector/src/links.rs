@@ -121,6 +121,22 @@ impl AckToken {
 }
 
 impl AckLinks {
+    /// Links for this configuration on `store`: on PostgreSQL the key is the one every collector
+    /// on the database shares (the first one makes it), so that a link in a message sent by one
+    /// collector works on every collector's console; on SQLite, [`AckLinks::from_config`].
+    ///
+    /// # Errors
+    /// As [`AckLinks::from_config`]; on PostgreSQL, if the database cannot be reached.
+    pub async fn from_config_on(config: &Config, store: &crate::store::Store) -> Result<Option<Self>, KeyError> {
+        let Some(pg) = store.as_postgres() else { return AckLinks::from_config(config) };
+        let Some(http) = config.http.as_ref().filter(|h| h.links) else { return Ok(None) };
+        let err = |message: String| KeyError { path: "the PostgreSQL store (table shared_keys)".into(), message };
+        let mut fresh = [0u8; 32];
+        getrandom::getrandom(&mut fresh).map_err(|e| err(format!("no random source: {e}")))?;
+        let key = pg.shared_key(KEY_FILE, fresh).await.map_err(|e| err(e.to_string()))?;
+        Ok(Some(AckLinks::new(&http.public_url, key, http.ack_link_ttl)))
+    }
+
     /// Links under `public_url`, signed with `key`, valid for `ttl`.
     pub fn new(public_url: &str, key: [u8; 32], ttl: Duration) -> Self {
         AckLinks {

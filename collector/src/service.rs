@@ -106,20 +106,6 @@ impl Collector {
             }
         }
         let names = config.channel_names();
-        // Channels tell administrators through the others (an endpoint disabled): `admin`.
-        let (admin, admin_notices) = tokio::sync::mpsc::unbounded_channel();
-        // Acknowledge links (issue 17 §4): one key for the channels that put them in messages and
-        // the console that checks them. Without them alerts are notified all the same.
-        let links = crate::links::AckLinks::from_config(&config).unwrap_or_else(|e| {
-            error!(error = %e, "ACKNOWLEDGE LINKS ARE OFF: messages go out without them");
-            None
-        });
-        // A site: its link to its centre, the `forward` channel.
-        let forwarder = config.forward.clone().map(crate::forward::Forwarder::new);
-        let context =
-            crate::channel::Context { links: links.clone(), admin: Some(admin), forwarder: forwarder.clone() };
-        let channels = crate::channel::build(&config, &context)
-            .map_err(|e| CollectorError::Channel { channel: e.channel, message: e.message })?;
         let plan = ResponsePlan::from_config(&config);
         let (store, writer) = match &config.database_url {
             None => {
@@ -144,6 +130,21 @@ impl Collector {
                       "notifications are pending for a channel that is no longer configured; they stay pending until it is configured again");
             }
         }
+        // Channels tell administrators through the others (an endpoint disabled): `admin`.
+        let (admin, admin_notices) = tokio::sync::mpsc::unbounded_channel();
+        // Acknowledge links (issue 17 §4): one key for the channels that put them in messages and
+        // the console that checks them. Without them alerts are notified all the same.
+        // On PostgreSQL the key is shared by every collector on the database.
+        let links = crate::links::AckLinks::from_config_on(&config, &store).await.unwrap_or_else(|e| {
+            error!(error = %e, "ACKNOWLEDGE LINKS ARE OFF: messages go out without them");
+            None
+        });
+        // A site: its link to its centre, the `forward` channel.
+        let forwarder = config.forward.clone().map(crate::forward::Forwarder::new);
+        let context =
+            crate::channel::Context { links: links.clone(), admin: Some(admin), forwarder: forwarder.clone() };
+        let channels = crate::channel::build(&config, &context)
+            .map_err(|e| CollectorError::Channel { channel: e.channel, message: e.message })?;
         // Essential tasks: one that ends before shutdown (a panic) ends the service.
         let (died_tx, mut died) = tokio::sync::mpsc::unbounded_channel::<String>();
         let essential = |what: String, task: tokio::task::JoinHandle<()>| {

@@ -175,12 +175,35 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::store::console::{AlertFilter, LinkAck, LinkUse};
     use crate::store::postgres::cluster::Cluster;
     use crate::store::postgres::PgStore;
+    use crate::store::response::{PlannedResponder, ResponsePlan, TierPlan};
     use crate::store::tests::alert;
-    use crate::store::{outbox_clock_ms, Db};
+    use crate::store::{outbox_clock_ms, AgentSeen, Db, Response as _, Store, Transition, Via};
 
     const CHANNELS: &[&str] = &["log", "slack"];
+    /// How long tier 1 waits for an acknowledgement before tier 2, ms.
+    const TIER_WAIT: i64 = 60_000;
+
+    /// Tier 1: every channel; tier 2, after [`TIER_WAIT`]: Slack again, for another responder.
+    fn plan() -> ResponsePlan {
+        let who = |name: &str| PlannedResponder {
+            phone: None,
+            name: name.into(),
+            chat: Some(format!("@{name}")),
+            email: None,
+            agents: vec![],
+        };
+        ResponsePlan {
+            emergency: vec![
+                TierPlan { channels: CHANNELS.to_vec(), responders: vec![who("sam")], wait_ms: TIER_WAIT },
+                TierPlan { channels: vec!["slack"], responders: vec![who("kim")], wait_ms: TIER_WAIT },
+            ],
+            drill: vec![],
+            offline_after_ms: 150_000,
+        }
+    }
     /// The longest any awaited event may take before the test fails.
     const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -188,7 +211,7 @@ mod tests {
         tokio::time::timeout(DEADLINE, f).await.unwrap_or_else(|_| panic!("{what}: not within {DEADLINE:?}"))
     }
 
-    async fn alert_stored_once_by_id_with_one_job_per_channel(store: &dyn Backend) {
+    async fn alert_stored_once_by_id_with_one_job_per_channel(store: &Store) {
         assert_eq!(store.insert(alert(1)).await.unwrap(), Stored::New);
         assert_eq!(store.insert(alert(1)).await.unwrap(), Stored::Duplicate, "a retry or a failover");
         let now = outbox_clock_ms();
@@ -206,7 +229,7 @@ mod tests {
         assert_eq!(store.next_due("slack").await.unwrap(), None);
     }
 
-    async fn a_retry_comes_due_at_its_time(store: &dyn Backend) {
+    async fn a_retry_comes_due_at_its_time(store: &Store) {
         store.insert(alert(1)).await.unwrap();
         let now = outbox_clock_ms();
         let later = now + 3_600_000;
@@ -220,7 +243,7 @@ mod tests {
         assert_eq!(again.jobs[0].attempts, 1);
     }
 
-    async fn a_cancellation_is_recorded_once_and_waits_behind_its_alert(store: &dyn Backend) {
+    async fn a_cancellation_is_recorded_once_and_waits_behind_its_alert(store: &Store) {
         store.insert(alert(1)).await.unwrap();
         let id = AlertId::from_u128(1);
         let cancel = |who: &str| store.cancel(id, "oops".into(), who.into(), 2000);
@@ -241,7 +264,7 @@ mod tests {
         assert_eq!(next.jobs[0].alert.cancellation.as_ref().map(|c| c.reason.as_str()), Some("oops"));
     }
 
-    async fn recent_alerts_show_each_channels_delivery(store: &dyn Backend) {
+    async fn recent_alerts_show_each_channels_delivery(store: &Store) {
         store.insert(alert(1)).await.unwrap();
         let claim = store.claim("slack", outbox_clock_ms(), 10).await.unwrap();
         store
@@ -256,7 +279,7 @@ mod tests {
         assert_eq!(states, vec![("log", "pending", None), ("slack", "failed", Some("404"))]);
     }
 
-    async fn a_commit_wakes_the_workers_and_the_change_listeners(store: &dyn Backend) {
+    async fn a_commit_wakes_the_workers_and_the_change_listeners(store: &Store) {
         assert!(store.waker("email").is_none(), "no jobs are made for email");
         let slack = store.waker("slack").unwrap();
         let changes = store.changes();
@@ -267,7 +290,7 @@ mod tests {
         assert!(!store.is_failing());
     }
 
-    async fn an_sos_with_a_nul_in_its_text_is_stored_not_refused_forever(store: &dyn Backend) {
+    async fn an_sos_with_a_nul_in_its_text_is_stored_not_refused_forever(store: &Store) {
         let mut a = alert(1);
         a.sos.message = "help\0me".into();
         a.sos.user = "\0".into();
@@ -279,6 +302,123 @@ mod tests {
         assert_eq!(stored.cancellation.as_ref().map(|c| c.reason.chars().count()), Some(3));
     }
 
+    async fn an_acknowledgement_is_recorded_once_and_stops_the_next_tier(store: &Store) {
+        store.insert(alert(1)).await.unwrap();
+        let id = AlertId::from_u128(1);
+        let ack = store.acknowledge(id, "sam".into(), Via::Console, "coming".into()).await.unwrap();
+        assert!(matches!(ack, Transition::New { .. }), "{ack:?}");
+        let again = store.acknowledge(id, "kim".into(), Via::Popup, String::new()).await.unwrap();
+        assert!(matches!(again, Transition::Already { .. }), "{again:?}");
+        let (_, state, events) = store.timeline(id).await.unwrap().expect("the alert");
+        assert_eq!(state.name(), "acknowledged");
+        assert_eq!(events.iter().filter(|e| e.kind == "acknowledged").count(), 1, "{events:?}");
+        let later = outbox_clock_ms() + 2 * TIER_WAIT;
+        let (_, (fired, _)) = store.escalation_tick(store.plan(), crate::store::now_ms(), later, 10).await.unwrap();
+        assert!(fired.is_empty(), "acknowledged: tier 2 never fires: {fired:?}");
+        let open = AlertFilter { state: Some("open".into()), ..AlertFilter::default() };
+        let shown = store.console_alerts(&open, None, 10).await.unwrap();
+        assert_eq!(shown.len(), 1);
+        assert_eq!((shown[0].state.as_str(), shown[0].by.as_str()), ("acknowledged", "sam"));
+    }
+
+    async fn an_unanswered_alert_escalates_once_at_its_deadline(store: &Store) {
+        let clock = outbox_clock_ms();
+        store.insert(alert(1)).await.unwrap();
+        let now = crate::store::now_ms();
+        let (_, (fired, next)) = store.escalation_tick(store.plan(), now, clock, 10).await.unwrap();
+        assert!(fired.is_empty(), "not due yet");
+        let due = next.expect("tier 2's deadline");
+        assert!(due >= clock + TIER_WAIT && due <= outbox_clock_ms() + TIER_WAIT, "{due}");
+        let (_, (fired, _)) = store.escalation_tick(store.plan(), now, due, 10).await.unwrap();
+        assert_eq!(fired, vec![(AlertId::from_u128(1), 2)]);
+        let (_, (again, _)) = store.escalation_tick(store.plan(), now, due + 1, 10).await.unwrap();
+        assert!(again.is_empty(), "a tier fires once: {again:?}");
+        let (_, state, _) = store.timeline(AlertId::from_u128(1)).await.unwrap().unwrap();
+        assert!(state.unanswered());
+    }
+
+    async fn a_code_enrolls_once_and_revocation_changes_the_registry(store: &Store) {
+        let now = crate::store::now_ms();
+        let code = store.create_enrollment("Reception", 600_000, now).await.unwrap();
+        assert!(store.pending_codes(now).await.unwrap().contains(code.id()));
+        assert!(matches!(store.enroll_attempt(code.id(), now).await.unwrap(), crate::registry::Attempt::Try { .. }));
+        let key = store.complete_enrollment(code.id(), "desk-3", now).await.unwrap().expect("enrolled");
+        assert_eq!(store.complete_enrollment(code.id(), "desk-4", now).await.unwrap(), None, "a code works once");
+        assert_eq!(store.load_registry().await.unwrap().len(), 1);
+        let before = store.registry_version().await.unwrap();
+        let revoked = store.revoke(&key.agent_id, now).await.unwrap();
+        assert_eq!(revoked.revoked_at_ms, Some(now));
+        assert!(store.registry_version().await.unwrap() > before, "other collectors reload on the new version");
+        let agents = store.enrolled_agents().await.unwrap();
+        assert_eq!((agents.len(), agents[0].revoked_at_ms), (1, Some(now)));
+        assert!(store.rotate(&key.agent_id, now).await.is_err(), "a revoked agent is not rotated");
+    }
+
+    async fn heartbeats_reach_the_store_at_the_flush(store: &Store) {
+        let seen = |user: &str, at| AgentSeen {
+            host: "desk".into(),
+            user: user.into(),
+            ip: "10.0.0.1".into(),
+            source: "10.0.0.1:4000".into(),
+            key_id: "00".into(),
+            agent_id: None,
+            last_seen_ms: at,
+            responder: false,
+        };
+        store.seen(seen("alice", 10));
+        store.seen(seen("alice", 30));
+        store.seen(seen("bob", 20));
+        store.flush_presence();
+        let agents = within("the heartbeats written", async {
+            loop {
+                let agents = store.agents().await.unwrap();
+                if agents.len() == 2 {
+                    return agents;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        let got: Vec<_> = agents.iter().map(|a| (a.user.as_str(), a.last_seen_ms)).collect();
+        assert_eq!(got, vec![("bob", 20), ("alice", 30)]);
+    }
+
+    async fn an_acknowledge_link_works_once(store: &Store) {
+        store.insert(alert(1)).await.unwrap();
+        let link = LinkAck {
+            nonce: "00112233445566778899aabbccddeeff".into(),
+            alert: AlertId::from_u128(1),
+            channel: "slack".into(),
+            expires_at_ms: crate::store::now_ms() + 3_600_000,
+            responder: "sam".into(),
+            note: String::new(),
+        };
+        let (now, clock) = (crate::store::now_ms(), outbox_clock_ms());
+        let first = store.acknowledge_by_link(&link, now, clock).await.unwrap();
+        assert!(matches!(first, LinkUse::Ack(Transition::New { .. })), "{first:?}");
+        let second = store.acknowledge_by_link(&LinkAck { responder: "eve".into(), ..link.clone() }, now, clock).await;
+        assert!(matches!(second.unwrap(), LinkUse::Used { ref by, .. } if by == "sam"));
+        assert_eq!(store.link_used(&link.nonce).await.unwrap().map(|(by, _)| by).as_deref(), Some("sam"));
+    }
+
+    async fn an_invitation_is_accepted_once(store: &Store) {
+        let now = crate::store::now_ms();
+        store.create_invitation("sam", "hash-of-token", now, now + 60_000).await.unwrap();
+        assert_eq!(store.invitation("hash-of-token", now).await.unwrap().as_deref(), Some("sam"));
+        assert_eq!(store.accept_invitation("hash-of-token", "pw-hash", now).await.unwrap().as_deref(), Some("sam"));
+        assert_eq!(store.accept_invitation("hash-of-token", "other", now).await.unwrap(), None, "once");
+        assert_eq!(store.password_hash("sam").await.unwrap().as_deref(), Some("pw-hash"));
+        assert_eq!(store.invitation("hash-of-token", now).await.unwrap(), None);
+    }
+
+    async fn silent_agents_are_recorded_and_cleared(store: &Store) {
+        store.set_silent("agent-1", Some(5)).await.unwrap();
+        assert_eq!(store.silent_agents().await.unwrap(), vec![("agent-1".to_owned(), 5)]);
+        store.set_silent("agent-1", None).await.unwrap();
+        assert!(store.silent_agents().await.unwrap().is_empty());
+        store.probe_write(6).await.unwrap();
+    }
+
     macro_rules! both {
         ($($case:ident),* $(,)?) => {
             mod sqlite {
@@ -286,11 +426,13 @@ mod tests {
                     #[tokio::test]
                     async fn $case() {
                         let dir = tempfile::tempdir().unwrap();
-                        let (store, writer) = crate::store::SqliteStore::start(
-                            super::Db::open(&dir.path().join("sos.db")).unwrap(), super::CHANNELS).unwrap();
+                        let path = dir.path().join("sos.db");
+                        let (writer, thread) = crate::store::SqliteStore::start_planned(
+                            super::Db::open(&path).unwrap(), super::CHANNELS, super::plan()).unwrap();
+                        let store = super::Store::sqlite(writer, Some(&path));
                         super::$case(&store).await;
                         drop(store);
-                        writer.join().unwrap();
+                        thread.join().unwrap();
                     }
                 )*
             }
@@ -299,8 +441,8 @@ mod tests {
                     #[tokio::test]
                     async fn $case() {
                         let Some(cluster) = super::Cluster::start() else { return };
-                        let store = super::PgStore::open(&cluster.url(), super::CHANNELS).await.unwrap();
-                        super::$case(&store).await;
+                        let store = super::PgStore::open_planned(&cluster.url(), super::plan()).await.unwrap();
+                        super::$case(&super::Store::postgres(store)).await;
                     }
                 )*
             }
@@ -314,6 +456,13 @@ mod tests {
         recent_alerts_show_each_channels_delivery,
         a_commit_wakes_the_workers_and_the_change_listeners,
         an_sos_with_a_nul_in_its_text_is_stored_not_refused_forever,
+        an_acknowledgement_is_recorded_once_and_stops_the_next_tier,
+        an_unanswered_alert_escalates_once_at_its_deadline,
+        a_code_enrolls_once_and_revocation_changes_the_registry,
+        heartbeats_reach_the_store_at_the_flush,
+        an_acknowledge_link_works_once,
+        an_invitation_is_accepted_once,
+        silent_agents_are_recorded_and_cleared,
     );
 
     /// Two collectors on one cluster, their claims leased for `lease`.

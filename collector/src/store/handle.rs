@@ -20,7 +20,7 @@ use sos_shared::enroll::{Code, EnrolledKey};
 use sos_shared::AlertId;
 use tokio::sync::Notify;
 
-use super::backend::{Claim, Lease};
+use super::backend::{Backend, Claim, Lease};
 use super::console::{AlertFilter, ConsoleAlert, EventRow, LinkAck, LinkUse, ResponseRow};
 use super::response::ResponsePlan;
 use super::sqlite::response::Escalated;
@@ -390,8 +390,6 @@ impl Store {
         }
     }
 }
-
-use super::backend::Backend;
 
 /// The escalation engine's operations.
 impl Store {
@@ -978,5 +976,62 @@ impl super::Response for Store {
             Store::Sqlite(s) => s.writer.record_event(alert_id, kind, who, via, note).await,
             Store::Postgres(p) => p.db.record_event(alert_id, kind, &who, via, &note, super::now_ms()).await,
         }
+    }
+}
+
+impl Backend for Store {
+    fn insert(&self, alert: NewAlert) -> super::backend::BoxFuture<'_, Result<Stored, StoreError>> {
+        Box::pin(Store::insert(self, alert))
+    }
+
+    fn cancel(
+        &self,
+        alert_id: AlertId,
+        reason: String,
+        principal: String,
+        now_ms: i64,
+    ) -> super::backend::BoxFuture<'_, Result<Cancelled, StoreError>> {
+        Box::pin(Store::cancel(self, alert_id, reason, principal, now_ms))
+    }
+
+    fn claim(
+        &self,
+        channel: &'static str,
+        now_ms: i64,
+        limit: usize,
+    ) -> super::backend::BoxFuture<'_, Result<Claim, StoreError>> {
+        Box::pin(Store::claim(self, channel, now_ms, limit))
+    }
+
+    fn finish(
+        &self,
+        lease: Lease,
+        outcomes: Vec<(i64, JobOutcome)>,
+        now_ms: i64,
+    ) -> super::backend::BoxFuture<'_, Result<Vec<i64>, StoreError>> {
+        Box::pin(Store::finish(self, lease, outcomes, now_ms))
+    }
+
+    fn next_due(&self, channel: &'static str) -> super::backend::BoxFuture<'_, Result<Option<i64>, StoreError>> {
+        Box::pin(Store::next_due(self, channel))
+    }
+
+    fn recent_alerts(
+        &self,
+        limit: usize,
+    ) -> super::backend::BoxFuture<'_, Result<super::backend::RecentAlerts, StoreError>> {
+        Box::pin(Store::recent_alerts(self, limit))
+    }
+
+    fn is_failing(&self) -> bool {
+        Store::is_failing(self)
+    }
+
+    fn changes(&self) -> Arc<Notify> {
+        Store::changes(self)
+    }
+
+    fn waker(&self, channel: &str) -> Option<Arc<Notify>> {
+        Store::waker(self, channel)
     }
 }

@@ -44,6 +44,7 @@ use super::{
 
 #[cfg(all(test, unix))]
 pub(crate) mod cluster;
+mod keys;
 mod schema;
 mod stubs;
 

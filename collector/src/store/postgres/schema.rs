@@ -180,6 +180,11 @@ const MIGRATIONS: &[&str] = &[
         expires_at_ms BIGINT NOT NULL
      );
      CREATE INDEX ack_links_used_expiry ON ack_links_used (expires_at_ms);",
+    // Version 3: keys every collector must share (the acknowledge links' key: `keys.rs`).
+    "CREATE TABLE shared_keys (
+        name TEXT PRIMARY KEY,
+        key  BYTEA NOT NULL
+     );",
 ];
 
 /// The schema version this collector writes.
