@@ -117,7 +117,7 @@ impl Collector {
                 let database = crate::config::store::redacted(url);
                 let pg = PgStore::open_planned(url.expose_secret(), plan)
                     .await
-                    .map_err(|e| CollectorError::Died(format!("cannot use the PostgreSQL store {database}: {e}")))?;
+                    .map_err(|e| CollectorError::Died(format!("cannot use the PostgreSQL store {database} (database_url): {e}")))?;
                 info!(%database, "store: PostgreSQL, shared with the other collectors on it");
                 (Store::postgres(pg), None)
             }
