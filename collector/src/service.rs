@@ -115,9 +115,9 @@ impl Collector {
             }
             Some(url) => {
                 let database = crate::config::store::redacted(url);
-                let pg = PgStore::open_planned(url.expose_secret(), plan)
-                    .await
-                    .map_err(|e| CollectorError::Died(format!("cannot use the PostgreSQL store {database} (database_url): {e}")))?;
+                let pg = PgStore::open_planned(url.expose_secret(), plan).await.map_err(|e| {
+                    CollectorError::Died(format!("cannot use the PostgreSQL store {database} (database_url): {e}"))
+                })?;
                 info!(%database, "store: PostgreSQL, shared with the other collectors on it");
                 (Store::postgres(pg), None)
             }

@@ -35,29 +35,28 @@ pub async fn check(store: &Store, silent_after: Duration, started_ms: i64, now_m
     let (agents, silent) = (store.enrolled_agents().await?, store.silent_agents().await?);
     let limit = silent_after.as_millis() as i64;
     let mut change = Change::default();
-    let mut writes = Vec::new();
     for a in agents.iter().filter(|a| a.revoked_at_ms.is_none()) {
         let Some(seen) = a.last_seen_ms else { continue };
         let was = silent.iter().any(|(id, _)| *id == a.agent_id);
         let quiet = now_ms - seen.max(started_ms) > limit;
+        // Told only by the collector whose write made the change: several collectors on one
+        // PostgreSQL check the same agents, and one notice per silence is the promise.
         if quiet && !was {
-            writes.push((a.agent_id.clone(), Some(seen)));
-            change.silent.push((a.name.clone(), a.host.clone(), seen));
-        } else if !quiet && was && now_ms - seen <= limit {
-            writes.push((a.agent_id.clone(), None));
+            if store.set_silent(&a.agent_id, Some(seen)).await? {
+                change.silent.push((a.name.clone(), a.host.clone(), seen));
+            }
+        } else if !quiet && was && now_ms - seen <= limit && store.set_silent(&a.agent_id, None).await? {
             change.back.push((a.name.clone(), a.host.clone(), seen));
         }
     }
     // A revoked agent is no longer expected to speak.
+    let mut cleared = false;
     for (id, _) in &silent {
         if agents.iter().any(|a| a.agent_id == *id && a.revoked_at_ms.is_some()) {
-            writes.push((id.clone(), None));
+            cleared |= store.set_silent(id, None).await?;
         }
     }
-    if !writes.is_empty() {
-        for (id, since) in &writes {
-            store.set_silent(id, *since).await?;
-        }
+    if cleared || !change.silent.is_empty() || !change.back.is_empty() {
         // The console's live page lists silent agents: it refreshes on the store's changes.
         store.changed(false);
     }

@@ -412,9 +412,11 @@ mod tests {
     }
 
     async fn silent_agents_are_recorded_and_cleared(store: &Store) {
-        store.set_silent("agent-1", Some(5)).await.unwrap();
+        assert!(store.set_silent("agent-1", Some(5)).await.unwrap());
+        assert!(!store.set_silent("agent-1", Some(7)).await.unwrap(), "recorded already (by another collector)");
         assert_eq!(store.silent_agents().await.unwrap(), vec![("agent-1".to_owned(), 5)]);
-        store.set_silent("agent-1", None).await.unwrap();
+        assert!(store.set_silent("agent-1", None).await.unwrap());
+        assert!(!store.set_silent("agent-1", None).await.unwrap());
         assert!(store.silent_agents().await.unwrap().is_empty());
         store.probe_write(6).await.unwrap();
     }

@@ -424,15 +424,15 @@ impl Db {
     ///
     /// # Errors
     /// If the write fails.
-    pub fn set_silent(&mut self, agent_id: &str, since_ms: Option<i64>) -> Result<(), StoreError> {
-        match since_ms {
+    pub fn set_silent(&mut self, agent_id: &str, since_ms: Option<i64>) -> Result<bool, StoreError> {
+        let changed = match since_ms {
             Some(t) => self.conn.execute(
                 "INSERT INTO silent_agents (agent_id, silent_since_ms) VALUES (?1, ?2) ON CONFLICT (agent_id) DO NOTHING",
                 params![agent_id, t],
             )?,
             None => self.conn.execute("DELETE FROM silent_agents WHERE agent_id = ?1", params![agent_id])?,
         };
-        Ok(())
+        Ok(changed > 0)
     }
 }
 

@@ -844,11 +844,12 @@ impl Store {
         }
     }
 
-    /// See [`Db::set_silent`].
+    /// See [`Db::set_silent`]: whether it changed anything (another collector on the same
+    /// PostgreSQL may have recorded the same silence first: then it is that one's to tell).
     ///
     /// # Errors
     /// If the transaction failed.
-    pub async fn set_silent(&self, agent_id: &str, since_ms: Option<i64>) -> Result<(), StoreError> {
+    pub async fn set_silent(&self, agent_id: &str, since_ms: Option<i64>) -> Result<bool, StoreError> {
         match self {
             Store::Sqlite(s) => {
                 let agent_id = agent_id.to_owned();

@@ -198,7 +198,7 @@ impl PgStore {
     }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn set_silent(&self, agent_id: &str, since_ms: Option<i64>) -> Result<(), StoreError> {
+    pub async fn set_silent(&self, agent_id: &str, since_ms: Option<i64>) -> Result<bool, StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
