@@ -47,6 +47,7 @@ pub(crate) mod cluster;
 mod keys;
 mod schema;
 mod stubs;
+mod worker;
 
 /// How long a claim holds its jobs: longer than any delivery attempt (their timeout is ten
 /// seconds by default), short enough that a page held by a dead collector goes out soon.

@@ -28,12 +28,6 @@ impl PgStore {
         Arc::new(ResponsePlan::channels_only(&[]))
     }
 
-    pub fn wake_channels(&self) {}
-
-    pub async fn release(&self, lease: crate::store::Lease, ids: &[i64]) -> Result<(), StoreError> {
-        let _ = (lease, ids);
-        Ok(())
-    }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
     pub async fn create_enrollment(&self, name: &str, ttl_ms: i64, now_ms: i64) -> Result<Code, StoreError> {

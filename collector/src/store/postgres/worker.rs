@@ -1,0 +1,71 @@
+//! What an outbox worker on PostgreSQL needs beyond the claim: letting go of jobs it claimed
+//! but will not attempt now, and waking every worker of this collector.
+
+use super::{pg_error, PgStore};
+use crate::store::{Lease, StoreError};
+
+impl PgStore {
+    /// End the lease on jobs `ids` claimed under `lease` that the worker will not attempt now
+    /// (they did not fit in its next message), so that any collector may claim them at once
+    /// instead of after the lease. Jobs whose lease was lost meanwhile are left alone.
+    ///
+    /// # Errors
+    /// If the update failed (the lease then runs out by itself).
+    pub async fn release(&self, lease: Lease, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids = ids.to_vec();
+        self.run(move |c| {
+            Box::pin(async move {
+                c.execute(
+                    "UPDATE outbox SET lease_id = NULL, lease_until = NULL
+                     WHERE id = ANY($1) AND lease_id = $2 AND state = 'pending'",
+                    &[&ids, &lease.0],
+                )
+                .await
+                .map_err(pg_error)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Wake every outbox worker of this collector (jobs were queued by an operation it made).
+    pub fn wake_channels(&self) {
+        for (_, n) in self.inner.wakers.iter() {
+            n.notify_one();
+        }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use crate::store::postgres::cluster::Cluster;
+    use crate::store::tests::alert;
+    use crate::store::{outbox_clock_ms, PgStore};
+
+    #[tokio::test]
+    async fn released_jobs_are_claimed_again_at_once_and_a_stale_release_does_nothing() {
+        let Some(cluster) = Cluster::start() else { return };
+        let a = PgStore::open(&cluster.url(), &["slack"]).await.unwrap();
+        let b = PgStore::open(&cluster.url(), &["slack"]).await.unwrap();
+        for id in 1..=3 {
+            a.insert(alert(id)).await.unwrap();
+        }
+        let now = outbox_clock_ms();
+        let held = a.claim("slack", now, 10).await.unwrap();
+        assert_eq!(held.jobs.len(), 3);
+        assert!(b.claim("slack", now, 10).await.unwrap().jobs.is_empty(), "all leased");
+        // A's next message takes one alert; it lets the other two go.
+        let rest: Vec<i64> = held.jobs[1..].iter().map(|j| j.id).collect();
+        a.release(held.lease, &rest).await.unwrap();
+        let taken = b.claim("slack", now, 10).await.unwrap();
+        let mut got: Vec<i64> = taken.jobs.iter().map(|j| j.id).collect();
+        got.sort_unstable();
+        assert_eq!(got, rest, "claimed again at once, by anyone");
+        // A late release under the old lease does not free what B now holds.
+        a.release(held.lease, &rest).await.unwrap();
+        assert!(a.claim("slack", now, 10).await.unwrap().jobs.is_empty());
+    }
+}
