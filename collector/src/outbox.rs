@@ -216,7 +216,8 @@ pub async fn run_worker(
         if jobs.len() > n {
             let rest: Vec<i64> = jobs[n..].iter().map(|j| j.id).collect();
             if let Err(e) = store.release(lease, &rest).await {
-                debug!(channel = name, error = %e, "cannot release the jobs left for the next message");
+                warn!(channel = name, error = %e, jobs = rest.len(),
+                      "cannot release the jobs left for the next message: they wait for their lease to end (30 s)");
             }
         }
         let jobs = &jobs[..n];

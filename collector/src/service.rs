@@ -115,9 +115,16 @@ impl Collector {
             }
             Some(url) => {
                 let database = crate::config::store::redacted(url);
-                let pg = PgStore::open_planned(url.expose_secret(), plan).await.map_err(|e| {
+                let refused = |e: StoreError| {
                     CollectorError::Died(format!("cannot use the PostgreSQL store {database} (database_url): {e}"))
-                })?;
+                };
+                let pg = PgStore::open_planned(url.expose_secret(), plan).await.map_err(refused)?;
+                let clock = pg.prepare_service().await.map_err(refused)?;
+                if clock.ahead_ms.abs() > crate::store::postgres::CLOCK_WARNING_MS {
+                    warn!(%database, database_ahead_ms = clock.ahead_ms,
+                          "this host's clock differs from the database's: the shared deadlines follow the database's \
+                           clock; set this host's time (NTP) — logs and the console show this host's time");
+                }
                 info!(%database, "store: PostgreSQL, shared with the other collectors on it");
                 (Store::postgres(pg), None)
             }

@@ -236,18 +236,22 @@ impl Readiness {
             Err("the store has not answered an earlier probe yet".to_owned())
         } else {
             let queued = self.queued.clone();
-            let probe = async move {
-                let r = store.probe_write(crate::store::now_ms()).await;
+            // A task of its own: it runs to its end even when this request stops waiting for it,
+            // and only its end lets the next probe go (a probe stuck behind a hung disk or an
+            // unreachable database is not joined by another, and is not forgotten either).
+            let prober = store.clone();
+            let probe = tokio::spawn(async move {
+                let r = prober.probe_write(crate::store::now_ms()).await;
                 queued.store(false, Ordering::Release);
                 r
-            };
+            });
             match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
-                Ok(Ok(())) if !store.is_failing() => Ok(()),
-                Ok(Ok(())) => Err("the store is failing".to_owned()),
+                Ok(Ok(Ok(()))) if !store.is_failing() => Ok(()),
+                Ok(Ok(Ok(()))) => Err("the store is failing".to_owned()),
+                Ok(Ok(Err(e))) => Err(format!("the store does not take writes: {e}")),
                 Ok(Err(e)) => {
-                    // Ran and failed, or never ran (the writer has ended): nothing is queued.
                     self.queued.store(false, Ordering::Release);
-                    Err(format!("the store does not take writes: {e}"))
+                    Err(format!("the store probe failed: {e}"))
                 }
                 Err(_) => Err("the store did not answer within 3 s".to_owned()),
             }
@@ -317,5 +321,36 @@ mod tests {
         assert_eq!(store_up(&c).await.as_deref(), Some("sos_store_up 0"));
         let ready = readyz(State(c)).await;
         assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn a_probe_that_outlived_its_wait_does_not_keep_readiness_down_once_the_store_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n", dir.path().display().to_string());
+        let config = Config::parse(&text, None).unwrap();
+        let (w, _writer) = SqliteStore::start(Db::open(&config.database_path()).unwrap(), &["log"]).unwrap();
+        let store = Store::sqlite(w.clone(), Some(&config.database_path()));
+        // The writer is stuck (a hung disk) until `release`.
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let blocked = tokio::spawn(async move {
+            w.exec(move |_| {
+                let _ = stuck.recv();
+                Ok(())
+            })
+            .await
+        });
+        let c = console(&config, &store);
+        assert_eq!(store_up(&c).await.as_deref(), Some("sos_store_up 0"), "no answer within 3 s");
+        release.send(()).unwrap();
+        blocked.await.unwrap().unwrap();
+        // The probe left waiting ends by itself; readiness follows the store again.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if store_up(&c).await.as_deref() == Some("sos_store_up 1") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "readiness stayed down after the store answered");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 }

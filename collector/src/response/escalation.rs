@@ -33,6 +33,10 @@ pub const POLL: Duration = Duration::from_secs(1);
 /// The most deadlines fired in one transaction.
 pub const BATCH: usize = 256;
 
+/// How long the engine waits when deadlines are due but none fired: another collector on the
+/// same PostgreSQL holds them while it fires them.
+const HELD_ELSEWHERE: Duration = Duration::from_millis(250);
+
 /// Fire due escalation deadlines until `shutdown`.
 pub async fn run(store: Store, shutdown: CancellationToken) {
     let plan = store.plan();
@@ -47,6 +51,9 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
     info!("escalation engine started");
     let mut seen_version: Option<i64> = None;
     let mut failing = false;
+    // The most deadlines fired at once: halved after a failure (a batch too large to fire within
+    // the database's answer time would fail for ever), doubled back after each success.
+    let mut batch = BATCH;
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -54,7 +61,7 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
         let tick_plan = plan.clone();
         // Read here, not on the writer's thread: under paused time (tests) that is the clock.
         let (now, clock) = (now_ms(), outbox_clock_ms());
-        let tick = store.escalation_tick(tick_plan, now, clock, BATCH).await.map(|(v, (f, n))| (v, f, n));
+        let tick = store.escalation_tick(tick_plan, now, clock, batch).await.map(|(v, (f, n))| (v, f, n));
         let wait = match tick {
             Ok((version, fired, next)) => {
                 if failing {
@@ -77,14 +84,20 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
                 if !fired.is_empty() {
                     store.changed(true);
                 }
-                if fired.len() >= BATCH {
-                    Duration::ZERO
-                } else {
-                    next.map_or(POLL, |t| Duration::from_millis((t - outbox_clock_ms()).max(0) as u64).min(POLL))
+                let full = fired.len() >= batch;
+                batch = (batch * 2).min(BATCH);
+                match next {
+                    _ if full => Duration::ZERO,
+                    // Due, yet nothing fired: another collector on the same PostgreSQL is firing
+                    // them (its transaction holds them) — wait a little rather than spin.
+                    Some(t) if fired.is_empty() && t <= outbox_clock_ms() => HELD_ELSEWHERE,
+                    Some(t) => Duration::from_millis((t - outbox_clock_ms()).max(0) as u64).min(POLL),
+                    None => POLL,
                 }
             }
             Err(StoreError::Closed) => break,
             Err(e) => {
+                batch = (batch / 2).max(1);
                 if !failing {
                     error!(error = %e, "ESCALATION STALLED: cannot read or fire escalation deadlines; retrying every second");
                 }

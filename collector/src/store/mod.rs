@@ -332,10 +332,37 @@ pub fn now_ms() -> i64 {
 /// origin is a real instant, so runtimes paused at different times each see their own clock
 /// advance); called from a thread outside any runtime (the store's writer) it follows real
 /// time, so callers read it in their task and hand it to the writer.
+///
+/// On PostgreSQL the deadlines are shared by every collector on the database, so the clock's
+/// origin is the **database's** clock instead of this host's ([`align_outbox_clock`], at start):
+/// a collector whose wall clock was wrong when it started (booted before NTP set it) neither
+/// holds back the pages and tiers other collectors queued nor fires its own early.
 pub fn outbox_clock_ms() -> i64 {
+    outbox_clock_base_ms() + OUTBOX_CLOCK_OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What [`align_outbox_clock`] adds to this host's outbox clock, ms.
+static OUTBOX_CLOCK_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// The outbox clock before any alignment.
+fn outbox_clock_base_ms() -> i64 {
     static ORIGIN: std::sync::OnceLock<(std::time::Instant, i64)> = std::sync::OnceLock::new();
     let (at, wall) = ORIGIN.get_or_init(|| (std::time::Instant::now(), now_ms()));
     wall + tokio::time::Instant::now().into_std().saturating_duration_since(*at).as_millis() as i64
+}
+
+/// Align the outbox clock on another clock (the shared database's): `other_ms` was read there
+/// between `before` and `after`, two readings of [`outbox_clock_base`]. Returns the offset now
+/// applied, ms (how far the other clock is ahead of this process's).
+pub(crate) fn align_outbox_clock(other_ms: i64, before: i64, after: i64) -> i64 {
+    let offset = other_ms - before.midpoint(after);
+    OUTBOX_CLOCK_OFFSET_MS.store(offset, std::sync::atomic::Ordering::Relaxed);
+    offset
+}
+
+/// [`outbox_clock_ms`] before any alignment (for [`align_outbox_clock`]).
+pub(crate) fn outbox_clock_base() -> i64 {
+    outbox_clock_base_ms()
 }
 
 #[cfg(test)]

@@ -49,6 +49,8 @@ mod schema;
 mod stubs;
 mod worker;
 
+pub use worker::{ServerClock, CLOCK_WARNING_MS};
+
 /// How long a claim holds its jobs: longer than any delivery attempt (their timeout is ten
 /// seconds by default), short enough that a page held by a dead collector goes out soon.
 pub const LEASE: Duration = Duration::from_secs(30);

@@ -28,7 +28,6 @@ impl PgStore {
         Arc::new(ResponsePlan::channels_only(&[]))
     }
 
-
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
     pub async fn create_enrollment(&self, name: &str, ttl_ms: i64, now_ms: i64) -> Result<Code, StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))

@@ -39,6 +39,51 @@ impl PgStore {
     }
 }
 
+/// What the service learnt of the database at start ([`PgStore::prepare_service`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerClock {
+    /// How far the database's clock is ahead of this host's wall clock, ms (negative: behind).
+    pub ahead_ms: i64,
+}
+
+/// Beyond this difference between this host's clock and the database's, the log says so.
+pub const CLOCK_WARNING_MS: i64 = 2_000;
+
+impl PgStore {
+    /// Check what the service needs of the database, then put this process's outbox clock on
+    /// the database's clock ([`crate::store::outbox_clock_ms`]): every collector on it then
+    /// dates and fires the shared deadlines on one clock.
+    ///
+    /// # Errors
+    /// If the database's encoding is not UTF8 (text an SOS may carry, and the collector's own
+    /// "–" and "—", would be refused for ever), or it cannot be reached.
+    pub async fn prepare_service(&self) -> Result<ServerClock, StoreError> {
+        let (encoding, before, db_now, after) = self
+            .run(|c| {
+                Box::pin(async move {
+                    let encoding: String = c.query_one("SHOW server_encoding", &[]).await.map_err(pg_error)?.get(0);
+                    let before = crate::store::outbox_clock_base();
+                    let db_now: i64 = c
+                        .query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint", &[])
+                        .await
+                        .map_err(pg_error)?
+                        .get(0);
+                    Ok((encoding, before, db_now, crate::store::outbox_clock_base()))
+                })
+            })
+            .await?;
+        if !encoding.eq_ignore_ascii_case("UTF8") {
+            return Err(StoreError::Postgres(format!(
+                "the database's encoding is {encoding}; SOS needs UTF8 (create it with `createdb --encoding UTF8 \
+                 --template template0`)"
+            )));
+        }
+        let wall = crate::store::now_ms();
+        crate::store::align_outbox_clock(db_now, before, after);
+        Ok(ServerClock { ahead_ms: db_now - wall + (after - before) / 2 })
+    }
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use crate::store::postgres::cluster::Cluster;
