@@ -21,8 +21,20 @@
 //!   plain); use a local socket or a trusted network. `sslmode=require` is refused at
 //!   configuration check ([`crate::config`]).
 //!
+//! - **The responder loop** (`response.rs`): each alert's response started in its insert
+//!   transaction (its first tier's jobs with their audience, the next tier's deadline), tiers
+//!   fired once by whichever collector takes their deadline, acknowledgements that stop every
+//!   collector's pages, links used once: the SQLite store's methods of the same names, made
+//!   safe for several collectors (the locking rules and what the outbox clocks mean between
+//!   collectors are in that file's doc).
+//! - **Lock waits are bounded**: a session waits at most [`LOCK_WAIT`] for a row lock, and
+//!   PostgreSQL ends a session idle in a transaction after [`IDLE_IN_TRANSACTION`], so a
+//!   collector cut off in the middle of a transaction holds the others up for seconds, not
+//!   until TCP gives up on it.
+//!
 //! Migrations: `schema.rs`. The lease cases and the suite shared with SQLite:
-//! `store::backend`'s tests, against a real cluster (`cluster.rs`).
+//! `store::backend`'s tests, against a real cluster (`cluster.rs`); the responder loop's and
+//! the several-collectors cases: `response.rs`' tests.
 
 use std::str::FromStr as _;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1582,6 +1582,46 @@ mod tests {
         assert_eq!(count(&store, "SELECT COUNT(*) FROM ack_links_used").await, 1, "the expired link's row is gone");
     }
 
+    #[tokio::test]
+    async fn a_collector_silent_in_a_transaction_holds_the_others_up_for_seconds_only() {
+        let Some(cluster) = Cluster::start() else { return };
+        let store = open(&cluster, plan()).await;
+        store.insert(alert(ID)).await.unwrap();
+        // Another collector took the alert's response lock, then went silent (cut off) with
+        // its transaction open; its session has the settings every PgStore session has.
+        let (silent, connection) = tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls).await.unwrap();
+        let driver = tokio::spawn(connection);
+        silent
+            .batch_execute(&format!(
+                "SET idle_in_transaction_session_timeout = {}; BEGIN;
+                 SELECT 1 FROM responses WHERE alert_id = '{}' FOR UPDATE",
+                super::super::IDLE_IN_TRANSACTION.as_millis(),
+                AlertId::from_u128(ID)
+            ))
+            .await
+            .unwrap();
+        let id = AlertId::from_u128(ID);
+        let waited = std::time::Instant::now();
+        let refused = store.acknowledge(id, "Sam", Via::Popup, "", 20_000, outbox_clock_ms()).await;
+        assert!(matches!(refused, Err(StoreError::Postgres(_))), "{refused:?}");
+        assert!(waited.elapsed() < super::super::ANSWER_WITHIN, "the wait is bounded below the answer timeout");
+        assert!(!store.is_failing(), "waiting for another collector's lock is not an outage of this one");
+        // PostgreSQL ends the silent session; the acknowledgement then goes through.
+        let acknowledged = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                match store.acknowledge(id, "Sam", Via::Popup, "", 20_000, outbox_clock_ms()).await {
+                    Ok(t) => return t,
+                    Err(StoreError::Postgres(_)) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        })
+        .await
+        .expect("the silent session is ended");
+        assert_eq!(acknowledged, Transition::New { at_ms: 20_000 });
+        assert!(driver.await.unwrap().is_err(), "the silent session was ended by the server");
+    }
+
     // Several collectors on one database.
 
     async fn two(cluster: &Cluster, plan: ResponsePlan) -> (PgStore, PgStore) {
