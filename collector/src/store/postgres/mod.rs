@@ -21,8 +21,20 @@
 //!   plain); use a local socket or a trusted network. `sslmode=require` is refused at
 //!   configuration check ([`crate::config`]).
 //!
+//! - **The responder loop** (`response.rs`): each alert's response started in its insert
+//!   transaction (its first tier's jobs with their audience, the next tier's deadline), tiers
+//!   fired once by whichever collector takes their deadline, acknowledgements that stop every
+//!   collector's pages, links used once: the SQLite store's methods of the same names, made
+//!   safe for several collectors (the locking rules and what the outbox clocks mean between
+//!   collectors are in that file's doc).
+//! - **Lock waits are bounded**: a session waits at most [`LOCK_WAIT`] for a row lock, and
+//!   PostgreSQL ends a session idle in a transaction after [`IDLE_IN_TRANSACTION`], so a
+//!   collector cut off in the middle of a transaction holds the others up for seconds, not
+//!   until TCP gives up on it.
+//!
 //! Migrations: `schema.rs`. The lease cases and the suite shared with SQLite:
-//! `store::backend`'s tests, against a real cluster (`cluster.rs`).
+//! `store::backend`'s tests, against a real cluster (`cluster.rs`); the responder loop's and
+//! the several-collectors cases: `response.rs`' tests.
 
 use std::str::FromStr as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,14 +49,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::backend::{Backend, BoxFuture, Claim, Lease, RecentAlerts};
+use super::sqlite::response::DETAIL_SEP;
 use super::{
-    outbox_clock_ms, AlertRecord, Cancellation, Cancelled, Delivery, EnrolledAs, Job, JobOutcome, NewAlert, StoreError,
-    Stored,
+    outbox_clock_ms, AlertRecord, AlertUpdate, Audience, Cancellation, Cancelled, EnrolledAs, Job, JobOutcome,
+    NewAlert, ResponsePlan, StoreError, Stored,
 };
 
 #[cfg(all(test, unix))]
 pub(crate) mod cluster;
 mod keys;
+mod response;
 mod schema;
 mod stubs;
 mod worker;
@@ -66,10 +80,30 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const ALERT_COLUMNS: &str = "a.alert_id, a.test, a.triggered_at, a.received_at_ms, a.\"user\", a.host, a.ip, \
      a.location, a.message, a.source, a.cancelled_at_ms, a.cancel_reason, a.agent_id, a.agent_name, a.agent_host, a.site";
 
-/// A held-back job (a cancellation) waits while its alert's job of the same channel is pending.
+/// A held-back job (news about an alert: its cancellation, a reminder, who answered) waits
+/// while its alert's notification on the same channel is pending (as on SQLite) or **in
+/// flight**: stopped by an acknowledgement while a collector delivers it under a live lease.
+/// News never overtakes the alert on a channel, whichever collectors send them.
 const NOT_HELD: &str = "NOT (o.kind <> 'alert' AND EXISTS (
+        SELECT 1 FROM outbox p WHERE p.alert_id = o.alert_id AND p.channel = o.channel AND p.kind = 'alert'
+                               AND (p.state = 'pending'
+                                    OR (p.state = 'stopped' AND p.lease_until > clock_timestamp()))))";
+
+/// Only the SQLite rule (a pending notification holds the news back), for [`PgStore::next_due`],
+/// which dates a job held by one in flight at that one's lease's end.
+const NOT_HELD_BY_PENDING: &str = "NOT (o.kind <> 'alert' AND EXISTS (
         SELECT 1 FROM outbox p WHERE p.alert_id = o.alert_id AND p.channel = o.channel
                                AND p.kind = 'alert' AND p.state = 'pending'))";
+
+/// A database session that holds locks must not keep other collectors waiting when it goes
+/// silent (a collector cut off mid-transaction): PostgreSQL ends it after this long idle in a
+/// transaction (ours never are: every transaction runs within [`ANSWER_WITHIN`]).
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
+
+/// The longest an operation waits for another collector's row lock: less than
+/// [`ANSWER_WITHIN`], so a wait behind a silent collector fails that operation alone (it is
+/// retried) instead of making this collector's connection look hung.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
 
 /// `e` from PostgreSQL as a store error: a lost or refused connection is [`StoreError::Unavailable`].
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
@@ -100,8 +134,10 @@ struct Inner {
     client: Arc<Mutex<Option<(u64, Client)>>>,
     /// Set while the database cannot be reached or its last operation failed.
     failing: Arc<AtomicBool>,
-    /// Channels that get a job for every new alert, with their workers' wakers.
+    /// The channels with an outbox worker here, with their wakers.
     wakers: Arc<Vec<(&'static str, Arc<Notify>)>>,
+    /// The escalation policy: every new alert fires its first tier.
+    plan: Arc<ResponsePlan>,
     /// See [`PgStore::changes`].
     changes: Arc<Notify>,
     /// How long a claim holds its jobs.
@@ -168,13 +204,20 @@ async fn connect(
         }
         None
     });
-    client.batch_execute("LISTEN sos_jobs; LISTEN sos_changes").await?;
+    client
+        .batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = {}; SET lock_timeout = {}; LISTEN sos_jobs; LISTEN sos_changes",
+            IDLE_IN_TRANSACTION.as_millis(),
+            LOCK_WAIT.as_millis()
+        ))
+        .await?;
     Ok((client, driver))
 }
 
 impl PgStore {
     /// Connect to `url`, bring the schema up to date, and start the connection's supervisor.
-    /// Every new alert gets one job per channel of `channels`.
+    /// Every new alert gets one job per channel of `channels` (one tier, no responders:
+    /// [`ResponsePlan::channels_only`]).
     ///
     /// # Errors
     /// If `url` is not a PostgreSQL URL, the database cannot be reached now, or a migration fails.
@@ -182,11 +225,55 @@ impl PgStore {
         Self::open_with_lease(url, channels, LEASE).await
     }
 
+    /// [`PgStore::open`] with an escalation policy (as `SqliteStore::start_planned`): every new
+    /// alert fires the first tier of `plan`. The plan's channels (of every tier, both
+    /// policies) get wakers; see [`PgStore::open_configured`] to give every configured channel one.
+    ///
+    /// # Errors
+    /// As [`PgStore::open`].
+    pub async fn open_planned(url: &str, plan: ResponsePlan) -> Result<PgStore, StoreError> {
+        let mut channels: Vec<&'static str> = Vec::new();
+        for c in plan.emergency.iter().chain(&plan.drill).flat_map(|t| &t.channels) {
+            if !channels.contains(c) {
+                channels.push(c);
+            }
+        }
+        Self::open_full(url, &channels, plan, LEASE).await
+    }
+
+    /// [`PgStore::open_planned`] with a waker for each of `channels` (the configured ones, each
+    /// with an outbox worker; the plan's must be among them), as `SqliteStore::start_planned`
+    /// takes them: a channel that no tier names still gets a worker, and the cancellation of an
+    /// alert that notified no channel goes to all of them.
+    ///
+    /// # Errors
+    /// As [`PgStore::open`].
+    pub async fn open_configured(
+        url: &str,
+        channels: &[&'static str],
+        plan: ResponsePlan,
+    ) -> Result<PgStore, StoreError> {
+        Self::open_full(url, channels, plan, LEASE).await
+    }
+
     /// [`PgStore::open`] with claims held for `lease` instead of [`LEASE`] (tests).
     ///
     /// # Errors
     /// As [`PgStore::open`].
     pub async fn open_with_lease(url: &str, channels: &[&'static str], lease: Duration) -> Result<PgStore, StoreError> {
+        Self::open_full(url, channels, ResponsePlan::channels_only(channels), lease).await
+    }
+
+    /// Connect with wakers for `channels`, `plan`, claims held for `lease`.
+    ///
+    /// # Errors
+    /// As [`PgStore::open`].
+    pub async fn open_full(
+        url: &str,
+        channels: &[&'static str],
+        plan: ResponsePlan,
+        lease: Duration,
+    ) -> Result<PgStore, StoreError> {
         let mut config = tokio_postgres::Config::from_str(url)
             // The message of a URL that does not parse names the option, never the password.
             .map_err(|e| StoreError::Postgres(format!("database_url is not a PostgreSQL URL: {e}")))?;
@@ -204,6 +291,7 @@ impl PgStore {
             client: Arc::new(Mutex::new(Some((0, client)))),
             failing: Arc::default(),
             wakers: routes.wakers.clone(),
+            plan: Arc::new(plan),
             changes: routes.changes.clone(),
             lease,
             stop: CancellationToken::new(),
@@ -273,14 +361,17 @@ impl PgStore {
         self.inner.failing.load(Ordering::SeqCst)
     }
 
-    /// Store an alert once by alert id with one job per channel; resolves after the commit.
+    /// Store an alert once by alert id and start its response, as SQLite's group commit does
+    /// for each alert: the response row, the `received` event, the first tier of the plan fired
+    /// (its jobs with their audience, the next tier's deadline; every tier at once and the
+    /// sender's `unanswered` notice if nobody can be reached). Resolves after the commit.
     ///
     /// # Errors
     /// If the commit failed or did not answer: the alert must not be acknowledged.
     pub async fn insert(&self, alert: NewAlert) -> Result<Stored, StoreError> {
-        let channels: Vec<&'static str> = self.inner.wakers.iter().map(|(c, _)| *c).collect();
+        let plan = self.inner.plan.clone();
         let jobs_at = outbox_clock_ms();
-        let stored = self
+        let (stored, effects) = self
             .run(move |c| {
                 Box::pin(async move {
                     let tx = c.transaction().await.map_err(pg_error)?;
@@ -313,24 +404,27 @@ impl PgStore {
                         )
                         .await
                         .map_err(pg_error)?;
+                    let mut effects = response::Effects::default();
                     if n == 0 {
                         tx.commit().await.map_err(pg_error)?;
-                        return Ok(Stored::Duplicate);
+                        return Ok((Stored::Duplicate, effects));
                     }
-                    queue(&tx, &s.alert_id.to_string(), "alert", &channels, jobs_at).await?;
+                    response::start_response(&tx, &plan, &alert, jobs_at, &mut effects).await?;
+                    effects.notify(&tx).await?;
                     tx.commit().await.map_err(pg_error)?;
-                    Ok(Stored::New)
+                    Ok((Stored::New, effects))
                 })
             })
             .await?;
-        if stored == Stored::New {
-            // This collector's own workers at once; the others by the NOTIFY.
-            Routes { wakers: self.inner.wakers.clone(), changes: self.inner.changes.clone() }.wake_all();
-        }
+        // This collector's own workers at once; the others by the NOTIFY.
+        self.wake(&effects);
         Ok(stored)
     }
 
-    /// See [`Backend::cancel`].
+    /// See [`Backend::cancel`]; as SQLite's `Db::cancel`: the cancellation recorded once (the
+    /// alert's row taken `FOR NO KEY UPDATE`: the same cancellation received by two collectors
+    /// is recorded once), the response cancelled (unless resolved or checked), its deadline and
+    /// pending reminders stopped, one cancellation job per channel that was notified.
     ///
     /// # Errors
     /// If the transaction failed.
@@ -343,20 +437,20 @@ impl PgStore {
     ) -> Result<Cancelled, StoreError> {
         let channels: Vec<&'static str> = self.inner.wakers.iter().map(|(c, _)| *c).collect();
         let jobs_at = outbox_clock_ms();
-        let outcome = self
+        let (outcome, effects) = self
             .run(move |c| {
                 Box::pin(async move {
                     let tx = c.transaction().await.map_err(pg_error)?;
                     let id = alert_id.to_string();
-                    // FOR UPDATE: the same cancellation received by two collectors is recorded once.
                     let row = tx
                         .query_opt(
                             "SELECT COALESCE('agent:' || agent_id, key_id), cancelled_at_ms FROM alerts
-                             WHERE alert_id = $1 FOR UPDATE",
+                             WHERE alert_id = $1 FOR NO KEY UPDATE",
                             &[&id],
                         )
                         .await
                         .map_err(pg_error)?;
+                    let mut effects = response::Effects::default();
                     let outcome = match row.map(|r| (r.get::<_, String>(0), r.get::<_, Option<i64>>(1))) {
                         None => Cancelled::Unknown,
                         Some((who, _)) if who != principal => Cancelled::Unknown,
@@ -368,22 +462,26 @@ impl PgStore {
                             )
                             .await
                             .map_err(pg_error)?;
-                            queue(&tx, &id, "cancel", &channels, jobs_at).await?;
+                            let tell = response::cancel_response(&tx, &id, &reason, now_ms, &channels).await?;
+                            response::queue_cancel(&tx, &id, &tell, jobs_at, &mut effects).await?;
                             Cancelled::New
                         }
                     };
+                    effects.notify(&tx).await?;
                     tx.commit().await.map_err(pg_error)?;
-                    Ok(outcome)
+                    Ok((outcome, effects))
                 })
             })
             .await?;
-        if outcome == Cancelled::New {
-            Routes { wakers: self.inner.wakers.clone(), changes: self.inner.changes.clone() }.wake_all();
-        }
+        self.wake(&effects);
         Ok(outcome)
     }
 
-    /// See [`Backend::claim`]: the jobs are leased for the store's lease.
+    /// See [`Backend::claim`]: the jobs are leased for the store's lease, and come as SQLite's
+    /// `Db::due_jobs` returns them: each with its tier's audience (mentions, recipients), an
+    /// update (a reminder, "acknowledged by", "resolved by") for those kinds, the cancellation
+    /// only on a cancellation job; news held back behind its alert's notification on the
+    /// channel (see [`NOT_HELD`]); stopped jobs never.
     ///
     /// # Errors
     /// If the query failed.
@@ -405,7 +503,8 @@ impl PgStore {
                                    AND {NOT_HELD}
                                  ORDER BY o.next_attempt_at_ms, o.id LIMIT $3
                                  FOR UPDATE OF o SKIP LOCKED)
-                             RETURNING o.id, o.attempts, o.created_at_ms, o.kind, o.next_attempt_at_ms, {ALERT_COLUMNS}"
+                             RETURNING o.id, o.attempts, o.created_at_ms, o.kind, o.next_attempt_at_ms, o.tier,
+                                       o.mentions, o.recipients, o.detail, {ALERT_COLUMNS}"
                         ),
                         &[&channel, &now_ms, &(limit as i64), &lease, &lease_ms],
                     )
@@ -414,8 +513,24 @@ impl PgStore {
                 let mut jobs = rows
                     .iter()
                     .map(|r| {
-                        let mut alert = alert_from(r, 5)?;
-                        if r.get::<_, String>(3) != "cancel" {
+                        let kind: &str = r.get(3);
+                        let list = |at: usize| -> Vec<String> {
+                            r.get::<_, &str>(at).lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
+                        };
+                        let mut alert = alert_from(r, 9)?;
+                        alert.audience =
+                            Audience { tier: r.get::<_, i64>(5).max(1) as u32, mentions: list(6), emails: list(7) };
+                        let detail: &str = r.get(8);
+                        let mut fields = detail.split(DETAIL_SEP).map(str::to_owned);
+                        let mut field = || fields.next().unwrap_or_default();
+                        alert.update = match kind {
+                            "reminder" => Some(AlertUpdate::Reminder { after_secs: field().parse().unwrap_or(0) }),
+                            "acknowledged" => Some(AlertUpdate::Acknowledged { by: field(), note: field() }),
+                            "resolved" => Some(AlertUpdate::Resolved { by: field(), note: field(), outcome: field() }),
+                            _ => None,
+                        };
+                        // Only a cancellation job is about the cancellation.
+                        if kind != "cancel" {
                             alert.cancellation = None;
                         }
                         let job = Job {
@@ -434,16 +549,19 @@ impl PgStore {
         .await
     }
 
-    /// See [`Backend::finish`]: only the jobs still held under `lease` are recorded.
+    /// See [`Backend::finish`]: only the jobs still held under `lease` are recorded (a job an
+    /// acknowledgement stopped while it was in flight is recorded too, and stays stopped unless
+    /// delivered or failed: never claimed again). Rows are updated in id order.
     ///
     /// # Errors
     /// If the transaction failed: nothing was recorded.
     pub async fn finish(
         &self,
         lease: Lease,
-        outcomes: Vec<(i64, JobOutcome)>,
+        mut outcomes: Vec<(i64, JobOutcome)>,
         now_ms: i64,
     ) -> Result<Vec<i64>, StoreError> {
+        outcomes.sort_by_key(|(id, _)| *id);
         self.run(move |c| {
             Box::pin(async move {
                 let tx = c.transaction().await.map_err(pg_error)?;
@@ -464,7 +582,7 @@ impl PgStore {
                                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at_ms = $3, last_error = $4,
                                         lease_id = NULL, lease_until = NULL
                                  WHERE id = $1 AND lease_id = $2",
-                                &[id, &lease.0, next_attempt_at_ms, error],
+                                &[id, &lease.0, next_attempt_at_ms, &text(error)],
                             )
                             .await
                         }
@@ -473,7 +591,7 @@ impl PgStore {
                                 "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = $3,
                                         lease_id = NULL, lease_until = NULL
                                  WHERE id = $1 AND lease_id = $2",
-                                &[id, &lease.0, error],
+                                &[id, &lease.0, &text(error)],
                             )
                             .await
                         }
@@ -490,8 +608,9 @@ impl PgStore {
         .await
     }
 
-    /// See [`Backend::next_due`]. A job leased by someone is due when its lease ends (on this
-    /// collector's outbox clock: the lease's remaining time added to now).
+    /// See [`Backend::next_due`]. A job leased by someone is due when its lease ends, and so is
+    /// news held back behind its alert's notification in flight (on this collector's outbox
+    /// clock: the lease's remaining time added to now).
     ///
     /// # Errors
     /// If the query failed.
@@ -502,11 +621,13 @@ impl PgStore {
                 let row = c
                     .query_one(
                         &format!(
-                            "SELECT MIN(CASE WHEN o.lease_until > clock_timestamp()
-                                        THEN GREATEST(o.next_attempt_at_ms, $2 + CEIL(EXTRACT(EPOCH FROM
-                                             (o.lease_until - clock_timestamp())) * 1000)::bigint)
-                                        ELSE o.next_attempt_at_ms END)::bigint
-                             FROM outbox o WHERE o.channel = $1 AND o.state = 'pending' AND {NOT_HELD}"
+                            "SELECT MIN(GREATEST(o.next_attempt_at_ms,
+                                        $2 + CEIL(EXTRACT(EPOCH FROM (GREATEST(o.lease_until, (
+                                            SELECT MAX(p.lease_until) FROM outbox p
+                                            WHERE o.kind <> 'alert' AND p.alert_id = o.alert_id
+                                              AND p.channel = o.channel AND p.kind = 'alert' AND p.state = 'stopped'))
+                                          - clock_timestamp())) * 1000)::bigint))::bigint
+                             FROM outbox o WHERE o.channel = $1 AND o.state = 'pending' AND {NOT_HELD_BY_PENDING}"
                         ),
                         &[&channel, &now],
                     )
@@ -518,11 +639,11 @@ impl PgStore {
         .await
     }
 
-    /// See [`Backend::recent_alerts`].
+    /// See [`Backend::recent_alerts`]; each job labelled as [`PgStore::deliveries`] does.
     ///
     /// # Errors
     /// If the query failed.
-    pub async fn recent_alerts(&self, limit: usize) -> Result<Vec<(AlertRecord, Vec<Delivery>)>, StoreError> {
+    pub async fn recent_alerts(&self, limit: usize) -> Result<Vec<(AlertRecord, Vec<super::Delivery>)>, StoreError> {
         self.run(move |c| {
             Box::pin(async move {
                 let alerts = c
@@ -539,56 +660,21 @@ impl PgStore {
                     let alert = alert_from(row, 0)?;
                     let jobs = c
                         .query(
-                            "SELECT channel || CASE WHEN kind = 'alert' THEN '' ELSE ' (' || kind || ')' END,
-                                    state, attempts, last_error, delivered_at_ms
-                             FROM outbox WHERE alert_id = $1 ORDER BY id",
+                            &format!(
+                                "SELECT {} FROM outbox WHERE alert_id = $1 ORDER BY id",
+                                response::DELIVERY_COLUMNS
+                            ),
                             &[&alert.alert_id.to_string()],
                         )
                         .await
                         .map_err(pg_error)?;
-                    let deliveries = jobs
-                        .iter()
-                        .map(|r| Delivery {
-                            channel: r.get(0),
-                            state: r.get(1),
-                            attempts: r.get::<_, i32>(2).max(0) as u32,
-                            last_error: r.get(3),
-                            delivered_at_ms: r.get(4),
-                        })
-                        .collect();
-                    out.push((alert, deliveries));
+                    out.push((alert, jobs.iter().map(response::delivery_from).collect()));
                 }
                 Ok(out)
             })
         })
         .await
     }
-}
-
-/// Queue one job of `kind` per channel for alert `id`, and tell every collector's workers.
-async fn queue(
-    tx: &tokio_postgres::Transaction<'_>,
-    id: &str,
-    kind: &str,
-    channels: &[&str],
-    jobs_at: i64,
-) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO outbox (alert_id, channel, kind, state, created_at_ms, next_attempt_at_ms)
-         SELECT $1, ch, $3, 'pending', $4, $4 FROM unnest($2::text[]) AS ch
-         ON CONFLICT DO NOTHING",
-        &[&id, &channels, &kind, &jobs_at],
-    )
-    .await
-    .map_err(pg_error)?;
-    // Delivered at the commit, to every collector listening (this one too).
-    tx.execute(
-        "SELECT pg_notify('sos_jobs', ch) FROM unnest($1::text[]) AS ch UNION ALL SELECT pg_notify('sos_changes', '')",
-        &[&channels],
-    )
-    .await
-    .map_err(pg_error)?;
-    Ok(())
 }
 
 /// `s` as PostgreSQL can store it: its text type cannot hold NUL, which SQLite's can and an

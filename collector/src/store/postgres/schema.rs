@@ -210,6 +210,9 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         .map_err(pg_error)?;
     loop {
         let tx = client.transaction().await.map_err(pg_error)?;
+        // Wait as long as another collector's migration takes (the session's lock_timeout is
+        // for the service's row locks, not for this).
+        tx.batch_execute("SET LOCAL lock_timeout = 0").await.map_err(pg_error)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg_error)?;
         let version: i64 =
             tx.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[]).await.map_err(pg_error)?.get(0);

@@ -19,14 +19,7 @@ const NOT_BUILT: &str = "not on PostgreSQL in this branch";
 
 #[allow(missing_docs)]
 impl PgStore {
-    pub async fn open_planned(url: &str, plan: ResponsePlan) -> Result<PgStore, StoreError> {
-        let _ = plan;
-        PgStore::open(url, &[]).await
-    }
 
-    pub fn plan(&self) -> Arc<ResponsePlan> {
-        Arc::new(ResponsePlan::channels_only(&[]))
-    }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
     pub async fn create_enrollment(&self, name: &str, ttl_ms: i64, now_ms: i64) -> Result<Code, StoreError> {
@@ -165,20 +158,7 @@ impl PgStore {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
-    #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn acknowledge_by_link(
-        &self,
-        link: &LinkAck,
-        now_ms: i64,
-        jobs_at_ms: i64,
-    ) -> Result<LinkUse, StoreError> {
-        Err(StoreError::Postgres(NOT_BUILT.into()))
-    }
 
-    #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn link_used(&self, nonce: &str) -> Result<Option<(String, i64)>, StoreError> {
-        Err(StoreError::Postgres(NOT_BUILT.into()))
-    }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
     pub async fn probe_write(&self, now_ms: i64) -> Result<(), StoreError> {
@@ -195,126 +175,20 @@ impl PgStore {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
-    #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn rebase_outbox(&self, channel: &str, now_ms: i64, max_wait_ms: i64) -> Result<usize, StoreError> {
-        Err(StoreError::Postgres(NOT_BUILT.into()))
-    }
 
-    #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn escalate_due(
-        &self,
-        plan: &ResponsePlan,
-        now_ms: i64,
-        clock_ms: i64,
-        limit: usize,
-    ) -> Result<Escalated, StoreError> {
-        Err(StoreError::Postgres(NOT_BUILT.into()))
-    }
 
-    #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn next_escalation(&self) -> Result<Option<i64>, StoreError> {
-        Err(StoreError::Postgres(NOT_BUILT.into()))
-    }
 
-    #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn rebase_escalations(&self, clock_ms: i64) -> Result<usize, StoreError> {
-        Err(StoreError::Postgres(NOT_BUILT.into()))
-    }
 
-    #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn acknowledge(
-        &self,
-        alert_id: AlertId,
-        responder: &str,
-        via: Via,
-        note: &str,
-        now_ms: i64,
-        jobs_at_ms: i64,
-    ) -> Result<Transition, StoreError> {
-        Err(StoreError::Postgres(NOT_BUILT.into()))
-    }
 
-    #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn resolve(
-        &self,
-        alert_id: AlertId,
-        responder: &str,
-        via: Via,
-        outcome: &str,
-        note: &str,
-        now_ms: i64,
-        jobs_at_ms: i64,
-    ) -> Result<Transition, StoreError> {
-        Err(StoreError::Postgres(NOT_BUILT.into()))
-    }
 
-    #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn mark_checked(
-        &self,
-        alert_id: AlertId,
-        responder: &str,
-        via: Via,
-        note: &str,
-        now_ms: i64,
-    ) -> Result<Transition, StoreError> {
-        Err(StoreError::Postgres(NOT_BUILT.into()))
-    }
 
-    #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn popup_targets(&self, now_ms: i64) -> Result<Vec<PopupTarget>, StoreError> {
-        Err(StoreError::Postgres(NOT_BUILT.into()))
-    }
 
-    #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn pending_notices(&self) -> Result<Vec<(AlertId, String, ResponderNotice)>, StoreError> {
-        Err(StoreError::Postgres(NOT_BUILT.into()))
-    }
 
-    #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn confirm_notice(
-        &self,
-        alert_id: AlertId,
-        event_kind: NoticeEvent,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        Err(StoreError::Postgres(NOT_BUILT.into()))
-    }
 
-    #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn record_event(
-        &self,
-        alert_id: AlertId,
-        kind: &str,
-        who: &str,
-        via: Via,
-        note: &str,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        Err(StoreError::Postgres(NOT_BUILT.into()))
-    }
 
-    #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn timeline(
-        &self,
-        alert_id: AlertId,
-    ) -> Result<Option<(AlertRecord, AlertState, Vec<Event>)>, StoreError> {
-        Err(StoreError::Postgres(NOT_BUILT.into()))
-    }
 
-    #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn rebase_foreign_jobs(&self, clock_ms: i64) -> Result<usize, StoreError> {
-        Err(StoreError::Postgres(NOT_BUILT.into()))
-    }
 
-    #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn data_version(&self) -> Result<i64, StoreError> {
-        Err(StoreError::Postgres(NOT_BUILT.into()))
-    }
 
-    #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
-    pub async fn deliveries(&self, alert_id: AlertId) -> Result<Vec<Delivery>, StoreError> {
-        Err(StoreError::Postgres(NOT_BUILT.into()))
-    }
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
     pub async fn record_agents(&self, seen: &[AgentSeen]) -> Result<(), StoreError> {
