@@ -118,7 +118,10 @@ impl Collector {
                 let refused = |e: StoreError| {
                     CollectorError::Died(format!("cannot use the PostgreSQL store {database} (database_url): {e}"))
                 };
-                let pg = PgStore::open_planned(url.expose_secret(), plan).await.map_err(refused)?;
+                // A claim's lease outlives the longest delivery attempt and the recording of its
+                // outcome: a job still being sent is never taken over by another collector.
+                let lease = crate::store::postgres::LEASE.max(config.outbox.attempt_timeout + LEASE_MARGIN);
+                let pg = PgStore::open_full(url.expose_secret(), &names, plan, lease).await.map_err(refused)?;
                 let clock = pg.prepare_service().await.map_err(refused)?;
                 if clock.ahead_ms.abs() > crate::store::postgres::CLOCK_WARNING_MS {
                     warn!(%database, database_ahead_ms = clock.ahead_ms,
@@ -464,6 +467,10 @@ pub async fn run(
 ) -> Result<StatsSnapshot, CollectorError> {
     Collector::new(config)?.run(socket, shutdown).await
 }
+
+/// On PostgreSQL, how much longer than the longest delivery attempt a claim's lease lasts: the
+/// time to record the outcome (up to one answer time of the database, twice).
+const LEASE_MARGIN: Duration = Duration::from_secs(15);
 
 /// How long the store must fail before every channel is told.
 const STORE_FAILING_NOTICE_AFTER: Duration = Duration::from_secs(5);
