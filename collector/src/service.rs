@@ -297,6 +297,10 @@ impl Collector {
                         _ = stop.cancelled() => return,
                         _ = tick.tick() => {}
                     }
+                    // PostgreSQL that refused writes is failing until a write succeeds: try one.
+                    if store.is_failing() && store.as_postgres().is_some() {
+                        let _ = store.probe_write(crate::store::now_ms()).await;
+                    }
                     match (store.is_failing(), told) {
                         (true, false) => {
                             if since.get_or_insert_with(Instant::now).elapsed() >= STORE_FAILING_NOTICE_AFTER {

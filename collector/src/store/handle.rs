@@ -829,7 +829,11 @@ impl Store {
     pub async fn probe_write(&self, now_ms: i64) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.write(move |db| db.probe_write(now_ms)).await,
-            Store::Postgres(p) => p.db.probe_write(now_ms).await,
+            Store::Postgres(p) => {
+                p.db.probe_write(now_ms).await?;
+                p.db.note_write_ok();
+                Ok(())
+            }
         }
     }
 

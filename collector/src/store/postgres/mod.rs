@@ -73,6 +73,16 @@ pub const LEASE: Duration = Duration::from_secs(30);
 /// connection is made again (a database that hangs instead of refusing).
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
+/// The longest an operation waits for the connection while others use it.
+const QUEUE_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether PostgreSQL's error `why` (its SQLSTATE is in the text [`pg_error`] makes) says it
+/// refuses writes: read-only transaction (25006), insufficient resources (class 53: disk full,
+/// out of memory), system errors (class 58: I/O), no privilege (42501).
+fn refuses_writes(why: &str) -> bool {
+    why.starts_with("[25006]") || why.starts_with("[53") || why.starts_with("[58") || why.starts_with("[42501]")
+}
+
 /// The longest wait between two attempts to reconnect.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -115,6 +125,9 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
     if e.is_closed() || io || server_gone {
         StoreError::Unavailable(e.to_string())
+    } else if let Some(d) = e.as_db_error() {
+        // The SQLSTATE first, for `refuses_writes`; no DETAIL (it can quote a row's values).
+        StoreError::Postgres(format!("[{}] {}", d.code().code(), d.message()))
     } else {
         StoreError::Postgres(e.to_string())
     }
@@ -134,6 +147,9 @@ struct Inner {
     client: Arc<Mutex<Option<(u64, Client)>>>,
     /// Set while the database cannot be reached or its last operation failed.
     failing: Arc<AtomicBool>,
+    /// Set when PostgreSQL refused a write (a read-only standby, a full disk, no privilege):
+    /// failing until a write succeeds ([`PgStore::note_write_ok`]), not merely a read.
+    write_refused: AtomicBool,
     /// The channels with an outbox worker here, with their wakers.
     wakers: Arc<Vec<(&'static str, Arc<Notify>)>>,
     /// The escalation policy: every new alert fires its first tier.
@@ -278,6 +294,9 @@ impl PgStore {
             // The message of a URL that does not parse names the option, never the password.
             .map_err(|e| StoreError::Postgres(format!("database_url is not a PostgreSQL URL: {e}")))?;
         config.connect_timeout(ANSWER_WITHIN);
+        // A collector cannot work on a read-only server (a hot standby the address now points
+        // to after a failover): connect only to one that takes writes.
+        config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
         let routes = Routes {
             wakers: Arc::new(channels.iter().map(|c| (*c, Arc::new(Notify::new()))).collect()),
             changes: Arc::new(Notify::new()),
@@ -290,6 +309,7 @@ impl PgStore {
         let inner = Inner {
             client: Arc::new(Mutex::new(Some((0, client)))),
             failing: Arc::default(),
+            write_refused: AtomicBool::new(false),
             wakers: routes.wakers.clone(),
             plan: Arc::new(plan),
             changes: routes.changes.clone(),
@@ -317,8 +337,15 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         let inner = &self.inner;
         let generation = std::sync::atomic::AtomicU64::new(u64::MAX);
+        // Waiting for the connection (other operations ahead) is not the database hanging: it
+        // has a budget of its own, and running out of it drops no connection.
+        let Ok(mut slot) = tokio::time::timeout(QUEUE_WAIT, inner.client.lock()).await else {
+            return Err(StoreError::Postgres(format!(
+                "the connection to PostgreSQL was busy for {} s (operations queued ahead); try again",
+                QUEUE_WAIT.as_secs()
+            )));
+        };
         let answer = tokio::time::timeout(ANSWER_WITHIN, async {
-            let mut slot = inner.client.lock().await;
             let Some((n, client)) = slot.as_mut() else {
                 return Err(StoreError::Unavailable("the connection to PostgreSQL is being made again".into()));
             };
@@ -346,9 +373,25 @@ impl PgStore {
                     );
                 }
             }
+            Err(StoreError::Postgres(why)) if refuses_writes(why) => {
+                if !inner.write_refused.swap(true, Ordering::SeqCst) {
+                    error!(
+                        problem = %why,
+                        "STORE REFUSES WRITES: PostgreSQL refused a write (read-only, disk full, no privilege?); \
+                         no SOS is acknowledged until it takes writes again, agents keep retrying and fail over"
+                    );
+                }
+            }
             Err(_) => {}
         }
         answer
+    }
+
+    /// A write succeeded: a refusal of writes seen before is over.
+    pub(crate) fn note_write_ok(&self) {
+        if self.inner.write_refused.swap(false, Ordering::SeqCst) {
+            info!("PostgreSQL takes writes again");
+        }
     }
 
     /// Notified after every commit that changes an alert, by this collector or another.
@@ -358,7 +401,7 @@ impl PgStore {
 
     /// Whether the store is failing now (see [`Backend::is_failing`]).
     pub fn is_failing(&self) -> bool {
-        self.inner.failing.load(Ordering::SeqCst)
+        self.inner.failing.load(Ordering::SeqCst) || self.inner.write_refused.load(Ordering::SeqCst)
     }
 
     /// Store an alert once by alert id and start its response, as SQLite's group commit does
@@ -416,6 +459,7 @@ impl PgStore {
                 })
             })
             .await?;
+        self.note_write_ok();
         // This collector's own workers at once; the others by the NOTIFY.
         self.wake(&effects);
         Ok(stored)

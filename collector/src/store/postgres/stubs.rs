@@ -19,8 +19,6 @@ const NOT_BUILT: &str = "not on PostgreSQL in this branch";
 
 #[allow(missing_docs)]
 impl PgStore {
-
-
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
     pub async fn create_enrollment(&self, name: &str, ttl_ms: i64, now_ms: i64) -> Result<Code, StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
@@ -158,8 +156,6 @@ impl PgStore {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
 
-
-
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
     pub async fn probe_write(&self, now_ms: i64) -> Result<(), StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
@@ -174,21 +170,6 @@ impl PgStore {
     pub async fn set_silent(&self, agent_id: &str, since_ms: Option<i64>) -> Result<bool, StoreError> {
         Err(StoreError::Postgres(NOT_BUILT.into()))
     }
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
     #[allow(unused_variables, missing_docs, clippy::too_many_arguments)]
     pub async fn record_agents(&self, seen: &[AgentSeen]) -> Result<(), StoreError> {

@@ -91,6 +91,27 @@ mod tests {
     use crate::store::{outbox_clock_ms, PgStore};
 
     #[tokio::test]
+    async fn a_server_that_refuses_writes_is_failing_until_a_write_succeeds() {
+        let Some(cluster) = Cluster::start() else { return };
+        let store = PgStore::open(&cluster.url(), &["slack"]).await.unwrap();
+        let session = |sql: &'static str| {
+            store.run(move |c| Box::pin(async move { c.batch_execute(sql).await.map_err(super::pg_error) }))
+        };
+        // As a hot standby would: reads work, writes are refused.
+        session("SET default_transaction_read_only = on").await.unwrap();
+        let refused = store.insert(alert(1)).await;
+        assert!(refused.is_err(), "not acknowledged: {refused:?}");
+        assert!(store.is_failing(), "failing at once: heartbeats unanswered, /readyz not ready");
+        assert!(store.recent_alerts(10).await.is_ok(), "reads still work");
+        assert!(store.is_failing(), "a read does not clear it");
+        session("SET default_transaction_read_only = off").await.unwrap();
+        store.probe_write(1).await.unwrap();
+        store.note_write_ok();
+        assert!(!store.is_failing(), "a write succeeded");
+        assert_eq!(store.insert(alert(1)).await.unwrap(), crate::store::Stored::New);
+    }
+
+    #[tokio::test]
     async fn released_jobs_are_claimed_again_at_once_and_a_stale_release_does_nothing() {
         let Some(cluster) = Cluster::start() else { return };
         let a = PgStore::open(&cluster.url(), &["slack"]).await.unwrap();
