@@ -44,6 +44,9 @@ use super::{
 
 #[cfg(all(test, unix))]
 pub(crate) mod cluster;
+mod console;
+mod presence;
+mod registry;
 mod schema;
 
 /// How long a claim holds its jobs: longer than any delivery attempt (their timeout is ten
