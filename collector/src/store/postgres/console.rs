@@ -158,7 +158,12 @@ impl PgStore {
                     )
                     .await
                     .map_err(pg_error)?
-                    .map(|r| ResponseRow { by: r.get(0), outcome: r.get(1), note: r.get(2), acknowledged_at_ms: r.get(3) });
+                    .map(|r| ResponseRow {
+                        by: r.get(0),
+                        outcome: r.get(1),
+                        note: r.get(2),
+                        acknowledged_at_ms: r.get(3),
+                    });
                 let events = c
                     .query(
                         "SELECT at_ms, kind, who, via, note FROM alert_events WHERE alert_id = $1
@@ -533,7 +538,14 @@ mod tests {
         let db = PgStore::open(&cluster.url(), &["log"]).await.unwrap();
         alert(&db, 1, 1_000, "Reception", false).await;
         alert(&db, 2, 1_000, "Reception", false).await;
-        sql(&db, format!("UPDATE alerts SET site = 'Branch A', agent_id = 'ab', agent_name = 'Desk' WHERE alert_id = '{}'", id(1))).await;
+        sql(
+            &db,
+            format!(
+                "UPDATE alerts SET site = 'Branch A', agent_id = 'ab', agent_name = 'Desk' WHERE alert_id = '{}'",
+                id(1)
+            ),
+        )
+        .await;
         respond(&db, 1, "acknowledged", "via slack link", Some(5_000)).await;
         sql(
             &db,
@@ -559,10 +571,15 @@ mod tests {
             ]
         );
         let all = db.console_alerts(&AlertFilter::default(), None, 10).await.unwrap();
-        let site = |n: u128| all.iter().find(|a| a.record.alert_id == AlertId::from_u128(n)).unwrap().record.site.clone();
+        let site =
+            |n: u128| all.iter().find(|a| a.record.alert_id == AlertId::from_u128(n)).unwrap().record.site.clone();
         assert_eq!((site(1).as_deref(), site(2)), (Some("Branch A"), None));
         let (two, none) = db.console_alert(AlertId::from_u128(2)).await.unwrap().unwrap();
-        assert_eq!((two.state.as_str(), two.by.as_str(), none.len()), ("notified", "", 0), "stored before the responder loop");
+        assert_eq!(
+            (two.state.as_str(), two.by.as_str(), none.len()),
+            ("notified", "", 0),
+            "stored before the responder loop"
+        );
         assert_eq!(db.console_alert(AlertId::from_u128(3)).await.unwrap(), None);
     }
 
@@ -581,7 +598,8 @@ mod tests {
         ] {
             alert(&db, n, at, location, test).await;
         }
-        sql(&db, format!("UPDATE alerts SET cancelled_at_ms = 9, cancel_reason = 'oops' WHERE alert_id = '{}'", id(4))).await;
+        sql(&db, format!("UPDATE alerts SET cancelled_at_ms = 9, cancel_reason = 'oops' WHERE alert_id = '{}'", id(4)))
+            .await;
         respond(&db, 5, "resolved", "bob", Some(4_500)).await;
         respond(&db, 6, "acknowledged", "bob", Some(5_500)).await;
         respond(&db, 3, "checked", "carol", None).await;
@@ -590,7 +608,10 @@ mod tests {
             async move { ids(&db.console_alerts(&f, None, 100).await.unwrap()) }
         };
         assert_eq!(all(AlertFilter::default()).await, vec![6, 5, 4, 3, 2, 1]);
-        assert_eq!(all(AlertFilter { from_ms: Some(2_000), to_ms: Some(4_000), ..Default::default() }).await, vec![4, 3, 2]);
+        assert_eq!(
+            all(AlertFilter { from_ms: Some(2_000), to_ms: Some(4_000), ..Default::default() }).await,
+            vec![4, 3, 2]
+        );
         assert_eq!(all(AlertFilter { location: Some("recep".into()), ..Default::default() }).await, vec![5, 2, 1]);
         assert_eq!(all(AlertFilter { test: Some(true), ..Default::default() }).await, vec![6, 2]);
         assert_eq!(all(AlertFilter { test: Some(false), ..Default::default() }).await, vec![5, 4, 3, 1]);
@@ -682,7 +703,16 @@ mod tests {
             vec![(1_000, "received"), (2_000, "acknowledged"), (2_000, "notified"), (3_000, "resolved")],
             "oldest first, then in the order written"
         );
-        assert_eq!(events[3], EventRow { at_ms: 3_000, kind: "resolved".into(), who: "bob".into(), via: "console".into(), note: "false alarm".into() });
+        assert_eq!(
+            events[3],
+            EventRow {
+                at_ms: 3_000,
+                kind: "resolved".into(),
+                who: "bob".into(),
+                via: "console".into(),
+                note: "false alarm".into()
+            }
+        );
         assert_eq!(
             db.notification_counts().await.unwrap(),
             vec![
@@ -738,7 +768,9 @@ mod tests {
             let token = format!("token-{round}");
             a.create_invitation("bob", &token, 1_000, 10_000).await.unwrap();
             let hold = holder.transaction().await.unwrap();
-            hold.execute("SELECT 1 FROM console_invitations WHERE token_hash = $1 FOR UPDATE", &[&token]).await.unwrap();
+            hold.execute("SELECT 1 FROM console_invitations WHERE token_hash = $1 FOR UPDATE", &[&token])
+                .await
+                .unwrap();
             let (x, y, ()) = tokio::join!(
                 a.accept_invitation(&token, "$argon2id$a", 2_000),
                 b.accept_invitation(&token, "$argon2id$b", 2_000),

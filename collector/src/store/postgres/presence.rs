@@ -27,7 +27,10 @@ impl PgStore {
         for a in seen {
             let key = (text(&a.host).into_owned(), text(&a.user).into_owned());
             let at = rows.get(&key).map_or(a.last_seen_ms, |r| r.3.max(a.last_seen_ms));
-            rows.insert(key, (text(&a.ip).into_owned(), text(&a.source).into_owned(), text(&a.key_id).into_owned(), at));
+            rows.insert(
+                key,
+                (text(&a.ip).into_owned(), text(&a.source).into_owned(), text(&a.key_id).into_owned(), at),
+            );
             if let Some(id) = &a.agent_id {
                 let e = enrolled.entry(text(id).into_owned()).or_insert((a.last_seen_ms, None));
                 e.0 = e.0.max(a.last_seen_ms);
@@ -204,7 +207,8 @@ mod tests {
         let mut enrolled = Vec::new();
         for n in 0..20 {
             let code = a.create_enrollment(&format!("desk-{n}"), 600_000, 1_000).await.unwrap();
-            enrolled.push(a.complete_enrollment(code.id(), &format!("desk-{n}"), 2_000).await.unwrap().unwrap().agent_id);
+            enrolled
+                .push(a.complete_enrollment(code.id(), &format!("desk-{n}"), 2_000).await.unwrap().unwrap().agent_id);
         }
         // 200 agents; one collector flushes them in one order with even times, the other in the
         // reverse order with odd times, twenty times over.

@@ -25,9 +25,7 @@ use sos_shared::Key;
 use tokio_postgres::{GenericClient, IsolationLevel, Transaction};
 
 use super::{pg_error, text, PgStore};
-use crate::registry::{
-    AgentEntry, AgentRecord, Attempt, Entry, Registry, RegistryError, Slot, MAX_CODE_ATTEMPTS,
-};
+use crate::registry::{AgentEntry, AgentRecord, Attempt, Entry, Registry, RegistryError, Slot, MAX_CODE_ATTEMPTS};
 use crate::store::{EnrolledAs, StoreError};
 
 /// The columns of an [`AgentRecord`], as [`agent_record`] reads them.
@@ -306,9 +304,9 @@ impl PgStore {
             if agent.revoked_at_ms.is_some() {
                 return Some(RegistryError::Revoked(agent.agent_id));
             }
-            agent.rotation_pending_since_ms.map(|since| {
-                RegistryError::RotationPending(agent.agent_id, crate::channel::when_utc(since / 1000))
-            })
+            agent
+                .rotation_pending_since_ms
+                .map(|since| RegistryError::RotationPending(agent.agent_id, crate::channel::when_utc(since / 1000)))
         };
         if let Some(e) = refused(agent.clone()) {
             return Err(e);
@@ -565,7 +563,10 @@ pub(super) mod tests {
         let registry = db.load_registry().await.unwrap();
         let entry = registry.get(Key::from_base64(&s.key).unwrap().id()).unwrap();
         assert!(entry.agent.site && entry.slot == Slot::Current);
-        assert_eq!(entry.agent.who, EnrolledAs { agent_id: s.agent_id, name: "Branch A".into(), host: "site-a".into() });
+        assert_eq!(
+            entry.agent.who,
+            EnrolledAs { agent_id: s.agent_id, name: "Branch A".into(), host: "site-a".into() }
+        );
     }
 
     #[tokio::test]
@@ -668,7 +669,15 @@ pub(super) mod tests {
         a.revoke(&k.agent_id, 10_000).await.unwrap();
         within("the other collector told of the revocation", changed).await;
         assert!(b.registry_version().await.unwrap() > v3);
-        assert!(b.load_registry().await.unwrap().get(Key::from_base64(next.expose_secret()).unwrap().id()).unwrap().agent.revoked);
+        assert!(
+            b.load_registry()
+                .await
+                .unwrap()
+                .get(Key::from_base64(next.expose_secret()).unwrap().id())
+                .unwrap()
+                .agent
+                .revoked
+        );
     }
 
     #[tokio::test]
@@ -761,5 +770,4 @@ pub(super) mod tests {
             Slot::Previous { until_ms: 9_000 | 9_500 }
         ));
     }
-
 }
