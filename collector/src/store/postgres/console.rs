@@ -26,9 +26,10 @@ const BY_SQL: &str = "COALESCE((SELECT r.by_responder FROM responses r WHERE r.a
 /// A parameter of a query built at run time.
 type Param = Box<dyn ToSql + Sync + Send>;
 
-/// A console alert from a row of [`ALERT_COLUMNS`], then its state and who acknowledged it.
+/// A console alert from a row of its state, who acknowledged it, then [`ALERT_COLUMNS`] (last,
+/// so that the alert's columns may grow).
 fn console_alert_from(r: &tokio_postgres::Row) -> Result<ConsoleAlert, StoreError> {
-    Ok(ConsoleAlert { record: alert_from(r, 0)?, state: r.get(16), by: r.get(17) })
+    Ok(ConsoleAlert { state: r.get(0), by: r.get(1), record: alert_from(r, 2)? })
 }
 
 /// Each channel's delivery of alert `id` (as `Db::deliveries`).
@@ -109,7 +110,7 @@ impl PgStore {
         };
         args.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
         let sql = format!(
-            "SELECT * FROM (SELECT {ALERT_COLUMNS}, {STATE_SQL} AS state, {BY_SQL} AS by_responder FROM alerts a
+            "SELECT * FROM (SELECT {STATE_SQL} AS state, {BY_SQL} AS by_responder, {ALERT_COLUMNS} FROM alerts a
                WHERE {}) AS s
              WHERE {state} ORDER BY received_at_ms DESC, alert_id DESC LIMIT ${}",
             conds.join(" AND "),
@@ -133,7 +134,7 @@ impl PgStore {
         let id = id.to_string();
         self.run(move |c| {
             Box::pin(async move {
-                let sql = format!("SELECT {ALERT_COLUMNS}, {STATE_SQL}, {BY_SQL} FROM alerts a WHERE a.alert_id = $1");
+                let sql = format!("SELECT {STATE_SQL}, {BY_SQL}, {ALERT_COLUMNS} FROM alerts a WHERE a.alert_id = $1");
                 let Some(row) = c.query_opt(&sql, &[&id]).await.map_err(pg_error)? else { return Ok(None) };
                 let alert = console_alert_from(&row)?;
                 Ok(Some((alert, deliveries(&*c, &id).await?)))
