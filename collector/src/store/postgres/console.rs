@@ -444,16 +444,20 @@ impl PgStore {
     }
 
     /// See [`crate::store::Db::set_silent`]: `agent_id` silent since `since_ms` (`Some`; the
-    /// first collector to find it silent sets the time), or back (`None`). A change is told to
-    /// every console (`NOTIFY sos_changes` in the same statement); no change, no notification.
+    /// first collector to find it silent sets the time), or back (`None`). Whether this write
+    /// changed the row: of several collectors finding the same agent silent (or back), exactly
+    /// one gets `true` (the insert or delete of the others finds nothing to do), so the notice
+    /// is told once. A change is told to every console (`NOTIFY sos_changes` in the same
+    /// statement); no change, no notification.
     ///
     /// # Errors
     /// If the write fails.
-    pub async fn set_silent(&self, agent_id: &str, since_ms: Option<i64>) -> Result<(), StoreError> {
+    pub async fn set_silent(&self, agent_id: &str, since_ms: Option<i64>) -> Result<bool, StoreError> {
         let agent_id = text(agent_id).into_owned();
         self.run(move |c| {
             Box::pin(async move {
-                match since_ms {
+                // One row (the notification's) when the statement changed the table.
+                let changed = match since_ms {
                     Some(t) => {
                         c.execute(
                             "WITH changed AS (
@@ -474,7 +478,7 @@ impl PgStore {
                     }
                 }
                 .map_err(pg_error)?;
-                Ok(())
+                Ok(changed > 0)
             })
         })
         .await
@@ -797,16 +801,25 @@ mod tests {
 
         let changes = b.changes();
         let changed = changes.notified();
-        a.set_silent("bb", Some(1_000)).await.unwrap();
+        assert!(a.set_silent("bb", Some(1_000)).await.unwrap());
         within("the other collector's console told of a silent agent", changed).await;
-        a.set_silent("aa", Some(3_000)).await.unwrap();
-        // Found silent by the other collector too, later: the first time stays.
-        b.set_silent("bb", Some(2_000)).await.unwrap();
+        assert!(a.set_silent("aa", Some(3_000)).await.unwrap());
+        // Found silent by the other collector too, later: the first time stays, not told again.
+        assert!(!b.set_silent("bb", Some(2_000)).await.unwrap());
         assert_eq!(b.silent_agents().await.unwrap(), vec![("aa".into(), 3_000), ("bb".into(), 1_000)]);
         let changed = changes.notified();
-        b.set_silent("bb", None).await.unwrap();
+        assert!(b.set_silent("bb", None).await.unwrap());
         within("an agent back announced", changed).await;
-        a.set_silent("zz", None).await.unwrap();
+        assert!(!a.set_silent("bb", None).await.unwrap(), "back already");
+        assert!(!a.set_silent("zz", None).await.unwrap());
+        // Both collectors find the same agents silent (then back) at once: one of them tells.
+        for n in 0..10 {
+            let agent = format!("agent-{n}");
+            let (x, y) = tokio::join!(a.set_silent(&agent, Some(5_000)), b.set_silent(&agent, Some(5_001)));
+            assert_eq!(u8::from(x.unwrap()) + u8::from(y.unwrap()), 1, "{agent} found silent once");
+            let (x, y) = tokio::join!(a.set_silent(&agent, None), b.set_silent(&agent, None));
+            assert_eq!(u8::from(x.unwrap()) + u8::from(y.unwrap()), 1, "{agent} back once");
+        }
         assert_eq!(a.silent_agents().await.unwrap(), vec![("aa".into(), 3_000)]);
     }
 }
