@@ -421,8 +421,8 @@ pub struct Entry {
 /// The in-memory registry: key id → agent.
 #[derive(Default)]
 pub struct Registry {
-    version: i64,
-    by_key: HashMap<KeyId, Entry>,
+    pub(crate) version: i64,
+    pub(crate) by_key: HashMap<KeyId, Entry>,
 }
 
 impl fmt::Debug for Registry {

@@ -57,10 +57,12 @@ use super::{
 
 #[cfg(all(test, unix))]
 pub(crate) mod cluster;
+mod console;
 mod keys;
+mod presence;
+mod registry;
 mod response;
 mod schema;
-mod stubs;
 mod worker;
 
 pub use worker::{ServerClock, CLOCK_WARNING_MS};
