@@ -114,7 +114,8 @@ fn from_another_collectors_host_the_command_line_manages_the_shared_postgresql_s
     let a_text = config_of(&a, Some(&slack));
     let b_config = b.dir.path().join("collector.toml");
     let before = stale_sqlite_store(&b);
-    std::fs::write(&b_config, config_of(&b, None)).unwrap();
+    // The same channels as A (the escalation names Slack); B's collector never runs here.
+    std::fs::write(&b_config, config_of(&b, Some(&slack))).unwrap();
 
     // check-config names the store without its password, and reaches it.
     let out = collector(&b_config, &["check-config"]);

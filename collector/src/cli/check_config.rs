@@ -78,8 +78,7 @@ fn reach(url: &SecretString) -> anyhow::Result<String> {
         let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
         let driver = tokio::spawn(connection);
         let server: String = client.query_one("SHOW server_version", &[]).await?.get(0);
-        let table: Option<String> =
-            client.query_one("SELECT to_regclass('schema_version')::text", &[]).await?.get(0);
+        let table: Option<String> = client.query_one("SELECT to_regclass('schema_version')::text", &[]).await?.get(0);
         let schema = match table {
             Some(_) => {
                 client.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[]).await?.get::<_, i64>(0)
@@ -91,9 +90,8 @@ fn reach(url: &SecretString) -> anyhow::Result<String> {
         Ok((server, (schema > 0).then_some(schema)))
     });
     // tokio_postgres's messages carry no password (the URL's user and host at most).
-    let (server, schema) = answer.map_err(|e| {
-        anyhow::anyhow!("database_url ({shown}): cannot connect to PostgreSQL and query it: {e}")
-    })?;
+    let (server, schema) = answer
+        .map_err(|e| anyhow::anyhow!("database_url ({shown}): cannot connect to PostgreSQL and query it: {e}"))?;
     Ok(match schema {
         Some(v) => format!("reachable: PostgreSQL {server}, store schema version {v}"),
         None => format!("reachable: PostgreSQL {server}, no store tables yet: the first collector to start makes them"),

@@ -83,7 +83,12 @@ pub fn invite(config: &Config, name: &str, expires_hours: u64) -> anyhow::Result
     let token = invitation_token();
     let now = sos_collector::store::now_ms();
     let store = open_store_rw(config)?;
-    store.run(store.store().create_invitation(name, &token_hash(&token), now, now + expires_hours as i64 * 3_600_000))?;
+    store.run(store.store().create_invitation(
+        name,
+        &token_hash(&token),
+        now,
+        now + expires_hours as i64 * 3_600_000,
+    ))?;
     println!("{}/invite/{token}", http.public_url);
     eprintln!(
         "\nA one-time link for {name} to set their console password, valid for {expires_hours} h. Send it by a \

@@ -48,9 +48,9 @@ impl Opened {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         if let Some(url) = &config.database_url {
             let place = redacted(url);
-            let db = runtime.block_on(PgStore::open(url.expose_secret(), &[])).map_err(|e| {
-                anyhow::anyhow!("database_url ({place}): cannot use the PostgreSQL store: {e}")
-            })?;
+            let db = runtime
+                .block_on(PgStore::open(url.expose_secret(), &[]))
+                .map_err(|e| anyhow::anyhow!("database_url ({place}): cannot use the PostgreSQL store: {e}"))?;
             return Ok(Opened { store: Some(Store::postgres(db)), writer: None, place, runtime });
         }
         super::check_owner(config)?;
@@ -109,7 +109,6 @@ pub fn sqlite_only(config: &Config, command: &str, instead: &str) -> Option<Stri
         redacted(url)
     ))
 }
-
 
 #[cfg(test)]
 mod tests {
