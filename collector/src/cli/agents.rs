@@ -17,9 +17,9 @@ pub fn enroll(config: &Config, name: &str, expires_minutes: u64, site: bool) -> 
     if expires_minutes == 0 || expires_minutes > 7 * 24 * 60 {
         anyhow::bail!("--expires-minutes must be between 1 and 10080 (a week)");
     }
-    let (mut db, _) = open_store_rw(config)?;
+    let store = open_store_rw(config)?;
     let now = sos_collector::store::now_ms();
-    let code = db.create_enrollment_of(name, site, expires_minutes as i64 * 60_000, now)?;
+    let code = store.run(store.store().create_enrollment_of(name, site, expires_minutes as i64 * 60_000, now))?;
     let until = when_utc((now + expires_minutes as i64 * 60_000) / 1000);
     let addr = if config.listen.ip().is_unspecified() {
         format!("THIS-HOST:{}", config.listen.port())
@@ -49,11 +49,11 @@ pub fn enroll(config: &Config, name: &str, expires_minutes: u64, site: bool) -> 
 
 /// `agents list` (and `agents`): enrolled agents, then every agent seen by heartbeat.
 pub fn list(config: &Config) -> anyhow::Result<()> {
-    let (db, path) = open_store(config)?;
+    let store = open_store(config)?;
     let now = sos_collector::store::now_ms();
-    let enrolled = db.enrolled_agents()?;
+    let enrolled = store.run(store.store().enrolled_agents())?;
     if enrolled.is_empty() {
-        println!("No enrolled agents in {} (enroll one with `sos-collector enroll --name NAME`).", path.display());
+        println!("No enrolled agents in {} (enroll one with `sos-collector enroll --name NAME`).", store.place);
     } else {
         println!("Enrolled agents:");
     }
@@ -77,12 +77,12 @@ pub fn list(config: &Config) -> anyhow::Result<()> {
             state
         );
     }
-    let agents = db.agents()?;
+    let agents = store.run(store.store().agents())?;
     if !enrolled.is_empty() || !agents.is_empty() {
         println!("Heartbeats (key id, user@host, last seen):");
     }
     if agents.is_empty() {
-        println!("No heartbeats recorded in {}.", path.display());
+        println!("No heartbeats recorded in {}.", store.place);
     }
     for a in agents {
         println!(
@@ -101,16 +101,16 @@ pub fn list(config: &Config) -> anyhow::Result<()> {
 
 /// `agents revoke`: refuse every key of `agent` from now on.
 pub fn revoke(config: &Config, agent: &str) -> anyhow::Result<()> {
-    let (mut db, _) = open_store_rw(config)?;
-    let a = db.revoke(agent, sos_collector::store::now_ms())?;
+    let store = open_store_rw(config)?;
+    let a = store.run(store.store().revoke(agent, sos_collector::store::now_ms()))?;
     println!("Revoked agent {} ({}): its keys are refused from now on.", a.agent_id, a.name);
     Ok(())
 }
 
 /// `agents rotate`: a new key for `agent`, delivered with its next heartbeat.
 pub fn rotate(config: &Config, agent: &str) -> anyhow::Result<()> {
-    let (mut db, _) = open_store_rw(config)?;
-    let a = db.rotate(agent, sos_collector::store::now_ms())?;
+    let store = open_store_rw(config)?;
+    let a = store.run(store.store().rotate(agent, sos_collector::store::now_ms()))?;
     println!(
                         "New key for agent {} ({}): it is sent with the agent's next heartbeat; the old key stays valid until {} after the agent first uses the new one.",
                         a.agent_id,

@@ -2,7 +2,7 @@
 //! alert's timeline), `ack`, `resolve` and `checked` (through the store, as the service does).
 
 use sos_collector::channel::when_utc;
-use sos_collector::store::{Transition, Via};
+use sos_collector::store::{Response as _, Transition, Via};
 use sos_collector::Config;
 use sos_shared::AlertId;
 
@@ -10,10 +10,10 @@ use super::{open_store, open_store_rw};
 
 /// `alerts`: the `limit` newest alerts, each with its deliveries.
 pub fn run(config: &Config, limit: usize) -> anyhow::Result<()> {
-    let (db, path) = open_store(config)?;
-    let rows = db.recent_alerts(limit)?;
+    let store = open_store(config)?;
+    let rows = store.run(store.store().recent_alerts(limit))?;
     if rows.is_empty() {
-        println!("No alerts in {}.", path.display());
+        println!("No alerts in {}.", store.place);
     }
     for (a, deliveries) in rows {
         println!(
@@ -33,7 +33,7 @@ pub fn run(config: &Config, limit: usize) -> anyhow::Result<()> {
             println!("    from site: {site}");
         }
         println!("    enrolled as: {}", sos_collector::channel::enrolled_line(&a));
-        if let Some((_, state, events)) = db.timeline(a.alert_id)? {
+        if let Some((_, state, events)) = store.run(store.store().timeline(a.alert_id))? {
             let by = events.iter().rev().find(|e| e.kind == state.name()).map(|e| format!(" by {}", e.who));
             println!("    state: {}{}", state.name(), by.unwrap_or_default());
         }
@@ -85,9 +85,9 @@ fn responder<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a str> {
 /// `alerts show ID`: the alert, then its timeline, one line per event.
 pub fn show(config: &Config, id: &str) -> anyhow::Result<()> {
     let id = alert_id(id)?;
-    let (db, path) = open_store(config)?;
-    let Some((a, state, events)) = db.timeline(id)? else {
-        anyhow::bail!("no alert {id} in {}", path.display());
+    let store = open_store(config)?;
+    let Some((a, state, events)) = store.run(store.store().timeline(id))? else {
+        anyhow::bail!("no alert {id} in {}", store.place);
     };
     println!("{}", sos_collector::channel::describe(&a));
     println!("alert id:   {}", a.alert_id);
@@ -125,7 +125,7 @@ pub fn show(config: &Config, id: &str) -> anyhow::Result<()> {
         );
     }
     println!("deliveries:");
-    for d in db.deliveries(id)? {
+    for d in store.run(store.store().deliveries(id))? {
         println!("    {:<28} {:<9} attempts={}", d.channel, d.state, d.attempts);
     }
     Ok(())
@@ -135,9 +135,8 @@ pub fn show(config: &Config, id: &str) -> anyhow::Result<()> {
 pub fn ack(config: &Config, id: &str, name: &str, note: &str) -> anyhow::Result<()> {
     let id = alert_id(id)?;
     let name = responder(config, name)?;
-    let (mut db, _) = open_store_rw(config)?;
-    let now = sos_collector::store::now_ms();
-    match db.acknowledge(id, name, Via::CommandLine, note, now, now)? {
+    let store = open_store_rw(config)?;
+    match store.run(store.store().acknowledge(id, name.to_owned(), Via::CommandLine, note.to_owned()))? {
         Transition::New { at_ms } => {
             println!(
                 "Alert {id} acknowledged by {name} at {}: its escalation and pending pages are stopped; the notified \
@@ -154,9 +153,14 @@ pub fn ack(config: &Config, id: &str, name: &str, note: &str) -> anyhow::Result<
 pub fn resolve(config: &Config, id: &str, name: &str, outcome_text: &str, note: &str) -> anyhow::Result<()> {
     let id = alert_id(id)?;
     let name = responder(config, name)?;
-    let (mut db, _) = open_store_rw(config)?;
-    let now = sos_collector::store::now_ms();
-    match db.resolve(id, name, Via::CommandLine, outcome_text, note, now, now)? {
+    let store = open_store_rw(config)?;
+    match store.run(store.store().resolve(
+        id,
+        name.to_owned(),
+        Via::CommandLine,
+        outcome_text.to_owned(),
+        note.to_owned(),
+    ))? {
         Transition::New { at_ms } => {
             println!(
                 "Alert {id} resolved by {name} at {}; the notified channels and the sender are told.",
@@ -172,8 +176,8 @@ pub fn resolve(config: &Config, id: &str, name: &str, outcome_text: &str, note: 
 pub fn checked(config: &Config, id: &str, name: &str, note: &str) -> anyhow::Result<()> {
     let id = alert_id(id)?;
     let name = responder(config, name)?;
-    let (mut db, _) = open_store_rw(config)?;
-    match db.mark_checked(id, name, Via::CommandLine, note, sos_collector::store::now_ms())? {
+    let store = open_store_rw(config)?;
+    match store.run(store.store().mark_checked(id, name.to_owned(), Via::CommandLine, note.to_owned()))? {
         Transition::New { at_ms } => {
             println!("Cancelled alert {id} checked in person by {name} at {}: it is closed.", when_ms(at_ms));
             Ok(())

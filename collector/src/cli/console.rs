@@ -65,8 +65,8 @@ pub fn passwd(config: &Config, name: &str) -> anyhow::Result<()> {
         anyhow::bail!("the password must be {MIN_PASSWORD_LEN} to 1024 characters long; nothing changed");
     }
     let hash = hash_password(&password).map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
-    let (mut db, _) = open_store_rw(config)?;
-    db.set_password_hash(name, &hash, sos_collector::store::now_ms())?;
+    let store = open_store_rw(config)?;
+    store.run(store.store().set_password_hash(name, &hash, sos_collector::store::now_ms()))?;
     eprintln!("The console password of {name} is set (argon2id); it works at once.");
     Ok(())
 }
@@ -82,8 +82,13 @@ pub fn invite(config: &Config, name: &str, expires_hours: u64) -> anyhow::Result
     }
     let token = invitation_token();
     let now = sos_collector::store::now_ms();
-    let (mut db, _) = open_store_rw(config)?;
-    db.create_invitation(name, &token_hash(&token), now, now + expires_hours as i64 * 3_600_000)?;
+    let store = open_store_rw(config)?;
+    store.run(store.store().create_invitation(
+        name,
+        &token_hash(&token),
+        now,
+        now + expires_hours as i64 * 3_600_000,
+    ))?;
     println!("{}/invite/{token}", http.public_url);
     eprintln!(
         "\nA one-time link for {name} to set their console password, valid for {expires_hours} h. Send it by a \

@@ -5,17 +5,18 @@
 //! - `check-config`: [`check_config`]. `alerts` (list, show, ack, resolve, checked): [`alerts`].
 //!   `responders`: [`responders`]. `enroll`, `agents`: [`agents`].
 //!   `store check|recover`: [`store`]. `keygen` is one line, here.
+//! - The store each command works on, SQLite or PostgreSQL: [`open`].
 
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
-use sos_collector::store::Db;
 use sos_collector::Config;
 
 mod agents;
 mod alerts;
 pub mod check_config;
 mod console;
+mod open;
 mod responders;
 mod serve;
 pub mod store;
@@ -77,7 +78,8 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<AgentsAction>,
     },
-    /// The store: check it for damage, or recover what a damaged store still holds.
+    /// The SQLite store: check it for damage, or recover what a damaged store still holds. (A
+    /// PostgreSQL store has its own tools: pg_amcheck, pg_dump, its backups.)
     Store {
         /// The configuration file (TOML), to find the data dir.
         #[arg(long, short, global = true)]
@@ -279,6 +281,14 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Store { config, action } => {
             let c = load(config.as_deref())?;
+            // Before anything touches data_dir: a sos.db left there is not the store.
+            let elsewhere = match &action {
+                StoreAction::Check => open::sqlite_only(&c, "store check", store::POSTGRES_CHECK),
+                StoreAction::Recover { .. } => open::sqlite_only(&c, "store recover", store::POSTGRES_RECOVER),
+            };
+            if let Some(message) = elsewhere {
+                anyhow::bail!(message);
+            }
             check_owner(&c)?;
             let fine = match action {
                 StoreAction::Check => store::check(&c)?,
@@ -348,20 +358,12 @@ fn user_name(uid: u32) -> Option<String> {
     })
 }
 
-fn open_store(config: &Config) -> anyhow::Result<(Db, PathBuf)> {
-    check_owner(config)?;
-    let path = config.database_path();
-    if !path.exists() {
-        anyhow::bail!("no store at {} (has the collector run with this data_dir?)", path.display());
-    }
-    // Its errors name the file.
-    let db = Db::open_read_only(&path)?;
-    Ok((db, path))
+/// The store `config` names, for a command that only reads it.
+fn open_store(config: &Config) -> anyhow::Result<open::Opened> {
+    open::Opened::open(config, open::Access::Read)
 }
 
-fn open_store_rw(config: &Config) -> anyhow::Result<(Db, PathBuf)> {
-    check_owner(config)?;
-    let path = config.database_path();
-    let db = Db::open(&path)?;
-    Ok((db, path))
+/// The store `config` names, for a command that changes it.
+fn open_store_rw(config: &Config) -> anyhow::Result<open::Opened> {
+    open::Opened::open(config, open::Access::Write)
 }

@@ -14,9 +14,11 @@ pub fn list(config: &Config) -> anyhow::Result<()> {
         println!("No responders configured ([[responders]] in the collector's config; give it with --config).");
         return Ok(());
     }
-    // The store may not exist yet (the collector never ran): agents are then unknown.
+    // A SQLite store may not exist yet (the collector never ran): agents are then unknown. A
+    // PostgreSQL store that cannot be reached is an error, not "not enrolled".
     let enrolled = match open_store(config) {
-        Ok((db, _)) => db.enrolled_agents()?,
+        Ok(store) => store.run(store.store().enrolled_agents())?,
+        Err(e) if config.database_url.is_some() => return Err(e),
         Err(_) => Vec::new(),
     };
     let offline_after = config.escalation.responder_offline_after.as_millis() as i64;

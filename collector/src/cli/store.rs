@@ -1,10 +1,19 @@
-//! `sos-collector store check` and `store recover`: what to do with a damaged store.
+//! `sos-collector store check` and `store recover`: what to do with a damaged SQLite store (on
+//! PostgreSQL they refuse and name PostgreSQL's own tools: [`POSTGRES_CHECK`], [`POSTGRES_RECOVER`]).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use sos_collector::integrity::{self, Integrity};
 use sos_collector::Config;
+
+/// What to use instead of `store check` when the store is PostgreSQL.
+pub const POSTGRES_CHECK: &str = "Check PostgreSQL with its own tools, on the database server: `pg_amcheck` \
+     (damaged tables and indexes) and the server's log; back it up with `pg_dump` or the site's PostgreSQL backups.";
+
+/// What to use instead of `store recover` when the store is PostgreSQL.
+pub const POSTGRES_RECOVER: &str = "Restore PostgreSQL from its backups (`pg_restore` of a `pg_dump`, or the \
+     site's base backup and WAL archive); the collectors reconnect by themselves when it is back.";
 
 /// `store check`: SQLite's full integrity check. Exit status 1 if the store is damaged.
 pub fn check(config: &Config) -> anyhow::Result<bool> {

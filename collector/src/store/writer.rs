@@ -141,12 +141,17 @@ fn checkpoint(conn: &Connection) -> bool {
 }
 
 impl Checkpointer {
+    /// No checkpointer: SQLite's automatic checkpoints ([`SqliteStore::start_beside`]).
+    fn none() -> Checkpointer {
+        Checkpointer { asks: None, next_catch_up: i64::MAX, catch_up_pages: i64::MAX }
+    }
+
     fn start(db: &Db) -> std::io::Result<Checkpointer> {
         let path = db.conn.path().map(std::path::PathBuf::from).filter(|p| !p.as_os_str().is_empty());
         let (asks, asked) = std::sync::mpsc::sync_channel::<Ask>(1);
         // In memory (tests) or unopenable: keep SQLite's automatic checkpoints.
         let Some(conn) = path.and_then(|p| Connection::open(p).ok()) else {
-            return Ok(Checkpointer { asks: None, next_catch_up: i64::MAX, catch_up_pages: i64::MAX });
+            return Ok(Checkpointer::none());
         };
         let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
         let _ = db.conn.pragma_update(None, "wal_autocheckpoint", 0);
@@ -229,9 +234,32 @@ impl SqliteStore {
     /// # Errors
     /// If the thread cannot be spawned.
     pub fn start_planned(
+        db: Db,
+        channels: &[&'static str],
+        plan: ResponsePlan,
+    ) -> std::io::Result<(SqliteStore, std::thread::JoinHandle<()>)> {
+        let checkpointer = Checkpointer::start(&db)?;
+        Self::spawn(db, channels, plan, checkpointer)
+    }
+
+    /// A writer for a process that works on the file beside the running service (the command
+    /// line): no channels, no escalation policy, and no checkpointer of its own. The service's
+    /// checkpointer keeps the WAL in check; this one's last checkpoint (a `TRUNCATE`, which
+    /// holds the write lock until every reader has moved on) would stall the service's commits
+    /// behind the console's reads. SQLite's automatic passive checkpoint stays on, as for any
+    /// connection. `db` may be read-only (a command that only reads).
+    ///
+    /// # Errors
+    /// If the thread cannot be spawned.
+    pub fn start_beside(db: Db) -> std::io::Result<(SqliteStore, std::thread::JoinHandle<()>)> {
+        Self::spawn(db, &[], ResponsePlan::channels_only(&[]), Checkpointer::none())
+    }
+
+    fn spawn(
         mut db: Db,
         channels: &[&'static str],
         plan: ResponsePlan,
+        checkpointer: Checkpointer,
     ) -> std::io::Result<(SqliteStore, std::thread::JoinHandle<()>)> {
         let plan = Arc::new(plan);
         let thread_plan = plan.clone();
@@ -241,7 +269,6 @@ impl SqliteStore {
         let wakers: Arc<Vec<_>> = Arc::new(channels.iter().map(|c| (*c, Arc::new(Notify::new()))).collect());
         let thread_wakers = wakers.clone();
         let names: Vec<&'static str> = channels.to_vec();
-        let checkpointer = Checkpointer::start(&db)?;
         let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (ended_tx, ended) = tokio::sync::watch::channel(None);
         let busy_since_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
