@@ -22,7 +22,7 @@
 //! the burst, so the leases they leave run out concurrently, and each test waits for at most one
 //! lease at its end. About a minute and a half each on a 2-core machine, one test at a time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
@@ -288,6 +288,31 @@ impl Fleet {
         eprintln!("{}: {} {what}, running again", self.secs(Instant::now()), m.name);
     }
 
+    /// How many times collector `i` has said it lost PostgreSQL so far.
+    fn outages(&self, i: usize) -> usize {
+        let m = self.members[i].lock().unwrap();
+        m.process.as_ref().unwrap().log().matches("STORE UNAVAILABLE").count()
+    }
+
+    /// Wait until collector `i` has said it lost PostgreSQL more than `before` times, and that
+    /// its store answers again as often: until then it cannot record what it sends, so its
+    /// window lasts until this returns.
+    fn wait_recovered(&self, i: usize, before: usize) {
+        let m = self.members[i].lock().unwrap();
+        let p = m.process.as_ref().unwrap();
+        let recovered = || {
+            let log = p.log();
+            let down = log.matches("STORE UNAVAILABLE").count();
+            down > before && log.matches("PostgreSQL store answering again").count() >= down
+        };
+        assert!(
+            eventually(Duration::from_secs(60), recovered),
+            "{} did not say it lost PostgreSQL and then answered again:\n{}",
+            m.name,
+            p.log()
+        );
+    }
+
     /// Every agent sends [`PER_AGENT`] SOS, one after the other, all agents at once; `chaos`
     /// runs meanwhile. Returns when every agent is done and `chaos` has returned.
     fn burst(&self, chaos: impl FnOnce(&Fleet) + Send) {
@@ -506,12 +531,17 @@ fn postgresql_restarted_mid_burst_loses_nothing_and_pages_once() {
         for round in 1..=2 {
             f.progress.wait_acked(total * round / 3, Duration::from_secs(300));
             // A crash (no checkpoint; recovery from the WAL), then a clean restart.
+            let before: Vec<usize> = (0..COLLECTORS).map(|i| f.outages(i)).collect();
             let d = f.begin(None, if round == 1 { "PostgreSQL crashed and restarted" } else { "PostgreSQL restarted" });
             if round == 1 {
                 f.pg.kill();
                 f.pg.start_again();
             } else {
                 f.pg.restart();
+            }
+            // The window lasts until every collector has its connection back.
+            for (i, before) in before.into_iter().enumerate() {
+                f.wait_recovered(i, before);
             }
             f.end(d);
             eprintln!("{:.1}: PostgreSQL back", f.secs(Instant::now()));
@@ -536,6 +566,7 @@ fn a_collector_cut_off_from_postgresql_loses_nothing_and_pages_once() {
     fleet.burst(|f| {
         f.progress.wait_acked(total / 4, Duration::from_secs(300));
         let proxy = f.proxy.as_ref().unwrap();
+        let before = f.outages(cut);
         let d = f.begin(Some(cut), "cut off from PostgreSQL");
         proxy.blackhole();
         eprintln!("{:.1}: c{} cut off from PostgreSQL", f.secs(Instant::now()), cut + 1);
@@ -543,28 +574,13 @@ fn a_collector_cut_off_from_postgresql_loses_nothing_and_pages_once() {
         f.progress.wait_acked(total * 3 / 4, Duration::from_secs(300));
         f.wait_posted(LEASE + Duration::from_secs(120));
         proxy.heal();
+        f.wait_recovered(cut, before);
         f.end(d);
         eprintln!("{:.1}: c{} reaches PostgreSQL again", f.secs(Instant::now()), cut + 1);
     });
     fleet.check("one collector cut off from PostgreSQL by a blackholing proxy");
-    // Once healed, the collector that was cut off serves again: its store says it answers
-    // again (as often as it said it was unavailable), and an agent that lists it first is
-    // acknowledged by it.
-    {
-        let m = fleet.members[cut].lock().unwrap();
-        let p = m.process.as_ref().unwrap();
-        let recovered = || {
-            let log = p.log();
-            let down = log.matches("STORE UNAVAILABLE").count();
-            down >= 1 && log.matches("PostgreSQL store answering again").count() >= down
-        };
-        assert!(
-            eventually(Duration::from_secs(60), recovered),
-            "c{} did not say it was cut off and then answering again:\n{}",
-            cut + 1,
-            p.log()
-        );
-    }
+    // Once healed (it said its store answers again), the collector that was cut off serves
+    // again: an agent that lists it first is acknowledged by it.
     let first_is_cut = fleet.agents.iter().position(|c| {
         std::fs::read_to_string(c)
             .unwrap()
