@@ -51,6 +51,11 @@ impl Opened {
             let db = runtime
                 .block_on(PgStore::open(url.expose_secret(), &[]))
                 .map_err(|e| anyhow::anyhow!("database_url ({place}): cannot use the PostgreSQL store: {e}"))?;
+            // Jobs and deadlines an acknowledgement makes are dated on the database's clock, as
+            // the collectors date theirs, whatever this host's clock says.
+            runtime
+                .block_on(db.prepare_service())
+                .map_err(|e| anyhow::anyhow!("database_url ({place}): cannot use the PostgreSQL store: {e}"))?;
             return Ok(Opened { store: Some(Store::postgres(db)), writer: None, place, runtime });
         }
         super::check_owner(config)?;
