@@ -39,7 +39,8 @@ const AGENTS: usize = 20;
 /// SOS each agent sends, one after the other.
 const PER_AGENT: usize = 5;
 /// The outbox lease on PostgreSQL (docs/RELIABILITY.md §3, §8; `store::postgres::LEASE`): a job
-/// whose collector died is taken over after this long.
+/// whose collector died is taken over after this long (30 s, or `attempt_timeout_secs` + 15 s if
+/// longer: with the 5 s attempts here, 30 s).
 const LEASE: Duration = Duration::from_secs(30);
 /// `[outbox] attempt_timeout_secs` in the collectors' configs: the longest a post may take.
 const ATTEMPT: Duration = Duration::from_secs(5);
