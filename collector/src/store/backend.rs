@@ -179,8 +179,8 @@ mod tests {
     use crate::store::postgres::cluster::Cluster;
     use crate::store::postgres::PgStore;
     use crate::store::response::{PlannedResponder, ResponsePlan, TierPlan};
-    use crate::store::tests::alert;
-    use crate::store::{outbox_clock_ms, AgentSeen, Db, Response as _, Store, Transition, Via};
+    use crate::store::tests::{alert, seen};
+    use crate::store::{outbox_clock_ms, Db, Response as _, Store, Transition, Via};
 
     const CHANNELS: &[&str] = &["log", "slack"];
     /// How long tier 1 waits for an acknowledgement before tier 2, ms.
@@ -355,16 +355,6 @@ mod tests {
     }
 
     async fn heartbeats_reach_the_store_at_the_flush(store: &Store) {
-        let seen = |user: &str, at| AgentSeen {
-            host: "desk".into(),
-            user: user.into(),
-            ip: "10.0.0.1".into(),
-            source: "10.0.0.1:4000".into(),
-            key_id: "00".into(),
-            agent_id: None,
-            last_seen_ms: at,
-            responder: false,
-        };
         store.seen(seen("alice", 10));
         store.seen(seen("alice", 30));
         store.seen(seen("bob", 20));

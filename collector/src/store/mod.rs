@@ -461,11 +461,9 @@ pub(crate) mod tests {
         assert_eq!(db.rebase_outbox("slack", 1000, 60_000).unwrap(), 0, "nothing left to re-base");
     }
 
-    #[test]
-    fn heartbeats_keep_the_latest_sighting_per_agent() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(&dir.path().join("sos.db")).unwrap();
-        let seen = |user: &str, at| AgentSeen {
+    /// A heartbeat of `user` on host `desk` at `at` ms, for tests.
+    pub(crate) fn seen(user: &str, at: i64) -> AgentSeen {
+        AgentSeen {
             host: "desk".into(),
             user: user.into(),
             ip: "10.0.0.1".into(),
@@ -474,7 +472,13 @@ pub(crate) mod tests {
             agent_id: None,
             last_seen_ms: at,
             responder: false,
-        };
+        }
+    }
+
+    #[test]
+    fn heartbeats_keep_the_latest_sighting_per_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("sos.db")).unwrap();
         db.record_agents(&[seen("alice", 10), seen("bob", 20), seen("alice", 30), seen("alice", 25)]).unwrap();
         let agents = db.agents().unwrap();
         assert_eq!(
