@@ -196,18 +196,15 @@ pub const VERSION: i64 = MIGRATIONS.len() as i64;
 /// If a migration fails (it is rolled back), or the database's schema is newer than this
 /// collector knows (a newer collector migrated it: this one must not write on it).
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    client
-        .batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
-        .await
-        .or_else(|e| {
-            // Two collectors creating it at the same moment: one of them loses the race, harmlessly.
-            if e.as_db_error().is_some_and(|d| d.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
-        .map_err(pg_error)?;
+    // Under the migrations' lock: `CREATE TABLE IF NOT EXISTS` is not safe against another
+    // session creating the same table at the same moment (two collectors starting together: the
+    // loser gets "type schema_version already exists", 42710, or a unique violation). The lock
+    // makes the second wait for the first's commit, and then see the table.
+    let tx = client.transaction().await.map_err(pg_error)?;
+    tx.batch_execute("SET LOCAL lock_timeout = 0").await.map_err(pg_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg_error)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)").await.map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)?;
     loop {
         let tx = client.transaction().await.map_err(pg_error)?;
         // Wait as long as another collector's migration takes (the session's lock_timeout is
