@@ -22,6 +22,96 @@ use crate::store::{Db, StoreError};
 /// check did not finish (a very large store on a slow disk).
 pub const START_CHECK_BUDGET: Duration = Duration::from_secs(10);
 
+/// The mark of a store found damaged: a small text file beside it (`sos.db.check-failed`),
+/// written when a check (at start, in the background, or by `store check`) or the writer finds
+/// the store damaged. While it exists, the collector checks the store **before** it serves,
+/// and refuses to start on it if it is still damaged; a check that passes removes it.
+///
+/// Without the mark the check at start runs beside the service (see [`check_while_serving`]):
+/// the first acknowledgement after a crash does not wait for a read of the whole file.
+pub fn damage_mark(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(std::ffi::OsString::from).unwrap_or_default();
+    name.push(".check-failed");
+    path.with_file_name(name)
+}
+
+/// Whether the store at `path` was found damaged and not checked since ([`damage_mark`]).
+pub fn marked_damaged(path: &Path) -> bool {
+    damage_mark(path).exists()
+}
+
+/// Leave the mark of damage beside the store at `path`, with what was found (mode 0600,
+/// written to a temporary file, synced, renamed, and the directory synced: it survives a
+/// power cut right after).
+///
+/// # Errors
+/// If the mark cannot be written (the caller logs it: the next start then checks beside the
+/// service again, and finds the damage again).
+pub fn mark_damaged(path: &Path, problems: &[String]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mark = damage_mark(path);
+    let mut tmp_name = mark.file_name().map(std::ffi::OsString::from).unwrap_or_default();
+    tmp_name.push(".tmp");
+    let tmp = mark.with_file_name(tmp_name);
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let text = format!(
+        "The store {} was found damaged at {} (Unix time, ms):\n{}\n\nThe collector checks it before serving \
+         while this file exists. With the collector stopped, run `sos-collector store recover`; a check that \
+         passes removes this file.\n",
+        path.display(),
+        crate::store::now_ms(),
+        problems.iter().map(|p| format!("    {p}")).collect::<Vec<_>>().join("\n"),
+    );
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, &mark)?;
+    if let Some(dir) = mark.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Remove the mark of damage (a check passed, or there is no store any more).
+///
+/// # Errors
+/// If it exists and cannot be removed.
+pub fn clear_damage_mark(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(damage_mark(path)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// The check at start when the store has no [`damage_mark`]: SQLite's `quick_check` on a
+/// read-only connection of its own, on a thread of its own, while the collector already serves,
+/// within `budget`. The store was not known damaged; a crash of the process (the common reason
+/// to start) cannot damage it. If the check finds damage it leaves the mark (so the next start
+/// refuses the store before serving) and `done` gets the problems: the service then stops, as
+/// it does when its writer finds damage. `done` is called once, with what the check found (an
+/// error to open the file is reported as [`Integrity::Unfinished`]'s warning by the caller).
+///
+/// # Errors
+/// If the thread cannot be started.
+pub fn check_while_serving(
+    path: &Path,
+    budget: Duration,
+    done: impl FnOnce(Result<Integrity, StoreError>) + Send + 'static,
+) -> std::io::Result<()> {
+    let path = path.to_path_buf();
+    std::thread::Builder::new().name("sos-store-check".into()).spawn(move || {
+        let found = check_with(&path, false, Some(budget), OpenFlags::SQLITE_OPEN_READ_ONLY);
+        if let Ok(Integrity::Damaged(problems)) = &found {
+            if let Err(e) = mark_damaged(&path, problems) {
+                tracing::error!(store = %path.display(), error = %e, "cannot leave the mark of a damaged store");
+            }
+        }
+        done(found);
+    })?;
+    Ok(())
+}
+
 /// What an integrity check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Integrity {
@@ -43,7 +133,11 @@ pub const MAX_PROBLEMS: usize = 10;
 /// # Errors
 /// If the file cannot be opened (missing, no permission): [`StoreError::Open`], naming it.
 pub fn check(path: &Path, full: bool, budget: Option<Duration>) -> Result<Integrity, StoreError> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+    check_with(path, full, budget, OpenFlags::SQLITE_OPEN_READ_WRITE)
+}
+
+fn check_with(path: &Path, full: bool, budget: Option<Duration>, flags: OpenFlags) -> Result<Integrity, StoreError> {
+    let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError::Open { path: path.to_path_buf(), message: e.to_string() })?;
     let _ = conn.busy_timeout(Duration::from_secs(5));
     let (done, done_rx) = std::sync::mpsc::channel::<()>();
@@ -352,5 +446,50 @@ mod tests {
         assert_eq!(s.requeued.len(), 50, "email had no record of any alert");
         let e = check(&dir.path().join("missing.db"), false, None).unwrap_err().to_string();
         assert!(e.contains("missing.db"), "{e}");
+    }
+
+    /// The check beside the service: on a store with a page overwritten while a writer holds it
+    /// open, it reports the damage and leaves the mark (0600, naming the file); a check that
+    /// passes is reported as such and leaves none; the mark is removed by `clear_damage_mark`.
+    #[test]
+    fn the_check_beside_the_service_reports_damage_and_leaves_the_mark() {
+        use std::io::{Seek as _, SeekFrom, Write as _};
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        let alert = crate::store::tests::alert;
+        let mut db = Db::open(&path).unwrap();
+        db.insert_alerts(&(1..=300).map(alert).collect::<Vec<_>>(), &["log", "slack"], 1000).unwrap();
+        let found = |path: &Path| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            check_while_serving(path, START_CHECK_BUDGET, move |found| tx.send(found).unwrap()).unwrap();
+            rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap()
+        };
+        assert_eq!(found(&path), Integrity::Ok);
+        assert!(!marked_damaged(&path));
+
+        // Checkpoint everything into the file, then overwrite a leaf of the outbox in it.
+        db.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+        let (page_size, pages): (u64, u64) = (
+            db.conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap(),
+            db.conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap(),
+        );
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start((pages / 2) * page_size)).unwrap();
+        f.write_all(&vec![0xA5; page_size as usize]).unwrap();
+        f.sync_all().unwrap();
+        match found(&path) {
+            Integrity::Damaged(problems) => assert!(!problems.is_empty()),
+            other => panic!("the damage was not found: {other:?}"),
+        }
+        assert!(marked_damaged(&path));
+        let mark = damage_mark(&path);
+        assert_eq!(mark, dir.path().join("sos.db.check-failed"));
+        assert_eq!(std::fs::metadata(&mark).unwrap().permissions().mode() & 0o777, 0o600);
+        let text = std::fs::read_to_string(&mark).unwrap();
+        assert!(text.contains(&path.display().to_string()) && text.contains("store recover"), "{text}");
+        clear_damage_mark(&path).unwrap();
+        assert!(!marked_damaged(&path));
+        clear_damage_mark(&path).unwrap();
     }
 }

@@ -89,20 +89,39 @@ impl Collector {
     ) -> Result<StatsSnapshot, CollectorError> {
         let Collector { config, key, stats } = self;
         let path = config.database_path();
-        if path.exists() && config.database_url.is_none() {
-            let checking = Instant::now();
-            match crate::integrity::check(&path, false, Some(crate::integrity::START_CHECK_BUDGET))? {
-                crate::integrity::Integrity::Ok => {
-                    info!(took_ms = checking.elapsed().as_millis() as u64, "store checked");
+        // The check at start (docs/RELIABILITY.md, "A damaged store"). A store found damaged
+        // before (its mark is beside it) is checked before anything opens it for writing, and
+        // refused if it still is. Any other store is checked beside the service, which already
+        // acknowledges SOS: after a crash the first acknowledgement does not wait for a read of
+        // the whole file (O(its size): seconds for a year of alerts).
+        let (damage_tx, damage_rx) = tokio::sync::oneshot::channel::<Vec<String>>();
+        let mut check_beside = false;
+        if config.database_url.is_none() {
+            if !path.exists() {
+                let _ = crate::integrity::clear_damage_mark(&path);
+            } else if crate::integrity::marked_damaged(&path) {
+                let checking = Instant::now();
+                match crate::integrity::check(&path, false, Some(crate::integrity::START_CHECK_BUDGET))? {
+                    crate::integrity::Integrity::Ok => {
+                        info!(
+                            took_ms = checking.elapsed().as_millis() as u64,
+                            "store checked: it was found damaged before and is not any more; its mark is removed"
+                        );
+                        if let Err(e) = crate::integrity::clear_damage_mark(&path) {
+                            warn!(error = %e, "cannot remove the mark of damage; the next start checks the store again");
+                        }
+                    }
+                    crate::integrity::Integrity::Damaged(problems) => {
+                        return Err(StoreError::Damaged { path, problems }.into())
+                    }
+                    crate::integrity::Integrity::Unfinished => warn!(
+                        store = %path.display(), budget_secs = crate::integrity::START_CHECK_BUDGET.as_secs(),
+                        "the store's integrity check did not finish in time; starting anyway (run `sos-collector store \
+                         check` with the collector stopped to check it fully)"
+                    ),
                 }
-                crate::integrity::Integrity::Damaged(problems) => {
-                    return Err(StoreError::Damaged { path, problems }.into())
-                }
-                crate::integrity::Integrity::Unfinished => warn!(
-                    store = %path.display(), budget_secs = crate::integrity::START_CHECK_BUDGET.as_secs(),
-                    "the store's integrity check did not finish in time; starting anyway (run `sos-collector store check` \
-                     with the collector stopped to check it fully)"
-                ),
+            } else {
+                check_beside = true;
             }
         }
         let names = config.channel_names();
@@ -111,6 +130,33 @@ impl Collector {
             None => {
                 let (w, thread) = SqliteStore::start_planned(Db::open(&path)?, &names, plan)?;
                 info!(store = %path.display(), "store: SQLite");
+                if check_beside {
+                    // While the check reads, its snapshot keeps the WAL from starting over: the
+                    // writer does not wait for a catch-up meanwhile (the WAL may grow past its
+                    // bound for the check's time, at most START_CHECK_BUDGET).
+                    let hold = w.hold_wal_catch_up();
+                    let checking = Instant::now();
+                    let store_path = path.clone();
+                    crate::integrity::check_while_serving(&path, crate::integrity::START_CHECK_BUDGET, move |found| {
+                        drop(hold);
+                        let took_ms = checking.elapsed().as_millis() as u64;
+                        match found {
+                            Ok(crate::integrity::Integrity::Ok) => info!(took_ms, "store checked (beside the service)"),
+                            Ok(crate::integrity::Integrity::Damaged(problems)) => {
+                                error!(store = %store_path.display(), took_ms, problems = ?problems,
+                                       "THE STORE IS DAMAGED: found by the check at start; stopping");
+                                let _ = damage_tx.send(problems);
+                            }
+                            Ok(crate::integrity::Integrity::Unfinished) => warn!(
+                                store = %store_path.display(), budget_secs = crate::integrity::START_CHECK_BUDGET.as_secs(),
+                                "the store's integrity check did not finish in time (run `sos-collector store check` \
+                                 with the collector stopped to check it fully)"
+                            ),
+                            Err(e) => warn!(store = %store_path.display(), error = %e,
+                                            "the store's integrity check at start could not run"),
+                        }
+                    })?;
+                }
                 (Store::sqlite(w, Some(&path)), Some(thread))
             }
             Some(url) => {
@@ -416,11 +462,25 @@ impl Collector {
         // Ends on the shutdown signal, or when an essential task or the store writer dies: a
         // collector that cannot store must not look alive; the service manager restarts it.
         let mut fatal = None;
+        let mut damage = None;
         let stop = async {
+            let damage_found = async {
+                match damage_rx.await {
+                    Ok(problems) => problems,
+                    // No check beside the service (or it found nothing): never.
+                    Err(_) => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown => {}
                 why = store.ended() => fatal = Some(why),
                 Some(why) = died.recv() => fatal = Some(why),
+                problems = damage_found => {
+                    // The service stops receiving now: agents fail over and warn their senders.
+                    let e = StoreError::Damaged { path: path.clone(), problems: problems.clone() };
+                    fatal = Some(e.to_string());
+                    damage = Some(problems);
+                }
             }
         };
         receiver.serve(stop).await;
@@ -453,9 +513,16 @@ impl Collector {
         }
         let snapshot = stats.snapshot();
         info!(%snapshot, "collector stopped");
-        match fatal {
-            Some(why) => Err(CollectorError::Died(why)),
-            None => Ok(snapshot),
+        // Damage, found by the check beside the service or by the writer (which leaves the same
+        // mark): the same error as a store refused at start, with the way out.
+        let damage = damage.or_else(|| {
+            (config.database_url.is_none() && fatal.is_some() && crate::integrity::marked_damaged(&path))
+                .then(|| vec![fatal.clone().unwrap_or_default()])
+        });
+        match (fatal, damage) {
+            (Some(_), Some(problems)) => Err(StoreError::Damaged { path, problems }.into()),
+            (Some(why), None) => Err(CollectorError::Died(why)),
+            (None, _) => Ok(snapshot),
         }
     }
 }

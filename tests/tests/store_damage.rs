@@ -111,10 +111,23 @@ fn a_corrupt_page_in_the_alerts_table_is_refused_at_start_and_recovered_with_eve
     fill(&db_path);
     corrupt_a_middle_leaf_of_alerts(&db_path);
 
-    // Refused at start: non-zero, naming the file and the way out, without opening the socket.
+    let mark = site.data_dir().join("sos.db.check-failed");
+    // The first start after the damage: the store is not known damaged, so it is checked beside
+    // the service (a crash must not delay the first acknowledgement by a read of the whole
+    // file). The check finds the damage: the collector stops, non-zero, naming the file and the
+    // way out, and leaves the mark of damage beside the store.
     let out = collector(&["run"], &config);
     let said = text(&out);
-    eprintln!("--- run on the damaged store:\n{said}");
+    eprintln!("--- first run on the damaged store:\n{said}");
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains(&db_path.display().to_string()) && said.contains("damaged"), "{said}");
+    assert!(said.contains("sos-collector store recover --config"), "{said}");
+    assert!(mark.exists(), "the mark of damage is left: {said}");
+    // Every later start: refused before it serves (the socket is never answered), until a check
+    // passes.
+    let out = collector(&["run"], &config);
+    let said = text(&out);
+    eprintln!("--- second run on the damaged store:\n{said}");
     assert!(!out.status.success(), "{said}");
     assert!(said.contains(&db_path.display().to_string()) && said.contains("damaged"), "{said}");
     assert!(said.contains("sos-collector store recover --config"), "{said}");
@@ -153,6 +166,7 @@ fn a_corrupt_page_in_the_alerts_table_is_refused_at_start_and_recovered_with_eve
     std::fs::rename(&recovered_path, &db_path).unwrap();
     let out = collector(&["store", "check"], &config);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(!mark.exists(), "a check that passes removes the mark");
     let running = CollectorProcess::spawn(
         {
             let mut c = Command::new(bin("sos-collector"));
@@ -211,10 +225,19 @@ fn a_store_damaged_under_a_running_collector_ends_the_process_non_zero_with_the_
     peer.send(&sos);
     let (status, log) = collector.wait_exit();
     assert!(!status.success(), "{log}");
-    assert!(log.contains("damaged") && log.contains("the collector stopped"), "{log}");
+    assert!(log.contains("damaged") && log.contains("sos-collector store recover"), "{log}");
+    assert!(site.data_dir().join("sos.db.check-failed").exists(), "the writer left the mark of damage: {log}");
     assert!(!log.contains("SOS stored"), "nothing acknowledged: {log}");
     assert_eq!(peer.recv_raw(Duration::from_millis(500)), None, "no ACK");
     // Slack, which still works, was told before the process ended.
     let told = slack.received().iter().any(|r| r.status == 200 && r.text().contains("STOPPING"));
     assert!(told, "{:?}", slack.received().iter().map(|r| r.text()).collect::<Vec<_>>());
+    // The restart (by the service manager) refuses the store before it serves.
+    let config = site.dir.path().join("collector.toml");
+    std::fs::write(&config, site.collector_config(Some(&slack), None)).unwrap();
+    let out = self::collector(&["run"], &config);
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("damaged") && said.contains("sos-collector store recover --config"), "{said}");
+    assert!(!said.contains("collector ready"), "{said}");
 }

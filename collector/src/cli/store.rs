@@ -24,9 +24,19 @@ pub fn check(config: &Config) -> anyhow::Result<bool> {
     match integrity::check(&path, true, None)? {
         Integrity::Ok => {
             println!("{}: OK (SQLite integrity_check found no problem)", path.display());
+            // A store found damaged before and recovered since: the collector need not check it
+            // again before it serves.
+            if integrity::marked_damaged(&path) {
+                integrity::clear_damage_mark(&path)
+                    .with_context(|| format!("cannot remove {}", integrity::damage_mark(&path).display()))?;
+            }
             Ok(true)
         }
         Integrity::Damaged(problems) => {
+            // The collector refuses it before serving from now on, until a check passes.
+            if let Err(e) = integrity::mark_damaged(&path, &problems) {
+                eprintln!("cannot leave the mark of damage {}: {e}", integrity::damage_mark(&path).display());
+            }
             println!("{}: DAMAGED. SQLite reports:", path.display());
             for p in problems {
                 println!("    {p}");

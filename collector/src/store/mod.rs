@@ -49,7 +49,7 @@ pub use response::{
     Acknowledged, AlertState, AlertUpdate, Audience, Event, PopupTarget, Response, ResponsePlan, Transition, Via,
 };
 pub use sqlite::response::clean_note;
-pub use writer::SqliteStore;
+pub use writer::{CatchUpHold, SqliteStore};
 
 /// How often heartbeats (presence) are written to the store. Presence is advisory: a crash
 /// loses at most this much of it, and the next heartbeat restores it.
@@ -70,7 +70,7 @@ pub enum StoreError {
     Corrupt(String),
     /// The integrity check at start found the store damaged; the service does not start on it.
     #[error(
-        "the store {} is damaged ({}); the collector does not start on a damaged store",
+        "the store {} is damaged ({}); the collector does not serve on a damaged store",
         .path.display(), .problems.join("; ")
     )]
     Damaged {

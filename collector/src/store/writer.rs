@@ -49,6 +49,19 @@ pub struct SqliteStore {
     changes: Arc<Notify>,
     /// The escalation policy every new alert starts with, and that the escalation engine fires.
     plan: Arc<ResponsePlan>,
+    /// How many [`CatchUpHold`]s are alive (see [`SqliteStore::hold_wal_catch_up`]).
+    catch_up_holds: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// While alive, the writer does not wait for the WAL to be emptied into the database (see
+/// [`SqliteStore::hold_wal_catch_up`]).
+#[derive(Debug)]
+pub struct CatchUpHold(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for CatchUpHold {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Wake every listener of [`SqliteStore::changes`] waiting now, and leave one permit for a listener
@@ -96,6 +109,9 @@ struct Checkpointer {
     next_catch_up: i64,
     /// [`WAL_CATCH_UP_BYTES`] in pages of this store.
     catch_up_pages: i64,
+    /// While non-zero, a long read is known to hold an old snapshot (the integrity check at
+    /// start): no catch-up is waited for, since none can complete.
+    holds: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// How often the WAL is checkpointed.
@@ -143,7 +159,7 @@ fn checkpoint(conn: &Connection) -> bool {
 impl Checkpointer {
     /// No checkpointer: SQLite's automatic checkpoints ([`SqliteStore::start_beside`]).
     fn none() -> Checkpointer {
-        Checkpointer { asks: None, next_catch_up: i64::MAX, catch_up_pages: i64::MAX }
+        Checkpointer { asks: None, next_catch_up: i64::MAX, catch_up_pages: i64::MAX, holds: Arc::default() }
     }
 
     fn start(db: &Db) -> std::io::Result<Checkpointer> {
@@ -176,7 +192,7 @@ impl Checkpointer {
         })?;
         let page_size: i64 = db.conn.pragma_query_value(None, "page_size", |r| r.get(0)).unwrap_or(4096);
         let catch_up_pages = WAL_CATCH_UP_BYTES / page_size.max(512);
-        Ok(Checkpointer { asks: Some(asks), next_catch_up: catch_up_pages, catch_up_pages })
+        Ok(Checkpointer { asks: Some(asks), next_catch_up: catch_up_pages, catch_up_pages, holds: Arc::default() })
     }
 
     /// After a commit on the writer's thread: if the WAL holds too many pages, wait (at most
@@ -196,6 +212,12 @@ impl Checkpointer {
             return;
         }
         if pages < self.next_catch_up {
+            return;
+        }
+        if self.holds.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            // The reader that keeps the WAL from starting over is known and ends within its
+            // budget: keep checkpointing behind the writer, without waiting.
+            let _ = asks.try_send(Ask::Soon);
             return;
         }
         let (reply, replied) = std::sync::mpsc::sync_channel(1);
@@ -272,6 +294,7 @@ impl SqliteStore {
         let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (ended_tx, ended) = tokio::sync::watch::channel(None);
         let busy_since_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let catch_up_holds = checkpointer.holds.clone();
         let mut health = Health { failing: failing.clone(), busy_since_ms: busy_since_ms.clone(), ..Health::default() };
         let handle = std::thread::Builder::new().name("sos-store".into()).spawn(move || {
             // Ends the checkpointer (after a last checkpoint) when the writer ends.
@@ -293,6 +316,12 @@ impl SqliteStore {
             let why = match std::panic::catch_unwind(run) {
                 Ok(None) => return,
                 Ok(Some(damage)) => {
+                    // The next start checks the store before it serves, and refuses it.
+                    if let Some(path) = db.conn.path().filter(|p| !p.is_empty()) {
+                        if let Err(e) = crate::integrity::mark_damaged(std::path::Path::new(path), &[damage.clone()]) {
+                            tracing::error!(error = %e, "cannot leave the mark of a damaged store");
+                        }
+                    }
                     format!("the store is damaged ({damage}); the writer stopped so as not to damage it further")
                 }
                 Err(panic) => {
@@ -318,6 +347,7 @@ impl SqliteStore {
                 busy_since_ms,
                 changes,
                 plan,
+                catch_up_holds,
             },
             handle,
         ))
@@ -547,6 +577,15 @@ impl SqliteStore {
         }
     }
 
+    /// Until the returned hold is dropped, the writer does not wait for the WAL to be emptied
+    /// into the database when it passes its bound (a long read known to hold an old snapshot,
+    /// which no checkpoint can get past, runs meanwhile: the integrity check at start). The WAL
+    /// then grows past its bound for that long.
+    pub fn hold_wal_catch_up(&self) -> CatchUpHold {
+        self.catch_up_holds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        CatchUpHold(self.catch_up_holds.clone())
+    }
+
     /// Whether the store is failing now (its last write failed, or a read failed since, or the
     /// writer has been stuck on one batch for longer than [`STALL_WARNING`]: a frozen or hung
     /// disk): the service then gives agents no healthy answer.
@@ -627,5 +666,39 @@ mod tests {
         assert!(largest <= bound, "the WAL reached {largest} bytes (bound {bound})");
         let rows: i64 = db.conn.query_row("SELECT count(*) FROM filler", [], |r| r.get(0)).unwrap();
         assert_eq!(rows, 512);
+    }
+
+    /// While a hold is alive (the check at start reads beside the writer) the writer never asks
+    /// for a catch-up, so never waits for one: the WAL grows past the bound; once the hold is
+    /// dropped, the next commits bring it back under the bound.
+    #[test]
+    fn a_hold_lets_the_wal_grow_without_waiting_and_its_end_brings_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        let db = Db::open(&path).unwrap();
+        let mut checkpointer = Checkpointer::start(&db).unwrap();
+        db.conn.execute_batch("CREATE TABLE filler (x BLOB)").unwrap();
+        let wal = path.with_extension("db-wal");
+        let bound = (WAL_CATCH_UP_BYTES + (1 << 20)) as u64;
+        let holds = checkpointer.holds.clone();
+        holds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // A reader holding a snapshot, as the check does: no checkpoint can pass it.
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN; SELECT count(*) FROM filler;").unwrap();
+        for _ in 0..384 {
+            db.conn.execute("INSERT INTO filler VALUES (randomblob(131072))", []).unwrap();
+            checkpointer.catch_up();
+        }
+        assert_eq!(checkpointer.next_catch_up, checkpointer.catch_up_pages, "no catch-up was asked for");
+        assert!(std::fs::metadata(&wal).unwrap().len() > bound);
+        reader.execute_batch("COMMIT").unwrap();
+        holds.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let mut last = u64::MAX;
+        for _ in 0..16 {
+            db.conn.execute("INSERT INTO filler VALUES (randomblob(131072))", []).unwrap();
+            checkpointer.catch_up();
+            last = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        }
+        assert!(last <= bound, "the WAL is {last} bytes after the hold ended (bound {bound})");
     }
 }
