@@ -23,12 +23,10 @@ use crate::store::{Db, StoreError};
 pub const START_CHECK_BUDGET: Duration = Duration::from_secs(10);
 
 /// The mark of a store found damaged: a small text file beside it (`sos.db.check-failed`),
-/// written when a check (at start, in the background, or by `store check`) or the writer finds
-/// the store damaged. While it exists, the collector checks the store **before** it serves,
-/// and refuses to start on it if it is still damaged; a check that passes removes it.
-///
-/// Without the mark the check at start runs beside the service (see [`check_while_serving`]):
-/// the first acknowledgement after a crash does not wait for a read of the whole file.
+/// written when a check (at start, beside the service, or by `store check`) or the writer finds
+/// the store damaged. While it exists, the collector runs the full check, without a time
+/// budget, **before** it serves, and refuses the store if it is still damaged; a check that
+/// passes removes it.
 pub fn damage_mark(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(std::ffi::OsString::from).unwrap_or_default();
     name.push(".check-failed");
@@ -54,23 +52,29 @@ pub fn mark_damaged(path: &Path, problems: &[String]) -> std::io::Result<()> {
     let mut tmp_name = mark.file_name().map(std::ffi::OsString::from).unwrap_or_default();
     tmp_name.push(".tmp");
     let tmp = mark.with_file_name(tmp_name);
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    let text = format!(
-        "The store {} was found damaged at {} (Unix time, ms):\n{}\n\nThe collector checks it before serving \
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let text = format!(
+            "The store {} was found damaged at {} (Unix time, ms):\n{}\n\nThe collector checks it before serving \
          while this file exists. With the collector stopped, run `sos-collector store recover`; a check that \
          passes removes this file.\n",
-        path.display(),
-        crate::store::now_ms(),
-        problems.iter().map(|p| format!("    {p}")).collect::<Vec<_>>().join("\n"),
-    );
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, &mark)?;
-    if let Some(dir) = mark.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
+            path.display(),
+            crate::store::now_ms(),
+            problems.iter().map(|p| format!("    {p}")).collect::<Vec<_>>().join("\n"),
+        );
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &mark)?;
+        if let Some(dir) = mark.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    Ok(())
+    written
 }
 
 /// Remove the mark of damage (a check passed, or there is no store any more).
@@ -84,24 +88,74 @@ pub fn clear_damage_mark(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The check at start when the store has no [`damage_mark`]: SQLite's `quick_check` on a
-/// read-only connection of its own, on a thread of its own, while the collector already serves,
-/// within `budget`. The store was not known damaged; a crash of the process (the common reason
-/// to start) cannot damage it. If the check finds damage it leaves the mark (so the next start
-/// refuses the store before serving) and `done` gets the problems: the service then stops, as
-/// it does when its writer finds damage. `done` is called once, with what the check found (an
-/// error to open the file is reported as [`Integrity::Unfinished`]'s warning by the caller).
+/// The machine's boot: Linux's boot id, new at every boot (`None` elsewhere).
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// Where the collector records the boot it last started on, beside the store (`sos.db.boot`).
+pub fn boot_record(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(std::ffi::OsString::from).unwrap_or_default();
+    name.push(".boot");
+    path.with_file_name(name)
+}
+
+/// Whether a collector already started on the store at `path` since the machine last booted.
+///
+/// Then what ended the last run (the process crashed, was killed, or was stopped) cannot have
+/// damaged the store: a process that dies leaves its writes in the operating system's page
+/// cache, and SQLite's WAL makes every commit whole. What damages a store across
+/// a crash is the machine going down (power, kernel) on a disk that lies about `fsync` — and
+/// that is a new boot. So the service checks the store before serving on its first start of a
+/// boot, and beside the service on the restarts within one.
+pub fn started_this_boot(path: &Path) -> bool {
+    match (boot_id(), std::fs::read_to_string(boot_record(path))) {
+        (Some(now), Ok(recorded)) => recorded.trim() == now,
+        _ => false,
+    }
+}
+
+/// Record that a collector started on the store at `path` during this boot (see
+/// [`started_this_boot`]). Not synced: a record lost in a crash of the machine only makes the
+/// next start check before serving, which a new boot does anyway.
+///
+/// # Errors
+/// If it cannot be written.
+pub fn record_boot(path: &Path) -> std::io::Result<()> {
+    let Some(id) = boot_id() else { return Ok(()) };
+    let record = boot_record(path);
+    let mut tmp_name = record.file_name().map(std::ffi::OsString::from).unwrap_or_default();
+    tmp_name.push(".tmp");
+    let tmp = record.with_file_name(tmp_name);
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::rename(&tmp, &record)
+}
+
+/// The check at start on a restart within the same boot ([`started_this_boot`]), with no
+/// [`damage_mark`]: SQLite's `quick_check` on a read-only connection of its own, on a thread of
+/// its own, while the collector already serves, within `budget`. `hold` (the writer's WAL
+/// catch-up hold) is dropped as soon as the check's read ends. If the check finds damage it
+/// leaves the mark (so that the next start refuses the store before serving), then `done` gets
+/// what was found: the service stops, as it does when its writer finds damage. `done` is called
+/// once; a check that panicked is reported to it as an error.
 ///
 /// # Errors
 /// If the thread cannot be started.
-pub fn check_while_serving(
+pub fn check_while_serving<H: Send + 'static>(
     path: &Path,
     budget: Duration,
+    hold: H,
     done: impl FnOnce(Result<Integrity, StoreError>) + Send + 'static,
 ) -> std::io::Result<()> {
     let path = path.to_path_buf();
     std::thread::Builder::new().name("sos-store-check".into()).spawn(move || {
-        let found = check_with(&path, false, Some(budget), OpenFlags::SQLITE_OPEN_READ_ONLY);
+        let found =
+            std::panic::catch_unwind(|| check_with(&path, false, Some(budget), OpenFlags::SQLITE_OPEN_READ_ONLY))
+                .unwrap_or_else(|_| Err(StoreError::Sqlite("the integrity check panicked".into())));
+        drop(hold);
         if let Ok(Integrity::Damaged(problems)) = &found {
             if let Err(e) = mark_damaged(&path, problems) {
                 tracing::error!(store = %path.display(), error = %e, "cannot leave the mark of a damaged store");
@@ -462,7 +516,7 @@ mod tests {
         db.insert_alerts(&(1..=300).map(alert).collect::<Vec<_>>(), &["log", "slack"], 1000).unwrap();
         let found = |path: &Path| {
             let (tx, rx) = std::sync::mpsc::channel();
-            check_while_serving(path, START_CHECK_BUDGET, move |found| tx.send(found).unwrap()).unwrap();
+            check_while_serving(path, START_CHECK_BUDGET, (), move |found| tx.send(found).unwrap()).unwrap();
             rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap()
         };
         assert_eq!(found(&path), Integrity::Ok);
@@ -491,5 +545,20 @@ mod tests {
         clear_damage_mark(&path).unwrap();
         assert!(!marked_damaged(&path));
         clear_damage_mark(&path).unwrap();
+    }
+
+    /// The boot record: a store no collector started on during this boot is checked before
+    /// serving; after `record_boot`, restarts within the boot check beside the service; a
+    /// record of another boot (the machine went down since) does not count.
+    #[test]
+    fn only_a_start_recorded_during_this_boot_lets_the_check_run_beside_the_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        assert!(!started_this_boot(&path));
+        record_boot(&path).unwrap();
+        assert_eq!(started_this_boot(&path), boot_id().is_some(), "Linux has a boot id");
+        std::fs::write(boot_record(&path), "00000000-0000-0000-0000-000000000000\n").unwrap();
+        assert!(!started_this_boot(&path));
+        assert_eq!(boot_record(&path), dir.path().join("sos.db.boot"));
     }
 }

@@ -87,22 +87,60 @@ impl Collector {
         socket: UdpSocket,
         shutdown: impl Future<Output = ()>,
     ) -> Result<StatsSnapshot, CollectorError> {
+        let path = self.config.database_path();
+        let sqlite = self.config.database_url.is_none();
+        let result = self.serve(socket, shutdown).await;
+        // A damaged store, however it was found (the check at start or beside the service, the
+        // writer, a read as the service started): one error, naming the file and the way out,
+        // and the mark, so that every later start refuses the store before serving.
+        let result = match result {
+            Err(CollectorError::Store(StoreError::Corrupt(problem))) if sqlite => {
+                Err(CollectorError::Store(StoreError::Damaged { path: path.clone(), problems: vec![problem] }))
+            }
+            other => other,
+        };
+        if let Err(CollectorError::Store(StoreError::Damaged { path, problems })) = &result {
+            if !crate::integrity::marked_damaged(path) {
+                let (path, problems) = (path.clone(), problems.clone());
+                let marked = tokio::task::spawn_blocking(move || crate::integrity::mark_damaged(&path, &problems));
+                match tokio::time::timeout(Duration::from_secs(5), marked).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => error!(error = %e, "cannot leave the mark of a damaged store"),
+                    _ => error!("cannot leave the mark of a damaged store (the disk does not answer)"),
+                }
+            }
+        }
+        result
+    }
+
+    async fn serve(
+        self,
+        socket: UdpSocket,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<StatsSnapshot, CollectorError> {
         let Collector { config, key, stats } = self;
         let path = config.database_path();
         // The check at start (docs/RELIABILITY.md, "A damaged store"). A store found damaged
-        // before (its mark is beside it) is checked before anything opens it for writing, and
-        // refused if it still is. Any other store is checked beside the service, which already
-        // acknowledges SOS: after a crash the first acknowledgement does not wait for a read of
-        // the whole file (O(its size): seconds for a year of alerts).
+        // before (its mark is beside it) gets the full check, without a time budget, before
+        // anything opens it for writing, and is refused if it still is damaged. On the first
+        // start of a boot of the machine (which may follow a power cut) the quick check runs
+        // before serving, within its budget. On a restart within the same boot (the process
+        // crashed or was killed: that cannot damage the store) it runs beside the service, which
+        // already acknowledges SOS: the first acknowledgement does not wait for a read of the
+        // whole file (O(its size): seconds for a year of alerts).
         let (damage_tx, damage_rx) = tokio::sync::oneshot::channel::<Vec<String>>();
         let mut check_beside = false;
         if config.database_url.is_none() {
+            let checking = Instant::now();
             if !path.exists() {
                 let _ = crate::integrity::clear_damage_mark(&path);
             } else if crate::integrity::marked_damaged(&path) {
-                let checking = Instant::now();
-                match crate::integrity::check(&path, false, Some(crate::integrity::START_CHECK_BUDGET))? {
-                    crate::integrity::Integrity::Ok => {
+                info!(store = %path.display(), "the store was found damaged before: checking all of it before serving");
+                match crate::integrity::check(&path, true, None)? {
+                    crate::integrity::Integrity::Damaged(problems) => {
+                        return Err(StoreError::Damaged { path, problems }.into())
+                    }
+                    _ => {
                         info!(
                             took_ms = checking.elapsed().as_millis() as u64,
                             "store checked: it was found damaged before and is not any more; its mark is removed"
@@ -110,6 +148,15 @@ impl Collector {
                         if let Err(e) = crate::integrity::clear_damage_mark(&path) {
                             warn!(error = %e, "cannot remove the mark of damage; the next start checks the store again");
                         }
+                    }
+                }
+            } else if !crate::integrity::started_this_boot(&path) {
+                match crate::integrity::check(&path, false, Some(crate::integrity::START_CHECK_BUDGET))? {
+                    crate::integrity::Integrity::Ok => {
+                        info!(
+                            took_ms = checking.elapsed().as_millis() as u64,
+                            "store checked (first start of this boot)"
+                        );
                     }
                     crate::integrity::Integrity::Damaged(problems) => {
                         return Err(StoreError::Damaged { path, problems }.into())
@@ -130,15 +177,19 @@ impl Collector {
             None => {
                 let (w, thread) = SqliteStore::start_planned(Db::open(&path)?, &names, plan)?;
                 info!(store = %path.display(), "store: SQLite");
+                if let Err(e) = crate::integrity::record_boot(&path) {
+                    warn!(error = %e, file = %crate::integrity::boot_record(&path).display(),
+                          "cannot record this boot beside the store; the next start checks the store before serving");
+                }
                 if check_beside {
                     // While the check reads, its snapshot keeps the WAL from starting over: the
                     // writer does not wait for a catch-up meanwhile (the WAL may grow past its
-                    // bound for the check's time, at most START_CHECK_BUDGET).
+                    // bound for the check's time: its budget, and the time to open the file).
                     let hold = w.hold_wal_catch_up();
                     let checking = Instant::now();
                     let store_path = path.clone();
-                    crate::integrity::check_while_serving(&path, crate::integrity::START_CHECK_BUDGET, move |found| {
-                        drop(hold);
+                    let budget = crate::integrity::START_CHECK_BUDGET;
+                    crate::integrity::check_while_serving(&path, budget, hold, move |found| {
                         let took_ms = checking.elapsed().as_millis() as u64;
                         match found {
                             Ok(crate::integrity::Integrity::Ok) => info!(took_ms, "store checked (beside the service)"),
@@ -152,8 +203,9 @@ impl Collector {
                                 "the store's integrity check did not finish in time (run `sos-collector store check` \
                                  with the collector stopped to check it fully)"
                             ),
-                            Err(e) => warn!(store = %store_path.display(), error = %e,
-                                            "the store's integrity check at start could not run"),
+                            Err(e) => error!(store = %store_path.display(), error = %e,
+                                             "THE STORE'S INTEGRITY CHECK COULD NOT RUN (an I/O error of the disk?); \
+                                              serving on; run `sos-collector store check`"),
                         }
                     })?;
                 }
@@ -504,6 +556,7 @@ impl Collector {
             );
         }
         drop(receiver);
+        let writer_damage = store.damaged();
         drop(store);
         // The writer ends once every handle is gone; a worker abandoned after the grace period
         // may still hold one, so do not wait for it forever.
@@ -513,12 +566,9 @@ impl Collector {
         }
         let snapshot = stats.snapshot();
         info!(%snapshot, "collector stopped");
-        // Damage, found by the check beside the service or by the writer (which leaves the same
-        // mark): the same error as a store refused at start, with the way out.
-        let damage = damage.or_else(|| {
-            (config.database_url.is_none() && fatal.is_some() && crate::integrity::marked_damaged(&path))
-                .then(|| vec![fatal.clone().unwrap_or_default()])
-        });
+        // Damage, found by the check beside the service or by the writer: the same error as a
+        // store refused at start, with the way out (the mark is left by `Collector::run`).
+        let damage = damage.or_else(|| writer_damage.map(|d| vec![d]));
         match (fatal, damage) {
             (Some(_), Some(problems)) => Err(StoreError::Damaged { path, problems }.into()),
             (Some(why), None) => Err(CollectorError::Died(why)),

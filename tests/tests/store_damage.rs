@@ -112,26 +112,37 @@ fn a_corrupt_page_in_the_alerts_table_is_refused_at_start_and_recovered_with_eve
     corrupt_a_middle_leaf_of_alerts(&db_path);
 
     let mark = site.data_dir().join("sos.db.check-failed");
-    // The first start after the damage: the store is not known damaged, so it is checked beside
-    // the service (a crash must not delay the first acknowledgement by a read of the whole
-    // file). The check finds the damage: the collector stops, non-zero, naming the file and the
-    // way out, and leaves the mark of damage beside the store.
+    let refused_before_serving = |when: &str| {
+        let out = collector(&["run"], &config);
+        let said = text(&out);
+        eprintln!("--- {when}:\n{said}");
+        assert!(!out.status.success(), "{said}");
+        assert!(said.contains(&db_path.display().to_string()) && said.contains("damaged"), "{said}");
+        assert!(said.contains("sos-collector store recover --config"), "{said}");
+        assert!(!said.contains("collector ready"), "{said}");
+        assert!(mark.exists(), "the mark of damage is left: {said}");
+    };
+    // No collector has started on this store since the machine booted (it may have been a power
+    // cut): checked before serving, refused, marked.
+    refused_before_serving("first start of the boot on the damaged store");
+
+    // A restart within the same boot (as after a crash of the process, which cannot damage the
+    // store) of a store not known damaged: checked beside the service, which already serves.
+    // The check finds the damage: the collector stops, non-zero, naming the file and the way
+    // out, and leaves the mark.
+    std::fs::remove_file(&mark).unwrap();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    std::fs::write(site.data_dir().join("sos.db.boot"), &boot).unwrap();
     let out = collector(&["run"], &config);
     let said = text(&out);
-    eprintln!("--- first run on the damaged store:\n{said}");
+    eprintln!("--- restart within the boot on the damaged store:\n{said}");
     assert!(!out.status.success(), "{said}");
+    assert!(said.contains("collector ready"), "served while it checked: {said}");
     assert!(said.contains(&db_path.display().to_string()) && said.contains("damaged"), "{said}");
     assert!(said.contains("sos-collector store recover --config"), "{said}");
     assert!(mark.exists(), "the mark of damage is left: {said}");
-    // Every later start: refused before it serves (the socket is never answered), until a check
-    // passes.
-    let out = collector(&["run"], &config);
-    let said = text(&out);
-    eprintln!("--- second run on the damaged store:\n{said}");
-    assert!(!out.status.success(), "{said}");
-    assert!(said.contains(&db_path.display().to_string()) && said.contains("damaged"), "{said}");
-    assert!(said.contains("sos-collector store recover --config"), "{said}");
-    assert!(!said.contains("collector ready"), "{said}");
+    // Every later start: the full check before serving, refused, until a check passes.
+    refused_before_serving("start on the marked store");
 
     let out = collector(&["store", "check"], &config);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

@@ -349,6 +349,14 @@ impl Store {
         }
     }
 
+    /// If the SQLite writer stopped because SQLite found the file damaged: what it said.
+    pub fn damaged(&self) -> Option<String> {
+        match self {
+            Store::Sqlite(s) => s.writer.damaged(),
+            Store::Postgres(_) => None,
+        }
+    }
+
     /// Notified after every commit that changes an alert (on PostgreSQL: by any collector).
     pub fn changes(&self) -> Arc<Notify> {
         match self {
