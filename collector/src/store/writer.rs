@@ -239,10 +239,14 @@ impl Checkpointer {
             return;
         }
         let (reply, replied) = std::sync::mpsc::sync_channel(1);
-        // Never blocks on the request itself: a checkpoint under way holds the one slot, and the
-        // writer must not wait for it beyond CATCH_UP_WAIT (skipped now, tried after the next commit).
-        let complete =
-            asks.try_send(Ask::CatchUp(reply)).is_ok() && replied.recv_timeout(self.catch_up_wait).unwrap_or(false);
+        // Never blocks on the request itself: while a checkpoint runs with another asked behind
+        // it, the one slot is taken, and the writer must not wait for them beyond CATCH_UP_WAIT:
+        // skipped now, asked again after the next commit (not a WAL's growth later, which let
+        // it reach twice its bound whenever the request met a busy checkpointer).
+        if asks.try_send(Ask::CatchUp(reply)).is_err() {
+            return;
+        }
+        let complete = replied.recv_timeout(self.catch_up_wait).unwrap_or(false);
         if complete {
             self.next_catch_up = self.catch_up_pages;
         } else {
