@@ -47,13 +47,19 @@ pub fn marked_damaged(path: &Path) -> bool {
 /// service again, and finds the damage again).
 pub fn mark_damaged(path: &Path, problems: &[String]) -> std::io::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    // First, what needs no free space: without the boot record, the next start checks the
+    // store before serving even if the mark cannot be written (a full disk).
+    forget_boot(path);
     let mark = damage_mark(path);
     let mut tmp_name = mark.file_name().map(std::ffi::OsString::from).unwrap_or_default();
     tmp_name.push(".tmp");
     let tmp = mark.with_file_name(tmp_name);
     let written = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options.open(&tmp)?;
         let text = format!(
             "The store {} was found damaged at {} (Unix time, ms):\n{}\n\nThe collector checks it before serving \
          while this file exists. With the collector stopped, run `sos-collector store recover`; a check that \
@@ -103,6 +109,38 @@ pub fn boot_record(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Forget that a collector started on the store at `path` during this boot: the next start
+/// checks it before serving.
+pub fn forget_boot(path: &Path) {
+    let _ = std::fs::remove_file(boot_record(path));
+}
+
+/// What identifies this boot and this store file in the boot record: the boot id, and the
+/// store's device and inode (a file put in place since, by `mv` or a restore, is another file).
+#[cfg(unix)]
+fn boot_line(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let id = boot_id()?;
+    let m = std::fs::metadata(path).ok()?;
+    Some(format!("{id} {} {}", m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn boot_line(_: &Path) -> Option<String> {
+    None
+}
+
+/// What tells one version of a file from another: its inode (on Unix) and modification time;
+/// `None` if it does not exist.
+pub fn file_identity(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some((ino, m.modified().ok()?))
+}
+
 /// Whether a collector already started on the store at `path` since the machine last booted.
 ///
 /// Then what ended the last run (the process crashed, was killed, or was stopped) cannot have
@@ -112,25 +150,25 @@ pub fn boot_record(path: &Path) -> PathBuf {
 /// that is a new boot. So the service checks the store before serving on its first start of a
 /// boot, and beside the service on the restarts within one.
 pub fn started_this_boot(path: &Path) -> bool {
-    match (boot_id(), std::fs::read_to_string(boot_record(path))) {
+    match (boot_line(path), std::fs::read_to_string(boot_record(path))) {
         (Some(now), Ok(recorded)) => recorded.trim() == now,
         _ => false,
     }
 }
 
-/// Record that a collector started on the store at `path` during this boot (see
-/// [`started_this_boot`]). Not synced: a record lost in a crash of the machine only makes the
-/// next start check before serving, which a new boot does anyway.
+/// Record that a collector started on the store at `path` during this boot, and its check
+/// passed (see [`started_this_boot`]). Not synced: a record lost in a crash of the machine only
+/// makes the next start check before serving, which a new boot does anyway.
 ///
 /// # Errors
 /// If it cannot be written.
 pub fn record_boot(path: &Path) -> std::io::Result<()> {
-    let Some(id) = boot_id() else { return Ok(()) };
+    let Some(line) = boot_line(path) else { return Ok(()) };
     let record = boot_record(path);
     let mut tmp_name = record.file_name().map(std::ffi::OsString::from).unwrap_or_default();
     tmp_name.push(".tmp");
     let tmp = record.with_file_name(tmp_name);
-    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::write(&tmp, format!("{line}\n"))?;
     std::fs::rename(&tmp, &record)
 }
 
@@ -554,10 +592,19 @@ mod tests {
     fn only_a_start_recorded_during_this_boot_lets_the_check_run_beside_the_service() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sos.db");
+        std::fs::write(&path, b"").unwrap();
         assert!(!started_this_boot(&path));
         record_boot(&path).unwrap();
         assert_eq!(started_this_boot(&path), boot_id().is_some(), "Linux has a boot id");
-        std::fs::write(boot_record(&path), "00000000-0000-0000-0000-000000000000\n").unwrap();
+        // Another file put in place (a restore, the recovered store moved in): not this one.
+        std::fs::rename(&path, dir.path().join("old.db")).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        assert!(!started_this_boot(&path));
+        record_boot(&path).unwrap();
+        assert_eq!(started_this_boot(&path), boot_id().is_some());
+        forget_boot(&path);
+        assert!(!started_this_boot(&path));
+        std::fs::write(boot_record(&path), "00000000-0000-0000-0000-000000000000 1 2\n").unwrap();
         assert!(!started_this_boot(&path));
         assert_eq!(boot_record(&path), dir.path().join("sos.db.boot"));
     }

@@ -177,11 +177,18 @@ impl Collector {
             None => {
                 let (w, thread) = SqliteStore::start_planned(Db::open(&path)?, &names, plan)?;
                 info!(store = %path.display(), "store: SQLite");
-                if let Err(e) = crate::integrity::record_boot(&path) {
-                    warn!(error = %e, file = %crate::integrity::boot_record(&path).display(),
-                          "cannot record this boot beside the store; the next start checks the store before serving");
-                }
-                if check_beside {
+                let record_boot = |path: &std::path::Path| {
+                    if let Err(e) = crate::integrity::record_boot(path) {
+                        warn!(error = %e, file = %crate::integrity::boot_record(path).display(),
+                              "cannot record this boot beside the store; the next start checks the store before serving");
+                    }
+                };
+                if !check_beside {
+                    record_boot(&path);
+                } else {
+                    // Recorded again when the check passes: until then (a crash meanwhile, a check
+                    // that cannot run, damage) the next start checks before serving.
+                    crate::integrity::forget_boot(&path);
                     // While the check reads, its snapshot keeps the WAL from starting over: the
                     // writer does not wait for a catch-up meanwhile (the WAL may grow past its
                     // bound for the check's time: its budget, and the time to open the file).
@@ -192,7 +199,10 @@ impl Collector {
                     crate::integrity::check_while_serving(&path, budget, hold, move |found| {
                         let took_ms = checking.elapsed().as_millis() as u64;
                         match found {
-                            Ok(crate::integrity::Integrity::Ok) => info!(took_ms, "store checked (beside the service)"),
+                            Ok(crate::integrity::Integrity::Ok) => {
+                                info!(took_ms, "store checked (beside the service)");
+                                record_boot(&store_path);
+                            }
                             Ok(crate::integrity::Integrity::Damaged(problems)) => {
                                 error!(store = %store_path.display(), took_ms, problems = ?problems,
                                        "THE STORE IS DAMAGED: found by the check at start; stopping");
@@ -205,7 +215,7 @@ impl Collector {
                             ),
                             Err(e) => error!(store = %store_path.display(), error = %e,
                                              "THE STORE'S INTEGRITY CHECK COULD NOT RUN (an I/O error of the disk?); \
-                                              serving on; run `sos-collector store check`"),
+                                              serving on; the next start checks it before serving"),
                         }
                     })?;
                 }
@@ -570,9 +580,10 @@ impl Collector {
         // store refused at start, with the way out (the mark is left by `Collector::run`).
         let damage = damage.or_else(|| writer_damage.map(|d| vec![d]));
         match (fatal, damage) {
-            (Some(_), Some(problems)) => Err(StoreError::Damaged { path, problems }.into()),
+            // Also damage found by the writer as it finished the commits in flight at shutdown.
+            (_, Some(problems)) => Err(StoreError::Damaged { path, problems }.into()),
             (Some(why), None) => Err(CollectorError::Died(why)),
-            (None, _) => Ok(snapshot),
+            (None, None) => Ok(snapshot),
         }
     }
 }

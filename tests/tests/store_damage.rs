@@ -131,13 +131,19 @@ fn a_corrupt_page_in_the_alerts_table_is_refused_at_start_and_recovered_with_eve
     // The check finds the damage: the collector stops, non-zero, naming the file and the way
     // out, and leaves the mark.
     std::fs::remove_file(&mark).unwrap();
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-    std::fs::write(site.data_dir().join("sos.db.boot"), &boot).unwrap();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("Linux's boot id");
+    let store = std::fs::metadata(&db_path).unwrap();
+    let record = {
+        use std::os::unix::fs::MetadataExt as _;
+        format!("{} {} {}\n", boot.trim(), store.dev(), store.ino())
+    };
+    std::fs::write(site.data_dir().join("sos.db.boot"), record).unwrap();
     let out = collector(&["run"], &config);
     let said = text(&out);
     eprintln!("--- restart within the boot on the damaged store:\n{said}");
     assert!(!out.status.success(), "{said}");
     assert!(said.contains("collector ready"), "served while it checked: {said}");
+    assert!(said.contains("THE STORE IS DAMAGED: found by the check at start"), "the check found it: {said}");
     assert!(said.contains(&db_path.display().to_string()) && said.contains("damaged"), "{said}");
     assert!(said.contains("sos-collector store recover --config"), "{said}");
     assert!(mark.exists(), "the mark of damage is left: {said}");

@@ -32,7 +32,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
             abs.display()
         );
     }
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let want = config.socket_buffer_bytes;
         let got = sos_collector::udp::size_socket_buffers(&socket, want);
         if cfg!(unix) && got.receive < want {
@@ -49,7 +49,11 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
         }
         sos_collector::run(socket, config, shutdown_signal()).await?;
         Ok(())
-    })
+    });
+    // A blocking task stuck on a disk that no longer answers (the writer's last join, the mark
+    // of a damaged store) must not keep the process alive: the service manager restarts it.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    served
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -21,17 +21,16 @@ pub fn check(config: &Config) -> anyhow::Result<bool> {
     if !path.exists() {
         anyhow::bail!("no store at {} (has the collector run with this data_dir?)", path.display());
     }
-    let started = std::time::SystemTime::now();
+    // The mark as it was before the check (inode and time): only that one is removed.
+    let mark_before = integrity::file_identity(&integrity::damage_mark(&path));
     match integrity::check(&path, true, None)? {
         Integrity::Ok => {
             println!("{}: OK (SQLite integrity_check found no problem)", path.display());
             // A store found damaged before and recovered since: the collector need not check it
             // again before it serves. Not a mark left while this check ran (by a collector
             // running beside it, whose writer found damage this check's snapshot did not show).
-            let mark_older = std::fs::metadata(integrity::damage_mark(&path))
-                .and_then(|m| m.modified())
-                .is_ok_and(|at| at < started);
-            if mark_older {
+            let mark_now = integrity::file_identity(&integrity::damage_mark(&path));
+            if mark_now.is_some() && mark_now == mark_before {
                 integrity::clear_damage_mark(&path)
                     .with_context(|| format!("cannot remove {}", integrity::damage_mark(&path).display()))?;
             }
