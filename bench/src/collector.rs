@@ -42,6 +42,29 @@ impl Collector {
         Self::start_logging(bin, limits, "warn", tables)
     }
 
+    /// [`Collector::start`] on a PostgreSQL store (`database_url`) instead of its own SQLite one;
+    /// with the site key of `peer` when given (several collectors on one database, one key). It
+    /// logs its final counters, for [`Collector::stop`] (no line per SOS).
+    pub fn start_on_postgres(
+        bin: &PathBuf,
+        limits: Limits,
+        database_url: &str,
+        peer: Option<&Collector>,
+    ) -> anyhow::Result<Collector> {
+        let key_text = match peer {
+            Some(p) => std::fs::read_to_string(p.dir().join("site.key"))?,
+            None => Key::generate(),
+        };
+        Self::launch(
+            bin,
+            limits,
+            "warn,sos_collector::service=info",
+            &format!("database_url = {database_url:?}\n"),
+            key_text,
+            "",
+        )
+    }
+
     /// [`Collector::start`] with the server's information lines too (one per SOS stored; the
     /// final counters that [`Collector::stop`] reads), for scenarios without SOS.
     pub fn start_with_counters(bin: &PathBuf, limits: Limits) -> anyhow::Result<Collector> {
@@ -49,10 +72,22 @@ impl Collector {
     }
 
     fn start_logging(bin: &PathBuf, limits: Limits, rust_log: &str, tables: &str) -> anyhow::Result<Collector> {
+        Self::launch(bin, limits, rust_log, "", Key::generate(), tables)
+    }
+
+    /// Start with `top` (top-level keys) after the usual ones, the site key `key_text`, and
+    /// `tables` after `[security]`.
+    fn launch(
+        bin: &PathBuf,
+        limits: Limits,
+        rust_log: &str,
+        top: &str,
+        key_text: String,
+        tables: &str,
+    ) -> anyhow::Result<Collector> {
         let dir = tempfile::tempdir()?;
         let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let key_text = Key::generate();
         let key = Key::from_base64(&key_text)?;
         let key_file = dir.path().join("site.key");
         sos_shared::config::write_secret_file(&key_file, &key_text)?;
@@ -64,7 +99,7 @@ impl Collector {
         std::fs::write(
             &config,
             format!(
-                "listen = \"{addr}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n{security}{tables}",
+                "listen = \"{addr}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n{top}{security}{tables}",
                 dir.path().join("data").display(),
                 key_file.display()
             ),

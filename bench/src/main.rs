@@ -14,12 +14,15 @@
 //! - [`responder`]: the responder loop's latencies (pushes) with enrolled hand-made agents.
 //! - [`store`]: the disk's fsync in the same run, the ideal durable server, bytes written per
 //!   alert, the WAL's size, and the restart after a SIGKILL (`durable`, `crash`).
+//! - [`postgres`]: collectors on PostgreSQL (a cluster of the end-to-end tests' own per part):
+//!   one and two collectors under `max` load, one under `steady`.
 //!
 //! Run: `cargo run --release -p sos-bench` (all scenarios), or name some:
 //! `cargo run --release -p sos-bench -- burst flood`.
 
 mod collector;
 mod load;
+mod postgres;
 mod responder;
 mod store;
 
@@ -115,6 +118,10 @@ enum Scenario {
     /// `max` load for `--secs`, then SIGKILL and an immediate restart on the same store: the
     /// first ACK after the kill, and nothing lost.
     Crash,
+    /// Collectors on PostgreSQL, each part on a fresh cluster (fsync on): `max` load against
+    /// one collector (and the cluster's fsync in the same run), then against two on one database
+    /// (half the agents to each), then `steady` against one (ACK p99 against fsync p99).
+    Postgres,
 }
 
 /// Percentiles of durations.
@@ -803,6 +810,7 @@ fn main() -> anyhow::Result<()> {
                 Scenario::Responder => responder::responder(&bin, cli.alerts).await?,
                 Scenario::Durable => durable(&cli, &bin).await?,
                 Scenario::Crash => crash(&cli, &bin).await?,
+                Scenario::Postgres => postgres::postgres(&cli, &bin, ceil.as_ref()).await?,
             }
         }
         Ok(())
