@@ -80,26 +80,30 @@ impl Desktop {
 
         let mut desktop = Desktop { display, bus, runtime_dir, children, toasts: Arc::default(), _dir: dir };
 
-        let mut monitor = desktop
-            .command("dbus-monitor")
-            .arg("interface='org.freedesktop.Notifications',member='Notify'")
-            // The answers, which carry the ids the daemon gives toasts.
-            .arg("type='method_return'")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start dbus-monitor");
-        let out = monitor.stdout.take().unwrap();
-        desktop.children.push(monitor);
-        let toasts = desktop.toasts.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let mut t = toasts.text.lock().unwrap();
-                t.push_str(&line);
-                t.push('\n');
-                toasts.changed.notify_all();
+        // The monitor is ready once it has seen a call's answer; one started in the instant the
+        // bus's socket exists but before it listens exits at once, and is started again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            desktop.toasts.text.lock().unwrap().clear();
+            let mut monitor = desktop.spawn_monitor();
+            let ready = crate::eventually(Duration::from_secs(3), || {
+                if matches!(monitor.try_wait(), Ok(Some(_))) {
+                    return true;
+                }
+                desktop.bus_names();
+                !desktop.toasts.text.lock().unwrap().is_empty()
+            });
+            let running = matches!(monitor.try_wait(), Ok(None));
+            if ready && running {
+                // The answers seen so far are the probes', not toasts.
+                desktop.toasts.text.lock().unwrap().clear();
+                desktop.children.push(monitor);
+                break;
             }
-        });
+            let _ = monitor.kill();
+            let _ = monitor.wait();
+            assert!(Instant::now() < deadline, "dbus-monitor did not start on the session bus");
+        }
         let dunst = desktop.command("dunst").stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start dunst");
         desktop.children.push(dunst);
         assert!(
@@ -110,6 +114,30 @@ impl Desktop {
             "the notification daemon did not appear on the bus"
         );
         desktop
+    }
+
+    /// `dbus-monitor` on the session bus, its lines appended to `toasts`.
+    fn spawn_monitor(&self) -> Child {
+        let mut monitor = self
+            .command("dbus-monitor")
+            .arg("interface='org.freedesktop.Notifications',member='Notify'")
+            // The answers, which carry the ids the daemon gives toasts.
+            .arg("type='method_return'")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dbus-monitor");
+        let out = monitor.stdout.take().unwrap();
+        let toasts = self.toasts.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let mut t = toasts.text.lock().unwrap();
+                t.push_str(&line);
+                t.push('\n');
+                toasts.changed.notify_all();
+            }
+        });
+        monitor
     }
 
     /// A command with this session's environment.
