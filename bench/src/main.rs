@@ -263,11 +263,27 @@ fn fraction(x: f64, ceiling: Option<&Ceiling>) -> String {
     ceiling.map(|c| format!("{:.2}", x / c.per_sec)).unwrap_or_else(|| "—".into())
 }
 
-fn rtts(d: Duration, ceiling: Option<&Ceiling>) -> String {
+/// `"{what} = N× idle RTT; "` against the `ceiling` scenario's idle round trip, or nothing when
+/// `ceiling` did not run in this invocation.
+fn rtts(what: &str, d: Duration, ceiling: Option<&Ceiling>) -> String {
     ceiling
         .filter(|c| !c.idle_rtt.is_zero())
-        .map(|c| format!("{:.0}× idle RTT", d.as_secs_f64() / c.idle_rtt.as_secs_f64()))
+        .map(|c| format!("{what} = {:.0}× idle RTT; ", d.as_secs_f64() / c.idle_rtt.as_secs_f64()))
         .unwrap_or_default()
+}
+
+/// The `max` load: agents `first..first + n`, each keeping `window` SOS sealed with `key`
+/// outstanding to `to` for `secs`, then retransmitting what is unanswered for 30 s more.
+async fn max_load(n: usize, first: usize, window: u32, key: &Key, to: SocketAddr, secs: Duration) -> Vec<Outcome> {
+    agents(
+        n,
+        first,
+        Mode::Sos(key.clone()),
+        to,
+        move |_| Plan::Window { window, until: secs },
+        secs + Duration::from_secs(30),
+    )
+    .await
 }
 
 async fn max(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::Result<()> {
@@ -275,15 +291,7 @@ async fn max(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::Res
     let secs = Duration::from_secs(cli.secs);
     let window = cli.window;
     let cpu0 = c.cpu();
-    let out = agents(
-        cli.agents,
-        0,
-        Mode::Sos(c.key.clone()),
-        c.addr,
-        |_| Plan::Window { window, until: secs },
-        secs + Duration::from_secs(30),
-    )
-    .await;
+    let out = max_load(cli.agents, 0, window, &c.key, c.addr, secs).await;
     let cpu = c.cpu() - cpu0;
     let t = totals(&out, secs);
     let rate = t.acked_in as f64 / secs.as_secs_f64();
@@ -341,13 +349,13 @@ async fn steady(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::
     let fsync = probe.finish();
     let t = totals(&out, Duration::MAX);
     println!(
-        "| steady: {} SOS/s from {n} agents for {} s, default limits | {:.0} SOS/s | {} | {} | p99 = {}; collector CPU {:.0} % of a core; same run: {}, ACK p99 = {:.2}× fsync p99 |",
+        "| steady: {} SOS/s from {n} agents for {} s, default limits | {:.0} SOS/s | {} | {} | {}collector CPU {:.0} % of a core; same run: {}, ACK p99 = {:.2}× fsync p99 |",
         cli.rate,
         cli.secs,
         t.acked as f64 / secs.as_secs_f64(),
         t.loss(),
         t.latencies(),
-        rtts(t.latency.p(0.99), ceiling),
+        rtts("p99", t.latency.p(0.99), ceiling),
         cpu.as_secs_f64() / secs.as_secs_f64() * 100.0,
         store::fsync_summary(&fsync),
         t.latency.p(0.99).as_secs_f64() / fsync.p(0.99).as_secs_f64().max(1e-9),
@@ -497,7 +505,7 @@ async fn flood(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>, from: FloodF
         FloodFrom::Forged => "flood-forged: garbage forging the agent's address",
     };
     println!(
-        "| {name} at {:.0} datagrams/s, an SOS every 50 ms | {} of {} SOS ACKed | {} retransmissions | during: p50 {} p99 {} max {}; at rest: p50 {} p99 {} max {} | max = {}; collector CPU {:.0} % of a core during the flood |",
+        "| {name} at {:.0} datagrams/s, an SOS every 50 ms | {} of {} SOS ACKed | {} retransmissions | during: p50 {} p99 {} max {}; at rest: p50 {} p99 {} max {} | {}collector CPU {:.0} % of a core during the flood |",
         n as f64 / took.as_secs_f64(),
         t.acked,
         t.sent,
@@ -508,7 +516,7 @@ async fn flood(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>, from: FloodF
         ms(quiet.latency.p(0.5)),
         ms(quiet.latency.p(0.99)),
         ms(quiet.latency.max()),
-        rtts(t.latency.max(), ceiling),
+        rtts("max", t.latency.max(), ceiling),
         cpu.as_secs_f64() / cpu_secs.as_secs_f64() * 100.0,
     );
     Ok(())
@@ -639,12 +647,11 @@ async fn storm(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
 async fn durable(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
     let secs = Duration::from_secs(cli.secs);
     let window = cli.window;
-    let plan = move |_| Plan::Window { window, until: secs };
     let dir = tempfile::tempdir()?;
     let key = Key::from_base64(&Key::generate())?;
     let probe = store::FsyncProbe::start(dir.path())?;
     let ideal = store::Ideal::start(key.clone(), dir.path())?;
-    let out = agents(cli.agents, 0, Mode::Sos(key), ideal.addr, plan, secs + Duration::from_secs(30)).await;
+    let out = max_load(cli.agents, 0, window, &key, ideal.addr, secs).await;
     let (bytes, alerts) = (ideal.bytes.load(Ordering::Relaxed), ideal.alerts.load(Ordering::Relaxed));
     let syncs = ideal.finish();
     let fsync = probe.finish();
@@ -668,7 +675,7 @@ async fn durable(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
     let wal = store::SizeWatch::start(c.store_path().with_extension("db-wal"));
     let (w0, d0) = store::written(c.pid());
     let cpu0 = c.cpu();
-    let out = agents(cli.agents, 0, Mode::Sos(c.key.clone()), c.addr, plan, secs + Duration::from_secs(30)).await;
+    let out = max_load(cli.agents, 0, window, &c.key, c.addr, secs).await;
     let cpu = c.cpu() - cpu0;
     let (w1, d1) = store::written(c.pid());
     let wal_peak = wal.finish();

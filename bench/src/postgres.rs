@@ -28,7 +28,7 @@ use sos_e2e::postgres::PgCluster;
 
 use crate::collector::{Collector, Limits};
 use crate::load::{Mode, Plan};
-use crate::{agents, fraction, ms, rtts, store, totals, Ceiling, Cli};
+use crate::{agents, fraction, max_load, ms, rtts, store, totals, Ceiling, Cli};
 
 /// The three parts, each on a fresh cluster.
 pub async fn postgres(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::Result<()> {
@@ -112,15 +112,7 @@ async fn one(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::Res
     let probe = store::FsyncProbe::start(&pg.data_dir())?;
     let wal0 = wal_position(&pg);
     let (cpu0, pg_cpu0) = (c.cpu(), cluster_cpu(&pg.data_dir()));
-    let out = agents(
-        cli.agents,
-        0,
-        Mode::Sos(c.key.clone()),
-        c.addr,
-        |_| Plan::Window { window, until: secs },
-        secs + Duration::from_secs(30),
-    )
-    .await;
+    let out = max_load(cli.agents, 0, window, &c.key, c.addr, secs).await;
     let (cpu, pg_cpu) = (c.cpu() - cpu0, cluster_cpu(&pg.data_dir()) - pg_cpu0);
     let wal = wal_position(&pg).zip(wal0).map(|(w1, w0)| w1.saturating_sub(w0));
     let fsync = probe.finish();
@@ -152,12 +144,11 @@ async fn two(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>, one_rate: f64)
     let mut b = Collector::start_on_postgres(bin, Limits::Raised, &pg.url(), Some(&a))?;
     let secs = Duration::from_secs(cli.secs);
     let window = cli.window;
-    let plan = move |_| Plan::Window { window, until: secs };
     let half = cli.agents / 2;
     let (cpu_a0, cpu_b0, pg_cpu0) = (a.cpu(), b.cpu(), cluster_cpu(&pg.data_dir()));
     let (mut out, to_b) = tokio::join!(
-        agents(half, 0, Mode::Sos(a.key.clone()), a.addr, plan, secs + Duration::from_secs(30)),
-        agents(cli.agents - half, half, Mode::Sos(b.key.clone()), b.addr, plan, secs + Duration::from_secs(30)),
+        max_load(half, 0, window, &a.key, a.addr, secs),
+        max_load(cli.agents - half, half, window, &b.key, b.addr, secs),
     );
     let (cpu_a, cpu_b) = (a.cpu() - cpu_a0, b.cpu() - cpu_b0);
     let pg_cpu = cluster_cpu(&pg.data_dir()) - pg_cpu0;
@@ -212,13 +203,13 @@ async fn steady(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::
     // rates over the whole run, from the start to the last ACK.
     let busy = secs.as_secs_f64() + t.last_ack.saturating_sub(secs).as_secs_f64();
     println!(
-        "| postgres steady: {} SOS/s from {n} agents for {} s, one collector on PostgreSQL, default limits | {:.0} SOS/s | {} | {} | p99 = {}; collector CPU {:.0} % of a core, PostgreSQL {:.0} %; collector: {counters}; same run: {}, ACK p99 = {:.2}× fsync p99 |",
+        "| postgres steady: {} SOS/s from {n} agents for {} s, one collector on PostgreSQL, default limits | {:.0} SOS/s | {} | {} | {}collector CPU {:.0} % of a core, PostgreSQL {:.0} %; collector: {counters}; same run: {}, ACK p99 = {:.2}× fsync p99 |",
         cli.rate,
         cli.secs,
         t.acked as f64 / busy,
         t.loss(),
         t.latencies(),
-        rtts(t.latency.p(0.99), ceiling),
+        rtts("p99", t.latency.p(0.99), ceiling),
         cpu.as_secs_f64() / busy * 100.0,
         pg_cpu.as_secs_f64() / busy * 100.0,
         store::fsync_summary(&fsync),

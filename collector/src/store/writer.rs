@@ -671,16 +671,22 @@ impl SqliteStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn under_back_to_back_commits_the_wal_stays_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sos.db");
+    /// A store in `dir` with a `filler` table, its checkpointer (a catch-up waited for up to
+    /// 60 s), the WAL's path and the bound the WAL must keep under.
+    fn filler_store(dir: &std::path::Path) -> (std::path::PathBuf, Db, Checkpointer, std::path::PathBuf, u64) {
+        let path = dir.join("sos.db");
         let db = Db::open(&path).unwrap();
         let mut checkpointer = Checkpointer::start(&db).unwrap();
         checkpointer.catch_up_wait = std::time::Duration::from_secs(60);
         db.conn.execute_batch("CREATE TABLE filler (x BLOB)").unwrap();
         let wal = path.with_extension("db-wal");
-        let bound = (WAL_CATCH_UP_BYTES + (1 << 20)) as u64;
+        (path, db, checkpointer, wal, (WAL_CATCH_UP_BYTES + (1 << 20)) as u64)
+    }
+
+    #[test]
+    fn under_back_to_back_commits_the_wal_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, db, mut checkpointer, wal, bound) = filler_store(dir.path());
         let mut largest = 0;
         // 64 MiB of commits of 128 KiB each, one after another as the writer makes them under
         // load: a passive checkpoint alone never finds the WAL wholly copied between two.
@@ -700,13 +706,7 @@ mod tests {
     #[test]
     fn a_hold_lets_the_wal_grow_without_waiting_and_its_end_brings_it_back() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sos.db");
-        let db = Db::open(&path).unwrap();
-        let mut checkpointer = Checkpointer::start(&db).unwrap();
-        checkpointer.catch_up_wait = std::time::Duration::from_secs(60);
-        db.conn.execute_batch("CREATE TABLE filler (x BLOB)").unwrap();
-        let wal = path.with_extension("db-wal");
-        let bound = (WAL_CATCH_UP_BYTES + (1 << 20)) as u64;
+        let (path, db, mut checkpointer, wal, bound) = filler_store(dir.path());
         let holds = checkpointer.holds.clone();
         holds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         // A reader holding a snapshot, as the check does: no checkpoint can pass it.
