@@ -286,6 +286,22 @@ async fn max_load(n: usize, first: usize, window: u32, key: &Key, to: SocketAddr
     .await
 }
 
+/// The `steady` load: `n` agents sending `rate` SOS/s in all, sealed with `key`, to `to` for
+/// `secs`, evenly spread (each agent one SOS every `n / rate` s, their phases staggered), then
+/// retransmitting what is unanswered for 30 s more.
+async fn steady_load(n: usize, rate: u32, key: &Key, to: SocketAddr, secs: Duration) -> Vec<Outcome> {
+    let period = Duration::from_secs_f64(n as f64 / f64::from(rate));
+    agents(
+        n,
+        0,
+        Mode::Sos(key.clone()),
+        to,
+        |i| Plan::Steady { period, phase: period.mul_f64(i as f64 / n as f64), until: secs },
+        secs + Duration::from_secs(30),
+    )
+    .await
+}
+
 async fn max(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::Result<()> {
     let c = Collector::start(bin, Limits::Raised)?;
     let secs = Duration::from_secs(cli.secs);
@@ -333,18 +349,9 @@ async fn steady(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::
     let c = Collector::start(bin, Limits::Default)?;
     let n = cli.burst_agents;
     let secs = Duration::from_secs(cli.secs);
-    let period = Duration::from_secs_f64(n as f64 / cli.rate as f64);
     let probe = store::FsyncProbe::start(c.dir())?;
     let cpu0 = c.cpu();
-    let out = agents(
-        n,
-        0,
-        Mode::Sos(c.key.clone()),
-        c.addr,
-        |i| Plan::Steady { period, phase: period.mul_f64(i as f64 / n as f64), until: secs },
-        secs + Duration::from_secs(30),
-    )
-    .await;
+    let out = steady_load(n, cli.rate, &c.key, c.addr, secs).await;
     let cpu = c.cpu() - cpu0;
     let fsync = probe.finish();
     let t = totals(&out, Duration::MAX);

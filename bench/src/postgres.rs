@@ -27,8 +27,7 @@ use anyhow::Context as _;
 use sos_e2e::postgres::PgCluster;
 
 use crate::collector::{Collector, Limits};
-use crate::load::{Mode, Plan};
-use crate::{agents, fraction, max_load, ms, rtts, store, totals, Ceiling, Cli};
+use crate::{fraction, max_load, rtts, steady_load, store, totals, Ceiling, Cli};
 
 /// The three parts, each on a fresh cluster.
 pub async fn postgres(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::Result<()> {
@@ -121,12 +120,10 @@ async fn one(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::Res
     let rate = t.acked_in as f64 / secs.as_secs_f64();
     let busy = secs.as_secs_f64() + t.last_ack.saturating_sub(secs).as_secs_f64();
     println!(
-        "| postgres: one collector on PostgreSQL, {} agents × {window} outstanding, limits raised | {rate:.0} SOS/s | {} | p50 {} p99 {} p99.9 {} | {} of ceiling; collector CPU {:.0} % of a core, PostgreSQL {:.0} %; collector: {counters}; WAL per alert {}; probe in the cluster's data directory {} |",
+        "| postgres: one collector on PostgreSQL, {} agents × {window} outstanding, limits raised | {rate:.0} SOS/s | {} | {} | {} of ceiling; collector CPU {:.0} % of a core, PostgreSQL {:.0} %; collector: {counters}; WAL per alert {}; probe in the cluster's data directory {} |",
         cli.agents,
         t.loss(),
-        ms(t.latency.p(0.5)),
-        ms(t.latency.p(0.99)),
-        ms(t.latency.p(0.999)),
+        t.latencies(),
         fraction(rate, ceiling),
         cpu.as_secs_f64() / busy * 100.0,
         pg_cpu.as_secs_f64() / busy * 100.0,
@@ -161,14 +158,12 @@ async fn two(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>, one_rate: f64)
         if stored.status.success() { String::from_utf8_lossy(&stored.stdout).into_owned() } else { "?".into() };
     let busy = secs.as_secs_f64() + t.last_ack.saturating_sub(secs).as_secs_f64();
     println!(
-        "| postgres: two collectors on one database, {half} + {} agents × {window} outstanding, limits raised | {rate:.0} SOS/s = {:.2}× one collector | {}; {} alerts in the database | p50 {} p99 {} p99.9 {} | {} of ceiling; collectors' CPU {:.0} % + {:.0} % of a core, PostgreSQL {:.0} %; collectors: {counters_a}; {counters_b} |",
+        "| postgres: two collectors on one database, {half} + {} agents × {window} outstanding, limits raised | {rate:.0} SOS/s = {:.2}× one collector | {}; {} alerts in the database | {} | {} of ceiling; collectors' CPU {:.0} % + {:.0} % of a core, PostgreSQL {:.0} %; collectors: {counters_a}; {counters_b} |",
         cli.agents - half,
         rate / one_rate.max(1e-9),
         t.loss(),
         stored.trim(),
-        ms(t.latency.p(0.5)),
-        ms(t.latency.p(0.99)),
-        ms(t.latency.p(0.999)),
+        t.latencies(),
         fraction(rate, ceiling),
         cpu_a.as_secs_f64() / busy * 100.0,
         cpu_b.as_secs_f64() / busy * 100.0,
@@ -183,18 +178,9 @@ async fn steady(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::
     let mut c = Collector::start_on_postgres(bin, Limits::Default, &pg.url(), None)?;
     let n = cli.burst_agents;
     let secs = Duration::from_secs(cli.secs);
-    let period = Duration::from_secs_f64(n as f64 / cli.rate as f64);
     let probe = store::FsyncProbe::start(&pg.data_dir()).context("the fsync probe in the cluster's data directory")?;
     let (cpu0, pg_cpu0) = (c.cpu(), cluster_cpu(&pg.data_dir()));
-    let out = agents(
-        n,
-        0,
-        Mode::Sos(c.key.clone()),
-        c.addr,
-        |i| Plan::Steady { period, phase: period.mul_f64(i as f64 / n as f64), until: secs },
-        secs + Duration::from_secs(30),
-    )
-    .await;
+    let out = steady_load(n, cli.rate, &c.key, c.addr, secs).await;
     let (cpu, pg_cpu) = (c.cpu() - cpu0, cluster_cpu(&pg.data_dir()) - pg_cpu0);
     let fsync = probe.finish();
     let counters = store_counters(&mut c);
