@@ -80,29 +80,36 @@ impl Desktop {
 
         let mut desktop = Desktop { display, bus, runtime_dir, children, toasts: Arc::default(), _dir: dir };
 
-        // The monitor is ready once it has seen a call's answer; one started in the instant the
-        // bus's socket exists but before it listens exits at once, and is started again.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // dbus-monitor prints nothing until it is installed as a monitor (its first lines are its
+        // own NameAcquired/NameLost signals, then the answers to the ListNames probes below). One
+        // started in the instant the bus's socket file exists but before the daemon listens exits
+        // at once without a word: it is started again. One that runs is waited for.
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             desktop.toasts.text.lock().unwrap().clear();
-            let mut monitor = desktop.spawn_monitor();
-            let ready = crate::eventually(Duration::from_secs(3), || {
+            let (mut monitor, reader) = desktop.spawn_monitor();
+            crate::eventually(deadline.saturating_duration_since(Instant::now()), || {
                 if matches!(monitor.try_wait(), Ok(Some(_))) {
                     return true;
                 }
                 desktop.bus_names();
                 !desktop.toasts.text.lock().unwrap().is_empty()
             });
-            let running = matches!(monitor.try_wait(), Ok(None));
-            if ready && running {
-                // The answers seen so far are the probes', not toasts.
-                desktop.toasts.text.lock().unwrap().clear();
-                desktop.children.push(monitor);
-                break;
+            match monitor.try_wait() {
+                Ok(None) if !desktop.toasts.text.lock().unwrap().is_empty() => {
+                    // The probes' answers, not toasts.
+                    desktop.toasts.text.lock().unwrap().clear();
+                    desktop.children.push(monitor);
+                    break;
+                }
+                status => {
+                    let _ = monitor.kill();
+                    let _ = monitor.wait();
+                    // Its last lines are in before the next one starts.
+                    let _ = reader.join();
+                    assert!(Instant::now() < deadline, "dbus-monitor did not start on the session bus ({status:?})");
+                }
             }
-            let _ = monitor.kill();
-            let _ = monitor.wait();
-            assert!(Instant::now() < deadline, "dbus-monitor did not start on the session bus");
         }
         let dunst = desktop.command("dunst").stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start dunst");
         desktop.children.push(dunst);
@@ -116,8 +123,9 @@ impl Desktop {
         desktop
     }
 
-    /// `dbus-monitor` on the session bus, its lines appended to `toasts`.
-    fn spawn_monitor(&self) -> Child {
+    /// `dbus-monitor` on the session bus, and the thread appending its lines to `toasts` (it ends
+    /// with the monitor's output).
+    fn spawn_monitor(&self) -> (Child, std::thread::JoinHandle<()>) {
         let mut monitor = self
             .command("dbus-monitor")
             .arg("interface='org.freedesktop.Notifications',member='Notify'")
@@ -129,7 +137,7 @@ impl Desktop {
             .expect("start dbus-monitor");
         let out = monitor.stdout.take().unwrap();
         let toasts = self.toasts.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 let mut t = toasts.text.lock().unwrap();
                 t.push_str(&line);
@@ -137,7 +145,7 @@ impl Desktop {
                 toasts.changed.notify_all();
             }
         });
-        monitor
+        (monitor, reader)
     }
 
     /// A command with this session's environment.
