@@ -64,8 +64,8 @@ struct Cli {
     /// …each sending this many SOS at once.
     #[arg(long, default_value_t = 10)]
     burst_each: u32,
-    /// Steady: SOS per second, from `--burst-agents` agents.
-    #[arg(long, default_value_t = 1000)]
+    /// Steady: SOS per second, from `--burst-agents` agents (at least 1).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     rate: u32,
     /// Heartbeats: this many agents…
     #[arg(long, default_value_t = 50_000)]

@@ -72,7 +72,24 @@ impl Desktop {
             .spawn()
             .expect("start dbus-daemon");
         children.push(daemon);
-        assert!(crate::eventually(Duration::from_secs(10), || bus_path.exists()), "the session bus did not start");
+        // Ready when it answers: its socket file exists an instant before it listens, and a client
+        // connecting then (dbus-monitor) is refused and exits without a word.
+        let answers = || {
+            Command::new("dbus-send")
+                .args([
+                    &format!("--bus={bus}"),
+                    "--print-reply",
+                    "--dest=org.freedesktop.DBus",
+                    "/org/freedesktop/DBus",
+                ])
+                .arg("org.freedesktop.DBus.GetId")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        assert!(crate::eventually(Duration::from_secs(10), answers), "the session bus did not start");
 
         let runtime_dir = dir.path().join("runtime");
         std::fs::create_dir(&runtime_dir).unwrap();
@@ -80,37 +97,26 @@ impl Desktop {
 
         let mut desktop = Desktop { display, bus, runtime_dir, children, toasts: Arc::default(), _dir: dir };
 
-        // dbus-monitor prints nothing until it is installed as a monitor (its first lines are its
-        // own NameAcquired/NameLost signals, then the answers to the ListNames probes below). One
-        // started in the instant the bus's socket file exists but before the daemon listens exits
-        // at once without a word: it is started again. One that runs is waited for.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            desktop.toasts.text.lock().unwrap().clear();
-            let (mut monitor, reader) = desktop.spawn_monitor();
-            crate::eventually(deadline.saturating_duration_since(Instant::now()), || {
-                if matches!(monitor.try_wait(), Ok(Some(_))) {
-                    return true;
-                }
-                desktop.bus_names();
-                !desktop.toasts.text.lock().unwrap().is_empty()
-            });
-            match monitor.try_wait() {
-                Ok(None) if !desktop.toasts.text.lock().unwrap().is_empty() => {
-                    // The probes' answers, not toasts.
-                    desktop.toasts.text.lock().unwrap().clear();
-                    desktop.children.push(monitor);
-                    break;
-                }
-                status => {
-                    let _ = monitor.kill();
-                    let _ = monitor.wait();
-                    // Its last lines are in before the next one starts.
-                    let _ = reader.join();
-                    assert!(Instant::now() < deadline, "dbus-monitor did not start on the session bus ({status:?})");
-                }
+        // dbus-monitor prints nothing until it is installed as a monitor; then its own
+        // NameAcquired/NameLost signals, and the answers to the ListNames probes below. A toast
+        // sent before that would be missed: dunst starts once it prints.
+        let mut monitor = desktop.spawn_monitor();
+        let printed = crate::eventually(Duration::from_secs(20), || {
+            if matches!(monitor.try_wait(), Ok(Some(_))) {
+                return true;
             }
+            desktop.bus_names();
+            !desktop.toasts.text.lock().unwrap().is_empty()
+        });
+        let status = monitor.try_wait();
+        if !(printed && matches!(status, Ok(None))) {
+            let _ = monitor.kill();
+            let _ = monitor.wait();
+            panic!("dbus-monitor did not start on the session bus ({status:?})");
         }
+        // The probes' answers, not toasts.
+        desktop.toasts.text.lock().unwrap().clear();
+        desktop.children.push(monitor);
         let dunst = desktop.command("dunst").stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start dunst");
         desktop.children.push(dunst);
         assert!(
@@ -123,9 +129,8 @@ impl Desktop {
         desktop
     }
 
-    /// `dbus-monitor` on the session bus, and the thread appending its lines to `toasts` (it ends
-    /// with the monitor's output).
-    fn spawn_monitor(&self) -> (Child, std::thread::JoinHandle<()>) {
+    /// `dbus-monitor` on the session bus, its lines appended to `toasts`.
+    fn spawn_monitor(&self) -> Child {
         let mut monitor = self
             .command("dbus-monitor")
             .arg("interface='org.freedesktop.Notifications',member='Notify'")
@@ -137,7 +142,7 @@ impl Desktop {
             .expect("start dbus-monitor");
         let out = monitor.stdout.take().unwrap();
         let toasts = self.toasts.clone();
-        let reader = std::thread::spawn(move || {
+        std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 let mut t = toasts.text.lock().unwrap();
                 t.push_str(&line);
@@ -145,7 +150,7 @@ impl Desktop {
                 toasts.changed.notify_all();
             }
         });
-        (monitor, reader)
+        monitor
     }
 
     /// A command with this session's environment.
