@@ -212,7 +212,7 @@ fn ask_agent(req: &crate::ipc::Request, timeout: Duration) -> Result<crate::ipc:
 fn trigger(config: ConfigArg, alert: AlertArgs) -> anyhow::Result<ExitCode> {
     // The id is ours: if the agent takes the request but we hear nothing back and send the
     // alert ourselves, the collector sees the same alert twice and pages once.
-    let alert_id = AlertId::random();
+    let alert_id = AlertId::time_ordered();
     let req =
         crate::ipc::Request::Trigger { test: alert.test, message: alert.message.clone(), alert_id: Some(alert_id) };
     match ask_agent(&req, Duration::from_secs(10)) {

@@ -47,7 +47,7 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// attempt number filled in later ([`Sos::fit_to_datagram`]).
 pub fn new_sos(identity: &Identity, location: &str, message: &str, test: bool) -> Sos {
     let mut sos = Sos {
-        alert_id: AlertId::random(),
+        alert_id: AlertId::time_ordered(),
         test,
         triggered_at: unix_now(),
         attempt: 0,
@@ -645,5 +645,20 @@ mod tests {
         assert!(s.test && s.user == "alice" && s.location == "Reception");
         assert!(s.message.ends_with(sos_shared::protocol::CUT_MARKER));
         assert!(serde_json::to_vec(&Message::Sos(s)).unwrap().len() <= sos_shared::protocol::MAX_PLAINTEXT);
+    }
+
+    #[test]
+    fn a_new_sos_has_a_time_ordered_id() {
+        // PROTOCOL.md 5.1 step 1: the press's millisecond in the high 48 bits, so that the
+        // collector's store appends; 80 random bits below.
+        let id = Identity { user: "alice".into(), host: "desk".into() };
+        let before = u128::from(unix_now()) * 1000;
+        let (a, b) = (new_sos(&id, "", "", false), new_sos(&id, "", "", false));
+        let after = (u128::from(unix_now()) + 1) * 1000;
+        for s in [&a, &b] {
+            let ms = s.alert_id.as_u128() >> 80;
+            assert!((before..=after).contains(&ms), "{ms} not within {before}..={after}");
+        }
+        assert_ne!(a.alert_id, b.alert_id);
     }
 }

@@ -204,11 +204,13 @@ impl Collector {
     /// CPU time used so far (user + system), from /proc/PID/stat.
     pub fn cpu(&self) -> Duration {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
+        // Fields after the command name (in parentheses), from the 3rd: state, ppid, … utime
+        // (14th), stime (15th). Indexed by position: a field can be negative (`tpgid` is -1
+        // without a controlling terminal), so filtering out what is not a u64 shifts them.
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        // rest starts at field 3 (state, not a number, filtered out): utime = f[10], stime = f[11].
-        let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        let ticks = field(11) + field(12);
         Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
     }
 

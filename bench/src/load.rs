@@ -58,6 +58,15 @@ pub fn agent_ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 10 + (i / 62_500) as u8, ((i / 250) % 250) as u8, (i % 250 + 1) as u8))
 }
 
+/// Whether agents send fully random alert ids (`--random-ids`) instead of time-ordered ones.
+pub static RANDOM_IDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A new SOS's alert id, as an agent would make it (see [`RANDOM_IDS`]).
+pub fn new_id() -> u128 {
+    if RANDOM_IDS.load(std::sync::atomic::Ordering::Relaxed) { AlertId::random() } else { AlertId::time_ordered() }
+        .as_u128()
+}
+
 struct Pending {
     first: Instant,
     next_tx: Instant,
@@ -89,7 +98,7 @@ pub async fn agent(
         let now = Instant::now();
         // New SOS that are due.
         while let Some(t) = next_new.filter(|t| *t <= now) {
-            let id = AlertId::random().as_u128();
+            let id = new_id();
             transmit(&socket, &mode, to, id, 0, &host).await;
             out.sent += 1;
             out.transmissions += 1;

@@ -58,6 +58,10 @@ struct Cli {
     /// Requests each agent keeps outstanding in ceiling and max.
     #[arg(long, default_value_t = 16)]
     window: u32,
+    /// Fully random alert ids, as agents before 2026-12-03 sent, instead of time-ordered ones
+    /// (`AlertId::time_ordered`, what agents send now): the store's cost for old agents.
+    #[arg(long)]
+    random_ids: bool,
     /// Burst: this many agents…
     #[arg(long, default_value_t = 1000)]
     burst_agents: usize,
@@ -733,7 +737,7 @@ async fn crash(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
     let kill_offset = Instant::now().saturating_duration_since(load_start);
     let killed_at = std::time::SystemTime::now();
     let socket = tokio::net::UdpSocket::bind((load::agent_ip(PROBE + 1), 0)).await?;
-    let id = sos_shared::AlertId::random().as_u128();
+    let id = load::new_id();
     let mode = Mode::Sos(c.key.clone());
     let mut buf = vec![0u8; 2048];
     let first = loop {
@@ -792,6 +796,7 @@ fn raise_fd_limit() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    load::RANDOM_IDS.store(cli.random_ids, std::sync::atomic::Ordering::Relaxed);
     raise_fd_limit();
     let bin = match &cli.collector_bin {
         Some(b) => b.clone(),

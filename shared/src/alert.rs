@@ -5,9 +5,15 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The identity of one SOS: 128 random bits chosen when the button is pressed and kept across
-/// every retry, every collector and every restart of the agent, so that the collector can
-/// recognise a retry and page responders once.
+/// The identity of one SOS: 128 bits chosen when the button is pressed and kept across every
+/// retry, every collector and every restart of the agent, so that the collector can recognise a
+/// retry and page responders once.
+///
+/// Agents make them with [`AlertId::time_ordered`]: the press's millisecond in the high 48 bits,
+/// 80 random bits below. The random part makes an id unguessable and unique; the time makes ids
+/// of one period neighbours, so that a store keyed by alert id appends instead of writing a
+/// page at a random place for each alert (docs/PERFORMANCE.md, "A lean store"). A receiver
+/// must not rely on either: any 128-bit value is a valid id.
 ///
 /// On the wire and in the store it is 32 lowercase hexadecimal digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,6 +34,26 @@ impl AlertId {
         let mut bytes = [0u8; 16];
         getrandom::getrandom(&mut bytes).expect("the operating system random source failed");
         AlertId(u128::from_be_bytes(bytes))
+    }
+
+    /// A fresh id for a press now: the milliseconds since the Unix epoch in the high 48 bits
+    /// (by the workstation's clock, which may be wrong: that only costs the store an append),
+    /// and 80 bits from the operating system's random source.
+    ///
+    /// # Panics
+    /// As [`AlertId::random`].
+    pub fn time_ordered() -> Self {
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        Self::time_ordered_at(ms)
+    }
+
+    /// [`AlertId::time_ordered`] for a given millisecond (truncated to 48 bits: wraps in the
+    /// year 10889).
+    pub fn time_ordered_at(unix_ms: u128) -> Self {
+        let mut bytes = [0u8; 16];
+        getrandom::getrandom(&mut bytes[6..]).expect("the operating system random source failed");
+        let random = u128::from_be_bytes(bytes);
+        AlertId((unix_ms & 0xffff_ffff_ffff) << 80 | random)
     }
 
     /// The id with this exact value, for test vectors and tests.
@@ -95,6 +121,22 @@ mod tests {
         assert!("+123456789abcdef0011223344556677".parse::<AlertId>().is_err());
         assert!("0123456789abcdef00112233445566778".parse::<AlertId>().is_err());
         assert!("0123456789abcdef001122334455667g".parse::<AlertId>().is_err());
+    }
+
+    #[test]
+    fn time_ordered_ids_sort_by_their_millisecond_and_differ_within_one() {
+        let a = AlertId::time_ordered_at(1_700_000_000_000);
+        let b = AlertId::time_ordered_at(1_700_000_000_000);
+        let c = AlertId::time_ordered_at(1_700_000_000_001);
+        assert_ne!(a, b);
+        assert!(a < c && b < c);
+        assert_eq!(a.as_u128() >> 80, 1_700_000_000_000);
+        // The text sorts as the number does (fixed width, lowercase hex).
+        assert!(a.to_string() < c.to_string() && b.to_string() < c.to_string());
+        // Random below the time: 80 bits, never all zero in practice.
+        assert_ne!(a.as_u128() & ((1u128 << 80) - 1), 0);
+        let now = AlertId::time_ordered();
+        assert!(now.as_u128() >> 80 > 1_700_000_000_000);
     }
 
     #[test]

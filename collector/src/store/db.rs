@@ -54,6 +54,9 @@ impl Db {
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Every statement of an alert's transaction stays prepared (rusqlite keeps 16 by
+        // default, fewer than the writer uses: they were parsed again and again).
+        conn.set_prepared_statement_cache_capacity(128);
         set_wal(&conn)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         // A WAL that grew under load is cut back to this when it starts over (see the

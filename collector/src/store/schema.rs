@@ -262,6 +262,17 @@ DROP INDEX IF EXISTS outbox_alert;
 DROP INDEX IF EXISTS alerts_recent;
 ";
 
+/// Pending sender notices by time (2026-12-03): the responder push reads the newest pending
+/// notices on every change of the store, up to 50 times a second in a storm, on the writer's
+/// connection. The index on `confirmed_at_ms` alone made SQLite fetch and sort *every* pending
+/// notice for each read (150 ms with 94,000 pending, all on the writer: the ACK latency tail);
+/// with `at_ms` in the index the read walks it backwards and stops at its limit (0.3 ms). Same
+/// number of index writes per alert.
+const V_NOTICES_BY_TIME: &str = "
+DROP INDEX IF EXISTS sender_notices_pending;
+CREATE INDEX IF NOT EXISTS sender_notices_pending ON sender_notices (confirmed_at_ms, at_ms);
+";
+
 /// Every migration, in order: the store's version is how many have run.
 const MIGRATIONS: &[M<'static>] = &[
     M::up(V1),
@@ -272,6 +283,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(V_FORWARD),
     M::up(V_ACK_LINKS),
     M::up(V_LEAN),
+    M::up(V_NOTICES_BY_TIME),
 ];
 
 /// The schema version this collector writes.

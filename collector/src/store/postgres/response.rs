@@ -900,7 +900,7 @@ impl PgStore {
                 let rows = c
                     .query(
                         "SELECT alert_id, principal, event, responder, note, at_ms FROM sender_notices
-                         WHERE confirmed_at_ms IS NULL ORDER BY at_ms DESC, alert_id LIMIT $1",
+                         WHERE confirmed_at_ms IS NULL ORDER BY at_ms DESC, alert_id DESC LIMIT $1",
                         &[&(MAX_PENDING_NOTICES as i64)],
                     )
                     .await
