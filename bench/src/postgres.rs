@@ -189,7 +189,7 @@ async fn steady(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::
     // rates over the whole run, from the start to the last ACK.
     let busy = secs.as_secs_f64() + t.last_ack.saturating_sub(secs).as_secs_f64();
     println!(
-        "| postgres steady: {} SOS/s from {n} agents for {} s, one collector on PostgreSQL, default limits | {:.0} SOS/s | {} | {} | {}collector CPU {:.0} % of a core, PostgreSQL {:.0} %; collector: {counters}; same run: {}, ACK p99 = {:.2}× fsync p99 |",
+        "| postgres steady: {} SOS/s from {n} agents for {} s, one collector on PostgreSQL, default limits | {:.0} SOS/s | {} | {} | {}collector CPU {:.0} % of a core, PostgreSQL {:.0} %; collector: {counters}; same run: {}, ACK p99 = {:.2}× fsync p99, {:.2}× the fsync p99 at any instant ({}) |",
         cli.rate,
         cli.secs,
         t.acked as f64 / busy,
@@ -200,6 +200,8 @@ async fn steady(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::
         pg_cpu.as_secs_f64() / busy * 100.0,
         store::fsync_summary(&fsync),
         t.latency.p(0.99).as_secs_f64() / fsync.p(0.99).as_secs_f64().max(1e-9),
+        t.latency.p(0.99).as_secs_f64() / store::at_any_instant(&fsync).p(0.99).as_secs_f64().max(1e-9),
+        crate::ms(store::at_any_instant(&fsync).p(0.99)),
     );
     Ok(())
 }

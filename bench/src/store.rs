@@ -71,9 +71,36 @@ impl Drop for FsyncProbe {
     }
 }
 
-/// "fsync p50 … p99 … (n)".
+/// "fsync p50 … p99 … max … (n)".
 pub fn fsync_summary(d: &Dist) -> String {
-    format!("fsync p50 {} p99 {} (n={})", crate::ms(d.p(0.5)), crate::ms(d.p(0.99)), d.0.len())
+    format!(
+        "fsync p50 {} p99 {} max {} (n={})",
+        crate::ms(d.p(0.5)),
+        crate::ms(d.p(0.99)),
+        crate::ms(d.max()),
+        d.0.len()
+    )
+}
+
+/// The probe's syncs as an fsync started at any instant would have seen them: the probe syncs
+/// every [`FsyncProbe::EVERY`] but waits for each, so a stall of the disk is one sample however
+/// long it lasts, while every SOS that arrives during it waits (the coordinated omission of a
+/// closed-loop probe). Corrected as HdrHistogram's `recordValueWithExpectedInterval` does: a
+/// sync that took `d` stands also for the syncs that would have started every `EVERY` during
+/// it, which would have waited `d - EVERY`, `d - 2 EVERY`, … Compare an open-loop latency (the
+/// ACKs of a steady rate) with this, not with the raw samples.
+pub fn at_any_instant(d: &Dist) -> Dist {
+    let every = FsyncProbe::EVERY;
+    let mut v = Vec::with_capacity(d.0.len());
+    for &x in &d.0 {
+        v.push(x);
+        let mut missed = x.saturating_sub(every);
+        while missed >= every {
+            v.push(missed);
+            missed -= every;
+        }
+    }
+    Dist::new(v)
 }
 
 /// The ideal durable server: a receiving thread that opens each SOS and seals its ACK, and a
@@ -228,5 +255,20 @@ pub fn size(b: f64) -> String {
         format!("{:.1} MB", b / 1e6)
     } else {
         format!("{:.2} KB", b / 1e3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stall_stands_for_the_syncs_it_held_up() {
+        let ms = Duration::from_millis;
+        let raw = Dist::new(vec![ms(1), ms(100), ms(2)]);
+        let any = at_any_instant(&raw);
+        assert_eq!(any.0, vec![ms(1), ms(2), ms(20), ms(40), ms(60), ms(80), ms(100)]);
+        // Syncs shorter than the interval stand for themselves only.
+        assert_eq!(at_any_instant(&Dist::new(vec![ms(19), ms(3)])).0, vec![ms(3), ms(19)]);
     }
 }
