@@ -142,7 +142,7 @@ pub async fn responder(bin: &PathBuf, alerts: usize) -> anyhow::Result<()> {
         }
         // One alert at a time, as people press: the previous one's last pushes are over.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let id = AlertId::time_ordered();
+        let id = AlertId::from_u128(crate::load::new_id());
         let sos = Sos {
             alert_id: id,
             test: false,

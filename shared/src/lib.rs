@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`alert`]: [`AlertId`], the random 128-bit identity an SOS keeps across every retry.
+//! - [`alert`]: [`AlertId`], the 128-bit identity an SOS keeps across every retry (agents make
+//!   it time-ordered: the press's millisecond, then 80 random bits).
 //! - [`protocol`]: the datagram layout (cleartext header + Fernet token), the message kinds as a
 //!   serde enum, and the named constants (sizes, limits) in one place.
 //! - [`config`]: what both configuration files share: located errors, secrets from files or

@@ -564,6 +564,13 @@ pub(crate) fn delivery_from(r: &tokio_postgres::Row) -> Delivery {
     }
 }
 
+/// The newest pending notices ([`PgStore::pending_notices`]), read on every change of the store:
+/// it must walk the `sender_notices_pending` index backwards and stop at its limit. PostgreSQL
+/// does not take `confirmed_at_ms IS NULL` for a constant, so the order names the index's
+/// first column too (a test checks the plan has no sort).
+const PENDING_NOTICES: &str = "SELECT alert_id, principal, event, responder, note, at_ms FROM sender_notices
+     WHERE confirmed_at_ms IS NULL ORDER BY confirmed_at_ms DESC, at_ms DESC, alert_id DESC LIMIT $1";
+
 impl PgStore {
     /// The escalation policy this store was opened with.
     pub fn plan(&self) -> Arc<ResponsePlan> {
@@ -897,14 +904,7 @@ impl PgStore {
     pub async fn pending_notices(&self) -> Result<Vec<(AlertId, String, ResponderNotice)>, StoreError> {
         self.run(|c| {
             Box::pin(async move {
-                let rows = c
-                    .query(
-                        "SELECT alert_id, principal, event, responder, note, at_ms FROM sender_notices
-                         WHERE confirmed_at_ms IS NULL ORDER BY at_ms DESC, alert_id DESC LIMIT $1",
-                        &[&(MAX_PENDING_NOTICES as i64)],
-                    )
-                    .await
-                    .map_err(pg_error)?;
+                let rows = c.query(PENDING_NOTICES, &[&(MAX_PENDING_NOTICES as i64)]).await.map_err(pg_error)?;
                 rows.iter()
                     .map(|r| {
                         let alert_id = parse_id(r.get(0))?;
@@ -1241,6 +1241,29 @@ mod tests {
     }
 
     const ID: u128 = 1;
+
+    /// The push reads the newest pending notices on every change, on the one connection every
+    /// SOS also needs: the read must walk the index, never sort every pending notice.
+    #[tokio::test]
+    async fn pending_notices_walk_an_index_and_never_sort() {
+        let Some(cluster) = Cluster::start() else { return };
+        let store = open(&cluster, plan()).await;
+        let plan: Vec<String> = store
+            .run(|c| {
+                Box::pin(async move {
+                    // Even a small table must be read through the index when it can give the order.
+                    c.batch_execute("SET enable_seqscan = off; SET enable_sort = off").await.map_err(pg_error)?;
+                    let sql = format!("EXPLAIN {}", PENDING_NOTICES.replace("$1", "1000"));
+                    let rows = c.query(&sql, &[]).await.map_err(pg_error)?;
+                    c.batch_execute("RESET enable_seqscan; RESET enable_sort").await.map_err(pg_error)?;
+                    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+                })
+            })
+            .await
+            .unwrap();
+        assert!(plan.iter().any(|l| l.contains("sender_notices_pending")), "{plan:?}");
+        assert!(!plan.iter().any(|l| l.contains("Sort")), "{plan:?}");
+    }
 
     #[tokio::test]
     async fn a_silent_tier_escalates_at_its_deadline_and_reminds_the_earlier_one() {

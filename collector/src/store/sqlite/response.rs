@@ -29,7 +29,7 @@ pub const MAX_PENDING_NOTICES: usize = 1000;
 /// it must walk the `sender_notices_pending` index and stop at its limit, never sort every
 /// pending notice (the schema's `V_NOTICES_BY_TIME`; a test checks the plan).
 const PENDING_NOTICES: &str = "SELECT alert_id, principal, event, responder, note, at_ms FROM sender_notices
-     WHERE confirmed_at_ms IS NULL ORDER BY at_ms DESC, alert_id DESC LIMIT ?1";
+     WHERE confirmed_at_ms IS NULL ORDER BY confirmed_at_ms DESC, at_ms DESC, alert_id DESC LIMIT ?1";
 
 /// The longest note, outcome or reason kept, in characters.
 pub const MAX_NOTE: usize = 500;
