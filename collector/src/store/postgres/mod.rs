@@ -328,7 +328,9 @@ impl PgStore {
             hung,
             inner.stop.clone(),
         ));
-        Ok(PgStore { inner: Arc::new(inner) })
+        let store = PgStore { inner: Arc::new(inner) };
+        tokio::spawn(check_alive(Arc::downgrade(&store.inner), store.inner.stop.clone()));
+        Ok(store)
     }
 
     /// Run `op` on the connection, within [`ANSWER_WITHIN`]. A lost connection or no answer
@@ -777,6 +779,30 @@ fn where_is(config: &tokio_postgres::Config) -> String {
 /// Keep the connection: when it is lost (or an operation hung), the store is failing and a new
 /// one is made with backoff; on return every worker and listener is woken (jobs may have been
 /// committed, alerts changed, leases run out while this collector was away).
+/// How often the connection is checked when nothing else used it (see [`check_alive`]).
+const CHECK_ALIVE_EVERY: Duration = Duration::from_secs(5);
+
+/// An outage is found by an operation that fails or gets no answer within [`ANSWER_WITHIN`];
+/// a collector that receives no SOS may run none that waits that long (the responder push
+/// gives up on its reads sooner, and the outbox may have nothing due), and a connection that a
+/// dead link or a firewall silently blackholes never fails by itself. So a trivial query runs
+/// every [`CHECK_ALIVE_EVERY`]: a collector cut off from PostgreSQL says `STORE UNAVAILABLE`,
+/// stops answering heartbeats and reports failing in `/readyz` within about 10 s whether or
+/// not anyone presses, and the supervisor connects again. Holds only a weak reference: the
+/// store ends when its last handle goes.
+async fn check_alive(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            () = tokio::time::sleep(CHECK_ALIVE_EVERY) => {}
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let store = PgStore { inner };
+        // The outcome is reported by `run` (failing, the log, a new connection).
+        let _ = store.run(|c| Box::pin(async move { c.batch_execute("SELECT 1").await.map_err(pg_error) })).await;
+    }
+}
+
 async fn supervise(
     config: tokio_postgres::Config,
     routes: Routes,
