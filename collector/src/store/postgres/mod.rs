@@ -779,7 +779,7 @@ fn where_is(config: &tokio_postgres::Config) -> String {
 /// Keep the connection: when it is lost (or an operation hung), the store is failing and a new
 /// one is made with backoff; on return every worker and listener is woken (jobs may have been
 /// committed, alerts changed, leases run out while this collector was away).
-/// How often the connection is checked when nothing else used it (see [`check_alive`]).
+/// How often the connection is checked, whatever else uses it (see [`check_alive`]).
 const CHECK_ALIVE_EVERY: Duration = Duration::from_secs(5);
 
 /// An outage is found by an operation that fails or gets no answer within [`ANSWER_WITHIN`];

@@ -564,7 +564,8 @@ impl Db {
             Some((AlertState::Resolved, by)) => Transition::Already { by },
             Some((AlertState::Checked, _)) => Transition::Closed(AlertState::Checked),
             Some(_) => {
-                exec(&tx,
+                exec(
+                    &tx,
                     "UPDATE responses SET state = 'resolved', by_responder = ?2, outcome = ?3, note = ?4, seq = seq + 1,
                             acknowledged_at_ms = COALESCE(acknowledged_at_ms, ?5), changed_at_ms = ?5
                      WHERE alert_id = ?1",
@@ -722,7 +723,8 @@ impl Db {
     ) -> Result<bool, StoreError> {
         let tx = self.write()?;
         let id = alert_id.to_string();
-        let n = exec(&tx,
+        let n = exec(
+            &tx,
             "UPDATE sender_notices SET confirmed_at_ms = ?3 WHERE alert_id = ?1 AND event = ?2 AND confirmed_at_ms IS NULL",
             params![id, notice_name(event_kind), now_ms],
         )?;
