@@ -70,16 +70,25 @@ fn sms_goes_to_each_number_once_within_twilios_limits_honouring_429_and_an_inval
     // A message far over one SMS, in characters outside GSM-7.
     let id = send(&site, &["--message", &"помогите 🚨 ".repeat(400)]);
 
-    let got = twilio.wait_for(WAIT, "an SMS to each valid number", |r| {
-        ["+15550000001", "+15550000009"].iter().all(|n| r.iter().any(|x| x.status == 201 && x.form()["To"] == *n))
-    });
     // The numbers are sent to at once (one that hangs must not hold up the others): the first
-    // request to arrive, whichever number, is the one answered 429.
+    // request to arrive, whichever number (the invalid one too), is the one answered 429, and
+    // that number is tried again once Retry-After has passed.
+    let retried = |r: &[sos_e2e::standins::Received]| {
+        r.first().is_some_and(|first| r[1..].iter().any(|x| x.form()["To"] == first.form()["To"]))
+    };
+    let got = twilio.wait_for(WAIT, "an SMS to each valid number and the rate-limited one retried", |r| {
+        retried(r)
+            && ["+15550000001", "+15550000009"]
+                .iter()
+                .all(|n| r.iter().any(|x| x.status == 201 && x.form()["To"] == *n))
+    });
     let first = &got[0];
     assert_eq!(first.status, 429);
     let limited = first.form()["To"].clone();
-    let retry = got.iter().find(|x| x.status == 201 && x.form()["To"] == limited).unwrap();
+    let retry = got[1..].iter().find(|x| x.form()["To"] == limited).unwrap();
     assert!(retry.at.duration_since(first.at) >= Duration::from_millis(1900), "Retry-After: 2 was not honoured");
+    // Retried, the number is answered as its own: a valid one is sent, the invalid one refused.
+    assert_eq!(retry.status, if limited == INVALID_NUMBER { 400 } else { 201 }, "{limited}");
     for x in got.iter().filter(|x| x.status == 201) {
         let body = &x.form()["Body"];
         assert!(body.contains(&id) && body.contains("SOS"), "{body}");
