@@ -1,6 +1,6 @@
 //! The collector library driven in-process: a socket bound on 127.0.0.1:0, a shutdown future.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sos_collector::Config;
 use sos_shared::protocol::{split_datagram, AckStatus, Sos};
@@ -49,6 +49,7 @@ async fn a_burst_is_acknowledged_only_after_it_is_stored_and_shutdown_is_clean()
     let mut acked = std::collections::HashSet::new();
     let mut buf = vec![0u8; 2048];
     let mut resent = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
     while acked.len() < ids.len() {
         match tokio::time::timeout(Duration::from_secs(3), client.recv_from(&mut buf)).await {
             Ok(Ok((n, _))) => {
@@ -82,9 +83,10 @@ async fn a_burst_is_acknowledged_only_after_it_is_stored_and_shutdown_is_clean()
                 acked.insert(ack.alert_id);
             }
             _ => {
-                // UDP on loopback may drop under a burst if the receive buffer fills; an agent
-                // would retransmit, and so do we, once.
-                assert!(!resent, "{} of {} acknowledged", acked.len(), ids.len());
+                // UDP on loopback may drop under a burst if the receive buffer fills (the
+                // pushed notices share it, and this client never confirms them, so they come
+                // again); an agent would retransmit, and so do we, until the deadline.
+                assert!(Instant::now() < deadline, "{} of {} acknowledged after a minute", acked.len(), ids.len());
                 resent = true;
                 for id in ids.iter().filter(|i| !acked.contains(i)) {
                     client.send_to(&key.seal(&sos(*id), unix_now()).unwrap(), addr).await.unwrap();
@@ -96,6 +98,8 @@ async fn a_burst_is_acknowledged_only_after_it_is_stored_and_shutdown_is_clean()
     let stats = tokio::time::timeout(Duration::from_secs(15), server).await.unwrap().unwrap().unwrap();
     assert_eq!(stats.sos_stored, 300);
     let conn = rusqlite::Connection::open(&db_path).unwrap();
-    let jobs: i64 = conn.query_row("SELECT COUNT(*) FROM outbox WHERE channel = 'log'", [], |r| r.get(0)).unwrap();
+    let jobs: i64 = conn
+        .query_row("SELECT COUNT(*) FROM outbox WHERE channel = 'log' AND kind = 'alert'", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(jobs, 300);
 }
