@@ -45,6 +45,14 @@ pub use smtp::SmtpServer;
 
 use std::time::{Duration, Instant};
 
+/// Whether a message (a Slack post's text, an email) is the reminder of an alert nobody
+/// acknowledged ("STILL UNANSWERED after N s"), not a page of the alert: an alert left
+/// unanswered is reminded after its last tier's wait (60 s by default), then again, so a test
+/// that counts an alert's pages counts the others.
+pub fn is_reminder(text: &str) -> bool {
+    text.contains("STILL UNANSWERED")
+}
+
 /// Re-check `cond` until it holds or `timeout` passes; returns whether it held.
 pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sos_e2e::process::alert_id_of;
 use sos_e2e::site::Site;
-use sos_e2e::{agent_send, eventually, free_udp_port, Answer, Peer, SlackStandIn, SmtpServer};
+use sos_e2e::{agent_send, eventually, free_udp_port, is_reminder, Answer, Peer, SlackStandIn, SmtpServer};
 use sos_shared::protocol::{AckStatus, Sos};
 use sos_shared::{unix_now, AlertId, Message};
 
@@ -23,6 +23,12 @@ fn sos(id: AlertId, user: &str) -> Message {
         message: String::new(),
         agent: "e2e".into(),
     })
+}
+
+/// Whether `mail` is a page about `id` (not its reminder).
+fn page_of(mail: &str, id: &str) -> bool {
+    let mail = sos_e2e::smtp::unfold(mail);
+    mail.contains(id) && !is_reminder(&mail)
 }
 
 fn me() -> (String, String) {
@@ -109,8 +115,8 @@ fn retries_and_duplicated_datagrams_notify_once_per_channel() {
     slack.wait_for_text(WAIT, &barrier.to_string());
     smtp.wait_for_text(WAIT, &barrier.to_string());
     let id = id.to_string();
-    let slack_count = slack.received().iter().filter(|r| r.text().contains(&id)).count();
-    let mail_count = smtp.accepted().iter().filter(|m| sos_e2e::smtp::unfold(m).contains(&id)).count();
+    let slack_count = slack.received().iter().filter(|r| r.text().contains(&id) && !is_reminder(&r.text())).count();
+    let mail_count = smtp.accepted().iter().filter(|m| page_of(m, &id)).count();
     assert_eq!((slack_count, mail_count), (1, 1));
 }
 
@@ -224,7 +230,10 @@ fn storm_is_coalesced_without_losing_an_alert() {
     });
     assert!(all.len() < ids.len(), "{} posts for {} alerts: no coalescing", all.len(), ids.len());
     for id in &ids {
-        let n = all.iter().filter(|x| x.text().contains(&id.to_string())).count();
+        let n = all
+            .iter()
+            .filter(|x| x.status == 200 && x.text().contains(&id.to_string()) && !is_reminder(&x.text()))
+            .count();
         assert_eq!(n, 1, "alert {id} posted {n} times");
     }
 }
@@ -321,9 +330,9 @@ fn a_cancelled_alert_is_announced_once_on_every_channel_after_the_alert() {
 
     let id_text = id.to_string();
     let posts = slack.wait_for(WAIT, "the alert and its cancellation", |r| {
-        r.iter().filter(|x| x.text().contains(&id_text)).count() >= 2
+        r.iter().filter(|x| x.text().contains(&id_text) && !is_reminder(&x.text())).count() >= 2
     });
-    let mine: Vec<_> = posts.iter().filter(|x| x.text().contains(&id_text)).collect();
+    let mine: Vec<_> = posts.iter().filter(|x| x.text().contains(&id_text) && !is_reminder(&x.text())).collect();
     assert!(!mine[0].text().contains("CANCELLED"), "the alert must come first");
     let cancel_post = mine[1].body["text"].as_str().unwrap_or_default().to_owned();
     assert!(
@@ -340,8 +349,13 @@ fn a_cancelled_alert_is_announced_once_on_every_channel_after_the_alert() {
     peer.send(&sos(barrier, "barrier"));
     slack.wait_for_text(WAIT, &barrier.to_string());
     smtp.wait_for_text(WAIT, &barrier.to_string());
-    assert_eq!(slack.received().iter().filter(|x| x.text().contains(&id_text)).count(), 2);
-    assert_eq!(smtp.accepted().iter().filter(|m| sos_e2e::smtp::unfold(m).contains(&id_text)).count(), 2);
+    let posts = slack
+        .received()
+        .iter()
+        .filter(|x| x.status == 200 && x.text().contains(&id_text) && !is_reminder(&x.text()))
+        .count();
+    assert_eq!(posts, 2);
+    assert_eq!(smtp.accepted().iter().filter(|m| page_of(m, &id_text)).count(), 2);
     assert!(
         peer.recv_raw(Duration::from_millis(200)).is_some_and(|d| matches!(peer.open(&d), Some(Message::SosAck(_)))),
         "only the barrier's ack remains"
@@ -524,7 +538,7 @@ fn a_slack_that_answers_too_late_gets_the_alert_at_most_the_documented_number_of
     let (_, error) = site.delivery(&id, "slack").unwrap();
     assert!(error.unwrap_or_default().contains("outcome unknown"));
     // docs/RELIABILITY.md: a slow channel shows an alert at most 3 times (2 duplicates).
-    let posts = slack.received().iter().filter(|r| r.text().contains(&id)).count();
+    let posts = slack.received().iter().filter(|r| r.text().contains(&id) && !is_reminder(&r.text())).count();
     assert_eq!(posts, 3, "{:#?}", slack.received());
     let log = collector.wait_log(WAIT, "NOT DELIVERED");
     assert!(log.contains("retrying at a slower pace"), "{log}");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sos_e2e::desktop::{self, Desktop, Notify};
 use sos_e2e::process::alert_id_of;
-use sos_e2e::{eventually, free_udp_port, CollectorProcess, SlackStandIn};
+use sos_e2e::{eventually, free_udp_port, is_reminder, CollectorProcess, SlackStandIn};
 use sos_shared::Key;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -126,7 +126,8 @@ fn hotkey_tray_click_and_trigger_each_send_an_sos_confirmed_by_a_toast() {
     desk.wait_toasts("SOS delivered", 3, WAIT);
 
     // Three distinct alerts, each posted once; the tray says delivered; nothing left spooled.
-    assert_eq!(slack.received().len(), 3, "{:#?}", slack.received());
+    // (Accepted posts: one the stand-in refused as too soon after the last is posted again.)
+    assert_eq!(slack.received().iter().filter(|r| r.status == 200).count(), 3, "{:#?}", slack.received());
     assert!(eventually(WAIT, || desk.tray_tooltip(&item).contains("delivered at")), "{}", desk.tray_tooltip(&item));
     assert!(eventually(WAIT, || spooled(&site.spool()).is_empty()));
     assert!(
@@ -180,7 +181,7 @@ fn a_collector_outage_shows_offline_warns_and_delivers_once_when_it_is_back() {
     desk.wait_toasts("SOS delivered", 1, WAIT);
     slack.wait_for_text(WAIT, &ids[0]);
     assert!(eventually(WAIT, || spooled(&site.spool()).is_empty()));
-    assert_eq!(slack.received().iter().filter(|r| r.text().contains(&ids[0])).count(), 1);
+    assert_eq!(slack.received().iter().filter(|r| r.text().contains(&ids[0]) && !is_reminder(&r.text())).count(), 1);
 }
 
 #[test]
@@ -209,7 +210,7 @@ fn an_alert_undelivered_when_the_agent_is_killed_is_sent_after_restart_once() {
     assert!(post.text().contains("before the crash"));
     desk.wait_toasts("SOS delivered", 1, WAIT);
     assert!(eventually(WAIT, || spooled(&site.spool()).is_empty()));
-    assert_eq!(slack.received().iter().filter(|r| r.text().contains(&id)).count(), 1);
+    assert_eq!(slack.received().iter().filter(|r| r.text().contains(&id) && !is_reminder(&r.text())).count(), 1);
 }
 
 #[test]
@@ -259,7 +260,8 @@ fn a_click_during_the_cancel_window_stops_the_sos_and_waiting_it_out_sends_it() 
     // The explicit trigger is a barrier: nothing of the cancelled press can arrive after it.
     let out = desk.trigger(&[]);
     slack.wait_for_text(WAIT, &alert_id_of(&out));
-    assert_eq!(slack.received().len(), 2, "the cancelled press must not have been sent: {:#?}", slack.received());
+    let accepted = slack.received().iter().filter(|r| r.status == 200).count();
+    assert_eq!(accepted, 2, "the cancelled press must not have been sent: {:#?}", slack.received());
     assert_eq!(agent.log().matches("SOS fired").count(), 2);
 }
 
@@ -297,7 +299,14 @@ fn a_hotkey_held_by_another_application_shows_attention_and_the_rest_still_works
     let out = desk.trigger_in(&other_runtime, &[]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("running agent"), "{}", String::from_utf8_lossy(&out.stderr));
     slack.wait_for_text(WAIT, &alert_id_of(&out));
-    let alerts = || slack.received().iter().map(|r| r.text().matches("*SOS from").count()).sum::<usize>();
+    let alerts = || {
+        slack
+            .received()
+            .iter()
+            .filter(|r| !is_reminder(&r.text()))
+            .map(|r| r.text().matches("*SOS from").count())
+            .sum::<usize>()
+    };
     assert!(eventually(WAIT, || alerts() == 2), "{:#?}", slack.received());
 }
 
@@ -569,7 +578,7 @@ fn an_alert_left_by_a_failed_send_is_delivered_by_the_running_agent_within_5_s()
     assert!(post.text().contains("from a script"));
     desk.wait_toasts("SOS delivered", 1, WAIT);
     assert!(eventually(WAIT, || spooled(&site.spool()).is_empty()));
-    assert_eq!(slack.received().iter().filter(|r| r.text().contains(&id)).count(), 1);
+    assert_eq!(slack.received().iter().filter(|r| r.text().contains(&id) && !is_reminder(&r.text())).count(), 1);
 }
 
 #[test]

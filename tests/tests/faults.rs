@@ -14,7 +14,7 @@ use sos_agent::send::{default_schedule, new_sos, Delivered, SendError, Sender};
 use sos_e2e::process::alert_id_of;
 use sos_e2e::site::Site;
 use sos_e2e::smtp::{test_ca_file, unfold, Conn, Setup};
-use sos_e2e::{agent_send, eventually, Answer, Faults, Relay, SlackStandIn, SmtpServer};
+use sos_e2e::{agent_send, eventually, is_reminder, Answer, Faults, Relay, SlackStandIn, SmtpServer};
 use sos_shared::AlertId;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -40,14 +40,14 @@ fn identity(i: usize) -> Identity {
     Identity { user: format!("agent{i:02}"), host: format!("desk-{i:02}") }
 }
 
-/// How many accepted Slack posts mention `id`.
+/// How many accepted Slack posts mention `id` (pages, not reminders).
 fn slack_posts(slack: &SlackStandIn, id: &str) -> usize {
-    slack.received().iter().filter(|r| r.status == 200 && r.text().contains(id)).count()
+    slack.received().iter().filter(|r| r.status == 200 && r.text().contains(id) && !is_reminder(&r.text())).count()
 }
 
-/// How many accepted emails mention `id`.
+/// How many accepted emails mention `id` (pages, not reminders).
 fn emails(smtp: &SmtpServer, id: &str) -> usize {
-    smtp.accepted().iter().filter(|m| unfold(m).contains(id)).count()
+    smtp.accepted().iter().map(|m| unfold(m)).filter(|m| m.contains(id) && !is_reminder(m)).count()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

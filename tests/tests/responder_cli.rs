@@ -178,6 +178,52 @@ fn a_silent_tier_is_reminded_and_the_next_notified_then_a_cancellation_waits_for
 }
 
 #[test]
+fn nobody_answering_after_the_last_tier_reminds_every_tier_again_at_growing_gaps_until_an_ack() {
+    let site = Site::new();
+    let slack = SlackStandIn::start(vec![]);
+    // Both tiers wait 2 s: tier 2 at 2 s, then rounds past it at 4 s and 8 s (twice the wait).
+    let policy = responders(2).replace(r#""channel:log"] }"#, r#""channel:log"], wait_secs = 2 }"#);
+    assert!(policy.contains("wait_secs = 2 }"), "{policy}");
+    let c = site.start_with(&format!("{}\n{policy}", site.collector_config(Some(&slack), None)));
+    let id = alert_id_of(&agent_send(&site.agent_config(), &[]));
+
+    // A round reminds every tier: on Slack (notified by tier 1), Sam and Kim both mentioned.
+    let round =
+        |t: &str| t.contains(&id) && sos_e2e::is_reminder(t) && t.contains("<@U0SAM>") && t.contains("<@U0KIM>");
+    slack.wait_for(Duration::from_secs(60), "two reminder rounds", |r| {
+        r.iter().filter(|x| x.status == 200 && round(&x.text())).count() >= 2
+    });
+    c.wait_log(WAIT, "STILL UNANSWERED after every tier");
+    // Each round is due twice the last's wait after the one before (the jobs' dates are when
+    // each fired: at or after its deadline), the log notified in each.
+    let fired = |tier: i64| -> Vec<(String, i64)> {
+        let db = site.db();
+        let mut s = db
+            .prepare("SELECT channel, created_at_ms FROM outbox WHERE alert_id = ?1 AND tier = ?2 ORDER BY channel")
+            .unwrap();
+        s.query_map(rusqlite::params![id, tier], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    };
+    let (t2, r1, r2) = (fired(2), fired(3), fired(4));
+    let channels = |f: &[(String, i64)]| f.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    assert_eq!(channels(&r1), ["log", "slack"], "{r1:?}");
+    assert_eq!(channels(&r2), ["log", "slack"], "{r2:?}");
+    assert!(r1[0].1 - t2[0].1 >= 2_000, "the first round {} ms after tier 2", r1[0].1 - t2[0].1);
+    assert!(
+        r2[0].1 - r1[0].1 >= 4_000,
+        "the second round {} ms after the first: not twice the wait",
+        r2[0].1 - r1[0].1
+    );
+
+    // An acknowledgement ends the rounds: no deadline is left, the timeline shows them.
+    let ack = collector(&site, &["alerts", "ack", &id, "--responder", "Kim Park"]);
+    assert!(ack.status.success(), "{}", text(&ack));
+    let deadlines: i64 = site.db().query_row("SELECT count(*) FROM escalations", [], |r| r.get(0)).unwrap();
+    assert_eq!(deadlines, 0);
+    let show = text(&collector(&site, &["alerts", "show", &id]));
+    assert!(show.contains("every tier still unanswered after"), "{show}");
+}
+
+#[test]
 fn responders_list_shows_each_responders_agents_and_whether_they_are_online() {
     let site = Site::new();
     let slack = SlackStandIn::start(vec![]);

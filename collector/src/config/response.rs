@@ -87,7 +87,8 @@ pub struct Tier {
     /// Who is notified when this tier fires.
     pub notify: Vec<Target>,
     /// How long to wait for an acknowledgement before the next tier fires (and this one is
-    /// reminded). The last tier's wait only paces its reminders: it stays open.
+    /// reminded). After the last tier, its wait paces the reminders of every tier while nobody
+    /// acknowledges (see `store::response::wait_after`).
     pub wait: Duration,
 }
 

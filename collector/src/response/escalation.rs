@@ -78,8 +78,13 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
                     store.changed(true);
                 }
                 seen_version = Some(version);
-                for (alert_id, tier) in &fired {
-                    warn!(%alert_id, tier, "nobody acknowledged in time: tier {tier} notified, earlier tiers reminded");
+                for (alert_id, tier, again) in &fired {
+                    if *again {
+                        warn!(%alert_id, round = tier,
+                              "STILL UNANSWERED after every tier: every tier reminded again (a drill once; an alert again after twice the wait, at most an hour)");
+                    } else {
+                        warn!(%alert_id, tier, "nobody acknowledged in time: tier {tier} notified, earlier tiers reminded");
+                    }
                 }
                 if !fired.is_empty() {
                     store.changed(true);
@@ -255,7 +260,26 @@ mod tests {
                 ("email".into(), "alert".into(), "pending".into())
             ]
         );
-        assert_eq!(deadline(&path), None, "the last tier stays open");
+        // Nobody yet after the last tier: every tier is reminded again after its wait, then
+        // after twice the wait. (Nothing is delivered here: Slack still has tier 2's reminder
+        // waiting and gets no other; email, tier 2's page waiting, gets the round's.)
+        let round = deadline(&path).expect("a reminder round after the last tier");
+        assert_eq!(round, fired + 60_000, "the last tier's wait paces the reminders");
+        let reminders = |p: &Path| {
+            rows(p, "SELECT channel, kind, CAST(created_at_ms AS TEXT) FROM outbox WHERE tier = 3 ORDER BY channel")
+        };
+        pass(&c.store, Duration::from_millis((round - 2_000 - outbox_clock_ms()).max(0) as u64)).await;
+        while reminders(&path).is_empty() {
+            let now = outbox_clock_ms();
+            assert!(now < round + 60_000, "no reminder round 60 s after its deadline: now {now}, due {round}");
+            pass(&c.store, Duration::from_millis(10)).await;
+        }
+        let got = reminders(&path);
+        let kinds: Vec<(&str, &str)> = got.iter().map(|(c, k, _)| (c.as_str(), k.as_str())).collect();
+        assert_eq!(kinds, vec![("email", "reminder")]);
+        let at: i64 = got[0].2.parse().unwrap();
+        assert!((round..=round + 2_000).contains(&at), "the round fired at {at}, due {round}");
+        assert_eq!(deadline(&path), Some(at + 120_000), "then after twice the wait");
         c.stop().await;
     }
 
@@ -346,7 +370,10 @@ mod tests {
             assert!(started.elapsed() < Duration::from_secs(60), "{emails} of 1000 escalated after a minute");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(deadline(&path), None);
+        // Each waits for its reminder round, one last-tier wait after its tier 2.
+        let rounds = rows(&path, "SELECT 'x', 'x', CAST(count(*) AS TEXT) FROM escalations WHERE next_tier = 2");
+        assert_eq!(rounds[0].2, "1000");
+        assert!(deadline(&path).is_some_and(|d| d >= due + 60_000), "{:?} vs {due}", deadline(&path));
         // Each transaction fired at most BATCH alerts: the jobs carry at most BATCH per date.
         let per_tick = rows(
             &path,

@@ -178,7 +178,7 @@ mod tests {
     use crate::store::console::{AlertFilter, LinkAck, LinkUse};
     use crate::store::postgres::cluster::Cluster;
     use crate::store::postgres::PgStore;
-    use crate::store::response::{PlannedResponder, ResponsePlan, TierPlan};
+    use crate::store::response::{AlertUpdate, PlannedResponder, ResponsePlan, TierPlan};
     use crate::store::tests::{alert, seen};
     use crate::store::{outbox_clock_ms, Db, Response as _, Store, Transition, Via};
 
@@ -330,11 +330,74 @@ mod tests {
         let due = next.expect("tier 2's deadline");
         assert!(due >= clock + TIER_WAIT && due <= outbox_clock_ms() + TIER_WAIT, "{due}");
         let (_, (fired, _)) = store.escalation_tick(store.plan(), now, due, 10).await.unwrap();
-        assert_eq!(fired, vec![(AlertId::from_u128(1), 2)]);
-        let (_, (again, _)) = store.escalation_tick(store.plan(), now, due + 1, 10).await.unwrap();
+        assert_eq!(fired, vec![(AlertId::from_u128(1), 2, false)]);
+        let (_, (again, next)) = store.escalation_tick(store.plan(), now, due + 1, 10).await.unwrap();
         assert!(again.is_empty(), "a tier fires once: {again:?}");
         let (_, state, _) = store.timeline(AlertId::from_u128(1)).await.unwrap().unwrap();
         assert!(state.unanswered());
+
+        // Still nobody after the last tier: every tier is reminded again after the last tier's
+        // wait, then after twice as long, each round once, on every channel notified (the
+        // outbox delivers between rounds).
+        let sent = deliver(store, due).await;
+        assert_eq!(sent.len(), 4, "tier 1 and 2 on Slack, tier 1 and tier 2's reminder on the log: {sent:?}");
+        let first = next.expect("a reminder after the last tier");
+        assert_eq!(first, due + TIER_WAIT);
+        let (_, (fired, next)) = store.escalation_tick(store.plan(), now, first, 10).await.unwrap();
+        assert_eq!(fired, vec![(AlertId::from_u128(1), 3, true)]);
+        assert_eq!(next, Some(first + 2 * TIER_WAIT));
+        let round = deliver(store, first).await;
+        let (_, (fired, _)) = store.escalation_tick(store.plan(), now, first + 2 * TIER_WAIT - 1, 10).await.unwrap();
+        assert!(fired.is_empty(), "not before twice the wait: {fired:?}");
+        let (_, (fired, next)) = store.escalation_tick(store.plan(), now, first + 2 * TIER_WAIT, 10).await.unwrap();
+        assert_eq!(fired, vec![(AlertId::from_u128(1), 4, true)]);
+        assert_eq!(next, Some(first + 6 * TIER_WAIT));
+        let again = deliver(store, first + 2 * TIER_WAIT).await;
+        for jobs in [&round, &again] {
+            let mut reminded: Vec<(&str, &[String])> = jobs
+                .iter()
+                .map(|(ch, j)| {
+                    assert!(matches!(j.alert.update, Some(AlertUpdate::Reminder { .. })), "{j:?}");
+                    (*ch, j.alert.audience.mentions.as_slice())
+                })
+                .collect();
+            reminded.sort();
+            let both = ["@sam".to_owned(), "@kim".to_owned()];
+            assert_eq!(reminded, [("log", &both[..]), ("slack", &both[..])], "every tier, every channel notified");
+        }
+        // A channel whose reminder is still waiting (slow, failing) gets no other: one a round
+        // would queue ahead of other alerts' pages.
+        for at in [first + 6 * TIER_WAIT, first + 14 * TIER_WAIT] {
+            let (_, (fired, _)) = store.escalation_tick(store.plan(), now, at, 10).await.unwrap();
+            assert_eq!(fired.len(), 1, "{fired:?}");
+        }
+        assert_eq!(deliver(store, first + 14 * TIER_WAIT).await.len(), 2, "one reminder per channel, not two");
+        let (_, _, events) = store.timeline(AlertId::from_u128(1)).await.unwrap().unwrap();
+        let reminded: Vec<&str> = events.iter().filter(|e| e.kind == "reminded").map(|e| e.note.as_str()).collect();
+        assert_eq!(reminded.len(), 5, "tier 2's reminder of tier 1, then four rounds: {reminded:?}");
+        assert!(reminded[1].starts_with("every tier still unanswered after"), "{reminded:?}");
+        // An acknowledgement ends the rounds.
+        store.acknowledge(AlertId::from_u128(1), "sam".into(), Via::Console, String::new()).await.unwrap();
+        let (_, (fired, next)) = store.escalation_tick(store.plan(), now, first + 100 * TIER_WAIT, 10).await.unwrap();
+        assert!(fired.is_empty() && next.is_none(), "{fired:?} {next:?}");
+    }
+
+    /// Deliver every job of every channel due at `at`, as the outbox would (news of an alert
+    /// waits for its page): the jobs, with their channel.
+    async fn deliver(store: &Store, at: i64) -> Vec<(&'static str, Job)> {
+        let mut sent = Vec::new();
+        for channel in CHANNELS {
+            loop {
+                let claim = store.claim(channel, at, 100).await.unwrap();
+                if claim.jobs.is_empty() {
+                    break;
+                }
+                let done = claim.jobs.iter().map(|j| (j.id, JobOutcome::Delivered)).collect();
+                assert!(store.finish(claim.lease, done, at).await.unwrap().is_empty());
+                sent.extend(claim.jobs.into_iter().map(|j| (*channel, j)));
+            }
+        }
+        sent
     }
 
     async fn a_code_enrolls_once_and_revocation_changes_the_registry(store: &Store) {

@@ -296,6 +296,30 @@ impl ResponsePlan {
     }
 }
 
+/// The longest wait between two reminders of an alert nobody acknowledged after its last tier
+/// (unless the last tier's own wait is longer).
+pub const REMIND_AGAIN_MAX_MS: i64 = 3_600_000;
+
+/// How long after round `index` of `tiers` fired the next round is due, if one is. Rounds
+/// `0..len` are the tiers: the wait is that tier's. Nobody acknowledged after the last: every
+/// tier is reminded again, and again, while the alert stays unanswered (PRODUCT.md: an alert
+/// nobody acknowledges escalates until someone does) — first after the last tier's wait, then
+/// twice as long each time, at most [`REMIND_AGAIN_MAX_MS`]: never a loop of pages, never
+/// silence. A drill (`test`) is reminded once past its last tier, then waits for someone
+/// without more rounds: a check of a new desk nobody acknowledged must not page for ever.
+pub fn wait_after(tiers: &[TierPlan], index: usize, test: bool) -> Option<i64> {
+    let last = tiers.len().checked_sub(1)?;
+    let base = tiers[last].wait_ms.max(1);
+    if index <= last {
+        return Some(tiers[index].wait_ms);
+    }
+    if test {
+        return None;
+    }
+    let doublings = (index - last).min(32) as u32;
+    Some(base.saturating_mul(1_i64 << doublings).min(REMIND_AGAIN_MAX_MS.max(base)))
+}
+
 /// Who a job's message is for, beyond the channel's own audience: fixed when its tier fired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Audience {
@@ -478,5 +502,34 @@ impl Response for SqliteStore {
         note: String,
     ) -> Result<(), StoreError> {
         self.exec(move |db| db.record_event(alert_id, kind, &who, via, &note, super::now_ms())).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiers(waits: &[i64]) -> Vec<TierPlan> {
+        waits.iter().map(|&wait_ms| TierPlan { channels: vec!["log"], responders: vec![], wait_ms }).collect()
+    }
+
+    #[test]
+    fn rounds_past_the_last_tier_double_up_to_an_hour_and_a_drill_has_one() {
+        let t = tiers(&[30_000, 60_000]);
+        // The tiers: each its own wait (the last's paces the first round).
+        assert_eq!(wait_after(&t, 0, false), Some(30_000));
+        assert_eq!(wait_after(&t, 1, false), Some(60_000));
+        // Past the last: twice as long each round, at most an hour, for ever.
+        let rounds: Vec<i64> = (2..10).map(|i| wait_after(&t, i, false).unwrap()).collect();
+        assert_eq!(rounds, [120_000, 240_000, 480_000, 960_000, 1_920_000, 3_600_000, 3_600_000, 3_600_000]);
+        assert_eq!(wait_after(&t, usize::MAX, false), Some(REMIND_AGAIN_MAX_MS), "no overflow");
+        // A last tier that waits longer than an hour keeps its own wait.
+        let day = tiers(&[86_400_000]);
+        assert_eq!(wait_after(&day, 1, false), Some(86_400_000));
+        assert_eq!(wait_after(&day, 5, false), Some(86_400_000));
+        // A drill: its tiers, one round past the last, then no more.
+        assert_eq!(wait_after(&t, 1, true), Some(60_000));
+        assert_eq!(wait_after(&t, 2, true), None);
+        assert_eq!(wait_after(&[], 0, false), None);
     }
 }

@@ -49,7 +49,7 @@ use tokio_postgres::Transaction;
 
 use super::{alert_from, pg_error, text, PgStore, ALERT_COLUMNS};
 use crate::store::console::{LinkAck, LinkUse};
-use crate::store::response::{AlertState, Event, PopupTarget, ResponsePlan, Transition, Via};
+use crate::store::response::{wait_after, AlertState, Event, PopupTarget, ResponsePlan, TierPlan, Transition, Via};
 use crate::store::sqlite::response::{
     clean_note, Escalated, DETAIL_SEP, MAX_PENDING_NOTICES, MAX_POPUP_TARGETS, POPUP_RECENT_MS,
 };
@@ -322,8 +322,12 @@ async fn fire_tier(
     let (id, now_ms, jobs_at_ms) = (f.id, f.now_ms, f.jobs_at_ms);
     let tiers = f.plan.policy(f.test);
     let Some(tier) = tiers.get(index) else {
-        tx.execute("DELETE FROM escalations WHERE alert_id = $1", &[&id]).await.map_err(pg_error)?;
-        return Ok(false);
+        if tiers.is_empty() {
+            tx.execute("DELETE FROM escalations WHERE alert_id = $1", &[&id]).await.map_err(pg_error)?;
+            return Ok(false);
+        }
+        remind_again(tx, f, index, effects).await?;
+        return Ok(true);
     };
     let number = index as i64 + 1;
     let mentions: Vec<&str> = tier.responders.iter().filter_map(|r| r.chat.as_deref()).collect();
@@ -331,30 +335,9 @@ async fn fire_tier(
     let after_secs = ((now_ms - f.received_at_ms).max(0) / 1000).to_string();
     if index > 0 {
         // The earlier tiers' channels remind the earlier tiers' responders.
-        let mut reminded: Vec<&str> = Vec::new();
-        for r in tiers[..index].iter().flat_map(|t| &t.responders) {
-            if let Some(chat) = r.chat.as_deref() {
-                if !reminded.contains(&chat) {
-                    reminded.push(chat);
-                }
-            }
-        }
-        let reminded = reminded.join("\n");
-        let earlier = notified_channels(tx, id).await?;
-        for ch in earlier.iter().filter(|c| !tier.channels.contains(&c.as_str())) {
-            let recipients = notified_recipients(tx, id, ch).await?;
-            let rows = tx
-                .query(
-                    "INSERT INTO outbox (alert_id, channel, kind, tier, state, created_at_ms, next_attempt_at_ms,
-                                         detail, mentions, recipients)
-                     VALUES ($1, $2, 'reminder', $3, 'pending', $4, $4, $5, $6, $7) ON CONFLICT DO NOTHING
-                     RETURNING channel",
-                    &[&id, ch, &number, &jobs_at_ms, &after_secs, &text(&reminded), &text(&recipients)],
-                )
-                .await
-                .map_err(pg_error)?;
-            effects.jobs(&rows);
-        }
+        let mut earlier = notified_channels(tx, id).await?;
+        earlier.retain(|c| !tier.channels.contains(&c.as_str()));
+        remind(tx, id, &tiers[..index], &earlier, number, jobs_at_ms, &after_secs, effects).await?;
     }
     let mentions = mentions.join("\n");
     for ch in &tier.channels {
@@ -398,26 +381,101 @@ async fn fire_tier(
         );
         event(tx, id, now_ms, "reminded", "collector", Via::Collector, &note).await?;
     }
-    match tiers.get(index + 1) {
-        Some(_) => {
-            tx.execute(
-                "INSERT INTO escalations (alert_id, next_tier, set_at_ms, due_at_ms) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (alert_id) DO UPDATE SET next_tier = excluded.next_tier, set_at_ms = excluded.set_at_ms,
-                                                      due_at_ms = excluded.due_at_ms",
-                &[&id, &(index as i64 + 1), &jobs_at_ms, &(jobs_at_ms + tier.wait_ms)],
-            )
-            .await
-            .map_err(pg_error)?;
-        }
-        None => {
-            tx.execute("DELETE FROM escalations WHERE alert_id = $1", &[&id]).await.map_err(pg_error)?;
-        }
-    }
+    set_deadline(tx, tiers, f.test, id, index, jobs_at_ms).await?;
     if tier.channels.iter().any(|c| *c != "log") {
         return Ok(true);
     }
     let agents: Vec<String> = tier.responders.iter().flat_map(|r| r.agents.iter().cloned()).collect();
     any_online(tx, &agents, now_ms - f.plan.offline_after_ms).await
+}
+
+/// The next round after round `index` is due after its wait; none left, no deadline (as
+/// SQLite's `set_deadline`).
+async fn set_deadline(
+    tx: &Transaction<'_>,
+    tiers: &[TierPlan],
+    test: bool,
+    id: &str,
+    index: usize,
+    jobs_at_ms: i64,
+) -> Result<(), StoreError> {
+    let Some(wait) = wait_after(tiers, index, test) else {
+        tx.execute("DELETE FROM escalations WHERE alert_id = $1", &[&id]).await.map_err(pg_error)?;
+        return Ok(());
+    };
+    tx.execute(
+        "INSERT INTO escalations (alert_id, next_tier, set_at_ms, due_at_ms) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (alert_id) DO UPDATE SET next_tier = excluded.next_tier, set_at_ms = excluded.set_at_ms,
+                                              due_at_ms = excluded.due_at_ms",
+        &[&id, &(index as i64 + 1), &jobs_at_ms, &jobs_at_ms.saturating_add(wait)],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(())
+}
+
+/// Queue a reminder to each of `channels` for round `number` (as SQLite's `remind`: never to
+/// `forward`, not to a channel with a reminder of the alert still waiting).
+#[allow(clippy::too_many_arguments)]
+async fn remind(
+    tx: &Transaction<'_>,
+    id: &str,
+    tiers: &[TierPlan],
+    channels: &[String],
+    number: i64,
+    jobs_at_ms: i64,
+    after_secs: &str,
+    effects: &mut Effects,
+) -> Result<(), StoreError> {
+    let mut reminded: Vec<&str> = Vec::new();
+    for chat in tiers.iter().flat_map(|t| &t.responders).filter_map(|r| r.chat.as_deref()) {
+        if !reminded.contains(&chat) {
+            reminded.push(chat);
+        }
+    }
+    let reminded = reminded.join("\n");
+    for ch in channels.iter().filter(|c| *c != "forward") {
+        let recipients = notified_recipients(tx, id, ch).await?;
+        let rows = tx
+            .query(
+                "INSERT INTO outbox (alert_id, channel, kind, tier, state, created_at_ms, next_attempt_at_ms,
+                                     detail, mentions, recipients)
+                 SELECT $1, $2, 'reminder', $3, 'pending', $4, $4, $5, $6, $7
+                 WHERE NOT EXISTS (SELECT 1 FROM outbox WHERE alert_id = $1 AND channel = $2 AND kind = 'reminder'
+                                                          AND state = 'pending')
+                 ON CONFLICT DO NOTHING RETURNING channel",
+                &[&id, ch, &number, &jobs_at_ms, &after_secs, &text(&reminded), &text(&recipients)],
+            )
+            .await
+            .map_err(pg_error)?;
+        effects.jobs(&rows);
+    }
+    Ok(())
+}
+
+/// Round `index`, past the last tier, of an alert nobody acknowledged: every tier reminded
+/// again (as SQLite's `remind_again`).
+async fn remind_again(
+    tx: &Transaction<'_>,
+    f: &Firing<'_>,
+    index: usize,
+    effects: &mut Effects,
+) -> Result<(), StoreError> {
+    let (id, now_ms, jobs_at_ms) = (f.id, f.now_ms, f.jobs_at_ms);
+    let tiers = f.plan.policy(f.test);
+    let after_secs = ((now_ms - f.received_at_ms).max(0) / 1000).to_string();
+    remind(tx, id, tiers, &notified_channels(tx, id).await?, index as i64 + 1, jobs_at_ms, &after_secs, effects)
+        .await?;
+    tx.execute(
+        "UPDATE responses SET seq = seq + 1, reminder_seq = reminder_seq + 1, changed_at_ms = $2 WHERE alert_id = $1",
+        &[&id, &now_ms],
+    )
+    .await
+    .map_err(pg_error)?;
+    effects.changed = true;
+    let note = format!("every tier still unanswered after {after_secs} s");
+    event(tx, id, now_ms, "reminded", "collector", Via::Collector, &note).await?;
+    set_deadline(tx, tiers, f.test, id, index, jobs_at_ms).await
 }
 
 /// Fire tier `index`; if nobody can be reached through it, tell the sender plainly (the
@@ -632,7 +690,8 @@ impl PgStore {
                         };
                         escalate(&tx, &f, next_tier.max(0) as usize, &mut effects).await?;
                         if let Ok(alert_id) = id.parse() {
-                            fired.push((alert_id, next_tier as u32 + 1));
+                            let again = next_tier.max(0) as usize >= plan.policy(f.test).len();
+                            fired.push((alert_id, next_tier as u32 + 1, again));
                         }
                     }
                     effects.notify(&tx).await?;
@@ -1285,8 +1344,8 @@ mod tests {
         let (fired, _) = store.escalate_due(&plan(), 60_000, deadline - 1, 100).await.unwrap();
         assert!(fired.is_empty(), "not before its deadline");
         let (fired, next) = store.escalate_due(&plan(), 61_000, deadline, 100).await.unwrap();
-        assert_eq!(fired, vec![(AlertId::from_u128(ID), 2)]);
-        assert_eq!(next, None, "the last tier stays open");
+        assert_eq!(fired, vec![(AlertId::from_u128(ID), 2, false)]);
+        assert_eq!(next, Some(deadline + 60_000), "after the last tier, its wait paces reminders of every tier");
         assert_eq!(
             jobs(&store).await,
             vec![
@@ -1435,7 +1494,8 @@ mod tests {
         let store = open(&cluster, p.clone()).await;
         store.insert(alert(ID)).await.unwrap();
         assert_eq!(jobs(&store).await, vec![j("email", "alert", 2, "pending")]);
-        assert_eq!(store.next_escalation().await.unwrap(), None);
+        // Every tier fired: what is left is the reminder round.
+        assert_eq!(count(&store, "SELECT count(*) FROM escalations WHERE next_tier = 2").await, 1);
         let n = store.pending_notices().await.unwrap();
         assert_eq!(n.len(), 1);
         assert_eq!(n[0].2.event, NoticeEvent::Unanswered);
@@ -1456,7 +1516,9 @@ mod tests {
         let before = outbox_clock_ms();
         store.insert(alert(3)).await.unwrap();
         assert_eq!(store.pending_notices().await.unwrap().len(), 2);
-        assert!(store.next_escalation().await.unwrap().is_some_and(|d| d >= before + 60_000));
+        let tier2 =
+            format!("SELECT count(*) FROM escalations WHERE next_tier = 1 AND due_at_ms >= {}", before + 60_000);
+        assert_eq!(count(&store, &tier2).await, 1);
     }
 
     #[tokio::test]
@@ -1554,7 +1616,8 @@ mod tests {
         }
         assert_eq!(rounds, 6);
         assert_eq!(count(&store, "SELECT count(*) FROM outbox WHERE channel = 'email'").await, 300);
-        assert_eq!(count(&store, "SELECT count(*) FROM escalations").await, 0);
+        // Each now waits for its reminder round, one wait after its last tier.
+        assert_eq!(count(&store, "SELECT count(*) FROM escalations WHERE next_tier = 2").await, 300);
     }
 
     fn link(nonce: &str) -> LinkAck {
@@ -1670,11 +1733,11 @@ mod tests {
             }
             fired.extend(x.into_iter().chain(y));
         }
-        let mut ids: Vec<_> = fired.iter().map(|(id, tier)| (*id, *tier)).collect();
+        let mut ids: Vec<_> = fired.iter().map(|(id, tier, _)| (*id, *tier)).collect();
         ids.sort();
         ids.dedup();
         assert_eq!((fired.len(), ids.len()), (60, 60), "each deadline fired once: {fired:?}");
-        assert!(fired.iter().all(|(_, tier)| *tier == 2));
+        assert!(fired.iter().all(|(_, tier, again)| *tier == 2 && !again));
         assert_eq!(count(&a, "SELECT count(*) FROM outbox WHERE channel = 'email'").await, 60);
         assert_eq!(count(&a, "SELECT count(*) FROM alert_events WHERE kind = 'reminded'").await, 60);
     }

@@ -5,7 +5,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use sos_shared::protocol::{NoticeEvent, ResponderNotice};
 use sos_shared::AlertId;
 
-use crate::store::response::{AlertState, Event, PopupTarget, ResponsePlan, Transition, Via};
+use crate::store::response::{wait_after, AlertState, Event, PopupTarget, ResponsePlan, TierPlan, Transition, Via};
 use crate::store::{enrolled_as, AlertRecord, Audience, Cancellation, Db, NewAlert, StoreError};
 
 /// The alert columns [`alert_record`] reads, from `alerts a`.
@@ -261,8 +261,12 @@ fn fire_tier(
 ) -> Result<bool, StoreError> {
     let tiers = plan.policy(test);
     let Some(tier) = tiers.get(index) else {
-        exec(tx, "DELETE FROM escalations WHERE alert_id = ?1", params![id])?;
-        return Ok(false);
+        if tiers.is_empty() {
+            exec(tx, "DELETE FROM escalations WHERE alert_id = ?1", params![id])?;
+            return Ok(false);
+        }
+        remind_again(tx, tiers, test, id, received_at_ms, index, now_ms, jobs_at_ms)?;
+        return Ok(true);
     };
     let number = index as i64 + 1;
     let mentions: Vec<&str> = tier.responders.iter().filter_map(|r| r.chat.as_deref()).collect();
@@ -270,24 +274,9 @@ fn fire_tier(
     let after_secs = ((now_ms - received_at_ms).max(0) / 1000).to_string();
     if index > 0 {
         // The earlier tiers' channels remind the earlier tiers' responders.
-        let mut reminded: Vec<&str> = Vec::new();
-        for r in tiers[..index].iter().flat_map(|t| &t.responders) {
-            if let Some(chat) = r.chat.as_deref() {
-                if !reminded.contains(&chat) {
-                    reminded.push(chat);
-                }
-            }
-        }
-        let earlier = notified_channels(tx, id)?;
-        for ch in earlier.iter().filter(|c| !tier.channels.contains(&c.as_str())) {
-            let recipients = notified_recipients(tx, id, ch)?;
-            tx.prepare_cached(
-                "INSERT INTO outbox (alert_id, channel, kind, tier, state, created_at_ms, next_attempt_at_ms,
-                                     detail, mentions, recipients)
-                 VALUES (?1, ?2, 'reminder', ?3, 'pending', ?4, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
-            )?
-            .execute(params![id, ch, number, jobs_at_ms, after_secs, reminded.join("\n"), recipients])?;
-        }
+        let mut earlier = notified_channels(tx, id)?;
+        earlier.retain(|c| !tier.channels.contains(&c.as_str()));
+        remind(tx, id, &tiers[..index], &earlier, number, jobs_at_ms, &after_secs)?;
     }
     for ch in &tier.channels {
         tx.prepare_cached(
@@ -323,22 +312,97 @@ fn fire_tier(
         );
         event(tx, id, now_ms, "reminded", "collector", Via::Collector, &note)?;
     }
-    match tiers.get(index + 1) {
-        Some(_) => {
-            exec(
-                tx,
-                "INSERT INTO escalations (alert_id, next_tier, set_at_ms, due_at_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (alert_id) DO UPDATE SET next_tier = excluded.next_tier, set_at_ms = excluded.set_at_ms,
-                                                      due_at_ms = excluded.due_at_ms",
-                params![id, index as i64 + 1, jobs_at_ms, jobs_at_ms + tier.wait_ms],
-            )?;
-        }
-        None => {
-            exec(tx, "DELETE FROM escalations WHERE alert_id = ?1", params![id])?;
-        }
-    }
+    set_deadline(tx, tiers, test, id, index, jobs_at_ms)?;
     let agents: Vec<String> = tier.responders.iter().flat_map(|r| r.agents.iter().cloned()).collect();
     Ok(tier.channels.iter().any(|c| *c != "log") || any_online(tx, &agents, now_ms - plan.offline_after_ms)?)
+}
+
+/// The next round after round `index` (a tier, or a reminder past the last tier; see
+/// [`wait_after`]) is due after its wait; none left (a drill's): no deadline.
+fn set_deadline(
+    tx: &Transaction<'_>,
+    tiers: &[TierPlan],
+    test: bool,
+    id: &str,
+    index: usize,
+    jobs_at_ms: i64,
+) -> rusqlite::Result<()> {
+    let Some(wait) = wait_after(tiers, index, test) else {
+        exec(tx, "DELETE FROM escalations WHERE alert_id = ?1", params![id])?;
+        return Ok(());
+    };
+    exec(
+        tx,
+        "INSERT INTO escalations (alert_id, next_tier, set_at_ms, due_at_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (alert_id) DO UPDATE SET next_tier = excluded.next_tier, set_at_ms = excluded.set_at_ms,
+                                              due_at_ms = excluded.due_at_ms",
+        params![id, index as i64 + 1, jobs_at_ms, jobs_at_ms.saturating_add(wait)],
+    )?;
+    Ok(())
+}
+
+/// Queue a reminder of the alert to each of `channels` for round `number`, mentioning the
+/// responders of `tiers` (each channel's recipients those it was notified with). Never to the
+/// `forward` channel (a centre runs its own escalation), and not to a channel that still has a
+/// reminder of the alert waiting (a slow or failing channel gets one, not one a round, ahead
+/// of other alerts' pages).
+fn remind(
+    tx: &Transaction<'_>,
+    id: &str,
+    tiers: &[TierPlan],
+    channels: &[String],
+    number: i64,
+    jobs_at_ms: i64,
+    after_secs: &str,
+) -> Result<(), StoreError> {
+    let mut reminded: Vec<&str> = Vec::new();
+    for chat in tiers.iter().flat_map(|t| &t.responders).filter_map(|r| r.chat.as_deref()) {
+        if !reminded.contains(&chat) {
+            reminded.push(chat);
+        }
+    }
+    let reminded = reminded.join("\n");
+    for ch in channels.iter().filter(|c| *c != "forward") {
+        let recipients = notified_recipients(tx, id, ch)?;
+        tx.prepare_cached(
+            "INSERT INTO outbox (alert_id, channel, kind, tier, state, created_at_ms, next_attempt_at_ms,
+                                 detail, mentions, recipients)
+             SELECT ?1, ?2, 'reminder', ?3, 'pending', ?4, ?4, ?5, ?6, ?7
+             WHERE NOT EXISTS (SELECT 1 FROM outbox WHERE alert_id = ?1 AND channel = ?2 AND kind = 'reminder'
+                                                      AND state = 'pending')
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![id, ch, number, jobs_at_ms, after_secs, reminded, recipients])?;
+    }
+    Ok(())
+}
+
+/// Round `index`, past the last tier, of an alert nobody acknowledged: every channel that was
+/// notified posts "STILL UNANSWERED", mentioning every tier's responders, their popups are shown
+/// again, and the next round is set (see [`wait_after`]). The round's number is the jobs' tier,
+/// so that each round queues its own reminders (see [`remind`]).
+#[allow(clippy::too_many_arguments)]
+fn remind_again(
+    tx: &Transaction<'_>,
+    tiers: &[TierPlan],
+    test: bool,
+    id: &str,
+    received_at_ms: i64,
+    index: usize,
+    now_ms: i64,
+    jobs_at_ms: i64,
+) -> Result<(), StoreError> {
+    let after_secs = ((now_ms - received_at_ms).max(0) / 1000).to_string();
+    remind(tx, id, tiers, &notified_channels(tx, id)?, index as i64 + 1, jobs_at_ms, &after_secs)?;
+    exec(
+        tx,
+        "UPDATE responses SET seq = seq + 1, reminder_seq = reminder_seq + 1, changed_at_ms = ?2 WHERE alert_id = ?1",
+        params![id, now_ms],
+    )?;
+    let note = format!("every tier still unanswered after {after_secs} s");
+    event(tx, id, now_ms, "reminded", "collector", Via::Collector, &note)?;
+    set_deadline(tx, tiers, test, id, index, jobs_at_ms)?;
+    Ok(())
 }
 
 /// Fire tier `index`; if nobody can be reached through it, tell the sender plainly (the
@@ -381,9 +445,10 @@ fn sender_name(a: &NewAlert) -> String {
     }
 }
 
-/// What [`Db::escalate_due`] did: the alerts escalated with the tier fired (1-based), and when
+/// What [`Db::escalate_due`] did: the alerts escalated with the round fired (1-based: the tier,
+/// or past the last tier a reminder of every tier) and whether it was such a reminder, and when
 /// the next deadline is due (outbox clock).
-pub type Escalated = (Vec<(AlertId, u32)>, Option<i64>);
+pub type Escalated = (Vec<(AlertId, u32, bool)>, Option<i64>);
 
 impl Db {
     /// A write transaction that takes the write lock at once (waiting for it as long as the
@@ -453,7 +518,7 @@ impl Db {
             }
             escalate(&tx, plan, &id, test, received_at_ms, next_tier as usize, now_ms, clock_ms)?;
             if let Ok(alert_id) = id.parse() {
-                fired.push((alert_id, next_tier as u32 + 1));
+                fired.push((alert_id, next_tier as u32 + 1, next_tier as usize >= plan.policy(test).len()));
             }
         }
         tx.commit()?;
@@ -900,8 +965,8 @@ mod tests {
         let (fired, _) = db.escalate_due(&plan(), 60_000, 69_999, 100).unwrap();
         assert!(fired.is_empty(), "not before its deadline");
         let (fired, next) = db.escalate_due(&plan(), 61_000, 70_000, 100).unwrap();
-        assert_eq!(fired, vec![(AlertId::from_u128(ID), 2)]);
-        assert_eq!(next, None, "the last tier stays open");
+        assert_eq!(fired, vec![(AlertId::from_u128(ID), 2, false)]);
+        assert_eq!(next, Some(130_000), "after the last tier, its wait paces reminders of every tier");
         assert_eq!(
             jobs(&db),
             vec![
@@ -1002,10 +1067,29 @@ mod tests {
         p.emergency[0].channels.clear();
         db.insert_alerts_planned(&[alert(ID)], &p, 10_000).unwrap();
         assert_eq!(jobs(&db), vec![j("email", "alert", 2, "pending")]);
-        assert_eq!(db.next_escalation().unwrap(), None);
+        // Every tier fired: what is left is the reminder round, one last-tier wait later.
+        assert_eq!(db.next_escalation().unwrap(), Some(70_000));
         let n = db.pending_notices().unwrap();
         assert_eq!(n.len(), 1);
         assert_eq!(n[0].2.event, NoticeEvent::Unanswered);
+        // The round reminds and sets the next; it tells the sender nothing new.
+        let (fired, next) = db.escalate_due(&p, 80_000, 70_000, 100).unwrap();
+        assert_eq!(fired, vec![(AlertId::from_u128(ID), 3, true)]);
+        assert_eq!(next, Some(190_000));
+        let (_, _, events) = db.timeline(AlertId::from_u128(ID)).unwrap().unwrap();
+        assert_eq!(events.iter().filter(|e| e.kind == "unanswered").count(), 1, "{events:?}");
+        assert_eq!(db.pending_notices().unwrap().len(), 1);
+        // A drill is reminded once past its last tier, then waits without more rounds.
+        let (_d, mut db) = open();
+        let mut drill = p.clone();
+        drill.drill = drill.emergency.clone();
+        let mut test_alert = alert(ID);
+        test_alert.sos.test = true;
+        db.insert_alerts_planned(&[test_alert], &drill, 10_000).unwrap();
+        assert_eq!(
+            db.escalate_due(&drill, 80_000, 70_000, 100).unwrap(),
+            (vec![(AlertId::from_u128(ID), 3, true)], None)
+        );
 
         // Sam's desk online but not a responder desktop (no `responder = true`: it shows no
         // popups): nobody is reached.
@@ -1109,6 +1193,7 @@ mod tests {
         }
         assert_eq!(rounds, 4);
         assert_eq!(count(&db, "SELECT count(*) FROM outbox WHERE channel = 'email'"), 1000);
-        assert_eq!(count(&db, "SELECT count(*) FROM escalations"), 0);
+        // Each now waits for its reminder round, one wait after its last tier.
+        assert_eq!(count(&db, "SELECT count(*) FROM escalations WHERE next_tier = 2 AND due_at_ms = 120000"), 1000);
     }
 }
