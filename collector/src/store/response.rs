@@ -296,6 +296,17 @@ impl ResponsePlan {
     }
 }
 
+/// The chat mentions of `tiers`' responders, each once, one a line: whom a reminder names.
+pub fn mentions_of(tiers: &[TierPlan]) -> String {
+    let mut chats: Vec<&str> = Vec::new();
+    for chat in tiers.iter().flat_map(|t| &t.responders).filter_map(|r| r.chat.as_deref()) {
+        if !chats.contains(&chat) {
+            chats.push(chat);
+        }
+    }
+    chats.join("\n")
+}
+
 /// The longest wait between two reminders of an alert nobody acknowledged after its last tier
 /// (unless the last tier's own wait is longer).
 pub const REMIND_AGAIN_MAX_MS: i64 = 3_600_000;

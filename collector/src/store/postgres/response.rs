@@ -49,7 +49,9 @@ use tokio_postgres::Transaction;
 
 use super::{alert_from, pg_error, text, PgStore, ALERT_COLUMNS};
 use crate::store::console::{LinkAck, LinkUse};
-use crate::store::response::{wait_after, AlertState, Event, PopupTarget, ResponsePlan, TierPlan, Transition, Via};
+use crate::store::response::{
+    mentions_of, wait_after, AlertState, Event, PopupTarget, ResponsePlan, TierPlan, Transition, Via,
+};
 use crate::store::sqlite::response::{
     clean_note, Escalated, DETAIL_SEP, MAX_PENDING_NOTICES, MAX_POPUP_TARGETS, POPUP_RECENT_MS,
 };
@@ -427,13 +429,7 @@ async fn remind(
     after_secs: &str,
     effects: &mut Effects,
 ) -> Result<(), StoreError> {
-    let mut reminded: Vec<&str> = Vec::new();
-    for chat in tiers.iter().flat_map(|t| &t.responders).filter_map(|r| r.chat.as_deref()) {
-        if !reminded.contains(&chat) {
-            reminded.push(chat);
-        }
-    }
-    let reminded = reminded.join("\n");
+    let reminded = mentions_of(tiers);
     for ch in channels.iter().filter(|c| *c != "forward") {
         let recipients = notified_recipients(tx, id, ch).await?;
         let rows = tx

@@ -5,7 +5,9 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use sos_shared::protocol::{NoticeEvent, ResponderNotice};
 use sos_shared::AlertId;
 
-use crate::store::response::{wait_after, AlertState, Event, PopupTarget, ResponsePlan, TierPlan, Transition, Via};
+use crate::store::response::{
+    mentions_of, wait_after, AlertState, Event, PopupTarget, ResponsePlan, TierPlan, Transition, Via,
+};
 use crate::store::{enrolled_as, AlertRecord, Audience, Cancellation, Db, NewAlert, StoreError};
 
 /// The alert columns [`alert_record`] reads, from `alerts a`.
@@ -355,13 +357,7 @@ fn remind(
     jobs_at_ms: i64,
     after_secs: &str,
 ) -> Result<(), StoreError> {
-    let mut reminded: Vec<&str> = Vec::new();
-    for chat in tiers.iter().flat_map(|t| &t.responders).filter_map(|r| r.chat.as_deref()) {
-        if !reminded.contains(&chat) {
-            reminded.push(chat);
-        }
-    }
-    let reminded = reminded.join("\n");
+    let reminded = mentions_of(tiers);
     for ch in channels.iter().filter(|c| *c != "forward") {
         let recipients = notified_recipients(tx, id, ch)?;
         tx.prepare_cached(
