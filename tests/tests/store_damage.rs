@@ -197,10 +197,11 @@ fn a_corrupt_page_in_the_alerts_table_is_refused_at_start_and_recovered_with_eve
     assert!(listed.contains(recovered.iter().next().unwrap()), "{listed}");
 }
 
-/// Garbage over the alerts table's root page while the collector runs, before its writer has
-/// read that page: the next SOS finds the store damaged; it is not acknowledged, the writer
-/// stops rather than write on, and the process exits non-zero with the reason, for the service
-/// manager to restart it (and meet the check at start).
+/// Garbage over the alerts table's root page while the collector runs, then a write by another
+/// process (which makes the collector read pages afresh, not from its cache): the next SOS finds
+/// the store damaged; it is not acknowledged, the writer stops rather than write on, and the
+/// process exits non-zero with the reason, for the service manager to restart it (and meet the
+/// check at start).
 #[test]
 fn a_store_damaged_under_a_running_collector_ends_the_process_non_zero_with_the_reason() {
     let site = Site::new();
@@ -220,6 +221,21 @@ fn a_store_damaged_under_a_running_collector_ends_the_process_non_zero_with_the_
         f.seek(SeekFrom::Start((root - 1) * page_size)).unwrap();
         f.write_all(&vec![0xA5; page_size as usize]).unwrap();
         f.sync_all().unwrap();
+        drop(f);
+        // The collector may have read that page since it started (its reads after "ready" are
+        // not ours to order) and would then write from its cache, never reading the garbage. A
+        // write through the WAL by another connection, as any other process's write would, makes
+        // every connection drop its cached pages at its next transaction: the writer reads the
+        // page afresh, from the file.
+        let wal = db_path.with_extension("db-wal");
+        let wal_before = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let c = rusqlite::Connection::open(&db_path).unwrap();
+        c.busy_timeout(Duration::from_secs(20)).unwrap();
+        let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        c.execute_batch(&format!("PRAGMA user_version = {version}")).unwrap();
+        drop(c);
+        let wal_after = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        assert!(wal_after > wal_before, "the write went through the WAL ({wal_before} → {wal_after} bytes)");
     }
     let peer = Peer::new(site.addr, site.key());
     let mut sos = sos_shared::Message::Sos(Sos {
