@@ -67,7 +67,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         now_ms: i64,
     ) -> BoxFuture<'_, Result<Cancelled, StoreError>>;
 
-    /// Take up to `limit` jobs of `channel` due at `now_ms` (outbox clock), oldest first. On
+    /// Take up to `limit` jobs of `channel` due at `now_ms` (outbox clock): the pages of alerts
+    /// first, then the news about alerts (cancellations, reminders, who answered), each oldest
+    /// first, so that a new SOS never waits behind an unanswered storm's reminders. On
     /// PostgreSQL they are leased: no other collector gets them until the lease ends, so a
     /// worker claims only what it delivers within the lease (the next message, as the channel's
     /// `fits` allows), not a backlog it would work through for longer than the lease: what is
@@ -262,6 +264,40 @@ mod tests {
         let next = store.claim("slack", now, 10).await.unwrap();
         assert_eq!(next.jobs.len(), 1);
         assert_eq!(next.jobs[0].alert.cancellation.as_ref().map(|c| c.reason.as_str()), Some("oops"));
+    }
+
+    /// Pages before news: a new alert's page is handed to the channel before the older news of
+    /// other alerts (here cancellations; reminders are news too), however many are due.
+    async fn a_new_alerts_page_goes_before_older_news_of_other_alerts(store: &Store) {
+        for i in 1..=3 {
+            store.insert(alert(i)).await.unwrap();
+        }
+        assert_eq!(deliver(store, outbox_clock_ms()).await.len(), 6, "three alerts on two channels");
+        for i in 1..=3 {
+            assert_eq!(
+                store.cancel(AlertId::from_u128(i), String::new(), "00".into(), 2000).await.unwrap(),
+                Cancelled::New
+            );
+        }
+        store.insert(alert(4)).await.unwrap();
+        let at = outbox_clock_ms() + 1;
+        let first = store.claim("slack", at, 1).await.unwrap();
+        assert_eq!(first.jobs.len(), 1);
+        assert_eq!(first.jobs[0].alert.alert_id, AlertId::from_u128(4), "the page first: {:?}", first.jobs);
+        assert!(first.jobs[0].alert.cancellation.is_none());
+        assert!(store
+            .finish(first.lease, vec![(first.jobs[0].id, JobOutcome::Delivered)], at)
+            .await
+            .unwrap()
+            .is_empty());
+        // Then the news, oldest first; a claim takes pages and news together up to its limit.
+        store.insert(alert(5)).await.unwrap();
+        let at = outbox_clock_ms() + 1;
+        let rest = store.claim("slack", at, 3).await.unwrap();
+        let got: Vec<(u128, bool)> =
+            rest.jobs.iter().map(|j| (j.alert.alert_id.as_u128(), j.alert.cancellation.is_some())).collect();
+        assert_eq!(got, [(5, false), (1, true), (2, true)], "{:?}", rest.jobs);
+        assert_eq!(store.next_due("slack").await.unwrap().map(|t| t <= at), Some(true), "alert 3's cancellation");
     }
 
     async fn recent_alerts_show_each_channels_delivery(store: &Store) {
@@ -508,6 +544,7 @@ mod tests {
         alert_stored_once_by_id_with_one_job_per_channel,
         a_retry_comes_due_at_its_time,
         a_cancellation_is_recorded_once_and_waits_behind_its_alert,
+        a_new_alerts_page_goes_before_older_news_of_other_alerts,
         recent_alerts_show_each_channels_delivery,
         a_commit_wakes_the_workers_and_the_change_listeners,
         an_sos_with_a_nul_in_its_text_is_stored_not_refused_forever,

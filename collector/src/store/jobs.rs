@@ -6,15 +6,20 @@ use super::sqlite::response::{alert_record, ALERT_COLUMNS, DETAIL_SEP};
 use super::{AlertUpdate, Audience, Db, Job, JobOutcome, StoreError};
 
 impl Db {
-    /// Pending jobs of `channel` due at `now_ms`, oldest first.
+    /// Pending jobs of `channel` due at `now_ms`: the alerts' pages first, then the news about
+    /// alerts (cancellations, reminders, who answered), each oldest first. A new SOS is never
+    /// queued behind the reminders of an unanswered storm.
     ///
     /// # Errors
     /// If the query fails.
     pub fn due_jobs(&self, channel: &str, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+        // Pages (`?4` = 0), then news (1): each a range of the index `outbox_due`, read in
+        // order up to the limit, never all the due jobs sorted.
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT o.id, o.attempts, o.created_at_ms, o.kind, o.tier, o.mentions, o.recipients, o.detail, {ALERT_COLUMNS}
              FROM outbox o JOIN alerts a ON a.alert_id = o.alert_id
-             WHERE o.channel = ?1 AND o.state = 'pending' AND o.next_attempt_at_ms <= ?2
+             WHERE o.channel = ?1 AND o.state = 'pending' AND (o.kind <> 'alert') = ?4
+               AND o.next_attempt_at_ms <= ?2
                -- news about an alert (its cancellation, a reminder, who answered) never
                -- overtakes the alert on a channel
                AND NOT (o.kind <> 'alert' AND EXISTS (
@@ -22,29 +27,42 @@ impl Db {
                                           AND p.kind = 'alert' AND p.state = 'pending'))
              ORDER BY o.next_attempt_at_ms, o.id LIMIT ?3"
         ))?;
-        let rows = stmt.query_map(params![channel, now_ms, limit as i64], |r| {
-            let kind: String = r.get(3)?;
-            let list = |at: usize| -> rusqlite::Result<Vec<String>> {
-                Ok(r.get::<_, String>(at)?.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect())
-            };
-            let mut alert = alert_record(r, 8)?;
-            alert.audience = Audience { tier: r.get::<_, i64>(4)?.max(1) as u32, mentions: list(5)?, emails: list(6)? };
-            let detail: String = r.get(7)?;
-            let mut fields = detail.split(DETAIL_SEP).map(str::to_owned);
-            let mut field = || fields.next().unwrap_or_default();
-            alert.update = match kind.as_str() {
-                "reminder" => Some(AlertUpdate::Reminder { after_secs: field().parse().unwrap_or(0) }),
-                "acknowledged" => Some(AlertUpdate::Acknowledged { by: field(), note: field() }),
-                "resolved" => Some(AlertUpdate::Resolved { by: field(), note: field(), outcome: field() }),
-                _ => None,
-            };
-            // Only a cancellation job is about the cancellation.
-            if kind != "cancel" {
-                alert.cancellation = None;
+        let mut jobs = Vec::new();
+        for news in [false, true] {
+            let left = limit.saturating_sub(jobs.len());
+            if left == 0 {
+                break;
             }
-            Ok(Job { id: r.get(0)?, attempts: r.get(1)?, created_at_ms: r.get(2)?, alert })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            let rows = stmt.query_map(params![channel, now_ms, left as i64, news], Self::job_row)?;
+            for job in rows {
+                jobs.push(job?);
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// A job of [`Db::due_jobs`]'s query.
+    fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+        let kind: String = r.get(3)?;
+        let list = |at: usize| -> rusqlite::Result<Vec<String>> {
+            Ok(r.get::<_, String>(at)?.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect())
+        };
+        let mut alert = alert_record(r, 8)?;
+        alert.audience = Audience { tier: r.get::<_, i64>(4)?.max(1) as u32, mentions: list(5)?, emails: list(6)? };
+        let detail: String = r.get(7)?;
+        let mut fields = detail.split(DETAIL_SEP).map(str::to_owned);
+        let mut field = || fields.next().unwrap_or_default();
+        alert.update = match kind.as_str() {
+            "reminder" => Some(AlertUpdate::Reminder { after_secs: field().parse().unwrap_or(0) }),
+            "acknowledged" => Some(AlertUpdate::Acknowledged { by: field(), note: field() }),
+            "resolved" => Some(AlertUpdate::Resolved { by: field(), note: field(), outcome: field() }),
+            _ => None,
+        };
+        // Only a cancellation job is about the cancellation.
+        if kind != "cancel" {
+            alert.cancellation = None;
+        }
+        Ok(Job { id: r.get(0)?, attempts: r.get(1)?, created_at_ms: r.get(2)?, alert })
     }
 
     /// When the next pending job of `channel` that [`Db::due_jobs`] would return is due (a
@@ -57,11 +75,18 @@ impl Db {
         Ok(self
             .conn
             .query_row(
-                "SELECT MIN(o.next_attempt_at_ms) FROM outbox o
-                 WHERE o.channel = ?1 AND o.state = 'pending'
-                   AND NOT (o.kind <> 'alert' AND EXISTS (
-                       SELECT 1 FROM outbox p WHERE p.alert_id = o.alert_id AND p.channel = o.channel
-                                              AND p.kind = 'alert' AND p.state = 'pending'))",
+                // The first of the pages and the first of the news (see `due_jobs`); the
+                // aggregate MIN, which passes over a part that has none (NULL).
+                "SELECT MIN(due) FROM (
+                     SELECT (SELECT MIN(o.next_attempt_at_ms) FROM outbox o
+                             WHERE o.channel = ?1 AND o.state = 'pending' AND (o.kind <> 'alert') = 0) AS due
+                     UNION ALL
+                     SELECT (SELECT o.next_attempt_at_ms FROM outbox o
+                             WHERE o.channel = ?1 AND o.state = 'pending' AND (o.kind <> 'alert') = 1
+                               AND NOT EXISTS (
+                                   SELECT 1 FROM outbox p WHERE p.alert_id = o.alert_id AND p.channel = o.channel
+                                                          AND p.kind = 'alert' AND p.state = 'pending')
+                             ORDER BY o.next_attempt_at_ms LIMIT 1))",
                 params![channel],
                 |r| r.get(0),
             )

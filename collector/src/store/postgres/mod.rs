@@ -538,63 +538,77 @@ impl PgStore {
         self.run(move |c| {
             Box::pin(async move {
                 let lease: i64 = c.query_one("SELECT nextval('outbox_leases')", &[]).await.map_err(pg_error)?.get(0);
-                let rows = c
-                    .query(
-                        &format!(
-                            "UPDATE outbox AS o SET lease_id = $4,
-                                    lease_until = clock_timestamp() + $5::bigint * interval '1 millisecond'
-                             FROM alerts a
-                             WHERE a.alert_id = o.alert_id AND o.id IN (
-                                 SELECT o.id FROM outbox o
-                                 WHERE o.channel = $1 AND o.state = 'pending' AND o.next_attempt_at_ms <= $2
-                                   AND (o.lease_until IS NULL OR o.lease_until <= clock_timestamp())
-                                   AND {NOT_HELD}
-                                 ORDER BY o.next_attempt_at_ms, o.id LIMIT $3
-                                 FOR UPDATE OF o SKIP LOCKED)
-                             RETURNING o.id, o.attempts, o.created_at_ms, o.kind, o.next_attempt_at_ms, o.tier,
-                                       o.mentions, o.recipients, o.detail, {ALERT_COLUMNS}"
-                        ),
-                        &[&channel, &now_ms, &(limit as i64), &lease, &lease_ms],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                let mut jobs = rows
-                    .iter()
-                    .map(|r| {
-                        let kind: &str = r.get(3);
-                        let list = |at: usize| -> Vec<String> {
-                            r.get::<_, &str>(at).lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
-                        };
-                        let mut alert = alert_from(r, 9)?;
-                        alert.audience =
-                            Audience { tier: r.get::<_, i64>(5).max(1) as u32, mentions: list(6), emails: list(7) };
-                        let detail: &str = r.get(8);
-                        let mut fields = detail.split(DETAIL_SEP).map(str::to_owned);
-                        let mut field = || fields.next().unwrap_or_default();
-                        alert.update = match kind {
-                            "reminder" => Some(AlertUpdate::Reminder { after_secs: field().parse().unwrap_or(0) }),
-                            "acknowledged" => Some(AlertUpdate::Acknowledged { by: field(), note: field() }),
-                            "resolved" => Some(AlertUpdate::Resolved { by: field(), note: field(), outcome: field() }),
-                            _ => None,
-                        };
-                        // Only a cancellation job is about the cancellation.
-                        if kind != "cancel" {
-                            alert.cancellation = None;
-                        }
-                        let job = Job {
-                            id: r.get(0),
-                            attempts: r.get::<_, i32>(1).max(0) as u32,
-                            created_at_ms: r.get(2),
-                            alert,
-                        };
-                        Ok((r.get::<_, i64>(4), job))
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()?;
-                jobs.sort_by_key(|(due, job)| (*due, job.id));
-                Ok(Claim { lease: Lease(lease), jobs: jobs.into_iter().map(|(_, j)| j).collect() })
+                // Pages first, then news (`$6`), each a range of the index `outbox_due` (see the
+                // SQLite store's `due_jobs`), under the same lease, in one transaction: a claim
+                // that fails half-way leaves nothing leased (held for a lease's length).
+                let tx = c.transaction().await.map_err(pg_error)?;
+                let mut claimed = Vec::new();
+                for news in [false, true] {
+                    let left = limit.saturating_sub(claimed.len());
+                    if left == 0 {
+                        break;
+                    }
+                    let rows = tx
+                        .query(
+                            &format!(
+                                "UPDATE outbox AS o SET lease_id = $4,
+                                        lease_until = clock_timestamp() + $5::bigint * interval '1 millisecond'
+                                 FROM alerts a
+                                 WHERE a.alert_id = o.alert_id AND o.id IN (
+                                     SELECT o.id FROM outbox o
+                                     WHERE o.channel = $1 AND o.state = 'pending' AND (o.kind <> 'alert') = $6
+                                       AND o.next_attempt_at_ms <= $2
+                                       AND (o.lease_until IS NULL OR o.lease_until <= clock_timestamp())
+                                       AND {NOT_HELD}
+                                     ORDER BY o.next_attempt_at_ms, o.id LIMIT $3
+                                     FOR UPDATE OF o SKIP LOCKED)
+                                 RETURNING o.id, o.attempts, o.created_at_ms, o.kind, o.next_attempt_at_ms, o.tier,
+                                           o.mentions, o.recipients, o.detail, {ALERT_COLUMNS}"
+                            ),
+                            &[&channel, &now_ms, &(left as i64), &lease, &lease_ms, &news],
+                        )
+                        .await
+                        .map_err(pg_error)?;
+                    let mut part = Self::claimed_jobs(&rows)?;
+                    part.sort_by_key(|(due, job)| (*due, job.id));
+                    claimed.extend(part.into_iter().map(|(_, j)| j));
+                }
+                tx.commit().await.map_err(pg_error)?;
+                Ok(Claim { lease: Lease(lease), jobs: claimed })
             })
         })
         .await
+    }
+
+    /// The jobs of [`PgStore::claim`]'s rows, each with when it was due.
+    fn claimed_jobs(rows: &[Row]) -> Result<Vec<(i64, Job)>, StoreError> {
+        rows.iter()
+            .map(|r| {
+                let kind: &str = r.get(3);
+                let list = |at: usize| -> Vec<String> {
+                    r.get::<_, &str>(at).lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
+                };
+                let mut alert = alert_from(r, 9)?;
+                alert.audience =
+                    Audience { tier: r.get::<_, i64>(5).max(1) as u32, mentions: list(6), emails: list(7) };
+                let detail: &str = r.get(8);
+                let mut fields = detail.split(DETAIL_SEP).map(str::to_owned);
+                let mut field = || fields.next().unwrap_or_default();
+                alert.update = match kind {
+                    "reminder" => Some(AlertUpdate::Reminder { after_secs: field().parse().unwrap_or(0) }),
+                    "acknowledged" => Some(AlertUpdate::Acknowledged { by: field(), note: field() }),
+                    "resolved" => Some(AlertUpdate::Resolved { by: field(), note: field(), outcome: field() }),
+                    _ => None,
+                };
+                // Only a cancellation job is about the cancellation.
+                if kind != "cancel" {
+                    alert.cancellation = None;
+                }
+                let job =
+                    Job { id: r.get(0), attempts: r.get::<_, i32>(1).max(0) as u32, created_at_ms: r.get(2), alert };
+                Ok((r.get::<_, i64>(4), job))
+            })
+            .collect()
     }
 
     /// See [`Backend::finish`]: only the jobs still held under `lease` are recorded (a job an
