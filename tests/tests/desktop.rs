@@ -551,7 +551,7 @@ fn with_a_spool_that_cannot_be_created_the_tray_agent_still_delivers_a_hotkey_pr
 }
 
 #[test]
-fn an_alert_left_by_a_failed_send_is_delivered_by_the_running_agent_within_5_s() {
+fn an_alert_left_by_a_failed_send_is_delivered_by_the_running_agent() {
     if !desktop::available() {
         return;
     }
@@ -574,7 +574,8 @@ fn an_alert_left_by_a_failed_send_is_delivered_by_the_running_agent_within_5_s()
     let id = alert_id_of(&out);
 
     let _collector = site.start_collector(&slack);
-    let post = slack.wait_for_text(Duration::from_secs(5), &id);
+    // A bound on failure only (the agent's next retry is due within seconds): no time is promised.
+    let post = slack.wait_for_text(WAIT, &id);
     assert!(post.text().contains("from a script"));
     desk.wait_toasts("SOS delivered", 1, WAIT);
     assert!(eventually(WAIT, || spooled(&site.spool()).is_empty()));
@@ -600,7 +601,7 @@ fn an_alert_left_in_the_spool_by_a_killed_send_is_picked_up_by_the_running_agent
         "attempt": 0, "user": "u", "host": "h", "ip": "", "location": "Front desk", "message": "left behind", "agent": "sos-agent"
     }});
     std::fs::write(site.spool().join("0123456789abcdef0123456789abcdef.json"), entry.to_string()).unwrap();
-    slack.wait_for_text(Duration::from_secs(10), "0123456789abcdef0123456789abcdef");
+    slack.wait_for_text(WAIT, "0123456789abcdef0123456789abcdef");
     // Its toast says when it was pressed, not only when it arrived.
     desk.wait_toasts("(pressed at", 1, WAIT);
 }
