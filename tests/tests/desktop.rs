@@ -600,7 +600,11 @@ fn an_alert_left_in_the_spool_by_a_killed_send_is_picked_up_by_the_running_agent
         "alert_id": "0123456789abcdef0123456789abcdef", "test": false, "triggered_at": pressed,
         "attempt": 0, "user": "u", "host": "h", "ip": "", "location": "Front desk", "message": "left behind", "agent": "sos-agent"
     }});
-    std::fs::write(site.spool().join("0123456789abcdef0123456789abcdef.json"), entry.to_string()).unwrap();
+    // Written whole under another name, then renamed, as `send` does: the running agent's
+    // rescan must never read it half-written (it would set it aside as damaged).
+    let partial = site.spool().join("0123456789abcdef0123456789abcdef.partial");
+    std::fs::write(&partial, entry.to_string()).unwrap();
+    std::fs::rename(&partial, site.spool().join("0123456789abcdef0123456789abcdef.json")).unwrap();
     slack.wait_for_text(WAIT, "0123456789abcdef0123456789abcdef");
     // Its toast says when it was pressed, not only when it arrived.
     desk.wait_toasts("(pressed at", 1, WAIT);
