@@ -67,9 +67,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         now_ms: i64,
     ) -> BoxFuture<'_, Result<Cancelled, StoreError>>;
 
-    /// Take up to `limit` jobs of `channel` due at `now_ms` (outbox clock): the pages of alerts
-    /// first, then the news about alerts (cancellations, reminders, who answered), each oldest
-    /// first, so that a new SOS never waits behind an unanswered storm's reminders. On
+    /// Take up to `limit` jobs of `channel` due at `now_ms` (outbox clock): reminders last (the
+    /// pages of alerts, cancellations and who answered first, then reminders, each oldest
+    /// first), so that a new SOS never waits behind an unanswered storm's reminders. On
     /// PostgreSQL they are leased: no other collector gets them until the lease ends, so a
     /// worker claims only what it delivers within the lease (the next message, as the channel's
     /// `fits` allows), not a backlog it would work through for longer than the lease: what is
@@ -266,38 +266,56 @@ mod tests {
         assert_eq!(next.jobs[0].alert.cancellation.as_ref().map(|c| c.reason.as_str()), Some("oops"));
     }
 
-    /// Pages before news: a new alert's page is handed to the channel before the older news of
-    /// other alerts (here cancellations; reminders are news too), however many are due.
-    async fn a_new_alerts_page_goes_before_older_news_of_other_alerts(store: &Store) {
+    /// Reminders last: a new alert's page, and a cancellation, are handed to the channel before
+    /// the reminders of other alerts that were due earlier.
+    async fn reminders_wait_behind_a_new_alerts_page_and_a_cancellation(store: &Store) {
+        let early = outbox_clock_ms() - 1;
         for i in 1..=3 {
             store.insert(alert(i)).await.unwrap();
         }
-        assert_eq!(deliver(store, outbox_clock_ms()).await.len(), 6, "three alerts on two channels");
-        for i in 1..=3 {
-            assert_eq!(
-                store.cancel(AlertId::from_u128(i), String::new(), "00".into(), 2000).await.unwrap(),
-                Cancelled::New
-            );
-        }
+        store.insert(alert(5)).await.unwrap();
+        assert_eq!(deliver(store, outbox_clock_ms()).await.len(), 8, "four alerts on two channels");
+        assert_eq!(
+            store.cancel(AlertId::from_u128(5), String::new(), "00".into(), 2000).await.unwrap(),
+            Cancelled::New
+        );
+        let cancelled = outbox_clock_ms();
+        // Tier 2 fires for the three still open: each reminds the log (tier 1's other channel).
+        let now = crate::store::now_ms();
+        let due = outbox_clock_ms() + 2 * TIER_WAIT;
+        let (_, (fired, _)) = store.escalation_tick(store.plan(), now, due, 10).await.unwrap();
+        assert_eq!(fired.len(), 3, "{fired:?}");
+        // The reminders were due before anything else (retried, due back at `early`).
+        let claim = store.claim("log", due, 100).await.unwrap();
+        let retry = |at: i64| JobOutcome::Retry { next_attempt_at_ms: at, error: "HTTP 500".into() };
+        let outcomes: Vec<(i64, JobOutcome)> = claim
+            .jobs
+            .iter()
+            .map(|j| {
+                let reminder = matches!(j.alert.update, Some(AlertUpdate::Reminder { .. }));
+                (j.id, retry(if reminder { early } else { cancelled }))
+            })
+            .collect();
+        assert_eq!(outcomes.len(), 4, "three reminders and a cancellation: {:?}", claim.jobs);
+        assert!(store.finish(claim.lease, outcomes, due).await.unwrap().is_empty());
         store.insert(alert(4)).await.unwrap();
         let at = outbox_clock_ms() + 1;
-        let first = store.claim("slack", at, 1).await.unwrap();
-        assert_eq!(first.jobs.len(), 1);
-        assert_eq!(first.jobs[0].alert.alert_id, AlertId::from_u128(4), "the page first: {:?}", first.jobs);
-        assert!(first.jobs[0].alert.cancellation.is_none());
-        assert!(store
-            .finish(first.lease, vec![(first.jobs[0].id, JobOutcome::Delivered)], at)
-            .await
-            .unwrap()
-            .is_empty());
-        // Then the news, oldest first; a claim takes pages and news together up to its limit.
-        store.insert(alert(5)).await.unwrap();
-        let at = outbox_clock_ms() + 1;
-        let rest = store.claim("slack", at, 3).await.unwrap();
-        let got: Vec<(u128, bool)> =
-            rest.jobs.iter().map(|j| (j.alert.alert_id.as_u128(), j.alert.cancellation.is_some())).collect();
-        assert_eq!(got, [(5, false), (1, true), (2, true)], "{:?}", rest.jobs);
-        assert_eq!(store.next_due("slack").await.unwrap().map(|t| t <= at), Some(true), "alert 3's cancellation");
+        let kind = |j: &Job| match (&j.alert.update, &j.alert.cancellation) {
+            (Some(AlertUpdate::Reminder { .. }), _) => "reminder",
+            (_, Some(_)) => "cancel",
+            _ => "page",
+        };
+        let first = store.claim("log", at, 2).await.unwrap();
+        let got: Vec<(u128, &str)> = first.jobs.iter().map(|j| (j.alert.alert_id.as_u128(), kind(j))).collect();
+        assert_eq!(got, [(5, "cancel"), (4, "page")], "{:?}", first.jobs);
+        let done = first.jobs.iter().map(|j| (j.id, JobOutcome::Delivered)).collect();
+        assert!(store.finish(first.lease, done, at).await.unwrap().is_empty());
+        let rest = store.claim("log", at, 10).await.unwrap();
+        let got: Vec<(u128, &str)> = rest.jobs.iter().map(|j| (j.alert.alert_id.as_u128(), kind(j))).collect();
+        assert_eq!(got, [(1, "reminder"), (2, "reminder"), (3, "reminder")], "oldest first: {:?}", rest.jobs);
+        let done = rest.jobs.iter().map(|j| (j.id, JobOutcome::Delivered)).collect();
+        assert!(store.finish(rest.lease, done, at).await.unwrap().is_empty());
+        assert_eq!(store.next_due("log").await.unwrap(), None, "nothing left");
     }
 
     async fn recent_alerts_show_each_channels_delivery(store: &Store) {
@@ -544,7 +562,7 @@ mod tests {
         alert_stored_once_by_id_with_one_job_per_channel,
         a_retry_comes_due_at_its_time,
         a_cancellation_is_recorded_once_and_waits_behind_its_alert,
-        a_new_alerts_page_goes_before_older_news_of_other_alerts,
+        reminders_wait_behind_a_new_alerts_page_and_a_cancellation,
         recent_alerts_show_each_channels_delivery,
         a_commit_wakes_the_workers_and_the_change_listeners,
         an_sos_with_a_nul_in_its_text_is_stored_not_refused_forever,

@@ -273,14 +273,15 @@ DROP INDEX IF EXISTS sender_notices_pending;
 CREATE INDEX IF NOT EXISTS sender_notices_pending ON sender_notices (confirmed_at_ms, at_ms);
 ";
 
-/// Pages before news (2026-12-03): the outbox hands a channel the due pages of alerts first,
-/// then the news about alerts (cancellations, reminders, who answered), so that a new SOS is
-/// not queued behind the reminders of an unanswered storm. With the kind's class in the index,
-/// each part is a range read in order up to its limit; without it, the claim would have to
-/// sort every due job. Same number of index writes per job.
-const V_PAGES_FIRST: &str = "
+/// Reminders last (2026-12-03): the outbox hands a channel its due reminders after everything
+/// else (the pages of alerts, cancellations, who answered), so that a new SOS is not queued
+/// behind the reminders of an unanswered storm. Only reminders: they are what piles up (one per
+/// alert and round), the rest is one per alert and person. With the class in the index, each
+/// part is a range read in order up to its limit; without it, the claim would have to sort
+/// every due job. Same number of index writes per job.
+const V_REMINDERS_LAST: &str = "
 DROP INDEX IF EXISTS outbox_due;
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (channel, state, kind <> 'alert', next_attempt_at_ms);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (channel, state, kind = 'reminder', next_attempt_at_ms);
 ";
 
 /// Every migration, in order: the store's version is how many have run.
@@ -294,7 +295,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(V_ACK_LINKS),
     M::up(V_LEAN),
     M::up(V_NOTICES_BY_TIME),
-    M::up(V_PAGES_FIRST),
+    M::up(V_REMINDERS_LAST),
 ];
 
 /// The schema version this collector writes.

@@ -49,10 +49,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::backend::{Backend, BoxFuture, Claim, Lease, RecentAlerts};
-use super::sqlite::response::DETAIL_SEP;
 use super::{
-    outbox_clock_ms, AlertRecord, AlertUpdate, Audience, Cancellation, Cancelled, EnrolledAs, Job, JobOutcome,
-    NewAlert, ResponsePlan, StoreError, Stored,
+    outbox_clock_ms, AlertRecord, Audience, Cancellation, Cancelled, EnrolledAs, Job, JobOutcome, NewAlert,
+    ResponsePlan, StoreError, Stored,
 };
 
 #[cfg(all(test, unix))]
@@ -538,12 +537,15 @@ impl PgStore {
         self.run(move |c| {
             Box::pin(async move {
                 let lease: i64 = c.query_one("SELECT nextval('outbox_leases')", &[]).await.map_err(pg_error)?.get(0);
-                // Pages first, then news (`$6`), each a range of the index `outbox_due` (see the
-                // SQLite store's `due_jobs`), under the same lease, in one transaction: a claim
-                // that fails half-way leaves nothing leased (held for a lease's length).
+                // Reminders (`$6`) after the rest, each part a range of the index `outbox_due`
+                // (see the SQLite store's `due_jobs`), under the same lease, in one transaction:
+                // a claim that fails half-way leaves nothing leased (held for a lease's length).
+                // `(SELECT $6)`, a value of the run, not of the plan: given `= false`, the planner
+                // rewrites the comparison to `kind <> 'reminder'`, which the index does not match,
+                // and sorts every pending job of the channel.
                 let tx = c.transaction().await.map_err(pg_error)?;
                 let mut claimed = Vec::new();
-                for news in [false, true] {
+                for reminders in [false, true] {
                     let left = limit.saturating_sub(claimed.len());
                     if left == 0 {
                         break;
@@ -556,7 +558,7 @@ impl PgStore {
                                  FROM alerts a
                                  WHERE a.alert_id = o.alert_id AND o.id IN (
                                      SELECT o.id FROM outbox o
-                                     WHERE o.channel = $1 AND o.state = 'pending' AND (o.kind <> 'alert') = $6
+                                     WHERE o.channel = $1 AND o.state = 'pending' AND (o.kind = 'reminder') = (SELECT $6::boolean)
                                        AND o.next_attempt_at_ms <= $2
                                        AND (o.lease_until IS NULL OR o.lease_until <= clock_timestamp())
                                        AND {NOT_HELD}
@@ -565,7 +567,7 @@ impl PgStore {
                                  RETURNING o.id, o.attempts, o.created_at_ms, o.kind, o.next_attempt_at_ms, o.tier,
                                            o.mentions, o.recipients, o.detail, {ALERT_COLUMNS}"
                             ),
-                            &[&channel, &now_ms, &(left as i64), &lease, &lease_ms, &news],
+                            &[&channel, &now_ms, &(left as i64), &lease, &lease_ms, &reminders],
                         )
                         .await
                         .map_err(pg_error)?;
@@ -591,19 +593,7 @@ impl PgStore {
                 let mut alert = alert_from(r, 9)?;
                 alert.audience =
                     Audience { tier: r.get::<_, i64>(5).max(1) as u32, mentions: list(6), emails: list(7) };
-                let detail: &str = r.get(8);
-                let mut fields = detail.split(DETAIL_SEP).map(str::to_owned);
-                let mut field = || fields.next().unwrap_or_default();
-                alert.update = match kind {
-                    "reminder" => Some(AlertUpdate::Reminder { after_secs: field().parse().unwrap_or(0) }),
-                    "acknowledged" => Some(AlertUpdate::Acknowledged { by: field(), note: field() }),
-                    "resolved" => Some(AlertUpdate::Resolved { by: field(), note: field(), outcome: field() }),
-                    _ => None,
-                };
-                // Only a cancellation job is about the cancellation.
-                if kind != "cancel" {
-                    alert.cancellation = None;
-                }
+                crate::store::jobs::job_kind(kind, r.get(8), &mut alert);
                 let job =
                     Job { id: r.get(0), attempts: r.get::<_, i32>(1).max(0) as u32, created_at_ms: r.get(2), alert };
                 Ok((r.get::<_, i64>(4), job))

@@ -190,10 +190,11 @@ const MIGRATIONS: &[&str] = &[
     // instead of sorting every pending notice (see the SQLite store's `V_NOTICES_BY_TIME`).
     "DROP INDEX IF EXISTS sender_notices_pending;
      CREATE INDEX sender_notices_pending ON sender_notices (confirmed_at_ms, at_ms, alert_id);",
-    // Version 5: pages before news, each a range of the index read in order (see the SQLite
-    // store's `V_PAGES_FIRST`).
+    // Version 5: reminders last, each part a range of the index read in order (see the SQLite
+    // store's `V_REMINDERS_LAST`). Built in the migration's transaction: the outbox is locked
+    // while it is (seconds for hundreds of thousands of rows; SOS wait or are retried).
     "DROP INDEX IF EXISTS outbox_due;
-     CREATE INDEX outbox_due ON outbox (channel, state, (kind <> 'alert'), next_attempt_at_ms);",
+     CREATE INDEX outbox_due ON outbox (channel, state, (kind = 'reminder'), next_attempt_at_ms);",
 ];
 
 /// The schema version this collector writes.
