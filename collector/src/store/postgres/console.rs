@@ -137,7 +137,7 @@ impl PgStore {
                 let sql = format!("SELECT {STATE_SQL}, {BY_SQL}, {ALERT_COLUMNS} FROM alerts a WHERE a.alert_id = $1");
                 let Some(row) = c.query_opt(&sql, &[&id]).await.map_err(pg_error)? else { return Ok(None) };
                 let alert = console_alert_from(&row)?;
-                Ok(Some((alert, deliveries(&*c, &id).await?)))
+                Ok(Some((alert, deliveries(&**c, &id).await?)))
             })
         })
         .await

@@ -45,6 +45,8 @@ use futures_util::StreamExt as _;
 use sos_shared::AlertId;
 use tokio::sync::{Mutex, Notify};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
+
+use conn::Conn;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -56,6 +58,7 @@ use super::{
 
 #[cfg(all(test, unix))]
 pub(crate) mod cluster;
+mod conn;
 mod console;
 mod keys;
 mod presence;
@@ -122,13 +125,17 @@ const DUE_AT: &str = "GREATEST(o.next_attempt_at_ms,
 /// - of each part of [`PgStore::claim`] (reminders and the rest), the first job free to claim,
 ///   in the order of `outbox_due` (a range read that stops at the first: it passes over only
 ///   jobs leased or held back), due at its deadline;
-/// - the jobs under a live lease (`outbox_leased`, a partial index of the few leased rows);
-/// - the news about an alert whose notification is in flight (leased, stopped by an
-///   acknowledgement), by the outbox's unique index.
+/// - every job with a lease (`outbox_leased`, a partial index of the rows claimed and not
+///   finished), live or over: due when it ends;
+/// - the news about an alert whose notification has a lease (in flight, stopped by an
+///   acknowledgement), by the outbox's unique index: due when that lease ends.
 ///
-/// A job in none of them is held back, or due after the first of its part. Before, one
-/// aggregate over every pending job of the channel: 0.6–1 s with 200,000 pending, on the one
-/// connection, each time a claim came back empty.
+/// A job in none of them is held back, or due after the first of its part. The leased sets
+/// take every lease, not only the live ones: a lease that ends while the query runs (the walk
+/// past held-back jobs can take 100 ms and more) would otherwise be live for the first part
+/// and over for these, and its job counted nowhere (found by review: the worker then slept
+/// until the next other deadline, or an hour). Before, one aggregate over every pending job of
+/// the channel.
 fn next_due_sql() -> String {
     let first_free = |part: &str| {
         format!(
@@ -146,12 +153,12 @@ fn next_due_sql() -> String {
              SELECT {free_reminders}
              UNION ALL
              SELECT {DUE_AT} FROM outbox o
-             WHERE o.channel = $1 AND o.lease_until > clock_timestamp() AND o.state = 'pending'
+             WHERE o.channel = $1 AND o.lease_until IS NOT NULL AND o.state = 'pending'
                AND {NOT_HELD_BY_PENDING}
              UNION ALL
              SELECT {DUE_AT} FROM outbox l
              JOIN outbox o ON o.alert_id = l.alert_id AND o.channel = l.channel AND o.kind <> 'alert'
-             WHERE l.channel = $1 AND l.lease_until > clock_timestamp() AND l.kind = 'alert' AND l.state = 'stopped'
+             WHERE l.channel = $1 AND l.lease_until IS NOT NULL AND l.kind = 'alert' AND l.state = 'stopped'
                AND o.state = 'pending' AND {NOT_HELD_BY_PENDING}
          ) d",
         free_rest = first_free("$3"),
@@ -198,7 +205,7 @@ pub struct PgStore {
 struct Inner {
     /// The one connection and its generation, `None` while it is being made again. One
     /// operation at a time.
-    client: Arc<Mutex<Option<(u64, Client)>>>,
+    client: Arc<Mutex<Option<(u64, Conn)>>>,
     /// Set while the database cannot be reached or its last operation failed.
     failing: Arc<AtomicBool>,
     /// Set when PostgreSQL refused a write (a read-only standby, a full disk, no privilege):
@@ -274,12 +281,17 @@ async fn connect(
         }
         None
     });
-    // No JIT compilation (on by default in Debian's PostgreSQL): every query here is short, and
-    // a query the planner guesses to be costly (an ordered index read with a filter, such as the
+    // No JIT compilation (on by default since PostgreSQL 12): every query here is short, and a
+    // query the planner guesses to be costly (an ordered index read with a filter, such as the
     // outbox's, is guessed at millions) was compiled first, 0.1–1.4 s on this machine, each time.
+    // Every execution of a prepared statement planned with its values (`conn.rs`). Each only
+    // where the server has it (JIT since 11, the plan cache mode since 12).
     client
         .batch_execute(&format!(
-            "SET idle_in_transaction_session_timeout = {}; SET lock_timeout = {}; SET jit = off;
+            "SET idle_in_transaction_session_timeout = {}; SET lock_timeout = {};
+             SELECT set_config(s.name, s.setting, false)
+             FROM (VALUES ('jit', 'off'), ('plan_cache_mode', 'force_custom_plan')) AS s (name, setting)
+             WHERE EXISTS (SELECT 1 FROM pg_settings p WHERE p.name = s.name);
              LISTEN sos_jobs; LISTEN sos_changes",
             IDLE_IN_TRANSACTION.as_millis(),
             LOCK_WAIT.as_millis()
@@ -365,7 +377,7 @@ impl PgStore {
         schema::migrate(&mut client).await?;
         let (reconnect, hung) = tokio::sync::mpsc::unbounded_channel();
         let inner = Inner {
-            client: Arc::new(Mutex::new(Some((0, client)))),
+            client: Arc::new(Mutex::new(Some((0, Conn::new(client))))),
             failing: Arc::default(),
             write_refused: AtomicBool::new(false),
             wakers: routes.wakers.clone(),
@@ -393,7 +405,7 @@ impl PgStore {
     /// makes the store failing (and asks for a new connection); a success clears it.
     pub(crate) async fn run<T>(
         &self,
-        op: impl for<'c> FnOnce(&'c mut Client) -> BoxFuture<'c, Result<T, StoreError>>,
+        op: impl for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let inner = &self.inner;
         let generation = std::sync::atomic::AtomicU64::new(u64::MAX);
@@ -719,8 +731,8 @@ impl PgStore {
 
     /// See [`Backend::next_due`]. A job leased by someone is due when its lease ends, and so is
     /// news held back behind its alert's notification in flight (on this collector's outbox
-    /// clock: the lease's remaining time added to now). Read as [`NEXT_DUE`] says: ordered index
-    /// reads, never every pending job of the channel (it runs on the connection every SOS needs).
+    /// clock: the lease's remaining time added to now). Read as [`next_due_sql`] says: index reads,
+    /// never every pending job of the channel (it runs on the connection every SOS needs).
     ///
     /// # Errors
     /// If the query failed.
@@ -855,7 +867,7 @@ async fn supervise(
     config: tokio_postgres::Config,
     routes: Routes,
     mut driver: tokio::task::JoinHandle<Option<tokio_postgres::Error>>,
-    client: Arc<Mutex<Option<(u64, Client)>>>,
+    client: Arc<Mutex<Option<(u64, Conn)>>>,
     failing: Arc<AtomicBool>,
     mut hung: tokio::sync::mpsc::UnboundedReceiver<u64>,
     stop: CancellationToken,
@@ -897,7 +909,7 @@ async fn supervise(
             match connect(&config, &routes).await {
                 Ok((c, d)) => {
                     generation += 1;
-                    *client.lock().await = Some((generation, c));
+                    *client.lock().await = Some((generation, Conn::new(c)));
                     driver = d;
                     failing.store(false, Ordering::SeqCst);
                     info!("PostgreSQL store answering again: SOS are acknowledged again");
@@ -1010,12 +1022,19 @@ mod tests {
             .await
             .unwrap();
         let text = plan.join("\n");
-        let jit: String = store
-            .run(|c| Box::pin(async move { Ok(c.query_one("SHOW jit", &[]).await.unwrap().get(0)) }))
+        let settings: (String, String) = store
+            .run(|c| {
+                Box::pin(async move {
+                    let jit = c.query_one("SHOW jit", &[]).await.unwrap().get(0);
+                    let plans = c.query_one("SHOW plan_cache_mode", &[]).await.unwrap().get(0);
+                    Ok((jit, plans))
+                })
+            })
             .await
             .unwrap();
-        assert_eq!(jit, "off", "no query of the collector is worth compiling");
-        assert!(text.contains("outbox_due") && text.contains("outbox_leased"), "{text}");
+        assert_eq!(settings, ("off".into(), "force_custom_plan".into()), "no query compiled; every run planned");
+        assert!(text.matches("using outbox_leased").count() >= 2, "both leased sets by the index: {text}");
+        assert!(text.matches("using outbox_due").count() >= 2, "both first-free reads by the index: {text}");
         assert!(!text.contains("Seq Scan") && !text.contains("Sort"), "{text}");
     }
 
@@ -1083,5 +1102,95 @@ mod tests {
             compared += 1;
         }
         assert!(some > 150, "{some} of {compared} rounds had a job due");
+    }
+
+    /// A job whose lease (or whose page's lease) ends while `next_due` runs is counted: the
+    /// first part's walk past 100,000 held-back reminders takes long enough for a 60 ms lease
+    /// to end meanwhile. Reading only the live leases, the job was in no set (the walk saw its
+    /// lease live, the leased reads saw it over) and `next_due` said ten minutes (found by
+    /// review, helper-40).
+    #[tokio::test]
+    async fn a_lease_that_ends_while_next_due_reads_is_counted() {
+        let Some(cluster) = Cluster::start() else { return };
+        let store = PgStore::open(&cluster.url(), &["slack"]).await.unwrap();
+        let exec =
+            |sql: String| store.run(move |c| Box::pin(async move { c.batch_execute(&sql).await.map_err(pg_error) }));
+        exec(
+            "INSERT INTO alerts (alert_id, received_at_ms, triggered_at, test, \"user\", host, ip, location, message,
+                                  agent, source, key_id)
+              SELECT 'a' || g, 0, 0, false, '', '', '', '', '', '', '', '' FROM generate_series(0, 100000) g"
+                .into(),
+        )
+        .await
+        .unwrap();
+        for (case, leased) in [
+            (
+                "a reminder claimed by a collector that died",
+                "('a0', 'slack', 'alert', 1, 'delivered', 0, 0, NULL, NULL),
+                 ('a0', 'slack', 'reminder', 2, 'pending', 0, 0, 7, clock_timestamp() + interval '60 ms')",
+            ),
+            (
+                "news behind its page in flight",
+                "('a0', 'slack', 'alert', 1, 'stopped', 0, 0, 7, clock_timestamp() + interval '60 ms'),
+                 ('a0', 'slack', 'acknowledged', 1, 'pending', 0, 0, NULL, NULL)",
+            ),
+        ] {
+            let now = outbox_clock_ms();
+            // 100,000 pages waiting for a retry in 10 minutes, each with a reminder held behind it.
+            exec(format!(
+                "DELETE FROM outbox;
+                 INSERT INTO outbox (alert_id, channel, kind, tier, state, created_at_ms, next_attempt_at_ms)
+                 SELECT 'a' || g, 'slack', 'alert', 1, 'pending', 0, {now} + 600000 FROM generate_series(1, 100000) g;
+                 INSERT INTO outbox (alert_id, channel, kind, tier, state, created_at_ms, next_attempt_at_ms)
+                 SELECT 'a' || g, 'slack', 'reminder', 2, 'pending', 0, 1000 + g FROM generate_series(1, 100000) g;
+                 ANALYZE outbox;"
+            ))
+            .await
+            .unwrap();
+            let now = outbox_clock_ms();
+            exec(format!(
+                "INSERT INTO outbox (alert_id, channel, kind, tier, state, created_at_ms, next_attempt_at_ms,
+                                     lease_id, lease_until) VALUES {leased}"
+            ))
+            .await
+            .unwrap();
+            let due = store.next_due("slack").await.unwrap().expect("a job is pending");
+            assert!(due - now < 10_000, "{case}: due in {} ms, at its lease's end (60 ms) at the latest", due - now);
+        }
+    }
+
+    /// A statement is prepared once per connection and run from then on in one round trip; one
+    /// that fails (here: its table changed under it, as another collector's migration could)
+    /// is prepared again on its next run.
+    #[tokio::test]
+    async fn statements_are_prepared_once_and_again_after_they_fail() {
+        let Some(cluster) = Cluster::start() else { return };
+        let store = PgStore::open(&cluster.url(), &["slack"]).await.unwrap();
+        let (prepared, failed, again) = store
+            .run(|c| {
+                Box::pin(async move {
+                    c.batch_execute("CREATE TABLE t (x INT); INSERT INTO t VALUES (1)").await.map_err(pg_error)?;
+                    for _ in 0..3 {
+                        assert_eq!(c.query("SELECT * FROM t", &[]).await.map_err(pg_error)?.len(), 1);
+                    }
+                    let prepared: i64 = c
+                        .query_one(
+                            "SELECT COUNT(*) FROM pg_prepared_statements WHERE statement = 'SELECT * FROM t'",
+                            &[],
+                        )
+                        .await
+                        .map_err(pg_error)?
+                        .get(0);
+                    c.batch_execute("ALTER TABLE t ADD COLUMN y INT").await.map_err(pg_error)?;
+                    let failed = c.query("SELECT * FROM t", &[]).await.is_err();
+                    let again = c.query("SELECT * FROM t", &[]).await.map_err(pg_error)?;
+                    Ok((prepared, failed, again[0].len()))
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(prepared, 1, "three runs, one statement prepared");
+        assert!(failed, "the kept statement no longer fits its table");
+        assert_eq!(again, 2, "prepared again: both columns");
     }
 }

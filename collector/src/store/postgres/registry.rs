@@ -22,7 +22,9 @@ use std::sync::Arc;
 use secrecy::{ExposeSecret as _, SecretString};
 use sos_shared::enroll::{Code, EnrolledKey};
 use sos_shared::Key;
-use tokio_postgres::{GenericClient, IsolationLevel, Transaction};
+use tokio_postgres::GenericClient;
+
+use super::conn::Tx;
 
 use super::{pg_error, text, PgStore};
 use crate::registry::{AgentEntry, AgentRecord, Attempt, Entry, Registry, RegistryError, Slot, MAX_CODE_ATTEMPTS};
@@ -45,7 +47,7 @@ fn key_id_of(text: &str) -> String {
 }
 
 /// Bump the registry's version and tell every collector, in the transaction that changed it.
-async fn bump(tx: &Transaction<'_>) -> Result<(), StoreError> {
+async fn bump(tx: &Tx<'_>) -> Result<(), StoreError> {
     tx.batch_execute("UPDATE registry_version SET version = version + 1 WHERE id = 0; NOTIFY sos_changes")
         .await
         .map_err(pg_error)
@@ -248,7 +250,7 @@ impl PgStore {
     /// # Errors
     /// If the store fails.
     pub async fn enrolled_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        self.run(|c| Box::pin(async move { all_agents(&*c).await })).await
+        self.run(|c| Box::pin(async move { all_agents(&**c).await })).await
     }
 
     /// The agent whose id (or unique name) is `who`.
@@ -411,13 +413,7 @@ impl PgStore {
     pub async fn load_registry(&self) -> Result<Registry, StoreError> {
         self.run(|c| {
             Box::pin(async move {
-                let tx = c
-                    .build_transaction()
-                    .isolation_level(IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await
-                    .map_err(pg_error)?;
+                let tx = c.snapshot().await.map_err(pg_error)?;
                 let version: i64 = tx
                     .query_one("SELECT version FROM registry_version WHERE id = 0", &[])
                     .await

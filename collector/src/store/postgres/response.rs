@@ -43,9 +43,9 @@
 
 use std::sync::Arc;
 
+use super::conn::Tx;
 use sos_shared::protocol::{NoticeEvent, ResponderNotice};
 use sos_shared::AlertId;
-use tokio_postgres::Transaction;
 
 use super::{alert_from, pg_error, text, PgStore, ALERT_COLUMNS};
 use crate::store::console::{LinkAck, LinkUse};
@@ -88,7 +88,7 @@ impl Effects {
     }
 
     /// `NOTIFY` what this transaction did; delivered at its commit.
-    pub(crate) async fn notify(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+    pub(crate) async fn notify(&self, tx: &Tx<'_>) -> Result<(), StoreError> {
         if !self.channels.is_empty() {
             tx.execute("SELECT pg_notify('sos_jobs', ch) FROM unnest($1::text[]) AS ch", &[&self.channels])
                 .await
@@ -145,7 +145,7 @@ fn parse_id(id: &str) -> Result<AlertId, StoreError> {
 }
 
 async fn event(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: &str,
     at_ms: i64,
     kind: &str,
@@ -165,11 +165,7 @@ async fn event(
 /// The response row of `id`, locked until the end of the transaction: (state, by), creating it
 /// for an alert stored before the responder loop (as `notified`: its channels were). `None`: no
 /// such alert.
-async fn response_state(
-    tx: &Transaction<'_>,
-    id: &str,
-    now_ms: i64,
-) -> Result<Option<(AlertState, String)>, StoreError> {
+async fn response_state(tx: &Tx<'_>, id: &str, now_ms: i64) -> Result<Option<(AlertState, String)>, StoreError> {
     const LOCK: &str = "SELECT state, by_responder FROM responses WHERE alert_id = $1 FOR UPDATE";
     if let Some(r) = tx.query_opt(LOCK, &[&id]).await.map_err(pg_error)? {
         return Ok(Some((AlertState::from_name(r.get(0)), r.get(1))));
@@ -194,7 +190,7 @@ async fn response_state(
 /// Stop what an answered or withdrawn alert must no longer do: its pending tier deadline and
 /// its pending jobs of `kinds`, whoever holds their lease (locked in id order). Returns the
 /// jobs stopped.
-async fn stop_pending(tx: &Transaction<'_>, id: &str, kinds: &[&str]) -> Result<u64, StoreError> {
+async fn stop_pending(tx: &Tx<'_>, id: &str, kinds: &[&str]) -> Result<u64, StoreError> {
     tx.execute("DELETE FROM escalations WHERE alert_id = $1", &[&id]).await.map_err(pg_error)?;
     tx.execute(
         "UPDATE outbox SET state = 'stopped' WHERE id IN (
@@ -209,7 +205,7 @@ async fn stop_pending(tx: &Transaction<'_>, id: &str, kinds: &[&str]) -> Result<
 
 /// The channels that were told of the alert (a job of its notification exists, in any state:
 /// one stopped may have been in flight), in the order they were first told.
-async fn notified_channels(tx: &Transaction<'_>, id: &str) -> Result<Vec<String>, StoreError> {
+async fn notified_channels(tx: &Tx<'_>, id: &str) -> Result<Vec<String>, StoreError> {
     let rows = tx
         .query(
             "SELECT channel FROM outbox WHERE alert_id = $1 AND kind = 'alert' GROUP BY channel ORDER BY MIN(id)",
@@ -221,7 +217,7 @@ async fn notified_channels(tx: &Transaction<'_>, id: &str) -> Result<Vec<String>
 }
 
 /// The extra recipients the alert's notifications on `channel` went to, every tier, each once.
-async fn notified_recipients(tx: &Transaction<'_>, id: &str, channel: &str) -> Result<String, StoreError> {
+async fn notified_recipients(tx: &Tx<'_>, id: &str, channel: &str) -> Result<String, StoreError> {
     let rows = tx
         .query(
             "SELECT recipients FROM outbox WHERE alert_id = $1 AND channel = $2 AND kind = 'alert' ORDER BY id",
@@ -242,7 +238,7 @@ async fn notified_recipients(tx: &Transaction<'_>, id: &str, channel: &str) -> R
 
 /// Queue a job of `kind` (tier 1) about the alert to each of `channels`, due at `jobs_at_ms`.
 async fn queue(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: &str,
     channels: &[String],
     kind: &str,
@@ -268,7 +264,7 @@ async fn queue(
 
 /// Owe the alert's sender a notice (once per event).
 async fn owe_notice(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: &str,
     event: NoticeEvent,
     responder: &str,
@@ -288,7 +284,7 @@ async fn owe_notice(
 
 /// Whether an agent of `agents` (enrolled names, not revoked) heartbeated as a responder
 /// desktop since `since_ms`.
-async fn any_online(tx: &Transaction<'_>, agents: &[String], since_ms: i64) -> Result<bool, StoreError> {
+async fn any_online(tx: &Tx<'_>, agents: &[String], since_ms: i64) -> Result<bool, StoreError> {
     if agents.is_empty() {
         return Ok(false);
     }
@@ -315,12 +311,7 @@ struct Firing<'a> {
 
 /// Fire tier `index` (0-based) of the alert's policy (as SQLite's `fire_tier`). Returns whether
 /// anyone can be reached through it.
-async fn fire_tier(
-    tx: &Transaction<'_>,
-    f: &Firing<'_>,
-    index: usize,
-    effects: &mut Effects,
-) -> Result<bool, StoreError> {
+async fn fire_tier(tx: &Tx<'_>, f: &Firing<'_>, index: usize, effects: &mut Effects) -> Result<bool, StoreError> {
     let (id, now_ms, jobs_at_ms) = (f.id, f.now_ms, f.jobs_at_ms);
     let tiers = f.plan.policy(f.test);
     let Some(tier) = tiers.get(index) else {
@@ -394,7 +385,7 @@ async fn fire_tier(
 /// The next round after round `index` is due after its wait; none left, no deadline (as
 /// SQLite's `set_deadline`).
 async fn set_deadline(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     tiers: &[TierPlan],
     test: bool,
     id: &str,
@@ -420,7 +411,7 @@ async fn set_deadline(
 /// `forward`, not to a channel with a reminder of the alert still waiting).
 #[allow(clippy::too_many_arguments)]
 async fn remind(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: &str,
     tiers: &[TierPlan],
     channels: &[String],
@@ -451,12 +442,7 @@ async fn remind(
 
 /// Round `index`, past the last tier, of an alert nobody acknowledged: every tier reminded
 /// again (as SQLite's `remind_again`).
-async fn remind_again(
-    tx: &Transaction<'_>,
-    f: &Firing<'_>,
-    index: usize,
-    effects: &mut Effects,
-) -> Result<(), StoreError> {
+async fn remind_again(tx: &Tx<'_>, f: &Firing<'_>, index: usize, effects: &mut Effects) -> Result<(), StoreError> {
     let (id, now_ms, jobs_at_ms) = (f.id, f.now_ms, f.jobs_at_ms);
     let tiers = f.plan.policy(f.test);
     let after_secs = ((now_ms - f.received_at_ms).max(0) / 1000).to_string();
@@ -476,7 +462,7 @@ async fn remind_again(
 
 /// Fire tier `index`; if nobody can be reached through it, tell the sender plainly (the
 /// `unanswered` notice) and fire every remaining tier at once, up to the last.
-async fn escalate(tx: &Transaction<'_>, f: &Firing<'_>, index: usize, effects: &mut Effects) -> Result<(), StoreError> {
+async fn escalate(tx: &Tx<'_>, f: &Firing<'_>, index: usize, effects: &mut Effects) -> Result<(), StoreError> {
     if fire_tier(tx, f, index, effects).await? {
         return Ok(());
     }
@@ -492,7 +478,7 @@ async fn escalate(tx: &Transaction<'_>, f: &Firing<'_>, index: usize, effects: &
 /// Start the response of a newly stored alert, inside its insert transaction: its state, its
 /// `received` event, and its first tier fired (as SQLite's `start_response`).
 pub(crate) async fn start_response(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     plan: &ResponsePlan,
     a: &NewAlert,
     jobs_at_ms: i64,
@@ -513,7 +499,7 @@ pub(crate) async fn start_response(
 /// `cancel_response`). Returns the channels to tell: every channel that was notified (all of
 /// `fallback` for an alert that notified none).
 pub(crate) async fn cancel_response(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: &str,
     reason: &str,
     now_ms: i64,
@@ -538,7 +524,7 @@ pub(crate) async fn cancel_response(
 /// Queue the cancellation job of alert `id` to each of `channels` (with the responders its
 /// notifications were mailed or texted to).
 pub(crate) async fn queue_cancel(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: &str,
     channels: &[String],
     jobs_at_ms: i64,
@@ -564,7 +550,7 @@ pub(crate) async fn queue_cancel(
 /// use in the same one).
 #[allow(clippy::too_many_arguments)]
 async fn acknowledge_in(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     alert_id: AlertId,
     responder: &str,
     via: Via,
