@@ -39,10 +39,19 @@ impl Statements {
         Ok(s)
     }
 
-    /// Forget `sql`'s statement after it failed: prepared again next time (a schema changed by
-    /// another collector can make a kept statement fail where a new one would not).
-    fn forget(&self, sql: &str) {
-        self.lock().remove(sql);
+    /// Forget `sql`'s statement after it failed with `e`: prepared again next time. A schema
+    /// changed by another collector (a column's type: "cached plan must not change result
+    /// type", 0A000) or a statement gone (26000) makes every kept statement suspect: all are
+    /// forgotten, or an operation with several would fail once for each, each time an SOS
+    /// not acknowledged (found by review).
+    fn forget(&self, sql: &str, e: &Error) {
+        let stale = e.code().is_some_and(|c| matches!(c.code(), "0A000" | "26000"));
+        let mut map = self.lock();
+        if stale {
+            map.clear();
+        } else {
+            map.remove(sql);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Statement>> {
@@ -57,8 +66,8 @@ macro_rules! prepared_queries {
         pub(crate) async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
             let s = self.statements.get(&self.$on, sql).await?;
             let r = self.$on.execute(&s, params).await;
-            if r.is_err() {
-                self.statements.forget(sql);
+            if let Err(e) = &r {
+                self.statements.forget(sql, e);
             }
             r
         }
@@ -67,8 +76,8 @@ macro_rules! prepared_queries {
         pub(crate) async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
             let s = self.statements.get(&self.$on, sql).await?;
             let r = self.$on.query(&s, params).await;
-            if r.is_err() {
-                self.statements.forget(sql);
+            if let Err(e) = &r {
+                self.statements.forget(sql, e);
             }
             r
         }
@@ -77,8 +86,8 @@ macro_rules! prepared_queries {
         pub(crate) async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error> {
             let s = self.statements.get(&self.$on, sql).await?;
             let r = self.$on.query_one(&s, params).await;
-            if r.is_err() {
-                self.statements.forget(sql);
+            if let Err(e) = &r {
+                self.statements.forget(sql, e);
             }
             r
         }
@@ -87,8 +96,8 @@ macro_rules! prepared_queries {
         pub(crate) async fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, Error> {
             let s = self.statements.get(&self.$on, sql).await?;
             let r = self.$on.query_opt(&s, params).await;
-            if r.is_err() {
-                self.statements.forget(sql);
+            if let Err(e) = &r {
+                self.statements.forget(sql, e);
             }
             r
         }
