@@ -59,47 +59,38 @@ impl Statements {
     }
 }
 
-/// The statements of [`Conn`] and [`Tx`], each with its prepared statement.
+/// The statements of [`Conn`] and [`Tx`] (run on their field `$on`), each with its prepared
+/// statement.
 macro_rules! prepared_queries {
     ($on:ident) => {
-        /// `execute`, prepared once per connection.
+        /// `sql` prepared (or kept), run by `run`; forgotten if that fails.
+        async fn prepared<R, F: std::future::Future<Output = Result<R, Error>>>(
+            &self,
+            sql: &str,
+            run: impl FnOnce(Statement) -> F,
+        ) -> Result<R, Error> {
+            let s = self.statements.get(&self.$on, sql).await?;
+            let r = run(s).await;
+            if let Err(e) = &r {
+                self.statements.forget(sql, e);
+            }
+            r
+        }
+
         pub(crate) async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
-            let s = self.statements.get(&self.$on, sql).await?;
-            let r = self.$on.execute(&s, params).await;
-            if let Err(e) = &r {
-                self.statements.forget(sql, e);
-            }
-            r
+            self.prepared(sql, |s| async move { self.$on.execute(&s, params).await }).await
         }
 
-        /// `query`, prepared once per connection.
         pub(crate) async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
-            let s = self.statements.get(&self.$on, sql).await?;
-            let r = self.$on.query(&s, params).await;
-            if let Err(e) = &r {
-                self.statements.forget(sql, e);
-            }
-            r
+            self.prepared(sql, |s| async move { self.$on.query(&s, params).await }).await
         }
 
-        /// `query_one`, prepared once per connection.
         pub(crate) async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error> {
-            let s = self.statements.get(&self.$on, sql).await?;
-            let r = self.$on.query_one(&s, params).await;
-            if let Err(e) = &r {
-                self.statements.forget(sql, e);
-            }
-            r
+            self.prepared(sql, |s| async move { self.$on.query_one(&s, params).await }).await
         }
 
-        /// `query_opt`, prepared once per connection.
         pub(crate) async fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, Error> {
-            let s = self.statements.get(&self.$on, sql).await?;
-            let r = self.$on.query_opt(&s, params).await;
-            if let Err(e) = &r {
-                self.statements.forget(sql, e);
-            }
-            r
+            self.prepared(sql, |s| async move { self.$on.query_opt(&s, params).await }).await
         }
     };
 }
