@@ -227,9 +227,12 @@ struct Inner {
     /// The alerts being stored now, each with the outcome to come (`Some(true)`: committed):
     /// a retransmission of one of them waits for that commit instead of queueing a transaction
     /// of its own behind it (see [`PgStore::insert`]).
-    storing: std::sync::Mutex<HashMap<AlertId, watch::Receiver<Option<bool>>>>,
+    storing: std::sync::Mutex<HashMap<AlertId, StoreOutcome>>,
     /// Retransmissions answered by their original's commit.
     merged: AtomicU64,
+    /// The generation of the connection that last gave no answer (`u64::MAX`: none): it is
+    /// being replaced, and no operation waiting for it uses it meanwhile.
+    hung: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -307,12 +310,15 @@ async fn connect(
     Ok((client, driver))
 }
 
+/// The outcome of an alert's store, once it has one (`Ok`: committed).
+type StoreOutcome = watch::Receiver<Option<Result<(), StoreError>>>;
+
 /// An alert being stored by [`PgStore::insert`]: its entry in `storing`, removed when the
 /// insert ends or is dropped (if still its own).
 struct Storing<'a> {
     inner: &'a Inner,
     id: AlertId,
-    outcome: watch::Receiver<Option<bool>>,
+    outcome: StoreOutcome,
 }
 
 impl Drop for Storing<'_> {
@@ -412,6 +418,7 @@ impl PgStore {
             reconnect,
             storing: std::sync::Mutex::default(),
             merged: AtomicU64::new(0),
+            hung: AtomicU64::new(u64::MAX),
         };
         tokio::spawn(supervise(
             config,
@@ -447,13 +454,25 @@ impl PgStore {
             let Some((n, client)) = slot.as_mut() else {
                 return Err(StoreError::Unavailable("the connection to PostgreSQL is being made again".into()));
             };
+            // An operation that waited behind one that got no answer does not wait its own
+            // 5 s on that connection: it fails at once, and the supervisor, queued behind the
+            // waiting operations, takes the connection sooner to make it again.
+            if *n == inner.hung.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable(
+                    "the connection to PostgreSQL stopped answering and is being made again".into(),
+                ));
+            }
             generation.store(*n, Ordering::SeqCst);
             op(client).await
         })
         .await
         .unwrap_or_else(|_| {
             // No answer (a hung server, a dead link without a reset): that connection is dropped.
-            let _ = inner.reconnect.send(generation.load(Ordering::SeqCst));
+            let hung = generation.load(Ordering::SeqCst);
+            if hung != u64::MAX {
+                inner.hung.store(hung, Ordering::SeqCst);
+            }
+            let _ = inner.reconnect.send(hung);
             Err(StoreError::Unavailable(format!("PostgreSQL did not answer within {} s", ANSWER_WITHIN.as_secs())))
         });
         match &answer {
@@ -511,7 +530,8 @@ impl PgStore {
     /// a duplicate of it, instead of a transaction of its own queued behind it on the one
     /// connection: under load (an SOS waiting seconds for the connection, agents retransmitting
     /// at 0.3, 0.6, 1.2, 2.4 s…) three transactions in four were retransmissions. If that
-    /// store fails or is given up, the retransmission is stored on its own.
+    /// store fails, so does the retransmission (not acknowledged: the agent sends again), within
+    /// the same budget as before; if it is given up, the retransmission is stored on its own.
     ///
     /// # Errors
     /// If the commit failed or did not answer: the alert must not be acknowledged.
@@ -519,11 +539,17 @@ impl PgStore {
         let id = alert.sos.alert_id;
         let storing = self.inner.storing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).cloned();
         if let Some(mut outcome) = storing {
-            if let Ok(done) = outcome.wait_for(Option::is_some).await {
-                if *done == Some(true) {
+            let done = outcome.wait_for(Option::is_some).await.ok().and_then(|v| v.clone());
+            match done {
+                Some(Ok(())) => {
                     self.inner.merged.fetch_add(1, Ordering::Relaxed);
                     return Ok(Stored::Duplicate);
                 }
+                // Its error, not a store of its own queued at the back: the wait stays within
+                // the first's budget (15 s), and the agent sends again.
+                Some(Err(e)) => return Err(e),
+                // The first was given up (the service stopping): stored on its own.
+                None => {}
             }
         }
         let (tell, outcome) = watch::channel(None);
@@ -536,7 +562,7 @@ impl PgStore {
         let _entry = mine.then(|| Storing { inner: &self.inner, id, outcome: outcome.clone() });
         let stored = self.store_new(alert).await;
         if mine {
-            let _ = tell.send(Some(stored.is_ok()));
+            let _ = tell.send(Some(stored.as_ref().map(|_| ()).map_err(Clone::clone)));
         }
         stored
     }
@@ -1285,5 +1311,37 @@ mod tests {
         let got = futures_util::future::join_all((0..6).map(|_| store.insert(alert(2)))).await;
         assert!(got.iter().all(|r| matches!(r, Err(StoreError::Unavailable(_)))), "nothing acknowledged: {got:?}");
         assert_eq!(store.merged_retransmissions(), 20, "a failed store answers no retransmission");
+    }
+
+    /// An operation that waited for the connection behind one that got no answer fails at once
+    /// instead of waiting its own 5 s on that connection (each waiting SOS did, and the
+    /// supervisor, queued behind them all, made the connection again only after), and the store
+    /// resumes on a new connection.
+    #[tokio::test]
+    async fn operations_behind_one_that_got_no_answer_fail_at_once_and_the_store_resumes() {
+        let Some(cluster) = Cluster::start() else { return };
+        let store = PgStore::open(&cluster.url(), &["slack"]).await.unwrap();
+        store.insert(alert(1)).await.unwrap();
+        // The server keeps the first busy past the answer budget; the SOS waits behind it.
+        let busy =
+            store.run(|c| Box::pin(async move { c.batch_execute("SELECT pg_sleep(8)").await.map_err(pg_error) }));
+        let (busy, behind) = tokio::join!(busy, store.insert(alert(2)));
+        assert!(matches!(busy, Err(StoreError::Unavailable(_))), "{busy:?}");
+        assert!(
+            matches!(&behind, Err(StoreError::Unavailable(why)) if why.contains("stopped answering")),
+            "not run on the connection being replaced: {behind:?}"
+        );
+        let stored = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match store.insert(alert(2)).await {
+                    Ok(s) => return s,
+                    Err(StoreError::Unavailable(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        })
+        .await
+        .expect("the store resumes on a new connection");
+        assert_eq!(stored, Stored::New);
     }
 }
