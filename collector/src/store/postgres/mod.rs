@@ -46,10 +46,10 @@ use futures_util::StreamExt as _;
 use sos_shared::AlertId;
 use tokio::sync::{watch, Mutex, Notify};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
-
-use conn::Conn;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+
+use conn::Conn;
 
 use super::backend::{Backend, BoxFuture, Claim, Lease, RecentAlerts};
 use super::{
@@ -136,8 +136,14 @@ const DUE_AT: &str = "GREATEST(o.next_attempt_at_ms,
 /// past held-back jobs can take 100 ms and more) would otherwise be live for the first part
 /// and over for these, and its job counted nowhere (found by review: the worker then slept
 /// until the next other deadline, or an hour). Before, one aggregate over every pending job of
-/// the channel.
-fn next_due_sql() -> String {
+/// the channel. Made once: it runs each time a claim comes back empty.
+fn next_due_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(make_next_due_sql);
+    &SQL
+}
+
+/// The text of [`next_due_sql`].
+fn make_next_due_sql() -> String {
     let first_free = |part: &str| {
         format!(
             "(SELECT o.next_attempt_at_ms FROM outbox o
@@ -224,7 +230,7 @@ struct Inner {
     stop: CancellationToken,
     /// Asks the supervisor to drop connection N and make a new one (an operation on it hung).
     reconnect: tokio::sync::mpsc::UnboundedSender<u64>,
-    /// The alerts being stored now, each with the outcome to come (`Some(true)`: committed):
+    /// The alerts being stored now, each with the outcome to come (`Ok`: committed):
     /// a retransmission of one of them waits for that commit instead of queueing a transaction
     /// of its own behind it (see [`PgStore::insert`]).
     storing: std::sync::Mutex<HashMap<AlertId, StoreOutcome>>,
@@ -830,7 +836,7 @@ impl PgStore {
         let now = outbox_clock_ms();
         self.run(move |c| {
             Box::pin(async move {
-                let row = c.query_one(&next_due_sql(), &[&channel, &now, &false, &true]).await.map_err(pg_error)?;
+                let row = c.query_one(next_due_sql(), &[&channel, &now, &false, &true]).await.map_err(pg_error)?;
                 Ok(row.get::<_, Option<i64>>(0))
             })
         })
@@ -1177,7 +1183,7 @@ mod tests {
             let now = outbox_clock_ms();
             let sql = sql.replace("$NOW", &now.to_string());
             store.run(move |c| Box::pin(async move { c.batch_execute(&sql).await.map_err(pg_error) })).await.unwrap();
-            let by_index = due(&store, next_due_sql(), now).await;
+            let by_index = due(&store, next_due_sql().to_owned(), now).await;
             let by_scan = due(&store, next_due_by_scan(), now).await;
             // Due now is due now, however far in the past.
             let clamp = |t: Option<i64>| t.map(|t| t.max(now));

@@ -197,7 +197,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX outbox_due ON outbox (channel, state, (kind = 'reminder'), next_attempt_at_ms);",
     // Version 6: the jobs under a lease, for `next_due` (when a job in flight, or the news held
     // behind it, is due: at the lease's end) without reading every pending job of the channel.
-    // Partial: only the rows claimed and not yet finished. Built in the migration's transaction:
+    // Partial: the rows claimed and not yet finished (and the few a collector that died left
+    // stopped while in flight, which keep their lease). Built in the migration's transaction:
     // one pass over the outbox with writes to it waiting (50 ms for 300,000 jobs on this
     // machine: docs/PERFORMANCE.md).
     "CREATE INDEX outbox_leased ON outbox (channel, lease_until) WHERE lease_until IS NOT NULL;",
