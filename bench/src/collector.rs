@@ -157,6 +157,29 @@ impl Collector {
             .with_context(|| format!("no final counters in the collector's log:\n{log}"))
     }
 
+    /// Stop it (SIGTERM), run `f` on its store file, start it again on the same store and port
+    /// and wait until it answers.
+    pub fn restart_after(&mut self, f: impl FnOnce(&std::path::Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        {
+            let pid = rustix::process::Pid::from_child(&self.child);
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+        }
+        self.child.wait()?;
+        f(&self.store_path())?;
+        let log = std::fs::OpenOptions::new().append(true).open(self._dir.path().join("collector.log"))?;
+        self.child = Command::new(&self.bin)
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.bin.display()))?;
+        self.wait_ready(Duration::from_secs(60))
+    }
+
     /// SIGKILL it (a crash), and start it again at once on the same store and port without
     /// waiting for it: the instant of the kill.
     pub fn kill_and_restart(&mut self) -> anyhow::Result<Instant> {

@@ -50,6 +50,9 @@ pub struct Outcome {
     pub transmissions: u64,
     /// SOS acknowledged, and when (from the start), and after how long (from the first transmission).
     pub acked: Vec<(Duration, Duration)>,
+    /// When each retransmission was sent (from the start): when agents try again is what a
+    /// restarted collector can answer first (`crash`).
+    pub retransmitted: Vec<Duration>,
 }
 
 /// The i-th agent's source address: 127.10.x.y, a distinct loopback address per agent (Linux
@@ -119,6 +122,7 @@ pub async fn agent(
             p.next_tx = now + p.rto;
             transmit(&socket, &mode, to, *id, p.attempt, &host).await;
             out.transmissions += 1;
+            out.retransmitted.push(now - start);
         }
         if (next_new.is_none() && pending.is_empty()) || now >= start + deadline {
             return Ok(out);

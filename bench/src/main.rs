@@ -86,6 +86,9 @@ struct Cli {
     /// Responder: this many alerts, one after another.
     #[arg(long, default_value_t = 50)]
     alerts: usize,
+    /// History: SOS per second (from as many agents) once the history is closed.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    history_rate: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -96,7 +99,9 @@ enum Scenario {
     Max,
     /// `--burst-agents` × `--burst-each` SOS at once (default limits).
     Burst,
-    /// A steady `--rate` SOS per second (default limits).
+    /// A steady `--rate` SOS per second (default limits), first against the ideal durable
+    /// server of `durable`, then against the collector: ACK p99 against the same run's fsync p99
+    /// and against the ideal's.
     Steady,
     /// `--hb-agents` agents heartbeating (collector CPU and memory).
     Heartbeats,
@@ -122,6 +127,11 @@ enum Scenario {
     /// `max` load for `--secs`, then SIGKILL and an immediate restart on the same store: the
     /// first ACK after the kill, and nothing lost.
     Crash,
+    /// A long history: `max` load for `--secs` (limits raised), every alert then resolved and
+    /// delivered (in the store file, the collector stopped), and a steady `--history-rate` SOS/s
+    /// for `--secs` on that store: ACK latency while the responder push reads a store whose
+    /// newest alerts are mostly closed.
+    History,
     /// Collectors on PostgreSQL, each part on a fresh cluster (fsync on): `max` load against
     /// one collector (and the cluster's fsync in the same run), then against two on one database
     /// (half the agents to each), then `steady` against one (ACK p99 against fsync p99).
@@ -350,9 +360,34 @@ async fn burst(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::R
 }
 
 async fn steady(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::Result<()> {
-    let c = Collector::start(bin, Limits::Default)?;
     let n = cli.burst_agents;
     let secs = Duration::from_secs(cli.secs);
+    // The same load against the ideal durable server first: what a group commit on this disk
+    // gives at this rate, in the same run (an SOS that arrives during a sync waits for it, then
+    // for its own), to compare the collector's ACK p99 with.
+    let dir = tempfile::tempdir()?;
+    let key = Key::from_base64(&Key::generate())?;
+    let probe = store::FsyncProbe::start(dir.path())?;
+    let ideal = store::Ideal::start(key.clone(), dir.path())?;
+    let out = steady_load(n, cli.rate, &key, ideal.addr, secs).await;
+    let syncs = ideal.finish();
+    let fsync = probe.finish();
+    let t = totals(&out, Duration::MAX);
+    let ideal_p99 = t.latency.p(0.99);
+    println!(
+        "| steady-ideal: the same load against the ideal durable server | {:.0} SOS/s | {} | {} | batch append+fdatasync p50 {} p99 {} (n={}); same run: {}, ACK p99 = {:.2}× fsync p99, {:.2}× the fsync p99 at any instant ({}) |",
+        t.acked as f64 / secs.as_secs_f64(),
+        t.loss(),
+        t.latencies(),
+        ms(syncs.p(0.5)),
+        ms(syncs.p(0.99)),
+        syncs.0.len(),
+        store::fsync_summary(&fsync),
+        ideal_p99.as_secs_f64() / fsync.p(0.99).as_secs_f64().max(1e-9),
+        ideal_p99.as_secs_f64() / store::at_any_instant(&fsync).p(0.99).as_secs_f64().max(1e-9),
+        ms(store::at_any_instant(&fsync).p(0.99)),
+    );
+    let c = Collector::start(bin, Limits::Default)?;
     let probe = store::FsyncProbe::start(c.dir())?;
     let cpu0 = c.cpu();
     let out = steady_load(n, cli.rate, &c.key, c.addr, secs).await;
@@ -360,7 +395,7 @@ async fn steady(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::
     let fsync = probe.finish();
     let t = totals(&out, Duration::MAX);
     println!(
-        "| steady: {} SOS/s from {n} agents for {} s, default limits | {:.0} SOS/s | {} | {} | {}collector CPU {:.0} % of a core; same run: {}, ACK p99 = {:.2}× fsync p99, {:.2}× the fsync p99 at any instant ({}) |",
+        "| steady: {} SOS/s from {n} agents for {} s, default limits | {:.0} SOS/s | {} | {} | {}collector CPU {:.0} % of a core; same run: {}, ACK p99 = {:.2}× fsync p99, {:.2}× the fsync p99 at any instant ({}), {:.2}× the ideal server's ACK p99 |",
         cli.rate,
         cli.secs,
         t.acked as f64 / secs.as_secs_f64(),
@@ -372,6 +407,7 @@ async fn steady(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::
         t.latency.p(0.99).as_secs_f64() / fsync.p(0.99).as_secs_f64().max(1e-9),
         t.latency.p(0.99).as_secs_f64() / store::at_any_instant(&fsync).p(0.99).as_secs_f64().max(1e-9),
         ms(store::at_any_instant(&fsync).p(0.99)),
+        t.latency.p(0.99).as_secs_f64() / ideal_p99.as_secs_f64().max(1e-9),
     );
     Ok(())
 }
@@ -770,8 +806,19 @@ async fn crash(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
         .filter(|at| *at > kill_offset)
         .min()
         .map_or(Duration::MAX, |at| at - kill_offset);
+    // When the agents tried again: the first ACK to one of them cannot come before its
+    // retransmission reaches a collector that answers (the first retransmission is 300 ms after
+    // the first transmission; what was outstanding at the kill had been sent in the last
+    // hundred-odd milliseconds before it).
+    let first_retransmission_after = |from: Duration| {
+        out.iter()
+            .flat_map(|o| o.retransmitted.iter().copied())
+            .filter(|at| *at >= from)
+            .min()
+            .map_or(Duration::MAX, |at| at - kill_offset)
+    };
     println!(
-        "| crash: SIGKILL after {} s of max load ({} agents × {window}), restarted at once on the same store | first ACK {} after the kill (of a new SOS: {}) | {} | WAL at the kill {} (peak {}), store {} | |",
+        "| crash: SIGKILL after {} s of max load ({} agents × {window}), restarted at once on the same store | first ACK {} after the kill (of a new SOS: {}) | {} | WAL at the kill {} (peak {}), store {} | the agents' first retransmission after the kill {}, and after the new SOS's ACK {} |",
         cli.secs,
         cli.agents,
         ms(first_any),
@@ -780,6 +827,52 @@ async fn crash(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
         store::size(wal_at_kill as f64),
         store::size(wal_peak as f64),
         store::size(store_at_kill as f64),
+        ms(first_retransmission_after(kill_offset)),
+        ms(first_retransmission_after(kill_offset + first)),
+    );
+    Ok(())
+}
+
+/// A long history, then a steady trickle of SOS: see [`Scenario::History`].
+async fn history(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
+    let mut c = Collector::start(bin, Limits::Raised)?;
+    let secs = Duration::from_secs(cli.secs);
+    let filled = totals(&max_load(cli.agents, 0, cli.window, &c.key, c.addr, secs).await, Duration::MAX).acked;
+    c.restart_after(|store| {
+        rusqlite::Connection::open(store)
+            .and_then(|db| {
+                db.execute_batch(
+                    "BEGIN;
+                     UPDATE responses SET state = 'resolved', changed_at_ms = 0;
+                     DELETE FROM escalations;
+                     UPDATE outbox SET state = 'delivered', delivered_at_ms = 0 WHERE state = 'pending';
+                     UPDATE sender_notices SET confirmed_at_ms = 0 WHERE confirmed_at_ms IS NULL;
+                     COMMIT;",
+                )
+            })
+            .with_context(|| format!("closing the history of {}", store.display()))
+    })?;
+    let n = cli.history_rate as usize;
+    // Agents other than the history's (a new SOS from each, not a retransmission).
+    let period = Duration::from_secs(1);
+    let out = agents(
+        n,
+        cli.agents,
+        Mode::Sos(c.key.clone()),
+        c.addr,
+        |i| Plan::Steady { period, phase: period.mul_f64(i as f64 / n as f64), until: secs },
+        secs + Duration::from_secs(30),
+    )
+    .await;
+    let t = totals(&out, Duration::MAX);
+    println!(
+        "| history: {filled} alerts resolved, then {} SOS/s for {} s | {:.0} SOS/s | {} | {} | store {} |",
+        cli.history_rate,
+        cli.secs,
+        t.acked as f64 / secs.as_secs_f64(),
+        t.loss(),
+        t.latencies(),
+        store::size(std::fs::metadata(c.store_path()).map(|m| m.len()).unwrap_or(0) as f64),
     );
     Ok(())
 }
@@ -831,6 +924,7 @@ fn main() -> anyhow::Result<()> {
                 Scenario::Responder => responder::responder(&bin, cli.alerts).await?,
                 Scenario::Durable => durable(&cli, &bin).await?,
                 Scenario::Crash => crash(&cli, &bin).await?,
+                Scenario::History => history(&cli, &bin).await?,
                 Scenario::Postgres => postgres::postgres(&cli, &bin, ceil.as_ref()).await?,
             }
         }

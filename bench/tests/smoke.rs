@@ -8,9 +8,9 @@ use std::process::Command;
 #[test]
 fn sos_bench_runs_every_kind_of_load_and_loses_nothing_on_small_numbers() {
     let out = Command::new(env!("CARGO_BIN_EXE_sos-bench"))
-        .args(["ceiling", "max", "burst", "steady", "flood", "flood-own", "nat", "durable", "crash"])
+        .args(["ceiling", "max", "burst", "steady", "flood", "flood-own", "nat", "durable", "crash", "history"])
         .args(["--secs", "1", "--agents", "4", "--window", "2", "--burst-agents", "20", "--burst-each", "3"])
-        .args(["--rate", "100", "--hb-interval", "5", "--nat-agents", "5000"])
+        .args(["--rate", "100", "--hb-interval", "5", "--nat-agents", "5000", "--history-rate", "5"])
         .output()
         .expect("run sos-bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -34,8 +34,12 @@ fn sos_bench_runs_every_kind_of_load_and_loses_nothing_on_small_numbers() {
     assert!(row("nat").contains("| refused 0 "), "{stdout}");
     // The same run's fsync, the ideal durable server and the collector against it.
     assert!(row("steady").contains("fsync p50 "), "{stdout}");
+    assert!(row("steady-ideal").contains("lost 0 of 100;"), "{stdout}");
     assert!(row("durable-ideal").contains("lost 0 of "), "{stdout}");
     assert!(row("durable").contains("of the ideal | lost 0 of "), "{stdout}");
     // Killed under load and restarted: acknowledged again, and every SOS acknowledged in the end.
     assert!(row("crash").contains("first ACK ") && row("crash").contains("| lost 0 of "), "{stdout}");
+    assert!(row("crash").contains("the agents' first retransmission after the kill "), "{stdout}");
+    // A closed history, then 5 SOS/s from 5 new agents for 1 s: all acknowledged.
+    assert!(row("history").contains("alerts resolved") && row("history").contains("lost 0 of 5;"), "{stdout}");
 }

@@ -56,7 +56,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// The store is read again this often even without a change (commits by another process).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
 /// Store reads a second in a storm of commits, after a burst of [`READ_BURST`] (each commit
-/// that changes an alert wakes the push task; reads go through the writer thread).
+/// that changes an alert wakes the push task; on SQLite the pending notices are read on the
+/// writer thread, the popup targets on a read connection).
 const READS_PER_SEC: f64 = 50.0;
 /// See [`READS_PER_SEC`].
 const READ_BURST: f64 = 10.0;
@@ -625,7 +626,7 @@ pub async fn run(
         let now = Instant::now();
         if dirty || last_read.is_none_or(|t| now.saturating_duration_since(t) >= REFRESH_EVERY) {
             // A storm of commits reads the store at most READS_PER_SEC times a second (after a
-            // burst of READ_BURST): each read goes through the writer thread.
+            // burst of READ_BURST): on SQLite half of each read goes through the writer thread.
             reads = (reads + now.saturating_duration_since(refilled).as_secs_f64() * READS_PER_SEC).min(READ_BURST);
             refilled = now;
             if reads < 1.0 {

@@ -575,6 +575,38 @@ mod tests {
         silent_agents_are_recorded_and_cleared,
     );
 
+    /// On SQLite the push's popup read runs on a read connection, not the writer: with a long
+    /// history it walks every alert (about 100 ms at 250,000), and an SOS that arrived
+    /// meanwhile waited behind it. It is answered while the writer is held busy.
+    #[tokio::test]
+    async fn the_popup_read_is_answered_while_the_sqlite_writer_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        let (writer, thread) = SqliteStore::start_planned(Db::open(&path).unwrap(), CHANNELS, plan()).unwrap();
+        let store = Store::sqlite(writer.clone(), Some(&path));
+        assert_eq!(store.insert(alert(1)).await.unwrap(), Stored::New);
+        let (entered, busy) = tokio::sync::oneshot::channel::<()>();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let w = writer.clone();
+        let holding = tokio::spawn(async move {
+            w.exec(move |_| {
+                let _ = entered.send(());
+                let _ = held.recv();
+                Ok(())
+            })
+            .await
+        });
+        within("the writer takes the command that holds it", busy).await.unwrap();
+        let targets = within("the popup read while the writer is busy", store.popup_targets(crate::store::now_ms()))
+            .await
+            .unwrap();
+        assert_eq!(targets.len(), 1, "the alert committed before is read");
+        release.send(()).unwrap();
+        holding.await.unwrap().unwrap();
+        drop((store, writer));
+        thread.join().unwrap();
+    }
+
     /// Two collectors on one cluster, their claims leased for `lease`.
     async fn two(cluster: &Cluster, lease: Duration) -> (PgStore, PgStore) {
         let a = PgStore::open_with_lease(&cluster.url(), CHANNELS, lease).await.unwrap();

@@ -937,7 +937,10 @@ impl super::Response for Store {
 
     async fn popup_targets(&self, now_ms: i64) -> Result<Vec<super::PopupTarget>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.writer.popup_targets(now_ms).await,
+            // On a read connection, not the writer: with a long history and few open alerts
+            // this read walks every alert (about 100 ms at 250,000), up to 50 times a second,
+            // and an SOS waited behind it on the writer (docs/PERFORMANCE.md).
+            Store::Sqlite(s) => s.read(move |db| db.popup_targets(now_ms)).await,
             Store::Postgres(p) => p.db.popup_targets(now_ms).await,
         }
     }
@@ -946,6 +949,9 @@ impl super::Response for Store {
         &self,
     ) -> Result<Vec<(AlertId, String, sos_shared::protocol::ResponderNotice)>, StoreError> {
         match self {
+            // On the writer: a walk of an index that stops at its limit. On a read connection,
+            // which starts each read with an empty cache after a commit, it cost a further
+            // 4-5 % of the `max` throughput (docs/PERFORMANCE.md).
             Store::Sqlite(s) => s.writer.pending_notices().await,
             Store::Postgres(p) => p.db.pending_notices().await,
         }

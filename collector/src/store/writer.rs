@@ -115,6 +115,9 @@ struct Checkpointer {
     /// The longest the writer waits for a catch-up ([`CATCH_UP_WAIT`]; longer in tests, whose
     /// outcome must not depend on how fast the disk is that day).
     catch_up_wait: std::time::Duration,
+    /// How long a catch-up waits for the reads that keep it from completing
+    /// ([`CATCH_UP_READ_WAIT`]; set in tests).
+    read_wait: std::time::Duration,
     /// While non-zero, a long read is known to hold an old snapshot (the integrity check at
     /// start): no catch-up is waited for, since none can complete.
     holds: Arc<std::sync::atomic::AtomicUsize>,
@@ -136,9 +139,20 @@ const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 enum Ask {
     /// A checkpoint now rather than at the next tick: the WAL is filling.
     Soon,
-    /// A checkpoint now, and whether it copied the whole WAL.
-    CatchUp(std::sync::mpsc::SyncSender<bool>),
+    /// A checkpoint now, tried again until it copies the whole WAL, for at most the time given
+    /// after the first try and never past the instant the writer stops waiting; whether it did.
+    CatchUp(std::sync::mpsc::SyncSender<bool>, std::time::Duration, std::time::Instant),
 }
+
+/// How long the checkpointer pauses before it tries a catch-up again that a reader's snapshot
+/// kept from copying the whole WAL (the push's reads last a few milliseconds).
+const CATCH_UP_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// How long a catch-up waits for the reads that keep it from completing, after its first
+/// checkpoint: a short read (the push's, a console page) ends within it; a long one (an
+/// export, the CLI) is not waited for, and the WAL grows until it ends, as before. The writer,
+/// and every SOS behind it, waits this long at most once per [`WAL_CATCH_UP_BYTES`].
+const CATCH_UP_READ_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 thread_local! {
     /// The pages in the WAL after the last commit on this thread (SQLite's WAL hook says it).
@@ -170,6 +184,7 @@ impl Checkpointer {
             next_catch_up: i64::MAX,
             catch_up_pages: i64::MAX,
             catch_up_wait: CATCH_UP_WAIT,
+            read_wait: CATCH_UP_READ_WAIT,
             holds: Arc::default(),
         }
     }
@@ -187,8 +202,24 @@ impl Checkpointer {
         db.conn.wal_hook(Some(note_wal_pages));
         std::thread::Builder::new().name("sos-checkpoint".into()).spawn(move || loop {
             match asked.recv_timeout(CHECKPOINT_EVERY) {
-                Ok(Ask::CatchUp(reply)) => {
-                    let _ = reply.try_send(checkpoint(&conn));
+                Ok(Ask::CatchUp(reply, read_wait, until)) => {
+                    // A read that began before the writer's last commits holds frames no
+                    // checkpoint can copy until it ends; the writer is waiting, so no frame is
+                    // added meanwhile, and a read that begins now sees the whole WAL (it does
+                    // not hold it back): once the reads of the moment end, the copy completes.
+                    let mut give_up = None;
+                    let complete = loop {
+                        if checkpoint(&conn) {
+                            break true;
+                        }
+                        let now = std::time::Instant::now();
+                        let give_up = *give_up.get_or_insert_with(|| (now + read_wait).min(until));
+                        if now + CATCH_UP_RETRY >= give_up {
+                            break false;
+                        }
+                        std::thread::sleep(CATCH_UP_RETRY);
+                    };
+                    let _ = reply.try_send(complete);
                 }
                 Ok(Ask::Soon) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     checkpoint(&conn);
@@ -209,6 +240,7 @@ impl Checkpointer {
             next_catch_up: catch_up_pages,
             catch_up_pages,
             catch_up_wait: CATCH_UP_WAIT,
+            read_wait: CATCH_UP_READ_WAIT,
             holds: Arc::default(),
         })
     }
@@ -243,7 +275,8 @@ impl Checkpointer {
         // it, the one slot is taken, and the writer must not wait for them beyond CATCH_UP_WAIT:
         // skipped now, asked again after the next commit (not a WAL's growth later, which let
         // it reach twice its bound whenever the request met a busy checkpointer).
-        if asks.try_send(Ask::CatchUp(reply)).is_err() {
+        let until = std::time::Instant::now() + self.catch_up_wait;
+        if asks.try_send(Ask::CatchUp(reply, self.read_wait, until)).is_err() {
             return;
         }
         let complete = replied.recv_timeout(self.catch_up_wait).unwrap_or(false);
@@ -698,6 +731,67 @@ mod tests {
         assert!(largest <= bound, "the WAL reached {largest} bytes (bound {bound})");
         let rows: i64 = db.conn.query_row("SELECT count(*) FROM filler", [], |r| r.get(0)).unwrap();
         assert_eq!(rows, 512);
+    }
+
+    /// A short read that began before the WAL passed its bound (the responder push, the
+    /// console) keeps the frames after its snapshot from being copied until it ends: the
+    /// catch-up waits for it and completes, and the WAL starts over, instead of giving up at
+    /// once and letting the WAL grow by another bound's worth.
+    #[test]
+    fn a_catch_up_waits_out_a_short_read_and_the_wal_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, db, mut checkpointer, wal, bound) = filler_store(dir.path());
+        // Not bound by how soon this machine runs the reading thread again.
+        checkpointer.read_wait = std::time::Duration::from_secs(60);
+        db.conn.execute("INSERT INTO filler VALUES (randomblob(131072))", []).unwrap();
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN; SELECT count(*) FROM filler;").unwrap();
+        // Past the bound, the catch-up not yet asked (33 MiB).
+        for _ in 0..264 {
+            db.conn.execute("INSERT INTO filler VALUES (randomblob(131072))", []).unwrap();
+        }
+        let (read_ends, ended) = std::sync::mpsc::channel::<()>();
+        let read = std::thread::spawn(move || {
+            // The read goes on for a moment after the catch-up is asked, then ends.
+            let _ = ended.recv_timeout(std::time::Duration::from_millis(50));
+            reader.execute_batch("COMMIT").unwrap();
+        });
+        checkpointer.catch_up();
+        drop(read_ends);
+        read.join().unwrap();
+        assert_eq!(
+            checkpointer.next_catch_up, checkpointer.catch_up_pages,
+            "the catch-up gave up on the read instead of waiting for its end"
+        );
+        // The next commit starts the WAL over; journal_size_limit cuts the file back.
+        db.conn.execute("INSERT INTO filler VALUES (randomblob(131072))", []).unwrap();
+        checkpointer.catch_up();
+        let len = std::fs::metadata(&wal).unwrap().len();
+        assert!(len <= bound, "the WAL is {len} bytes (bound {bound})");
+        assert!(WAL_PAGES.with(std::cell::Cell::get) < 64, "the WAL did not start over");
+    }
+
+    /// A long read (an export, the CLI) is not waited for beyond the read wait: the catch-up
+    /// gives up while the read goes on, and is asked again a bound's growth later.
+    #[test]
+    fn a_catch_up_gives_up_on_a_long_read_after_the_read_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, db, mut checkpointer, _, _) = filler_store(dir.path());
+        checkpointer.read_wait = std::time::Duration::from_millis(20);
+        db.conn.execute("INSERT INTO filler VALUES (randomblob(131072))", []).unwrap();
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN; SELECT count(*) FROM filler;").unwrap();
+        for _ in 0..264 {
+            db.conn.execute("INSERT INTO filler VALUES (randomblob(131072))", []).unwrap();
+        }
+        let pages = WAL_PAGES.with(std::cell::Cell::get);
+        // The writer's own wait is 60 s here: returning well before it means the read wait
+        // ended the catch-up.
+        let asked = std::time::Instant::now();
+        checkpointer.catch_up();
+        assert!(asked.elapsed() < std::time::Duration::from_secs(30), "waited for the long read");
+        assert_eq!(checkpointer.next_catch_up, pages + checkpointer.catch_up_pages, "gave up, asks again later");
+        reader.execute_batch("COMMIT").unwrap();
     }
 
     /// While a hold is alive (the check at start reads beside the writer) the writer never asks
