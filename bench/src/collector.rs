@@ -144,12 +144,7 @@ impl Collector {
     /// Stop it as a service manager does (SIGTERM) and return its final counters (the
     /// "collector stopped" line).
     pub fn stop(&mut self) -> anyhow::Result<String> {
-        #[cfg(unix)]
-        {
-            let pid = rustix::process::Pid::from_child(&self.child);
-            rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
-        }
-        self.child.wait()?;
+        self.terminate()?;
         let log = std::fs::read_to_string(self._dir.path().join("collector.log"))?;
         log.lines()
             .find(|l| l.contains("collector stopped"))
@@ -160,23 +155,9 @@ impl Collector {
     /// Stop it (SIGTERM), run `f` on its store file, start it again on the same store and port
     /// and wait until it answers.
     pub fn restart_after(&mut self, f: impl FnOnce(&std::path::Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
-        #[cfg(unix)]
-        {
-            let pid = rustix::process::Pid::from_child(&self.child);
-            rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
-        }
-        self.child.wait()?;
+        self.terminate()?;
         f(&self.store_path())?;
-        let log = std::fs::OpenOptions::new().append(true).open(self._dir.path().join("collector.log"))?;
-        self.child = Command::new(&self.bin)
-            .args(["run", "--config"])
-            .arg(self.config_path())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {}", self.bin.display()))?;
+        self.respawn("warn")?;
         self.wait_ready(Duration::from_secs(60))
     }
 
@@ -186,17 +167,35 @@ impl Collector {
         let killed = Instant::now();
         self.child.kill()?;
         self.child.wait()?;
+        self.respawn("info")?;
+        Ok(killed)
+    }
+
+    /// SIGTERM, as a service manager stops it, and wait for it to end.
+    fn terminate(&mut self) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        {
+            let pid = rustix::process::Pid::from_child(&self.child);
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+        }
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Start the program again on the same configuration, logging at `rust_log` after what it
+    /// logged before.
+    fn respawn(&mut self, rust_log: &str) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().append(true).open(self._dir.path().join("collector.log"))?;
         self.child = Command::new(&self.bin)
             .args(["run", "--config"])
             .arg(self.config_path())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {}", self.bin.display()))?;
-        Ok(killed)
+        Ok(())
     }
 
     /// What it has logged (with `kill_and_restart`, both runs).

@@ -951,7 +951,7 @@ impl super::Response for Store {
         match self {
             // On the writer: a walk of an index that stops at its limit. On a read connection,
             // which starts each read with an empty cache after a commit, it cost a further
-            // 4-5 % of the `max` throughput (docs/PERFORMANCE.md).
+            // 6 % of the `max` throughput (docs/PERFORMANCE.md).
             Store::Sqlite(s) => s.writer.pending_notices().await,
             Store::Postgres(p) => p.db.pending_notices().await,
         }

@@ -118,6 +118,11 @@ struct Checkpointer {
     /// How long a catch-up waits for the reads that keep it from completing
     /// ([`CATCH_UP_READ_WAIT`]; set in tests).
     read_wait: std::time::Duration,
+    /// Whether a catch-up since the WAL last started over was allowed to wait for reads: one
+    /// is. Later ones try once, as before reads were waited for: a read that began while the
+    /// first one waited keeps the next commit from starting the WAL over, and overlapping reads
+    /// (several consoles refetching at once) would otherwise stall the writer on every commit.
+    waited_for_reads: bool,
     /// While non-zero, a long read is known to hold an old snapshot (the integrity check at
     /// start): no catch-up is waited for, since none can complete.
     holds: Arc<std::sync::atomic::AtomicUsize>,
@@ -151,7 +156,8 @@ const CATCH_UP_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
 /// How long a catch-up waits for the reads that keep it from completing, after its first
 /// checkpoint: a short read (the push's, a console page) ends within it; a long one (an
 /// export, the CLI) is not waited for, and the WAL grows until it ends, as before. The writer,
-/// and every SOS behind it, waits this long at most once per [`WAL_CATCH_UP_BYTES`].
+/// and every SOS behind it, waits this long at most once each time the WAL starts over (see
+/// `Checkpointer::waited_for_reads`), so at most once per [`WAL_CATCH_UP_BYTES`] written.
 const CATCH_UP_READ_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 thread_local! {
@@ -185,6 +191,7 @@ impl Checkpointer {
             catch_up_pages: i64::MAX,
             catch_up_wait: CATCH_UP_WAIT,
             read_wait: CATCH_UP_READ_WAIT,
+            waited_for_reads: false,
             holds: Arc::default(),
         }
     }
@@ -206,7 +213,9 @@ impl Checkpointer {
                     // A read that began before the writer's last commits holds frames no
                     // checkpoint can copy until it ends; the writer is waiting, so no frame is
                     // added meanwhile, and a read that begins now sees the whole WAL (it does
-                    // not hold it back): once the reads of the moment end, the copy completes.
+                    // not hold the copy back): once the reads of the moment end, the copy
+                    // completes. (Such a read does keep the next commit from starting the WAL
+                    // over: hence one catch-up per cycle waits, `waited_for_reads`.)
                     let mut give_up = None;
                     let complete = loop {
                         if checkpoint(&conn) {
@@ -241,6 +250,7 @@ impl Checkpointer {
             catch_up_pages,
             catch_up_wait: CATCH_UP_WAIT,
             read_wait: CATCH_UP_READ_WAIT,
+            waited_for_reads: false,
             holds: Arc::default(),
         })
     }
@@ -254,6 +264,7 @@ impl Checkpointer {
         if pages < self.catch_up_pages {
             // Started over since the last catch-up (or never grew).
             self.next_catch_up = self.catch_up_pages;
+            self.waited_for_reads = false;
             if pages >= self.catch_up_pages / 8 {
                 // Keep the checkpoint close behind, so that a catch-up has little left to copy
                 // (at most one checkpoint is asked for at a time).
@@ -276,9 +287,11 @@ impl Checkpointer {
         // skipped now, asked again after the next commit (not a WAL's growth later, which let
         // it reach twice its bound whenever the request met a busy checkpointer).
         let until = std::time::Instant::now() + self.catch_up_wait;
-        if asks.try_send(Ask::CatchUp(reply, self.read_wait, until)).is_err() {
+        let read_wait = if self.waited_for_reads { std::time::Duration::ZERO } else { self.read_wait };
+        if asks.try_send(Ask::CatchUp(reply, read_wait, until)).is_err() {
             return;
         }
+        self.waited_for_reads = true;
         let complete = replied.recv_timeout(self.catch_up_wait).unwrap_or(false);
         if complete {
             self.next_catch_up = self.catch_up_pages;
@@ -733,6 +746,18 @@ mod tests {
         assert_eq!(rows, 512);
     }
 
+    /// A read of the store at `path` that began before 33 MiB of commits on `db`, which take
+    /// the WAL past its bound (the catch-up not yet asked): the read's snapshot is still open.
+    fn past_the_bound_behind_a_read(path: &std::path::Path, db: &Db) -> Connection {
+        db.conn.execute("INSERT INTO filler VALUES (randomblob(131072))", []).unwrap();
+        let reader = Connection::open(path).unwrap();
+        reader.execute_batch("BEGIN; SELECT count(*) FROM filler;").unwrap();
+        for _ in 0..264 {
+            db.conn.execute("INSERT INTO filler VALUES (randomblob(131072))", []).unwrap();
+        }
+        reader
+    }
+
     /// A short read that began before the WAL passed its bound (the responder push, the
     /// console) keeps the frames after its snapshot from being copied until it ends: the
     /// catch-up waits for it and completes, and the WAL starts over, instead of giving up at
@@ -743,13 +768,7 @@ mod tests {
         let (path, db, mut checkpointer, wal, bound) = filler_store(dir.path());
         // Not bound by how soon this machine runs the reading thread again.
         checkpointer.read_wait = std::time::Duration::from_secs(60);
-        db.conn.execute("INSERT INTO filler VALUES (randomblob(131072))", []).unwrap();
-        let reader = Connection::open(&path).unwrap();
-        reader.execute_batch("BEGIN; SELECT count(*) FROM filler;").unwrap();
-        // Past the bound, the catch-up not yet asked (33 MiB).
-        for _ in 0..264 {
-            db.conn.execute("INSERT INTO filler VALUES (randomblob(131072))", []).unwrap();
-        }
+        let reader = past_the_bound_behind_a_read(&path, &db);
         let (read_ends, ended) = std::sync::mpsc::channel::<()>();
         let read = std::thread::spawn(move || {
             // The read goes on for a moment after the catch-up is asked, then ends.
@@ -778,12 +797,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, db, mut checkpointer, _, _) = filler_store(dir.path());
         checkpointer.read_wait = std::time::Duration::from_millis(20);
-        db.conn.execute("INSERT INTO filler VALUES (randomblob(131072))", []).unwrap();
-        let reader = Connection::open(&path).unwrap();
-        reader.execute_batch("BEGIN; SELECT count(*) FROM filler;").unwrap();
-        for _ in 0..264 {
-            db.conn.execute("INSERT INTO filler VALUES (randomblob(131072))", []).unwrap();
-        }
+        let reader = past_the_bound_behind_a_read(&path, &db);
         let pages = WAL_PAGES.with(std::cell::Cell::get);
         // The writer's own wait is 60 s here: returning well before it means the read wait
         // ended the catch-up.
@@ -792,6 +806,44 @@ mod tests {
         assert!(asked.elapsed() < std::time::Duration::from_secs(30), "waited for the long read");
         assert_eq!(checkpointer.next_catch_up, pages + checkpointer.catch_up_pages, "gave up, asks again later");
         reader.execute_batch("COMMIT").unwrap();
+    }
+
+    /// A read that began before the WAL was copied does not stop the copy, but keeps the next
+    /// commit from starting the WAL over; the catch-up asked after that commit finds frames the
+    /// read holds back. It must not wait for the read again (reads that overlap would stall the
+    /// writer on every commit): one catch-up per WAL cycle waits for reads.
+    #[test]
+    fn a_catch_up_waits_for_reads_once_until_the_wal_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, db, mut checkpointer, _, _) = filler_store(dir.path());
+        checkpointer.read_wait = std::time::Duration::from_secs(60);
+        for _ in 0..265 {
+            db.conn.execute("INSERT INTO filler VALUES (randomblob(131072))", []).unwrap();
+        }
+        // Begins before the copy: its snapshot is the whole WAL, which the copy may take.
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN; SELECT count(*) FROM filler;").unwrap();
+        checkpointer.catch_up();
+        assert_eq!(checkpointer.next_catch_up, checkpointer.catch_up_pages, "the copy completed");
+        // The read keeps this commit from starting the WAL over, and holds its frames back.
+        db.conn.execute("INSERT INTO filler VALUES (randomblob(131072))", []).unwrap();
+        let pages = WAL_PAGES.with(std::cell::Cell::get);
+        assert!(pages >= checkpointer.catch_up_pages, "the WAL started over under a read ({pages} pages)");
+        let asked = std::time::Instant::now();
+        checkpointer.catch_up();
+        assert!(asked.elapsed() < std::time::Duration::from_secs(30), "waited for the read a second time");
+        assert_eq!(checkpointer.next_catch_up, pages + checkpointer.catch_up_pages, "asked again a bound later");
+        reader.execute_batch("COMMIT").unwrap();
+        assert!(checkpointer.waited_for_reads);
+        // Once the WAL starts over, the next cycle's catch-up may wait for reads again.
+        for _ in 0..600 {
+            db.conn.execute("INSERT INTO filler VALUES (randomblob(131072))", []).unwrap();
+            checkpointer.catch_up();
+            if WAL_PAGES.with(std::cell::Cell::get) < checkpointer.catch_up_pages {
+                break;
+            }
+        }
+        assert!(!checkpointer.waited_for_reads, "the WAL never started over");
     }
 
     /// While a hold is alive (the check at start reads beside the writer) the writer never asks
