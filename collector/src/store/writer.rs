@@ -216,17 +216,17 @@ impl Checkpointer {
                     // not hold the copy back): once the reads of the moment end, the copy
                     // completes. (Such a read does keep the next commit from starting the WAL
                     // over: hence one catch-up per cycle waits, `waited_for_reads`.)
-                    let mut give_up = None;
-                    let complete = loop {
-                        if checkpoint(&conn) {
-                            break true;
+                    let complete = checkpoint(&conn) || {
+                        let give_up = (std::time::Instant::now() + read_wait).min(until);
+                        loop {
+                            if std::time::Instant::now() + CATCH_UP_RETRY >= give_up {
+                                break false;
+                            }
+                            std::thread::sleep(CATCH_UP_RETRY);
+                            if checkpoint(&conn) {
+                                break true;
+                            }
                         }
-                        let now = std::time::Instant::now();
-                        let give_up = *give_up.get_or_insert_with(|| (now + read_wait).min(until));
-                        if now + CATCH_UP_RETRY >= give_up {
-                            break false;
-                        }
-                        std::thread::sleep(CATCH_UP_RETRY);
                     };
                     let _ = reply.try_send(complete);
                 }
