@@ -68,7 +68,8 @@ impl Opened {
                 // Its errors name the file.
                 Db::open_read_only(&path)?
             }
-            Access::Write => Db::open(&path)?,
+            // A command never migrates the store under a collector of an older version.
+            Access::Write => Db::open_beside_service(&path)?,
         };
         let (writer, thread) = SqliteStore::start_beside(db)?;
         Ok(Opened {

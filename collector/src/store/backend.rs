@@ -375,6 +375,37 @@ mod tests {
         assert_eq!((shown[0].state.as_str(), shown[0].by.as_str()), ("acknowledged", "sam"));
     }
 
+    /// SQLite makes an alert's `received` event from its row (it is not stored since schema
+    /// `V_EVENTS_BY_ALERT`), PostgreSQL stores it: both read the same timeline.
+    async fn the_received_event_names_the_sender_and_their_message(store: &Store) {
+        let mut a = alert(1);
+        a.sos.message = " help\nme ".into();
+        a.enrolled =
+            Some(crate::store::EnrolledAs { agent_id: "a1".into(), name: "Desk 1".into(), host: "desk".into() });
+        store.insert(a).await.unwrap();
+        store.insert(alert(2)).await.unwrap();
+        let id = AlertId::from_u128(1);
+        store.record_event(id, "popup_shown", "kim".into(), Via::Popup, String::new()).await.unwrap();
+        let (_, _, events) = store.timeline(id).await.unwrap().expect("the alert");
+        let first = &events[0];
+        assert_eq!(
+            (first.at_ms, first.kind.as_str(), first.who.as_str(), first.via, first.note.as_str()),
+            (1000, "received", "alice@desk (agent Desk 1)", Via::Sender, "help me"),
+            "{events:?}"
+        );
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds.iter().filter(|k| **k == "received").count(), 1, "{kinds:?}");
+        assert_eq!(kinds.last(), Some(&"popup_shown"), "{kinds:?}");
+        let (_, console) = store.console_response(id).await.unwrap();
+        let shown: Vec<(&str, &str, &str)> =
+            console.iter().map(|e| (e.kind.as_str(), e.who.as_str(), e.via.as_str())).collect();
+        let read: Vec<(&str, &str, &str)> =
+            events.iter().map(|e| (e.kind.as_str(), e.who.as_str(), e.via.name())).collect();
+        assert_eq!(shown, read, "the console reads the same timeline");
+        let (_, _, other) = store.timeline(AlertId::from_u128(2)).await.unwrap().expect("the other alert");
+        assert_eq!((other[0].kind.as_str(), other[0].who.as_str()), ("received", "alice@desk"), "{other:?}");
+    }
+
     async fn an_unanswered_alert_escalates_once_at_its_deadline(store: &Store) {
         let clock = outbox_clock_ms();
         store.insert(alert(1)).await.unwrap();
@@ -567,6 +598,7 @@ mod tests {
         a_commit_wakes_the_workers_and_the_change_listeners,
         an_sos_with_a_nul_in_its_text_is_stored_not_refused_forever,
         an_acknowledgement_is_recorded_once_and_stops_the_next_tier,
+        the_received_event_names_the_sender_and_their_message,
         an_unanswered_alert_escalates_once_at_its_deadline,
         a_code_enrolls_once_and_revocation_changes_the_registry,
         heartbeats_reach_the_store_at_the_flush,

@@ -6,6 +6,7 @@ use rusqlite::{params, OptionalExtension as _};
 use sos_shared::AlertId;
 
 use super::response::{Transition, Via};
+use super::sqlite::response::{alert_record, received_event, ALERT_COLUMNS};
 use super::{AlertRecord, Db, Delivery, StoreError};
 
 /// An alert's state as the console shows it, in SQL: the responder loop's state (`responses`);
@@ -222,7 +223,31 @@ impl Db {
             .query_map(params![id.to_string()], |r| {
                 Ok(EventRow { at_ms: r.get(0)?, kind: r.get(1)?, who: r.get(2)?, via: r.get(3)?, note: r.get(4)? })
             })?
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<EventRow>, _>>()?;
+        // The `received` event, made from the alert's row where it is not stored.
+        let events = match &row {
+            Some(_) if !events.iter().any(|e| e.kind == "received") => {
+                let alert = self
+                    .conn
+                    .query_row(
+                        &format!("SELECT {ALERT_COLUMNS} FROM alerts a WHERE a.alert_id = ?1"),
+                        params![id.to_string()],
+                        |r| alert_record(r, 0),
+                    )
+                    .optional()?;
+                let mut events = events;
+                if let Some(alert) = alert {
+                    let e = received_event(&alert);
+                    // In time order; stored events of the same millisecond came after it.
+                    let at = events.iter().take_while(|x| x.at_ms < e.at_ms).count();
+                    let e =
+                        EventRow { at_ms: e.at_ms, kind: e.kind, who: e.who, via: e.via.name().into(), note: e.note };
+                    events.insert(at, e);
+                }
+                events
+            }
+            _ => events,
+        };
         Ok((row, events))
     }
 

@@ -67,6 +67,37 @@ impl Db {
         Ok(Db { conn })
     }
 
+    /// Open (creating if needed) the store at `path` for a command that writes, beside the
+    /// service. Unlike [`Db::open`], it refuses a store of an older schema version: a command
+    /// does not migrate it, the service does when it starts. A migration can change a table
+    /// under a collector of the older version that is still running (after an upgrade, before
+    /// its restart), which could then no longer store an SOS (since `V_EVENTS_BY_ALERT` its
+    /// timeline insert lacks the event's id).
+    ///
+    /// # Errors
+    /// As [`Db::open`]; and if the store's version is older than this collector's.
+    pub fn open_beside_service(path: &Path) -> Result<Self, StoreError> {
+        if path.exists() {
+            let version = Self::open_read_only(path)?
+                .conn
+                .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+                .map_err(|e| StoreError::opening(path, e))?;
+            if version > 0 && version < schema::VERSION as i64 {
+                return Err(StoreError::Open {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "it has schema version {version}, older than this collector's ({}): nothing was done. \
+                         The collector service brings it up to date when it starts: restart the service \
+                         (systemctl restart sos-collector), then run this command again. A command does not \
+                         do it, so that a collector of the older version still running goes on storing alerts",
+                        schema::VERSION
+                    ),
+                });
+            }
+        }
+        Self::open(path)
+    }
+
     /// Open an existing store for reading only (the CLI).
     ///
     /// # Errors

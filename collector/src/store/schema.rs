@@ -284,6 +284,107 @@ DROP INDEX IF EXISTS outbox_due;
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (channel, state, kind = 'reminder', next_attempt_at_ms);
 ";
 
+/// The timeline kept by alert (issue 18 §3, 2026-12-04). `alert_events` becomes a `WITHOUT ROWID`
+/// table keyed by `(alert_id, id)`: an alert's events are stored together, in the order of its
+/// key, and the `alert_events_alert` index (a second copy of every event's key, written with
+/// every event) is gone. `id` orders an alert's own events: the rows copied keep theirs, a new
+/// event takes its alert's next. From this version on an alert's `received` event is not
+/// stored: everything in it (when, who, the message) is in the alert's row, and the readers
+/// make it from there (`sqlite/response.rs`, `received_event`). An alert stored before keeps
+/// the one it has.
+const V_EVENTS_BY_ALERT: &str = "
+CREATE TABLE alert_events_by_alert (
+    alert_id TEXT NOT NULL REFERENCES alerts(alert_id),
+    id       INTEGER NOT NULL,
+    at_ms    INTEGER NOT NULL,
+    kind     TEXT NOT NULL,
+    who      TEXT NOT NULL,
+    via      TEXT NOT NULL,
+    note     TEXT NOT NULL,
+    PRIMARY KEY (alert_id, id)
+) WITHOUT ROWID;
+INSERT INTO alert_events_by_alert (alert_id, id, at_ms, kind, who, via, note)
+    SELECT alert_id, id, at_ms, kind, who, via, note FROM alert_events ORDER BY alert_id, id;
+DROP TABLE alert_events;
+ALTER TABLE alert_events_by_alert RENAME TO alert_events;
+";
+
+/// The same CHECK constraints without lists (issue 18 §3, 2026-12-04). SQLite checks
+/// `x IN ('a', 'b', 'c')` (a list of more than two constants) by building a temporary B-tree of
+/// the list, at every insert or update of the row: per alert, four such B-trees made and freed
+/// (`responses.state`, the outbox's `kind` and `state`, `sender_notices.event`), about a sixth
+/// of the store writer's time under load (measured with perf: `sqlite3BtreeOpen`, the page
+/// cache it creates, and the allocator's locks). Here they are comparisons joined by OR, which
+/// SQLite checks in place. SQLite cannot alter a CHECK: each table is made anew and its rows
+/// copied, as V2 and V4 did, with their ids, and its indexes made again.
+const V_CHECKS_IN_PLACE: &str = "
+CREATE TABLE outbox_checked (
+    id                 INTEGER PRIMARY KEY,
+    alert_id           TEXT NOT NULL REFERENCES alerts(alert_id),
+    channel            TEXT NOT NULL,
+    kind               TEXT NOT NULL DEFAULT 'alert'
+                       CHECK (kind = 'alert' OR kind = 'cancel' OR kind = 'reminder' OR kind = 'acknowledged'
+                              OR kind = 'resolved'),
+    tier               INTEGER NOT NULL DEFAULT 1,
+    state              TEXT NOT NULL
+                       CHECK (state = 'pending' OR state = 'delivered' OR state = 'failed' OR state = 'stopped'),
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    created_at_ms      INTEGER NOT NULL,
+    next_attempt_at_ms INTEGER NOT NULL,
+    delivered_at_ms    INTEGER,
+    last_error         TEXT,
+    mentions           TEXT NOT NULL DEFAULT '',
+    recipients         TEXT NOT NULL DEFAULT '',
+    detail             TEXT NOT NULL DEFAULT '',
+    UNIQUE (alert_id, channel, kind, tier)
+);
+INSERT INTO outbox_checked (id, alert_id, channel, kind, tier, state, attempts, created_at_ms, next_attempt_at_ms,
+                            delivered_at_ms, last_error, mentions, recipients, detail)
+    SELECT id, alert_id, channel, kind, tier, state, attempts, created_at_ms, next_attempt_at_ms,
+           delivered_at_ms, last_error, mentions, recipients, detail FROM outbox ORDER BY id;
+DROP TABLE outbox;
+ALTER TABLE outbox_checked RENAME TO outbox;
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (channel, state, kind = 'reminder', next_attempt_at_ms);
+CREATE TABLE responses_checked (
+    alert_id           TEXT PRIMARY KEY REFERENCES alerts(alert_id),
+    state              TEXT NOT NULL
+                       CHECK (state = 'received' OR state = 'notified' OR state = 'acknowledged' OR state = 'resolved'
+                              OR state = 'cancelled' OR state = 'checked'),
+    seq                INTEGER NOT NULL DEFAULT 1,
+    tier               INTEGER NOT NULL DEFAULT 0,
+    reminder_seq       INTEGER NOT NULL DEFAULT 0,
+    by_responder       TEXT NOT NULL DEFAULT '',
+    note               TEXT NOT NULL DEFAULT '',
+    outcome            TEXT NOT NULL DEFAULT '',
+    responders         TEXT NOT NULL DEFAULT '',
+    acknowledged_at_ms INTEGER,
+    changed_at_ms      INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO responses_checked (alert_id, state, seq, tier, reminder_seq, by_responder, note, outcome, responders,
+                               acknowledged_at_ms, changed_at_ms)
+    SELECT alert_id, state, seq, tier, reminder_seq, by_responder, note, outcome, responders,
+           acknowledged_at_ms, changed_at_ms FROM responses ORDER BY alert_id;
+DROP TABLE responses;
+ALTER TABLE responses_checked RENAME TO responses;
+CREATE INDEX IF NOT EXISTS responses_recent ON responses (changed_at_ms);
+CREATE TABLE sender_notices_checked (
+    alert_id        TEXT NOT NULL REFERENCES alerts(alert_id),
+    event           TEXT NOT NULL CHECK (event = 'acknowledged' OR event = 'resolved' OR event = 'unanswered'),
+    principal       TEXT NOT NULL,
+    responder       TEXT NOT NULL,
+    note            TEXT NOT NULL,
+    at_ms           INTEGER NOT NULL,
+    confirmed_at_ms INTEGER,
+    PRIMARY KEY (alert_id, event)
+) WITHOUT ROWID;
+INSERT INTO sender_notices_checked (alert_id, event, principal, responder, note, at_ms, confirmed_at_ms)
+    SELECT alert_id, event, principal, responder, note, at_ms, confirmed_at_ms FROM sender_notices
+    ORDER BY alert_id, event;
+DROP TABLE sender_notices;
+ALTER TABLE sender_notices_checked RENAME TO sender_notices;
+CREATE INDEX IF NOT EXISTS sender_notices_pending ON sender_notices (confirmed_at_ms, at_ms);
+";
+
 /// Every migration, in order: the store's version is how many have run.
 const MIGRATIONS: &[M<'static>] = &[
     M::up(V1),
@@ -296,6 +397,8 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(V_LEAN),
     M::up(V_NOTICES_BY_TIME),
     M::up(V_REMINDERS_LAST),
+    M::up(V_EVENTS_BY_ALERT),
+    M::up(V_CHECKS_IN_PLACE),
 ];
 
 /// The schema version this collector writes.
@@ -692,6 +795,74 @@ PRAGMA user_version = 3;
         assert_eq!(version(&conn), 0);
         let rows: i64 = conn.query_row("SELECT count(*) FROM agents", [], |r| r.get(0)).unwrap();
         assert_eq!(rows, 1);
+    }
+
+    #[test]
+    fn a_timeline_stored_before_it_was_kept_by_alert_reads_the_same_and_grows_in_order() {
+        use crate::store::response::Via;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        let before = MIGRATIONS.len() - 1;
+        {
+            // A store of the version before, as its collector wrote an alert's response: the
+            // `received` event stored, ids shared by all alerts (a second alert's in between).
+            let mut conn = Connection::open(&path).unwrap();
+            Migrations::from_slice(&MIGRATIONS[..before]).to_latest(&mut conn).unwrap();
+            conn.execute_batch(
+                "INSERT INTO alerts (alert_id, received_at_ms, triggered_at, test, user, host, ip, location,
+                                     message, agent, source, key_id)
+                 VALUES ('00000000000000000000000000000001', 5000, 5, 0, 'alice', 'desk', '10.0.0.1', '', 'help',
+                         'a', '127.0.0.1:9', '00'),
+                        ('00000000000000000000000000000002', 5001, 5, 0, 'bob', 'desk2', '10.0.0.2', '', 'fire',
+                         'a', '127.0.0.1:9', '00');
+                 INSERT INTO responses (alert_id, state, changed_at_ms) VALUES
+                        ('00000000000000000000000000000001', 'notified', 5000),
+                        ('00000000000000000000000000000002', 'notified', 5001);
+                 INSERT INTO alert_events (id, alert_id, at_ms, kind, who, via, note) VALUES
+                        (1, '00000000000000000000000000000001', 5000, 'received', 'alice@desk', 'sender', 'help'),
+                        (2, '00000000000000000000000000000002', 5001, 'received', 'bob@desk2', 'sender', 'fire'),
+                        (3, '00000000000000000000000000000001', 5000, 'notified', 'collector', 'collector', 'tier 1'),
+                        (4, '00000000000000000000000000000002', 5001, 'notified', 'collector', 'collector', 'tier 1');",
+            )
+            .unwrap();
+            assert_eq!(version(&conn), before as i64);
+        }
+        let mut db = Db::open(&path).unwrap();
+        assert_eq!(shape(&db.conn), fresh_shape());
+        let id = sos_shared::AlertId::from_u128(1);
+        db.record_event(id, "popup_shown", "carol", Via::Popup, "", 6000).unwrap();
+        let (_, _, events) = db.timeline(id).unwrap().unwrap();
+        let kinds: Vec<(&str, &str)> = events.iter().map(|e| (e.kind.as_str(), e.who.as_str())).collect();
+        // The stored `received` event is read as stored, not made a second time.
+        assert_eq!(kinds, [("received", "alice@desk"), ("notified", "collector"), ("popup_shown", "carol")]);
+        let (_, console) = db.console_response(id).unwrap();
+        let kinds: Vec<&str> = console.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["received", "notified", "popup_shown"]);
+        let ids: Vec<i64> = db
+            .conn
+            .prepare("SELECT id FROM alert_events WHERE alert_id = '00000000000000000000000000000001' ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(ids, [1, 3, 4], "the copied rows keep their ids; a new one takes the alert's next");
+    }
+
+    #[test]
+    fn a_command_leaves_an_older_store_to_the_service_to_bring_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        old_store(&path, 3);
+        let e = Db::open_beside_service(&path).unwrap_err().to_string();
+        assert!(e.contains("schema version 3, older than this collector's") && e.contains("restart"), "{e}");
+        assert_eq!(version(&Connection::open(&path).unwrap()), 3, "untouched");
+        // The service's open brings it up to date; then commands open it.
+        drop(Db::open(&path).unwrap());
+        Db::open_beside_service(&path).unwrap();
+        // A command may make a new store (an enrollment before the service's first start).
+        let new = dir.path().join("new.db");
+        assert_eq!(version(&Db::open_beside_service(&new).unwrap().conn), VERSION as i64);
     }
 
     #[test]

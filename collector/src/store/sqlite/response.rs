@@ -8,7 +8,7 @@ use sos_shared::AlertId;
 use crate::store::response::{
     mentions_of, wait_after, AlertState, Event, PopupTarget, ResponsePlan, TierPlan, Transition, Via,
 };
-use crate::store::{enrolled_as, AlertRecord, Audience, Cancellation, Db, NewAlert, StoreError};
+use crate::store::{enrolled_as, AlertRecord, Audience, Cancellation, Db, EnrolledAs, NewAlert, StoreError};
 
 /// The alert columns [`alert_record`] reads, from `alerts a`.
 pub(crate) const ALERT_COLUMNS: &str = "a.alert_id, a.test, a.triggered_at, a.received_at_ms, a.user, a.host, a.ip, \
@@ -99,11 +99,37 @@ fn event(
     via: Via,
     note: &str,
 ) -> rusqlite::Result<()> {
+    // The alert's next `id`: its events are stored together, keyed by (alert_id, id) (schema
+    // `V_EVENTS_BY_ALERT`); the largest so far is one step down the same key.
     tx.prepare_cached(
-        "INSERT INTO alert_events (alert_id, at_ms, kind, who, via, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO alert_events (alert_id, id, at_ms, kind, who, via, note)
+         VALUES (?1, COALESCE((SELECT MAX(id) FROM alert_events WHERE alert_id = ?1), 0) + 1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![id, at_ms, kind, who, via.name(), note])?;
     Ok(())
+}
+
+/// The `received` event of an alert: not stored since schema `V_EVENTS_BY_ALERT` (it was a
+/// copy of the alert's row), made from the row when a timeline is read, as it was stored.
+pub(crate) fn received_event(a: &AlertRecord) -> Event {
+    Event {
+        at_ms: a.received_at_ms,
+        kind: "received".into(),
+        who: sender(&a.user, &a.host, a.enrolled.as_ref()),
+        via: Via::Sender,
+        note: clean_note(&a.message),
+    }
+}
+
+/// `events` (the alert's stored timeline, in order), with its `received` event first when the
+/// alert has a response (`responded`) but no stored `received` event (stored since schema
+/// `V_EVENTS_BY_ALERT`). An alert from before the responder loop has neither and gets none, as
+/// before.
+pub(crate) fn with_received(a: &AlertRecord, responded: bool, mut events: Vec<Event>) -> Vec<Event> {
+    if responded && !events.iter().any(|e| e.kind == "received") {
+        events.insert(0, received_event(a));
+    }
+    events
 }
 
 /// The response row of `id`: (state, by), creating it for an alert stored before the responder
@@ -434,10 +460,10 @@ fn escalate(
 }
 
 /// Who sent an alert, as its timeline names them.
-fn sender_name(a: &NewAlert) -> String {
-    match &a.enrolled {
-        Some(e) => format!("{}@{} (agent {})", a.sos.user, a.sos.host, e.name),
-        None => format!("{}@{}", a.sos.user, a.sos.host),
+fn sender(user: &str, host: &str, enrolled: Option<&EnrolledAs>) -> String {
+    match enrolled {
+        Some(e) => format!("{user}@{host} (agent {})", e.name),
+        None => format!("{user}@{host}"),
     }
 }
 
@@ -455,8 +481,9 @@ impl Db {
         self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
     }
 
-    /// Start the response of a newly stored alert, inside its insert transaction: its state,
-    /// its `received` event, and its first tier fired (see [`Db::insert_alerts_planned`]).
+    /// Start the response of a newly stored alert, inside its insert transaction: its state
+    /// and its first tier fired (see [`Db::insert_alerts_planned`]). Its `received` event is
+    /// the alert's row itself ([`received_event`]).
     pub(crate) fn start_response(
         tx: &Transaction<'_>,
         plan: &ResponsePlan,
@@ -467,7 +494,6 @@ impl Db {
         let now_ms = a.received_at_ms;
         tx.prepare_cached("INSERT INTO responses (alert_id, state, changed_at_ms) VALUES (?1, 'received', ?2)")?
             .execute(params![id, now_ms])?;
-        event(tx, &id, now_ms, "received", &sender_name(a), Via::Sender, &clean_note(&a.sos.message))?;
         escalate(tx, plan, &id, a.sos.test, a.received_at_ms, 0, now_ms, jobs_at_ms)
     }
 
@@ -838,6 +864,7 @@ impl Db {
             )
             .optional()?;
         let Some((alert, state)) = row else { return Ok(None) };
+        let responded = state.is_some();
         let state = match state {
             Some(s) => AlertState::from_name(&s),
             None if alert.cancellation.is_some() => AlertState::Cancelled,
@@ -857,6 +884,7 @@ impl Db {
                 })
             })?
             .collect::<Result<_, _>>()?;
+        let events = with_received(&alert, responded, events);
         Ok(Some((alert, state, events)))
     }
 
