@@ -314,19 +314,26 @@ fn fire_tier(
         )?
         .execute(params![id, ch, number, jobs_at_ms, mentions.join("\n"), recipients(ch)])?;
     }
+    // No row yet: the alert's first tier, fired as it is stored ([`Db::start_response`]).
     let before: String =
-        query_row(tx, "SELECT responders FROM responses WHERE alert_id = ?1", params![id], |r| r.get(0))?;
+        query_row(tx, "SELECT responders FROM responses WHERE alert_id = ?1", params![id], |r| r.get(0))
+            .optional()?
+            .unwrap_or_default();
     let mut names: Vec<String> = before.lines().map(str::to_owned).collect();
     for r in &tier.responders {
         if !names.contains(&r.name) {
             names.push(r.name.clone());
         }
     }
+    // A new alert's row is made here, as it would be by an insert as `received` (`seq` 1) and
+    // this update: one write of the row and of its `responses_recent` entry, not two.
     exec(
         tx,
-        "UPDATE responses SET state = CASE state WHEN 'received' THEN 'notified' ELSE state END,
-                tier = ?2, seq = seq + 1, reminder_seq = reminder_seq + ?3, responders = ?4, changed_at_ms = ?5
-         WHERE alert_id = ?1",
+        "INSERT INTO responses (alert_id, state, seq, tier, reminder_seq, responders, changed_at_ms)
+         VALUES (?1, 'notified', 2, ?2, ?3, ?4, ?5)
+         ON CONFLICT (alert_id) DO UPDATE SET state = CASE state WHEN 'received' THEN 'notified' ELSE state END,
+                tier = excluded.tier, seq = seq + 1, reminder_seq = reminder_seq + excluded.reminder_seq,
+                responders = excluded.responders, changed_at_ms = excluded.changed_at_ms",
         params![id, number, i64::from(index > 0), names.join("\n"), now_ms],
     )?;
     let targets: Vec<&str> =
@@ -492,8 +499,12 @@ impl Db {
     ) -> Result<(), StoreError> {
         let id = a.sos.alert_id.to_string();
         let now_ms = a.received_at_ms;
-        tx.prepare_cached("INSERT INTO responses (alert_id, state, changed_at_ms) VALUES (?1, 'received', ?2)")?
-            .execute(params![id, now_ms])?;
+        // With a tier to fire, firing it makes the row (`notified`, see `fire_tier`); without
+        // one (an empty policy) the alert stays `received`.
+        if plan.policy(a.sos.test).is_empty() {
+            tx.prepare_cached("INSERT INTO responses (alert_id, state, changed_at_ms) VALUES (?1, 'received', ?2)")?
+                .execute(params![id, now_ms])?;
+        }
         escalate(tx, plan, &id, a.sos.test, a.received_at_ms, 0, now_ms, jobs_at_ms)
     }
 
@@ -1014,6 +1025,30 @@ mod tests {
             (t.state, t.reminder_seq, t.responders.clone()),
             (AlertState::Notified, 1, vec!["Sam".into(), "Kim".into()])
         );
+    }
+
+    #[test]
+    fn a_drill_without_tiers_stays_received_and_a_tier_makes_the_row_notified() {
+        let (_d, mut db) = open();
+        let mut drill = alert(7);
+        drill.sos.test = true;
+        db.insert_alerts_planned(&[drill, alert(ID)], &plan(), 10_000).unwrap();
+        let (_, state, events) = db.timeline(AlertId::from_u128(7)).unwrap().unwrap();
+        assert_eq!(state, AlertState::Received, "no tier to fire");
+        let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["received", "unanswered"]);
+        let row = |id: u128| -> (String, i64, i64, i64, String) {
+            db.conn
+                .query_row(
+                    "SELECT state, seq, tier, reminder_seq, responders FROM responses WHERE alert_id = ?1",
+                    params![AlertId::from_u128(id).to_string()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .unwrap()
+        };
+        assert_eq!(row(7), ("received".into(), 1, 0, 0, String::new()));
+        // Tier 1 fired as the alert was stored: the row as "received, then notified" made it.
+        assert_eq!(row(ID), ("notified".into(), 2, 1, 0, "Sam".into()));
     }
 
     #[test]
