@@ -243,6 +243,8 @@ impl Db {
                     let e =
                         EventRow { at_ms: e.at_ms, kind: e.kind, who: e.who, via: e.via.name().into(), note: e.note };
                     events.insert(at, e);
+                    // As many as a stored `received` event would have left in the window.
+                    events.truncate(1000);
                 }
                 events
             }

@@ -1,9 +1,15 @@
 //! The store's schema and its migrations, numbered by SQLite's `PRAGMA user_version`.
 //!
-//! Migration `n` (1-based, `MIGRATIONS[n - 1]`) takes a store from version `n - 1` to `n`, in
-//! one transaction, through `rusqlite_migration`, which keeps the number in `user_version` as the
-//! collector always has: a store written by any earlier collector opens and is brought up to date.
-//! A new file (version 0) runs them all. Never edit a migration that has shipped; add one.
+//! Migration `n` (1-based, `MIGRATIONS[n - 1]`) takes a store from version `n - 1` to `n`,
+//! through `rusqlite_migration`, which keeps the number in `user_version` as the collector always
+//! has: a store written by any earlier collector opens and is brought up to date. The migrations
+//! a store needs run in one transaction: all of them, or none. A new file (version 0) runs them
+//! all. Never edit a migration that has shipped; add one.
+//!
+//! They run with foreign keys off, as SQLite's procedure for remaking a table asks: a store that
+//! `store recover` rebuilt may hold rows whose alert was lost with a damaged page (its timeline
+//! events, its response), and a migration that copies such a table must copy them as they are,
+//! not fail on the first of them and leave the collector unable to open its store.
 
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
@@ -404,11 +410,12 @@ const MIGRATIONS: &[M<'static>] = &[
 /// The schema version this collector writes.
 pub const VERSION: usize = MIGRATIONS.len();
 
-/// Bring the store on `conn` to [`VERSION`], one transaction per step.
+/// Bring the store on `conn` to [`VERSION`], in one transaction, with foreign keys off for its
+/// length (see the module's documentation); they are as they were after it.
 ///
 /// # Errors
-/// If the store is from a newer collector (it is left untouched), or a step fails (that step
-/// is rolled back; the steps before it stay).
+/// If the store is from a newer collector (it is left untouched), or a step fails (every step
+/// is rolled back).
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > VERSION as i64 {
@@ -423,7 +430,11 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     // to end) rather than when it first writes (which SQLite refuses at once if another
     // process wrote meanwhile).
     conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+    // Outside any transaction: SQLite ignores the pragma inside one.
+    let foreign_keys: bool = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
+    conn.pragma_update(None, "foreign_keys", false)?;
     let migrated = Migrations::from_slice(MIGRATIONS).to_latest(conn);
+    conn.pragma_update(None, "foreign_keys", foreign_keys)?;
     conn.set_transaction_behavior(rusqlite::TransactionBehavior::Deferred);
     match migrated {
         Ok(()) => Ok(()),
@@ -847,6 +858,41 @@ PRAGMA user_version = 3;
             .map(Result::unwrap)
             .collect();
         assert_eq!(ids, [1, 3, 4], "the copied rows keep their ids; a new one takes the alert's next");
+    }
+
+    #[test]
+    fn a_store_recover_left_with_rows_of_lost_alerts_is_migrated_with_them() {
+        // `store recover` copies what it can read: an alert lost with a damaged page leaves its
+        // response, timeline and notice behind (helper-44 reproduced it, and the migrations
+        // then failed on the foreign key: the collector could not open its store).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        let before = MIGRATIONS.len() - 2;
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            Migrations::from_slice(&MIGRATIONS[..before]).to_latest(&mut conn).unwrap();
+            // As `store recover` writes them (SQLite here enforces foreign keys by default).
+            conn.pragma_update(None, "foreign_keys", false).unwrap();
+            conn.execute_batch(
+                "INSERT INTO responses (alert_id, state, changed_at_ms) VALUES ('lost', 'notified', 5000);
+                 INSERT INTO alert_events (alert_id, at_ms, kind, who, via, note)
+                        VALUES ('lost', 5000, 'notified', 'collector', 'collector', 'tier 1');
+                 INSERT INTO sender_notices (alert_id, event, principal, responder, note, at_ms)
+                        VALUES ('lost', 'unanswered', '00', '', '', 5000);
+                 INSERT INTO outbox (alert_id, channel, kind, state, created_at_ms, next_attempt_at_ms)
+                        VALUES ('lost', 'slack', 'alert', 'pending', 5000, 5000);",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        assert_eq!(version(&db.conn), VERSION as i64);
+        assert_eq!(shape(&db.conn), fresh_shape());
+        for table in ["responses", "alert_events", "sender_notices", "outbox"] {
+            let n: i64 = db.conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap();
+            assert_eq!(n, 1, "{table}: copied as it was");
+        }
+        let on: bool = db.conn.pragma_query_value(None, "foreign_keys", |r| r.get(0)).unwrap();
+        assert!(on, "foreign keys are on again after the migrations");
     }
 
     #[test]

@@ -122,9 +122,11 @@ pub(crate) fn received_event(a: &AlertRecord) -> Event {
 }
 
 /// `events` (the alert's stored timeline, in order), with its `received` event first when the
-/// alert has a response (`responded`) but no stored `received` event (stored since schema
-/// `V_EVENTS_BY_ALERT`). An alert from before the responder loop has neither and gets none, as
-/// before.
+/// alert has a response (`responded`) but no stored `received` event (not stored since schema
+/// `V_EVENTS_BY_ALERT`). An alert stored before the responder loop has no response, and no
+/// `received` event, until someone answers it: then its response row is made
+/// (`response_state`) and its timeline begins with the `received` event made here. (On
+/// PostgreSQL, whose stores all began with the responder loop, every alert has both.)
 pub(crate) fn with_received(a: &AlertRecord, responded: bool, mut events: Vec<Event>) -> Vec<Event> {
     if responded && !events.iter().any(|e| e.kind == "received") {
         events.insert(0, received_event(a));
