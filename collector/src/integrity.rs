@@ -273,6 +273,9 @@ pub struct Salvage {
     pub requeued: Vec<(String, String)>,
     /// Outbox rows of alerts that were lost: dropped (they could never be delivered).
     pub orphan_jobs: u64,
+    /// Escalation deadlines of alerts that were lost: dropped (they could never fire, and the
+    /// escalation engine would find one due every time it looked, for ever).
+    pub orphan_deadlines: u64,
     /// Problems that stopped a whole table (or the schema) from being read.
     pub problems: Vec<String>,
 }
@@ -294,7 +297,10 @@ pub struct TableSalvage {
 impl Salvage {
     /// Whether anything at all was lost or is unknown.
     pub fn lossless(&self) -> bool {
-        self.problems.is_empty() && self.orphan_jobs == 0 && self.tables.iter().all(|t| t.complete && t.lost.is_empty())
+        self.problems.is_empty()
+            && self.orphan_jobs == 0
+            && self.orphan_deadlines == 0
+            && self.tables.iter().all(|t| t.complete && t.lost.is_empty())
     }
 }
 
@@ -351,6 +357,8 @@ pub fn recover(
     }
     salvage.orphan_jobs =
         tx.execute("DELETE FROM outbox WHERE alert_id NOT IN (SELECT alert_id FROM alerts)", [])? as u64;
+    salvage.orphan_deadlines =
+        tx.execute("DELETE FROM escalations WHERE alert_id NOT IN (SELECT alert_id FROM alerts)", [])? as u64;
     for channel in channels {
         let mut stmt = tx.prepare(
             "INSERT INTO outbox (alert_id, channel, state, created_at_ms, next_attempt_at_ms)
@@ -538,6 +546,31 @@ mod tests {
         assert_eq!(s.requeued.len(), 50, "email had no record of any alert");
         let e = check(&dir.path().join("missing.db"), false, None).unwrap_err().to_string();
         assert!(e.contains("missing.db"), "{e}");
+    }
+
+    /// An alert lost with a damaged page leaves its escalation deadline behind: it could never
+    /// fire, and the escalation engine found it due every time it looked, for ever (helper-45).
+    /// Recovery drops it, as it drops the lost alert's delivery records.
+    #[test]
+    fn a_lost_alerts_deadline_and_jobs_are_dropped_by_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        let alert = crate::store::tests::alert;
+        {
+            let mut db = Db::open(&path).unwrap();
+            db.insert_alerts(&(1..=3).map(alert).collect::<Vec<_>>(), &["log"], 1000).unwrap();
+            // As a damaged page loses a row: the alert alone.
+            db.conn.pragma_update(None, "foreign_keys", false).unwrap();
+            let lost = sos_shared::AlertId::from_u128(2).to_string();
+            db.conn.execute("DELETE FROM alerts WHERE alert_id = ?1", [&lost]).unwrap();
+        }
+        let out = dir.path().join("out.db");
+        let s = recover(&path, &out, &["log"], 0, 5000).unwrap();
+        assert_eq!((s.orphan_jobs, s.orphan_deadlines), (1, 1), "{s:?}");
+        assert!(!s.lossless());
+        let db = Db::open(&out).unwrap();
+        let deadlines: i64 = db.conn.query_row("SELECT count(*) FROM escalations", [], |r| r.get(0)).unwrap();
+        assert_eq!(deadlines, 2, "the two alerts left keep theirs");
     }
 
     /// The check beside the service: on a store with a page overwritten while a writer holds it

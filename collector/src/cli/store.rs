@@ -87,6 +87,9 @@ pub fn recover(config: &Config, output: Option<PathBuf>, config_arg: Option<&Pat
     if salvage.orphan_jobs > 0 {
         println!("    {} delivery records of lost alerts dropped", salvage.orphan_jobs);
     }
+    if salvage.orphan_deadlines > 0 {
+        println!("    {} escalation deadlines of lost alerts dropped", salvage.orphan_deadlines);
+    }
     if !salvage.requeued.is_empty() {
         println!(
             "    {} deliveries of recent alerts had lost their records and are queued again (a channel may get them twice):",

@@ -808,17 +808,26 @@ PRAGMA user_version = 3;
         assert_eq!(rows, 1);
     }
 
+    /// The version `V_EVENTS_BY_ALERT` makes (migrations are only ever appended).
+    const EVENTS_BY_ALERT: usize = 11;
+
+    /// A store made by the collector of schema version `version` (its migrations only).
+    fn store_at(path: &std::path::Path, version: usize) -> Connection {
+        let mut conn = Connection::open(path).unwrap();
+        Migrations::from_slice(&MIGRATIONS[..version]).to_latest(&mut conn).unwrap();
+        conn
+    }
+
     #[test]
     fn a_timeline_stored_before_it_was_kept_by_alert_reads_the_same_and_grows_in_order() {
         use crate::store::response::Via;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sos.db");
-        let before = MIGRATIONS.len() - 1;
+        let before = EVENTS_BY_ALERT - 1;
         {
             // A store of the version before, as its collector wrote an alert's response: the
             // `received` event stored, ids shared by all alerts (a second alert's in between).
-            let mut conn = Connection::open(&path).unwrap();
-            Migrations::from_slice(&MIGRATIONS[..before]).to_latest(&mut conn).unwrap();
+            let conn = store_at(&path, before);
             conn.execute_batch(
                 "INSERT INTO alerts (alert_id, received_at_ms, triggered_at, test, user, host, ip, location,
                                      message, agent, source, key_id)
@@ -867,10 +876,8 @@ PRAGMA user_version = 3;
         // then failed on the foreign key: the collector could not open its store).
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sos.db");
-        let before = MIGRATIONS.len() - 2;
         {
-            let mut conn = Connection::open(&path).unwrap();
-            Migrations::from_slice(&MIGRATIONS[..before]).to_latest(&mut conn).unwrap();
+            let conn = store_at(&path, EVENTS_BY_ALERT - 1);
             // As `store recover` writes them (SQLite here enforces foreign keys by default).
             conn.pragma_update(None, "foreign_keys", false).unwrap();
             conn.execute_batch(

@@ -504,8 +504,13 @@ impl Db {
         // With a tier to fire, firing it makes the row (`notified`, see `fire_tier`); without
         // one (an empty policy) the alert stays `received`.
         if plan.policy(a.sos.test).is_empty() {
-            tx.prepare_cached("INSERT INTO responses (alert_id, state, changed_at_ms) VALUES (?1, 'received', ?2)")?
-                .execute(params![id, now_ms])?;
+            // A row left by `store recover` of this alert, lost and now sent again, stays (as
+            // the upsert of `fire_tier` keeps it): never a conflict that fails the whole group.
+            tx.prepare_cached(
+                "INSERT INTO responses (alert_id, state, changed_at_ms) VALUES (?1, 'received', ?2)
+                 ON CONFLICT (alert_id) DO NOTHING",
+            )?
+            .execute(params![id, now_ms])?;
         }
         escalate(tx, plan, &id, a.sos.test, a.received_at_ms, 0, now_ms, jobs_at_ms)
     }
@@ -1039,7 +1044,7 @@ mod tests {
         assert_eq!(state, AlertState::Received, "no tier to fire");
         let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, ["received", "unanswered"]);
-        let row = |id: u128| -> (String, i64, i64, i64, String) {
+        let row = |db: &Db, id: u128| -> (String, i64, i64, i64, String) {
             db.conn
                 .query_row(
                     "SELECT state, seq, tier, reminder_seq, responders FROM responses WHERE alert_id = ?1",
@@ -1048,9 +1053,24 @@ mod tests {
                 )
                 .unwrap()
         };
-        assert_eq!(row(7), ("received".into(), 1, 0, 0, String::new()));
+        assert_eq!(row(&db, 7), ("received".into(), 1, 0, 0, String::new()));
+        // A response row left by `store recover` of a lost drill, sent again: the drill is
+        // stored, and so is the SOS beside it in the same commit (helper-45: the insert's
+        // conflict failed the whole group).
+        db.conn.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+        let mut lost = alert(8);
+        lost.sos.test = true;
+        db.conn
+            .execute(
+                "INSERT INTO responses (alert_id, state, changed_at_ms) VALUES (?1, 'received', 1)",
+                params![lost.sos.alert_id.to_string()],
+            )
+            .unwrap();
+        let stored = db.insert_alerts_planned(&[lost, alert(9)], &plan(), 10_000).unwrap();
+        assert_eq!(stored.len(), 2);
+        assert_eq!(row(&db, 9).0, "notified");
         // Tier 1 fired as the alert was stored: the row as "received, then notified" made it.
-        assert_eq!(row(ID), ("notified".into(), 2, 1, 0, "Sam".into()));
+        assert_eq!(row(&db, ID), ("notified".into(), 2, 1, 0, "Sam".into()));
     }
 
     #[test]
