@@ -855,6 +855,7 @@ async fn history(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
     let n = cli.history_rate as usize;
     // Agents other than the history's (a new SOS from each, not a retransmission).
     let period = Duration::from_secs(1);
+    let (cpu0, began) = (c.cpu(), Instant::now());
     let out = agents(
         n,
         cli.agents,
@@ -864,15 +865,19 @@ async fn history(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
         secs + Duration::from_secs(30),
     )
     .await;
+    // What the collector spent meanwhile: the SOS, and the responder push's reads of the store
+    // after each of them.
+    let cpu = (c.cpu() - cpu0).as_secs_f64() / began.elapsed().as_secs_f64();
     let t = totals(&out, Duration::MAX);
     println!(
-        "| history: {filled} alerts resolved, then {} SOS/s for {} s | {:.0} SOS/s | {} | {} | store {} |",
+        "| history: {filled} alerts resolved, then {} SOS/s for {} s | {:.0} SOS/s | {} | {} | store {}; collector CPU {:.0} % of a core |",
         cli.history_rate,
         cli.secs,
         t.acked as f64 / secs.as_secs_f64(),
         t.loss(),
         t.latencies(),
         store::size(std::fs::metadata(c.store_path()).map(|m| m.len()).unwrap_or(0) as f64),
+        cpu * 100.0,
     );
     Ok(())
 }

@@ -359,6 +359,14 @@ pub fn recover(
         tx.execute("DELETE FROM outbox WHERE alert_id NOT IN (SELECT alert_id FROM alerts)", [])? as u64;
     salvage.orphan_deadlines =
         tx.execute("DELETE FROM escalations WHERE alert_id NOT IN (SELECT alert_id FROM alerts)", [])? as u64;
+    // A store older than the responses' copy of the alert's time (the schema's `V_OPEN_BY_TIME`)
+    // gave none: the migration's own fill.
+    tx.execute(
+        "UPDATE responses SET received_at_ms = COALESCE(
+             (SELECT a.received_at_ms FROM alerts a WHERE a.alert_id = responses.alert_id), changed_at_ms)
+         WHERE received_at_ms = 0",
+        [],
+    )?;
     for channel in channels {
         let mut stmt = tx.prepare(
             "INSERT INTO outbox (alert_id, channel, state, created_at_ms, next_attempt_at_ms)
@@ -571,6 +579,43 @@ mod tests {
         let db = Db::open(&out).unwrap();
         let deadlines: i64 = db.conn.query_row("SELECT count(*) FROM escalations", [], |r| r.get(0)).unwrap();
         assert_eq!(deadlines, 2, "the two alerts left keep theirs");
+    }
+
+    /// A store from before the responses kept their alert's time (the schema's
+    /// `V_OPEN_BY_TIME`) recovered into a new one: each response gets its alert's time, and the
+    /// popup read finds the open alerts by it.
+    #[test]
+    fn a_store_from_before_the_open_index_is_recovered_with_its_alerts_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        let alert = crate::store::tests::alert;
+        {
+            let mut db = Db::open(&path).unwrap();
+            db.insert_alerts(&(1..=3).map(alert).collect::<Vec<_>>(), &["log"], 1000).unwrap();
+            // The responses table as version 12 had it.
+            db.conn
+                .execute_batch(
+                    "DROP INDEX responses_open; DROP INDEX responses_closed;
+                     ALTER TABLE responses DROP COLUMN received_at_ms;
+                     CREATE INDEX responses_recent ON responses (changed_at_ms);
+                     PRAGMA user_version = 12;",
+                )
+                .unwrap();
+        }
+        let out = dir.path().join("out.db");
+        let s = recover(&path, &out, &["log"], 0, 5000).unwrap();
+        assert!(s.lossless(), "{s:?}");
+        let db = Db::open(&out).unwrap();
+        let times: Vec<(i64, i64)> = db
+            .conn
+            .prepare("SELECT r.received_at_ms, a.received_at_ms FROM responses r JOIN alerts a USING (alert_id)")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(times, vec![(1000, 1000); 3]);
+        assert_eq!(db.popup_targets(5000).unwrap().len(), 3);
     }
 
     /// The check beside the service: on a store with a page overwritten while a writer holds it

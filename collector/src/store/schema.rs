@@ -391,6 +391,26 @@ ALTER TABLE sender_notices_checked RENAME TO sender_notices;
 CREATE INDEX IF NOT EXISTS sender_notices_pending ON sender_notices (confirmed_at_ms, at_ms);
 ";
 
+/// The responder push's popup read without the history (2026-12-05). The push reads "open
+/// alerts, and those changed in the last hour, newest first, at most 500" after every change of
+/// an alert (up to 50 times a second) and every 5 s. With the state only in `responses` and the
+/// time only in `alerts`, SQLite walked the alerts newest first until it had found 500: with a
+/// long history of closed alerts, all of them (about 100 ms at 250,000 alerts; a whole core at 20
+/// SOS a second, `sos-bench history`). Now each part has its own index and the read is as long as
+/// what it returns: the open alerts by the time they were received (a copy of the alert's
+/// `received_at_ms`, which never changes), the closed ones by when they changed. The
+/// `responses_recent` index (every row by when it changed) served only that read, and goes. A
+/// row whose alert is lost (kept by `store recover`) keeps the time of its last change.
+const V_OPEN_BY_TIME: &str = "
+ALTER TABLE responses ADD COLUMN received_at_ms INTEGER NOT NULL DEFAULT 0;
+UPDATE responses SET received_at_ms = COALESCE(
+    (SELECT a.received_at_ms FROM alerts a WHERE a.alert_id = responses.alert_id), changed_at_ms);
+DROP INDEX IF EXISTS responses_recent;
+CREATE INDEX responses_open ON responses (received_at_ms)
+    WHERE state = 'received' OR state = 'notified' OR state = 'acknowledged' OR state = 'cancelled';
+CREATE INDEX responses_closed ON responses (changed_at_ms) WHERE state = 'resolved' OR state = 'checked';
+";
+
 /// Every migration, in order: the store's version is how many have run.
 const MIGRATIONS: &[M<'static>] = &[
     M::up(V1),
@@ -405,6 +425,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(V_REMINDERS_LAST),
     M::up(V_EVENTS_BY_ALERT),
     M::up(V_CHECKS_IN_PLACE),
+    M::up(V_OPEN_BY_TIME),
 ];
 
 /// The schema version this collector writes.
@@ -867,6 +888,19 @@ PRAGMA user_version = 3;
             .map(Result::unwrap)
             .collect();
         assert_eq!(ids, [1, 3, 4], "the copied rows keep their ids; a new one takes the alert's next");
+        // `V_OPEN_BY_TIME`: each response has its alert's time, and the popup read finds both
+        // open alerts by it, newest first.
+        let times: Vec<i64> = db
+            .conn
+            .prepare("SELECT received_at_ms FROM responses ORDER BY alert_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(times, [5000, 5001]);
+        let popups: Vec<u128> = db.popup_targets(6000).unwrap().iter().map(|t| t.alert.alert_id.as_u128()).collect();
+        assert_eq!(popups, [2, 1]);
     }
 
     #[test]
@@ -898,6 +932,8 @@ PRAGMA user_version = 3;
             let n: i64 = db.conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap();
             assert_eq!(n, 1, "{table}: copied as it was");
         }
+        let time: i64 = db.conn.query_row("SELECT received_at_ms FROM responses", [], |r| r.get(0)).unwrap();
+        assert_eq!(time, 5000, "a lost alert's response keeps the time of its last change");
         let on: bool = db.conn.pragma_query_value(None, "foreign_keys", |r| r.get(0)).unwrap();
         assert!(on, "foreign keys are on again after the migrations");
     }

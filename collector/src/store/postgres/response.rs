@@ -170,22 +170,40 @@ async fn response_state(tx: &Tx<'_>, id: &str, now_ms: i64) -> Result<Option<(Al
     if let Some(r) = tx.query_opt(LOCK, &[&id]).await.map_err(pg_error)? {
         return Ok(Some((AlertState::from_name(r.get(0)), r.get(1))));
     }
-    let Some(row) =
-        tx.query_opt("SELECT cancelled_at_ms FROM alerts WHERE alert_id = $1", &[&id]).await.map_err(pg_error)?
+    let Some(row) = tx
+        .query_opt("SELECT cancelled_at_ms, received_at_ms FROM alerts WHERE alert_id = $1", &[&id])
+        .await
+        .map_err(pg_error)?
     else {
         return Ok(None);
     };
     let state = if row.get::<_, Option<i64>>(0).is_some() { AlertState::Cancelled } else { AlertState::Notified };
+    let received_at_ms: i64 = row.get(1);
     // Another collector may make it at the same moment: theirs or ours, then locked.
     tx.execute(
-        "INSERT INTO responses (alert_id, state, tier, changed_at_ms) VALUES ($1, $2, 1, $3) ON CONFLICT DO NOTHING",
-        &[&id, &state.name(), &now_ms],
+        "INSERT INTO responses (alert_id, state, tier, changed_at_ms, received_at_ms) VALUES ($1, $2, 1, $3, $4)
+         ON CONFLICT DO NOTHING",
+        &[&id, &state.name(), &now_ms, &received_at_ms],
     )
     .await
     .map_err(pg_error)?;
     let r = tx.query_one(LOCK, &[&id]).await.map_err(pg_error)?;
     Ok(Some((AlertState::from_name(r.get(0)), r.get(1))))
 }
+
+/// The alerts [`PgStore::popup_targets`] reads (`$1` the oldest change that counts as recent,
+/// `$2` the limit): the newest open alerts (and every alert tied with the last of them, so that
+/// the final order and limit cut where a read of everything would), and the closed ones that
+/// changed since `$1`. Each part reads its own partial index (`responses_open`,
+/// `responses_closed`: migration 7), never the history (as SQLite's `POPUP_TARGETS_IDS`).
+const POPUP_TARGETS_IDS: &str = "SELECT alert_id FROM responses
+     WHERE state IN ('received', 'notified', 'acknowledged', 'cancelled')
+       AND received_at_ms >= COALESCE(
+           (SELECT received_at_ms FROM responses
+            WHERE state IN ('received', 'notified', 'acknowledged', 'cancelled')
+            ORDER BY received_at_ms DESC LIMIT 1 OFFSET $2::bigint - 1), -9223372036854775807)
+     UNION
+     SELECT alert_id FROM responses WHERE state IN ('resolved', 'checked') AND changed_at_ms >= $1";
 
 /// Stop what an answered or withdrawn alert must no longer do: its pending tier deadline and
 /// its pending jobs of `kinds`, whoever holds their lease (locked in id order). Returns the
@@ -486,9 +504,12 @@ pub(crate) async fn start_response(
 ) -> Result<(), StoreError> {
     let id = a.sos.alert_id.to_string();
     let now_ms = a.received_at_ms;
-    tx.execute("INSERT INTO responses (alert_id, state, changed_at_ms) VALUES ($1, 'received', $2)", &[&id, &now_ms])
-        .await
-        .map_err(pg_error)?;
+    tx.execute(
+        "INSERT INTO responses (alert_id, state, changed_at_ms, received_at_ms) VALUES ($1, 'received', $2, $2)",
+        &[&id, &now_ms],
+    )
+    .await
+    .map_err(pg_error)?;
     event(tx, &id, now_ms, "received", &sender_name(a), Via::Sender, &clean_note(&a.sos.message)).await?;
     effects.changed = true;
     let f = Firing { plan, id: &id, test: a.sos.test, received_at_ms: a.received_at_ms, now_ms, jobs_at_ms };
@@ -903,9 +924,8 @@ impl PgStore {
                         &format!(
                             "SELECT {ALERT_COLUMNS}, r.state, r.by_responder, r.note, r.outcome, r.seq, r.responders,
                                     r.reminder_seq
-                             FROM responses r JOIN alerts a ON a.alert_id = r.alert_id
-                             WHERE r.state IN ('received', 'notified', 'acknowledged', 'cancelled')
-                                OR r.changed_at_ms >= $1
+                             FROM ({POPUP_TARGETS_IDS}) t JOIN responses r ON r.alert_id = t.alert_id
+                             JOIN alerts a ON a.alert_id = t.alert_id
                              ORDER BY a.received_at_ms DESC, a.alert_id LIMIT $2"
                         ),
                         &[&(now_ms - POPUP_RECENT_MS), &(MAX_POPUP_TARGETS as i64)],
@@ -1304,6 +1324,75 @@ mod tests {
             .unwrap();
         assert!(plan.iter().any(|l| l.contains("sender_notices_pending")), "{plan:?}");
         assert!(!plan.iter().any(|l| l.contains("Sort")), "{plan:?}");
+    }
+
+    /// The popup read, after every change of an alert on the connection every SOS also needs,
+    /// reads the partial indexes of what it returns, never the history; and it returns what a
+    /// read of every alert would, with ties at the limit and every mix of states.
+    #[tokio::test]
+    async fn the_popup_read_walks_its_indexes_and_returns_what_a_read_of_everything_would() {
+        let Some(cluster) = Cluster::start() else { return };
+        let store = open(&cluster, plan()).await;
+        // 2,500 alerts over 400 receipt times (ties), four in ten open, changed up to two hours
+        // after they came.
+        exec(
+            &store,
+            "INSERT INTO alerts (alert_id, received_at_ms, triggered_at, test, \"user\", host, ip, location, message,
+                                 agent, source, key_id)
+                 SELECT lpad(to_hex(i), 32, '0'), 1000000 + (i * 7919 % 400) * 1000, 1, false, 'u', 'h', 'ip', '', '',
+                        '', 's', '00' FROM generate_series(1, 2500) i;
+             INSERT INTO responses (alert_id, state, changed_at_ms, received_at_ms)
+                 SELECT lpad(to_hex(i), 32, '0'),
+                        (ARRAY['received', 'notified', 'acknowledged', 'cancelled', 'resolved', 'checked',
+                               'resolved', 'checked', 'resolved', 'checked'])[1 + (i * 31337 % 10)],
+                        1000000 + (i * 7919 % 400) * 1000 + (i::bigint * 104729 % 7200000),
+                        1000000 + (i * 7919 % 400) * 1000
+                 FROM generate_series(1, 2500) i;
+             ANALYZE responses; ANALYZE alerts;",
+        )
+        .await
+        .unwrap();
+        let plan: Vec<String> = store
+            .run(|c| {
+                Box::pin(async move {
+                    c.batch_execute("SET enable_seqscan = off").await.map_err(pg_error)?;
+                    let sql = format!("EXPLAIN {POPUP_TARGETS_IDS}").replace("$1", "0").replace("$2::bigint", "500");
+                    let rows = c.query(&sql, &[]).await.map_err(pg_error)?;
+                    c.batch_execute("RESET enable_seqscan").await.map_err(pg_error)?;
+                    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+                })
+            })
+            .await
+            .unwrap();
+        assert!(plan.iter().any(|l| l.contains("responses_open")), "{plan:#?}");
+        assert!(plan.iter().any(|l| l.contains("responses_closed")), "{plan:#?}");
+        assert!(!plan.iter().any(|l| l.contains("Seq Scan")), "{plan:#?}");
+        for now_ms in
+            [0, 1_000_000 + POPUP_RECENT_MS, 1_200_000 + POPUP_RECENT_MS, 1_400_000 + 2 * POPUP_RECENT_MS, i64::MAX / 2]
+        {
+            let got: Vec<String> =
+                store.popup_targets(now_ms).await.unwrap().iter().map(|t| t.alert.alert_id.to_string()).collect();
+            let want: Vec<String> = store
+                .run(move |c| {
+                    Box::pin(async move {
+                        let rows = c
+                            .query(
+                                "SELECT a.alert_id FROM responses r JOIN alerts a ON a.alert_id = r.alert_id
+                                 WHERE r.state IN ('received', 'notified', 'acknowledged', 'cancelled')
+                                    OR r.changed_at_ms >= $1
+                                 ORDER BY a.received_at_ms DESC, a.alert_id LIMIT $2",
+                                &[&(now_ms - POPUP_RECENT_MS), &(MAX_POPUP_TARGETS as i64)],
+                            )
+                            .await
+                            .map_err(pg_error)?;
+                        Ok(rows.iter().map(|r| r.get(0)).collect())
+                    })
+                })
+                .await
+                .unwrap();
+            assert_eq!(want.len(), MAX_POPUP_TARGETS, "now {now_ms}");
+            assert_eq!(got, want, "now {now_ms}");
+        }
     }
 
     #[tokio::test]

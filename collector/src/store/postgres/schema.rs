@@ -202,6 +202,17 @@ const MIGRATIONS: &[&str] = &[
     // one pass over the outbox with writes to it waiting (50 ms for 300,000 jobs on this
     // machine: docs/PERFORMANCE.md).
     "CREATE INDEX outbox_leased ON outbox (channel, lease_until) WHERE lease_until IS NOT NULL;",
+    // Version 7: the responder push's popup read without the history (see the SQLite store's
+    // `V_OPEN_BY_TIME`): the open alerts by the time they were received (copied from the alert),
+    // the closed ones by when they changed, each its own partial index; `responses_recent`
+    // served only that read. The copy rewrites every response, and the indexes are built, in
+    // the migration's transaction (SOS wait or are retried meanwhile).
+    "ALTER TABLE responses ADD COLUMN received_at_ms BIGINT NOT NULL DEFAULT 0;
+     UPDATE responses r SET received_at_ms = a.received_at_ms FROM alerts a WHERE a.alert_id = r.alert_id;
+     DROP INDEX IF EXISTS responses_recent;
+     CREATE INDEX responses_open ON responses (received_at_ms)
+         WHERE state IN ('received', 'notified', 'acknowledged', 'cancelled');
+     CREATE INDEX responses_closed ON responses (changed_at_ms) WHERE state IN ('resolved', 'checked');",
 ];
 
 /// The schema version this collector writes.

@@ -33,6 +33,24 @@ pub const MAX_PENDING_NOTICES: usize = 1000;
 const PENDING_NOTICES: &str = "SELECT alert_id, principal, event, responder, note, at_ms FROM sender_notices
      WHERE confirmed_at_ms IS NULL ORDER BY confirmed_at_ms DESC, at_ms DESC, alert_id DESC LIMIT ?1";
 
+/// The alerts [`Db::popup_targets`] reads (`targets`, a `WITH` clause; `?1` the oldest change
+/// that counts as recent, `?2` the limit): the newest open alerts (every alert tied with the
+/// last of them too, so that the final order and limit cut where a read of everything would),
+/// and the closed ones that changed since `?1`. Each part walks its own partial index
+/// (`responses_open`, `responses_closed`: the schema's `V_OPEN_BY_TIME`) and reads no more than
+/// it returns, however long the history (a test checks the plan). Every state is in exactly one
+/// of the two parts.
+const POPUP_TARGETS_IDS: &str = "WITH targets (alert_id) AS (
+         SELECT alert_id FROM responses
+         WHERE (state = 'received' OR state = 'notified' OR state = 'acknowledged' OR state = 'cancelled')
+           AND received_at_ms >= COALESCE(
+               (SELECT received_at_ms FROM responses
+                WHERE (state = 'received' OR state = 'notified' OR state = 'acknowledged' OR state = 'cancelled')
+                ORDER BY received_at_ms DESC LIMIT 1 OFFSET ?2 - 1), -9223372036854775807)
+         UNION
+         SELECT alert_id FROM responses
+         WHERE (state = 'resolved' OR state = 'checked') AND changed_at_ms >= ?1)";
+
 /// The longest note, outcome or reason kept, in characters.
 pub const MAX_NOTE: usize = 500;
 
@@ -145,15 +163,17 @@ fn response_state(tx: &Transaction<'_>, id: &str, now_ms: i64) -> rusqlite::Resu
     if let Some((state, by)) = row {
         return Ok(Some((AlertState::from_name(&state), by)));
     }
-    let cancelled: Option<Option<i64>> =
-        query_row(tx, "SELECT cancelled_at_ms FROM alerts WHERE alert_id = ?1", params![id], |r| r.get(0))
-            .optional()?;
-    let Some(cancelled) = cancelled else { return Ok(None) };
+    let alert: Option<(Option<i64>, i64)> =
+        query_row(tx, "SELECT cancelled_at_ms, received_at_ms FROM alerts WHERE alert_id = ?1", params![id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let Some((cancelled, received_at_ms)) = alert else { return Ok(None) };
     let state = if cancelled.is_some() { AlertState::Cancelled } else { AlertState::Notified };
     exec(
         tx,
-        "INSERT INTO responses (alert_id, state, tier, changed_at_ms) VALUES (?1, ?2, 1, ?3)",
-        params![id, state.name(), now_ms],
+        "INSERT INTO responses (alert_id, state, tier, changed_at_ms, received_at_ms) VALUES (?1, ?2, 1, ?3, ?4)",
+        params![id, state.name(), now_ms, received_at_ms],
     )?;
     Ok(Some((state, String::new())))
 }
@@ -328,15 +348,15 @@ fn fire_tier(
         }
     }
     // A new alert's row is made here, as it would be by an insert as `received` (`seq` 1) and
-    // this update: one write of the row and of its `responses_recent` entry, not two.
+    // this update: one write of the row and of its `responses_open` entry, not two.
     exec(
         tx,
-        "INSERT INTO responses (alert_id, state, seq, tier, reminder_seq, responders, changed_at_ms)
-         VALUES (?1, 'notified', 2, ?2, ?3, ?4, ?5)
+        "INSERT INTO responses (alert_id, state, seq, tier, reminder_seq, responders, changed_at_ms, received_at_ms)
+         VALUES (?1, 'notified', 2, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (alert_id) DO UPDATE SET state = CASE state WHEN 'received' THEN 'notified' ELSE state END,
                 tier = excluded.tier, seq = seq + 1, reminder_seq = reminder_seq + excluded.reminder_seq,
                 responders = excluded.responders, changed_at_ms = excluded.changed_at_ms",
-        params![id, number, i64::from(index > 0), names.join("\n"), now_ms],
+        params![id, number, i64::from(index > 0), names.join("\n"), now_ms, received_at_ms],
     )?;
     let targets: Vec<&str> =
         tier.responders.iter().map(|r| r.name.as_str()).chain(tier.channels.iter().copied()).collect();
@@ -507,7 +527,7 @@ impl Db {
             // A row left by `store recover` of this alert, lost and now sent again, stays (as
             // the upsert of `fire_tier` keeps it): never a conflict that fails the whole group.
             tx.prepare_cached(
-                "INSERT INTO responses (alert_id, state, changed_at_ms) VALUES (?1, 'received', ?2)
+                "INSERT INTO responses (alert_id, state, changed_at_ms, received_at_ms) VALUES (?1, 'received', ?2, ?2)
                  ON CONFLICT (alert_id) DO NOTHING",
             )?
             .execute(params![id, now_ms])?;
@@ -761,9 +781,9 @@ impl Db {
     /// If the query fails.
     pub fn popup_targets(&self, now_ms: i64) -> Result<Vec<PopupTarget>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {ALERT_COLUMNS}, r.state, r.by_responder, r.note, r.outcome, r.seq, r.responders, r.reminder_seq
-             FROM responses r JOIN alerts a ON a.alert_id = r.alert_id
-             WHERE r.state IN ('received', 'notified', 'acknowledged', 'cancelled') OR r.changed_at_ms >= ?1
+            "{POPUP_TARGETS_IDS}
+             SELECT {ALERT_COLUMNS}, r.state, r.by_responder, r.note, r.outcome, r.seq, r.responders, r.reminder_seq
+             FROM targets t JOIN responses r ON r.alert_id = t.alert_id JOIN alerts a ON a.alert_id = t.alert_id
              ORDER BY a.received_at_ms DESC, a.alert_id LIMIT ?2"
         ))?;
         let n = ALERT_COLUMN_COUNT;
@@ -976,6 +996,89 @@ mod tests {
             .unwrap();
         assert!(plan.iter().any(|p| p.contains("INDEX sender_notices_pending")), "{plan:?}");
         assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
+    }
+
+    /// The push reads its popup targets after every change of an alert: the read must walk the
+    /// two partial indexes of what it returns, never the alerts or every response (with a long
+    /// history of closed alerts that was all of them, 100 ms at 250,000).
+    #[test]
+    fn the_popup_read_walks_the_open_and_the_recently_closed_alerts_only() {
+        let (_dir, db) = open();
+        let sql = format!(
+            "EXPLAIN QUERY PLAN {POPUP_TARGETS_IDS}
+             SELECT {ALERT_COLUMNS}, r.state FROM targets t JOIN responses r ON r.alert_id = t.alert_id
+             JOIN alerts a ON a.alert_id = t.alert_id ORDER BY a.received_at_ms DESC, a.alert_id LIMIT ?2"
+        );
+        let plan: Vec<String> = db
+            .conn
+            .prepare(&sql)
+            .unwrap()
+            .query_map(params![0, MAX_POPUP_TARGETS as i64], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(plan.iter().any(|p| p.contains("INDEX responses_open")), "{plan:?}");
+        assert!(plan.iter().any(|p| p.contains("INDEX responses_closed")), "{plan:?}");
+        assert!(
+            !plan.iter().any(|p| p.starts_with("SCAN") && !p.contains("INDEX") && !p.starts_with("SCAN t")),
+            "{plan:?}"
+        );
+    }
+
+    /// The popup read by its indexes returns what a read of every alert would, whatever mix of
+    /// states, times (ties at the limit included) and changes the store holds.
+    #[test]
+    fn the_popup_read_returns_what_a_read_of_every_alert_would() {
+        let (_dir, mut db) = open();
+        let n: u128 = 2_500;
+        let alerts: Vec<_> = (1..=n).map(alert).collect();
+        db.insert_alerts_planned(&alerts, &plan(), 10_000).unwrap();
+        let states = ["received", "notified", "acknowledged", "cancelled", "resolved", "checked"];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        let tx = db.conn.transaction().unwrap();
+        for i in 1..=n {
+            let id = AlertId::from_u128(i).to_string();
+            // Few distinct receipt times: many ties, at the limit too.
+            let received = 1_000_000 + next(400) as i64 * 1_000;
+            // Mostly closed, as a long history is.
+            let state = if next(10) < 4 { states[next(4) as usize] } else { states[4 + next(2) as usize] };
+            let changed = received + next(2 * POPUP_RECENT_MS as u64) as i64;
+            tx.execute("UPDATE alerts SET received_at_ms = ?2 WHERE alert_id = ?1", params![id, received]).unwrap();
+            tx.execute(
+                "UPDATE responses SET state = ?2, changed_at_ms = ?3, received_at_ms = ?4 WHERE alert_id = ?1",
+                params![id, state, changed, received],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        let every = |now_ms: i64, limit: i64| -> Vec<String> {
+            db.conn
+                .prepare(
+                    "SELECT a.alert_id FROM responses r JOIN alerts a ON a.alert_id = r.alert_id
+                     WHERE r.state IN ('received', 'notified', 'acknowledged', 'cancelled') OR r.changed_at_ms >= ?1
+                     ORDER BY a.received_at_ms DESC, a.alert_id LIMIT ?2",
+                )
+                .unwrap()
+                .query_map(params![now_ms - POPUP_RECENT_MS, limit], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        for now_ms in
+            [0, 1_000_000 + POPUP_RECENT_MS, 1_200_000 + POPUP_RECENT_MS, 1_400_000 + 2 * POPUP_RECENT_MS, i64::MAX / 2]
+        {
+            let got: Vec<String> =
+                db.popup_targets(now_ms).unwrap().iter().map(|t| t.alert.alert_id.to_string()).collect();
+            let want = every(now_ms, MAX_POPUP_TARGETS as i64);
+            assert!(!want.is_empty());
+            assert_eq!(got, want, "now {now_ms}");
+        }
     }
 
     fn count(db: &Db, sql: &str) -> i64 {
