@@ -149,7 +149,7 @@ impl Db {
     }
 
     /// Every outbox job of an alert, oldest first: the channel, with what the job is when it
-    /// is not tier 1's notification (`slack (cancel)`, `email (tier 2)`, `slack (reminder, tier 2)`,
+    /// is not tier 1's notification (`slack (cancel)`, `email (tier 2)`, `slack (reminder, round 2)`,
     /// `slack (acknowledged)`).
     ///
     /// # Errors
@@ -158,7 +158,7 @@ impl Db {
         let mut jobs = self.conn.prepare_cached(
             "SELECT channel || CASE WHEN kind = 'alert' AND tier > 1 THEN ' (tier ' || tier || ')'
                                     WHEN kind = 'alert' THEN ''
-                                    WHEN kind = 'reminder' THEN ' (reminder, tier ' || tier || ')'
+                                    WHEN kind = 'reminder' THEN ' (reminder, round ' || tier || ')'
                                     ELSE ' (' || kind || ')' END,
                     state, attempts, last_error, delivered_at_ms FROM outbox
              WHERE alert_id = ?1 ORDER BY id",

@@ -38,7 +38,7 @@ async fn deliveries(c: &impl GenericClient, id: &str) -> Result<Vec<Delivery>, S
         .query(
             "SELECT channel || CASE WHEN kind = 'alert' AND tier > 1 THEN ' (tier ' || tier || ')'
                                     WHEN kind = 'alert' THEN ''
-                                    WHEN kind = 'reminder' THEN ' (reminder, tier ' || tier || ')'
+                                    WHEN kind = 'reminder' THEN ' (reminder, round ' || tier || ')'
                                     ELSE ' (' || kind || ')' END,
                     state, attempts::bigint, last_error, delivered_at_ms FROM outbox
              WHERE alert_id = $1 ORDER BY id",
@@ -571,7 +571,7 @@ mod tests {
             vec![
                 ("log", "delivered", 1),
                 ("slack (tier 2)", "pending", 0),
-                ("slack (reminder, tier 2)", "stopped", 0),
+                ("slack (reminder, round 2)", "stopped", 0),
                 ("log (acknowledged)", "failed", 3)
             ]
         );

@@ -610,7 +610,7 @@ async fn acknowledge_in(
 pub(crate) const DELIVERY_COLUMNS: &str =
     "channel || CASE WHEN kind = 'alert' AND tier > 1 THEN ' (tier ' || tier || ')'
                         WHEN kind = 'alert' THEN ''
-                        WHEN kind = 'reminder' THEN ' (reminder, tier ' || tier || ')'
+                        WHEN kind = 'reminder' THEN ' (reminder, round ' || tier || ')'
                         ELSE ' (' || kind || ')' END,
         state, attempts, last_error, delivered_at_ms";
 
@@ -1207,7 +1207,7 @@ impl PgStore {
     }
 
     /// Every outbox job of an alert, oldest first, labelled as SQLite's `Db::deliveries` does
-    /// (`slack (cancel)`, `email (tier 2)`, `slack (reminder, tier 2)`).
+    /// (`slack (cancel)`, `email (tier 2)`, `slack (reminder, round 2)`).
     ///
     /// # Errors
     /// If the query fails.
@@ -1439,7 +1439,7 @@ mod tests {
         );
         let labels: Vec<_> =
             store.deliveries(AlertId::from_u128(ID)).await.unwrap().into_iter().map(|d| d.channel).collect();
-        assert_eq!(labels, ["slack", "slack (reminder, tier 2)", "email (tier 2)"]);
+        assert_eq!(labels, ["slack", "slack (reminder, round 2)", "email (tier 2)"]);
     }
 
     #[tokio::test]

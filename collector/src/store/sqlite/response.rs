@@ -1263,6 +1263,10 @@ mod tests {
         let (_, _, events) = db.timeline(AlertId::from_u128(ID)).unwrap().unwrap();
         assert_eq!(events.iter().filter(|e| e.kind == "unanswered").count(), 1, "{events:?}");
         assert_eq!(db.pending_notices().unwrap().len(), 1);
+        // What `alerts show` and the console list: the round past the two tiers is no "tier 3".
+        let labels: Vec<String> =
+            db.deliveries(AlertId::from_u128(ID)).unwrap().into_iter().map(|d| d.channel).collect();
+        assert_eq!(labels, ["email (tier 2)", "email (reminder, round 3)"]);
         // A drill is reminded once past its last tier, then waits without more rounds.
         let (_d, mut db) = open();
         let mut drill = p.clone();
