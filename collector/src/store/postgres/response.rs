@@ -1393,6 +1393,23 @@ mod tests {
             assert_eq!(want.len(), MAX_POPUP_TARGETS, "now {now_ms}");
             assert_eq!(got, want, "now {now_ms}");
         }
+        // A collector of the release before, still running on the migrated schema, names no
+        // time in its insert: the row gets its alert's.
+        exec(
+            &store,
+            "INSERT INTO alerts (alert_id, received_at_ms, triggered_at, test, \"user\", host, ip, location, message,
+                                 agent, source, key_id)
+                 VALUES ('ffffffffffffffffffffffffffffffff', 9000000, 1, false, 'u', 'h', 'ip', '', '', '', 's', '00');
+             INSERT INTO responses (alert_id, state, changed_at_ms)
+                 VALUES ('ffffffffffffffffffffffffffffffff', 'notified', 9000001);",
+        )
+        .await
+        .unwrap();
+        let time =
+            count(&store, "SELECT received_at_ms FROM responses WHERE alert_id = 'ffffffffffffffffffffffffffffffff'");
+        assert_eq!(time.await, 9_000_000, "the alert's time, not 0");
+        let newest = store.popup_targets(i64::MAX / 2).await.unwrap();
+        assert_eq!(newest[0].alert.alert_id.to_string(), "ffffffffffffffffffffffffffffffff");
     }
 
     #[tokio::test]
