@@ -322,7 +322,7 @@ async fn max(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::Res
     let window = cli.window;
     let cpu0 = c.cpu();
     let out = max_load(cli.agents, 0, window, &c.key, c.addr, secs).await;
-    let cpu = c.cpu() - cpu0;
+    let cpu = c.cpu().saturating_sub(cpu0);
     let t = totals(&out, secs);
     let rate = t.acked_in as f64 / secs.as_secs_f64();
     println!(
@@ -391,7 +391,7 @@ async fn steady(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::
     let probe = store::FsyncProbe::start(c.dir())?;
     let cpu0 = c.cpu();
     let out = steady_load(n, cli.rate, &c.key, c.addr, secs).await;
-    let cpu = c.cpu() - cpu0;
+    let cpu = c.cpu().saturating_sub(cpu0);
     let fsync = probe.finish();
     let t = totals(&out, Duration::MAX);
     println!(
@@ -461,7 +461,7 @@ async fn heartbeats(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
     tokio::time::sleep_until(start + interval).await;
     let cpu0 = c.cpu();
     tokio::time::sleep_until(end).await;
-    let cpu = c.cpu() - cpu0;
+    let cpu = c.cpu().saturating_sub(cpu0);
     let (rss, peak) = c.rss();
     let (mut sent, mut answered) = (0, 0);
     while let Some(r) = tasks.join_next().await {
@@ -543,7 +543,7 @@ async fn flood(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>, from: FloodF
     let cpu0 = c.cpu();
     let t0 = Instant::now();
     let during = agents(1, PROBE, Mode::Sos(c.key.clone()), c.addr, probe(secs), secs + Duration::from_secs(10)).await;
-    let cpu = c.cpu() - cpu0;
+    let cpu = c.cpu().saturating_sub(cpu0);
     let cpu_secs = t0.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (n, took) = flooder.join().map_err(|_| anyhow::anyhow!("the flood thread panicked"))?;
@@ -725,7 +725,7 @@ async fn durable(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
     let (w0, d0) = store::written(c.pid());
     let cpu0 = c.cpu();
     let out = max_load(cli.agents, 0, window, &c.key, c.addr, secs).await;
-    let cpu = c.cpu() - cpu0;
+    let cpu = c.cpu().saturating_sub(cpu0);
     let (w1, d1) = store::written(c.pid());
     let wal_peak = wal.finish();
     let fsync = probe.finish();
@@ -867,7 +867,7 @@ async fn history(cli: &Cli, bin: &PathBuf) -> anyhow::Result<()> {
     .await;
     // What the collector spent meanwhile: the SOS, and the responder push's reads of the store
     // after each of them.
-    let cpu = (c.cpu() - cpu0).as_secs_f64() / began.elapsed().as_secs_f64();
+    let cpu = c.cpu().saturating_sub(cpu0).as_secs_f64() / began.elapsed().as_secs_f64();
     let t = totals(&out, Duration::MAX);
     println!(
         "| history: {filled} alerts resolved, then {} SOS/s for {} s | {:.0} SOS/s | {} | {} | store {}; collector CPU {:.0} % of a core |",

@@ -112,7 +112,7 @@ async fn one(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::Res
     let wal0 = wal_position(&pg);
     let (cpu0, pg_cpu0) = (c.cpu(), cluster_cpu(&pg.data_dir()));
     let out = max_load(cli.agents, 0, window, &c.key, c.addr, secs).await;
-    let (cpu, pg_cpu) = (c.cpu() - cpu0, cluster_cpu(&pg.data_dir()) - pg_cpu0);
+    let (cpu, pg_cpu) = (c.cpu().saturating_sub(cpu0), cluster_cpu(&pg.data_dir()).saturating_sub(pg_cpu0));
     let wal = wal_position(&pg).zip(wal0).map(|(w1, w0)| w1.saturating_sub(w0));
     let fsync = probe.finish();
     let counters = store_counters(&mut c);
@@ -181,7 +181,7 @@ async fn steady(cli: &Cli, bin: &PathBuf, ceiling: Option<&Ceiling>) -> anyhow::
     let probe = store::FsyncProbe::start(&pg.data_dir()).context("the fsync probe in the cluster's data directory")?;
     let (cpu0, pg_cpu0) = (c.cpu(), cluster_cpu(&pg.data_dir()));
     let out = steady_load(n, cli.rate, &c.key, c.addr, secs).await;
-    let (cpu, pg_cpu) = (c.cpu() - cpu0, cluster_cpu(&pg.data_dir()) - pg_cpu0);
+    let (cpu, pg_cpu) = (c.cpu().saturating_sub(cpu0), cluster_cpu(&pg.data_dir()).saturating_sub(pg_cpu0));
     let fsync = probe.finish();
     let counters = store_counters(&mut c);
     let t = totals(&out, Duration::MAX);

@@ -359,12 +359,13 @@ pub fn recover(
         tx.execute("DELETE FROM outbox WHERE alert_id NOT IN (SELECT alert_id FROM alerts)", [])? as u64;
     salvage.orphan_deadlines =
         tx.execute("DELETE FROM escalations WHERE alert_id NOT IN (SELECT alert_id FROM alerts)", [])? as u64;
-    // A store older than the responses' copy of the alert's time (the schema's `V_OPEN_BY_TIME`)
-    // gave none: the migration's own fill.
+    // The responses' copy of their alert's time (the schema's `V_OPEN_BY_TIME`), which a store
+    // older than it did not have, and -1 for a lost alert's (it must take no real alert's place
+    // in the popup read), as the migration fills them.
     tx.execute(
         "UPDATE responses SET received_at_ms = COALESCE(
-             (SELECT a.received_at_ms FROM alerts a WHERE a.alert_id = responses.alert_id), changed_at_ms)
-         WHERE received_at_ms = 0",
+             (SELECT a.received_at_ms FROM alerts a WHERE a.alert_id = responses.alert_id), -1)
+         WHERE received_at_ms = 0 OR alert_id NOT IN (SELECT alert_id FROM alerts)",
         [],
     )?;
     for channel in channels {
@@ -616,6 +617,97 @@ mod tests {
             .collect();
         assert_eq!(times, vec![(1000, 1000); 3]);
         assert_eq!(db.popup_targets(5000).unwrap().len(), 3);
+    }
+
+    /// The popup read as it was before the responses kept their alert's time: every alert,
+    /// newest first (what the read by the indexes must return).
+    fn popup_read_of_everything(db: &Db, now_ms: i64) -> Vec<String> {
+        use crate::store::{MAX_POPUP_TARGETS, POPUP_RECENT_MS};
+        db.conn
+            .prepare(
+                "SELECT a.alert_id FROM responses r JOIN alerts a ON a.alert_id = r.alert_id
+                 WHERE r.state IN ('received', 'notified', 'acknowledged', 'cancelled') OR r.changed_at_ms >= ?1
+                 ORDER BY a.received_at_ms DESC, a.alert_id LIMIT ?2",
+            )
+            .unwrap()
+            .query_map(rusqlite::params![now_ms - POPUP_RECENT_MS, MAX_POPUP_TARGETS as i64], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    fn popup_read(db: &Db, now_ms: i64) -> Vec<String> {
+        db.popup_targets(now_ms).unwrap().iter().map(|t| t.alert.alert_id.to_string()).collect()
+    }
+
+    /// A store of `n` open alerts, alert `i` received at `1000 + i` ms, whose alerts `lost` are
+    /// then lost as a damaged page loses rows (their responses stay).
+    fn store_with_lost_alerts(path: &Path, n: u128, lost: impl IntoIterator<Item = u128>) -> Db {
+        let mut db = Db::open(path).unwrap();
+        let alerts: Vec<_> = (1..=n)
+            .map(|i| {
+                let mut a = crate::store::tests::alert(i);
+                a.received_at_ms = 1_000 + i as i64;
+                a
+            })
+            .collect();
+        db.insert_alerts(&alerts, &["log"], 1000).unwrap();
+        db.conn.pragma_update(None, "foreign_keys", false).unwrap();
+        for i in lost {
+            db.conn
+                .execute("DELETE FROM alerts WHERE alert_id = ?1", [&sos_shared::AlertId::from_u128(i).to_string()])
+                .unwrap();
+        }
+        db
+    }
+
+    /// The responses `store recover` keeps of lost alerts stay open for ever: they must take no
+    /// real alert's place among the 500 popups, whether recovered by this collector or by an
+    /// older one and then migrated (helper-46: 490 popups instead of 500).
+    #[test]
+    fn the_responses_of_lost_alerts_take_no_real_alerts_popup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        drop(store_with_lost_alerts(&path, 520, 511..=520));
+        let out = dir.path().join("out.db");
+        recover(&path, &out, &["log"], 0, 5000).unwrap();
+        let db = Db::open(&out).unwrap();
+        let want = popup_read_of_everything(&db, 10_000);
+        assert_eq!(want.len(), 500);
+        assert_eq!(popup_read(&db, 10_000), want);
+
+        // A store of the version before the copy, with the same orphans, migrated.
+        let old = dir.path().join("old.db");
+        let db = store_with_lost_alerts(&old, 520, 511..=520);
+        db.conn
+            .execute_batch(
+                "DROP INDEX responses_open; DROP INDEX responses_closed;
+                 ALTER TABLE responses DROP COLUMN received_at_ms;
+                 CREATE INDEX responses_recent ON responses (changed_at_ms);
+                 PRAGMA user_version = 12;",
+            )
+            .unwrap();
+        drop(db);
+        let db = Db::open(&old).unwrap();
+        assert_eq!(popup_read(&db, 10_000), popup_read_of_everything(&db, 10_000));
+    }
+
+    /// A lost alert sent again after `store recover` takes the place of its newest time among
+    /// the popups, not of the old row's (helper-46: left out, behind 599 older alerts).
+    #[test]
+    fn a_lost_alert_sent_again_after_recovery_is_the_newest_popup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sos.db");
+        drop(store_with_lost_alerts(&path, 600, [1]));
+        let out = dir.path().join("out.db");
+        recover(&path, &out, &["log"], 0, 5000).unwrap();
+        let mut db = Db::open(&out).unwrap();
+        let mut again = crate::store::tests::alert(1);
+        again.received_at_ms = 1_000_000;
+        assert_eq!(db.insert_alerts(&[again], &["log"], 1_000_000).unwrap(), vec![crate::store::Stored::New]);
+        let want = popup_read_of_everything(&db, 1_000_000);
+        assert_eq!(want[0], sos_shared::AlertId::from_u128(1).to_string());
+        assert_eq!(popup_read(&db, 1_000_000), want);
     }
 
     /// The check beside the service: on a store with a page overwritten while a writer holds it

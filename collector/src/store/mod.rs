@@ -48,7 +48,7 @@ pub use postgres::PgStore;
 pub use response::{
     Acknowledged, AlertState, AlertUpdate, Audience, Event, PopupTarget, Response, ResponsePlan, Transition, Via,
 };
-pub use sqlite::response::clean_note;
+pub use sqlite::response::{clean_note, MAX_POPUP_TARGETS, POPUP_RECENT_MS};
 pub use writer::{CatchUpHold, SqliteStore};
 
 /// How often heartbeats (presence) are written to the store. Presence is advisory: a crash

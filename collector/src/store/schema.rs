@@ -400,11 +400,13 @@ CREATE INDEX IF NOT EXISTS sender_notices_pending ON sender_notices (confirmed_a
 /// what it returns: the open alerts by the time they were received (a copy of the alert's
 /// `received_at_ms`, which never changes), the closed ones by when they changed. The
 /// `responses_recent` index (every row by when it changed) served only that read, and goes. A
-/// row whose alert is lost (kept by `store recover`) keeps the time of its last change.
+/// row whose alert is lost (kept by `store recover`) has the time -1: it sorts after every
+/// alert, so that it takes no real alert's place among the 500 (the read joins them to their
+/// alerts after the cut); if the alert is sent again, its row takes the alert's time.
 const V_OPEN_BY_TIME: &str = "
 ALTER TABLE responses ADD COLUMN received_at_ms INTEGER NOT NULL DEFAULT 0;
 UPDATE responses SET received_at_ms = COALESCE(
-    (SELECT a.received_at_ms FROM alerts a WHERE a.alert_id = responses.alert_id), changed_at_ms);
+    (SELECT a.received_at_ms FROM alerts a WHERE a.alert_id = responses.alert_id), -1);
 DROP INDEX IF EXISTS responses_recent;
 CREATE INDEX responses_open ON responses (received_at_ms)
     WHERE state = 'received' OR state = 'notified' OR state = 'acknowledged' OR state = 'cancelled';
@@ -933,7 +935,7 @@ PRAGMA user_version = 3;
             assert_eq!(n, 1, "{table}: copied as it was");
         }
         let time: i64 = db.conn.query_row("SELECT received_at_ms FROM responses", [], |r| r.get(0)).unwrap();
-        assert_eq!(time, 5000, "a lost alert's response keeps the time of its last change");
+        assert_eq!(time, -1, "a lost alert's response sorts after every alert");
         let on: bool = db.conn.pragma_query_value(None, "foreign_keys", |r| r.get(0)).unwrap();
         assert!(on, "foreign keys are on again after the migrations");
     }

@@ -35,21 +35,25 @@ const PENDING_NOTICES: &str = "SELECT alert_id, principal, event, responder, not
 
 /// The alerts [`Db::popup_targets`] reads (`targets`, a `WITH` clause; `?1` the oldest change
 /// that counts as recent, `?2` the limit): the newest open alerts (every alert tied with the
-/// last of them too, so that the final order and limit cut where a read of everything would),
-/// and the closed ones that changed since `?1`. Each part walks its own partial index
-/// (`responses_open`, `responses_closed`: the schema's `V_OPEN_BY_TIME`) and reads no more than
-/// it returns, however long the history (a test checks the plan). Every state is in exactly one
-/// of the two parts.
-const POPUP_TARGETS_IDS: &str = "WITH targets (alert_id) AS (
-         SELECT alert_id FROM responses
+/// last of them too, so that the cut falls where a read of everything would put it) and the
+/// closed ones that changed since `?1`, ordered by the time the alert was received (the
+/// response's copy of it) and cut to the limit *before* they are joined to their alerts, so
+/// that the join reads at most `?2` of them. Each part walks its own partial index
+/// (`responses_open`, `responses_closed`: the schema's `V_OPEN_BY_TIME`) and reads no more
+/// than it returns, however long the history (a test checks the plan). Every state is in
+/// exactly one of the two parts. A response whose alert is lost (kept by `store recover`) has
+/// the time -1: it sorts after every alert, and takes no real alert's place.
+const POPUP_TARGETS_IDS: &str = "WITH targets (alert_id, received_at_ms) AS (
+         SELECT alert_id, received_at_ms FROM responses
          WHERE (state = 'received' OR state = 'notified' OR state = 'acknowledged' OR state = 'cancelled')
            AND received_at_ms >= COALESCE(
                (SELECT received_at_ms FROM responses
                 WHERE (state = 'received' OR state = 'notified' OR state = 'acknowledged' OR state = 'cancelled')
                 ORDER BY received_at_ms DESC LIMIT 1 OFFSET ?2 - 1), -9223372036854775807)
-         UNION
-         SELECT alert_id FROM responses
-         WHERE (state = 'resolved' OR state = 'checked') AND changed_at_ms >= ?1)";
+         UNION ALL
+         SELECT alert_id, received_at_ms FROM responses
+         WHERE (state = 'resolved' OR state = 'checked') AND changed_at_ms >= ?1
+         ORDER BY received_at_ms DESC, alert_id LIMIT ?2)";
 
 /// The longest note, outcome or reason kept, in characters.
 pub const MAX_NOTE: usize = 500;
@@ -355,7 +359,8 @@ fn fire_tier(
          VALUES (?1, 'notified', 2, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (alert_id) DO UPDATE SET state = CASE state WHEN 'received' THEN 'notified' ELSE state END,
                 tier = excluded.tier, seq = seq + 1, reminder_seq = reminder_seq + excluded.reminder_seq,
-                responders = excluded.responders, changed_at_ms = excluded.changed_at_ms",
+                responders = excluded.responders, changed_at_ms = excluded.changed_at_ms,
+                received_at_ms = excluded.received_at_ms",
         params![id, number, i64::from(index > 0), names.join("\n"), now_ms, received_at_ms],
     )?;
     let targets: Vec<&str> =
@@ -526,9 +531,10 @@ impl Db {
         if plan.policy(a.sos.test).is_empty() {
             // A row left by `store recover` of this alert, lost and now sent again, stays (as
             // the upsert of `fire_tier` keeps it): never a conflict that fails the whole group.
+            // It takes the alert's time again (a lost alert's row has -1, see `V_OPEN_BY_TIME`).
             tx.prepare_cached(
                 "INSERT INTO responses (alert_id, state, changed_at_ms, received_at_ms) VALUES (?1, 'received', ?2, ?2)
-                 ON CONFLICT (alert_id) DO NOTHING",
+                 ON CONFLICT (alert_id) DO UPDATE SET received_at_ms = excluded.received_at_ms",
             )?
             .execute(params![id, now_ms])?;
         }
