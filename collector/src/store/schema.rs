@@ -402,15 +402,20 @@ CREATE INDEX IF NOT EXISTS sender_notices_pending ON sender_notices (confirmed_a
 /// `responses_recent` index (every row by when it changed) served only that read, and goes. A
 /// row whose alert is lost (kept by `store recover`) has the time -1: it sorts after every
 /// alert, so that it takes no real alert's place among the 500 (the read joins them to their
-/// alerts after the cut); if the alert is sent again, its row takes the alert's time.
+/// alerts after the cut); if the alert is sent again, its row takes the alert's time. Both
+/// indexes hold the state (and the closed one the time) so that the read is answered from them
+/// alone (SQLite checks the state against the row otherwise): 1.8 ms instead of 2.8 for the
+/// read with 1,000 open alerts, 9.6 instead of 15 with 20,000 closed within the hour
+/// (helper-47).
 const V_OPEN_BY_TIME: &str = "
 ALTER TABLE responses ADD COLUMN received_at_ms INTEGER NOT NULL DEFAULT 0;
 UPDATE responses SET received_at_ms = COALESCE(
     (SELECT a.received_at_ms FROM alerts a WHERE a.alert_id = responses.alert_id), -1);
 DROP INDEX IF EXISTS responses_recent;
-CREATE INDEX responses_open ON responses (received_at_ms)
+CREATE INDEX responses_open ON responses (received_at_ms, state)
     WHERE state = 'received' OR state = 'notified' OR state = 'acknowledged' OR state = 'cancelled';
-CREATE INDEX responses_closed ON responses (changed_at_ms) WHERE state = 'resolved' OR state = 'checked';
+CREATE INDEX responses_closed ON responses (changed_at_ms, received_at_ms, state)
+    WHERE state = 'resolved' OR state = 'checked';
 ";
 
 /// Every migration, in order: the store's version is how many have run.

@@ -921,6 +921,10 @@ impl PgStore {
     /// # Errors
     /// If the query fails.
     pub async fn popup_targets(&self, now_ms: i64) -> Result<Vec<PopupTarget>, StoreError> {
+        // Planned for each read with its values (`plan_cache_mode = force_custom_plan`, set by
+        // `connect`): a generic plan guesses a third of the closed alerts changed within the
+        // hour and joins against a scan of every alert (155 ms against 13 ms at 350,000
+        // alerts: helper-47).
         self.run(move |c| {
             Box::pin(async move {
                 let rows = c
