@@ -593,15 +593,7 @@ mod tests {
         {
             let mut db = Db::open(&path).unwrap();
             db.insert_alerts(&(1..=3).map(alert).collect::<Vec<_>>(), &["log"], 1000).unwrap();
-            // The responses table as version 12 had it.
-            db.conn
-                .execute_batch(
-                    "DROP INDEX responses_open; DROP INDEX responses_closed;
-                     ALTER TABLE responses DROP COLUMN received_at_ms;
-                     CREATE INDEX responses_recent ON responses (changed_at_ms);
-                     PRAGMA user_version = 12;",
-                )
-                .unwrap();
+            as_version_12(&db);
         }
         let out = dir.path().join("out.db");
         let s = recover(&path, &out, &["log"], 0, 5000).unwrap();
@@ -619,21 +611,20 @@ mod tests {
         assert_eq!(db.popup_targets(5000).unwrap().len(), 3);
     }
 
-    /// The popup read as it was before the responses kept their alert's time: every alert,
-    /// newest first (what the read by the indexes must return).
-    fn popup_read_of_everything(db: &Db, now_ms: i64) -> Vec<String> {
-        use crate::store::{MAX_POPUP_TARGETS, POPUP_RECENT_MS};
+    /// The responses table as version 12 had it (before the schema's `V_OPEN_BY_TIME`).
+    fn as_version_12(db: &Db) {
         db.conn
-            .prepare(
-                "SELECT a.alert_id FROM responses r JOIN alerts a ON a.alert_id = r.alert_id
-                 WHERE r.state IN ('received', 'notified', 'acknowledged', 'cancelled') OR r.changed_at_ms >= ?1
-                 ORDER BY a.received_at_ms DESC, a.alert_id LIMIT ?2",
+            .execute_batch(
+                "DROP INDEX responses_open; DROP INDEX responses_closed;
+                 ALTER TABLE responses DROP COLUMN received_at_ms;
+                 CREATE INDEX responses_recent ON responses (changed_at_ms);
+                 PRAGMA user_version = 12;",
             )
-            .unwrap()
-            .query_map(rusqlite::params![now_ms - POPUP_RECENT_MS, MAX_POPUP_TARGETS as i64], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+            .unwrap();
+    }
+
+    fn popup_read_of_everything(db: &Db, now_ms: i64) -> Vec<String> {
+        db.popup_ids_read_from_every_alert(now_ms, crate::store::MAX_POPUP_TARGETS as i64)
     }
 
     fn popup_read(db: &Db, now_ms: i64) -> Vec<String> {
@@ -678,16 +669,7 @@ mod tests {
 
         // A store of the version before the copy, with the same orphans, migrated.
         let old = dir.path().join("old.db");
-        let db = store_with_lost_alerts(&old, 520, 511..=520);
-        db.conn
-            .execute_batch(
-                "DROP INDEX responses_open; DROP INDEX responses_closed;
-                 ALTER TABLE responses DROP COLUMN received_at_ms;
-                 CREATE INDEX responses_recent ON responses (changed_at_ms);
-                 PRAGMA user_version = 12;",
-            )
-            .unwrap();
-        drop(db);
+        as_version_12(&store_with_lost_alerts(&old, 520, 511..=520));
         let db = Db::open(&old).unwrap();
         assert_eq!(popup_read(&db, 10_000), popup_read_of_everything(&db, 10_000));
     }

@@ -813,6 +813,24 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The popup read as it was before the responses kept their alert's time: every alert,
+    /// newest first, until `limit` are found (what [`Db::popup_targets`] must return, in
+    /// tests): the ids.
+    #[cfg(test)]
+    pub(crate) fn popup_ids_read_from_every_alert(&self, now_ms: i64, limit: i64) -> Vec<String> {
+        self.conn
+            .prepare(
+                "SELECT a.alert_id FROM responses r JOIN alerts a ON a.alert_id = r.alert_id
+                 WHERE r.state IN ('received', 'notified', 'acknowledged', 'cancelled') OR r.changed_at_ms >= ?1
+                 ORDER BY a.received_at_ms DESC, a.alert_id LIMIT ?2",
+            )
+            .unwrap()
+            .query_map(params![now_ms - POPUP_RECENT_MS, limit], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
     /// See [`crate::store::Response::pending_notices`]: newest first, at most
     /// [`MAX_PENDING_NOTICES`].
     ///
@@ -1063,25 +1081,12 @@ mod tests {
             .unwrap();
         }
         tx.commit().unwrap();
-        let every = |now_ms: i64, limit: i64| -> Vec<String> {
-            db.conn
-                .prepare(
-                    "SELECT a.alert_id FROM responses r JOIN alerts a ON a.alert_id = r.alert_id
-                     WHERE r.state IN ('received', 'notified', 'acknowledged', 'cancelled') OR r.changed_at_ms >= ?1
-                     ORDER BY a.received_at_ms DESC, a.alert_id LIMIT ?2",
-                )
-                .unwrap()
-                .query_map(params![now_ms - POPUP_RECENT_MS, limit], |r| r.get(0))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
-        };
         for now_ms in
             [0, 1_000_000 + POPUP_RECENT_MS, 1_200_000 + POPUP_RECENT_MS, 1_400_000 + 2 * POPUP_RECENT_MS, i64::MAX / 2]
         {
             let got: Vec<String> =
                 db.popup_targets(now_ms).unwrap().iter().map(|t| t.alert.alert_id.to_string()).collect();
-            let want = every(now_ms, MAX_POPUP_TARGETS as i64);
+            let want = db.popup_ids_read_from_every_alert(now_ms, MAX_POPUP_TARGETS as i64);
             assert!(!want.is_empty());
             assert_eq!(got, want, "now {now_ms}");
         }
