@@ -209,6 +209,15 @@ const POPUP_TARGETS_IDS: &str = "SELECT alert_id, received_at_ms FROM responses
      SELECT alert_id, received_at_ms FROM responses WHERE state IN ('resolved', 'checked') AND changed_at_ms >= $1
      ORDER BY received_at_ms DESC, alert_id LIMIT $2::bigint";
 
+/// The popup read of [`PgStore::popup_targets`] (`$1`, `$2` as in [`POPUP_TARGETS_IDS`]).
+fn popup_targets_sql() -> String {
+    format!(
+        "SELECT {ALERT_COLUMNS}, r.state, r.by_responder, r.note, r.outcome, r.seq, r.responders, r.reminder_seq
+         FROM ({POPUP_TARGETS_IDS}) t JOIN responses r ON r.alert_id = t.alert_id
+         JOIN alerts a ON a.alert_id = t.alert_id ORDER BY a.received_at_ms DESC, a.alert_id LIMIT $2"
+    )
+}
+
 /// Stop what an answered or withdrawn alert must no longer do: its pending tier deadline and
 /// its pending jobs of `kinds`, whoever holds their lease (locked in id order). Returns the
 /// jobs stopped.
@@ -928,16 +937,7 @@ impl PgStore {
         self.run(move |c| {
             Box::pin(async move {
                 let rows = c
-                    .query(
-                        &format!(
-                            "SELECT {ALERT_COLUMNS}, r.state, r.by_responder, r.note, r.outcome, r.seq, r.responders,
-                                    r.reminder_seq
-                             FROM ({POPUP_TARGETS_IDS}) t JOIN responses r ON r.alert_id = t.alert_id
-                             JOIN alerts a ON a.alert_id = t.alert_id
-                             ORDER BY a.received_at_ms DESC, a.alert_id LIMIT $2"
-                        ),
-                        &[&(now_ms - POPUP_RECENT_MS), &(MAX_POPUP_TARGETS as i64)],
-                    )
+                    .query(&popup_targets_sql(), &[&(now_ms - POPUP_RECENT_MS), &(MAX_POPUP_TARGETS as i64)])
                     .await
                     .map_err(pg_error)?;
                 let n = ALERT_COLUMN_COUNT;
@@ -1449,12 +1449,7 @@ mod tests {
         let plan: Vec<String> = store
             .run(move |c| {
                 Box::pin(async move {
-                    let sql = format!(
-                        "EXPLAIN SELECT {ALERT_COLUMNS}, r.state, r.by_responder, r.note, r.outcome, r.seq, r.responders,
-                                        r.reminder_seq
-                         FROM ({POPUP_TARGETS_IDS}) t JOIN responses r ON r.alert_id = t.alert_id
-                         JOIN alerts a ON a.alert_id = t.alert_id ORDER BY a.received_at_ms DESC, a.alert_id LIMIT $2"
-                    );
+                    let sql = format!("EXPLAIN {}", popup_targets_sql());
                     let rows = c
                         .query(&sql, &[&(now_ms - POPUP_RECENT_MS), &(MAX_POPUP_TARGETS as i64)])
                         .await

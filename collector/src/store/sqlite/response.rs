@@ -55,6 +55,16 @@ const POPUP_TARGETS_IDS: &str = "WITH targets (alert_id, received_at_ms) AS (
          WHERE (state = 'resolved' OR state = 'checked') AND changed_at_ms >= ?1
          ORDER BY received_at_ms DESC, alert_id LIMIT ?2)";
 
+/// The popup read of [`Db::popup_targets`] (`?1`, `?2` as in [`POPUP_TARGETS_IDS`]).
+fn popup_targets_sql() -> String {
+    format!(
+        "{POPUP_TARGETS_IDS}
+         SELECT {ALERT_COLUMNS}, r.state, r.by_responder, r.note, r.outcome, r.seq, r.responders, r.reminder_seq
+         FROM targets t JOIN responses r ON r.alert_id = t.alert_id JOIN alerts a ON a.alert_id = t.alert_id
+         ORDER BY a.received_at_ms DESC, a.alert_id LIMIT ?2"
+    )
+}
+
 /// The longest note, outcome or reason kept, in characters.
 pub const MAX_NOTE: usize = 500;
 
@@ -786,12 +796,7 @@ impl Db {
     /// # Errors
     /// If the query fails.
     pub fn popup_targets(&self, now_ms: i64) -> Result<Vec<PopupTarget>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "{POPUP_TARGETS_IDS}
-             SELECT {ALERT_COLUMNS}, r.state, r.by_responder, r.note, r.outcome, r.seq, r.responders, r.reminder_seq
-             FROM targets t JOIN responses r ON r.alert_id = t.alert_id JOIN alerts a ON a.alert_id = t.alert_id
-             ORDER BY a.received_at_ms DESC, a.alert_id LIMIT ?2"
-        ))?;
+        let mut stmt = self.conn.prepare_cached(&popup_targets_sql())?;
         let n = ALERT_COLUMN_COUNT;
         let rows = stmt.query_map(params![now_ms - POPUP_RECENT_MS, MAX_POPUP_TARGETS as i64], |r| {
             let state = AlertState::from_name(&r.get::<_, String>(n)?);
@@ -1028,11 +1033,7 @@ mod tests {
     #[test]
     fn the_popup_read_walks_the_open_and_the_recently_closed_alerts_only() {
         let (_dir, db) = open();
-        let sql = format!(
-            "EXPLAIN QUERY PLAN {POPUP_TARGETS_IDS}
-             SELECT {ALERT_COLUMNS}, r.state FROM targets t JOIN responses r ON r.alert_id = t.alert_id
-             JOIN alerts a ON a.alert_id = t.alert_id ORDER BY a.received_at_ms DESC, a.alert_id LIMIT ?2"
-        );
+        let sql = format!("EXPLAIN QUERY PLAN {}", popup_targets_sql());
         let plan: Vec<String> = db
             .conn
             .prepare(&sql)
